@@ -204,6 +204,35 @@ gboolean     unet_net_forward           (UnetNet *net, const gfloat *input,
                                          gint batch, gint height, gint width,
                                          gfloat *output, GError **error);
 
+/* ------------------------------------------------------- training (net) -- */
+/* Training on a UnetNet (implemented with the backend's backward passes). The
+ * parameter and gradient slabs use the model's canonical tensor order (see
+ * engine/model-private.h), so host-side optimisers work on flat arrays.
+ *
+ * One step:  unet_net_train_forward -> host loss and dL/dlogits ->
+ *            unet_net_train_backward (gradients *accumulate*; zero them first) ->
+ *            optimiser on unet_net_get_parameters() -> unet_net_parameters_changed. */
+
+/* Forward in training mode: batch norm uses batch statistics (and updates the running
+ * statistics with momentum 0.1), dropout is active with a mask drawn from `seed`,
+ * activations are kept for the backward pass. input (B, in_channels, H, W);
+ * logits (B, classes, out_h, out_w) — raw scores, before softmax/sigmoid. */
+gboolean     unet_net_train_forward     (UnetNet *net, const gfloat *input,
+                                         gint batch, gint height, gint width,
+                                         guint64 seed, gfloat *logits, GError **error);
+/* grad_logits (B, classes, out_h, out_w) = dL/dlogits of the last train_forward. */
+gboolean     unet_net_train_backward    (UnetNet *net, const gfloat *grad_logits,
+                                         GError **error);
+void         unet_net_zero_gradients    (UnetNet *net);
+/* Host views of the flat parameter / gradient slabs (n elements each). */
+gfloat      *unet_net_get_parameters    (UnetNet *net, gsize *n);
+const gfloat *unet_net_get_gradients    (UnetNet *net, gsize *n);
+/* After the parameters were changed on the host: re-upload / re-fold them. */
+gboolean     unet_net_parameters_changed (UnetNet *net, GError **error);
+/* Copy the current parameters (incl. batch-norm running statistics) into `model`,
+ * which must have the same config. */
+gboolean     unet_net_export_model      (UnetNet *net, UnetModel *model, GError **error);
+
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetModel, unet_model_free)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetNet, unet_net_free)
 
