@@ -233,6 +233,145 @@ gboolean     unet_net_parameters_changed (UnetNet *net, GError **error);
  * which must have the same config. */
 gboolean     unet_net_export_model      (UnetNet *net, UnetModel *model, GError **error);
 
+/* ---------------------------------------------------------------- trainer -- */
+/* Pairs in -> optimiser steps, checkpoints, metrics (engine/trainer.c).
+ *
+ * A trainer owns a network on a backend, an optimiser, and a dataset of pairs
+ * (normalised image, class map, instance map, precomputed weight map). Pairs are
+ * split on arrival: pair number i (counting every pair ever added) is held out for
+ * validation when a hash of (seed, i) falls below validation_fraction, so the split
+ * is reproducible for a seed and independent of timing. Both sets are bounded:
+ * the training set by dataset_capacity, the validation set by
+ * max (1, dataset_capacity * validation_fraction); when full, the OLDEST pair of
+ * that set is dropped (a live stream keeps training on what it saw recently).
+ *
+ * Every random draw of step number t comes from a generator seeded with
+ * (seed, t), so the only random state is the step counter: a checkpoint (model +
+ * optimiser buffers + step, in the "unet.training" metadata) resumes a run exactly. */
+
+typedef enum
+{
+  UNET_TRAIN_SGD,               /* momentum (0.99 in the paper), optional Nesterov */
+  UNET_TRAIN_ADAM,
+  UNET_TRAIN_ADAMW,             /* decoupled weight decay */
+} UnetTrainOptimizer;
+
+typedef enum
+{
+  UNET_TRAIN_SCHEDULE_CONSTANT,
+  UNET_TRAIN_SCHEDULE_COSINE,   /* to 0 at `iterations` */
+  UNET_TRAIN_SCHEDULE_POLY,     /* (1 - t/iterations)^0.9 */
+} UnetTrainSchedule;
+
+typedef enum
+{
+  UNET_TRAIN_MASK_BINARY,       /* non-zero = foreground; objects: 4-connected */
+  UNET_TRAIN_MASK_INDEXED,      /* value = class index */
+  UNET_TRAIN_MASK_INSTANCES,    /* value = object id, 0 = background */
+} UnetTrainMaskMode;
+
+typedef struct
+{
+  UnetConfig architecture;      /* used when no model is given */
+  UnetNormalization normalization;  /* raw pixels -> network input; stored in the model */
+  UnetTrainOptimizer optimizer;
+  gdouble learning_rate;
+  gdouble momentum;             /* SGD momentum; Adam beta1 */
+  gboolean nesterov;
+  gdouble weight_decay;
+  UnetTrainSchedule schedule;
+  gint64 iterations;            /* length of the run (schedules decay over it) */
+  gint batch_size;              /* samples per step (the paper: 1 large tile) */
+  gint tile_size;               /* input edge; 0 = auto (see unet_trainer_new) */
+  gboolean elastic;
+  gint elastic_grid;            /* control points per side (3) */
+  gdouble elastic_sigma;        /* px (10) */
+  gdouble rotation;             /* max degrees, 0 = off, 180 = any angle */
+  gboolean flip;
+  gdouble intensity_jitter;     /* 0 = off; 1 = gamma 1.5, contrast 0.2, brightness 0.1 */
+  gdouble border_weight;        /* w0 (10) */
+  gdouble border_sigma;         /* px (5) */
+  gboolean class_balance;
+  UnetTrainMaskMode mask_mode;
+  gint ignore_label;            /* mask value without loss; -1 = none */
+  gdouble dice_weight;          /* weight of the soft-Dice loss term; 0 = off */
+  gdouble validation_fraction;  /* [0, 1) */
+  gint dataset_capacity;        /* training pairs held (>= 1) */
+  guint64 seed;
+  UnetNetOptions net;           /* device, threads */
+} UnetTrainerOptions;
+
+/* One step's figures. `dice` is the foreground Dice of the step's tiles. */
+typedef struct
+{
+  gint64 iteration;             /* steps done, after this one */
+  gdouble loss;
+  gdouble dice;
+  gdouble learning_rate;        /* used by this step */
+  gdouble samples_per_second;   /* batch / wall time of this step */
+} UnetTrainStats;
+
+typedef struct _UnetTrainer UnetTrainer;
+
+/* The paper's setup: SGD, lr 0.01, momentum 0.99, batch 1, auto tile, elastic
+ * 3 / 10 px, any rotation, flips, intensity jitter 1, w0 10, sigma 5, class
+ * balance, binary masks, no ignore label, no Dice term, no validation, capacity
+ * 1000, seed 0, architecture = the classic net, normalisation = the default. */
+void         unet_trainer_options_init  (UnetTrainerOptions *opts);
+
+/* A trainer for `model` (fine-tuning; copied) or, when NULL, for a new model of
+ * opts->architecture initialised as in the paper from opts->seed. Tile size 0
+ * means: the legal input edge nearest 572 (never more), lowered for small frames to
+ * the largest whose output fits the smallest frame added so far. */
+UnetTrainer *unet_trainer_new           (const UnetTrainerOptions *opts,
+                                         const UnetModel *model, GError **error);
+/* Resumes from a checkpoint written by unet_trainer_save_checkpoint: model,
+ * optimiser buffers, step counter and seed come from the file (optimiser kind and
+ * architecture in `opts` are ignored in favour of the file's); the dataset does not
+ * (add the same pairs again). */
+UnetTrainer *unet_trainer_new_from_checkpoint (const UnetTrainerOptions *opts,
+                                         const gchar *path, GError **error);
+void         unet_trainer_free          (UnetTrainer *trainer);
+
+const UnetConfig *unet_trainer_get_config (const UnetTrainer *trainer);
+gint64       unet_trainer_get_iteration (const UnetTrainer *trainer);
+/* Pairs held: training (return value) and validation (`n_validation`, may be NULL). */
+guint        unet_trainer_get_n_pairs   (const UnetTrainer *trainer, guint *n_validation);
+
+/* Adds one pair. image: raw gray pixels (normalised here); mask: U8 or U16 raw
+ * labels interpreted by opts->mask_mode, same width and height. Invalid mask values
+ * are an UNET_ERROR_INVALID_ARGUMENT naming the value and position. */
+gboolean     unet_trainer_add_pair      (UnetTrainer *trainer,
+                                         UnetPixelFormat image_format, gconstpointer image,
+                                         gsize image_stride,
+                                         UnetPixelFormat mask_format, gconstpointer mask,
+                                         gsize mask_stride, gint width, gint height,
+                                         GError **error);
+
+/* One optimiser step on batch_size samples drawn from the training pairs. Needs at
+ * least one training pair. */
+gboolean     unet_trainer_step          (UnetTrainer *trainer, UnetTrainStats *stats,
+                                         GError **error);
+/* Foreground Dice over the validation pairs, whole frames (overlap-tile inference
+ * with mirror extension). *dice = -1 when there are none. */
+gboolean     unet_trainer_validate      (UnetTrainer *trainer, gdouble *dice,
+                                         GError **error);
+/* Class-index labels (H,W) of a raw frame with the current weights. */
+gboolean     unet_trainer_predict       (UnetTrainer *trainer,
+                                         UnetPixelFormat format, gconstpointer image,
+                                         gsize stride, gint width, gint height,
+                                         guint8 *labels, gsize labels_stride,
+                                         GError **error);
+/* The current model with "unet.normalization" and "unet.training" metadata. */
+UnetModel   *unet_trainer_export_model  (UnetTrainer *trainer, GError **error);
+/* Model + optimiser state ("optim.*" tensors) + "unet.training" JSON (step, seed,
+ * options, last figures), written atomically (temporary file, fsync, rename). The
+ * file loads in unet_model_load (which ignores optim.*). */
+gboolean     unet_trainer_save_checkpoint (UnetTrainer *trainer, const gchar *path,
+                                         GError **error);
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetTrainer, unet_trainer_free)
+
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetModel, unet_model_free)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetNet, unet_net_free)
 
