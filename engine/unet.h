@@ -372,7 +372,111 @@ gboolean     unet_trainer_save_checkpoint (UnetTrainer *trainer, const gchar *pa
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetTrainer, unet_trainer_free)
 
+/* -------------------------------------------------------------- segmenter -- */
+/* Frames of any size in, full-size segmentation out: normalise -> plan overlap tiles
+ * (engine/tiling.h) -> extract mirror-extended tiles -> batched forward -> stitch.
+ * Valid-padded models: the result equals one forward pass over the whole
+ * mirror-extended frame (to float rounding). Same-padded models: overlapping tiles
+ * blended with a Gaussian window (sigma = tile/8).
+ *
+ * Frames are queued: unet_segmenter_push() runs a forward whenever `batch_size` tiles
+ * are pending — tiles of consecutive frames share a batch when `batch_frames` is set
+ * (a small frame needs one tile) — and unet_segmenter_pop() returns finished frames
+ * in push order. unet_segmenter_flush() runs what is pending (end of stream, or after
+ * every frame when latency matters). With batch_frames unset every push finishes its
+ * frame. Not thread-safe: one thread drives a segmenter. */
+
+typedef enum
+{
+  UNET_SEGMENT_LABELS = 1 << 0,         /* guint8 (H,W) class index (K == 1: p >= 0.5) */
+  UNET_SEGMENT_PROBABILITY = 1 << 1,    /* gfloat (H,W) of probability_class */
+  UNET_SEGMENT_PROBABILITIES = 1 << 2,  /* gfloat (K,H,W), every class */
+  UNET_SEGMENT_INSTANCES = 1 << 3,      /* guint16 (H,W) connected components */
+  UNET_SEGMENT_STATS = 1 << 4,          /* object count, areas (implies components) */
+} UnetSegmentOutputs;
+
+typedef struct
+{
+  UnetNetOptions net;
+  gint tile_height, tile_width; /* network input tile edges; 0 = automatic */
+  gint batch_size;              /* tiles per forward pass, >= 1 (default 1) */
+  guint64 memory_budget;        /* bytes of activations of one batch, for the automatic
+                                 * tile size; 0 = 1 GiB */
+  gboolean batch_frames;        /* let tiles of consecutive frames share a batch */
+  gboolean override_normalization;      /* use `normalization`, not the model's */
+  UnetNormalization normalization;
+  guint outputs;                /* UnetSegmentOutputs flags */
+  gint probability_class;       /* for UNET_SEGMENT_PROBABILITY (default 1, or 0 when K == 1) */
+  gint foreground_class;        /* for instances/stats (default 1, or 1 = "p >= 0.5" when K == 1) */
+} UnetSegmenterOptions;
+
+/* Per-frame figures. Instances are 4-connected components of the foreground class
+ * (pixels sharing an edge), numbered 1.. in raster order of their first pixel;
+ * numbers saturate at 65535 in the guint16 image (object_count stays exact). */
+typedef struct
+{
+  guint64 frame_number;         /* 0-based push counter */
+  gint width, height;
+  gint n_tiles, tile_height, tile_width;        /* tiles and their input edges */
+  guint object_count;
+  gdouble foreground_fraction;  /* foreground pixels / all pixels */
+  gdouble mean_object_area;     /* pixels; 0 when there is no object */
+  /* Seconds. forward = this frame's share of its batches' forward passes. */
+  gdouble time_normalize, time_extract, time_forward, time_stitch, time_post;
+  gdouble time_total;           /* push to finished, excluding waits for other frames */
+} UnetSegmentStats;
+
+typedef struct
+{
+  gpointer user_data;           /* as given to unet_segmenter_push */
+  gint width, height, classes;
+  guint8 *labels;               /* (H,W) dense, or NULL when not asked for */
+  gfloat *probability;          /* (H,W) of probability_class, or NULL */
+  gfloat *probabilities;        /* (K,H,W), or NULL */
+  guint16 *instances;           /* (H,W), or NULL */
+  UnetSegmentStats stats;
+} UnetSegmentResult;
+
+typedef struct _UnetSegmenter UnetSegmenter;
+
+void         unet_segmenter_options_init (UnetSegmenterOptions *opts);
+/* Instantiates the net (the model is copied; it may be freed afterwards). */
+UnetSegmenter *unet_segmenter_new       (const UnetModel *model,
+                                         const UnetSegmenterOptions *opts, GError **error);
+void         unet_segmenter_free        (UnetSegmenter *seg);
+const UnetConfig *unet_segmenter_get_config (const UnetSegmenter *seg);
+UnetDevice   unet_segmenter_get_device  (const UnetSegmenter *seg);
+/* The normalisation in use (the override or the model's). */
+void         unet_segmenter_get_normalization (const UnetSegmenter *seg,
+                                         UnetNormalization *norm);
+
+/* Queue a raw frame (width x height, `stride` bytes per row). The pixels are
+ * normalised before this returns, so `data` may be reused at once. */
+gboolean     unet_segmenter_push        (UnetSegmenter *seg, UnetPixelFormat format,
+                                         gconstpointer data, gint width, gint height,
+                                         gsize stride, gpointer user_data, GError **error);
+/* Run every pending tile (a partial batch). */
+gboolean     unet_segmenter_flush       (UnetSegmenter *seg, GError **error);
+/* The oldest finished frame, or NULL. Free with unet_segment_result_free. */
+UnetSegmentResult *unet_segmenter_pop   (UnetSegmenter *seg);
+/* Frames pushed but not popped yet. */
+guint        unet_segmenter_get_queued  (const UnetSegmenter *seg);
+/* push + flush + pop: segment one frame synchronously. */
+UnetSegmentResult *unet_segmenter_process (UnetSegmenter *seg, UnetPixelFormat format,
+                                         gconstpointer data, gint width, gint height,
+                                         gsize stride, GError **error);
+void         unet_segment_result_free   (UnetSegmentResult *result);
+
+/* Connected components (4-connectivity) of `mask` (pixels equal to `value`):
+ * instances (H,W) numbered 1.. in raster order (saturating at 65535; 0 = background),
+ * may be NULL; returns the number of components, `*area` the foreground pixel count. */
+guint        unet_label_components      (const guint8 *mask, guint8 value,
+                                         gint width, gint height,
+                                         guint16 *instances, guint64 *area);
+
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetModel, unet_model_free)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetNet, unet_net_free)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetSegmenter, unet_segmenter_free)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetSegmentResult, unet_segment_result_free)
 
 G_END_DECLS
