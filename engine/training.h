@@ -1,0 +1,252 @@
+/* gst-unet engine — training building blocks on host float arrays (internal).
+ *
+ * Pure C, independent of any backend:
+ *   masks      raw mask frame -> class map + instance map (weightmap.c)
+ *   weight map class balance + the paper's border weights (weightmap.c)
+ *   augment    one warp per sample: tile position, elastic field, rotation, flips,
+ *              gray-value jitter (augment.c)
+ *   loss       weighted softmax cross-entropy / sigmoid BCE with an ignore label,
+ *              soft-Dice term, Dice metric; value and gradient w.r.t. logits (loss.c)
+ *   optimiser  SGD (momentum, Nesterov), Adam, AdamW with PyTorch semantics and
+ *              constant / cosine / poly learning-rate schedules on a flat slab
+ *              (optim.c)
+ *
+ * Conventions: images are dense (C,H,W) or (H,W) float32; class maps are gint32
+ * (H,W) holding 0..classes-1 or UNET_LABEL_IGNORE; instance maps are gint32 (H,W)
+ * holding 0 (no object) or 1..n_instances.
+ */
+#pragma once
+
+#include "unet.h"
+#include "rng.h"
+
+G_BEGIN_DECLS
+
+/* Class-map value of pixels that take no part in the loss or the metrics. */
+#define UNET_LABEL_IGNORE (-1)
+
+/* ------------------------------------------------------------ masks -- */
+
+typedef enum
+{
+  /* Non-zero = foreground (class 1); objects are the 4-connected components of
+   * the foreground. */
+  UNET_MASK_BINARY,
+  /* Value = class index (0 = background, must be < classes); objects are the
+   * 4-connected components of the pixels that share one non-zero class, so two
+   * touching objects of different classes are separate objects and touching
+   * objects of the same class merge (an indexed mask carries nothing that could
+   * separate them). */
+  UNET_MASK_INDEXED,
+  /* Value = instance id (0 = background), used as is (an id need not be
+   * connected); every object is foreground class 1. */
+  UNET_MASK_INSTANCES,
+} UnetMaskMode;
+
+/* Converts a raw mask (H,W) into a class map and an instance map (both (H,W),
+ * gint32). `ignore_value` >= 0 marks mask pixels that become UNET_LABEL_IGNORE (and
+ * belong to no object); < 0 disables it. `classes` is the model's class count
+ * (1 = sigmoid: classes are still 0/1 here). Values that are not valid for the mode
+ * (negative, or a class index >= max(classes, 2) in indexed mode) are an
+ * UNET_ERROR_INVALID_ARGUMENT naming the value and its position. */
+gboolean unet_mask_to_labels            (UnetMaskMode mode, const gint32 *mask,
+                                         gint width, gint height, gint classes,
+                                         gint ignore_value, gint32 *class_map,
+                                         gint32 *instance_map, gint *n_instances,
+                                         GError **error);
+
+/* ------------------------------------------------------- weight map -- */
+
+typedef struct
+{
+  gboolean class_balance;       /* w_c = N / (n_present · N_c), else w_c = 1 */
+  gdouble border_weight;        /* w0 (10 in the paper); 0 disables the term */
+  gdouble border_sigma;         /* sigma in pixels (5 in the paper) */
+} UnetWeightMapParams;
+
+void     unet_weight_map_params_init    (UnetWeightMapParams *params);
+
+/* Distance beyond which the border term is dropped: d1 + d2 > cutoff means
+ * w0·exp(-(d1+d2)²/(2σ²)) < 1e-3·w0, i.e. cutoff = σ·sqrt(2·ln 1000) ≈ 3.717·σ. */
+gdouble  unet_weight_map_cutoff         (const UnetWeightMapParams *params);
+
+/* w(x) = w_c(x) + w0·exp(-(d1(x)+d2(x))²/(2σ²)) for every labelled pixel (object
+ * pixels included, as in the paper's formula: there d1 = 0 and d2 is the distance
+ * to the nearest other object); 0 on ignored pixels. d1, d2 are Euclidean
+ * distances (pixel centres) to the nearest and second-nearest object; the border
+ * term needs two objects and is 0 where d1 + d2 > unet_weight_map_cutoff().
+ * Cost: one exact distance transform per object inside its bounding box grown by
+ * the cutoff, so O(sum of window areas), not pixels × objects.
+ * class_map, instance_map (H,W); weights (H,W) out. */
+gboolean unet_weight_map_compute        (const UnetWeightMapParams *params,
+                                         const gint32 *class_map,
+                                         const gint32 *instance_map, gint n_instances,
+                                         gint classes, gint width, gint height,
+                                         gfloat *weights, GError **error);
+
+/* --------------------------------------------------------- augment -- */
+
+typedef enum
+{
+  UNET_INTERP_BILINEAR,
+  UNET_INTERP_BICUBIC,          /* Catmull-Rom (Keys a = -0.5) */
+} UnetInterp;
+
+typedef struct
+{
+  gboolean random_position;     /* else the tile is centred on the frame */
+  gboolean elastic;
+  gint elastic_grid;            /* G: G×G control points spanning the tile, >= 2 */
+  gdouble elastic_sigma;        /* px, standard deviation of the displacements */
+  gboolean rotate;
+  gdouble max_rotation;         /* degrees; angle ~ U(-max, max); 180 = any angle */
+  gboolean flip;                /* horizontal and vertical flips, each p = 0.5 */
+  gboolean intensity;
+  gdouble gamma;                /* gamma ~ exp(U(-ln g, ln g)), g >= 1 */
+  gdouble contrast;             /* factor ~ U(1 - c, 1 + c) around the tile mean */
+  gdouble brightness;           /* offset ~ U(-b, b) in normalised units */
+  UnetInterp image_interp;
+} UnetAugmentParams;
+
+/* Paper defaults: random position, elastic G = 3, sigma = 10, any rotation, flips,
+ * gamma 1.5, contrast 0.2, brightness 0.1, bicubic. */
+void     unet_augment_params_init       (UnetAugmentParams *params);
+/* Everything off: the tile is the centred crop (the identity warp). */
+void     unet_augment_params_init_identity (UnetAugmentParams *params);
+
+/* One training sample in one sampling pass.
+ * image (C,H,W), class_map (H,W), weights (H,W) or NULL: the source frame.
+ * out_image (C,in_h,in_w): the network input tile (image bicubic/bilinear, mirror
+ * boundary, then the gray-value changes). out_labels/out_weights (out_h,out_w):
+ * the centre region of the same warp (offset ((in_h-out_h)/2, (in_w-out_w)/2);
+ * labels nearest, weights bilinear, mirror boundary). out_weights may be NULL;
+ * when `weights` is NULL out_weights is 1 on labelled pixels and 0 on ignored ones.
+ * The draws come from `rng` in a fixed order, so a seed reproduces the sample. */
+gboolean unet_augment_sample            (const UnetAugmentParams *params, UnetRng *rng,
+                                         const gfloat *image, const gint32 *class_map,
+                                         const gfloat *weights, gint channels,
+                                         gint width, gint height,
+                                         gint in_w, gint in_h, gint out_w, gint out_h,
+                                         gfloat *out_image, gint32 *out_labels,
+                                         gfloat *out_weights, GError **error);
+
+/* ------------------------------------------------------------ loss -- */
+
+/* Weighted pixel-wise loss, mean normalised by the sum of weights:
+ *   K >= 2: L = Σ_i w_i · (-log softmax(z_i)[y_i]) / Σ_i w_i
+ *   K == 1: L = Σ_i w_i · BCEWithLogits(z_i, y_i) / Σ_i w_i,  y_i ∈ {0, 1}
+ * over pixels i with y_i != UNET_LABEL_IGNORE (ignored pixels have weight 0).
+ * Equals PyTorch's (F.cross_entropy(z, y, reduction='none', ignore_index=-1) * w)
+ * .sum() / (w * (y != -1)).sum(). L = 0 and the gradient is 0 when Σ w = 0.
+ * logits (B,K,H,W); labels (B,H,W); weights (B,H,W) or NULL (all 1);
+ * grad_logits (B,K,H,W) or NULL: dL/dlogits is WRITTEN (not accumulated). */
+gboolean unet_loss_cross_entropy        (const gfloat *logits, const gint32 *labels,
+                                         const gfloat *weights, gint batch, gint classes,
+                                         gint height, gint width, gdouble *loss,
+                                         gfloat *grad_logits, GError **error);
+
+/* Soft-Dice loss over the foreground classes (1..K-1, or the sigmoid class for
+ * K == 1), per image pair of the batch pooled:
+ *   D_c = (2 Σ p_c g_c + eps) / (Σ p_c + Σ g_c + eps),  L = 1 - mean_c D_c
+ * with p = softmax (sigmoid) probabilities, g = one-hot labels, sums over
+ * non-ignored pixels of the whole batch, eps = 1. `scale` · dL/dlogits is ADDED to
+ * grad_logits (may be NULL), so the term composes with the cross-entropy. */
+gboolean unet_loss_soft_dice            (const gfloat *logits, const gint32 *labels,
+                                         gint batch, gint classes, gint height,
+                                         gint width, gdouble scale, gdouble *loss,
+                                         gfloat *grad_logits, GError **error);
+
+/* Hard Dice of the prediction (argmax, or p > 0.5 for K == 1) against the labels,
+ * over non-ignored pixels: dice[c] for c in 0..max(K,2)-1 (K == 1 reports
+ * background and foreground), and *foreground = Dice of "class != 0" vs
+ * "label != 0". A class absent from both prediction and labels scores 1.
+ * Accumulate counts over several calls with UnetDiceCounts. */
+typedef struct
+{
+  gint n_classes;               /* max(K, 2) */
+  guint64 inter[16], pred[16], label[16];  /* per class; K <= 16 is checked */
+  guint64 fg_inter, fg_pred, fg_label;
+} UnetDiceCounts;
+
+void     unet_dice_counts_init          (UnetDiceCounts *counts, gint classes);
+gboolean unet_dice_counts_add           (UnetDiceCounts *counts, const gfloat *logits,
+                                         const gint32 *labels, gint batch, gint classes,
+                                         gint height, gint width, GError **error);
+gdouble  unet_dice_counts_class         (const UnetDiceCounts *counts, gint cls);
+gdouble  unet_dice_counts_foreground    (const UnetDiceCounts *counts);
+
+/* ------------------------------------------------------- optimiser -- */
+
+typedef enum
+{
+  UNET_OPTIM_SGD,               /* torch.optim.SGD (dampening 0) */
+  UNET_OPTIM_ADAM,              /* torch.optim.Adam (L2 weight decay on the gradient) */
+  UNET_OPTIM_ADAMW,             /* torch.optim.AdamW (decoupled weight decay) */
+} UnetOptimKind;
+
+typedef enum
+{
+  UNET_LR_CONSTANT,
+  UNET_LR_COSINE,               /* lr_min + (lr - lr_min)(1 + cos(pi t / T)) / 2 */
+  UNET_LR_POLY,                 /* lr (1 - min(t, T) / T)^power (PolynomialLR) */
+} UnetLrSchedule;
+
+typedef struct
+{
+  UnetOptimKind kind;
+  gdouble lr;
+  gdouble momentum;             /* SGD */
+  gboolean nesterov;            /* SGD, needs momentum > 0 */
+  gdouble beta1, beta2, eps;    /* Adam / AdamW */
+  gdouble weight_decay;
+  UnetLrSchedule schedule;
+  gint64 total_steps;           /* T of the cosine / poly schedules */
+  gdouble poly_power;
+  gdouble lr_min;               /* cosine */
+} UnetOptimParams;
+
+/* SGD, lr 0.01, momentum 0.99 (the paper), no weight decay, constant schedule;
+ * Adam betas (0.9, 0.999), eps 1e-8; poly power 0.9. */
+void     unet_optim_params_init         (UnetOptimParams *params);
+const gchar *unet_optim_kind_name       (UnetOptimKind kind);
+const gchar *unet_lr_schedule_name      (UnetLrSchedule schedule);
+
+/* A slice of the flat slab the optimiser updates; `decay` = apply weight decay. */
+typedef struct
+{
+  gsize offset;
+  gsize numel;
+  gboolean decay;
+} UnetOptimRange;
+
+typedef struct _UnetOptimizer UnetOptimizer;
+
+/* An optimiser for a slab of n floats; only the given ranges are updated (the
+ * rest — batch-norm running statistics, alignment padding — is left alone).
+ * ranges == NULL means the whole slab with decay. State is float32, zero. */
+UnetOptimizer *unet_optimizer_new       (const UnetOptimParams *params, gsize n,
+                                         const UnetOptimRange *ranges, guint n_ranges,
+                                         GError **error);
+void     unet_optimizer_free            (UnetOptimizer *opt);
+const UnetOptimParams *unet_optimizer_get_params (const UnetOptimizer *opt);
+/* Steps taken so far (t; the next step is number t + 1). */
+gint64   unet_optimizer_get_step        (const UnetOptimizer *opt);
+/* Learning rate the next step uses (schedule at t). */
+gdouble  unet_optimizer_get_lr          (const UnetOptimizer *opt);
+/* One step: params (n) -= update(grads (n)). Non-finite gradients are an
+ * UNET_ERROR_FAILED and leave params and state untouched. */
+gboolean unet_optimizer_step            (UnetOptimizer *opt, gfloat *params,
+                                         const gfloat *grads, GError **error);
+
+/* State for checkpoints: named float32 buffers of n floats each
+ * ("optim.momentum_buffer" for SGD with momentum; "optim.exp_avg",
+ * "optim.exp_avg_sq" for Adam/AdamW) plus the step counter. */
+guint    unet_optimizer_get_n_buffers   (const UnetOptimizer *opt);
+const gchar *unet_optimizer_get_buffer_name (const UnetOptimizer *opt, guint index);
+gfloat  *unet_optimizer_get_buffer      (UnetOptimizer *opt, guint index);
+/* Restores the step counter (and whether buffers hold data, i.e. step > 0). */
+void     unet_optimizer_set_step        (UnetOptimizer *opt, gint64 step);
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetOptimizer, unet_optimizer_free)
+
+G_END_DECLS
