@@ -1,0 +1,619 @@
+/* Segmenter: raw frames in, full-size segmentations out.
+ *
+ * push():  normalise the frame -> plan its tiles (cached per frame size) -> extract
+ *          each tile into the next slot of the batch buffer; a full batch runs the
+ *          forward pass and stitches every tile into its frame's probability planes.
+ * A frame whose last tile is stitched is finished: blend weights divided out (same
+ * padding), then labels / probability planes / instances / statistics derived.
+ * pop():   finished frames in push order.
+ *
+ * Memory per queued frame: its normalised plane until its last tile is extracted,
+ * and its (K,H,W) probability planes until popped. The batch buffers hold
+ * batch_size tiles; nothing else grows with the stream. */
+#include "unet.h"
+#include "tiling.h"
+
+#include <string.h>
+
+#define DEFAULT_MEMORY_BUDGET (G_GUINT64_CONSTANT (1) << 30)
+
+typedef struct
+{
+  UnetSegmentResult *result;
+  UnetTilePlan plan;
+  gfloat *norm;                 /* (H,W) normalised input; freed once extracted */
+  gfloat *acc;                  /* (K,H,W) probabilities (blend: weighted sums) */
+  gfloat *wsum;                 /* (H,W) blend weight sums, or NULL */
+  gint n_extracted, n_stitched;
+  gboolean finished;
+} Frame;
+
+typedef struct
+{
+  Frame *frame;
+  gint tile;
+} Slot;
+
+struct _UnetSegmenter
+{
+  UnetNet *net;
+  UnetConfig cfg;
+  UnetSegmenterOptions opts;
+  UnetNormalization norm;
+  gint n_labels;                /* max (classes, 2): label values 0 .. n_labels-1 */
+
+  GQueue frames;                /* Frame*, push order */
+  guint64 n_pushed;
+
+  gint cache_h, cache_w;        /* plan cache: frame size -> plan */
+  UnetTilePlan cache_plan;
+
+  /* Pending batch: batch_n tiles of batch_th x batch_tw extracted into in_buf. */
+  Slot *slots;
+  gint batch_n, batch_th, batch_tw, batch_to_h, batch_to_w;
+  gfloat *in_buf, *out_buf;
+  gsize in_cap, out_cap;        /* floats */
+  gfloat *wy, *wx;              /* Gaussian windows of the pending tile shape */
+};
+
+void
+unet_segmenter_options_init (UnetSegmenterOptions *opts)
+{
+  memset (opts, 0, sizeof (*opts));
+  unet_net_options_init (&opts->net);
+  opts->batch_size = 1;
+  opts->memory_budget = 0;
+  opts->batch_frames = FALSE;
+  opts->override_normalization = FALSE;
+  unet_normalization_init_default (&opts->normalization);
+  opts->outputs = UNET_SEGMENT_LABELS;
+  opts->probability_class = 1;
+  opts->foreground_class = 1;
+}
+
+static gdouble
+now_s (void)
+{
+  return g_get_monotonic_time () / 1e6;
+}
+
+static gpointer
+try_alloc (gsize n_elems, gsize elem_size, gboolean zero, GError **error)
+{
+  gpointer p;
+
+  if (n_elems != 0 && elem_size > G_MAXSIZE / n_elems)
+    p = NULL;
+  else if (zero)
+    p = g_try_malloc0 (MAX (n_elems * elem_size, 1));
+  else
+    p = g_try_malloc (MAX (n_elems * elem_size, 1));
+  if (!p)
+    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+        "could not allocate %" G_GSIZE_FORMAT " x %" G_GSIZE_FORMAT " bytes",
+        n_elems, elem_size);
+  return p;
+}
+
+UnetSegmenter *
+unet_segmenter_new (const UnetModel *model, const UnetSegmenterOptions *opts,
+    GError **error)
+{
+  UnetSegmenter *seg;
+  const UnetConfig *cfg = unet_model_get_config (model);
+  gint n_labels = MAX (cfg->classes, 2);
+
+  if (opts->batch_size < 1 || opts->batch_size > 4096) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "batch size %d is not in 1..4096", opts->batch_size);
+    return NULL;
+  }
+  if (opts->tile_height < 0 || opts->tile_width < 0) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "tile size %dx%d is negative", opts->tile_width, opts->tile_height);
+    return NULL;
+  }
+  if ((opts->outputs & UNET_SEGMENT_PROBABILITY)
+      && (opts->probability_class < 0 || opts->probability_class >= n_labels)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "probability class %d does not exist: the model has classes 0..%d",
+        opts->probability_class, n_labels - 1);
+    return NULL;
+  }
+  if ((opts->outputs & (UNET_SEGMENT_INSTANCES | UNET_SEGMENT_STATS))
+      && (opts->foreground_class < 0 || opts->foreground_class >= n_labels)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "foreground class %d does not exist: the model has classes 0..%d",
+        opts->foreground_class, n_labels - 1);
+    return NULL;
+  }
+
+  seg = g_new0 (UnetSegmenter, 1);
+  seg->cfg = *cfg;
+  seg->opts = *opts;
+  seg->n_labels = n_labels;
+  if (opts->override_normalization)
+    seg->norm = opts->normalization;
+  else
+    unet_model_get_normalization (model, &seg->norm);
+  g_queue_init (&seg->frames);
+  seg->slots = g_new0 (Slot, opts->batch_size);
+  seg->net = unet_net_new (model, &opts->net, error);
+  if (!seg->net) {
+    unet_segmenter_free (seg);
+    return NULL;
+  }
+  return seg;
+}
+
+static void
+frame_free (Frame *f)
+{
+  if (!f)
+    return;
+  unet_segment_result_free (f->result);
+  g_free (f->norm);
+  g_free (f->acc);
+  g_free (f->wsum);
+  g_free (f);
+}
+
+void
+unet_segmenter_free (UnetSegmenter *seg)
+{
+  if (!seg)
+    return;
+  g_queue_clear_full (&seg->frames, (GDestroyNotify) frame_free);
+  unet_net_free (seg->net);
+  g_free (seg->slots);
+  g_free (seg->in_buf);
+  g_free (seg->out_buf);
+  g_free (seg->wy);
+  g_free (seg->wx);
+  g_free (seg);
+}
+
+const UnetConfig *
+unet_segmenter_get_config (const UnetSegmenter *seg)
+{
+  return &seg->cfg;
+}
+
+UnetDevice
+unet_segmenter_get_device (const UnetSegmenter *seg)
+{
+  return unet_net_get_device (seg->net);
+}
+
+void
+unet_segmenter_get_normalization (const UnetSegmenter *seg, UnetNormalization *norm)
+{
+  *norm = seg->norm;
+}
+
+guint
+unet_segmenter_get_queued (const UnetSegmenter *seg)
+{
+  return g_queue_get_length ((GQueue *) & seg->frames);
+}
+
+void
+unet_segment_result_free (UnetSegmentResult *r)
+{
+  if (!r)
+    return;
+  g_free (r->labels);
+  g_free (r->probability);
+  g_free (r->probabilities);
+  g_free (r->instances);
+  g_free (r);
+}
+
+/* ------------------------------------------------------ connected components */
+
+static guint32
+uf_find (guint32 *parent, guint32 x)
+{
+  while (parent[x] != x) {
+    parent[x] = parent[parent[x]];
+    x = parent[x];
+  }
+  return x;
+}
+
+guint
+unet_label_components (const guint8 *mask, guint8 value, gint width, gint height,
+    guint16 *instances, guint64 *area)
+{
+  /* Two passes: provisional labels with union-find (the smaller root wins, so a
+   * root is the first provisional label of its component in raster order), then
+   * roots numbered in increasing order. */
+  gsize n = (gsize) width * height, i;
+  guint32 *lab = g_new (guint32, n);
+  GArray *parent = g_array_new (FALSE, FALSE, sizeof (guint32));
+  guint32 *par, *final, next = 1, zero = 0;
+  guint count = 0;
+  guint64 fg = 0;
+  gint x, y;
+
+  g_array_append_val (parent, zero);
+  for (y = 0; y < height; y++) {
+    for (x = 0; x < width; x++) {
+      gsize p = (gsize) y * width + x;
+      guint32 up, left;
+
+      if (mask[p] != value) {
+        lab[p] = 0;
+        continue;
+      }
+      fg++;
+      up = y > 0 ? lab[p - width] : 0;
+      left = x > 0 ? lab[p - 1] : 0;
+      if (!up && !left) {
+        lab[p] = next;
+        g_array_append_val (parent, next);
+        next++;
+      } else if (up && left) {
+        guint32 *pa = (guint32 *) parent->data;
+        guint32 ru = uf_find (pa, up), rl = uf_find (pa, left);
+        lab[p] = MIN (ru, rl);
+        pa[MAX (ru, rl)] = MIN (ru, rl);
+      } else {
+        lab[p] = up ? up : left;
+      }
+    }
+  }
+  par = (guint32 *) parent->data;
+  final = g_new0 (guint32, parent->len);
+  for (i = 1; i < parent->len; i++) {
+    guint32 r = uf_find (par, (guint32) i);
+    if (r == i)
+      final[i] = ++count;
+  }
+  if (instances) {
+    for (i = 0; i < n; i++) {
+      guint32 v = lab[i] ? final[uf_find (par, lab[i])] : 0;
+      instances[i] = (guint16) MIN (v, G_MAXUINT16);
+    }
+  }
+  g_free (final);
+  g_array_free (parent, TRUE);
+  g_free (lab);
+  if (area)
+    *area = fg;
+  return count;
+}
+
+/* ---------------------------------------------------------------- frames -- */
+
+static gboolean
+frame_finish (UnetSegmenter *seg, Frame *f, GError **error)
+{
+  UnetSegmentResult *r = f->result;
+  gsize n = (gsize) r->width * r->height, i;
+  gint k, classes = seg->cfg.classes;
+  guint outs = seg->opts.outputs;
+  gboolean need_labels =
+      (outs & (UNET_SEGMENT_LABELS | UNET_SEGMENT_INSTANCES | UNET_SEGMENT_STATS)) != 0;
+  guint8 *labels = NULL;
+  gdouble t0 = now_s (), t1;
+
+  if (f->wsum) {
+    unet_tile_blend_finish (classes, n, f->acc, f->wsum);
+    g_clear_pointer (&f->wsum, g_free);
+  }
+  t1 = now_s ();
+  r->stats.time_stitch += t1 - t0;
+
+  if (need_labels) {
+    labels = try_alloc (n, 1, FALSE, error);
+    if (!labels)
+      return FALSE;
+    if (classes == 1) {
+      for (i = 0; i < n; i++)
+        labels[i] = f->acc[i] >= 0.5f;
+    } else {
+      for (i = 0; i < n; i++) {
+        gfloat best = f->acc[i];
+        guint8 arg = 0;
+        for (k = 1; k < classes; k++) {
+          gfloat v = f->acc[(gsize) k * n + i];
+          if (v > best) {
+            best = v;
+            arg = (guint8) k;
+          }
+        }
+        labels[i] = arg;
+      }
+    }
+  }
+  if (outs & (UNET_SEGMENT_INSTANCES | UNET_SEGMENT_STATS)) {
+    guint64 area = 0;
+    if (outs & UNET_SEGMENT_INSTANCES) {
+      r->instances = try_alloc (n, sizeof (guint16), FALSE, error);
+      if (!r->instances) {
+        g_free (labels);
+        return FALSE;
+      }
+    }
+    r->stats.object_count = unet_label_components (labels,
+        (guint8) seg->opts.foreground_class, r->width, r->height, r->instances, &area);
+    r->stats.foreground_fraction = (gdouble) area / n;
+    r->stats.mean_object_area =
+        r->stats.object_count ? (gdouble) area / r->stats.object_count : 0.0;
+  }
+  if (outs & UNET_SEGMENT_LABELS)
+    r->labels = labels;
+  else
+    g_free (labels);
+
+  if (outs & UNET_SEGMENT_PROBABILITY) {
+    gint c = seg->opts.probability_class;
+    r->probability = try_alloc (n, sizeof (gfloat), FALSE, error);
+    if (!r->probability)
+      return FALSE;
+    if (classes == 1 && c == 0) {
+      for (i = 0; i < n; i++)
+        r->probability[i] = 1.0f - f->acc[i];
+    } else {
+      memcpy (r->probability, f->acc + (gsize) (classes == 1 ? 0 : c) * n,
+          n * sizeof (gfloat));
+    }
+  }
+  if (outs & UNET_SEGMENT_PROBABILITIES)
+    r->probabilities = g_steal_pointer (&f->acc);
+  g_clear_pointer (&f->acc, g_free);
+
+  r->stats.time_post += now_s () - t1;
+  r->stats.time_total = r->stats.time_normalize + r->stats.time_extract
+      + r->stats.time_forward + r->stats.time_stitch + r->stats.time_post;
+  f->finished = TRUE;
+  return TRUE;
+}
+
+static gboolean
+ensure_capacity (gfloat **buf, gsize *cap, gsize need, GError **error)
+{
+  gfloat *p;
+
+  if (*cap >= need)
+    return TRUE;
+  p = try_alloc (need, sizeof (gfloat), FALSE, error);
+  if (!p)
+    return FALSE;
+  g_free (*buf);
+  *buf = p;
+  *cap = need;
+  return TRUE;
+}
+
+/* Forward the pending batch and stitch every tile into its frame. */
+static gboolean
+run_batch (UnetSegmenter *seg, GError **error)
+{
+  gint b, n = seg->batch_n, classes = seg->cfg.classes;
+  gsize out_tile = (gsize) classes * seg->batch_to_h * seg->batch_to_w;
+  gdouble t0, t1, share;
+  gboolean ok;
+
+  if (n == 0)
+    return TRUE;
+  seg->batch_n = 0;
+  t0 = now_s ();
+  ok = unet_net_forward (seg->net, seg->in_buf, n, seg->batch_th, seg->batch_tw,
+      seg->out_buf, error);
+  t1 = now_s ();
+  share = (t1 - t0) / n;
+  for (b = 0; b < n; b++) {
+    Frame *f = seg->slots[b].frame;
+    UnetTile t;
+    gdouble ts = now_s ();
+
+    f->result->stats.time_forward += share;
+    if (!ok)
+      continue;
+    unet_tile_plan_get_tile (&f->plan, seg->slots[b].tile, &t);
+    if (f->wsum)
+      unet_tile_stitch_blend (&f->plan, &t, classes, seg->out_buf + b * out_tile,
+          seg->wy, seg->wx, f->acc, f->wsum);
+    else
+      unet_tile_stitch_copy (&f->plan, &t, classes, seg->out_buf + b * out_tile,
+          f->acc);
+    f->n_stitched++;
+    f->result->stats.time_stitch += now_s () - ts;
+    if (f->n_stitched == f->plan.n_tiles && !frame_finish (seg, f, error))
+      ok = FALSE;
+  }
+  return ok;
+}
+
+static gboolean
+get_plan (UnetSegmenter *seg, gint h, gint w, UnetTilePlan *plan, GError **error)
+{
+  if (seg->cache_h == h && seg->cache_w == w) {
+    *plan = seg->cache_plan;
+    return TRUE;
+  }
+  if (seg->opts.tile_height == 0 && seg->opts.tile_width == 0) {
+    guint64 budget = seg->opts.memory_budget ? seg->opts.memory_budget
+        : DEFAULT_MEMORY_BUDGET;
+    if (!unet_tile_plan_auto (plan, &seg->cfg, h, w, budget, seg->opts.batch_size,
+            error))
+      return FALSE;
+  } else if (!unet_tile_plan_init (plan, &seg->cfg, h, w, seg->opts.tile_height,
+          seg->opts.tile_width, error)) {
+    return FALSE;
+  }
+  seg->cache_h = h;
+  seg->cache_w = w;
+  seg->cache_plan = *plan;
+  return TRUE;
+}
+
+/* Make the pending batch take tiles of the plan's shape. */
+static gboolean
+prepare_batch_shape (UnetSegmenter *seg, const UnetTilePlan *plan, GError **error)
+{
+  gint th = plan->y.tile_in, tw = plan->x.tile_in;
+  gsize bs = (gsize) seg->opts.batch_size;
+
+  if (seg->batch_th == th && seg->batch_tw == tw && seg->in_buf)
+    return TRUE;
+  if (!run_batch (seg, error))
+    return FALSE;
+  if (!ensure_capacity (&seg->in_buf, &seg->in_cap,
+          bs * seg->cfg.in_channels * th * tw, error)
+      || !ensure_capacity (&seg->out_buf, &seg->out_cap,
+          bs * seg->cfg.classes * plan->y.tile_out * plan->x.tile_out, error))
+    return FALSE;
+  seg->batch_th = th;
+  seg->batch_tw = tw;
+  seg->batch_to_h = plan->y.tile_out;
+  seg->batch_to_w = plan->x.tile_out;
+  g_free (seg->wy);
+  g_free (seg->wx);
+  seg->wy = g_new (gfloat, plan->y.tile_out);
+  seg->wx = g_new (gfloat, plan->x.tile_out);
+  unet_tile_gaussian_window (plan->y.tile_out, seg->wy);
+  unet_tile_gaussian_window (plan->x.tile_out, seg->wx);
+  return TRUE;
+}
+
+/* After a failure: frames that can no longer finish leave the queue (finished
+ * ones stay poppable), and the pending batch is dropped. */
+static void
+drop_unfinished (UnetSegmenter *seg)
+{
+  GList *l = seg->frames.head;
+
+  seg->batch_n = 0;
+  while (l) {
+    GList *next = l->next;
+    Frame *f = l->data;
+    if (!f->finished) {
+      g_queue_delete_link (&seg->frames, l);
+      frame_free (f);
+    }
+    l = next;
+  }
+}
+
+gboolean
+unet_segmenter_push (UnetSegmenter *seg, UnetPixelFormat format, gconstpointer data,
+    gint width, gint height, gsize stride, gpointer user_data, GError **error)
+{
+  Frame *f;
+  UnetSegmentResult *r;
+  gsize n;
+  gint i, c = seg->cfg.in_channels;
+  gsize tile_elems;
+  gdouble t0, t1;
+
+  if (width < 1 || height < 1 || !data) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "frame %dx%d is empty", width, height);
+    return FALSE;
+  }
+  n = (gsize) width * height;
+  f = g_new0 (Frame, 1);
+  f->result = r = g_new0 (UnetSegmentResult, 1);
+  r->user_data = user_data;
+  r->width = width;
+  r->height = height;
+  r->classes = seg->cfg.classes;
+  r->stats.frame_number = seg->n_pushed;
+  r->stats.width = width;
+  r->stats.height = height;
+
+  t0 = now_s ();
+  if (!get_plan (seg, height, width, &f->plan, error))
+    goto failed;
+  f->norm = try_alloc (n, sizeof (gfloat), FALSE, error);
+  if (!f->norm)
+    goto failed;
+  f->acc = try_alloc ((gsize) seg->cfg.classes * n, sizeof (gfloat), f->plan.blend,
+      error);
+  if (!f->acc)
+    goto failed;
+  if (f->plan.blend) {
+    f->wsum = try_alloc (n, sizeof (gfloat), TRUE, error);
+    if (!f->wsum)
+      goto failed;
+  }
+  if (!unet_normalize_frame (&seg->norm, format, data, width, height, stride, f->norm,
+          error))
+    goto failed;
+  if (!prepare_batch_shape (seg, &f->plan, error)) {
+    frame_free (f);
+    goto failed_queued;
+  }
+  r->stats.n_tiles = f->plan.n_tiles;
+  r->stats.tile_height = f->plan.y.tile_in;
+  r->stats.tile_width = f->plan.x.tile_in;
+  t1 = now_s ();
+  r->stats.time_normalize = t1 - t0;
+  seg->n_pushed++;
+  g_queue_push_tail (&seg->frames, f);
+
+  tile_elems = (gsize) c * seg->batch_th * seg->batch_tw;
+  for (i = 0; i < f->plan.n_tiles; i++) {
+    UnetTile t;
+    gdouble te = now_s ();
+
+    unet_tile_plan_get_tile (&f->plan, i, &t);
+    unet_tile_extract (f->norm, height, width, t.in_y, t.in_x, seg->batch_th,
+        seg->batch_tw, c, seg->in_buf + seg->batch_n * tile_elems);
+    seg->slots[seg->batch_n].frame = f;
+    seg->slots[seg->batch_n].tile = i;
+    seg->batch_n++;
+    f->n_extracted++;
+    if (f->n_extracted == f->plan.n_tiles)
+      g_clear_pointer (&f->norm, g_free);
+    r->stats.time_extract += now_s () - te;
+    if (seg->batch_n == seg->opts.batch_size && !run_batch (seg, error))
+      goto failed_queued;
+  }
+  if (!seg->opts.batch_frames && !run_batch (seg, error))
+    goto failed_queued;
+  return TRUE;
+
+failed:
+  frame_free (f);
+  return FALSE;
+failed_queued:
+  drop_unfinished (seg);
+  return FALSE;
+}
+
+gboolean
+unet_segmenter_flush (UnetSegmenter *seg, GError **error)
+{
+  if (run_batch (seg, error))
+    return TRUE;
+  drop_unfinished (seg);
+  return FALSE;
+}
+
+UnetSegmentResult *
+unet_segmenter_pop (UnetSegmenter *seg)
+{
+  Frame *f = g_queue_peek_head (&seg->frames);
+  UnetSegmentResult *r;
+
+  if (!f || !f->finished)
+    return NULL;
+  g_queue_pop_head (&seg->frames);
+  r = g_steal_pointer (&f->result);
+  frame_free (f);
+  return r;
+}
+
+UnetSegmentResult *
+unet_segmenter_process (UnetSegmenter *seg, UnetPixelFormat format,
+    gconstpointer data, gint width, gint height, gsize stride, GError **error)
+{
+  if (!unet_segmenter_push (seg, format, data, width, height, stride, NULL, error)
+      || !unet_segmenter_flush (seg, error))
+    return NULL;
+  return unet_segmenter_pop (seg);
+}
