@@ -1,0 +1,1046 @@
+/* gst-unet engine — the trainer: pairs in -> optimiser steps, checkpoints, metrics.
+ *
+ * Owns one UnetNet in training mode, one UnetOptimizer over the net's flat
+ * parameter slab (trainable tensors only: batch-norm running statistics and the
+ * alignment padding are left to the forward pass), and two FIFO sets of pairs
+ * (training, validation). A pair is stored ready to sample: the normalised image
+ * (C,H,W), the class map (H,W) and the weight map (H,W) computed once from the
+ * instance labels (the paper's w_c + w0·exp(-(d1+d2)²/2σ²)).
+ *
+ * Determinism: step t draws everything (which pairs, tile positions, elastic
+ * fields, rotations, flips, gray-value changes, the dropout mask) from generators
+ * seeded with hash(seed, t). The whole random state of a run is therefore (seed,
+ * step), which is what a checkpoint stores besides the weights and the optimiser
+ * buffers; resuming from it on the same pairs reproduces the losses bit for bit
+ * on the CPU.
+ */
+#include "unet.h"
+#include "model-private.h"
+#include "safetensors.h"
+#include "tiling.h"
+#include "training.h"
+
+#include <json-glib/json-glib.h>
+#include <math.h>
+#include <string.h>
+
+#define MAX_FRAME_EDGE 65536
+#define MAX_FRAME_PIXELS (G_GINT64_CONSTANT (1) << 28)
+#define MAX_BATCH 256
+/* The paper's tile: the largest automatic input edge. */
+#define AUTO_TILE_CAP 572
+
+typedef struct
+{
+  gint width, height;
+  gfloat *image;                /* (C,H,W) normalised */
+  gint32 *classes;              /* (H,W) 0..K-1 or UNET_LABEL_IGNORE */
+  gfloat *weights;              /* (H,W) */
+} Pair;
+
+struct _UnetTrainer
+{
+  UnetTrainerOptions opts;
+  UnetConfig cfg;
+  UnetModel *model;             /* metadata holder; parameters synced on export */
+  UnetNet *net;
+  UnetOptimizer *optim;
+  gfloat *params;               /* net's slab (n floats) */
+  gsize n_params;
+
+  GQueue train;                 /* Pair*, oldest first */
+  GQueue val;
+  guint val_capacity;
+  guint64 n_added;
+  gint min_edge;                /* smallest frame edge seen, 0 = none yet */
+
+  gint64 iteration;
+
+  /* Step buffers, for tile_in x tile_in inputs (reallocated when it changes). */
+  gint tile_in, tile_out;
+  gfloat *in;                   /* (B,C,Ti,Ti) */
+  gint32 *labels;               /* (B,To,To) */
+  gfloat *weights;              /* (B,To,To) */
+  gfloat *logits;               /* (B,K,To,To) */
+  gfloat *grad;                 /* (B,K,To,To) */
+
+  UnetAugmentParams aug;
+  UnetWeightMapParams wmap;
+
+  UnetTrainStats last;
+  gdouble last_val_dice;
+};
+
+/* ------------------------------------------------------------ helpers -- */
+
+static guint64
+mix64 (guint64 a, guint64 b)
+{
+  guint64 x = a ^ (b * G_GUINT64_CONSTANT (0x9e3779b97f4a7c15));
+  return unet_rng_splitmix64 (&x);
+}
+
+/* Stream ids keep the generators of one step independent of each other. */
+enum
+{
+  STREAM_SAMPLE = 1,
+  STREAM_DROPOUT = 2,
+  STREAM_SPLIT = 3,
+};
+
+static guint64
+step_seed (guint64 seed, gint64 step, guint64 stream)
+{
+  return mix64 (mix64 (seed, stream), (guint64) step);
+}
+
+static void
+pair_free (gpointer data)
+{
+  Pair *p = data;
+  if (p == NULL)
+    return;
+  g_free (p->image);
+  g_free (p->classes);
+  g_free (p->weights);
+  g_free (p);
+}
+
+static void
+free_step_buffers (UnetTrainer *t)
+{
+  g_clear_pointer (&t->in, g_free);
+  g_clear_pointer (&t->labels, g_free);
+  g_clear_pointer (&t->weights, g_free);
+  g_clear_pointer (&t->logits, g_free);
+  g_clear_pointer (&t->grad, g_free);
+  t->tile_in = t->tile_out = 0;
+}
+
+void
+unet_trainer_options_init (UnetTrainerOptions *opts)
+{
+  memset (opts, 0, sizeof (*opts));
+  unet_config_init_classic (&opts->architecture);
+  unet_normalization_init_default (&opts->normalization);
+  opts->optimizer = UNET_TRAIN_SGD;
+  opts->learning_rate = 0.01;
+  opts->momentum = 0.99;
+  opts->nesterov = FALSE;
+  opts->weight_decay = 0.0;
+  opts->schedule = UNET_TRAIN_SCHEDULE_CONSTANT;
+  opts->iterations = 1000;
+  opts->batch_size = 1;
+  opts->tile_size = 0;
+  opts->elastic = TRUE;
+  opts->elastic_grid = 3;
+  opts->elastic_sigma = 10.0;
+  opts->rotation = 180.0;
+  opts->flip = TRUE;
+  opts->intensity_jitter = 1.0;
+  opts->border_weight = 10.0;
+  opts->border_sigma = 5.0;
+  opts->class_balance = TRUE;
+  opts->mask_mode = UNET_TRAIN_MASK_BINARY;
+  opts->ignore_label = -1;
+  opts->dice_weight = 0.0;
+  opts->validation_fraction = 0.0;
+  opts->dataset_capacity = 1000;
+  opts->seed = 0;
+  unet_net_options_init (&opts->net);
+}
+
+static const gchar *
+optimizer_name (UnetTrainOptimizer o)
+{
+  switch (o) {
+    case UNET_TRAIN_SGD:
+      return "sgd";
+    case UNET_TRAIN_ADAM:
+      return "adam";
+    case UNET_TRAIN_ADAMW:
+      return "adamw";
+  }
+  return "sgd";
+}
+
+static gboolean
+optimizer_from_name (const gchar *name, UnetTrainOptimizer *o)
+{
+  for (gint i = UNET_TRAIN_SGD; i <= UNET_TRAIN_ADAMW; i++) {
+    if (g_strcmp0 (name, optimizer_name (i)) == 0) {
+      *o = i;
+      return TRUE;
+    }
+  }
+  return FALSE;
+}
+
+static const gchar *
+schedule_name (UnetTrainSchedule s)
+{
+  switch (s) {
+    case UNET_TRAIN_SCHEDULE_CONSTANT:
+      return "constant";
+    case UNET_TRAIN_SCHEDULE_COSINE:
+      return "cosine";
+    case UNET_TRAIN_SCHEDULE_POLY:
+      return "poly";
+  }
+  return "constant";
+}
+
+static const gchar *
+mask_mode_name (UnetTrainMaskMode m)
+{
+  switch (m) {
+    case UNET_TRAIN_MASK_BINARY:
+      return "binary";
+    case UNET_TRAIN_MASK_INDEXED:
+      return "indexed";
+    case UNET_TRAIN_MASK_INSTANCES:
+      return "instances";
+  }
+  return "binary";
+}
+
+static gboolean
+validate_options (const UnetTrainerOptions *o, GError **error)
+{
+#define BAD(...) G_STMT_START { \
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT, __VA_ARGS__); \
+    return FALSE; } G_STMT_END
+  if (!(o->learning_rate > 0.0 && o->learning_rate < 1e3))
+    BAD ("learning rate %g must be in (0, 1000)", o->learning_rate);
+  if (!(o->momentum >= 0.0 && o->momentum < 1.0))
+    BAD ("momentum %g must be in [0, 1)", o->momentum);
+  if (o->nesterov && !(o->momentum > 0.0))
+    BAD ("Nesterov momentum needs momentum > 0");
+  if (!(o->weight_decay >= 0.0 && o->weight_decay < 1.0))
+    BAD ("weight decay %g must be in [0, 1)", o->weight_decay);
+  if (o->iterations < 1)
+    BAD ("iterations %" G_GINT64_FORMAT " must be >= 1", o->iterations);
+  if (o->batch_size < 1 || o->batch_size > MAX_BATCH)
+    BAD ("batch size %d must be in 1..%d", o->batch_size, MAX_BATCH);
+  if (o->tile_size < 0 || o->tile_size > 8192)
+    BAD ("tile size %d must be 0 (auto) or a size up to 8192", o->tile_size);
+  if (o->elastic && (o->elastic_grid < 2 || o->elastic_grid > 64))
+    BAD ("elastic grid %d must be in 2..64", o->elastic_grid);
+  if (!(o->elastic_sigma >= 0.0 && o->elastic_sigma <= 1000.0))
+    BAD ("elastic sigma %g must be in [0, 1000]", o->elastic_sigma);
+  if (!(o->rotation >= 0.0 && o->rotation <= 180.0))
+    BAD ("rotation %g must be in [0, 180] degrees", o->rotation);
+  if (!(o->intensity_jitter >= 0.0 && o->intensity_jitter <= 4.0))
+    BAD ("intensity jitter %g must be in [0, 4]", o->intensity_jitter);
+  if (!(o->border_weight >= 0.0 && o->border_weight <= 1e4))
+    BAD ("border weight %g must be in [0, 10000]", o->border_weight);
+  if (!(o->border_sigma > 0.0 && o->border_sigma <= 1000.0))
+    BAD ("border sigma %g must be in (0, 1000]", o->border_sigma);
+  if (o->ignore_label < -1 || o->ignore_label > 65535)
+    BAD ("ignore label %d must be -1 (none) or 0..65535", o->ignore_label);
+  if (!(o->dice_weight >= 0.0 && o->dice_weight <= 100.0))
+    BAD ("Dice loss weight %g must be in [0, 100]", o->dice_weight);
+  if (!(o->validation_fraction >= 0.0 && o->validation_fraction < 1.0))
+    BAD ("validation fraction %g must be in [0, 1)", o->validation_fraction);
+  if (o->dataset_capacity < 1)
+    BAD ("dataset capacity %d must be >= 1", o->dataset_capacity);
+#undef BAD
+  return TRUE;
+}
+
+static void
+setup_params (UnetTrainer *t)
+{
+  const UnetTrainerOptions *o = &t->opts;
+
+  unet_augment_params_init (&t->aug);
+  t->aug.random_position = TRUE;
+  t->aug.elastic = o->elastic && o->elastic_sigma > 0.0;
+  t->aug.elastic_grid = o->elastic_grid;
+  t->aug.elastic_sigma = o->elastic_sigma;
+  t->aug.rotate = o->rotation > 0.0;
+  t->aug.max_rotation = o->rotation;
+  t->aug.flip = o->flip;
+  t->aug.intensity = o->intensity_jitter > 0.0;
+  /* jitter 1 = the paper-like defaults of unet_augment_params_init, scaled. */
+  t->aug.gamma = 1.0 + 0.5 * o->intensity_jitter;
+  t->aug.contrast = MIN (0.2 * o->intensity_jitter, 0.9);
+  t->aug.brightness = 0.1 * o->intensity_jitter;
+  t->aug.image_interp = UNET_INTERP_BICUBIC;
+
+  unet_weight_map_params_init (&t->wmap);
+  t->wmap.class_balance = o->class_balance;
+  t->wmap.border_weight = o->border_weight;
+  t->wmap.border_sigma = o->border_sigma;
+}
+
+static UnetOptimizer *
+make_optimizer (const UnetTrainer *t, const UnetLayout *layout, GError **error)
+{
+  const UnetTrainerOptions *o = &t->opts;
+  UnetOptimParams p;
+  unet_optim_params_init (&p);
+  switch (o->optimizer) {
+    case UNET_TRAIN_SGD:
+      p.kind = UNET_OPTIM_SGD;
+      break;
+    case UNET_TRAIN_ADAM:
+      p.kind = UNET_OPTIM_ADAM;
+      break;
+    case UNET_TRAIN_ADAMW:
+      p.kind = UNET_OPTIM_ADAMW;
+      break;
+  }
+  p.lr = o->learning_rate;
+  p.momentum = o->momentum;
+  p.nesterov = o->nesterov;
+  p.weight_decay = o->weight_decay;
+  switch (o->schedule) {
+    case UNET_TRAIN_SCHEDULE_CONSTANT:
+      p.schedule = UNET_LR_CONSTANT;
+      break;
+    case UNET_TRAIN_SCHEDULE_COSINE:
+      p.schedule = UNET_LR_COSINE;
+      break;
+    case UNET_TRAIN_SCHEDULE_POLY:
+      p.schedule = UNET_LR_POLY;
+      break;
+  }
+  p.total_steps = o->iterations;
+
+  /* PyTorch semantics: every trainable tensor (biases too) gets weight decay. */
+  g_autofree UnetOptimRange *ranges = g_new0 (UnetOptimRange, layout->n_tensors);
+  guint n = 0;
+  for (guint i = 0; i < layout->n_tensors; i++) {
+    const UnetTensorInfo *ti = &layout->tensors[i];
+    if (!ti->trainable)
+      continue;
+    ranges[n].offset = ti->offset;
+    ranges[n].numel = ti->numel;
+    ranges[n].decay = TRUE;
+    n++;
+  }
+  return unet_optimizer_new (&p, layout->slab_numel, ranges, n, error);
+}
+
+/* Creates net + optimiser for t->model; t->opts and t->cfg are set. */
+static gboolean
+trainer_setup (UnetTrainer *t, GError **error)
+{
+  t->cfg = *unet_model_get_config (t->model);
+  setup_params (t);
+  g_autofree gchar *nj = unet_normalization_to_json (&t->opts.normalization);
+  unet_model_set_metadata (t->model, "unet.normalization", nj);
+
+  t->net = unet_net_new (t->model, &t->opts.net, error);
+  if (t->net == NULL)
+    return FALSE;
+  t->params = unet_net_get_parameters (t->net, &t->n_params);
+  const UnetLayout *layout = unet_model_get_layout (t->model);
+  if (t->params == NULL || t->n_params != layout->slab_numel) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND,
+        "the network's parameter slab has %" G_GSIZE_FORMAT
+        " floats, the model layout %" G_GSIZE_FORMAT, t->n_params,
+        layout->slab_numel);
+    return FALSE;
+  }
+  t->optim = make_optimizer (t, layout, error);
+  if (t->optim == NULL)
+    return FALSE;
+
+  g_queue_init (&t->train);
+  g_queue_init (&t->val);
+  t->val_capacity = MAX (1, (guint) (t->opts.dataset_capacity *
+          t->opts.validation_fraction));
+  t->last_val_dice = -1.0;
+  return TRUE;
+}
+
+UnetTrainer *
+unet_trainer_new (const UnetTrainerOptions *opts, const UnetModel *model,
+    GError **error)
+{
+  g_return_val_if_fail (opts != NULL, NULL);
+  if (!validate_options (opts, error))
+    return NULL;
+
+  g_autoptr (UnetModel) m = NULL;
+  if (model != NULL) {
+    m = unet_model_copy (model);
+  } else {
+    m = unet_model_new (&opts->architecture, error);
+    if (m == NULL)
+      return NULL;
+    unet_model_init_weights (m, opts->seed);
+  }
+  if (unet_model_get_config (m)->classes > 16) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "training supports up to 16 classes, the model has %d",
+        unet_model_get_config (m)->classes);
+    return NULL;
+  }
+
+  UnetTrainer *t = g_new0 (UnetTrainer, 1);
+  t->opts = *opts;
+  t->model = g_steal_pointer (&m);
+  if (!trainer_setup (t, error)) {
+    unet_trainer_free (t);
+    return NULL;
+  }
+  return t;
+}
+
+void
+unet_trainer_free (UnetTrainer *t)
+{
+  if (t == NULL)
+    return;
+  g_queue_clear_full (&t->train, pair_free);
+  g_queue_clear_full (&t->val, pair_free);
+  free_step_buffers (t);
+  unet_optimizer_free (t->optim);
+  unet_net_free (t->net);
+  unet_model_free (t->model);
+  g_free (t);
+}
+
+const UnetConfig *
+unet_trainer_get_config (const UnetTrainer *t)
+{
+  return &t->cfg;
+}
+
+gint64
+unet_trainer_get_iteration (const UnetTrainer *t)
+{
+  return t->iteration;
+}
+
+guint
+unet_trainer_get_n_pairs (const UnetTrainer *t, guint *n_validation)
+{
+  if (n_validation)
+    *n_validation = t->val.length;
+  return t->train.length;
+}
+
+/* --------------------------------------------------------------- pairs -- */
+
+/* Raw frame -> normalised (C,H,W): a gray frame is repeated over the channels. */
+static gfloat *
+normalize_image (UnetTrainer *t, UnetPixelFormat format, gconstpointer data,
+    gsize stride, gint width, gint height, GError **error)
+{
+  gsize plane = (gsize) width * height;
+  gint c = t->cfg.in_channels;
+  g_autofree gfloat *img = g_try_new (gfloat, plane * c);
+  if (img == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+        "cannot allocate a %dx%d frame", width, height);
+    return NULL;
+  }
+  if (!unet_normalize_frame (&t->opts.normalization, format, data, width,
+          height, stride, img, error))
+    return NULL;
+  for (gint k = 1; k < c; k++)
+    memcpy (img + k * plane, img, plane * sizeof (gfloat));
+  return g_steal_pointer (&img);
+}
+
+static gboolean
+check_frame (gint width, gint height, gsize stride, gsize bpp,
+    const gchar *what, GError **error)
+{
+  if (width < 1 || height < 1 || width > MAX_FRAME_EDGE
+      || height > MAX_FRAME_EDGE
+      || (gint64) width * height > MAX_FRAME_PIXELS) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "%s of %dx%d: frames must be 1..%d pixels per side and at most %"
+        G_GINT64_FORMAT " pixels", what, width, height, MAX_FRAME_EDGE,
+        MAX_FRAME_PIXELS);
+    return FALSE;
+  }
+  if (stride < (gsize) width * bpp) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "%s stride %" G_GSIZE_FORMAT " is smaller than a row (%" G_GSIZE_FORMAT
+        " bytes)", what, stride, (gsize) width * bpp);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static gsize
+pixel_bytes (UnetPixelFormat f)
+{
+  switch (f) {
+    case UNET_PIXEL_U8:
+      return 1;
+    case UNET_PIXEL_U16:
+      return 2;
+    case UNET_PIXEL_F32:
+      return 4;
+  }
+  return 1;
+}
+
+gboolean
+unet_trainer_add_pair (UnetTrainer *t, UnetPixelFormat image_format,
+    gconstpointer image, gsize image_stride, UnetPixelFormat mask_format,
+    gconstpointer mask, gsize mask_stride, gint width, gint height,
+    GError **error)
+{
+  g_return_val_if_fail (t != NULL && image != NULL && mask != NULL, FALSE);
+
+  if (mask_format == UNET_PIXEL_F32) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "masks must be integer labels (8 or 16 bit), not float");
+    return FALSE;
+  }
+  if (!check_frame (width, height, image_stride, pixel_bytes (image_format),
+          "image", error)
+      || !check_frame (width, height, mask_stride, pixel_bytes (mask_format),
+          "mask", error))
+    return FALSE;
+
+  gsize plane = (gsize) width * height;
+  Pair *p = g_new0 (Pair, 1);
+  p->width = width;
+  p->height = height;
+  g_autofree gint32 *raw = g_try_new (gint32, plane);
+  g_autofree gint32 *instances = g_try_new (gint32, plane);
+  p->classes = g_try_new (gint32, plane);
+  p->weights = g_try_new (gfloat, plane);
+  if (raw == NULL || instances == NULL || p->classes == NULL
+      || p->weights == NULL) {
+    pair_free (p);
+    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+        "cannot allocate the labels of a %dx%d pair", width, height);
+    return FALSE;
+  }
+  for (gint y = 0; y < height; y++) {
+    const guint8 *row = (const guint8 *) mask + (gsize) y * mask_stride;
+    gint32 *dst = raw + (gsize) y * width;
+    if (mask_format == UNET_PIXEL_U8) {
+      for (gint x = 0; x < width; x++)
+        dst[x] = row[x];
+    } else {
+      for (gint x = 0; x < width; x++) {
+        guint16 v;
+        memcpy (&v, row + 2 * x, 2);
+        dst[x] = GUINT16_FROM_LE (v);
+      }
+    }
+  }
+
+  UnetMaskMode mode = UNET_MASK_BINARY;
+  switch (t->opts.mask_mode) {
+    case UNET_TRAIN_MASK_BINARY:
+      mode = UNET_MASK_BINARY;
+      break;
+    case UNET_TRAIN_MASK_INDEXED:
+      mode = UNET_MASK_INDEXED;
+      break;
+    case UNET_TRAIN_MASK_INSTANCES:
+      mode = UNET_MASK_INSTANCES;
+      break;
+  }
+  gint n_instances = 0;
+  if (!unet_mask_to_labels (mode, raw, width, height, t->cfg.classes,
+          t->opts.ignore_label, p->classes, instances, &n_instances, error)
+      || !unet_weight_map_compute (&t->wmap, p->classes, instances, n_instances,
+          t->cfg.classes, width, height, p->weights, error)) {
+    pair_free (p);
+    return FALSE;
+  }
+  p->image = normalize_image (t, image_format, image, image_stride, width,
+      height, error);
+  if (p->image == NULL) {
+    pair_free (p);
+    return FALSE;
+  }
+
+  /* The split: a hash of (seed, arrival number), so it does not depend on timing;
+   * the first pair always trains so that steps can start. */
+  guint64 h = step_seed (t->opts.seed, (gint64) t->n_added, STREAM_SPLIT);
+  gdouble u = (h >> 11) * (1.0 / 9007199254740992.0);
+  gboolean hold_out = t->train.length > 0 && u < t->opts.validation_fraction;
+  t->n_added++;
+
+  GQueue *q = hold_out ? &t->val : &t->train;
+  guint cap = hold_out ? t->val_capacity : (guint) t->opts.dataset_capacity;
+  while (q->length >= cap)
+    pair_free (g_queue_pop_head (q));
+  g_queue_push_tail (q, p);
+
+  if (!hold_out) {
+    gint edge = MIN (width, height);
+    if (t->min_edge == 0 || edge < t->min_edge)
+      t->min_edge = edge;
+  }
+  return TRUE;
+}
+
+/* ---------------------------------------------------------------- tile -- */
+
+/* The training tile: the user's (rounded up to legal) or the largest legal edge
+ * <= 572 whose output fits the smallest training frame (the smallest legal edge
+ * when even that one's output is larger). */
+static gint
+choose_tile (const UnetTrainer *t)
+{
+  const UnetConfig *cfg = &t->cfg;
+  if (t->opts.tile_size > 0)
+    return unet_config_legal_input_at_least (cfg, t->opts.tile_size);
+
+  gint smallest = unet_config_legal_input_at_least (cfg, 1);
+  gint best = -1;
+  gint step = unet_config_size_step (cfg);
+  for (gint s = smallest; s <= MAX (AUTO_TILE_CAP, smallest); s += 1) {
+    gint out = unet_config_output_size (cfg, s);
+    if (out <= 0)
+      continue;
+    if (t->min_edge > 0 && out > t->min_edge)
+      break;
+    best = s;
+    /* Legal sizes are spaced by the size step: skip ahead. */
+    s += step - 1;
+  }
+  return best > 0 ? best : smallest;
+}
+
+static gboolean
+ensure_step_buffers (UnetTrainer *t, gint tile_in, GError **error)
+{
+  if (t->tile_in == tile_in)
+    return TRUE;
+  free_step_buffers (t);
+  gint out = unet_config_output_size (&t->cfg, tile_in);
+  if (out <= 0) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "tile size %d is not a legal input for this network", tile_in);
+    return FALSE;
+  }
+  gsize b = t->opts.batch_size;
+  gsize in_n = b * t->cfg.in_channels * tile_in * tile_in;
+  gsize out_n = b * out * out;
+  gsize k = t->cfg.classes;
+  t->in = g_try_new (gfloat, in_n);
+  t->labels = g_try_new (gint32, out_n);
+  t->weights = g_try_new (gfloat, out_n);
+  t->logits = g_try_new (gfloat, out_n * k);
+  t->grad = g_try_new (gfloat, out_n * k);
+  if (!t->in || !t->labels || !t->weights || !t->logits || !t->grad) {
+    free_step_buffers (t);
+    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+        "cannot allocate the buffers of a batch of %d tiles of %d px",
+        t->opts.batch_size, tile_in);
+    return FALSE;
+  }
+  t->tile_in = tile_in;
+  t->tile_out = out;
+  return TRUE;
+}
+
+/* ---------------------------------------------------------------- step -- */
+
+gboolean
+unet_trainer_step (UnetTrainer *t, UnetTrainStats *stats, GError **error)
+{
+  g_return_val_if_fail (t != NULL, FALSE);
+  if (t->train.length == 0) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "no training pairs: add at least one image/mask pair before training");
+    return FALSE;
+  }
+  gint64 t0 = g_get_monotonic_time ();
+  if (!ensure_step_buffers (t, choose_tile (t), error))
+    return FALSE;
+
+  const gint B = t->opts.batch_size, C = t->cfg.in_channels, K = t->cfg.classes;
+  const gint Ti = t->tile_in, To = t->tile_out;
+  const gsize in_one = (gsize) C * Ti * Ti, out_one = (gsize) To * To;
+
+  UnetRng rng;
+  unet_rng_init (&rng, step_seed (t->opts.seed, t->iteration, STREAM_SAMPLE));
+  for (gint b = 0; b < B; b++) {
+    guint idx = (guint) unet_rng_below (&rng, t->train.length);
+    const Pair *p = g_queue_peek_nth (&t->train, idx);
+    if (!unet_augment_sample (&t->aug, &rng, p->image, p->classes, p->weights,
+            C, p->width, p->height, Ti, Ti, To, To, t->in + b * in_one,
+            t->labels + b * out_one, t->weights + b * out_one, error))
+      return FALSE;
+  }
+
+  gdouble lr = unet_optimizer_get_lr (t->optim);
+  if (!unet_net_train_forward (t->net, t->in, B, Ti, Ti,
+          step_seed (t->opts.seed, t->iteration, STREAM_DROPOUT), t->logits,
+          error))
+    return FALSE;
+
+  gdouble loss = 0.0;
+  if (!unet_loss_cross_entropy (t->logits, t->labels, t->weights, B, K, To, To,
+          &loss, t->grad, error))
+    return FALSE;
+  if (t->opts.dice_weight > 0.0) {
+    gdouble dl = 0.0;
+    if (!unet_loss_soft_dice (t->logits, t->labels, B, K, To, To,
+            t->opts.dice_weight, &dl, t->grad, error))
+      return FALSE;
+    loss += t->opts.dice_weight * dl;
+  }
+  if (!isfinite (loss)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
+        "the loss diverged (%g) at iteration %" G_GINT64_FORMAT
+        ": lower the learning rate", loss, t->iteration + 1);
+    return FALSE;
+  }
+  UnetDiceCounts counts;
+  unet_dice_counts_init (&counts, K);
+  if (!unet_dice_counts_add (&counts, t->logits, t->labels, B, K, To, To,
+          error))
+    return FALSE;
+
+  unet_net_zero_gradients (t->net);
+  if (!unet_net_train_backward (t->net, t->grad, error))
+    return FALSE;
+  gsize n_grad = 0;
+  const gfloat *grads = unet_net_get_gradients (t->net, &n_grad);
+  t->params = unet_net_get_parameters (t->net, &t->n_params);
+  if (grads == NULL || n_grad != t->n_params) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND,
+        "the network's gradient slab does not match its parameters");
+    return FALSE;
+  }
+  if (!unet_optimizer_step (t->optim, t->params, grads, error))
+    return FALSE;
+  if (!unet_net_parameters_changed (t->net, error))
+    return FALSE;
+
+  t->iteration++;
+  gdouble secs = (g_get_monotonic_time () - t0) / 1e6;
+  t->last.iteration = t->iteration;
+  t->last.loss = loss;
+  t->last.dice = unet_dice_counts_foreground (&counts);
+  t->last.learning_rate = lr;
+  t->last.samples_per_second = secs > 0.0 ? B / secs : 0.0;
+  if (stats)
+    *stats = t->last;
+  return TRUE;
+}
+
+/* ----------------------------------------------------------- inference -- */
+
+/* Probabilities (K,H,W) of a normalised (C,H,W) frame: overlap tiles of the
+ * training tile edge, mirror extension, each tile's owned block (valid) or a
+ * Gaussian-blended window (same padding). */
+static gboolean
+infer_frame (UnetTrainer *t, const gfloat *img, gint width, gint height,
+    gfloat *probs, GError **error)
+{
+  const gint C = t->cfg.in_channels, K = t->cfg.classes;
+  gint tile = t->tile_in > 0 ? t->tile_in : choose_tile (t);
+  UnetTilePlan plan;
+  if (!unet_tile_plan_init (&plan, &t->cfg, height, width, tile, tile, error))
+    return FALSE;
+  const gint ih = plan.y.tile_in, iw = plan.x.tile_in;
+  const gint oh = plan.y.tile_out, ow = plan.x.tile_out;
+  const gsize plane = (gsize) width * height;
+  g_autofree gfloat *in = g_try_new (gfloat, (gsize) C * ih * iw);
+  g_autofree gfloat *out = g_try_new (gfloat, (gsize) K * oh * ow);
+  g_autofree gfloat *acc = plan.blend ? g_try_new0 (gfloat, plane) : NULL;
+  g_autofree gfloat *wy = plan.blend ? g_new (gfloat, oh) : NULL;
+  g_autofree gfloat *wx = plan.blend ? g_new (gfloat, ow) : NULL;
+  if (in == NULL || out == NULL || (plan.blend && acc == NULL)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+        "cannot allocate the tiles of a %dx%d frame", width, height);
+    return FALSE;
+  }
+  if (plan.blend) {
+    unet_tile_gaussian_window (oh, wy);
+    unet_tile_gaussian_window (ow, wx);
+    memset (probs, 0, (gsize) K * plane * sizeof (gfloat));
+  }
+
+  for (gint ti = 0; ti < plan.n_tiles; ti++) {
+    UnetTile tl;
+    unet_tile_plan_get_tile (&plan, ti, &tl);
+    for (gint c = 0; c < C; c++)
+      for (gint y = 0; y < ih; y++) {
+        const gfloat *src = img + (gsize) c * plane +
+            (gsize) unet_mirror_index (tl.in_y + y, height) * width;
+        gfloat *dst = in + ((gsize) c * ih + y) * iw;
+        for (gint x = 0; x < iw; x++)
+          dst[x] = src[unet_mirror_index (tl.in_x + x, width)];
+      }
+    if (!unet_net_forward (t->net, in, 1, ih, iw, out, error))
+      return FALSE;
+    for (gint k = 0; k < K; k++)
+      for (gint y = tl.y0; y < tl.y1; y++) {
+        const gfloat *src = out + ((gsize) k * oh + (y - tl.out_y)) * ow;
+        gfloat *dst = probs + (gsize) k * plane + (gsize) y * width;
+        for (gint x = tl.x0; x < tl.x1; x++) {
+          if (plan.blend) {
+            gfloat w = wy[y - tl.out_y] * wx[x - tl.out_x];
+            dst[x] += w * src[x - tl.out_x];
+            if (k == 0)
+              acc[(gsize) y * width + x] += w;
+          } else {
+            dst[x] = src[x - tl.out_x];
+          }
+        }
+      }
+  }
+  if (plan.blend) {
+    for (gint k = 0; k < K; k++)
+      for (gsize i = 0; i < plane; i++)
+        probs[(gsize) k * plane + i] /= MAX (acc[i], 1e-12f);
+  }
+  return TRUE;
+}
+
+gboolean
+unet_trainer_validate (UnetTrainer *t, gdouble *dice, GError **error)
+{
+  g_return_val_if_fail (t != NULL && dice != NULL, FALSE);
+  *dice = -1.0;
+  if (t->val.length == 0)
+    return TRUE;
+  const gint K = t->cfg.classes;
+  UnetDiceCounts counts;
+  unet_dice_counts_init (&counts, K);
+  for (GList * l = t->val.head; l != NULL; l = l->next) {
+    const Pair *p = l->data;
+    gsize plane = (gsize) p->width * p->height;
+    g_autofree gfloat *probs = g_try_new (gfloat, plane * K);
+    if (probs == NULL) {
+      g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+          "cannot allocate the prediction of a %dx%d frame", p->width,
+          p->height);
+      return FALSE;
+    }
+    if (!infer_frame (t, p->image, p->width, p->height, probs, error))
+      return FALSE;
+    /* The Dice counter takes logits: for the sigmoid case turn p back into one
+     * (softmax probabilities have the same argmax as their logits). */
+    if (K == 1)
+      for (gsize i = 0; i < plane; i++) {
+        gdouble q = CLAMP (probs[i], 1e-7, 1.0 - 1e-7);
+        probs[i] = (gfloat) log (q / (1.0 - q));
+      }
+    if (!unet_dice_counts_add (&counts, probs, p->classes, 1, K, p->height,
+            p->width, error))
+      return FALSE;
+  }
+  *dice = unet_dice_counts_foreground (&counts);
+  t->last_val_dice = *dice;
+  return TRUE;
+}
+
+gboolean
+unet_trainer_predict (UnetTrainer *t, UnetPixelFormat format,
+    gconstpointer image, gsize stride, gint width, gint height,
+    guint8 *labels, gsize labels_stride, GError **error)
+{
+  g_return_val_if_fail (t != NULL && image != NULL && labels != NULL, FALSE);
+  if (!check_frame (width, height, stride, pixel_bytes (format), "image",
+          error))
+    return FALSE;
+  const gint K = t->cfg.classes;
+  gsize plane = (gsize) width * height;
+  g_autofree gfloat *img = normalize_image (t, format, image, stride, width,
+      height, error);
+  if (img == NULL)
+    return FALSE;
+  g_autofree gfloat *probs = g_try_new (gfloat, plane * K);
+  if (probs == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+        "cannot allocate the prediction of a %dx%d frame", width, height);
+    return FALSE;
+  }
+  if (!infer_frame (t, img, width, height, probs, error))
+    return FALSE;
+  for (gint y = 0; y < height; y++) {
+    guint8 *dst = labels + (gsize) y * labels_stride;
+    for (gint x = 0; x < width; x++) {
+      gsize i = (gsize) y * width + x;
+      if (K == 1) {
+        dst[x] = probs[i] >= 0.5f ? 1 : 0;
+        continue;
+      }
+      gint best = 0;
+      for (gint k = 1; k < K; k++)
+        if (probs[(gsize) k * plane + i] > probs[(gsize) best * plane + i])
+          best = k;
+      dst[x] = (guint8) best;
+    }
+  }
+  return TRUE;
+}
+
+/* --------------------------------------------------------- checkpoints -- */
+
+static gchar *
+training_json (const UnetTrainer *t)
+{
+  const UnetTrainerOptions *o = &t->opts;
+  g_autoptr (JsonBuilder) b = json_builder_new ();
+  json_builder_begin_object (b);
+#define KV_INT(k, v) json_builder_set_member_name (b, k); json_builder_add_int_value (b, v)
+#define KV_DBL(k, v) json_builder_set_member_name (b, k); json_builder_add_double_value (b, v)
+#define KV_STR(k, v) json_builder_set_member_name (b, k); json_builder_add_string_value (b, v)
+#define KV_BOOL(k, v) json_builder_set_member_name (b, k); json_builder_add_boolean_value (b, v)
+  KV_INT ("iteration", t->iteration);
+  /* A decimal string: JSON numbers lose 64-bit integers in many readers. */
+  g_autofree gchar *seed = g_strdup_printf ("%" G_GUINT64_FORMAT, o->seed);
+  KV_STR ("seed", seed);
+  KV_STR ("optimizer", optimizer_name (o->optimizer));
+  KV_DBL ("learning_rate", o->learning_rate);
+  KV_DBL ("momentum", o->momentum);
+  KV_BOOL ("nesterov", o->nesterov);
+  KV_DBL ("weight_decay", o->weight_decay);
+  KV_STR ("schedule", schedule_name (o->schedule));
+  KV_INT ("iterations", o->iterations);
+  KV_INT ("batch_size", o->batch_size);
+  KV_INT ("tile_size", t->tile_in > 0 ? t->tile_in : o->tile_size);
+  KV_BOOL ("elastic", o->elastic);
+  KV_INT ("elastic_grid", o->elastic_grid);
+  KV_DBL ("elastic_sigma", o->elastic_sigma);
+  KV_DBL ("rotation", o->rotation);
+  KV_BOOL ("flip", o->flip);
+  KV_DBL ("intensity_jitter", o->intensity_jitter);
+  KV_DBL ("border_weight", o->border_weight);
+  KV_DBL ("border_sigma", o->border_sigma);
+  KV_BOOL ("class_balance", o->class_balance);
+  KV_STR ("mask_mode", mask_mode_name (o->mask_mode));
+  KV_INT ("ignore_label", o->ignore_label);
+  KV_DBL ("dice_weight", o->dice_weight);
+  KV_DBL ("validation_fraction", o->validation_fraction);
+  KV_INT ("pairs_seen", (gint64) t->n_added);
+  if (t->iteration > 0) {
+    KV_DBL ("loss", t->last.loss);
+    KV_DBL ("dice", t->last.dice);
+  }
+  if (t->last_val_dice >= 0.0) {
+    KV_DBL ("validation_dice", t->last_val_dice);
+  }
+#undef KV_INT
+#undef KV_DBL
+#undef KV_STR
+#undef KV_BOOL
+  json_builder_end_object (b);
+  g_autoptr (JsonNode) root = json_builder_get_root (b);
+  return json_to_string (root, FALSE);
+}
+
+UnetModel *
+unet_trainer_export_model (UnetTrainer *t, GError **error)
+{
+  g_return_val_if_fail (t != NULL, NULL);
+  if (!unet_net_export_model (t->net, t->model, error))
+    return NULL;
+  g_autofree gchar *tj = training_json (t);
+  unet_model_set_metadata (t->model, "unet.training", tj);
+  return unet_model_copy (t->model);
+}
+
+gboolean
+unet_trainer_save_checkpoint (UnetTrainer *t, const gchar *path,
+    GError **error)
+{
+  g_return_val_if_fail (t != NULL && path != NULL, FALSE);
+  if (!unet_net_export_model (t->net, t->model, error))
+    return FALSE;
+  g_autofree gchar *tj = training_json (t);
+  unet_model_set_metadata (t->model, "unet.training", tj);
+
+  guint n = unet_optimizer_get_n_buffers (t->optim);
+  g_autofree UnetStTensorData *extra = g_new0 (UnetStTensorData, MAX (n, 1));
+  for (guint i = 0; i < n; i++) {
+    extra[i].name = unet_optimizer_get_buffer_name (t->optim, i);
+    extra[i].n_dims = 1;
+    extra[i].shape[0] = (gint) t->n_params;
+    extra[i].data = unet_optimizer_get_buffer (t->optim, i);
+  }
+  return unet_model_save_with_extra (t->model, path, extra, n, NULL, error);
+}
+
+static gboolean
+parse_training (const gchar *json, gint64 *iteration, guint64 *seed,
+    UnetTrainOptimizer *optimizer, GError **error)
+{
+  g_autoptr (JsonParser) parser = json_parser_new ();
+  if (json == NULL || !json_parser_load_from_data (parser, json, -1, NULL)
+      || !JSON_NODE_HOLDS_OBJECT (json_parser_get_root (parser)))
+    goto bad;
+  JsonObject *o = json_node_get_object (json_parser_get_root (parser));
+  if (!json_object_has_member (o, "iteration")
+      || !json_object_has_member (o, "seed")
+      || !json_object_has_member (o, "optimizer"))
+    goto bad;
+  *iteration = json_object_get_int_member (o, "iteration");
+  const gchar *s = json_object_get_string_member (o, "seed");
+  gchar *end = NULL;
+  if (s == NULL)
+    goto bad;
+  *seed = g_ascii_strtoull (s, &end, 10);
+  if (end == s || *end != '\0' || *iteration < 0)
+    goto bad;
+  if (!optimizer_from_name (json_object_get_string_member (o, "optimizer"),
+          optimizer))
+    goto bad;
+  return TRUE;
+
+bad:
+  g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL,
+      "not a training checkpoint: the \"unet.training\" metadata is missing "
+      "or lacks iteration, seed or optimizer");
+  return FALSE;
+}
+
+UnetTrainer *
+unet_trainer_new_from_checkpoint (const UnetTrainerOptions *opts,
+    const gchar *path, GError **error)
+{
+  g_return_val_if_fail (opts != NULL && path != NULL, NULL);
+  g_autoptr (UnetSafetensors) st = unet_safetensors_open (path, error);
+  if (st == NULL)
+    return NULL;
+  UnetTrainerOptions o = *opts;
+  gint64 iteration = 0;
+  if (!parse_training (unet_safetensors_get_metadata_value (st,
+              "unet.training"), &iteration, &o.seed, &o.optimizer, error)) {
+    g_prefix_error (error, "%s: ", path);
+    return NULL;
+  }
+  g_autoptr (UnetModel) model = unet_model_load_from_safetensors (st, error);
+  if (model == NULL)
+    return NULL;
+  const gchar *nj = unet_model_get_metadata (model, "unet.normalization");
+  if (nj != NULL && !unet_normalization_from_json (nj, &o.normalization, error))
+    return NULL;
+
+  UnetTrainer *t = unet_trainer_new (&o, model, error);
+  if (t == NULL)
+    return NULL;
+  guint n = unet_optimizer_get_n_buffers (t->optim);
+  for (guint i = 0; i < n && iteration > 0; i++) {
+    const gchar *name = unet_optimizer_get_buffer_name (t->optim, i);
+    const UnetStTensor *st_t = unet_safetensors_lookup (st, name);
+    if (st_t == NULL || st_t->numel != t->n_params) {
+      g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL,
+          "%s: optimiser state \"%s\" is missing or has %" G_GUINT64_FORMAT
+          " values instead of %" G_GSIZE_FORMAT, path, name,
+          st_t ? st_t->numel : 0, t->n_params);
+      unet_trainer_free (t);
+      return NULL;
+    }
+    if (!unet_safetensors_read_f32 (st_t, unet_optimizer_get_buffer (t->optim,
+                i), error)) {
+      unet_trainer_free (t);
+      return NULL;
+    }
+  }
+  unet_optimizer_set_step (t->optim, iteration);
+  t->iteration = iteration;
+  return t;
+}
