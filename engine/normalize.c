@@ -19,6 +19,7 @@
  *   receptive field of the network). A frame with no finite pixel gives zeros.
  */
 #include "unet.h"
+#include "safetensors.h"
 
 #include <json-glib/json-glib.h>
 #include <math.h>
@@ -151,6 +152,11 @@ unet_normalization_from_json (const gchar *json, UnetNormalization *norm,
   UnetNormalization n = { UNET_NORM_NONE, 0.0, 0.0 };
   const gchar *ka = NULL, *kb = NULL;
 
+  if (json != NULL && !unet_json_depth_ok (json, -1)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "JSON nests deeper than %d levels", UNET_JSON_MAX_DEPTH);
+    return FALSE;
+  }
   if (json == NULL || !json_parser_load_from_data (parser, json, -1, &err)) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
         "normalisation is not valid JSON: %s", err ? err->message : "no text");

@@ -72,6 +72,13 @@ gboolean         unet_safetensors_read_f32     (const UnetStTensor *t, gfloat *o
 const gchar     *unet_st_dtype_name            (UnetStDtype dtype);
 gsize            unet_st_dtype_size            (UnetStDtype dtype);
 
+/* json-glib's parser recurses once per nesting level, so a few megabytes of "["
+ * overflow the stack. Every JSON text from a file goes through this first: TRUE
+ * when `len` bytes of `text` (-1: NUL-terminated) nest arrays/objects at most
+ * UNET_JSON_MAX_DEPTH deep (strings and escapes are skipped correctly). */
+#define UNET_JSON_MAX_DEPTH 32
+gboolean         unet_json_depth_ok            (const gchar *text, gssize len);
+
 /* ---- writer ---- */
 
 /* A float32 tensor to write. */

@@ -1,0 +1,668 @@
+/* gst-unet engine — strict safetensors reader and atomic writer.
+ *
+ * The reader never trusts a byte of the file: every length is bounded by the data
+ * actually present before it is used, every count is checked for overflow, and
+ * nothing is allocated in proportion to a number the file claims (only to the
+ * header's actual length). See safetensors.h for the rules.
+ */
+#include "safetensors.h"
+#include "unet.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <glib/gstdio.h>
+#include <json-glib/json-glib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct _UnetSafetensors
+{
+  GMappedFile *mapped;          /* NULL when parsing caller-owned bytes */
+  GPtrArray *tensors;           /* UnetStTensor*, sorted by data offset */
+  GHashTable *by_name;          /* name -> UnetStTensor* */
+  GHashTable *metadata;         /* gchar* -> gchar* */
+};
+
+const gchar *
+unet_st_dtype_name (UnetStDtype dtype)
+{
+  switch (dtype) {
+    case UNET_ST_F32:
+      return "F32";
+    case UNET_ST_F16:
+      return "F16";
+    case UNET_ST_BF16:
+      return "BF16";
+    case UNET_ST_I64:
+      return "I64";
+  }
+  return "?";
+}
+
+gsize
+unet_st_dtype_size (UnetStDtype dtype)
+{
+  switch (dtype) {
+    case UNET_ST_F32:
+      return 4;
+    case UNET_ST_F16:
+    case UNET_ST_BF16:
+      return 2;
+    case UNET_ST_I64:
+      return 8;
+  }
+  return 0;
+}
+
+static void
+tensor_free (gpointer p)
+{
+  UnetStTensor *t = p;
+  g_free ((gchar *) t->name);
+  g_free (t);
+}
+
+void
+unet_safetensors_free (UnetSafetensors *st)
+{
+  if (st == NULL)
+    return;
+  g_hash_table_unref (st->by_name);
+  g_ptr_array_unref (st->tensors);
+  g_hash_table_unref (st->metadata);
+  if (st->mapped != NULL)
+    g_mapped_file_unref (st->mapped);
+  g_free (st);
+}
+
+gboolean
+unet_json_depth_ok (const gchar *text, gssize len)
+{
+  gsize n = len < 0 ? strlen (text) : (gsize) len;
+  gint depth = 0;
+  gboolean in_string = FALSE;
+
+  for (gsize i = 0; i < n; i++) {
+    gchar c = text[i];
+    if (in_string) {
+      if (c == '\\')
+        i++;                    /* skip the escaped character */
+      else if (c == '"')
+        in_string = FALSE;
+    } else if (c == '"') {
+      in_string = TRUE;
+    } else if (c == '[' || c == '{') {
+      if (++depth > UNET_JSON_MAX_DEPTH)
+        return FALSE;
+    } else if (c == ']' || c == '}') {
+      depth--;
+    }
+  }
+  return TRUE;
+}
+
+static gboolean
+model_error (GError **error, const gchar *fmt, ...) G_GNUC_PRINTF (2, 3);
+
+static gboolean
+model_error (GError **error, const gchar *fmt, ...)
+{
+  va_list ap;
+  va_start (ap, fmt);
+  gchar *msg = g_strdup_vprintf (fmt, ap);
+  va_end (ap);
+  g_set_error_literal (error, UNET_ERROR, UNET_ERROR_MODEL, msg);
+  g_free (msg);
+  return FALSE;
+}
+
+/* A non-negative JSON integer. */
+static gboolean
+json_uint (JsonNode *node, guint64 *out)
+{
+  if (node == NULL || !JSON_NODE_HOLDS_VALUE (node)
+      || json_node_get_value_type (node) != G_TYPE_INT64)
+    return FALSE;
+  gint64 v = json_node_get_int (node);
+  if (v < 0)
+    return FALSE;
+  *out = (guint64) v;
+  return TRUE;
+}
+
+static gboolean
+parse_metadata (UnetSafetensors *st, JsonNode *node, GError **error)
+{
+  if (!JSON_NODE_HOLDS_OBJECT (node))
+    return model_error (error, "\"__metadata__\" is not a JSON object");
+  JsonObjectIter iter;
+  const gchar *key;
+  JsonNode *value;
+  json_object_iter_init (&iter, json_node_get_object (node));
+  while (json_object_iter_next (&iter, &key, &value)) {
+    if (!JSON_NODE_HOLDS_VALUE (value)
+        || json_node_get_value_type (value) != G_TYPE_STRING)
+      return model_error (error, "metadata entry \"%s\" is not a string", key);
+    g_hash_table_replace (st->metadata, g_strdup (key),
+        g_strdup (json_node_get_string (value)));
+  }
+  return TRUE;
+}
+
+static gboolean
+parse_tensor (const gchar *name, JsonNode *node, gsize buffer_size,
+    const guint8 *buffer, UnetStTensor **out, GError **error)
+{
+  if (*name == '\0')
+    return model_error (error, "a tensor has an empty name");
+  if (!JSON_NODE_HOLDS_OBJECT (node))
+    return model_error (error, "tensor '%s': entry is not a JSON object", name);
+
+  JsonObject *obj = json_node_get_object (node);
+  JsonObjectIter iter;
+  const gchar *key;
+  JsonNode *member;
+  json_object_iter_init (&iter, obj);
+  while (json_object_iter_next (&iter, &key, &member)) {
+    if (!g_str_equal (key, "dtype") && !g_str_equal (key, "shape")
+        && !g_str_equal (key, "data_offsets"))
+      return model_error (error, "tensor '%s': unknown field \"%s\"", name, key);
+  }
+
+  /* dtype */
+  JsonNode *dn = json_object_get_member (obj, "dtype");
+  if (dn == NULL || !JSON_NODE_HOLDS_VALUE (dn)
+      || json_node_get_value_type (dn) != G_TYPE_STRING)
+    return model_error (error, "tensor '%s': missing or non-string \"dtype\"", name);
+  const gchar *ds = json_node_get_string (dn);
+  UnetStDtype dtype;
+  if (g_str_equal (ds, "F32"))
+    dtype = UNET_ST_F32;
+  else if (g_str_equal (ds, "F16"))
+    dtype = UNET_ST_F16;
+  else if (g_str_equal (ds, "BF16"))
+    dtype = UNET_ST_BF16;
+  else if (g_str_equal (ds, "I64") && g_str_has_suffix (name, ".num_batches_tracked"))
+    dtype = UNET_ST_I64;
+  else
+    return model_error (error, "tensor '%s': unsupported dtype \"%s\" (F32, F16 or "
+        "BF16 expected)", name, ds);
+
+  /* shape */
+  JsonNode *sn = json_object_get_member (obj, "shape");
+  if (sn == NULL || !JSON_NODE_HOLDS_ARRAY (sn))
+    return model_error (error, "tensor '%s': missing or non-array \"shape\"", name);
+  JsonArray *sa = json_node_get_array (sn);
+  guint rank = json_array_get_length (sa);
+  if (rank > UNET_SAFETENSORS_MAX_DIMS)
+    return model_error (error, "tensor '%s': rank %u > %d", name, rank,
+        UNET_SAFETENSORS_MAX_DIMS);
+  UnetStTensor t = { 0 };
+  t.dtype = dtype;
+  t.n_dims = (gint) rank;
+  t.numel = 1;
+  for (guint d = 0; d < rank; d++) {
+    guint64 dim;
+    if (!json_uint (json_array_get_element (sa, d), &dim) || dim == 0
+        || dim > G_MAXINT)
+      return model_error (error, "tensor '%s': shape entry %u is not an integer in "
+          "1..%d", name, d, G_MAXINT);
+    if (t.numel > G_MAXUINT64 / dim)
+      return model_error (error, "tensor '%s': element count overflows", name);
+    t.numel *= dim;
+    t.shape[d] = (gint64) dim;
+  }
+  for (guint d = rank; d < UNET_SAFETENSORS_MAX_DIMS; d++)
+    t.shape[d] = 1;
+  gsize esize = unet_st_dtype_size (dtype);
+  if (t.numel > G_MAXSIZE / esize)
+    return model_error (error, "tensor '%s': byte size overflows", name);
+
+  /* data_offsets */
+  JsonNode *on = json_object_get_member (obj, "data_offsets");
+  JsonArray *oa = on != NULL && JSON_NODE_HOLDS_ARRAY (on) ?
+      json_node_get_array (on) : NULL;
+  guint64 begin, end;
+  if (oa == NULL || json_array_get_length (oa) != 2
+      || !json_uint (json_array_get_element (oa, 0), &begin)
+      || !json_uint (json_array_get_element (oa, 1), &end))
+    return model_error (error, "tensor '%s': \"data_offsets\" must be two "
+        "non-negative integers", name);
+  if (begin > end || end > buffer_size)
+    return model_error (error, "tensor '%s': data_offsets [%" G_GUINT64_FORMAT ", %"
+        G_GUINT64_FORMAT "] out of range (data is %" G_GSIZE_FORMAT " bytes)", name,
+        begin, end, buffer_size);
+  if (end - begin != t.numel * esize)
+    return model_error (error, "tensor '%s': data_offsets span %" G_GUINT64_FORMAT
+        " bytes but %s x %" G_GUINT64_FORMAT " elements needs %" G_GUINT64_FORMAT,
+        name, end - begin, ds, t.numel, t.numel * esize);
+
+  t.data = buffer + begin;
+  t.n_bytes = end - begin;
+  t.name = g_strdup (name);
+  *out = g_memdup2 (&t, sizeof t);
+  return TRUE;
+}
+
+static gint
+compare_offset (gconstpointer a, gconstpointer b)
+{
+  const UnetStTensor *x = *(UnetStTensor * const *) a;
+  const UnetStTensor *y = *(UnetStTensor * const *) b;
+  return x->data < y->data ? -1 : x->data > y->data ? 1 : 0;
+}
+
+UnetSafetensors *
+unet_safetensors_parse (const guint8 *data, gsize size, GError **error)
+{
+  if (data == NULL || size < 8) {
+    model_error (error, "file too short (%" G_GSIZE_FORMAT " bytes) for a "
+        "safetensors header", data ? size : 0);
+    return NULL;
+  }
+  guint64 hlen = 0;
+  for (gint i = 7; i >= 0; i--)
+    hlen = (hlen << 8) | data[i];
+  if (hlen > UNET_SAFETENSORS_MAX_HEADER) {
+    model_error (error, "header length %" G_GUINT64_FORMAT " exceeds the %u byte "
+        "limit (not a safetensors file?)", hlen, UNET_SAFETENSORS_MAX_HEADER);
+    return NULL;
+  }
+  if (hlen > size - 8) {
+    model_error (error, "header length %" G_GUINT64_FORMAT " exceeds the file "
+        "(%" G_GSIZE_FORMAT " bytes): truncated file?", hlen, size);
+    return NULL;
+  }
+  if (hlen < 2 || data[8] != '{') {
+    model_error (error, "header is not a JSON object");
+    return NULL;
+  }
+  if (memchr (data + 8, '\0', hlen) != NULL) {
+    model_error (error, "header contains a NUL byte");
+    return NULL;
+  }
+
+  if (!unet_json_depth_ok ((const gchar *) data + 8, (gssize) hlen)) {
+    model_error (error, "header nests JSON deeper than %d levels",
+        UNET_JSON_MAX_DEPTH);
+    return NULL;
+  }
+
+  g_autoptr (JsonParser) parser = json_parser_new_immutable ();
+  g_autoptr (GError) jerr = NULL;
+  if (!json_parser_load_from_data (parser, (const gchar *) data + 8, (gssize) hlen,
+          &jerr)) {
+    model_error (error, "header is not valid JSON: %s", jerr->message);
+    return NULL;
+  }
+  JsonNode *root = json_parser_get_root (parser);
+  if (root == NULL || !JSON_NODE_HOLDS_OBJECT (root)) {
+    model_error (error, "header is not a JSON object");
+    return NULL;
+  }
+
+  const guint8 *buffer = data + 8 + hlen;
+  gsize buffer_size = size - 8 - hlen;
+  UnetSafetensors *st = g_new0 (UnetSafetensors, 1);
+  st->tensors = g_ptr_array_new_with_free_func (tensor_free);
+  st->by_name = g_hash_table_new (g_str_hash, g_str_equal);
+  st->metadata = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
+
+  JsonObjectIter iter;
+  const gchar *name;
+  JsonNode *node;
+  json_object_iter_init (&iter, json_node_get_object (root));
+  while (json_object_iter_next (&iter, &name, &node)) {
+    if (g_str_equal (name, "__metadata__")) {
+      if (!parse_metadata (st, node, error))
+        goto fail;
+      continue;
+    }
+    UnetStTensor *t = NULL;
+    if (!parse_tensor (name, node, buffer_size, buffer, &t, error))
+      goto fail;
+    g_ptr_array_add (st->tensors, t);
+    g_hash_table_replace (st->by_name, (gpointer) t->name, t);
+  }
+
+  g_ptr_array_sort (st->tensors, compare_offset);
+  for (guint i = 1; i < st->tensors->len; i++) {
+    const UnetStTensor *prev = st->tensors->pdata[i - 1];
+    const UnetStTensor *cur = st->tensors->pdata[i];
+    if (cur->data < prev->data + prev->n_bytes) {
+      model_error (error, "tensor '%s': data overlaps tensor '%s'", cur->name,
+          prev->name);
+      goto fail;
+    }
+  }
+  return st;
+
+fail:
+  unet_safetensors_free (st);
+  return NULL;
+}
+
+UnetSafetensors *
+unet_safetensors_open (const gchar *path, GError **error)
+{
+  g_autoptr (GError) err = NULL;
+  GMappedFile *mapped = g_mapped_file_new (path, FALSE, &err);
+  if (mapped == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_IO, "cannot read model file: %s",
+        err->message);
+    return NULL;
+  }
+  const guint8 *bytes = (const guint8 *) g_mapped_file_get_contents (mapped);
+  gsize size = g_mapped_file_get_length (mapped);
+  UnetSafetensors *st = unet_safetensors_parse (bytes, bytes ? size : 0, error);
+  if (st == NULL) {
+    g_mapped_file_unref (mapped);
+    return NULL;
+  }
+  st->mapped = mapped;
+  return st;
+}
+
+guint
+unet_safetensors_get_n_tensors (const UnetSafetensors *st)
+{
+  return st->tensors->len;
+}
+
+const UnetStTensor *
+unet_safetensors_get_tensor (const UnetSafetensors *st, guint index)
+{
+  g_return_val_if_fail (index < st->tensors->len, NULL);
+  return st->tensors->pdata[index];
+}
+
+const UnetStTensor *
+unet_safetensors_lookup (const UnetSafetensors *st, const gchar *name)
+{
+  return g_hash_table_lookup (st->by_name, name);
+}
+
+GHashTable *
+unet_safetensors_get_metadata (const UnetSafetensors *st)
+{
+  return st->metadata;
+}
+
+const gchar *
+unet_safetensors_get_metadata_value (const UnetSafetensors *st, const gchar *key)
+{
+  return g_hash_table_lookup (st->metadata, key);
+}
+
+/* IEEE 754 binary16 -> binary32, exact for every value (subnormals, Inf, NaN). */
+static gfloat
+half_to_float (guint16 h)
+{
+  guint32 sign = (guint32) (h & 0x8000u) << 16;
+  guint32 exp = (h >> 10) & 0x1fu;
+  guint32 mant = h & 0x3ffu;
+  guint32 bits;
+  gfloat f;
+
+  if (exp == 0) {
+    f = (gfloat) mant * (1.0f / 16777216.0f);   /* mant * 2^-24 */
+    return sign ? -f : f;
+  }
+  if (exp == 31)
+    bits = sign | 0x7f800000u | (mant << 13);
+  else
+    bits = sign | ((exp + 112u) << 23) | (mant << 13);
+  memcpy (&f, &bits, 4);
+  return f;
+}
+
+gboolean
+unet_safetensors_read_f32 (const UnetStTensor *t, gfloat *out, GError **error)
+{
+  const guint8 *p = t->data;
+  switch (t->dtype) {
+    case UNET_ST_F32:
+#if G_BYTE_ORDER == G_LITTLE_ENDIAN
+      memcpy (out, p, t->numel * 4);
+#else
+      for (guint64 i = 0; i < t->numel; i++) {
+        guint32 v;
+        memcpy (&v, p + 4 * i, 4);
+        v = GUINT32_FROM_LE (v);
+        memcpy (out + i, &v, 4);
+      }
+#endif
+      return TRUE;
+    case UNET_ST_F16:
+      for (guint64 i = 0; i < t->numel; i++)
+        out[i] = half_to_float ((guint16) (p[2 * i] | (p[2 * i + 1] << 8)));
+      return TRUE;
+    case UNET_ST_BF16:
+      for (guint64 i = 0; i < t->numel; i++) {
+        guint32 v = (guint32) (p[2 * i] | (p[2 * i + 1] << 8)) << 16;
+        memcpy (out + i, &v, 4);
+      }
+      return TRUE;
+    case UNET_ST_I64:
+      break;
+  }
+  return model_error (error, "tensor '%s': dtype %s cannot be read as float32",
+      t->name, unet_st_dtype_name (t->dtype));
+}
+
+/* ------------------------------------------------------------- writer -- */
+
+typedef struct
+{
+  gint fd;                      /* -1: write to mem */
+  GByteArray *mem;
+  const gchar *path;            /* for messages */
+} Sink;
+
+static gboolean
+sink_write (Sink *s, gconstpointer data, gsize len, GError **error)
+{
+  if (s->fd < 0) {
+    g_byte_array_append (s->mem, data, (guint) len);
+    return TRUE;
+  }
+  const guint8 *p = data;
+  while (len > 0) {
+    gssize n = write (s->fd, p, MIN (len, (gsize) 1 << 30));
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      int e = errno;
+      g_set_error (error, UNET_ERROR, UNET_ERROR_IO, "cannot write %s: %s", s->path,
+          g_strerror (e));
+      return FALSE;
+    }
+    p += n;
+    len -= (gsize) n;
+  }
+  return TRUE;
+}
+
+static gboolean
+sink_write_f32_le (Sink *s, const gfloat *data, gsize n, GError **error)
+{
+#if G_BYTE_ORDER == G_LITTLE_ENDIAN
+  return sink_write (s, data, n * sizeof (gfloat), error);
+#else
+  guint32 chunk[4096];
+  for (gsize i = 0; i < n; i += G_N_ELEMENTS (chunk)) {
+    gsize m = MIN (n - i, G_N_ELEMENTS (chunk));
+    memcpy (chunk, data + i, m * 4);
+    for (gsize j = 0; j < m; j++)
+      chunk[j] = GUINT32_TO_LE (chunk[j]);
+    if (!sink_write (s, chunk, m * 4, error))
+      return FALSE;
+  }
+  return TRUE;
+#endif
+}
+
+static gint
+compare_str (gconstpointer a, gconstpointer b)
+{
+  return strcmp (*(const gchar * const *) a, *(const gchar * const *) b);
+}
+
+/* The padded JSON header, or NULL on bad input. */
+static gchar *
+build_header (GHashTable *metadata, const UnetStTensorData *tensors, guint n,
+    gsize *header_len, GError **error)
+{
+  g_autoptr (GHashTable) seen = g_hash_table_new (g_str_hash, g_str_equal);
+  g_autoptr (JsonBuilder) b = json_builder_new ();
+  guint64 offset = 0;
+
+  json_builder_begin_object (b);
+  if (metadata != NULL && g_hash_table_size (metadata) > 0) {
+    guint nkeys;
+    g_autofree gpointer *keys = g_hash_table_get_keys_as_array (metadata, &nkeys);
+    qsort (keys, nkeys, sizeof (gpointer), compare_str);
+    json_builder_set_member_name (b, "__metadata__");
+    json_builder_begin_object (b);
+    for (guint i = 0; i < nkeys; i++) {
+      json_builder_set_member_name (b, keys[i]);
+      json_builder_add_string_value (b, g_hash_table_lookup (metadata, keys[i]));
+    }
+    json_builder_end_object (b);
+  }
+  for (guint i = 0; i < n; i++) {
+    const UnetStTensorData *t = &tensors[i];
+    if (t->name == NULL || *t->name == '\0' || g_str_equal (t->name, "__metadata__")
+        || t->n_dims < 0 || t->n_dims > UNET_SAFETENSORS_MAX_DIMS
+        || t->data == NULL) {
+      g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+          "cannot write tensor %u ('%s'): bad name, rank or data", i,
+          t->name ? t->name : "(null)");
+      return NULL;
+    }
+    if (!g_hash_table_add (seen, (gpointer) t->name)) {
+      g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+          "cannot write tensor '%s' twice", t->name);
+      return NULL;
+    }
+    guint64 numel = 1;
+    json_builder_set_member_name (b, t->name);
+    json_builder_begin_object (b);
+    json_builder_set_member_name (b, "dtype");
+    json_builder_add_string_value (b, "F32");
+    json_builder_set_member_name (b, "shape");
+    json_builder_begin_array (b);
+    for (gint d = 0; d < t->n_dims; d++) {
+      if (t->shape[d] < 1) {
+        g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+            "cannot write tensor '%s': dimension %d is %d", t->name, d, t->shape[d]);
+        return NULL;
+      }
+      json_builder_add_int_value (b, t->shape[d]);
+      numel *= (guint64) t->shape[d];
+    }
+    json_builder_end_array (b);
+    json_builder_set_member_name (b, "data_offsets");
+    json_builder_begin_array (b);
+    json_builder_add_int_value (b, (gint64) offset);
+    offset += numel * 4;
+    json_builder_add_int_value (b, (gint64) offset);
+    json_builder_end_array (b);
+    json_builder_end_object (b);
+  }
+  json_builder_end_object (b);
+
+  g_autoptr (JsonNode) root = json_builder_get_root (b);
+  g_autoptr (JsonGenerator) gen = json_generator_new ();
+  json_generator_set_root (gen, root);
+  gsize len;
+  gchar *text = json_generator_to_data (gen, &len);
+  /* pad with spaces so the data buffer starts 8-byte aligned */
+  gsize padded = (len + 7) / 8 * 8;
+  text = g_realloc (text, padded + 1);
+  memset (text + len, ' ', padded - len);
+  text[padded] = '\0';
+  *header_len = padded;
+  return text;
+}
+
+static gboolean
+write_all (Sink *s, GHashTable *metadata, const UnetStTensorData *tensors, guint n,
+    GError **error)
+{
+  gsize hlen;
+  g_autofree gchar *header = build_header (metadata, tensors, n, &hlen, error);
+  if (header == NULL)
+    return FALSE;
+  guint8 len_le[8];
+  for (gint i = 0; i < 8; i++)
+    len_le[i] = (guint8) ((guint64) hlen >> (8 * i));
+  if (!sink_write (s, len_le, 8, error) || !sink_write (s, header, hlen, error))
+    return FALSE;
+  for (guint i = 0; i < n; i++) {
+    gsize numel = 1;
+    for (gint d = 0; d < tensors[i].n_dims; d++)
+      numel *= (gsize) tensors[i].shape[d];
+    if (!sink_write_f32_le (s, tensors[i].data, numel, error))
+      return FALSE;
+  }
+  return TRUE;
+}
+
+GBytes *
+unet_safetensors_serialize (GHashTable *metadata, const UnetStTensorData *tensors,
+    guint n_tensors, GError **error)
+{
+  Sink s = { -1, g_byte_array_new (), "memory" };
+  if (!write_all (&s, metadata, tensors, n_tensors, error)) {
+    g_byte_array_unref (s.mem);
+    return NULL;
+  }
+  return g_byte_array_free_to_bytes (s.mem);
+}
+
+gboolean
+unet_safetensors_write (const gchar *path, GHashTable *metadata,
+    const UnetStTensorData *tensors, guint n_tensors, GError **error)
+{
+  g_autofree gchar *tmp = g_strdup_printf ("%s.tmp-XXXXXX", path);
+  gint fd = g_mkstemp_full (tmp, O_WRONLY | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    int e = errno;
+    g_set_error (error, UNET_ERROR, UNET_ERROR_IO,
+        "cannot create a temporary file next to %s: %s", path, g_strerror (e));
+    return FALSE;
+  }
+  Sink s = { fd, NULL, path };
+  gboolean ok = write_all (&s, metadata, tensors, n_tensors, error);
+  if (ok && fsync (fd) != 0) {
+    int e = errno;
+    g_set_error (error, UNET_ERROR, UNET_ERROR_IO, "cannot sync %s: %s", tmp,
+        g_strerror (e));
+    ok = FALSE;
+  }
+  if (close (fd) != 0 && ok) {
+    int e = errno;
+    g_set_error (error, UNET_ERROR, UNET_ERROR_IO, "cannot close %s: %s", tmp,
+        g_strerror (e));
+    ok = FALSE;
+  }
+  if (ok && g_rename (tmp, path) != 0) {
+    int e = errno;
+    g_set_error (error, UNET_ERROR, UNET_ERROR_IO, "cannot rename %s to %s: %s", tmp,
+        path, g_strerror (e));
+    ok = FALSE;
+  }
+  if (!ok) {
+    g_unlink (tmp);
+    return FALSE;
+  }
+  /* make the rename itself durable; a failure here leaves a complete file */
+  g_autofree gchar *dir = g_path_get_dirname (path);
+  gint dfd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    fsync (dfd);
+    close (dfd);
+  }
+  return TRUE;
+}
