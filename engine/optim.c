@@ -1,0 +1,299 @@
+/* gst-unet engine — optimisers on the flat parameter slab, PyTorch semantics.
+ *
+ * SGD   (torch.optim.SGD, dampening 0):  g += wd·p;  b = g (first step) or
+ *       b = μ·b + g;  g = g + μ·b (Nesterov) or b;  p -= lr·g
+ * Adam  (torch.optim.Adam):  g += wd·p;  m = β1 m + (1-β1) g;  v = β2 v + (1-β2) g²;
+ *       p -= lr/(1-β1^t) · m / (sqrt(v)/sqrt(1-β2^t) + eps)
+ * AdamW (torch.optim.AdamW): p *= 1 - lr·wd, then the Adam update without L2.
+ * Schedules are the closed forms of CosineAnnealingLR(T_max = T, eta_min) and
+ * PolynomialLR(total_iters = T, power), evaluated at the step index t (0-based).
+ *
+ * Arithmetic is double per element; parameters and state are float32, so a saved
+ * state resumes bit-identically. tests/engine/train_torch_check.py runs several
+ * steps against torch.optim in float64.
+ */
+#include "training.h"
+
+#include <math.h>
+#include <string.h>
+
+struct _UnetOptimizer
+{
+  UnetOptimParams p;
+  gsize n;
+  UnetOptimRange *ranges;
+  guint n_ranges;
+  gint64 step;                  /* steps taken */
+  guint n_buffers;
+  const gchar *names[2];
+  gfloat *buffers[2];           /* n floats each */
+};
+
+void
+unet_optim_params_init (UnetOptimParams *params)
+{
+  memset (params, 0, sizeof (*params));
+  params->kind = UNET_OPTIM_SGD;
+  params->lr = 0.01;
+  params->momentum = 0.99;
+  params->nesterov = FALSE;
+  params->beta1 = 0.9;
+  params->beta2 = 0.999;
+  params->eps = 1e-8;
+  params->weight_decay = 0.0;
+  params->schedule = UNET_LR_CONSTANT;
+  params->total_steps = 1;
+  params->poly_power = 0.9;
+  params->lr_min = 0.0;
+}
+
+const gchar *
+unet_optim_kind_name (UnetOptimKind kind)
+{
+  switch (kind) {
+    case UNET_OPTIM_SGD:
+      return "sgd";
+    case UNET_OPTIM_ADAM:
+      return "adam";
+    case UNET_OPTIM_ADAMW:
+      return "adamw";
+  }
+  return "unknown";
+}
+
+const gchar *
+unet_lr_schedule_name (UnetLrSchedule schedule)
+{
+  switch (schedule) {
+    case UNET_LR_CONSTANT:
+      return "constant";
+    case UNET_LR_COSINE:
+      return "cosine";
+    case UNET_LR_POLY:
+      return "poly";
+  }
+  return "unknown";
+}
+
+static gboolean
+params_valid (const UnetOptimParams *p, GError **error)
+{
+  const gchar *why = NULL;
+  if (p->kind != UNET_OPTIM_SGD && p->kind != UNET_OPTIM_ADAM &&
+      p->kind != UNET_OPTIM_ADAMW)
+    why = "unknown optimiser";
+  else if (!(p->lr >= 0.0) || !isfinite (p->lr))
+    why = "learning rate must be finite and >= 0";
+  else if (!(p->weight_decay >= 0.0) || !isfinite (p->weight_decay))
+    why = "weight decay must be finite and >= 0";
+  else if (p->kind == UNET_OPTIM_SGD && !(p->momentum >= 0.0 && p->momentum < 1.0))
+    why = "momentum must be in [0, 1)";
+  else if (p->kind == UNET_OPTIM_SGD && p->nesterov && p->momentum == 0.0)
+    why = "Nesterov momentum needs momentum > 0";
+  else if (p->kind != UNET_OPTIM_SGD && !(p->beta1 >= 0.0 && p->beta1 < 1.0 &&
+          p->beta2 >= 0.0 && p->beta2 < 1.0))
+    why = "Adam betas must be in [0, 1)";
+  else if (p->kind != UNET_OPTIM_SGD && !(p->eps > 0.0))
+    why = "Adam eps must be > 0";
+  else if (p->schedule != UNET_LR_CONSTANT && p->total_steps < 1)
+    why = "a cosine or poly schedule needs total steps >= 1";
+  else if (p->schedule == UNET_LR_POLY && !(p->poly_power > 0.0))
+    why = "poly power must be > 0";
+  else if (p->schedule == UNET_LR_COSINE && !(p->lr_min >= 0.0 && p->lr_min <= p->lr))
+    why = "cosine minimum learning rate must be in [0, lr]";
+  if (why) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "optimiser %s: %s", unet_optim_kind_name (p->kind), why);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+UnetOptimizer *
+unet_optimizer_new (const UnetOptimParams *params, gsize n,
+    const UnetOptimRange *ranges, guint n_ranges, GError **error)
+{
+  if (!params_valid (params, error))
+    return NULL;
+  if (n == 0 || n > G_MAXSIZE / sizeof (gfloat) / 2) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "optimiser over %" G_GSIZE_FORMAT " parameters", n);
+    return NULL;
+  }
+  for (guint r = 0; ranges && r < n_ranges; r++)
+    if (ranges[r].offset > n || ranges[r].numel > n - ranges[r].offset) {
+      g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+          "optimiser range %u (%" G_GSIZE_FORMAT " + %" G_GSIZE_FORMAT
+          ") exceeds the slab of %" G_GSIZE_FORMAT, r, ranges[r].offset,
+          ranges[r].numel, n);
+      return NULL;
+    }
+
+  UnetOptimizer *opt = g_new0 (UnetOptimizer, 1);
+  opt->p = *params;
+  opt->n = n;
+  if (ranges) {
+    opt->ranges = g_memdup2 (ranges, sizeof (UnetOptimRange) * n_ranges);
+    opt->n_ranges = n_ranges;
+  } else {
+    opt->ranges = g_new (UnetOptimRange, 1);
+    opt->ranges[0] = (UnetOptimRange) {
+    0, n, TRUE};
+    opt->n_ranges = 1;
+  }
+  if (params->kind == UNET_OPTIM_SGD) {
+    if (params->momentum > 0.0) {
+      opt->names[opt->n_buffers++] = "optim.momentum_buffer";
+    }
+  } else {
+    opt->names[opt->n_buffers++] = "optim.exp_avg";
+    opt->names[opt->n_buffers++] = "optim.exp_avg_sq";
+  }
+  for (guint b = 0; b < opt->n_buffers; b++) {
+    opt->buffers[b] = g_try_malloc0 (n * sizeof (gfloat));
+    if (!opt->buffers[b]) {
+      g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+          "cannot allocate optimiser state of %" G_GSIZE_FORMAT " floats", n);
+      unet_optimizer_free (opt);
+      return NULL;
+    }
+  }
+  return opt;
+}
+
+void
+unet_optimizer_free (UnetOptimizer *opt)
+{
+  if (!opt)
+    return;
+  for (guint b = 0; b < opt->n_buffers; b++)
+    g_free (opt->buffers[b]);
+  g_free (opt->ranges);
+  g_free (opt);
+}
+
+const UnetOptimParams *
+unet_optimizer_get_params (const UnetOptimizer *opt)
+{
+  return &opt->p;
+}
+
+gint64
+unet_optimizer_get_step (const UnetOptimizer *opt)
+{
+  return opt->step;
+}
+
+void
+unet_optimizer_set_step (UnetOptimizer *opt, gint64 step)
+{
+  opt->step = MAX (step, 0);
+}
+
+gdouble
+unet_optimizer_get_lr (const UnetOptimizer *opt)
+{
+  const UnetOptimParams *p = &opt->p;
+  gdouble t = (gdouble) opt->step, T = (gdouble) p->total_steps;
+  switch (p->schedule) {
+    case UNET_LR_CONSTANT:
+      break;
+    case UNET_LR_COSINE:
+      /* CosineAnnealingLR's closed form; it continues periodically past T as
+       * PyTorch's does. */
+      return p->lr_min + (p->lr - p->lr_min) * (1.0 + cos (G_PI * t / T)) / 2.0;
+    case UNET_LR_POLY:
+      return p->lr * pow (1.0 - MIN (t, T) / T, p->poly_power);
+  }
+  return p->lr;
+}
+
+guint
+unet_optimizer_get_n_buffers (const UnetOptimizer *opt)
+{
+  return opt->n_buffers;
+}
+
+const gchar *
+unet_optimizer_get_buffer_name (const UnetOptimizer *opt, guint index)
+{
+  return index < opt->n_buffers ? opt->names[index] : NULL;
+}
+
+gfloat *
+unet_optimizer_get_buffer (UnetOptimizer *opt, guint index)
+{
+  return index < opt->n_buffers ? opt->buffers[index] : NULL;
+}
+
+gboolean
+unet_optimizer_step (UnetOptimizer *opt, gfloat *params, const gfloat *grads,
+    GError **error)
+{
+  const UnetOptimParams *p = &opt->p;
+
+  for (guint r = 0; r < opt->n_ranges; r++) {
+    const gfloat *g = grads + opt->ranges[r].offset;
+    for (gsize i = 0; i < opt->ranges[r].numel; i++)
+      if (!isfinite (g[i])) {
+        g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
+            "non-finite gradient at parameter %" G_GSIZE_FORMAT
+            " in step %" G_GINT64_FORMAT " (lower the learning rate?)",
+            opt->ranges[r].offset + i, opt->step + 1);
+        return FALSE;
+      }
+  }
+
+  const gdouble lr = unet_optimizer_get_lr (opt);
+  const gint64 t = opt->step + 1;
+  const gboolean first = opt->step == 0;
+
+  for (guint r = 0; r < opt->n_ranges; r++) {
+    const gsize off = opt->ranges[r].offset, len = opt->ranges[r].numel;
+    const gdouble wd = opt->ranges[r].decay ? p->weight_decay : 0.0;
+    gfloat *w = params + off;
+    const gfloat *g = grads + off;
+
+    if (p->kind == UNET_OPTIM_SGD) {
+      const gdouble mu = p->momentum;
+      gfloat *buf = opt->n_buffers ? opt->buffers[0] + off : NULL;
+#pragma omp parallel for if (len > 65536) schedule(static)
+      for (gsize i = 0; i < len; i++) {
+        gdouble gi = (gdouble) g[i] + wd * w[i];
+        if (buf) {
+          gdouble b = first ? gi : mu * buf[i] + gi;
+          buf[i] = (gfloat) b;
+          /* PyTorch keeps the buffer in parameter precision (float32 here);
+           * use the stored value so a resumed run matches exactly. */
+          b = buf[i];
+          gi = p->nesterov ? gi + mu * b : b;
+        }
+        w[i] = (gfloat) (w[i] - lr * gi);
+      }
+    } else {
+      const gdouble b1 = p->beta1, b2 = p->beta2;
+      const gdouble bc1 = 1.0 - pow (b1, (gdouble) t);
+      const gdouble bc2_sqrt = sqrt (1.0 - pow (b2, (gdouble) t));
+      const gdouble step_size = lr / bc1;
+      const gboolean decoupled = p->kind == UNET_OPTIM_ADAMW;
+      gfloat *m = opt->buffers[0] + off, *v = opt->buffers[1] + off;
+#pragma omp parallel for if (len > 65536) schedule(static)
+      for (gsize i = 0; i < len; i++) {
+        gdouble wi = w[i], gi = g[i];
+        if (decoupled)
+          wi *= 1.0 - lr * wd;
+        else
+          gi += wd * wi;
+        gdouble mi = b1 * m[i] + (1.0 - b1) * gi;
+        gdouble vi = b2 * v[i] + (1.0 - b2) * gi * gi;
+        m[i] = (gfloat) mi;
+        v[i] = (gfloat) vi;
+        mi = m[i];
+        vi = v[i];
+        w[i] = (gfloat) (wi - step_size * mi / (sqrt (vi) / bc2_sqrt + p->eps));
+      }
+    }
+  }
+  opt->step++;
+  return TRUE;
+}
