@@ -44,18 +44,19 @@ def make_config(in_channels=1, classes=2, depth=4, base_filters=64, padding="val
 class Block(nn.Module):
     """Two 3x3 convs (bias) [+ BatchNorm2d] + ReLU; optional 2x2 up-conv in front."""
 
-    def __init__(self, cin, cout, padding, batch_norm, up_from=None):
+    def __init__(self, cin, cout, padding, batch_norm, up_from=None, device=None):
         super().__init__()
         if up_from is not None:
             # ConvTranspose2d(F_{i+1} -> F_i, 2, stride 2), no activation after it
-            self.up = nn.ConvTranspose2d(up_from, cout, kernel_size=2, stride=2)
+            self.up = nn.ConvTranspose2d(up_from, cout, kernel_size=2, stride=2,
+                                         device=device)
         pad = 1 if padding == "same" else 0
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=pad, bias=True)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=pad, bias=True, device=device)
         if batch_norm:
-            self.bn1 = nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=pad, bias=True)
+            self.bn1 = nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1, device=device)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=pad, bias=True, device=device)
         if batch_norm:
-            self.bn2 = nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)
+            self.bn2 = nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1, device=device)
         self.batch_norm = batch_norm
 
     def forward(self, x):
@@ -77,7 +78,9 @@ def center_crop(e, h, w):
 
 
 class UNetRef(nn.Module):
-    def __init__(self, cfg):
+    """device="meta" builds a shape-only module (geometry checks of big configs)."""
+
+    def __init__(self, cfg, device=None):
         super().__init__()
         for k in CONFIG_KEYS:
             if k not in cfg:
@@ -87,14 +90,15 @@ class UNetRef(nn.Module):
         pad, bn = cfg["padding"], cfg["batch_norm"]
         f = [B << i for i in range(D + 1)]
         self.enc = nn.ModuleList(
-            [Block(cfg["in_channels"] if i == 0 else f[i - 1], f[i], pad, bn)
-             for i in range(D)])
-        self.bottom = Block(f[D - 1], f[D], pad, bn)
+            [Block(cfg["in_channels"] if i == 0 else f[i - 1], f[i], pad, bn,
+                   device=device) for i in range(D)])
+        self.bottom = Block(f[D - 1], f[D], pad, bn, device=device)
         self.dropout = nn.Dropout(cfg["dropout"])
         # dec[i] works at level i (dec.{i}.up: F_{i+1} -> F_i); run from D-1 down to 0
         self.dec = nn.ModuleList(
-            [Block(2 * f[i], f[i], pad, bn, up_from=f[i + 1]) for i in range(D)])
-        self.head = nn.Conv2d(f[0], cfg["classes"], 1, bias=True)
+            [Block(2 * f[i], f[i], pad, bn, up_from=f[i + 1], device=device)
+             for i in range(D)])
+        self.head = nn.Conv2d(f[0], cfg["classes"], 1, bias=True, device=device)
 
     def forward(self, x, strict=True):
         """Logits. strict: raise ValueError where the contract's geometry says the
