@@ -70,7 +70,7 @@ unet_gst_inspect() {
 }
 
 unet_have_element() {
-  unet_gst_inspect --exists "$1" 2>/dev/null
+  unet_gst_inspect "$1" >/dev/null 2>&1
 }
 
 unet_require_element() {
@@ -92,7 +92,53 @@ unet_headless() {
 }
 
 # Prints the usage block at the top of the calling script (the comment lines after the
-# shebang up to the first blank line) with the leading "# " removed.
+# shebang, up to the first line that is not a comment) without the leading "# ".
 unet_usage() {
-  sed -n '2,/^$/{/^#/!d;s/^# \{0,1\}//;p}' "$0"
+  awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+}
+
+# Milliseconds since the epoch (for "took N s" lines).
+unet_now_ms() {
+  echo $(( $(date +%s%N) / 1000000 ))
+}
+
+unet_elapsed() {
+  local ms=$(( $(unet_now_ms) - $1 ))
+  printf '%d.%03d s' $((ms / 1000)) $((ms % 1000))
+}
+
+# unet_camera_source SOURCE FRAMES [CAMERA] [V4L2DEVICE]
+# Sets UNET_SRC (pipeline words of a live source, before its caps filter) and
+# UNET_SRC_NEED (elements it needs). SOURCE: aravis | v4l2 | test; FRAMES -1 = unlimited.
+unet_camera_source() {
+  local source=$1 frames=$2 camera=${3:-} v4l2dev=${4:-/dev/video0}
+  case "$source" in
+    aravis)
+      UNET_SRC=(aravissrc "num-buffers=$frames")
+      [ -n "$camera" ] && UNET_SRC+=("camera-name=$camera")
+      UNET_SRC_NEED=(aravissrc) ;;
+    v4l2)
+      # webcams deliver colour at their own sizes and rates: convert to what is asked
+      UNET_SRC=(v4l2src "device=$v4l2dev" "num-buffers=$frames" ! videoconvert ! videoscale ! videorate)
+      UNET_SRC_NEED=(v4l2src) ;;
+    test)
+      UNET_SRC=(videotestsrc is-live=true pattern=ball "num-buffers=$frames")
+      UNET_SRC_NEED=() ;;
+    *) unet_die "--source must be aravis, v4l2 or test, not '$source'" ;;
+  esac
+}
+
+# unet_parse_hostport TEXT DEFAULT_HOST -> sets UNET_HOST, UNET_PORT
+unet_parse_hostport() {
+  local text=$1
+  if [[ "$text" =~ ^([^:]+):([0-9]+)$ ]]; then
+    UNET_HOST=${BASH_REMATCH[1]}
+    UNET_PORT=${BASH_REMATCH[2]}
+  elif [[ "$text" =~ ^([0-9]+)$ ]]; then
+    UNET_HOST=$2
+    UNET_PORT=${BASH_REMATCH[1]}
+  else
+    unet_die "expected [HOST:]PORT, not '$text'"
+  fi
+  [ "$UNET_PORT" -ge 1 ] && [ "$UNET_PORT" -le 65535 ] || unet_die "port $UNET_PORT out of range"
 }

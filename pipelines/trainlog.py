@@ -1,0 +1,138 @@
+#!/usr/bin/python3
+"""Training log tools for pipelines/train.sh.
+
+  trainlog.py csv [--total N] < gst-launch-output > loss.csv
+      Reads `gst-launch-1.0 -m` output, keeps the `unettrain-progress` element messages
+      and writes them as CSV (one row per message, one column per field, the header
+      from the first message), row by row as training runs; prints a short progress
+      line per message on stderr. Every other line is passed to stderr unchanged.
+
+  trainlog.py plot loss.csv loss.png [--title TEXT]
+      Plots every column whose name contains "loss" (log scale) against the iteration,
+      and Dice columns on a second axis, to a PNG (python3-matplotlib).
+"""
+
+import argparse
+import csv
+import re
+import sys
+
+MSG = re.compile(r'^Got message #\d+ from element "[^"]*" \(element\): unettrain-progress, (.*?);?\s*$')
+FIELD = re.compile(r'([A-Za-z][\w-]*)=\(([\w]+)\)("(?:[^"\\]|\\.)*"|[^,]*)(?:,\s*|$)')
+
+
+def parse_fields(text):
+    """'a=(int)1, b=(double)0.5, c=(string)"x y"' -> {'a': '1', 'b': '0.5', 'c': 'x y'}"""
+    out = {}
+    for name, _typ, value in FIELD.findall(text):
+        value = value.strip()
+        if value.startswith('"') and value.endswith('"'):
+            value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        out[name] = value
+    return out
+
+
+def cmd_csv(args):
+    writer = None
+    header = None
+    rows = 0
+    for line in sys.stdin:
+        m = MSG.match(line)
+        if not m:
+            sys.stderr.write(line)
+            continue
+        fields = parse_fields(m.group(1))
+        if writer is None:
+            header = list(fields)
+            writer = csv.writer(sys.stdout)
+            writer.writerow(header)
+        writer.writerow([fields.get(h, "") for h in header])
+        sys.stdout.flush()
+        rows += 1
+        it = fields.get("iteration", "?")
+        total = f"/{args.total}" if args.total else ""
+        shown = ", ".join(f"{k} {fields[k]}" for k in fields
+                          if k != "iteration" and k in ("loss", "dice", "learning-rate",
+                                                        "samples-per-second", "val-dice"))
+        print(f"train: iteration {it}{total}: {shown}", file=sys.stderr)
+    if rows == 0:
+        print("trainlog: no unettrain-progress messages seen", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_plot(args):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("trainlog: python3-matplotlib is not installed (apt-get install "
+              "python3-matplotlib); the CSV is still there", file=sys.stderr)
+        return 1
+    with open(args.csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        print(f"trainlog: {args.csv} has no rows", file=sys.stderr)
+        return 1
+    cols = list(rows[0])
+    xcol = "iteration" if "iteration" in cols else cols[0]
+
+    def series(col):
+        xs, ys = [], []
+        for r in rows:
+            try:
+                xs.append(float(r[xcol]))
+                ys.append(float(r[col]))
+            except (TypeError, ValueError):
+                continue
+        return xs, ys
+
+    loss_cols = [c for c in cols if "loss" in c.lower()]
+    dice_cols = [c for c in cols if "dice" in c.lower()]
+    if not loss_cols and not dice_cols:
+        print(f"trainlog: {args.csv} has no loss or Dice column (columns: {', '.join(cols)})",
+              file=sys.stderr)
+        return 1
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    lines = []
+    for c in loss_cols:
+        xs, ys = series(c)
+        if ys and min(ys) > 0:
+            ax.set_yscale("log")
+        lines += ax.plot(xs, ys, color=f"C{len(lines)}", label=c)
+    ax.set_xlabel(xcol)
+    ax.set_ylabel("loss")
+    ax.grid(True, alpha=0.3)
+    if dice_cols:
+        ax2 = ax.twinx()
+        for c in dice_cols:
+            xs, ys = series(c)
+            lines += ax2.plot(xs, ys, "--", color=f"C{len(lines)}", label=c)
+        ax2.set_ylabel("Dice")
+        ax2.set_ylim(0, 1)
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="center right")
+    ax.set_title(args.title or "unettrain")
+    fig.tight_layout()
+    fig.savefig(args.png)
+    print(f"trainlog: wrote {args.png}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("csv", help="gst-launch -m output on stdin -> CSV on stdout")
+    c.add_argument("--total", type=int, help="total iterations, for the progress lines")
+    p = sub.add_parser("plot", help="CSV -> PNG plot")
+    p.add_argument("csv")
+    p.add_argument("png")
+    p.add_argument("--title")
+    args = ap.parse_args(argv)
+    return cmd_csv(args) if args.cmd == "csv" else cmd_plot(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
