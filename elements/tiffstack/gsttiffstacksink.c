@@ -1,0 +1,854 @@
+/* gst-unet — tiffstacksink: frames to a multi-page (Big)TIFF, one page per frame
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+/**
+ * SECTION:element-tiffstacksink
+ * @title: tiffstacksink
+ *
+ * Writes every frame (GRAY8, GRAY16_LE, GRAY32F or RGB, any stride) as one page
+ * of a multi-page TIFF, with optional LZW, Deflate or ZSTD compression
+ * (horizontal predictor for integer data; float data is compressed without
+ * predictor so that every reader decodes it). Frames of different sizes or
+ * formats become pages of different sizes.
+ *
+ * Nothing is lost when the pipeline dies: a page's pixel data, tag data and
+ * directory (IFD) are appended to the file first; only then is the 4- or
+ * 8-byte pointer that links it into the page chain written (libtiff's own
+ * link write is held back by this element's I/O layer until the directory is
+ * complete). Whenever the process is killed, the file is a valid TIFF holding
+ * every page whose link was written. #GstTiffStackSink:fsync also makes each
+ * page survive a power failure.
+ *
+ * BigTIFF (#GstTiffStackSink:bigtiff): classic TIFF cannot pass 4 GiB and the
+ * format cannot be switched once the file is started. In `auto` mode the
+ * element asks upstream for the duration (in frames, or in time with the
+ * frame rate) before the first page; when the estimated file size (page size ×
+ * pages, × 2 for LZW which may expand incompressible data, plus directories)
+ * stays below 4 GiB it writes classic TIFF (readable everywhere), otherwise or
+ * when the length is unknown (live sources) it writes BigTIFF (Fiji reads it
+ * through Bio-Formats). `never` fails cleanly with an error when the file would
+ * pass 4 GiB.
+ *
+ * Fiji/ImageJ: page 0 carries an ImageJ description
+ * (`ImageJ=`, `images=`, `slices=`, `unit=micron`, `spacing=`, `loop=false`)
+ * in a fixed-size slot that is rewritten in place after every page, so the
+ * count is right at EOS and at most one page behind after a kill. The empty
+ * version after `ImageJ=` tells ImageJ to read every page's directory rather
+ * than assume contiguous pixel data. Pixel size comes from the upstream tags
+ * "tiff-pixel-size-x/-y/-z" (micrometres, e.g. from tiffstacksrc) and is written
+ * as XResolution/YResolution (pixels per micrometre, ResolutionUnit none, as
+ * ImageJ does) and `spacing`. Other upstream descriptions are not copied.
+ *
+ * An unwritable location fails the state change with a RESOURCE OPEN_WRITE
+ * error; a full disk gives RESOURCE NO_SPACE_LEFT.
+ *
+ * ## Example launch line
+ * |[
+ * gst-launch-1.0 videotestsrc num-buffers=100 ! video/x-raw,format=GRAY16_LE,width=512,height=512 ! tiffstacksink location=stack.tif compression=zstd
+ * ]|
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <gst/video/video.h>
+
+#include "gsttiffstacksink.h"
+#include "tiffstack-common.h"
+
+GST_DEBUG_CATEGORY_STATIC (gst_tiff_stack_sink_debug);
+#define GST_CAT_DEFAULT gst_tiff_stack_sink_debug
+
+typedef enum
+{
+  COMPRESS_NONE,
+  COMPRESS_LZW,
+  COMPRESS_DEFLATE,
+  COMPRESS_ZSTD,
+} Compress;
+
+typedef enum
+{
+  BIGTIFF_AUTO,
+  BIGTIFF_ALWAYS,
+  BIGTIFF_NEVER,
+} BigTiffMode;
+
+enum
+{
+  PROP_0,
+  PROP_LOCATION,
+  PROP_COMPRESSION,
+  PROP_BIGTIFF,
+  PROP_FSYNC,
+};
+
+#define DEFAULT_COMPRESSION COMPRESS_NONE
+#define DEFAULT_BIGTIFF BIGTIFF_AUTO
+#define DEFAULT_FSYNC FALSE
+
+/* Room for the ImageJ description; rewritten in place, padded with '\n'. */
+#define DESC_BYTES 256
+/* Strip size aimed at: large for raw data (few syscalls), moderate for
+ * compressed data (readers decode strips in parallel). */
+#define STRIP_TARGET_RAW (4u << 20)
+#define STRIP_TARGET_COMPRESSED (256u << 10)
+/* Classic TIFF offsets are 32-bit. */
+#define CLASSIC_LIMIT G_GUINT64_CONSTANT (0xFFFFFFFF)
+
+static GstStaticPadTemplate sink_template = GST_STATIC_PAD_TEMPLATE ("sink",
+    GST_PAD_SINK, GST_PAD_ALWAYS, GST_STATIC_CAPS (GST_TIFF_STACK_CAPS));
+
+/* libtiff client I/O on our own descriptor. While a directory is being written
+ * ("deferring"), writes that land inside the already written part of the file
+ * (libtiff linking the new IFD into the chain) are kept in memory and applied
+ * once the directory is complete on disk. */
+typedef struct
+{
+  guint64 offset;
+  GBytes *data;
+} Patch;
+
+typedef struct
+{
+  int fd;
+  guint64 pos, size, committed;
+  gboolean deferring, sealed;
+  GArray *patches;
+  int err;                      /* errno of the first failed write */
+  const gchar *desc;            /* description to look for, with its NUL */
+  guint64 desc_off;             /* where it was written, G_MAXUINT64 if not */
+} WriterIo;
+
+struct _GstTiffStackSink
+{
+  GstBaseSink parent;
+
+  /* properties, under the object lock */
+  gchar *location;
+  Compress compression;
+  BigTiffMode bigtiff;
+  gboolean fsync;
+
+  /* between start() and stop() */
+  gchar *path;
+  Compress cfg_compression;
+  BigTiffMode cfg_bigtiff;
+  gboolean cfg_fsync;
+  WriterIo io;
+  TIFF *tif;
+  gboolean is_bigtiff;
+  gboolean failed;
+  GstTiffStackDiag diag;
+  GstTiffStackLayout vinfo;
+  gboolean have_info;
+  gdouble size_x_um, size_y_um, size_z_um;
+  guint64 pages;
+  gchar desc[DESC_BYTES];
+  guint8 *strip;
+  gsize strip_size;
+};
+
+#define gst_tiff_stack_sink_parent_class parent_class
+G_DEFINE_TYPE (GstTiffStackSink, gst_tiff_stack_sink, GST_TYPE_BASE_SINK);
+GST_ELEMENT_REGISTER_DEFINE_WITH_CODE (tiffstacksink, "tiffstacksink",
+    GST_RANK_NONE, GST_TYPE_TIFF_STACK_SINK, gst_tiff_stack_register_tags ());
+
+static GType
+compression_get_type (void)
+{
+  static GType type = 0;
+  static const GEnumValue values[] = {
+    {COMPRESS_NONE, "No compression (fastest, ImageJ reads it natively)",
+        "none"},
+    {COMPRESS_LZW, "LZW with horizontal predictor", "lzw"},
+    {COMPRESS_DEFLATE, "Deflate (zlib) with horizontal predictor", "deflate"},
+    {COMPRESS_ZSTD, "Zstandard with horizontal predictor", "zstd"},
+    {0, NULL, NULL},
+  };
+
+  if (g_once_init_enter (&type)) {
+    GType t = g_enum_register_static ("GstTiffStackSinkCompression", values);
+    g_once_init_leave (&type, t);
+  }
+  return type;
+}
+
+static GType
+bigtiff_get_type (void)
+{
+  static GType type = 0;
+  static const GEnumValue values[] = {
+    {BIGTIFF_AUTO, "Classic TIFF when upstream's length says the file stays "
+          "under 4 GiB, else BigTIFF", "auto"},
+    {BIGTIFF_ALWAYS, "Always BigTIFF", "always"},
+    {BIGTIFF_NEVER, "Always classic TIFF (error at 4 GiB)", "never"},
+    {0, NULL, NULL},
+  };
+
+  if (g_once_init_enter (&type)) {
+    GType t = g_enum_register_static ("GstTiffStackSinkBigTiff", values);
+    g_once_init_leave (&type, t);
+  }
+  return type;
+}
+
+static void gst_tiff_stack_sink_set_property (GObject * object,
+    guint prop_id, const GValue * value, GParamSpec * pspec);
+static void gst_tiff_stack_sink_get_property (GObject * object,
+    guint prop_id, GValue * value, GParamSpec * pspec);
+static void gst_tiff_stack_sink_finalize (GObject * object);
+static gboolean gst_tiff_stack_sink_start (GstBaseSink * bsink);
+static gboolean gst_tiff_stack_sink_stop (GstBaseSink * bsink);
+static gboolean gst_tiff_stack_sink_set_caps (GstBaseSink * bsink,
+    GstCaps * caps);
+static gboolean gst_tiff_stack_sink_event (GstBaseSink * bsink,
+    GstEvent * event);
+static GstFlowReturn gst_tiff_stack_sink_render (GstBaseSink * bsink,
+    GstBuffer * buf);
+
+static void
+gst_tiff_stack_sink_class_init (GstTiffStackSinkClass * klass)
+{
+  GObjectClass *gobject_class = G_OBJECT_CLASS (klass);
+  GstElementClass *element_class = GST_ELEMENT_CLASS (klass);
+  GstBaseSinkClass *basesink_class = GST_BASE_SINK_CLASS (klass);
+
+  GST_DEBUG_CATEGORY_INIT (gst_tiff_stack_sink_debug, "tiffstacksink", 0,
+      "TIFF stack sink");
+  gst_tiff_stack_register_tags ();
+
+  gobject_class->set_property = gst_tiff_stack_sink_set_property;
+  gobject_class->get_property = gst_tiff_stack_sink_get_property;
+  gobject_class->finalize = gst_tiff_stack_sink_finalize;
+
+  g_object_class_install_property (gobject_class, PROP_LOCATION,
+      g_param_spec_string ("location", "Location",
+          "TIFF file to write (replaced if it exists)", NULL,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS |
+          GST_PARAM_MUTABLE_READY));
+  g_object_class_install_property (gobject_class, PROP_COMPRESSION,
+      g_param_spec_enum ("compression", "Compression",
+          "Compression of every page", compression_get_type (),
+          DEFAULT_COMPRESSION,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS |
+          GST_PARAM_MUTABLE_READY));
+  g_object_class_install_property (gobject_class, PROP_BIGTIFF,
+      g_param_spec_enum ("bigtiff", "BigTIFF",
+          "Write BigTIFF (64-bit offsets, files over 4 GiB): auto decides "
+          "before the first page from upstream's duration (BigTIFF when "
+          "unknown)", bigtiff_get_type (), DEFAULT_BIGTIFF,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS |
+          GST_PARAM_MUTABLE_READY));
+  g_object_class_install_property (gobject_class, PROP_FSYNC,
+      g_param_spec_boolean ("fsync", "fsync",
+          "Flush every page to the disk (fdatasync) before taking the next: "
+          "pages then survive a power failure, not only a crash", DEFAULT_FSYNC,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS |
+          GST_PARAM_MUTABLE_READY));
+
+  gst_element_class_add_static_pad_template (element_class, &sink_template);
+  gst_element_class_set_static_metadata (element_class,
+      "TIFF stack sink", "Sink/File/Video",
+      "Writes video frames as the pages of a multi-page (Big)TIFF that "
+      "ImageJ/Fiji opens as a stack", "gst-unet project");
+
+  basesink_class->start = GST_DEBUG_FUNCPTR (gst_tiff_stack_sink_start);
+  basesink_class->stop = GST_DEBUG_FUNCPTR (gst_tiff_stack_sink_stop);
+  basesink_class->set_caps = GST_DEBUG_FUNCPTR (gst_tiff_stack_sink_set_caps);
+  basesink_class->event = GST_DEBUG_FUNCPTR (gst_tiff_stack_sink_event);
+  basesink_class->render = GST_DEBUG_FUNCPTR (gst_tiff_stack_sink_render);
+}
+
+static void
+gst_tiff_stack_sink_init (GstTiffStackSink * self)
+{
+  self->compression = DEFAULT_COMPRESSION;
+  self->bigtiff = DEFAULT_BIGTIFF;
+  self->fsync = DEFAULT_FSYNC;
+  self->io.fd = -1;
+  self->diag.owner = GST_OBJECT (self);
+  /* A file writer: no clock synchronisation, like filesink. */
+  gst_base_sink_set_sync (GST_BASE_SINK (self), FALSE);
+}
+
+static void
+gst_tiff_stack_sink_finalize (GObject * object)
+{
+  GstTiffStackSink *self = GST_TIFF_STACK_SINK (object);
+
+  g_free (self->location);
+  G_OBJECT_CLASS (parent_class)->finalize (object);
+}
+
+static void
+gst_tiff_stack_sink_set_property (GObject * object, guint prop_id,
+    const GValue * value, GParamSpec * pspec)
+{
+  GstTiffStackSink *self = GST_TIFF_STACK_SINK (object);
+
+  GST_OBJECT_LOCK (self);
+  switch (prop_id) {
+    case PROP_LOCATION:
+      g_free (self->location);
+      self->location = g_value_dup_string (value);
+      break;
+    case PROP_COMPRESSION:
+      self->compression = g_value_get_enum (value);
+      break;
+    case PROP_BIGTIFF:
+      self->bigtiff = g_value_get_enum (value);
+      break;
+    case PROP_FSYNC:
+      self->fsync = g_value_get_boolean (value);
+      break;
+    default:
+      G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+      break;
+  }
+  GST_OBJECT_UNLOCK (self);
+}
+
+static void
+gst_tiff_stack_sink_get_property (GObject * object, guint prop_id,
+    GValue * value, GParamSpec * pspec)
+{
+  GstTiffStackSink *self = GST_TIFF_STACK_SINK (object);
+
+  GST_OBJECT_LOCK (self);
+  switch (prop_id) {
+    case PROP_LOCATION:
+      g_value_set_string (value, self->location);
+      break;
+    case PROP_COMPRESSION:
+      g_value_set_enum (value, self->compression);
+      break;
+    case PROP_BIGTIFF:
+      g_value_set_enum (value, self->bigtiff);
+      break;
+    case PROP_FSYNC:
+      g_value_set_boolean (value, self->fsync);
+      break;
+    default:
+      G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+      break;
+  }
+  GST_OBJECT_UNLOCK (self);
+}
+
+/* ---- client I/O ---------------------------------------------------------- */
+
+static gboolean
+io_pwrite_all (WriterIo * io, const guint8 * buf, gsize size, guint64 off)
+{
+  while (size > 0) {
+    ssize_t n = pwrite (io->fd, buf, size, off);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0) {
+      if (io->err == 0)
+        io->err = n < 0 ? errno : ENOSPC;
+      return FALSE;
+    }
+    buf += n;
+    size -= n;
+    off += n;
+  }
+  return TRUE;
+}
+
+static tmsize_t
+io_write (thandle_t h, void *buf, tmsize_t size)
+{
+  WriterIo *io = (WriterIo *) h;
+
+  if (size < 0 || io->sealed)
+    return -1;
+  if (io->deferring && io->pos < io->committed) {
+    Patch patch = { io->pos, g_bytes_new (buf, size) };
+    g_array_append_val (io->patches, patch);
+  } else {
+    if (io->desc && io->desc_off == G_MAXUINT64 && size == DESC_BYTES
+        && memcmp (buf, io->desc, DESC_BYTES) == 0)
+      io->desc_off = io->pos;
+    if (!io_pwrite_all (io, buf, size, io->pos))
+      return -1;
+  }
+  io->pos += size;
+  io->size = MAX (io->size, io->pos);
+  return size;
+}
+
+static tmsize_t
+io_read (thandle_t h, void *buf, tmsize_t size)
+{
+  WriterIo *io = (WriterIo *) h;
+  ssize_t n;
+  guint i;
+
+  if (size < 0)
+    return -1;
+  do {
+    n = pread (io->fd, buf, size, io->pos);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0)
+    return -1;
+  /* What libtiff wrote but we hold back must read as written. */
+  for (i = 0; i < io->patches->len; i++) {
+    Patch *p = &g_array_index (io->patches, Patch, i);
+    gsize len;
+    const guint8 *data = g_bytes_get_data (p->data, &len);
+    guint64 lo = MAX (p->offset, io->pos);
+    guint64 hi = MIN (p->offset + len, io->pos + (guint64) n);
+    if (lo < hi)
+      memcpy ((guint8 *) buf + (lo - io->pos), data + (lo - p->offset),
+          hi - lo);
+  }
+  io->pos += n;
+  return n;
+}
+
+static toff_t
+io_seek (thandle_t h, toff_t off, int whence)
+{
+  WriterIo *io = (WriterIo *) h;
+
+  switch (whence) {
+    case SEEK_SET:
+      io->pos = off;
+      break;
+    case SEEK_CUR:
+      io->pos += off;
+      break;
+    case SEEK_END:
+      io->pos = io->size + off;
+      break;
+    default:
+      return (toff_t) - 1;
+  }
+  return io->pos;
+}
+
+static int
+io_close (thandle_t h)
+{
+  return 0;
+}
+
+static toff_t
+io_size (thandle_t h)
+{
+  return ((WriterIo *) h)->size;
+}
+
+static int
+io_map (thandle_t h, void **base, toff_t * size)
+{
+  return 0;
+}
+
+static void
+io_unmap (thandle_t h, void *base, toff_t size)
+{
+}
+
+static void
+patch_clear (gpointer p)
+{
+  g_bytes_unref (((Patch *) p)->data);
+}
+
+/* Writes the held-back link pointers: the page becomes part of the file. */
+static gboolean
+io_apply_patches (WriterIo * io)
+{
+  guint i;
+  gboolean ok = TRUE;
+
+  for (i = 0; ok && i < io->patches->len; i++) {
+    Patch *p = &g_array_index (io->patches, Patch, i);
+    gsize len;
+    const guint8 *data = g_bytes_get_data (p->data, &len);
+    ok = io_pwrite_all (io, data, len, p->offset);
+  }
+  g_array_set_size (io->patches, 0);
+  return ok;
+}
+
+/* ---- errors --------------------------------------------------------------- */
+
+static void
+post_write_error (GstTiffStackSink * self, const gchar * what)
+{
+  const gchar *tiff_msg = gst_tiff_stack_diag_message (&self->diag,
+      "(no message)");
+
+  self->failed = TRUE;
+  self->io.sealed = TRUE;
+  if (self->io.err == ENOSPC || self->io.err == EDQUOT)
+    GST_ELEMENT_ERROR (self, RESOURCE, NO_SPACE_LEFT,
+        ("No space left on the device while writing \"%s\" (%" G_GUINT64_FORMAT
+            " pages were complete).", self->path, self->pages),
+        ("%s; libtiff: %s", what, tiff_msg));
+  else if (self->io.err != 0)
+    GST_ELEMENT_ERROR (self, RESOURCE, WRITE,
+        ("Could not write to \"%s\": %s (%" G_GUINT64_FORMAT
+            " pages were complete).", self->path, g_strerror (self->io.err),
+            self->pages), ("%s; libtiff: %s", what, tiff_msg));
+  else
+    GST_ELEMENT_ERROR (self, RESOURCE, WRITE,
+        ("Could not write page %" G_GUINT64_FORMAT " of \"%s\": %s.",
+            self->pages, self->path, tiff_msg), ("%s", what));
+}
+
+/* ---- start / stop -------------------------------------------------------- */
+
+static void
+update_description (GstTiffStackSink * self, guint64 images)
+{
+  GString *s = g_string_new ("ImageJ=\n");
+  gchar num[G_ASCII_DTOSTR_BUF_SIZE];
+
+  g_string_append_printf (s, "images=%" G_GUINT64_FORMAT "\n", images);
+  g_string_append_printf (s, "slices=%" G_GUINT64_FORMAT "\n", images);
+  if (self->size_x_um > 0.0)
+    g_string_append (s, "unit=micron\n");
+  if (self->size_z_um > 0.0)
+    g_string_append_printf (s, "spacing=%s\n",
+        g_ascii_formatd (num, sizeof (num), "%.10g", self->size_z_um));
+  g_string_append (s, "loop=false\n");
+  /* The slot is fixed: pad with blank lines, which readers skip. */
+  memset (self->desc, '\n', DESC_BYTES - 1);
+  memcpy (self->desc, s->str, MIN (s->len, DESC_BYTES - 1));
+  self->desc[DESC_BYTES - 1] = '\0';
+  g_string_free (s, TRUE);
+}
+
+static gboolean
+gst_tiff_stack_sink_stop (GstBaseSink * bsink)
+{
+  GstTiffStackSink *self = GST_TIFF_STACK_SINK (bsink);
+
+  if (self->tif) {
+    /* Every complete page is already linked; nothing may be written now (a
+     * half-set next directory would otherwise be flushed by TIFFClose). */
+    self->io.sealed = TRUE;
+    TIFFClose (self->tif);
+    self->tif = NULL;
+  }
+  if (self->io.fd >= 0) {
+    if (!self->failed && self->cfg_fsync)
+      fdatasync (self->io.fd);
+    close (self->io.fd);
+    self->io.fd = -1;
+  }
+  if (self->io.patches) {
+    g_array_unref (self->io.patches);
+    self->io.patches = NULL;
+  }
+  gst_tiff_stack_diag_clear (&self->diag);
+  g_clear_pointer (&self->path, g_free);
+  g_clear_pointer (&self->strip, g_free);
+  self->strip_size = 0;
+  self->have_info = FALSE;
+  return TRUE;
+}
+
+static gboolean
+gst_tiff_stack_sink_start (GstBaseSink * bsink)
+{
+  GstTiffStackSink *self = GST_TIFF_STACK_SINK (bsink);
+  static const guint16 codecs[] = { COMPRESSION_NONE, COMPRESSION_LZW,
+    COMPRESSION_ADOBE_DEFLATE, COMPRESSION_ZSTD
+  };
+
+  GST_OBJECT_LOCK (self);
+  self->path = g_strdup (self->location);
+  self->cfg_compression = self->compression;
+  self->cfg_bigtiff = self->bigtiff;
+  self->cfg_fsync = self->fsync;
+  GST_OBJECT_UNLOCK (self);
+
+  self->failed = FALSE;
+  self->pages = 0;
+  self->size_x_um = self->size_y_um = self->size_z_um = 0.0;
+  memset (&self->io, 0, sizeof (self->io));
+  self->io.fd = -1;
+  self->io.desc_off = G_MAXUINT64;
+
+  if (self->path == NULL || self->path[0] == '\0') {
+    GST_ELEMENT_ERROR (self, RESOURCE, NOT_FOUND,
+        ("No file name specified for writing."), (NULL));
+    goto fail;
+  }
+  if (!TIFFIsCODECConfigured (codecs[self->cfg_compression])) {
+    GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
+        ("This libtiff cannot write the chosen compression."), (NULL));
+    goto fail;
+  }
+  /* Open now, so an unwritable path fails the state change; the TIFF header
+   * follows with the first frame, once BigTIFF or not is decided. */
+  self->io.fd = open (self->path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC,
+      0666);
+  if (self->io.fd < 0) {
+    GST_ELEMENT_ERROR (self, RESOURCE, OPEN_WRITE,
+        ("Could not open file \"%s\" for writing: %s.", self->path,
+            g_strerror (errno)), (NULL));
+    goto fail;
+  }
+  self->io.patches = g_array_new (FALSE, FALSE, sizeof (Patch));
+  g_array_set_clear_func (self->io.patches, patch_clear);
+  return TRUE;
+
+fail:
+  gst_tiff_stack_sink_stop (bsink);
+  return FALSE;
+}
+
+/* Pages upstream will send, or -1 when it does not say. */
+static gint64
+upstream_pages (GstTiffStackSink * self)
+{
+  GstPad *pad = GST_BASE_SINK_PAD (self);
+  gint64 v;
+
+  if (gst_pad_peer_query_duration (pad, GST_FORMAT_DEFAULT, &v) && v > 0)
+    return v;
+  if (gst_pad_peer_query_duration (pad, GST_FORMAT_TIME, &v) && v > 0
+      && self->vinfo.fps_n > 0 && self->vinfo.fps_d > 0)
+    return gst_util_uint64_scale_ceil (v, self->vinfo.fps_n,
+        (guint64) self->vinfo.fps_d * GST_SECOND);
+  return -1;
+}
+
+static gboolean
+open_tiff (GstTiffStackSink * self)
+{
+  TIFFOpenOptions *opts;
+  gboolean big;
+
+  switch (self->cfg_bigtiff) {
+    case BIGTIFF_ALWAYS:
+      big = TRUE;
+      break;
+    case BIGTIFF_NEVER:
+      big = FALSE;
+      break;
+    default:{
+      gint64 pages = upstream_pages (self);
+      /* Per page: pixels (LZW may expand incompressible data by up to ~1.4x;
+       * 2x is a safe bound), plus directory and tag data (< 4 KiB). */
+      guint64 per_page = self->vinfo.size
+          * (self->cfg_compression == COMPRESS_LZW ? 2 : 1) + 4096;
+      guint64 total;
+      big = pages < 0 || !g_uint64_checked_mul (&total, per_page, pages)
+          || total + (1u << 20) > CLASSIC_LIMIT;
+      GST_INFO_OBJECT (self, "upstream length %" G_GINT64_FORMAT " pages, "
+          "writing %s", pages, big ? "BigTIFF" : "classic TIFF");
+      break;
+    }
+  }
+  self->is_bigtiff = big;
+
+  opts = gst_tiff_stack_open_options (&self->diag, G_MAXSSIZE);
+  gst_tiff_stack_diag_clear (&self->diag);
+  self->tif = TIFFClientOpenExt (self->path, big ? "w8" : "w",
+      (thandle_t) & self->io, io_read, io_write, io_seek, io_close, io_size,
+      io_map, io_unmap, opts);
+  TIFFOpenOptionsFree (opts);
+  if (self->tif == NULL) {
+    post_write_error (self, "creating the TIFF header");
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* ---- caps, tags ----------------------------------------------------------- */
+
+static gboolean
+gst_tiff_stack_sink_set_caps (GstBaseSink * bsink, GstCaps * caps)
+{
+  GstTiffStackSink *self = GST_TIFF_STACK_SINK (bsink);
+  GstTiffStackLayout info;
+
+  if (!gst_tiff_stack_layout_from_caps (&info, caps)) {
+    GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
+        ("Invalid caps for tiffstacksink."), ("%" GST_PTR_FORMAT, caps));
+    return FALSE;
+  }
+  self->vinfo = info;
+  self->have_info = TRUE;
+  return TRUE;
+}
+
+static gboolean
+gst_tiff_stack_sink_event (GstBaseSink * bsink, GstEvent * event)
+{
+  GstTiffStackSink *self = GST_TIFF_STACK_SINK (bsink);
+
+  if (GST_EVENT_TYPE (event) == GST_EVENT_TAG) {
+    GstTagList *tags;
+    gdouble v;
+
+    gst_event_parse_tag (event, &tags);
+    if (gst_tag_list_get_double (tags, GST_TIFF_STACK_TAG_PIXEL_SIZE_X, &v)
+        && v > 0.0)
+      self->size_x_um = v;
+    if (gst_tag_list_get_double (tags, GST_TIFF_STACK_TAG_PIXEL_SIZE_Y, &v)
+        && v > 0.0)
+      self->size_y_um = v;
+    if (gst_tag_list_get_double (tags, GST_TIFF_STACK_TAG_PIXEL_SIZE_Z, &v)
+        && v > 0.0)
+      self->size_z_um = v;
+  }
+  return GST_BASE_SINK_CLASS (parent_class)->event (bsink, event);
+}
+
+/* ---- writing ------------------------------------------------------------- */
+
+static gboolean
+write_page (GstTiffStackSink * self, GstTiffStackFrame * frame)
+{
+  static const guint16 codecs[] = { COMPRESSION_NONE, COMPRESSION_LZW,
+    COMPRESSION_ADOBE_DEFLATE, COMPRESSION_ZSTD
+  };
+  TIFF *tif = self->tif;
+  const GstTiffStackLayout *info = &self->vinfo;
+  GstTiffStackFormat fmt = info->format;
+  guint32 width = info->width;
+  guint32 height = info->height;
+  gsize pstride = info->bpp;
+  gsize stride = frame->stride;
+  const guint8 *src = frame->data;
+  gsize row_bytes = (gsize) width * pstride;
+  gboolean compressed = self->cfg_compression != COMPRESS_NONE;
+  gboolean is_float = fmt == GST_TIFF_STACK_GRAY32F;
+  guint32 rps, row0, r, strip;
+  gsize target;
+  gboolean ok;
+
+  TIFFSetField (tif, TIFFTAG_IMAGEWIDTH, width);
+  TIFFSetField (tif, TIFFTAG_IMAGELENGTH, height);
+  TIFFSetField (tif, TIFFTAG_BITSPERSAMPLE,
+      fmt == GST_TIFF_STACK_RGB ? 8 : (guint) pstride * 8);
+  TIFFSetField (tif, TIFFTAG_SAMPLESPERPIXEL,
+      fmt == GST_TIFF_STACK_RGB ? 3 : 1);
+  TIFFSetField (tif, TIFFTAG_SAMPLEFORMAT,
+      is_float ? SAMPLEFORMAT_IEEEFP : SAMPLEFORMAT_UINT);
+  TIFFSetField (tif, TIFFTAG_PHOTOMETRIC, fmt == GST_TIFF_STACK_RGB ?
+      PHOTOMETRIC_RGB : PHOTOMETRIC_MINISBLACK);
+  TIFFSetField (tif, TIFFTAG_PLANARCONFIG, PLANARCONFIG_CONTIG);
+  TIFFSetField (tif, TIFFTAG_COMPRESSION, codecs[self->cfg_compression]);
+  if (compressed && !is_float)
+    TIFFSetField (tif, TIFFTAG_PREDICTOR, PREDICTOR_HORIZONTAL);
+  target = compressed ? STRIP_TARGET_COMPRESSED : STRIP_TARGET_RAW;
+  rps = CLAMP (target / MAX (row_bytes, 1), 1, height);
+  TIFFSetField (tif, TIFFTAG_ROWSPERSTRIP, rps);
+  if (self->size_x_um > 0.0) {
+    gdouble sy = self->size_y_um > 0.0 ? self->size_y_um : self->size_x_um;
+    TIFFSetField (tif, TIFFTAG_XRESOLUTION, (float) (1.0 / self->size_x_um));
+    TIFFSetField (tif, TIFFTAG_YRESOLUTION, (float) (1.0 / sy));
+    TIFFSetField (tif, TIFFTAG_RESOLUTIONUNIT, RESUNIT_NONE);
+  }
+  if (self->pages == 0) {
+    update_description (self, 1);
+    TIFFSetField (tif, TIFFTAG_IMAGEDESCRIPTION, self->desc);
+    TIFFSetField (tif, TIFFTAG_SOFTWARE, "gst-unet tiffstacksink " VERSION);
+    self->io.desc = self->desc;
+  }
+
+  /* Raw pages go straight from the frame when rows are packed; encoders with
+   * a predictor modify their input, so compressed strips are copied. */
+  if (compressed || stride != row_bytes) {
+    gsize need = (gsize) rps * row_bytes;
+    if (self->strip_size < need) {
+      g_free (self->strip);
+      self->strip = g_try_malloc (need);
+      self->strip_size = self->strip ? need : 0;
+      if (!self->strip) {
+        post_write_error (self, "allocating a strip buffer");
+        return FALSE;
+      }
+    }
+  }
+  gst_tiff_stack_diag_clear (&self->diag);
+  for (row0 = 0, strip = 0; row0 < height; row0 += rps, strip++) {
+    guint32 rows = MIN (rps, height - row0);
+    const guint8 *data = src + row0 * stride;
+    if (compressed || stride != row_bytes) {
+      for (r = 0; r < rows; r++)
+        memcpy (self->strip + r * row_bytes, src + (row0 + r) * stride,
+            row_bytes);
+      data = self->strip;
+    }
+    if (TIFFWriteEncodedStrip (tif, strip, (void *) data,
+            (tmsize_t) rows * row_bytes) < 0) {
+      post_write_error (self, "writing pixel data");
+      return FALSE;
+    }
+  }
+
+  /* Directory and tag data are appended; the link into the chain is held
+   * back (see WriterIo) and written last, so the page appears atomically. */
+  self->io.committed = self->io.size;
+  self->io.deferring = TRUE;
+  ok = TIFFWriteDirectory (tif);
+  self->io.deferring = FALSE;
+  if (!ok) {
+    g_array_set_size (self->io.patches, 0);
+    post_write_error (self, "writing the page directory");
+    return FALSE;
+  }
+  if (!io_apply_patches (&self->io)) {
+    post_write_error (self, "linking the page");
+    return FALSE;
+  }
+  self->pages++;
+
+  if (self->io.desc_off != G_MAXUINT64) {
+    update_description (self, self->pages);
+    if (!io_pwrite_all (&self->io, (const guint8 *) self->desc, DESC_BYTES,
+            self->io.desc_off)) {
+      post_write_error (self, "updating the ImageJ description");
+      return FALSE;
+    }
+  }
+  if (self->cfg_fsync && fdatasync (self->io.fd) < 0) {
+    self->io.err = errno;
+    post_write_error (self, "fdatasync");
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static GstFlowReturn
+gst_tiff_stack_sink_render (GstBaseSink * bsink, GstBuffer * buf)
+{
+  GstTiffStackSink *self = GST_TIFF_STACK_SINK (bsink);
+  GstTiffStackFrame frame;
+  gboolean ok;
+
+  if (self->failed)
+    return GST_FLOW_ERROR;
+  if (!self->have_info) {
+    GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
+        ("Received a buffer before caps."), (NULL));
+    return GST_FLOW_NOT_NEGOTIATED;
+  }
+  if (self->tif == NULL && !open_tiff (self))
+    return GST_FLOW_ERROR;
+  if (!gst_tiff_stack_frame_map (&frame, &self->vinfo, buf, GST_MAP_READ)) {
+    GST_ELEMENT_ERROR (self, STREAM, FAILED,
+        ("Buffer of %" G_GSIZE_FORMAT " bytes is too small for the caps.",
+            gst_buffer_get_size (buf)), (NULL));
+    return GST_FLOW_ERROR;
+  }
+  ok = write_page (self, &frame);
+  gst_tiff_stack_frame_unmap (&frame);
+  return ok ? GST_FLOW_OK : GST_FLOW_ERROR;
+}

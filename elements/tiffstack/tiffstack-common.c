@@ -1,0 +1,526 @@
+/* gst-unet — shared helpers of the tiffstack plugin
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * Custom tags, per-file libtiff diagnostics and ImageJ / OME-XML metadata
+ * parsing, used by tiffstacksrc and tiffstacksink.
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include <math.h>
+#include <string.h>
+#include <stdlib.h>
+
+#include "tiffstack-common.h"
+
+GST_DEBUG_CATEGORY_STATIC (tiff_stack_common_debug);
+#define GST_CAT_DEFAULT tiff_stack_common_debug
+
+void
+gst_tiff_stack_register_tags (void)
+{
+  static gsize once = 0;
+
+  if (!g_once_init_enter (&once))
+    return;
+
+  GST_DEBUG_CATEGORY_INIT (tiff_stack_common_debug, "tiffstack", 0,
+      "TIFF stack helpers");
+
+  gst_tag_register (GST_TIFF_STACK_TAG_PIXEL_SIZE_X, GST_TAG_FLAG_META,
+      G_TYPE_DOUBLE, "pixel size x",
+      "Physical width of one pixel in micrometres", gst_tag_merge_use_first);
+  gst_tag_register (GST_TIFF_STACK_TAG_PIXEL_SIZE_Y, GST_TAG_FLAG_META,
+      G_TYPE_DOUBLE, "pixel size y",
+      "Physical height of one pixel in micrometres", gst_tag_merge_use_first);
+  gst_tag_register (GST_TIFF_STACK_TAG_PIXEL_SIZE_Z, GST_TAG_FLAG_META,
+      G_TYPE_DOUBLE, "pixel size z",
+      "Distance between consecutive slices in micrometres",
+      gst_tag_merge_use_first);
+  gst_tag_register (GST_TIFF_STACK_TAG_PIXEL_UNIT, GST_TAG_FLAG_META,
+      G_TYPE_STRING, "pixel unit",
+      "Length unit as written in the file (sizes are converted to micrometres)",
+      gst_tag_merge_use_first);
+  gst_tag_register (GST_TIFF_STACK_TAG_CHANNELS, GST_TAG_FLAG_META,
+      G_TYPE_UINT, "channels", "Channels of the hyperstack in the file",
+      gst_tag_merge_use_first);
+  gst_tag_register (GST_TIFF_STACK_TAG_SLICES, GST_TAG_FLAG_META,
+      G_TYPE_UINT, "slices", "Z slices of the hyperstack in the file",
+      gst_tag_merge_use_first);
+  gst_tag_register (GST_TIFF_STACK_TAG_FRAMES, GST_TAG_FLAG_META,
+      G_TYPE_UINT, "frames", "Time points of the hyperstack in the file",
+      gst_tag_merge_use_first);
+  gst_tag_register (GST_TIFF_STACK_TAG_VALUE_OFFSET, GST_TAG_FLAG_META,
+      G_TYPE_DOUBLE, "value offset",
+      "Add to a pixel value to get the value stored in the file "
+      "(signed samples are shifted into the unsigned range)",
+      gst_tag_merge_use_first);
+
+  g_once_init_leave (&once, 1);
+}
+
+/* ---- libtiff diagnostics ------------------------------------------------ */
+
+static int
+diag_error (TIFF * tif, void *user_data, const char *module, const char *fmt,
+    va_list ap)
+{
+  GstTiffStackDiag *diag = user_data;
+  gchar *msg = g_strdup_vprintf (fmt, ap);
+
+  g_free (diag->last_error);
+  diag->last_error = module ? g_strdup_printf ("%s: %s", module, msg) : msg;
+  if (module)
+    g_free (msg);
+  GST_CAT_WARNING_OBJECT (tiff_stack_common_debug, diag->owner,
+      "libtiff: %s", diag->last_error);
+  return 1;
+}
+
+static int
+diag_warning (TIFF * tif, void *user_data, const char *module,
+    const char *fmt, va_list ap)
+{
+  GstTiffStackDiag *diag = user_data;
+  gchar *msg = g_strdup_vprintf (fmt, ap);
+
+  GST_CAT_DEBUG_OBJECT (tiff_stack_common_debug, diag->owner,
+      "libtiff warning: %s: %s", module ? module : "", msg);
+  g_free (msg);
+  return 1;
+}
+
+void
+gst_tiff_stack_diag_clear (GstTiffStackDiag * diag)
+{
+  g_clear_pointer (&diag->last_error, g_free);
+}
+
+const gchar *
+gst_tiff_stack_diag_message (GstTiffStackDiag * diag, const gchar * fallback)
+{
+  return diag->last_error ? diag->last_error : fallback;
+}
+
+TIFFOpenOptions *
+gst_tiff_stack_open_options (GstTiffStackDiag * diag, guint64 max_single_alloc)
+{
+  TIFFOpenOptions *opts = TIFFOpenOptionsAlloc ();
+
+  gst_tiff_stack_register_tags ();
+  TIFFOpenOptionsSetErrorHandlerExtR (opts, diag_error, diag);
+  TIFFOpenOptionsSetWarningHandlerExtR (opts, diag_warning, diag);
+  TIFFOpenOptionsSetMaxSingleMemAlloc (opts,
+      (tmsize_t) MIN (max_single_alloc, (guint64) G_MAXSSIZE));
+  return opts;
+}
+
+/* ---- units --------------------------------------------------------------- */
+
+gboolean
+gst_tiff_stack_unit_to_um (const gchar * unit, gdouble * um_per_unit)
+{
+  static const struct
+  {
+    const gchar *name;
+    gdouble um;
+  } units[] = {
+    {"micron", 1.0}, {"microns", 1.0}, {"um", 1.0}, {"\xc2\xb5m", 1.0},
+    {"\xce\xbcm", 1.0}, {"\\u00B5m", 1.0}, {"\\u00b5m", 1.0},
+    {"micrometer", 1.0}, {"micrometre", 1.0}, {"micrometers", 1.0},
+    {"nm", 1e-3}, {"nanometer", 1e-3}, {"nanometre", 1e-3},
+    {"pm", 1e-6}, {"\xc3\x85", 1e-4}, {"angstrom", 1e-4},
+    {"mm", 1e3}, {"millimeter", 1e3}, {"millimetre", 1e3},
+    {"cm", 1e4}, {"centimeter", 1e4}, {"centimetre", 1e4},
+    {"m", 1e6}, {"meter", 1e6}, {"metre", 1e6},
+    {"inch", 25400.0}, {"in", 25400.0}, {"inches", 25400.0},
+  };
+  gchar *u;
+  guint i;
+
+  if (unit == NULL)
+    return FALSE;
+  u = g_strstrip (g_strdup (unit));
+  for (i = 0; i < G_N_ELEMENTS (units); i++) {
+    if (g_ascii_strcasecmp (u, units[i].name) == 0
+        || strcmp (u, units[i].name) == 0) {
+      *um_per_unit = units[i].um;
+      g_free (u);
+      return TRUE;
+    }
+  }
+  g_free (u);
+  return FALSE;
+}
+
+/* ---- descriptions -------------------------------------------------------- */
+
+void
+gst_tiff_stack_meta_clear (GstTiffStackMeta * meta)
+{
+  g_free (meta->unit);
+  g_free (meta->description);
+  memset (meta, 0, sizeof (*meta));
+}
+
+static guint
+parse_count (const gchar * s)
+{
+  gchar *end;
+  gdouble v = g_ascii_strtod (s, &end);
+
+  /* Counts above 2^24 are not plausible for a stack dimension. */
+  if (end == s || !(v >= 1.0) || v > 16777216.0)
+    return 0;
+  return (guint) v;
+}
+
+static gdouble
+parse_length (const gchar * s)
+{
+  gchar *end;
+  gdouble v = g_ascii_strtod (s, &end);
+
+  if (end == s || !isfinite (v) || v <= 0.0)
+    return 0.0;
+  return v;
+}
+
+static void
+parse_imagej (GstTiffStackMeta * meta, const gchar * desc, gdouble * spacing)
+{
+  gchar **lines = g_strsplit (desc, "\n", -1);
+  guint i;
+
+  meta->is_imagej = TRUE;
+  g_strlcpy (meta->dim_order, "XYCZT", sizeof (meta->dim_order));
+  for (i = 0; lines[i]; i++) {
+    gchar *eq = strchr (lines[i], '=');
+    const gchar *val;
+
+    if (!eq)
+      continue;
+    *eq = '\0';
+    val = eq + 1;
+    if (!strcmp (lines[i], "channels"))
+      meta->channels = parse_count (val);
+    else if (!strcmp (lines[i], "slices"))
+      meta->slices = parse_count (val);
+    else if (!strcmp (lines[i], "frames"))
+      meta->frames = parse_count (val);
+    else if (!strcmp (lines[i], "unit")) {
+      g_free (meta->unit);
+      meta->unit = g_strstrip (g_strdup (val));
+    } else if (!strcmp (lines[i], "spacing"))
+      *spacing = parse_length (val);
+  }
+  g_strfreev (lines);
+}
+
+typedef struct
+{
+  GstTiffStackMeta *meta;
+  gboolean done;
+} OmeParse;
+
+static const gchar *
+local_name (const gchar * name)
+{
+  const gchar *colon = strrchr (name, ':');
+  return colon ? colon + 1 : name;
+}
+
+static gdouble
+ome_size_um (const gchar ** names, const gchar ** values, const gchar * attr)
+{
+  gchar *unit_attr = g_strconcat (attr, "Unit", NULL);
+  const gchar *value = NULL, *unit = NULL;
+  gdouble v, factor = 1.0;      /* OME's default unit is the micrometre */
+  guint i;
+
+  for (i = 0; names[i]; i++) {
+    if (!strcmp (names[i], attr))
+      value = values[i];
+    else if (!strcmp (names[i], unit_attr))
+      unit = values[i];
+  }
+  g_free (unit_attr);
+  if (!value)
+    return 0.0;
+  v = parse_length (value);
+  if (unit && !gst_tiff_stack_unit_to_um (unit, &factor))
+    return 0.0;
+  return v * factor;
+}
+
+static void
+ome_start (GMarkupParseContext * ctx, const gchar * element,
+    const gchar ** names, const gchar ** values, gpointer user_data,
+    GError ** error)
+{
+  OmeParse *p = user_data;
+  GstTiffStackMeta *meta = p->meta;
+  guint i;
+  gdouble v;
+
+  if (p->done || strcmp (local_name (element), "Pixels") != 0)
+    return;
+
+  /* Only the first image's Pixels element describes the main series. */
+  p->done = TRUE;
+  meta->is_ome = TRUE;
+  for (i = 0; names[i]; i++) {
+    if (!strcmp (names[i], "SizeC"))
+      meta->channels = parse_count (values[i]);
+    else if (!strcmp (names[i], "SizeZ"))
+      meta->slices = parse_count (values[i]);
+    else if (!strcmp (names[i], "SizeT"))
+      meta->frames = parse_count (values[i]);
+    else if (!strcmp (names[i], "DimensionOrder") && strlen (values[i]) == 5
+        && values[i][0] == 'X' && values[i][1] == 'Y'
+        && strchr (values[i] + 2, 'C') && strchr (values[i] + 2, 'Z')
+        && strchr (values[i] + 2, 'T'))
+      g_strlcpy (meta->dim_order, values[i], sizeof (meta->dim_order));
+  }
+  if (meta->dim_order[0] == '\0')
+    g_strlcpy (meta->dim_order, "XYZCT", sizeof (meta->dim_order));
+  if ((v = ome_size_um (names, values, "PhysicalSizeX")) > 0.0)
+    meta->size_x_um = v;
+  if ((v = ome_size_um (names, values, "PhysicalSizeY")) > 0.0)
+    meta->size_y_um = v;
+  if ((v = ome_size_um (names, values, "PhysicalSizeZ")) > 0.0)
+    meta->size_z_um = v;
+  if (meta->size_x_um > 0.0) {
+    g_free (meta->unit);
+    meta->unit = g_strdup ("\xc2\xb5m");
+  }
+}
+
+void
+gst_tiff_stack_meta_parse_description (GstTiffStackMeta * meta,
+    const gchar * desc)
+{
+  if (desc == NULL)
+    return;
+
+  if (g_str_has_prefix (desc, "ImageJ=")) {
+    gdouble spacing = 0.0, factor;
+
+    parse_imagej (meta, desc, &spacing);
+    if (spacing > 0.0 && gst_tiff_stack_unit_to_um (meta->unit, &factor))
+      meta->size_z_um = spacing * factor;
+  } else if (strstr (desc, "<OME") != NULL) {
+    static const GMarkupParser parser = { ome_start, NULL, NULL, NULL, NULL };
+    OmeParse p = { meta, FALSE };
+    GMarkupParseContext *ctx =
+        g_markup_parse_context_new (&parser, 0, &p,
+        NULL);
+    const gchar *start = strstr (desc, "<OME");
+    GError *err = NULL;
+
+    /* Parse from the root element: GMarkup rejects some prologs (DOCTYPE). */
+    if (!g_markup_parse_context_parse (ctx, start, -1, &err) && !p.done)
+      GST_CAT_INFO (tiff_stack_common_debug, "OME-XML not understood: %s",
+          err ? err->message : "?");
+    g_clear_error (&err);
+    g_markup_parse_context_free (ctx);
+  }
+}
+
+void
+gst_tiff_stack_meta_read (GstTiffStackMeta * meta, TIFF * tif)
+{
+  const char *desc = NULL;
+  float xres = 0.0f, yres = 0.0f;
+  guint16 resunit = RESUNIT_INCH;
+  gdouble factor;
+
+  gst_tiff_stack_meta_clear (meta);
+  if (TIFFGetField (tif, TIFFTAG_IMAGEDESCRIPTION, &desc) && desc) {
+    meta->description = g_utf8_make_valid (desc, -1);
+    gst_tiff_stack_meta_parse_description (meta, meta->description);
+  }
+  if (meta->is_ome && meta->size_x_um > 0.0)
+    return;
+
+  if (!TIFFGetField (tif, TIFFTAG_XRESOLUTION, &xres) || !(xres > 0.0f)
+      || !isfinite (xres))
+    return;
+  if (!TIFFGetField (tif, TIFFTAG_YRESOLUTION, &yres) || !(yres > 0.0f)
+      || !isfinite (yres))
+    yres = xres;
+  TIFFGetFieldDefaulted (tif, TIFFTAG_RESOLUTIONUNIT, &resunit);
+
+  /* ImageJ writes pixels per description unit with ResolutionUnit = none. */
+  if (meta->is_imagej && gst_tiff_stack_unit_to_um (meta->unit, &factor)) {
+    meta->size_x_um = factor / xres;
+    meta->size_y_um = factor / yres;
+  } else if (resunit == RESUNIT_INCH || resunit == RESUNIT_CENTIMETER) {
+    factor = resunit == RESUNIT_INCH ? 25400.0 : 10000.0;
+    meta->size_x_um = factor / xres;
+    meta->size_y_um = factor / yres;
+    g_free (meta->unit);
+    meta->unit = g_strdup (resunit == RESUNIT_INCH ? "inch" : "cm");
+  }
+}
+
+GstTagList *
+gst_tiff_stack_meta_to_tags (const GstTiffStackMeta * meta)
+{
+  GstTagList *tags = gst_tag_list_new_empty ();
+
+  gst_tiff_stack_register_tags ();
+  if (meta->size_x_um > 0.0)
+    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
+        GST_TIFF_STACK_TAG_PIXEL_SIZE_X, meta->size_x_um, NULL);
+  if (meta->size_y_um > 0.0)
+    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
+        GST_TIFF_STACK_TAG_PIXEL_SIZE_Y, meta->size_y_um, NULL);
+  if (meta->size_z_um > 0.0)
+    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
+        GST_TIFF_STACK_TAG_PIXEL_SIZE_Z, meta->size_z_um, NULL);
+  if (meta->unit && g_utf8_validate (meta->unit, -1, NULL))
+    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
+        GST_TIFF_STACK_TAG_PIXEL_UNIT, meta->unit, NULL);
+  if (meta->channels)
+    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
+        GST_TIFF_STACK_TAG_CHANNELS, meta->channels, NULL);
+  if (meta->slices)
+    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
+        GST_TIFF_STACK_TAG_SLICES, meta->slices, NULL);
+  if (meta->frames)
+    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
+        GST_TIFF_STACK_TAG_FRAMES, meta->frames, NULL);
+  if (meta->description && meta->description[0])
+    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE, GST_TAG_DESCRIPTION,
+        meta->description, NULL);
+  return tags;
+}
+
+/* ---- frame layouts -------------------------------------------------------- */
+
+static const struct
+{
+  const gchar *name;
+  guint bpp;
+} formats[] = {
+  [GST_TIFF_STACK_GRAY8] = {"GRAY8", 1},
+  [GST_TIFF_STACK_GRAY16_LE] = {"GRAY16_LE", 2},
+  [GST_TIFF_STACK_GRAY32F] = {"GRAY32F", 4},
+  [GST_TIFF_STACK_RGB] = {"RGB", 3},
+};
+
+const gchar *
+gst_tiff_stack_format_name (GstTiffStackFormat format)
+{
+  return format < GST_TIFF_STACK_UNKNOWN ? formats[format].name : "unknown";
+}
+
+gboolean
+gst_tiff_stack_layout_set (GstTiffStackLayout * layout,
+    GstTiffStackFormat format, guint32 width, guint32 height)
+{
+  guint64 row, size;
+
+  if (format >= GST_TIFF_STACK_UNKNOWN || width == 0 || height == 0
+      || width > G_MAXINT || height > G_MAXINT)
+    return FALSE;
+  row = GST_ROUND_UP_4 ((guint64) width * formats[format].bpp);
+  if (!g_uint64_checked_mul (&size, row, height) || size > G_MAXSSIZE)
+    return FALSE;
+  layout->format = format;
+  layout->width = width;
+  layout->height = height;
+  layout->bpp = formats[format].bpp;
+  layout->stride = row;
+  layout->size = size;
+  if (layout->fps_d == 0) {
+    layout->fps_n = 0;
+    layout->fps_d = 1;
+  }
+  if (layout->par_n == 0 || layout->par_d == 0)
+    layout->par_n = layout->par_d = 1;
+  return TRUE;
+}
+
+gboolean
+gst_tiff_stack_layout_from_caps (GstTiffStackLayout * layout,
+    const GstCaps * caps)
+{
+  const GstStructure *s;
+  const gchar *name;
+  gint w, h;
+  guint i;
+
+  memset (layout, 0, sizeof (*layout));
+  if (!gst_caps_is_fixed (caps))
+    return FALSE;
+  s = gst_caps_get_structure (caps, 0);
+  name = gst_structure_get_string (s, "format");
+  if (!name || !gst_structure_get_int (s, "width", &w)
+      || !gst_structure_get_int (s, "height", &h) || w < 1 || h < 1)
+    return FALSE;
+  if (!gst_structure_get_fraction (s, "framerate", &layout->fps_n,
+          &layout->fps_d))
+    layout->fps_d = 1;
+  if (!gst_structure_get_fraction (s, "pixel-aspect-ratio", &layout->par_n,
+          &layout->par_d))
+    layout->par_n = layout->par_d = 1;
+  for (i = 0; i < G_N_ELEMENTS (formats); i++)
+    if (!strcmp (name, formats[i].name))
+      return gst_tiff_stack_layout_set (layout, i, w, h);
+  return FALSE;
+}
+
+GstCaps *
+gst_tiff_stack_layout_to_caps (const GstTiffStackLayout * layout)
+{
+  return gst_caps_new_simple ("video/x-raw",
+      "format", G_TYPE_STRING, gst_tiff_stack_format_name (layout->format),
+      "width", G_TYPE_INT, (gint) layout->width,
+      "height", G_TYPE_INT, (gint) layout->height,
+      "framerate", GST_TYPE_FRACTION, layout->fps_n, layout->fps_d,
+      "pixel-aspect-ratio", GST_TYPE_FRACTION, layout->par_n, layout->par_d,
+      "interlace-mode", G_TYPE_STRING, "progressive", NULL);
+}
+
+gboolean
+gst_tiff_stack_layout_equal (const GstTiffStackLayout * a,
+    const GstTiffStackLayout * b)
+{
+  return a->format == b->format && a->width == b->width
+      && a->height == b->height && a->fps_n == b->fps_n
+      && a->fps_d == b->fps_d && a->par_n == b->par_n && a->par_d == b->par_d;
+}
+
+gboolean
+gst_tiff_stack_frame_map (GstTiffStackFrame * frame,
+    const GstTiffStackLayout * layout, GstBuffer * buf, GstMapFlags flags)
+{
+  GstVideoMeta *meta = gst_buffer_get_video_meta (buf);
+  gsize offset = 0, row = (gsize) layout->width * layout->bpp;
+
+  frame->stride = layout->stride;
+  if (meta && meta->n_planes >= 1) {
+    offset = meta->offset[0];
+    frame->stride = meta->stride[0];
+  }
+  if (frame->stride < row || !gst_buffer_map (buf, &frame->map, flags))
+    return FALSE;
+  if (offset > frame->map.size || frame->map.size - offset < row
+      || (frame->map.size - offset - row) / frame->stride <
+      (gsize) layout->height - 1) {
+    gst_buffer_unmap (buf, &frame->map);
+    return FALSE;
+  }
+  frame->buf = buf;
+  frame->data = frame->map.data + offset;
+  return TRUE;
+}
+
+void
+gst_tiff_stack_frame_unmap (GstTiffStackFrame * frame)
+{
+  gst_buffer_unmap (frame->buf, &frame->map);
+}
