@@ -1,0 +1,933 @@
+/* gst-unet engine — CUDA + cuDNN backend (the UnetBackendIface of backend.h).
+ *
+ * Owns: the device choice, one compute stream and one copy stream, the cuDNN
+ * handle, the uploaded layers (weights in cuDNN's NHWC filter layout KRSC in the
+ * activation precision, biases in f32 and in the activation precision), activation
+ * tensors and arenas, one convolution workspace (allocated once, at the first op)
+ * and one scratch buffer for ops that write into a channel view, pinned host and
+ * device staging for upload/download (grown to the largest tensor seen, so a
+ * steady stream allocates nothing), and the ops: cuDNN descriptors and the
+ * algorithm chosen once per shape (cudnnFind*Ex on the real buffers, or the
+ * heuristics of cudnnGet*_v7 with $UNET_CUDNN_FIND=0).
+ *
+ * Layout: activations are NHWC (channels innermost), what tensor cores want; a
+ * channel view is the parent's memory at a channel offset with the parent's pixel
+ * stride. cuDNN writes only dense tensors here: an op whose dst is a view computes
+ * into the scratch buffer and a copy kernel moves it (plus the transposed
+ * convolution's bias) into place.
+ *
+ * Precision: FP32 (CUDNN_FMA_MATH: no TF32, bit-comparable with the CPU up to
+ * summation order), TF32 (f32 tensors, tensor-op math), BF16 and FP16 (activations
+ * and weights in 16 bit, accumulation in f32).
+ *
+ * The convolution calls are cuDNN's legacy API (cudnn_cnn.h), which cuDNN 9 marks
+ * deprecated but still ships and supports; it is compiled without
+ * CUDNN_WARN_DEPRECATED.
+ */
+#include "config.h"
+
+#include "backend.h"
+#include "cuda-backend.h"
+#include "cuda-check.h"
+#include "cuda-kernels.h"
+
+#include <cuda_runtime_api.h>
+#include <cudnn.h>
+#include <string.h>
+
+#define CUDA_ALIGN 256
+#define DEFAULT_WORKSPACE_MIB 512
+
+typedef struct _CudaCtx CudaCtx;
+
+typedef struct
+{
+  UnetLayerKind kind;
+  gint cin, cout, k;
+  void *weight;                 /* KRSC (conv: [cout,k,k,cin]; upconv: [cin,2,2,cout]) */
+  float *bias;                  /* [cout] f32 */
+  void *bias_lp;                /* [cout] in the activation type (cuDNN's fused op) */
+} CudaLayer;
+
+struct _CudaCtx
+{
+  gint device;
+  gchar name[256];
+  cudaStream_t stream;          /* every op, in order */
+  cudaStream_t copy_stream;     /* host-to-device uploads */
+  cudaEvent_t upload_done;      /* copy_stream -> stream */
+  cudaEvent_t staging_free;     /* stream -> copy_stream: the staging was consumed */
+  cudnnHandle_t cudnn;
+  UnetPrecision precision;
+  UnetCudaDType dtype;
+  cudnnDataType_t cudnn_dtype;
+  cudnnMathType_t math;
+  gboolean find;                /* benchmark algorithms (cudnnFind*Ex) */
+  CudaLayer *layers;
+  gint n_layers;
+  void *workspace;
+  gsize workspace_bytes;
+  gboolean workspace_done;
+  void *scratch;
+  gsize scratch_bytes;
+  float *staging_dev;
+  gsize staging_dev_bytes;
+  float *staging_host;          /* pinned */
+  gsize staging_host_bytes;
+};
+
+struct _UnetBackendArena
+{
+  void *data;
+  gsize bytes;
+};
+
+struct _UnetBackendTensor
+{
+  CudaCtx *ctx;
+  UnetDims dims;
+  UnetBackendTensor *parent;
+  gint c_offset;
+  UnetBackendArena *arena;
+  gsize offset;
+  gsize bytes;
+};
+
+struct _UnetBackendOp
+{
+  CudaCtx *ctx;
+  UnetOpDesc d;
+  cudnnTensorDescriptor_t x_desc, y_desc, bias_desc;
+  cudnnFilterDescriptor_t w_desc;
+  cudnnConvolutionDescriptor_t conv_desc;
+  cudnnActivationDescriptor_t act_desc;
+  gint algo;                    /* cudnnConvolutionFwdAlgo_t / BwdDataAlgo_t */
+  gsize ws_bytes;
+  gboolean fused;               /* conv + bias + ReLU in one cuDNN call */
+  gboolean via_scratch;         /* dst is a view: compute densely into ctx->scratch */
+};
+
+static CudaCtx *
+ctx_of (UnetBackend *be)
+{
+  return be->priv;
+}
+
+static gsize
+esize (const CudaCtx *ctx)
+{
+  return unet_cuda_dtype_size (ctx->dtype);
+}
+
+/* Kernel launchers return a cudaError_t as int. */
+#define KERNEL_CHECK(call, error) CUDA_CHECK (call, error)
+
+/* ------------------------------------------------------------ memory -- */
+
+static gboolean
+cuda_alloc (void **ptr, gsize bytes, const gchar *what, GError **error)
+{
+  cudaError_t err = cudaMalloc (ptr, bytes > 0 ? bytes : 1);
+  if (err != cudaSuccess) {
+    gsize free_b = 0, total_b = 0;
+    (void) cudaGetLastError ();
+    cudaMemGetInfo (&free_b, &total_b);
+    *ptr = NULL;
+    g_set_error (error, UNET_ERROR,
+        err == cudaErrorMemoryAllocation ? UNET_ERROR_OUT_OF_MEMORY : UNET_ERROR_BACKEND,
+        "could not allocate %.1f MiB of GPU memory for %s (%.1f of %.1f MiB free): %s; "
+        "use a smaller tile-size or batch-size", bytes / 1048576.0, what,
+        free_b / 1048576.0, total_b / 1048576.0, cudaGetErrorString (err));
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* Grows a device buffer (never shrinks); only called while planning or on the
+ * first frame of a shape, never in the steady state. */
+static gboolean
+grow_device (void **buf, gsize *have, gsize need, const gchar *what, GError **error)
+{
+  if (need <= *have)
+    return TRUE;
+  if (*buf != NULL) {
+    cudaFree (*buf);
+    *buf = NULL;
+    *have = 0;
+  }
+  if (!cuda_alloc (buf, need, what, error))
+    return FALSE;
+  *have = need;
+  return TRUE;
+}
+
+static gboolean
+grow_pinned (CudaCtx *ctx, gsize need, GError **error)
+{
+  if (need <= ctx->staging_host_bytes)
+    return TRUE;
+  if (ctx->staging_host != NULL) {
+    /* an upload may still read it */
+    if (!CUDA_CHECK (cudaStreamSynchronize (ctx->copy_stream), error))
+      return FALSE;
+    cudaFreeHost (ctx->staging_host);
+    ctx->staging_host = NULL;
+    ctx->staging_host_bytes = 0;
+  }
+  if (!CUDA_CHECK (cudaMallocHost ((void **) &ctx->staging_host, need), error))
+    return FALSE;
+  ctx->staging_host_bytes = need;
+  return TRUE;
+}
+
+/* ------------------------------------------------------------- layers -- */
+
+static void
+free_layers (CudaCtx *ctx)
+{
+  for (gint i = 0; i < ctx->n_layers; i++) {
+    cudaFree (ctx->layers[i].weight);
+    cudaFree (ctx->layers[i].bias);
+    cudaFree (ctx->layers[i].bias_lp);
+  }
+  g_free (ctx->layers);
+  ctx->layers = NULL;
+  ctx->n_layers = 0;
+}
+
+/* PyTorch [a, b, k, k] -> [a, k, k, b]: conv [cout, cin, k, k] -> KRSC, and
+ * ConvTranspose2d [cin, cout, 2, 2] -> [cin, 2, 2, cout] (cuDNN's filter for the
+ * convolution whose data gradient the transposed convolution is). */
+static void
+permute_to_krsc (const gfloat *src, gfloat *dst, gint a, gint b, gint k)
+{
+  for (gint i = 0; i < a; i++)
+    for (gint j = 0; j < b; j++)
+      for (gint y = 0; y < k; y++)
+        for (gint x = 0; x < k; x++)
+          dst[(((gsize) i * k + y) * k + x) * b + j] = src[(((gsize) i * b + j) * k + y) * k + x];
+}
+
+/* Uploads f32 host data `n` elements into a new device buffer of type `dtype`,
+ * converting on the device through the staging buffer. */
+static gboolean
+upload_converted (CudaCtx *ctx, const gfloat *host, gsize n, UnetCudaDType dtype, void **out,
+    const gchar *what, GError **error)
+{
+  if (!cuda_alloc (out, n * unet_cuda_dtype_size (dtype), what, error))
+    return FALSE;
+  if (dtype == UNET_CUDA_F32)
+    return CUDA_CHECK (cudaMemcpy (*out, host, n * sizeof (gfloat), cudaMemcpyHostToDevice),
+        error);
+  if (!grow_device ((void **) &ctx->staging_dev, &ctx->staging_dev_bytes, n * sizeof (gfloat),
+          "staging", error)
+      || !CUDA_CHECK (cudaMemcpy (ctx->staging_dev, host, n * sizeof (gfloat),
+              cudaMemcpyHostToDevice), error)
+      || !KERNEL_CHECK (unet_cuda_cast_from_f32 (ctx->staging_dev, *out, dtype, n,
+              ctx->stream), error))
+    return FALSE;
+  return CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error);
+}
+
+static gboolean
+cuda_upload_layers (UnetBackend *be, const UnetLayerParams *layers, gint n_layers,
+    GError **error)
+{
+  CudaCtx *ctx = ctx_of (be);
+
+  free_layers (ctx);
+  ctx->layers = g_new0 (CudaLayer, n_layers);
+  ctx->n_layers = n_layers;
+  for (gint i = 0; i < n_layers; i++) {
+    const UnetLayerParams *lp = &layers[i];
+    CudaLayer *l = &ctx->layers[i];
+    gsize n = (gsize) lp->cin * lp->cout * lp->k * lp->k;
+    g_autofree gfloat *krsc = NULL;
+
+    if (lp->cin < 1 || lp->cout < 1 || lp->k < 1 || lp->weight == NULL || lp->bias == NULL) {
+      g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+          "layer %d: invalid parameters (%d -> %d, kernel %d)", i, lp->cin, lp->cout, lp->k);
+      return FALSE;
+    }
+    l->kind = lp->kind;
+    l->cin = lp->cin;
+    l->cout = lp->cout;
+    l->k = lp->k;
+    krsc = g_new (gfloat, n);
+    if (lp->kind == UNET_LAYER_CONV)
+      permute_to_krsc (lp->weight, krsc, lp->cout, lp->cin, lp->k);
+    else
+      permute_to_krsc (lp->weight, krsc, lp->cin, lp->cout, lp->k);
+    if (!upload_converted (ctx, krsc, n, ctx->dtype, &l->weight, "weights", error)
+        || !upload_converted (ctx, lp->bias, lp->cout, UNET_CUDA_F32, (void **) &l->bias,
+            "biases", error)
+        || !upload_converted (ctx, lp->bias, lp->cout, ctx->dtype, &l->bias_lp, "biases",
+            error))
+      return FALSE;
+  }
+  return TRUE;
+}
+
+/* ------------------------------------------------------------ tensors -- */
+
+static UnetBackendTensor *
+cuda_tensor_new (UnetBackend *be, const UnetDims *dims, GError **error)
+{
+  CudaCtx *ctx = ctx_of (be);
+  UnetBackendTensor *t;
+  guint64 elems;
+
+  if (dims->n < 1 || dims->c < 1 || dims->h < 1 || dims->w < 1) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "invalid tensor dims %dx%dx%dx%d", dims->n, dims->c, dims->h, dims->w);
+    return NULL;
+  }
+  elems = (guint64) dims->n * dims->c * dims->h * dims->w;
+  if (elems > G_MAXINT32 * (guint64) 16) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+        "tensor %dx%dx%dx%d is too large", dims->n, dims->c, dims->h, dims->w);
+    return NULL;
+  }
+  t = g_new0 (UnetBackendTensor, 1);
+  t->ctx = ctx;
+  t->dims = *dims;
+  t->bytes = (elems * esize (ctx) + CUDA_ALIGN - 1) / CUDA_ALIGN * CUDA_ALIGN;
+  return t;
+}
+
+static UnetBackendTensor *
+cuda_tensor_view (UnetBackend *be, UnetBackendTensor *parent, gint c_offset, gint c,
+    GError **error)
+{
+  UnetBackendTensor *t;
+
+  if (parent->parent != NULL || c_offset < 0 || c < 1 || c_offset + c > parent->dims.c) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "invalid channel view [%d, %d) of a %d-channel tensor", c_offset, c_offset + c,
+        parent->dims.c);
+    return NULL;
+  }
+  t = g_new0 (UnetBackendTensor, 1);
+  t->ctx = parent->ctx;
+  t->dims = parent->dims;
+  t->dims.c = c;
+  t->parent = parent;
+  t->c_offset = c_offset;
+  return t;
+}
+
+static void
+cuda_tensor_free (UnetBackendTensor *t)
+{
+  g_free (t);
+}
+
+static gsize
+cuda_tensor_bytes (UnetBackendTensor *t)
+{
+  return t->parent ? 0 : t->bytes;
+}
+
+static void
+cuda_tensor_bind (UnetBackendTensor *t, UnetBackendArena *arena, gsize offset)
+{
+  if (t->parent == NULL) {
+    t->arena = arena;
+    t->offset = offset;
+  }
+}
+
+/* Start of the tensor's first channel (views: the parent's memory + offset). */
+static void *
+tensor_data (const UnetBackendTensor *t)
+{
+  if (t->parent != NULL)
+    return (guint8 *) tensor_data (t->parent) + (gsize) t->c_offset * esize (t->ctx);
+  return t->arena != NULL ? (guint8 *) t->arena->data + t->offset : NULL;
+}
+
+/* Elements between neighbouring pixels. */
+static gint
+tensor_stride (const UnetBackendTensor *t)
+{
+  return t->parent != NULL ? t->parent->dims.c : t->dims.c;
+}
+
+static gsize
+tensor_pixels (const UnetBackendTensor *t)
+{
+  return (gsize) t->dims.n * t->dims.h * t->dims.w;
+}
+
+static UnetBackendArena *
+cuda_arena_new (UnetBackend *be, gsize bytes, GError **error)
+{
+  UnetBackendArena *a = g_new0 (UnetBackendArena, 1);
+
+  if (!cuda_alloc (&a->data, bytes, "activations", error)) {
+    g_free (a);
+    return NULL;
+  }
+  a->bytes = bytes;
+  return a;
+}
+
+static void
+cuda_arena_free (UnetBackendArena *arena)
+{
+  if (arena == NULL)
+    return;
+  cudaFree (arena->data);
+  g_free (arena);
+}
+
+/* ---------------------------------------------------------------- ops -- */
+
+static gboolean
+set_nhwc_desc (CudaCtx *ctx, cudnnTensorDescriptor_t desc, const UnetDims *dims, gint stride,
+    GError **error)
+{
+  /* NHWC with a pixel stride of `stride` elements (== c when dense) */
+  return CUDNN_CHECK (cudnnSetTensor4dDescriptorEx (desc, ctx->cudnn_dtype, dims->n, dims->c,
+          dims->h, dims->w, dims->h * dims->w * stride, 1, dims->w * stride, stride), error);
+}
+
+static void
+cuda_op_free (UnetBackendOp *op)
+{
+  if (op == NULL)
+    return;
+  if (op->x_desc)
+    cudnnDestroyTensorDescriptor (op->x_desc);
+  if (op->y_desc)
+    cudnnDestroyTensorDescriptor (op->y_desc);
+  if (op->bias_desc)
+    cudnnDestroyTensorDescriptor (op->bias_desc);
+  if (op->w_desc)
+    cudnnDestroyFilterDescriptor (op->w_desc);
+  if (op->conv_desc)
+    cudnnDestroyConvolutionDescriptor (op->conv_desc);
+  if (op->act_desc)
+    cudnnDestroyActivationDescriptor (op->act_desc);
+  g_free (op);
+}
+
+/* The workspace is allocated once, at the first convolution, with
+ * $UNET_CUDA_WORKSPACE_MB (default 512 MiB) or a quarter of the free memory,
+ * whichever is smaller; algorithms needing more are not chosen. */
+static gboolean
+ensure_workspace (CudaCtx *ctx, GError **error)
+{
+  gsize want = (gsize) DEFAULT_WORKSPACE_MIB << 20, free_b = 0, total_b = 0;
+  const gchar *env = g_getenv ("UNET_CUDA_WORKSPACE_MB");
+
+  if (ctx->workspace_done)
+    return TRUE;
+  if (env != NULL && *env != '\0')
+    want = (gsize) g_ascii_strtoull (env, NULL, 10) << 20;
+  if (!CUDA_CHECK (cudaMemGetInfo (&free_b, &total_b), error))
+    return FALSE;
+  if (want > free_b / 4)
+    want = free_b / 4;
+  if (want > 0 && !cuda_alloc (&ctx->workspace, want, "the cuDNN workspace", error))
+    return FALSE;
+  ctx->workspace_bytes = want;
+  ctx->workspace_done = TRUE;
+  return TRUE;
+}
+
+static gboolean
+choose_fwd_algo (CudaCtx *ctx, UnetBackendOp *op, const void *x, const void *w, void *y,
+    GError **error)
+{
+  cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+  gint got = 0;
+  cudnnStatus_t st = CUDNN_STATUS_NOT_SUPPORTED;
+
+  if (ctx->find)
+    st = cudnnFindConvolutionForwardAlgorithmEx (ctx->cudnn, op->x_desc, x, op->w_desc, w,
+        op->conv_desc, op->y_desc, y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, perf,
+        ctx->workspace, ctx->workspace_bytes);
+  if (st != CUDNN_STATUS_SUCCESS
+      && !CUDNN_CHECK (cudnnGetConvolutionForwardAlgorithm_v7 (ctx->cudnn, op->x_desc,
+              op->w_desc, op->conv_desc, op->y_desc, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got,
+              perf), error))
+    return FALSE;
+  for (gint i = 0; i < got; i++) {
+    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= ctx->workspace_bytes) {
+      op->algo = perf[i].algo;
+      op->ws_bytes = perf[i].memory;
+      return CUDNN_CHECK (cudnnSetConvolutionMathType (op->conv_desc, perf[i].mathType),
+          error);
+    }
+  }
+  g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND,
+      "cuDNN has no convolution algorithm for %dx%dx%dx%d (%d -> %d channels) within a "
+      "%.0f MiB workspace", op->d.src->dims.n, op->d.src->dims.c, op->d.src->dims.h,
+      op->d.src->dims.w, op->d.src->dims.c, op->d.dst->dims.c,
+      ctx->workspace_bytes / 1048576.0);
+  return FALSE;
+}
+
+static gboolean
+choose_bwd_data_algo (CudaCtx *ctx, UnetBackendOp *op, const void *w, const void *dy,
+    void *dx, GError **error)
+{
+  cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+  gint got = 0;
+  cudnnStatus_t st = CUDNN_STATUS_NOT_SUPPORTED;
+
+  /* the transposed convolution's input is the "dy" (x_desc), its output "dx" (y_desc) */
+  if (ctx->find)
+    st = cudnnFindConvolutionBackwardDataAlgorithmEx (ctx->cudnn, op->w_desc, w, op->x_desc,
+        dy, op->conv_desc, op->y_desc, dx, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &got, perf,
+        ctx->workspace, ctx->workspace_bytes);
+  if (st != CUDNN_STATUS_SUCCESS
+      && !CUDNN_CHECK (cudnnGetConvolutionBackwardDataAlgorithm_v7 (ctx->cudnn, op->w_desc,
+              op->x_desc, op->conv_desc, op->y_desc, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
+              &got, perf), error))
+    return FALSE;
+  for (gint i = 0; i < got; i++) {
+    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= ctx->workspace_bytes) {
+      op->algo = perf[i].algo;
+      op->ws_bytes = perf[i].memory;
+      return CUDNN_CHECK (cudnnSetConvolutionMathType (op->conv_desc, perf[i].mathType),
+          error);
+    }
+  }
+  g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND,
+      "cuDNN has no transposed-convolution algorithm for %dx%dx%dx%d within a %.0f MiB "
+      "workspace", op->d.src->dims.n, op->d.src->dims.c, op->d.src->dims.h,
+      op->d.src->dims.w, ctx->workspace_bytes / 1048576.0);
+  return FALSE;
+}
+
+/* Where a conv/upconv writes its dense output: the dst itself, or the scratch. */
+static void *
+op_dense_out (UnetBackendOp *op)
+{
+  return op->via_scratch ? op->ctx->scratch : tensor_data (op->d.dst);
+}
+
+static gboolean
+conv_op_init (CudaCtx *ctx, UnetBackendOp *op, GError **error)
+{
+  const UnetOpDesc *d = &op->d;
+  const CudaLayer *l;
+  gboolean up = d->kind == UNET_OP_UPCONV2;
+  UnetDims dense = d->dst->dims;
+  gint pad = up ? 0 : d->pad, stride = up ? 2 : 1;
+
+  if (d->layer < 0 || d->layer >= ctx->n_layers) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT, "op uses layer %d of %d",
+        d->layer, ctx->n_layers);
+    return FALSE;
+  }
+  l = &ctx->layers[d->layer];
+  if ((l->kind == UNET_LAYER_UPCONV) != up || d->src->dims.c != l->cin
+      || d->dst->dims.c != l->cout || d->src->dims.n != d->dst->dims.n
+      || (up && (d->dst->dims.h != 2 * d->src->dims.h || d->dst->dims.w != 2 * d->src->dims.w))
+      || (!up && (d->dst->dims.h != d->src->dims.h + 2 * pad - l->k + 1
+              || d->dst->dims.w != d->src->dims.w + 2 * pad - l->k + 1))) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "layer %d (%d -> %d, kernel %d) does not fit %dx%dx%dx%d -> %dx%dx%dx%d", d->layer,
+        l->cin, l->cout, l->k, d->src->dims.n, d->src->dims.c, d->src->dims.h,
+        d->src->dims.w, d->dst->dims.n, d->dst->dims.c, d->dst->dims.h, d->dst->dims.w);
+    return FALSE;
+  }
+  op->via_scratch = d->dst->parent != NULL;
+  if (op->via_scratch
+      && !grow_device (&ctx->scratch, &ctx->scratch_bytes,
+          (gsize) dense.n * dense.c * dense.h * dense.w * esize (ctx), "scratch", error))
+    return FALSE;
+  if (!ensure_workspace (ctx, error)
+      || !CUDNN_CHECK (cudnnCreateTensorDescriptor (&op->x_desc), error)
+      || !CUDNN_CHECK (cudnnCreateTensorDescriptor (&op->y_desc), error)
+      || !CUDNN_CHECK (cudnnCreateTensorDescriptor (&op->bias_desc), error)
+      || !CUDNN_CHECK (cudnnCreateFilterDescriptor (&op->w_desc), error)
+      || !CUDNN_CHECK (cudnnCreateConvolutionDescriptor (&op->conv_desc), error)
+      || !CUDNN_CHECK (cudnnCreateActivationDescriptor (&op->act_desc), error)
+      || !set_nhwc_desc (ctx, op->x_desc, &d->src->dims, tensor_stride (d->src), error)
+      || !set_nhwc_desc (ctx, op->y_desc, &dense, dense.c, error)
+      || !CUDNN_CHECK (cudnnSetTensor4dDescriptor (op->bias_desc, CUDNN_TENSOR_NHWC,
+              ctx->cudnn_dtype, 1, l->cout, 1, 1), error)
+      /* conv: K = cout, C = cin; upconv: the filter of the convolution it is the data
+       * gradient of, K = cin, C = cout */
+      || !CUDNN_CHECK (cudnnSetFilter4dDescriptor (op->w_desc, ctx->cudnn_dtype,
+              CUDNN_TENSOR_NHWC, up ? l->cin : l->cout, up ? l->cout : l->cin, l->k, l->k),
+          error)
+      || !CUDNN_CHECK (cudnnSetConvolution2dDescriptor (op->conv_desc, pad, pad, stride,
+              stride, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT), error)
+      || !CUDNN_CHECK (cudnnSetConvolutionMathType (op->conv_desc, ctx->math), error)
+      || !CUDNN_CHECK (cudnnSetActivationDescriptor (op->act_desc, CUDNN_ACTIVATION_RELU,
+              CUDNN_NOT_PROPAGATE_NAN, 0.0), error))
+    return FALSE;
+  if (up)
+    return choose_bwd_data_algo (ctx, op, l->weight, tensor_data (d->src), op_dense_out (op),
+        error);
+  /* cuDNN's fused bias + activation runs any algorithm with ReLU (identity would
+   * need IMPLICIT_PRECOMP_GEMM), so only ReLU convolutions are fused */
+  op->fused = d->relu;
+  return choose_fwd_algo (ctx, op, tensor_data (d->src), l->weight, op_dense_out (op), error);
+}
+
+static UnetBackendOp *
+cuda_op_new (UnetBackend *be, const UnetOpDesc *desc, GError **error)
+{
+  CudaCtx *ctx = ctx_of (be);
+  UnetBackendOp *op = g_new0 (UnetBackendOp, 1);
+  const UnetDims *s = &desc->src->dims, *t = &desc->dst->dims;
+  gboolean ok = TRUE;
+
+  op->ctx = ctx;
+  op->d = *desc;
+  if (!CUDA_CHECK (cudaSetDevice (ctx->device), error))
+    goto fail;
+  switch (desc->kind) {
+    case UNET_OP_CONV:
+    case UNET_OP_UPCONV2:
+      ok = conv_op_init (ctx, op, error);
+      break;
+    case UNET_OP_MAXPOOL2:
+      ok = s->n == t->n && s->c == t->c && t->h == s->h / 2 && t->w == s->w / 2 && s->h >= 2
+          && s->w >= 2;
+      break;
+    case UNET_OP_CROP_COPY:
+      ok = s->n == t->n && s->c == t->c && desc->crop_y >= 0 && desc->crop_x >= 0
+          && desc->crop_y + t->h <= s->h && desc->crop_x + t->w <= s->w;
+      break;
+    case UNET_OP_SOFTMAX:
+    case UNET_OP_SIGMOID:
+      ok = s->n == t->n && s->c == t->c && s->h == t->h && s->w == t->w
+          && (desc->kind == UNET_OP_SOFTMAX || s->c == 1);
+      break;
+    default:
+      ok = FALSE;
+      break;
+  }
+  if (!ok) {
+    if (error != NULL && *error == NULL)
+      g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+          "op %d: shapes %dx%dx%dx%d -> %dx%dx%dx%d do not fit", desc->kind, s->n, s->c,
+          s->h, s->w, t->n, t->c, t->h, t->w);
+    goto fail;
+  }
+  /* pooling and the softmax work on dense tensors; net.c never hands them views */
+  if (desc->kind != UNET_OP_CONV && desc->kind != UNET_OP_UPCONV2
+      && desc->kind != UNET_OP_CROP_COPY
+      && (desc->src->parent != NULL || desc->dst->parent != NULL)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "op %d reads or writes a channel view, which only convolutions and crops may",
+        desc->kind);
+    goto fail;
+  }
+  return op;
+
+fail:
+  cuda_op_free (op);
+  return NULL;
+}
+
+static const float one_f = 1.0f, zero_f = 0.0f;
+
+static gboolean
+conv_forward (UnetBackendOp *op, GError **error)
+{
+  CudaCtx *ctx = op->ctx;
+  const CudaLayer *l = &ctx->layers[op->d.layer];
+  const UnetBackendTensor *dst = op->d.dst;
+  void *out = op_dense_out (op);
+  gsize count = tensor_pixels (dst) * dst->dims.c;
+  gboolean bias_done = FALSE;
+
+  if (op->d.kind == UNET_OP_UPCONV2) {
+    if (!CUDNN_CHECK (cudnnConvolutionBackwardData (ctx->cudnn, &one_f, op->w_desc,
+                l->weight, op->x_desc, tensor_data (op->d.src), op->conv_desc, op->algo,
+                ctx->workspace, op->ws_bytes, &zero_f, op->y_desc, out), error))
+      return FALSE;
+  } else if (op->fused) {
+    cudnnStatus_t st = cudnnConvolutionBiasActivationForward (ctx->cudnn, &one_f, op->x_desc,
+        tensor_data (op->d.src), op->w_desc, l->weight, op->conv_desc, op->algo,
+        ctx->workspace, op->ws_bytes, &zero_f, op->y_desc, out, op->bias_desc, l->bias_lp,
+        op->act_desc, op->y_desc, out);
+    if (st == CUDNN_STATUS_NOT_SUPPORTED) {
+      /* this algorithm/precision has no fused kernel: convolve, then a bias+ReLU
+       * kernel, from now on */
+      g_debug ("cuda: fused conv+bias+ReLU not supported for layer %d, unfusing",
+          op->d.layer);
+      op->fused = FALSE;
+      return conv_forward (op, error);
+    }
+    if (!CUDNN_CHECK (st, error))
+      return FALSE;
+    bias_done = TRUE;
+  } else if (!CUDNN_CHECK (cudnnConvolutionForward (ctx->cudnn, &one_f, op->x_desc,
+              tensor_data (op->d.src), op->w_desc, l->weight, op->conv_desc, op->algo,
+              ctx->workspace, op->ws_bytes, &zero_f, op->y_desc, out), error)) {
+    return FALSE;
+  }
+  if (op->via_scratch) {
+    /* dense result -> the view, adding the bias (and ReLU) on the way */
+    if (!bias_done && op->d.relu
+        && !KERNEL_CHECK (unet_cuda_bias_act (out, out, ctx->dtype, l->bias, count,
+                dst->dims.c, TRUE, ctx->stream), error))
+      return FALSE;
+    return KERNEL_CHECK (unet_cuda_copy_window (out, dst->dims.h, dst->dims.w, dst->dims.c, 0,
+            0, 0, tensor_data (dst), tensor_stride (dst), 0, dst->dims.n, dst->dims.h,
+            dst->dims.w, dst->dims.c, bias_done || op->d.relu ? NULL : l->bias, ctx->dtype,
+            ctx->stream), error);
+  }
+  if (bias_done)
+    return TRUE;
+  return KERNEL_CHECK (unet_cuda_bias_act (out, out, ctx->dtype, l->bias, count, dst->dims.c,
+          op->d.relu, ctx->stream), error);
+}
+
+static gboolean
+cuda_op_forward (UnetBackendOp *op, GError **error)
+{
+  CudaCtx *ctx = op->ctx;
+  const UnetBackendTensor *src = op->d.src, *dst = op->d.dst;
+
+  switch (op->d.kind) {
+    case UNET_OP_CONV:
+    case UNET_OP_UPCONV2:
+      return conv_forward (op, error);
+    case UNET_OP_MAXPOOL2:
+      return KERNEL_CHECK (unet_cuda_maxpool_forward (tensor_data (src), tensor_data (dst),
+              NULL, ctx->dtype, src->dims.n, src->dims.h, src->dims.w, src->dims.c,
+              ctx->stream), error);
+    case UNET_OP_CROP_COPY:
+      return KERNEL_CHECK (unet_cuda_copy_window (tensor_data (src), src->dims.h, src->dims.w,
+              tensor_stride (src), 0, op->d.crop_y, op->d.crop_x, tensor_data (dst),
+              tensor_stride (dst), 0, dst->dims.n, dst->dims.h, dst->dims.w, dst->dims.c,
+              NULL, ctx->dtype, ctx->stream), error);
+    case UNET_OP_SOFTMAX:
+    case UNET_OP_SIGMOID:
+      return KERNEL_CHECK (unet_cuda_softmax (tensor_data (src), tensor_data (dst),
+              ctx->dtype, tensor_pixels (src), src->dims.c, ctx->stream), error);
+  }
+  g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT, "unknown op %d", op->d.kind);
+  return FALSE;
+}
+
+/* ------------------------------------------------------ upload/download -- */
+
+static gboolean
+check_dense (const UnetBackendTensor *t, GError **error)
+{
+  if (t->parent != NULL || tensor_data (t) == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "upload/download needs a dense tensor bound to an arena");
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* host NCHW f32 -> pinned -> (copy stream) device staging -> (compute stream) NHWC. */
+static gboolean
+cuda_upload (UnetBackendTensor *t, const gfloat *host, GError **error)
+{
+  CudaCtx *ctx = t->ctx;
+  gsize bytes = tensor_pixels (t) * t->dims.c * sizeof (gfloat);
+
+  if (!check_dense (t, error)
+      || !grow_pinned (ctx, bytes, error)
+      || !grow_device ((void **) &ctx->staging_dev, &ctx->staging_dev_bytes, bytes, "staging",
+          error)
+      /* the previous upload's H2D copy must be done before the pinned buffer is
+       * rewritten */
+      || !CUDA_CHECK (cudaStreamSynchronize (ctx->copy_stream), error))
+    return FALSE;
+  memcpy (ctx->staging_host, host, bytes);
+  return CUDA_CHECK (cudaStreamWaitEvent (ctx->copy_stream, ctx->staging_free, 0), error)
+      && CUDA_CHECK (cudaMemcpyAsync (ctx->staging_dev, ctx->staging_host, bytes,
+          cudaMemcpyHostToDevice, ctx->copy_stream), error)
+      && CUDA_CHECK (cudaEventRecord (ctx->upload_done, ctx->copy_stream), error)
+      && CUDA_CHECK (cudaStreamWaitEvent (ctx->stream, ctx->upload_done, 0), error)
+      && KERNEL_CHECK (unet_cuda_nchw_to_nhwc (ctx->staging_dev, tensor_data (t), ctx->dtype,
+          t->dims.n, t->dims.c, t->dims.h, t->dims.w, ctx->stream), error)
+      && CUDA_CHECK (cudaEventRecord (ctx->staging_free, ctx->stream), error);
+}
+
+/* NHWC -> (compute stream) device staging NCHW f32 -> pinned -> host. Synchronous:
+ * the host data is valid on return. */
+static gboolean
+cuda_download (UnetBackendTensor *t, gfloat *host, GError **error)
+{
+  CudaCtx *ctx = t->ctx;
+  gsize bytes = tensor_pixels (t) * t->dims.c * sizeof (gfloat);
+
+  if (!check_dense (t, error)
+      || !grow_pinned (ctx, bytes, error)
+      || !grow_device ((void **) &ctx->staging_dev, &ctx->staging_dev_bytes, bytes, "staging",
+          error)
+      || !KERNEL_CHECK (unet_cuda_nhwc_to_nchw (tensor_data (t), ctx->dtype, ctx->staging_dev,
+              t->dims.n, t->dims.c, t->dims.h, t->dims.w, ctx->stream), error)
+      || !CUDA_CHECK (cudaMemcpyAsync (ctx->staging_host, ctx->staging_dev, bytes,
+              cudaMemcpyDeviceToHost, ctx->stream), error)
+      || !CUDA_CHECK (cudaEventRecord (ctx->staging_free, ctx->stream), error)
+      || !CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error))
+    return FALSE;
+  memcpy (host, ctx->staging_host, bytes);
+  return TRUE;
+}
+
+static gboolean
+cuda_synchronize (UnetBackend *be, GError **error)
+{
+  CudaCtx *ctx = ctx_of (be);
+  return CUDA_CHECK (cudaStreamSynchronize (ctx->copy_stream), error)
+      && CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error);
+}
+
+/* ------------------------------------------------------------ backend -- */
+
+static void
+cuda_free (UnetBackend *be)
+{
+  CudaCtx *ctx = ctx_of (be);
+
+  if (ctx != NULL) {
+    if (ctx->stream != NULL)
+      cudaStreamSynchronize (ctx->stream);
+    if (ctx->copy_stream != NULL)
+      cudaStreamSynchronize (ctx->copy_stream);
+    free_layers (ctx);
+    cudaFree (ctx->workspace);
+    cudaFree (ctx->scratch);
+    cudaFree (ctx->staging_dev);
+    if (ctx->staging_host != NULL)
+      cudaFreeHost (ctx->staging_host);
+    if (ctx->cudnn != NULL)
+      cudnnDestroy (ctx->cudnn);
+    if (ctx->upload_done != NULL)
+      cudaEventDestroy (ctx->upload_done);
+    if (ctx->staging_free != NULL)
+      cudaEventDestroy (ctx->staging_free);
+    if (ctx->stream != NULL)
+      cudaStreamDestroy (ctx->stream);
+    if (ctx->copy_stream != NULL)
+      cudaStreamDestroy (ctx->copy_stream);
+    g_free (ctx);
+  }
+  g_free (be);
+}
+
+static const UnetBackendIface cuda_iface = {
+  .name = "cuda",
+  .free = cuda_free,
+  .upload_layers = cuda_upload_layers,
+  .tensor_new = cuda_tensor_new,
+  .tensor_view = cuda_tensor_view,
+  .tensor_free = cuda_tensor_free,
+  .tensor_bytes = cuda_tensor_bytes,
+  .arena_new = cuda_arena_new,
+  .arena_free = cuda_arena_free,
+  .tensor_bind = cuda_tensor_bind,
+  .op_new = cuda_op_new,
+  .op_free = cuda_op_free,
+  .op_forward = cuda_op_forward,
+  .upload = cuda_upload,
+  .download = cuda_download,
+  .synchronize = cuda_synchronize,
+};
+
+gboolean
+unet_cuda_device_usable (gint gpu_id, gchar *name, gsize name_size, GError **error)
+{
+  gint count = 0;
+  cudaError_t err = cudaGetDeviceCount (&count);
+  struct cudaDeviceProp prop;
+
+  if (err != cudaSuccess || count < 1) {
+    (void) cudaGetLastError ();
+    g_set_error (error, UNET_ERROR, UNET_ERROR_NO_DEVICE, "no CUDA device: %s",
+        err != cudaSuccess ? cudaGetErrorString (err) : "cudaGetDeviceCount reported 0");
+    return FALSE;
+  }
+  if (gpu_id < 0 || gpu_id >= count) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_NO_DEVICE,
+        "no CUDA device %d: there %s %d (gpu-id 0..%d)", gpu_id, count == 1 ? "is" : "are",
+        count, count - 1);
+    return FALSE;
+  }
+  if (!CUDA_CHECK (cudaGetDeviceProperties (&prop, gpu_id), error))
+    return FALSE;
+  if (prop.major * 10 + prop.minor < UNET_CUDA_MIN_SM) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_NO_DEVICE,
+        "CUDA device %d (%s, sm_%d%d) is older than the architectures gst-unet was built "
+        "for (sm_%d and newer); rebuild with -Dgpu_arch=%d%d", gpu_id, prop.name, prop.major,
+        prop.minor, UNET_CUDA_MIN_SM, prop.major, prop.minor);
+    return FALSE;
+  }
+  if (name != NULL)
+    g_snprintf (name, name_size, "%s (sm_%d%d, %.1f GiB)", prop.name, prop.major, prop.minor,
+        prop.totalGlobalMem / 1073741824.0);
+  return TRUE;
+}
+
+UnetBackend *
+unet_backend_cuda_new (const UnetNetOptions *opts, GError **error)
+{
+  UnetBackend *be;
+  CudaCtx *ctx;
+  GError *local = NULL;
+  gchar name[256];
+  const gchar *find = g_getenv ("UNET_CUDNN_FIND");
+
+  if (!unet_cuda_device_usable (opts->gpu_id, name, sizeof name, &local)) {
+    if (opts->device == UNET_DEVICE_AUTO)
+      g_info ("device auto: %s; using the CPU", local->message);
+    g_propagate_error (error, local);
+    return NULL;
+  }
+  be = g_new0 (UnetBackend, 1);
+  ctx = g_new0 (CudaCtx, 1);
+  be->iface = &cuda_iface;
+  be->priv = ctx;
+  ctx->device = opts->gpu_id;
+  g_strlcpy (ctx->name, name, sizeof ctx->name);
+  ctx->precision = opts->precision;
+  ctx->find = find == NULL || g_strcmp0 (find, "0") != 0;
+  switch (opts->precision) {
+    case UNET_PRECISION_BF16:
+      ctx->dtype = UNET_CUDA_BF16;
+      ctx->cudnn_dtype = CUDNN_DATA_BFLOAT16;
+      ctx->math = CUDNN_TENSOR_OP_MATH;
+      break;
+    case UNET_PRECISION_FP16:
+      ctx->dtype = UNET_CUDA_F16;
+      ctx->cudnn_dtype = CUDNN_DATA_HALF;
+      ctx->math = CUDNN_TENSOR_OP_MATH;
+      break;
+    case UNET_PRECISION_TF32:
+      ctx->dtype = UNET_CUDA_F32;
+      ctx->cudnn_dtype = CUDNN_DATA_FLOAT;
+      ctx->math = CUDNN_TENSOR_OP_MATH;
+      break;
+    case UNET_PRECISION_FP32:
+    default:
+      /* FMA math forbids TF32 tensor cores: true fp32, comparable with the CPU */
+      ctx->dtype = UNET_CUDA_F32;
+      ctx->cudnn_dtype = CUDNN_DATA_FLOAT;
+      ctx->math = CUDNN_FMA_MATH;
+      break;
+  }
+  if (!CUDA_CHECK (cudaSetDevice (ctx->device), error)
+      || !CUDA_CHECK (cudaStreamCreateWithFlags (&ctx->stream, cudaStreamNonBlocking), error)
+      || !CUDA_CHECK (cudaStreamCreateWithFlags (&ctx->copy_stream, cudaStreamNonBlocking),
+          error)
+      || !CUDA_CHECK (cudaEventCreateWithFlags (&ctx->upload_done, cudaEventDisableTiming),
+          error)
+      || !CUDA_CHECK (cudaEventCreateWithFlags (&ctx->staging_free, cudaEventDisableTiming),
+          error)
+      || !CUDNN_CHECK (cudnnCreate (&ctx->cudnn), error)
+      || !CUDNN_CHECK (cudnnSetStream (ctx->cudnn, ctx->stream), error)) {
+    cuda_free (be);
+    return NULL;
+  }
+  g_info ("device %s: CUDA device %d, %s, cuDNN %zu", unet_device_name (opts->device),
+      ctx->device, ctx->name, cudnnGetVersion ());
+  return be;
+}
