@@ -14,7 +14,7 @@
 #   -o, --output-mode MODE  labels | probabilities | instances | overlay  (default labels)
 #   -d, --device DEV        auto | cpu | cuda  (default auto)
 #   -t, --tile-size N       input tile size, 0 = chosen from the frame size (default 0)
-#   -b, --batch-size N      tiles per forward pass, 0 = automatic (default 0)
+#   -b, --batch-size N      tiles per forward pass (default: unetsegment's)
 #   -p, --property P=V      any other unetsegment property (repeatable)
 #   -q, --quiet             no progress lines
 #   -h, --help              this text
@@ -33,7 +33,7 @@ model="$UNET_ROOT/samples/nuclei-model.safetensors"
 mode=labels
 device=auto
 tile=0
-batch=0
+batch=""
 quiet=0
 props=()
 
@@ -61,14 +61,16 @@ case "$mode" in
 esac
 case "$device" in auto|cpu|cuda) ;; *) unet_die "--device must be auto, cpu or cuda" ;; esac
 [[ "$tile" =~ ^[0-9]+$ ]] || unet_die "--tile-size must be a number"
-[[ "$batch" =~ ^[0-9]+$ ]] || unet_die "--batch-size must be a number"
+[ -z "$batch" ] || [[ "$batch" =~ ^[1-9][0-9]*$ ]] || unet_die "--batch-size must be a positive number"
 [ -r "$input" ] || unet_die "cannot read input stack '$input'"
 [ -r "$model" ] || unet_die "cannot read model '$model' (train one with pipelines/train.sh, or pass -m)"
 if [ "$mode" = overlay ]; then
   case "$output" in *%*d*) ;; *) unet_die "overlay output must be a PNG pattern with %d, e.g. overlay-%04d.png" ;; esac
 fi
 
-seg=(unetsegment name=seg "model=$model" "device=$device" "output=$mode" "tile-size=$tile" "batch-size=$batch" "${props[@]}")
+seg=(unetsegment name=seg "model=$model" "device=$device" "output=$mode" "tile-size=$tile")
+[ -n "$batch" ] && seg+=("batch-size=$batch")
+seg+=("${props[@]}")
 if [ "$mode" = overlay ]; then
   sink=(videoconvert ! pngenc ! multifilesink "location=$output")
 else

@@ -44,7 +44,7 @@ def cmd_csv(args):
         fields = parse_fields(m.group(1))
         if writer is None:
             header = list(fields)
-            writer = csv.writer(sys.stdout)
+            writer = csv.writer(sys.stdout, lineterminator="\n")
             writer.writerow(header)
         writer.writerow([fields.get(h, "") for h in header])
         sys.stdout.flush()
