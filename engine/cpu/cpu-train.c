@@ -1,0 +1,980 @@
+/* gst-unet engine — CPU training executor: forward in training mode and backward
+ * of the U-Net (network.md), on host memory.
+ *
+ * Memory: one activation set per input shape, kept from forward to backward (every
+ * conv output z, its batch-norm output and post-ReLU output a, pool outputs with
+ * their argmax, concat buffers, the dropout mask) plus one gradient buffer per
+ * activation; nothing allocates in forward/backward once the shape is planned.
+ * Parameters and gradients live in the model's slab layout, so the optimiser and
+ * the checkpoint code see flat arrays. See cpu-train.h for the op contracts.
+ */
+#include "config.h"
+
+#include "cpu-train.h"
+#include "rng.h"
+
+#include <math.h>
+#include <oneapi/dnnl/dnnl.h>
+#include <oneapi/dnnl/dnnl_debug.h>
+#include <string.h>
+
+#define DNNL_TRY(call)                                                        \
+  G_STMT_START {                                                              \
+    dnnl_status_t st_ = (call);                                               \
+    if (st_ != dnnl_success) {                                                \
+      g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND,                     \
+          "oneDNN: %s failed: %s (%s:%d)", #call, dnnl_status2str (st_),      \
+          __FILE__, __LINE__);                                                \
+      goto fail;                                                              \
+    }                                                                         \
+  } G_STMT_END
+
+/* ------------------------------------------------------------ pooling -- */
+
+void
+unet_cpu_maxpool2_forward (const gfloat *src, gint n, gint c, gint h, gint w,
+    gfloat *dst, guint8 *arg)
+{
+  const gint oh = h / 2, ow = w / 2;
+#pragma omp parallel for schedule(static)
+  for (gint p = 0; p < n * c; p++) {
+    const gfloat *s = src + (gsize) p * h * w;
+    gfloat *d = dst + (gsize) p * oh * ow;
+    guint8 *a = arg + (gsize) p * oh * ow;
+    for (gint y = 0; y < oh; y++)
+      for (gint x = 0; x < ow; x++) {
+        const gfloat *r0 = s + (gsize) (2 * y) * w + 2 * x, *r1 = r0 + w;
+        gfloat v[4] = { r0[0], r0[1], r1[0], r1[1] };
+        gint best = 0;
+        for (gint k = 1; k < 4; k++)
+          if (v[k] > v[best])
+            best = k;
+        d[y * ow + x] = v[best];
+        a[y * ow + x] = (guint8) best;
+      }
+  }
+}
+
+void
+unet_cpu_maxpool2_backward (const gfloat *ddst, const guint8 *arg, gint n, gint c,
+    gint h, gint w, gfloat *dsrc)
+{
+  const gint oh = h / 2, ow = w / 2;
+#pragma omp parallel for schedule(static)
+  for (gint p = 0; p < n * c; p++) {
+    const gfloat *d = ddst + (gsize) p * oh * ow;
+    const guint8 *a = arg + (gsize) p * oh * ow;
+    gfloat *s = dsrc + (gsize) p * h * w;
+    for (gint y = 0; y < oh; y++)
+      for (gint x = 0; x < ow; x++) {
+        gint k = a[y * ow + x];
+        s[(gsize) (2 * y + k / 2) * w + 2 * x + k % 2] += d[y * ow + x];
+      }
+  }
+}
+
+/* --------------------------------------------------- transposed conv -- */
+
+/* T (4cout, hw) of one sample: row co*4 + a*2 + b holds W[:, co, a, b] . X. */
+gboolean
+unet_cpu_upconv2_forward (const gfloat *src, gint n, gint cin, gint h, gint w,
+    const gfloat *weight, const gfloat *bias, gint cout, gfloat *dst,
+    gsize dst_batch_stride, GError **error)
+{
+  const gsize hw = (gsize) h * w;
+  const gint ow = 2 * w;
+  gfloat *t = g_try_malloc (sizeof (gfloat) * 4 * cout * hw);
+  if (t == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+        "cannot allocate the transposed convolution's buffer");
+    return FALSE;
+  }
+  for (gint b = 0; b < n; b++) {
+    /* T = W^T X: W is (cin, 4cout) row-major, X (cin, hw). */
+    dnnl_status_t st = dnnl_sgemm ('T', 'N', 4 * cout, hw, cin, 1.0f, weight,
+        4 * cout, src + (gsize) b * cin * hw, hw, 0.0f, t, hw);
+    if (st != dnnl_success) {
+      g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND, "oneDNN: sgemm failed: %s",
+          dnnl_status2str (st));
+      g_free (t);
+      return FALSE;
+    }
+    gfloat *out = dst + b * dst_batch_stride;
+#pragma omp parallel for schedule(static)
+    for (gint co = 0; co < cout; co++) {
+      gfloat *o = out + (gsize) co * 4 * hw;
+      for (gint k = 0; k < 4; k++) {
+        const gfloat *tr = t + ((gsize) co * 4 + k) * hw;
+        gint a = k / 2, bb = k % 2;
+        for (gint y = 0; y < h; y++)
+          for (gint x = 0; x < w; x++)
+            o[(gsize) (2 * y + a) * ow + 2 * x + bb] = tr[(gsize) y * w + x] + bias[co];
+      }
+    }
+  }
+  g_free (t);
+  return TRUE;
+}
+
+gboolean
+unet_cpu_upconv2_backward (const gfloat *src, gint n, gint cin, gint h, gint w,
+    const gfloat *weight, gint cout, const gfloat *ddst, gsize ddst_batch_stride,
+    gfloat *dsrc, gfloat *dweight, gfloat *dbias, GError **error)
+{
+  const gsize hw = (gsize) h * w;
+  const gint ow = 2 * w;
+  gfloat *dt = g_try_malloc (sizeof (gfloat) * 4 * cout * hw);
+  dnnl_status_t st = dnnl_success;
+  if (dt == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+        "cannot allocate the transposed convolution's gradient buffer");
+    return FALSE;
+  }
+  for (gint b = 0; b < n && st == dnnl_success; b++) {
+    const gfloat *dout = ddst + b * ddst_batch_stride;
+#pragma omp parallel for schedule(static)
+    for (gint co = 0; co < cout; co++) {
+      const gfloat *o = dout + (gsize) co * 4 * hw;
+      gdouble bsum = 0.0;
+      for (gint k = 0; k < 4; k++) {
+        gfloat *tr = dt + ((gsize) co * 4 + k) * hw;
+        gint a = k / 2, bb = k % 2;
+        for (gint y = 0; y < h; y++)
+          for (gint x = 0; x < w; x++) {
+            gfloat v = o[(gsize) (2 * y + a) * ow + 2 * x + bb];
+            tr[(gsize) y * w + x] = v;
+            bsum += v;
+          }
+      }
+      dbias[co] += (gfloat) bsum;
+    }
+    /* dW (cin, 4cout) += X (cin, hw) dT^T (hw, 4cout) */
+    st = dnnl_sgemm ('N', 'T', cin, 4 * cout, hw, 1.0f, src + (gsize) b * cin * hw, hw,
+        dt, hw, 1.0f, dweight, 4 * cout);
+    /* dX (cin, hw) = W (cin, 4cout) dT (4cout, hw) */
+    if (st == dnnl_success && dsrc != NULL)
+      st = dnnl_sgemm ('N', 'N', cin, hw, 4 * cout, 1.0f, weight, 4 * cout, dt, hw,
+          0.0f, dsrc + (gsize) b * cin * hw, hw);
+  }
+  g_free (dt);
+  if (st != dnnl_success) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND, "oneDNN: sgemm failed: %s",
+        dnnl_status2str (st));
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* --------------------------------------------------------- batch norm -- */
+
+#define BN_EPS 1e-5
+#define BN_MOMENTUM 0.1
+
+void
+unet_cpu_bn_forward_train (const gfloat *x, gint n, gint c, gsize hw,
+    const gfloat *gamma, const gfloat *beta, gfloat *y, gfloat *mean,
+    gfloat *invstd, gfloat *running_mean, gfloat *running_var)
+{
+  const gdouble count = (gdouble) n * hw;
+#pragma omp parallel for schedule(static)
+  for (gint ch = 0; ch < c; ch++) {
+    gdouble s = 0.0, s2 = 0.0;
+    for (gint b = 0; b < n; b++) {
+      const gfloat *p = x + ((gsize) b * c + ch) * hw;
+      for (gsize i = 0; i < hw; i++)
+        s += p[i];
+    }
+    gdouble m = s / count;
+    for (gint b = 0; b < n; b++) {
+      const gfloat *p = x + ((gsize) b * c + ch) * hw;
+      for (gsize i = 0; i < hw; i++)
+        s2 += (p[i] - m) * (p[i] - m);
+    }
+    gdouble var = s2 / count;
+    gdouble is = 1.0 / sqrt (var + BN_EPS);
+    mean[ch] = (gfloat) m;
+    invstd[ch] = (gfloat) is;
+    gdouble scale = gamma[ch] * is, shift = beta[ch] - m * scale;
+    for (gint b = 0; b < n; b++) {
+      const gfloat *p = x + ((gsize) b * c + ch) * hw;
+      gfloat *q = y + ((gsize) b * c + ch) * hw;
+      for (gsize i = 0; i < hw; i++)
+        q[i] = (gfloat) (p[i] * scale + shift);
+    }
+    if (running_mean != NULL) {
+      running_mean[ch] = (gfloat) ((1.0 - BN_MOMENTUM) * running_mean[ch] + BN_MOMENTUM * m);
+      running_var[ch] = (gfloat) ((1.0 - BN_MOMENTUM) * running_var[ch] +
+          BN_MOMENTUM * (count > 1 ? s2 / (count - 1) : var));
+    }
+  }
+}
+
+void
+unet_cpu_bn_backward (const gfloat *x, const gfloat *dy, gint n, gint c, gsize hw,
+    const gfloat *gamma, const gfloat *mean, const gfloat *invstd, gfloat *dx,
+    gfloat *dgamma, gfloat *dbeta)
+{
+  const gdouble count = (gdouble) n * hw;
+#pragma omp parallel for schedule(static)
+  for (gint ch = 0; ch < c; ch++) {
+    const gdouble m = mean[ch], is = invstd[ch];
+    gdouble sdy = 0.0, sdyx = 0.0;
+    for (gint b = 0; b < n; b++) {
+      const gsize o = ((gsize) b * c + ch) * hw;
+      for (gsize i = 0; i < hw; i++) {
+        sdy += dy[o + i];
+        sdyx += dy[o + i] * (x[o + i] - m) * is;
+      }
+    }
+    dgamma[ch] += (gfloat) sdyx;
+    dbeta[ch] += (gfloat) sdy;
+    /* dx = g·is/N · (N dy - Σdy - x̂ Σ(dy x̂)) */
+    const gdouble k = gamma[ch] * is / count;
+    for (gint b = 0; b < n; b++) {
+      const gsize o = ((gsize) b * c + ch) * hw;
+      for (gsize i = 0; i < hw; i++) {
+        gdouble xh = (x[o + i] - m) * is;
+        dx[o + i] = (gfloat) (k * (count * dy[o + i] - sdy - xh * sdyx));
+      }
+    }
+  }
+}
+
+/* ------------------------------------------------------------ dropout -- */
+
+void
+unet_cpu_dropout_forward (const gfloat *src, gsize count, gdouble p, guint64 seed,
+    guint8 *mask, gfloat *dst)
+{
+  UnetRng rng;
+  const gfloat scale = (gfloat) (1.0 / (1.0 - p));
+  unet_rng_init (&rng, seed);
+  for (gsize i = 0; i < count; i++) {
+    mask[i] = unet_rng_uniform (&rng) >= p;
+    dst[i] = mask[i] ? src[i] * scale : 0.0f;
+  }
+}
+
+void
+unet_cpu_dropout_backward (const gfloat *ddst, const guint8 *mask, gsize count,
+    gdouble p, gfloat *dsrc)
+{
+  const gfloat scale = (gfloat) (1.0 / (1.0 - p));
+#pragma omp parallel for schedule(static)
+  for (gsize i = 0; i < count; i++)
+    dsrc[i] = mask[i] ? ddst[i] * scale : 0.0f;
+}
+
+/* -------------------------------------------------------- convolution -- */
+
+static dnnl_engine_t
+cpu_train_engine (GError **error)
+{
+  static gsize once = 0;
+  static dnnl_engine_t engine = NULL;
+  if (g_once_init_enter (&once)) {
+    if (dnnl_engine_create (&engine, dnnl_cpu, 0) != dnnl_success)
+      engine = NULL;
+    g_once_init_leave (&once, 1);
+  }
+  if (engine == NULL)
+    g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND,
+        "oneDNN: cannot create the CPU engine");
+  return engine;
+}
+
+struct _UnetCpuConv
+{
+  gint n, cin, cout, k, pad, h, w, oh, ow;
+  dnnl_stream_t stream;
+  dnnl_primitive_t fwd, bwd_data, bwd_weights;
+  dnnl_memory_t src, weights, bias, dst, dsrc, ddst, dweights, dbias;
+  gfloat *dw_tmp, *db_tmp;      /* backward_weights output, added into the slab */
+};
+
+void
+unet_cpu_conv_free (UnetCpuConv *c)
+{
+  if (c == NULL)
+    return;
+  dnnl_primitive_t prims[3] = { c->fwd, c->bwd_data, c->bwd_weights };
+  dnnl_memory_t mems[8] = { c->src, c->weights, c->bias, c->dst, c->dsrc, c->ddst,
+    c->dweights, c->dbias
+  };
+  for (gint i = 0; i < 3; i++)
+    if (prims[i])
+      dnnl_primitive_destroy (prims[i]);
+  for (gint i = 0; i < 8; i++)
+    if (mems[i])
+      dnnl_memory_destroy (mems[i]);
+  if (c->stream)
+    dnnl_stream_destroy (c->stream);
+  g_free (c->dw_tmp);
+  g_free (c->db_tmp);
+  g_free (c);
+}
+
+UnetCpuConv *
+unet_cpu_conv_new (gint n, gint cin, gint h, gint w, gint cout, gint k, gint pad,
+    GError **error)
+{
+  dnnl_engine_t engine = cpu_train_engine (error);
+  UnetCpuConv *c;
+  dnnl_memory_desc_t smd, wmd, bmd, dmd;
+  dnnl_convolution_desc_t fd, bdd, bwd;
+  dnnl_primitive_desc_t fpd = NULL, bdpd = NULL, bwpd = NULL;
+  dnnl_dims_t strides = { 1, 1 }, padding = { pad, pad };
+
+  if (engine == NULL)
+    return NULL;
+  c = g_new0 (UnetCpuConv, 1);
+  c->n = n;
+  c->cin = cin;
+  c->cout = cout;
+  c->k = k;
+  c->pad = pad;
+  c->h = h;
+  c->w = w;
+  c->oh = h + 2 * pad - k + 1;
+  c->ow = w + 2 * pad - k + 1;
+  if (n < 1 || cin < 1 || cout < 1 || c->oh < 1 || c->ow < 1) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "convolution %dx%d (pad %d) of a %dx%d input has no output", k, k, pad, w, h);
+    goto fail;
+  }
+  {
+    dnnl_dims_t sd = { n, cin, h, w }, wd = { cout, cin, k, k }, bd = { cout };
+    dnnl_dims_t dd = { n, cout, c->oh, c->ow };
+    DNNL_TRY (dnnl_memory_desc_init_by_tag (&smd, 4, sd, dnnl_f32, dnnl_nchw));
+    DNNL_TRY (dnnl_memory_desc_init_by_tag (&wmd, 4, wd, dnnl_f32, dnnl_oihw));
+    DNNL_TRY (dnnl_memory_desc_init_by_tag (&bmd, 1, bd, dnnl_f32, dnnl_x));
+    DNNL_TRY (dnnl_memory_desc_init_by_tag (&dmd, 4, dd, dnnl_f32, dnnl_nchw));
+  }
+  DNNL_TRY (dnnl_convolution_forward_desc_init (&fd, dnnl_forward_training,
+          dnnl_convolution_direct, &smd, &wmd, &bmd, &dmd, strides, padding, padding));
+  DNNL_TRY (dnnl_primitive_desc_create (&fpd, &fd, NULL, engine, NULL));
+  DNNL_TRY (dnnl_convolution_backward_data_desc_init (&bdd, dnnl_convolution_direct,
+          &smd, &wmd, &dmd, strides, padding, padding));
+  DNNL_TRY (dnnl_primitive_desc_create (&bdpd, &bdd, NULL, engine, fpd));
+  DNNL_TRY (dnnl_convolution_backward_weights_desc_init (&bwd,
+          dnnl_convolution_direct, &smd, &wmd, &bmd, &dmd, strides, padding, padding));
+  DNNL_TRY (dnnl_primitive_desc_create (&bwpd, &bwd, NULL, engine, fpd));
+  DNNL_TRY (dnnl_primitive_create (&c->fwd, fpd));
+  DNNL_TRY (dnnl_primitive_create (&c->bwd_data, bdpd));
+  DNNL_TRY (dnnl_primitive_create (&c->bwd_weights, bwpd));
+  DNNL_TRY (dnnl_stream_create (&c->stream, engine, dnnl_stream_default_flags));
+  DNNL_TRY (dnnl_memory_create (&c->src, &smd, engine, DNNL_MEMORY_NONE));
+  DNNL_TRY (dnnl_memory_create (&c->weights, &wmd, engine, DNNL_MEMORY_NONE));
+  DNNL_TRY (dnnl_memory_create (&c->bias, &bmd, engine, DNNL_MEMORY_NONE));
+  DNNL_TRY (dnnl_memory_create (&c->dst, &dmd, engine, DNNL_MEMORY_NONE));
+  DNNL_TRY (dnnl_memory_create (&c->dsrc, &smd, engine, DNNL_MEMORY_NONE));
+  DNNL_TRY (dnnl_memory_create (&c->ddst, &dmd, engine, DNNL_MEMORY_NONE));
+  DNNL_TRY (dnnl_memory_create (&c->dweights, &wmd, engine, DNNL_MEMORY_NONE));
+  DNNL_TRY (dnnl_memory_create (&c->dbias, &bmd, engine, DNNL_MEMORY_NONE));
+  c->dw_tmp = g_new (gfloat, (gsize) cout * cin * k * k);
+  c->db_tmp = g_new (gfloat, cout);
+  dnnl_primitive_desc_destroy (fpd);
+  dnnl_primitive_desc_destroy (bdpd);
+  dnnl_primitive_desc_destroy (bwpd);
+  return c;
+
+fail:
+  if (fpd)
+    dnnl_primitive_desc_destroy (fpd);
+  if (bdpd)
+    dnnl_primitive_desc_destroy (bdpd);
+  if (bwpd)
+    dnnl_primitive_desc_destroy (bwpd);
+  unet_cpu_conv_free (c);
+  return NULL;
+}
+
+static gboolean
+conv_exec (UnetCpuConv *c, dnnl_primitive_t prim, gint n_args, dnnl_exec_arg_t *args,
+    GError **error)
+{
+  DNNL_TRY (dnnl_primitive_execute (prim, c->stream, n_args, args));
+  DNNL_TRY (dnnl_stream_wait (c->stream));
+  return TRUE;
+fail:
+  return FALSE;
+}
+
+gboolean
+unet_cpu_conv_forward (UnetCpuConv *c, const gfloat *src, const gfloat *weight,
+    const gfloat *bias, gfloat *dst, GError **error)
+{
+  DNNL_TRY (dnnl_memory_set_data_handle (c->src, (void *) src));
+  DNNL_TRY (dnnl_memory_set_data_handle (c->weights, (void *) weight));
+  DNNL_TRY (dnnl_memory_set_data_handle (c->bias, (void *) bias));
+  DNNL_TRY (dnnl_memory_set_data_handle (c->dst, dst));
+  {
+    dnnl_exec_arg_t args[4] = {
+      {DNNL_ARG_SRC, c->src}, {DNNL_ARG_WEIGHTS, c->weights},
+      {DNNL_ARG_BIAS, c->bias}, {DNNL_ARG_DST, c->dst},
+    };
+    return conv_exec (c, c->fwd, 4, args, error);
+  }
+fail:
+  return FALSE;
+}
+
+gboolean
+unet_cpu_conv_backward (UnetCpuConv *c, const gfloat *src, const gfloat *weight,
+    const gfloat *ddst, gfloat *dsrc, gfloat *dweight, gfloat *dbias, GError **error)
+{
+  const gsize nw = (gsize) c->cout * c->cin * c->k * c->k;
+  DNNL_TRY (dnnl_memory_set_data_handle (c->src, (void *) src));
+  DNNL_TRY (dnnl_memory_set_data_handle (c->ddst, (void *) ddst));
+  DNNL_TRY (dnnl_memory_set_data_handle (c->dweights, c->dw_tmp));
+  DNNL_TRY (dnnl_memory_set_data_handle (c->dbias, c->db_tmp));
+  {
+    dnnl_exec_arg_t args[4] = {
+      {DNNL_ARG_SRC, c->src}, {DNNL_ARG_DIFF_DST, c->ddst},
+      {DNNL_ARG_DIFF_WEIGHTS, c->dweights}, {DNNL_ARG_DIFF_BIAS, c->dbias},
+    };
+    if (!conv_exec (c, c->bwd_weights, 4, args, error))
+      return FALSE;
+  }
+#pragma omp parallel for schedule(static)
+  for (gsize i = 0; i < nw; i++)
+    dweight[i] += c->dw_tmp[i];
+  for (gint i = 0; i < c->cout; i++)
+    dbias[i] += c->db_tmp[i];
+  if (dsrc == NULL)
+    return TRUE;
+  DNNL_TRY (dnnl_memory_set_data_handle (c->weights, (void *) weight));
+  DNNL_TRY (dnnl_memory_set_data_handle (c->dsrc, dsrc));
+  {
+    dnnl_exec_arg_t args[3] = {
+      {DNNL_ARG_DIFF_DST, c->ddst}, {DNNL_ARG_WEIGHTS, c->weights},
+      {DNNL_ARG_DIFF_SRC, c->dsrc},
+    };
+    return conv_exec (c, c->bwd_data, 3, args, error);
+  }
+fail:
+  return FALSE;
+}
+
+/* ---------------------------------------------------------- whole net -- */
+
+/* One convolution with what follows it: conv (+ bias) [-> batch norm] [-> ReLU]. */
+typedef struct
+{
+  UnetCpuConv *conv;
+  gint w_off, b_off;            /* slab offsets of weight and bias */
+  gint bn_off[4];               /* gamma, beta, running_mean, running_var; -1 none */
+  gboolean relu;
+  gint cout;
+  gsize hw, numel;              /* output plane and n·cout·plane */
+  const gfloat *src;            /* input activation (not owned) */
+  gfloat *dsrc;                 /* its gradient (not owned); NULL = not needed */
+  gfloat *z;                    /* conv output */
+  gfloat *a;                    /* output: z itself without batch norm */
+  gfloat *da;                   /* d/da, turned into d/dz in place by backward */
+  gfloat *mean, *invstd;        /* batch norm */
+} Unit;
+
+typedef struct
+{
+  gint batch, height, width;
+  Unit *units;                  /* enc.0.c1, enc.0.c2, ..., bottom, dec.D-1 .. dec.0, head */
+  gint n_units;
+  gfloat *input;                /* copy of the forward input */
+  gfloat **pool, **dpool;       /* per level (n, F_i, eh/2, ew/2) */
+  guint8 **arg;
+  gint *eh, *ew, *uh, *uw;      /* per level: encoder output and upsampled sizes */
+  gfloat **cat, **dcat;         /* per level (n, 2F_i, uh, uw) */
+  gint *up_w, *up_b;            /* slab offsets of dec.i.up.weight/.bias */
+  gfloat *drop, *ddrop;         /* bottom dropout output / gradient (NULL without) */
+  guint8 *mask;
+  gsize drop_numel;
+  GPtrArray *allocs;
+  gsize bytes;
+  gboolean have_forward;
+} Plan;
+
+struct _UnetCpuTrain
+{
+  UnetConfig cfg;
+  const UnetLayout *layout;
+  Plan *plan;
+};
+
+static gint
+slab_offset (const UnetLayout *layout, const gchar *name)
+{
+  gint i = unet_layout_find (layout, name);
+  return i < 0 ? -1 : (gint) layout->tensors[i].offset;
+}
+
+static void
+plan_free (Plan *p)
+{
+  if (p == NULL)
+    return;
+  for (gint i = 0; i < p->n_units; i++)
+    unet_cpu_conv_free (p->units[i].conv);
+  g_free (p->units);
+  g_ptr_array_unref (p->allocs);
+  g_free (p);
+}
+
+static gpointer
+plan_alloc (Plan *p, gsize bytes, GError **error)
+{
+  gpointer m = g_try_malloc0 (MAX (bytes, 1));
+  if (m == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+        "cannot allocate %" G_GSIZE_FORMAT " bytes of training activations", bytes);
+    return NULL;
+  }
+  g_ptr_array_add (p->allocs, m);
+  p->bytes += bytes;
+  return m;
+}
+
+#define PLAN_ALLOC(ptr, count)                                                \
+  G_STMT_START {                                                              \
+    if (((ptr) = plan_alloc (p, sizeof (*(ptr)) * (count), error)) == NULL)   \
+      goto fail;                                                              \
+  } G_STMT_END
+
+/* Sets up unit u for `prefix` (e.g. "enc.0.conv1"), input (n,cin,h,w). */
+static gboolean
+unit_init (UnetCpuTrain *tr, Plan *p, Unit *u, const gchar *layer, const gchar *bn,
+    gint cin, gint h, gint w, gint cout, gint k, gint pad, gboolean relu,
+    GError **error)
+{
+  g_autofree gchar *wn = g_strdup_printf ("%s.weight", layer);
+  g_autofree gchar *bname = g_strdup_printf ("%s.bias", layer);
+  gint n = p->batch;
+
+  u->w_off = slab_offset (tr->layout, wn);
+  u->b_off = slab_offset (tr->layout, bname);
+  if (u->w_off < 0 || u->b_off < 0) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL, "layout has no %s", wn);
+    return FALSE;
+  }
+  for (gint q = 0; q < 4; q++)
+    u->bn_off[q] = -1;
+  if (bn != NULL) {
+    const gchar *parts[4] = { "weight", "bias", "running_mean", "running_var" };
+    for (gint q = 0; q < 4; q++) {
+      g_autofree gchar *name = g_strdup_printf ("%s.%s", bn, parts[q]);
+      if ((u->bn_off[q] = slab_offset (tr->layout, name)) < 0) {
+        g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL, "layout has no %s", name);
+        return FALSE;
+      }
+    }
+  }
+  u->conv = unet_cpu_conv_new (n, cin, h, w, cout, k, pad, error);
+  if (u->conv == NULL)
+    return FALSE;
+  u->relu = relu;
+  u->cout = cout;
+  u->hw = (gsize) (h + 2 * pad - k + 1) * (w + 2 * pad - k + 1);
+  u->numel = (gsize) n * cout * u->hw;
+  PLAN_ALLOC (u->z, u->numel);
+  if (bn != NULL) {
+    PLAN_ALLOC (u->a, u->numel);
+    PLAN_ALLOC (u->mean, cout);
+    PLAN_ALLOC (u->invstd, cout);
+  } else {
+    u->a = u->z;
+  }
+  PLAN_ALLOC (u->da, u->numel);
+  return TRUE;
+fail:
+  return FALSE;
+}
+
+static Plan *
+plan_new (UnetCpuTrain *tr, gint batch, gint height, gint width, GError **error)
+{
+  const UnetConfig *cfg = &tr->cfg;
+  const gint D = cfg->depth;
+  const gboolean valid = cfg->padding == UNET_PADDING_VALID;
+  const gint pad = valid ? 0 : 1, shrink = valid ? 2 : 0;
+  Plan *p = g_new0 (Plan, 1);
+  gint h = height, w = width, u = 0;
+
+  p->batch = batch;
+  p->height = height;
+  p->width = width;
+  p->allocs = g_ptr_array_new_with_free_func (g_free);
+  p->n_units = 4 * D + 3;
+  p->units = g_new0 (Unit, p->n_units);
+  p->pool = g_new0 (gfloat *, D);
+  p->dpool = g_new0 (gfloat *, D);
+  p->arg = g_new0 (guint8 *, D);
+  p->cat = g_new0 (gfloat *, D);
+  p->dcat = g_new0 (gfloat *, D);
+  p->eh = g_new0 (gint, D);
+  p->ew = g_new0 (gint, D);
+  p->uh = g_new0 (gint, D);
+  p->uw = g_new0 (gint, D);
+  p->up_w = g_new0 (gint, D);
+  p->up_b = g_new0 (gint, D);
+  /* The per-level arrays are freed with the plan. */
+  g_ptr_array_add (p->allocs, p->pool);
+  g_ptr_array_add (p->allocs, p->dpool);
+  g_ptr_array_add (p->allocs, p->arg);
+  g_ptr_array_add (p->allocs, p->cat);
+  g_ptr_array_add (p->allocs, p->dcat);
+  g_ptr_array_add (p->allocs, p->eh);
+  g_ptr_array_add (p->allocs, p->ew);
+  g_ptr_array_add (p->allocs, p->uh);
+  g_ptr_array_add (p->allocs, p->uw);
+  g_ptr_array_add (p->allocs, p->up_w);
+  g_ptr_array_add (p->allocs, p->up_b);
+
+  PLAN_ALLOC (p->input, (gsize) batch * cfg->in_channels * height * width);
+  gint cin = cfg->in_channels;
+  for (gint i = 0; i < D; i++) {
+    gint f = cfg->base_filters << i;
+    gchar l1[32], l2[32], b1[32], b2[32];
+    g_snprintf (l1, sizeof l1, "enc.%d.conv1", i);
+    g_snprintf (l2, sizeof l2, "enc.%d.conv2", i);
+    g_snprintf (b1, sizeof b1, "enc.%d.bn1", i);
+    g_snprintf (b2, sizeof b2, "enc.%d.bn2", i);
+    if (!unit_init (tr, p, &p->units[u++], l1, cfg->batch_norm ? b1 : NULL, cin, h, w,
+            f, 3, pad, TRUE, error))
+      goto fail;
+    h -= shrink;
+    w -= shrink;
+    if (!unit_init (tr, p, &p->units[u++], l2, cfg->batch_norm ? b2 : NULL, f, h, w,
+            f, 3, pad, TRUE, error))
+      goto fail;
+    h -= shrink;
+    w -= shrink;
+    if (h < 2 || w < 2 || h % 2 || w % 2)
+      goto illegal;
+    p->eh[i] = h;
+    p->ew[i] = w;
+    h /= 2;
+    w /= 2;
+    PLAN_ALLOC (p->pool[i], (gsize) batch * f * h * w);
+    PLAN_ALLOC (p->dpool[i], (gsize) batch * f * h * w);
+    PLAN_ALLOC (p->arg[i], (gsize) batch * f * h * w);
+    cin = f;
+  }
+  {
+    gint f = cfg->base_filters << D;
+    if (h - 2 * shrink < 1 || w - 2 * shrink < 1)
+      goto illegal;
+    if (!unit_init (tr, p, &p->units[u++], "bottom.conv1",
+            cfg->batch_norm ? "bottom.bn1" : NULL, cin, h, w, f, 3, pad, TRUE, error))
+      goto fail;
+    h -= shrink;
+    w -= shrink;
+    if (!unit_init (tr, p, &p->units[u++], "bottom.conv2",
+            cfg->batch_norm ? "bottom.bn2" : NULL, f, h, w, f, 3, pad, TRUE, error))
+      goto fail;
+    h -= shrink;
+    w -= shrink;
+    cin = f;
+    if (cfg->dropout > 0.0) {
+      p->drop_numel = (gsize) batch * f * h * w;
+      PLAN_ALLOC (p->drop, p->drop_numel);
+      PLAN_ALLOC (p->ddrop, p->drop_numel);
+      PLAN_ALLOC (p->mask, p->drop_numel);
+    }
+  }
+  for (gint i = D - 1; i >= 0; i--) {
+    gint f = cfg->base_filters << i;
+    gchar name[32], l1[32], l2[32], b1[32], b2[32];
+    h *= 2;
+    w *= 2;
+    if (h > p->eh[i] || w > p->ew[i] || h - 2 * shrink < 1 || w - 2 * shrink < 1)
+      goto illegal;
+    p->uh[i] = h;
+    p->uw[i] = w;
+    g_snprintf (name, sizeof name, "dec.%d.up.weight", i);
+    p->up_w[i] = slab_offset (tr->layout, name);
+    g_snprintf (name, sizeof name, "dec.%d.up.bias", i);
+    p->up_b[i] = slab_offset (tr->layout, name);
+    if (p->up_w[i] < 0 || p->up_b[i] < 0) {
+      g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL, "layout has no dec.%d.up", i);
+      goto fail;
+    }
+    PLAN_ALLOC (p->cat[i], (gsize) batch * 2 * f * h * w);
+    PLAN_ALLOC (p->dcat[i], (gsize) batch * 2 * f * h * w);
+    g_snprintf (l1, sizeof l1, "dec.%d.conv1", i);
+    g_snprintf (l2, sizeof l2, "dec.%d.conv2", i);
+    g_snprintf (b1, sizeof b1, "dec.%d.bn1", i);
+    g_snprintf (b2, sizeof b2, "dec.%d.bn2", i);
+    if (!unit_init (tr, p, &p->units[u++], l1, cfg->batch_norm ? b1 : NULL, 2 * f, h,
+            w, f, 3, pad, TRUE, error))
+      goto fail;
+    h -= shrink;
+    w -= shrink;
+    if (!unit_init (tr, p, &p->units[u++], l2, cfg->batch_norm ? b2 : NULL, f, h, w,
+            f, 3, pad, TRUE, error))
+      goto fail;
+    h -= shrink;
+    w -= shrink;
+    cin = f;
+  }
+  if (!unit_init (tr, p, &p->units[u++], "head", NULL, cin, h, w, cfg->classes, 1, 0,
+          FALSE, error))
+    goto fail;
+  g_assert (u == p->n_units);
+
+  /* Wire sources and source gradients. */
+  {
+    Unit *U = p->units;
+    for (gint i = 0; i < D; i++) {
+      U[2 * i].src = i == 0 ? p->input : p->pool[i - 1];
+      U[2 * i].dsrc = i == 0 ? NULL : p->dpool[i - 1];
+      U[2 * i + 1].src = U[2 * i].a;
+      U[2 * i + 1].dsrc = U[2 * i].da;
+    }
+    U[2 * D].src = p->pool[D - 1];
+    U[2 * D].dsrc = p->dpool[D - 1];
+    U[2 * D + 1].src = U[2 * D].a;
+    U[2 * D + 1].dsrc = U[2 * D].da;
+    for (gint i = D - 1; i >= 0; i--) {
+      gint k = 2 * D + 2 + 2 * (D - 1 - i);
+      U[k].src = p->cat[i];
+      U[k].dsrc = p->dcat[i];
+      U[k + 1].src = U[k].a;
+      U[k + 1].dsrc = U[k].da;
+    }
+    U[4 * D + 2].src = U[4 * D + 1].a;
+    U[4 * D + 2].dsrc = U[4 * D + 1].da;
+  }
+  return p;
+
+illegal:
+  g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+      "input %dx%d is not a legal size for this network", width, height);
+fail:
+  plan_free (p);
+  return NULL;
+}
+
+UnetCpuTrain *
+unet_cpu_train_new (const UnetConfig *cfg, const UnetLayout *layout, GError **error)
+{
+  if (!unet_config_validate (cfg, error))
+    return NULL;
+  if (cfg->dropout < 0.0 || cfg->dropout >= 1.0) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "dropout %g must be in [0, 1)", cfg->dropout);
+    return NULL;
+  }
+  UnetCpuTrain *tr = g_new0 (UnetCpuTrain, 1);
+  tr->cfg = *cfg;
+  tr->layout = layout;
+  return tr;
+}
+
+void
+unet_cpu_train_free (UnetCpuTrain *tr)
+{
+  if (tr == NULL)
+    return;
+  plan_free (tr->plan);
+  g_free (tr);
+}
+
+gsize
+unet_cpu_train_get_bytes (const UnetCpuTrain *tr)
+{
+  return tr->plan ? tr->plan->bytes : 0;
+}
+
+static gboolean
+unit_forward (Unit *u, gfloat *params, gint batch, GError **error)
+{
+  if (!unet_cpu_conv_forward (u->conv, u->src, params + u->w_off, params + u->b_off,
+          u->z, error))
+    return FALSE;
+  if (u->bn_off[0] >= 0)
+    unet_cpu_bn_forward_train (u->z, batch, u->cout, u->hw, params + u->bn_off[0],
+        params + u->bn_off[1], u->a, u->mean, u->invstd, params + u->bn_off[2],
+        params + u->bn_off[3]);
+  if (u->relu) {
+    gfloat *a = u->a;
+#pragma omp parallel for schedule(static)
+    for (gsize i = 0; i < u->numel; i++)
+      a[i] = a[i] > 0.0f ? a[i] : 0.0f;
+  }
+  return TRUE;
+}
+
+static gboolean
+unit_backward (Unit *u, const gfloat *params, gfloat *grads, gint batch,
+    GError **error)
+{
+  gfloat *da = u->da;
+  if (u->relu) {
+    const gfloat *a = u->a;
+#pragma omp parallel for schedule(static)
+    for (gsize i = 0; i < u->numel; i++)
+      da[i] = a[i] > 0.0f ? da[i] : 0.0f;
+  }
+  if (u->bn_off[0] >= 0)
+    unet_cpu_bn_backward (u->z, da, batch, u->cout, u->hw, params + u->bn_off[0],
+        u->mean, u->invstd, da, grads + u->bn_off[0], grads + u->bn_off[1]);
+  return unet_cpu_conv_backward (u->conv, u->src, params + u->w_off, da, u->dsrc,
+      grads + u->w_off, grads + u->b_off, error);
+}
+
+/* cat[:, :F] = e[:, :, y0:y0+uh, x0:x0+uw]  (backward: de[window] += dcat[:, :F]) */
+static void
+crop_copy (gfloat *e, gint n, gint f, gint eh, gint ew, gfloat *cat, gint uh, gint uw,
+    gboolean backward)
+{
+  const gint y0 = (eh - uh) / 2, x0 = (ew - uw) / 2;
+#pragma omp parallel for schedule(static)
+  for (gint p = 0; p < n * f; p++) {
+    gint b = p / f, c = p % f;
+    gfloat *ep = e + (gsize) p * eh * ew;
+    gfloat *cp = cat + ((gsize) b * 2 * f + c) * uh * uw;
+    for (gint y = 0; y < uh; y++) {
+      gfloat *er = ep + (gsize) (y + y0) * ew + x0;
+      gfloat *cr = cp + (gsize) y * uw;
+      if (backward)
+        for (gint x = 0; x < uw; x++)
+          er[x] += cr[x];
+      else
+        memcpy (cr, er, sizeof (gfloat) * uw);
+    }
+  }
+}
+
+gboolean
+unet_cpu_train_forward (UnetCpuTrain *tr, gfloat *params, const gfloat *input,
+    gint batch, gint height, gint width, guint64 seed, gfloat *logits,
+    GError **error)
+{
+  const UnetConfig *cfg = &tr->cfg;
+  const gint D = cfg->depth;
+  Plan *p = tr->plan;
+
+  if (batch < 1 || batch > 65536 || height < 1 || width < 1) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "training batch %d of %dx%d is not usable", batch, width, height);
+    return FALSE;
+  }
+  if (p == NULL || p->batch != batch || p->height != height || p->width != width) {
+    plan_free (tr->plan);
+    tr->plan = NULL;
+    if ((p = plan_new (tr, batch, height, width, error)) == NULL)
+      return FALSE;
+    tr->plan = p;
+  }
+  p->have_forward = FALSE;
+  Unit *U = p->units;
+  memcpy (p->input, input, sizeof (gfloat) * batch * cfg->in_channels * height * width);
+  for (gint i = 0; i < D; i++) {
+    gint f = cfg->base_filters << i;
+    if (!unit_forward (&U[2 * i], params, batch, error) ||
+        !unit_forward (&U[2 * i + 1], params, batch, error))
+      return FALSE;
+    unet_cpu_maxpool2_forward (U[2 * i + 1].a, batch, f, p->eh[i], p->ew[i],
+        p->pool[i], p->arg[i]);
+  }
+  if (!unit_forward (&U[2 * D], params, batch, error) ||
+      !unit_forward (&U[2 * D + 1], params, batch, error))
+    return FALSE;
+  const gfloat *y = U[2 * D + 1].a;
+  gint yh = p->uh[D - 1] / 2, yw = p->uw[D - 1] / 2;
+  if (p->drop != NULL) {
+    unet_cpu_dropout_forward (y, p->drop_numel, cfg->dropout, seed, p->mask, p->drop);
+    y = p->drop;
+  }
+  for (gint i = D - 1; i >= 0; i--) {
+    gint f = cfg->base_filters << i;
+    gint k = 2 * D + 2 + 2 * (D - 1 - i);
+    gsize plane = (gsize) p->uh[i] * p->uw[i];
+    crop_copy (U[2 * i + 1].a, batch, f, p->eh[i], p->ew[i], p->cat[i], p->uh[i],
+        p->uw[i], FALSE);
+    if (!unet_cpu_upconv2_forward (y, batch, 2 * f, yh, yw, params + p->up_w[i],
+            params + p->up_b[i], f, p->cat[i] + f * plane, 2 * f * plane, error))
+      return FALSE;
+    if (!unit_forward (&U[k], params, batch, error) ||
+        !unit_forward (&U[k + 1], params, batch, error))
+      return FALSE;
+    y = U[k + 1].a;
+    yh = p->uh[i] - (cfg->padding == UNET_PADDING_VALID ? 4 : 0);
+    yw = p->uw[i] - (cfg->padding == UNET_PADDING_VALID ? 4 : 0);
+  }
+  Unit *head = &U[4 * D + 2];
+  if (!unit_forward (head, params, batch, error))
+    return FALSE;
+  memcpy (logits, head->z, sizeof (gfloat) * head->numel);
+  p->have_forward = TRUE;
+  return TRUE;
+}
+
+gboolean
+unet_cpu_train_backward (UnetCpuTrain *tr, const gfloat *params,
+    const gfloat *grad_logits, gfloat *grads, GError **error)
+{
+  const UnetConfig *cfg = &tr->cfg;
+  const gint D = cfg->depth;
+  Plan *p = tr->plan;
+  const gint shrink4 = cfg->padding == UNET_PADDING_VALID ? 4 : 0;
+
+  if (p == NULL || !p->have_forward) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
+        "backward pass without a training forward pass before it");
+    return FALSE;
+  }
+  Unit *U = p->units;
+  Unit *head = &U[4 * D + 2];
+  memcpy (head->da, grad_logits, sizeof (gfloat) * head->numel);
+  if (!unit_backward (head, params, grads, p->batch, error))
+    return FALSE;
+  /* Encoder outputs collect the skip gradient (crop) and the pool gradient. */
+  for (gint i = 0; i < D; i++)
+    memset (U[2 * i + 1].da, 0, sizeof (gfloat) * U[2 * i + 1].numel);
+  for (gint i = 0; i < D; i++) {
+    gint f = cfg->base_filters << i;
+    gint k = 2 * D + 2 + 2 * (D - 1 - i);
+    gsize plane = (gsize) p->uh[i] * p->uw[i];
+    if (!unit_backward (&U[k + 1], params, grads, p->batch, error) ||
+        !unit_backward (&U[k], params, grads, p->batch, error))
+      return FALSE;
+    crop_copy (U[2 * i + 1].da, p->batch, f, p->eh[i], p->ew[i], p->dcat[i], p->uh[i],
+        p->uw[i], TRUE);
+    /* The up-conv's input: the previous decoder level, or the bottom. */
+    const gfloat *ysrc;
+    gfloat *dy;
+    gint yh, yw;
+    if (i == D - 1) {
+      ysrc = p->drop ? p->drop : U[2 * D + 1].a;
+      dy = p->drop ? p->ddrop : U[2 * D + 1].da;
+      yh = p->uh[i] / 2;
+      yw = p->uw[i] / 2;
+    } else {
+      gint kn = 2 * D + 2 + 2 * (D - 2 - i);
+      ysrc = U[kn + 1].a;
+      dy = U[kn + 1].da;
+      yh = p->uh[i + 1] - shrink4;
+      yw = p->uw[i + 1] - shrink4;
+    }
+    if (!unet_cpu_upconv2_backward (ysrc, p->batch, 2 * f, yh, yw,
+            params + p->up_w[i], f, p->dcat[i] + f * plane, 2 * f * plane, dy,
+            grads + p->up_w[i], grads + p->up_b[i], error))
+      return FALSE;
+  }
+  if (p->drop != NULL)
+    unet_cpu_dropout_backward (p->ddrop, p->mask, p->drop_numel, cfg->dropout,
+        U[2 * D + 1].da);
+  if (!unit_backward (&U[2 * D + 1], params, grads, p->batch, error) ||
+      !unit_backward (&U[2 * D], params, grads, p->batch, error))
+    return FALSE;
+  for (gint i = D - 1; i >= 0; i--) {
+    gint f = cfg->base_filters << i;
+    unet_cpu_maxpool2_backward (p->dpool[i], p->arg[i], p->batch, f, p->eh[i],
+        p->ew[i], U[2 * i + 1].da);
+    if (!unit_backward (&U[2 * i + 1], params, grads, p->batch, error) ||
+        !unit_backward (&U[2 * i], params, grads, p->batch, error))
+      return FALSE;
+  }
+  return TRUE;
+}
