@@ -578,6 +578,7 @@ test_load_errors (void)
   /* sanity: the unmodified tiny file loads, with extras that are ignored */
   g_autoptr (UnetModel) m = unet_model_load_from_data (okp, oks, &err);
   g_assert_no_error (err);
+  g_assert_nonnull (m);
   {
     gsize l2;
     g_autofree gchar *h = tiny_header ("F32", 4,
@@ -597,6 +598,7 @@ test_load_errors (void)
     g_autoptr (UnetModel) m2 = unet_model_load_from_data (g_bytes_get_data (f, NULL),
         g_bytes_get_size (f), &err);
     g_assert_no_error (err);
+    g_assert_nonnull (m2);
   }
 
   /* truncated: every prefix of a valid file is rejected, never crashes */
