@@ -650,7 +650,8 @@ conv_forward (UnetBackendOp *op, GError **error)
         tensor_data (op->d.src), op->w_desc, l->weight, op->conv_desc, op->algo,
         ctx->workspace, op->ws_bytes, &zero_f, op->y_desc, out, op->bias_desc, l->bias_lp,
         op->act_desc, op->y_desc, out);
-    if (st == CUDNN_STATUS_NOT_SUPPORTED) {
+    /* cuDNN 9 reports sub-codes (3000 + n) of the NOT_SUPPORTED category */
+    if (CUDNN_STATUS_CATEGORY (st) == CUDNN_STATUS_NOT_SUPPORTED) {
       /* this algorithm/precision has no fused kernel: convolve, then a bias+ReLU
        * kernel, from now on */
       g_debug ("cuda: fused conv+bias+ReLU not supported for layer %d, unfusing",

@@ -39,7 +39,9 @@ unet_cudnn_check_impl (int status, const char *what, const char *file, int line,
   if (st == CUDNN_STATUS_SUCCESS)
     return TRUE;
   g_set_error (error, UNET_ERROR,
-      st == CUDNN_STATUS_ALLOC_FAILED ? UNET_ERROR_OUT_OF_MEMORY : UNET_ERROR_BACKEND,
+      st == CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED
+      || st == CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED ?
+      UNET_ERROR_OUT_OF_MEMORY : UNET_ERROR_BACKEND,
       "cuDNN error at %s:%d (%s): %s", base_name (file), line, what,
       cudnnGetErrorString (st));
   return FALSE;
