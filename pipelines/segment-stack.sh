@@ -15,6 +15,9 @@
 #   -d, --device DEV        auto | cpu | cuda  (default auto)
 #   -t, --tile-size N       input tile size, 0 = chosen from the frame size (default 0)
 #   -b, --batch-size N      tiles per forward pass (default: unetsegment's)
+#   -s, --stats FILE.csv    per-frame statistics (object count, foreground fraction,
+#                           timing: unetsegment's "unetsegment-stats" messages) as CSV,
+#                           and one line per frame on the terminal
 #   -p, --property P=V      any other unetsegment property (repeatable)
 #   -q, --quiet             no progress lines
 #   -h, --help              this text
@@ -35,6 +38,7 @@ device=auto
 tile=0
 batch=""
 quiet=0
+stats=""
 props=()
 
 while [ $# -gt 0 ]; do
@@ -45,6 +49,7 @@ while [ $# -gt 0 ]; do
     -t|--tile-size) tile=${2:?}; shift 2 ;;
     -b|--batch-size) batch=${2:?}; shift 2 ;;
     -p|--property) props+=("${2:?}"); shift 2 ;;
+    -s|--stats) stats=${2:?}; shift 2 ;;
     -q|--quiet) quiet=1; shift ;;
     -h|--help) unet_usage; exit 0 ;;
     --) shift; break ;;
@@ -70,6 +75,7 @@ fi
 
 seg=(unetsegment name=seg "model=$model" "device=$device" "output=$mode" "tile-size=$tile")
 [ -n "$batch" ] && seg+=("batch-size=$batch")
+[ -n "$stats" ] && seg+=(post-messages=true)
 seg+=("${props[@]}")
 if [ "$mode" = overlay ]; then
   sink=(videoconvert ! pngenc ! multifilesink "location=$output")
@@ -89,5 +95,14 @@ unet_ensure_build
 unet_require_element tiffstacksrc tiffstacksink unetsegment
 
 start=$(unet_now_ms)
-unet_gst_launch -q "${pipeline[@]}"
+if [ -n "$stats" ]; then
+  set +e
+  unet_gst_launch -m "${pipeline[@]}" 2>&1 |
+    "$UNET_PYTHON" "$UNET_ROOT/pipelines/trainlog.py" csv --message unetsegment-stats > "$stats" 2> >(grep -v -E '^(Got message|Setting pipeline|Pipeline is|Prerolled|Redistribute|New clock|Freeing|Execution ended|EOS|Got EOS)' >&2)
+  status=("${PIPESTATUS[@]}")
+  set -e
+  [ "${status[0]}" -eq 0 ] || unet_die "segmentation failed (see above)"
+else
+  unet_gst_launch -q "${pipeline[@]}"
+fi
 echo "$UNET_SCRIPT: wrote $output in $(unet_elapsed "$start")" >&2

@@ -1,11 +1,12 @@
 #!/usr/bin/python3
-"""Training log tools for pipelines/train.sh.
+"""Element messages to CSV, and loss plots, for the pipelines/ scripts.
 
-  trainlog.py csv [--total N] < gst-launch-output > loss.csv
-      Reads `gst-launch-1.0 -m` output, keeps the `unettrain-progress` element messages
-      and writes them as CSV (one row per message, one column per field, the header
-      from the first message), row by row as training runs; prints a short progress
-      line per message on stderr. Every other line is passed to stderr unchanged.
+  trainlog.py csv [--message NAME] [--total N] < gst-launch-output > log.csv
+      Reads `gst-launch-1.0 -m` output, keeps the element messages called NAME
+      (default unettrain-progress; segment-stack.sh uses unetsegment-stats) and writes
+      them as CSV (one row per message, one column per field, the header from the
+      first message), row by row as they come; prints a short progress line per
+      message on stderr. Every other line is passed to stderr unchanged.
 
   trainlog.py plot loss.csv loss.png [--title TEXT]
       Plots every column whose name contains "loss" (log scale) against the iteration,
@@ -17,7 +18,7 @@ import csv
 import re
 import sys
 
-MSG = re.compile(r'^Got message #\d+ from element "[^"]*" \(element\): unettrain-progress, (.*?);?\s*$')
+MSG = re.compile(r'^Got message #\d+ from element "[^"]*" \(element\): ([\w-]+), (.*?);?\s*$')
 FIELD = re.compile(r'([A-Za-z][\w-]*)=\(([\w]+)\)("(?:[^"\\]|\\.)*"|[^,]*)(?:,\s*|$)')
 
 
@@ -38,10 +39,10 @@ def cmd_csv(args):
     rows = 0
     for line in sys.stdin:
         m = MSG.match(line)
-        if not m:
+        if not m or m.group(1) != args.message:
             sys.stderr.write(line)
             continue
-        fields = parse_fields(m.group(1))
+        fields = parse_fields(m.group(2))
         if writer is None:
             header = list(fields)
             writer = csv.writer(sys.stdout, lineterminator="\n")
@@ -49,14 +50,24 @@ def cmd_csv(args):
         writer.writerow([fields.get(h, "") for h in header])
         sys.stdout.flush()
         rows += 1
-        it = fields.get("iteration", "?")
         total = f"/{args.total}" if args.total else ""
-        shown = ", ".join(f"{k} {fields[k]}" for k in fields
-                          if k != "iteration" and k in ("loss", "dice", "learning-rate",
-                                                        "samples-per-second", "val-dice"))
-        print(f"train: iteration {it}{total}: {shown}", file=sys.stderr)
+        if "iteration" in fields:
+            shown = ", ".join(f"{k} {fields[k]}" for k in fields
+                              if k in ("loss", "dice", "learning-rate", "samples-per-second",
+                                       "val-dice"))
+            print(f"train: iteration {fields['iteration']}{total}: {shown}", file=sys.stderr)
+        elif "frame-number" in fields:
+            shown = ""
+            if "object-count" in fields:
+                shown += f": {fields['object-count']} objects"
+            if "processing-time" in fields:
+                try:
+                    shown += f", {int(fields['processing-time']) / 1e6:.1f} ms"
+                except ValueError:
+                    pass
+            print(f"frame {int(fields['frame-number']) + 1}{total}{shown}", file=sys.stderr)
     if rows == 0:
-        print("trainlog: no unettrain-progress messages seen", file=sys.stderr)
+        print(f"trainlog: no {args.message} messages seen", file=sys.stderr)
         return 1
     return 0
 
@@ -125,7 +136,9 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("csv", help="gst-launch -m output on stdin -> CSV on stdout")
-    c.add_argument("--total", type=int, help="total iterations, for the progress lines")
+    c.add_argument("--message", default="unettrain-progress",
+                   help="element message to keep (default unettrain-progress)")
+    c.add_argument("--total", type=int, help="total iterations or frames, for the progress lines")
     p = sub.add_parser("plot", help="CSV -> PNG plot")
     p.add_argument("csv")
     p.add_argument("png")

@@ -181,8 +181,10 @@ print(f"received {n} of 300 frames (those sent after connecting)")' "$tmp/rx.tif
     "$UNET_PYTHON" "$ROOT/samples/synth.py" --kind nuclei --frames 3 --size 96x80 --seed 4 \
       --out-image "$tmp/in.tif" --out-mask "$tmp/gt.tif"
     random_model "$tmp/m.safetensors"
-    "$P/segment-stack.sh" -m "$tmp/m.safetensors" -d cpu "$tmp/in.tif" "$tmp/labels.tif"
+    "$P/segment-stack.sh" -m "$tmp/m.safetensors" -d cpu -s "$tmp/stats.csv" "$tmp/in.tif" "$tmp/labels.tif"
     check_stack "$tmp/labels.tif" 3 uint8 1
+    [ "$(tail -n +2 "$tmp/stats.csv" | wc -l)" -eq 3 ] || fail "expected 3 rows of per-frame stats"
+    head -1 "$tmp/stats.csv" | grep -q object-count || fail "no object-count column in the stats"
     "$P/segment-stack.sh" -q -m "$tmp/m.safetensors" -d cpu -o overlay "$tmp/in.tif" "$tmp/ov-%02d.png"
     [ "$(find "$tmp" -name 'ov-*.png' | wc -l)" -eq 3 ] || fail "expected 3 overlay PNGs"
     "$UNET_PYTHON" "$ROOT/tests/bench/isbi_eval.py" --kind nuclei "$tmp/labels.tif" "$tmp/gt.tif" >/dev/null ||
