@@ -14,7 +14,9 @@
 #   -n, --iterations N       optimiser steps (default 2000)
 #       --checkpoint N       save a checkpoint every N steps (default 500)
 #       --mask-mode MODE     binary | indexed | instances  (default binary)
+#       --optimizer OPT      sgd | adam | adamw  (default: unettrain's, SGD as the paper)
 #       --learning-rate X    (default: unettrain's default for its optimiser)
+#       --tile-size N        training tile edge (default: unettrain's, near 572)
 #       --depth D            poolings of a new network (default 4)
 #       --base-filters F     filters at full resolution of a new network (default 16)
 #   -d, --device DEV         auto | cpu | cuda  (default auto)
@@ -40,6 +42,8 @@ iterations=2000
 checkpoint=500
 mask_mode=binary
 lr=""
+optimizer=""
+tile=""
 depth=4
 base=16
 device=auto
@@ -55,6 +59,8 @@ while [ $# -gt 0 ]; do
     --checkpoint) checkpoint=${2:?}; shift 2 ;;
     --mask-mode) mask_mode=${2:?}; shift 2 ;;
     --learning-rate) lr=${2:?}; shift 2 ;;
+    --optimizer) optimizer=${2:?}; shift 2 ;;
+    --tile-size) tile=${2:?}; shift 2 ;;
     --depth) depth=${2:?}; shift 2 ;;
     --base-filters) base=${2:?}; shift 2 ;;
     -d|--device) device=${2:?}; shift 2 ;;
@@ -78,6 +84,8 @@ for v in iterations checkpoint depth base seed; do
 done
 case "$mask_mode" in binary|indexed|instances) ;; *) unet_die "--mask-mode must be binary, indexed or instances" ;; esac
 case "$device" in auto|cpu|cuda) ;; *) unet_die "--device must be auto, cpu or cuda" ;; esac
+case "$optimizer" in ""|sgd|adam|adamw) ;; *) unet_die "--optimizer must be sgd, adam or adamw" ;; esac
+[ -z "$tile" ] || [[ "$tile" =~ ^[0-9]+$ ]] || unet_die "--tile-size must be a number"
 case "$output" in *.safetensors) ;; *) unet_die "OUTPUT must end in .safetensors" ;; esac
 [ -z "$init" ] || [ -r "$init" ] || unet_die "cannot read model '$init'"
 csv=${csv:-"${output%.safetensors}.csv"}
@@ -123,14 +131,18 @@ if [ -f "$tmp/image.count" ] && [ -f "$tmp/mask.count" ] &&
   unet_die "$(cat "$tmp/image.count") images but $(cat "$tmp/mask.count") masks"
 fi
 
+# preview=false: nobody looks at the src pad here (fakesink), so skip predicting it
 train=(unettrain name=train "output-model=$output" "iterations=$iterations"
-       "checkpoint-interval=$checkpoint" "mask-mode=$mask_mode" "device=$device" "seed=$seed")
+       "checkpoint-interval=$checkpoint" "mask-mode=$mask_mode" "device=$device" "seed=$seed"
+       preview=false)
 if [ -n "$init" ]; then
   train+=("model=$init")
 else
   train+=("depth=$depth" "base-filters=$base")
 fi
 [ -n "$lr" ] && train+=("learning-rate=$lr")
+[ -n "$optimizer" ] && train+=("optimizer=$optimizer")
+[ -n "$tile" ] && train+=("tile-size=$tile")
 train+=("${props[@]}")
 
 pipeline=("${train[@]}" ! fakesink sync=false async=false
