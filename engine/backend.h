@@ -1,0 +1,172 @@
+/* gst-unet engine — internal backend interface.
+ *
+ * A backend is a struct of function pointers (UnetBackendIface) plus a private
+ * context. It knows a handful of generic ops on 4-D activation tensors and nothing
+ * about U-Net: the network graph (which op feeds which, crop offsets, liveness and
+ * memory reuse) lives once, in net.c, and drives every backend the same way.
+ *
+ * Life cycle, as net.c uses it:
+ *   1. unet_backend_*_new()                         engine, streams, threads
+ *   2. upload_layers()                              every parameter, once
+ *   3. per input shape ("plan"), once:
+ *        tensor_new()/tensor_view()  for every activation (no memory yet; the
+ *                                    backend picks the layout, e.g. nChw16c)
+ *        tensor_bytes()              -> net.c packs tensors whose lifetimes do not
+ *                                    overlap into one arena (liveness)
+ *        arena_new() + tensor_bind() memory
+ *        op_new()                    primitive/algorithm choice, weight reorders
+ *   4. per forward: upload(input) ; op_forward() for each op in order ;
+ *      download(output)
+ *
+ * Tensors: dims are logical NCHW; the physical layout and data type are private to
+ * the backend (the oneDNN backend keeps blocked layouts from layer to layer and
+ * reorders only in upload/download). A "view" is a channel range of a parent
+ * tensor sharing its memory: a producer writes straight into one half of a concat
+ * buffer. Ops read the whole src tensor except CROP_COPY, which reads a spatial
+ * window.
+ *
+ * Optional slots (training) may be NULL; callers test them through the inline
+ * wrappers at the bottom of this file, in one place.
+ */
+#pragma once
+
+#include "unet.h"
+
+G_BEGIN_DECLS
+
+typedef struct _UnetBackend UnetBackend;
+typedef struct _UnetBackendTensor UnetBackendTensor;   /* backend-defined */
+typedef struct _UnetBackendArena UnetBackendArena;     /* backend-defined */
+typedef struct _UnetBackendOp UnetBackendOp;           /* backend-defined */
+
+typedef struct
+{
+  gint n, c, h, w;
+} UnetDims;
+
+/* ----------------------------------------------------------- parameters -- */
+
+typedef enum
+{
+  UNET_LAYER_CONV,              /* Conv2d, weight [cout, cin, k, k] */
+  UNET_LAYER_UPCONV,            /* ConvTranspose2d, weight [cin, cout, 2, 2] */
+} UnetLayerKind;
+
+/* One layer's parameters: host float32, PyTorch layouts. The pointers are only
+ * read during upload_layers(). Inference batch norm is folded into weight/bias by
+ * net.c before the upload (training will add the BN tensors here). */
+typedef struct
+{
+  UnetLayerKind kind;
+  gint cin, cout, k;            /* k: 3 or 1 (conv), 2 (upconv) */
+  const gfloat *weight;
+  const gfloat *bias;           /* [cout] */
+} UnetLayerParams;
+
+/* ------------------------------------------------------------------ ops -- */
+
+typedef enum
+{
+  UNET_OP_CONV,                 /* dst = [relu] (conv_kxk(src, pad) + bias);
+                                   src (n,cin,h,w) -> dst (n,cout,h+2p-k+1,..) */
+  UNET_OP_MAXPOOL2,             /* 2x2 stride 2 max; (n,c,h,w) -> (n,c,h/2,w/2) */
+  UNET_OP_UPCONV2,              /* ConvTranspose2d 2x2 stride 2 + bias;
+                                   (n,cin,h,w) -> (n,cout,2h,2w) */
+  UNET_OP_CROP_COPY,            /* dst = src[:, :, y0:y0+dst.h, x0:x0+dst.w] */
+  UNET_OP_SOFTMAX,              /* softmax over channels */
+  UNET_OP_SIGMOID,              /* elementwise logistic */
+} UnetOpKind;
+
+typedef struct
+{
+  UnetOpKind kind;
+  gint layer;                   /* CONV, UPCONV2: index into the uploaded layers */
+  gint pad;                     /* CONV: zero padding on every side (0 or 1) */
+  gboolean relu;                /* CONV: fused ReLU */
+  gint crop_y, crop_x;          /* CROP_COPY: top-left corner of the window in src */
+  UnetBackendTensor *src;
+  UnetBackendTensor *dst;       /* may be a view */
+} UnetOpDesc;
+
+/* ------------------------------------------------------------ interface -- */
+
+typedef struct
+{
+  const gchar *name;
+  void (*free) (UnetBackend *be);
+
+  gboolean (*upload_layers) (UnetBackend *be, const UnetLayerParams *layers,
+                             gint n_layers, GError **error);
+
+  UnetBackendTensor *(*tensor_new) (UnetBackend *be, const UnetDims *dims,
+                                    GError **error);
+  /* Channels [c_offset, c_offset + c) of `parent`; shares its memory. May change
+   * the parent's layout (never its size), so create views before op_new() on the
+   * parent. */
+  UnetBackendTensor *(*tensor_view) (UnetBackend *be, UnetBackendTensor *parent,
+                                     gint c_offset, gint c, GError **error);
+  void (*tensor_free) (UnetBackendTensor *t);
+  /* Bytes the tensor needs in an arena (views: 0). */
+  gsize (*tensor_bytes) (UnetBackendTensor *t);
+
+  UnetBackendArena *(*arena_new) (UnetBackend *be, gsize bytes, GError **error);
+  void (*arena_free) (UnetBackendArena *arena);
+  /* Places `t` at `offset` (aligned by net.c to 4096) in `arena`; views follow
+   * their parent. Must happen before op_new() for the ops that use `t`. */
+  void (*tensor_bind) (UnetBackendTensor *t, UnetBackendArena *arena, gsize offset);
+
+  UnetBackendOp *(*op_new) (UnetBackend *be, const UnetOpDesc *desc, GError **error);
+  void (*op_free) (UnetBackendOp *op);
+  gboolean (*op_forward) (UnetBackendOp *op, GError **error);
+
+  /* Host NCHW float32 (dense, dims of `t`) <-> tensor. */
+  gboolean (*upload) (UnetBackendTensor *t, const gfloat *host, GError **error);
+  gboolean (*download) (UnetBackendTensor *t, gfloat *host, GError **error);
+  /* Waits for queued work (asynchronous backends); may be NULL. */
+  gboolean (*synchronize) (UnetBackend *be, GError **error);
+
+  /* ---- training (optional, NULL until implemented) ----
+   * op_forward_training: as op_forward, keeping what backward needs;
+   * op_backward_data: diff_src from diff_dst; op_backward_weights: accumulates
+   * the layer's weight/bias gradients. Batch norm in training mode and dropout
+   * will be added as op kinds with these slots. */
+  gboolean (*op_forward_training) (UnetBackendOp *op, GError **error);
+  gboolean (*op_backward_data) (UnetBackendOp *op, UnetBackendTensor *diff_dst,
+                                UnetBackendTensor *diff_src, GError **error);
+  gboolean (*op_backward_weights) (UnetBackendOp *op, UnetBackendTensor *diff_dst,
+                                   GError **error);
+} UnetBackendIface;
+
+struct _UnetBackend
+{
+  const UnetBackendIface *iface;
+  gpointer priv;                /* the backend's context */
+};
+
+/* Constructors. `opts` gives threads and precision (CPU: FP32 or BF16). */
+UnetBackend *unet_backend_cpu_new       (const UnetNetOptions *opts, GError **error);
+/* Built only when HAVE_CUDA; UNET_ERROR_NO_DEVICE when no usable GPU exists. */
+UnetBackend *unet_backend_cuda_new      (const UnetNetOptions *opts, GError **error);
+
+/* Optional-slot checks, in one place. */
+static inline gboolean
+unet_backend_can_train (const UnetBackend *be)
+{
+  return be->iface->op_forward_training != NULL && be->iface->op_backward_data != NULL
+      && be->iface->op_backward_weights != NULL;
+}
+
+static inline gboolean
+unet_backend_synchronize (UnetBackend *be, GError **error)
+{
+  return be->iface->synchronize == NULL || be->iface->synchronize (be, error);
+}
+
+static inline void
+unet_backend_free (UnetBackend *be)
+{
+  if (be != NULL)
+    be->iface->free (be);
+}
+
+G_END_DECLS

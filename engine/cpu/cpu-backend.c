@@ -1,0 +1,939 @@
+/* gst-unet engine — CPU backend on oneDNN 2.6 (C API).
+ *
+ * Owns: the oneDNN engine/stream, the uploaded layers (user-layout weights plus the
+ * weights reordered once into each layout a primitive asked for), activation
+ * tensors, arenas, one shared scratchpad, and the ops (primitives created once per
+ * shape by op_new and reused by every op_forward).
+ *
+ * Layouts. A tensor's layout is fixed when it is created: channel counts that are
+ * a multiple of 16 use oneDNN's blocked nChw16c (what its AVX-512 convolutions
+ * choose themselves), everything else (the input, the head output, tiny nets)
+ * plain nchw. So activations stay blocked from layer to layer and only upload and
+ * download reorder. A concat buffer is an ordinary tensor; its halves are
+ * submemory views (channel offset, a multiple of 16 in the blocked case), so the
+ * transposed convolution writes straight into the second half and the crop of the
+ * encoder output is one reorder from a spatial submemory into the first half.
+ *
+ * When a primitive does not accept the fixed layouts (or data type) of its tensors,
+ * op_new recreates it with format "any" and adds reorders through op-private
+ * buffers — slower but always correct; the classic nets never take that path.
+ *
+ * Precision: FP32, or BF16 (activations in bf16 where the layout is blocked,
+ * weights bf16, biases and accumulation f32; needs AVX512_BF16 for speed).
+ * Convolution algorithm: direct, or Winograd where oneDNN accepts it, chosen with
+ * $UNET_CPU_CONV_ALGO = direct (default) | winograd | auto; see the README.
+ */
+#include "config.h"
+
+#include "backend.h"
+
+#include <oneapi/dnnl/dnnl.h>
+#include <oneapi/dnnl/dnnl_debug.h>
+#include <string.h>
+#if HAVE_OPENMP
+#include <omp.h>
+#endif
+
+typedef struct _CpuCtx CpuCtx;
+
+typedef struct
+{
+  dnnl_memory_desc_t md;
+  dnnl_memory_t mem;
+} CpuPrepared;
+
+typedef struct
+{
+  UnetLayerKind kind;
+  gint cin, cout, k;
+  dnnl_memory_desc_t w_user_md;  /* oihw (conv) or iohw (upconv), f32 */
+  dnnl_memory_t w_user;
+  dnnl_memory_t bias;           /* x, f32 */
+  GArray *prepared;             /* CpuPrepared: weights in primitive layouts */
+} CpuLayer;
+
+struct _CpuCtx
+{
+  dnnl_engine_t engine;
+  dnnl_stream_t stream;
+  gint threads;
+  gboolean bf16;
+  dnnl_alg_kind_t conv_alg;
+  CpuLayer *layers;
+  gint n_layers;
+  gpointer scratch;             /* shared by every op; grown by op_new */
+  gsize scratch_bytes;
+};
+
+struct _UnetBackendArena
+{
+  gpointer data;
+  gsize bytes;
+};
+
+struct _UnetBackendTensor
+{
+  CpuCtx *ctx;
+  UnetDims dims;
+  dnnl_memory_desc_t md;        /* views: submemory of the parent's md */
+  UnetBackendTensor *parent;
+  gsize bytes;
+  guint8 *data;                 /* views: the parent's data (offset is in md) */
+};
+
+/* A reorder between two memories (used for fallbacks, crops and transfers). */
+typedef struct
+{
+  dnnl_primitive_t prim;
+  dnnl_memory_t src, dst;
+} CpuReorder;
+
+struct _UnetBackendOp
+{
+  CpuCtx *ctx;
+  UnetOpKind kind;
+  dnnl_primitive_t prim;
+  dnnl_memory_t src, dst, weights, bias, scratch;
+  gsize scratch_bytes;
+  CpuReorder pre, post;         /* fallback reorders (prim NULL when unused) */
+  gpointer tmp_src, tmp_dst;    /* fallback buffers */
+  /* Where src/dst live: image b at base + b * stride. Ops touching a view run
+   * once per image (n_images = N) on a dense N=1 descriptor, see cpu_image(). */
+  gint n_images;
+  guint8 *src_base, *dst_base;
+  gsize src_stride, dst_stride;
+};
+
+#define ALIGN 64
+
+/* Checked oneDNN call: on failure sets `error` (with the call site) and jumps to
+ * the function's `fail` label. */
+#define DNNL_TRY(call)                                                        \
+  G_STMT_START {                                                              \
+    dnnl_status_t st_ = (call);                                               \
+    if (st_ != dnnl_success) {                                                \
+      g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND,                     \
+          "oneDNN: %s failed: %s (%s:%d)", #call, dnnl_status2str (st_),      \
+          __FILE__, __LINE__);                                                \
+      goto fail;                                                              \
+    }                                                                         \
+  } G_STMT_END
+
+static void
+cpu_set_threads (CpuCtx *ctx)
+{
+#if HAVE_OPENMP
+  omp_set_num_threads (ctx->threads);
+#endif
+}
+
+static gpointer
+cpu_alloc (gsize bytes, GError **error)
+{
+  gpointer p = NULL;
+  if (bytes == 0)
+    bytes = ALIGN;
+  if (posix_memalign (&p, 4096, bytes) != 0) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+        "cannot allocate %" G_GSIZE_FORMAT " bytes for the CPU backend", bytes);
+    return NULL;
+  }
+  return p;
+}
+
+/* ---------------------------------------------------------------- layers -- */
+
+static void
+cpu_layer_clear (CpuLayer *l)
+{
+  if (l->w_user)
+    dnnl_memory_destroy (l->w_user);
+  if (l->bias)
+    dnnl_memory_destroy (l->bias);
+  if (l->prepared) {
+    for (guint i = 0; i < l->prepared->len; i++)
+      dnnl_memory_destroy (g_array_index (l->prepared, CpuPrepared, i).mem);
+    g_array_unref (l->prepared);
+  }
+  memset (l, 0, sizeof *l);
+}
+
+static void
+cpu_clear_layers (CpuCtx *ctx)
+{
+  for (gint i = 0; i < ctx->n_layers; i++)
+    cpu_layer_clear (&ctx->layers[i]);
+  g_free (ctx->layers);
+  ctx->layers = NULL;
+  ctx->n_layers = 0;
+}
+
+static gboolean
+cpu_upload_layers (UnetBackend *be, const UnetLayerParams *layers, gint n_layers,
+    GError **error)
+{
+  CpuCtx *ctx = be->priv;
+  cpu_clear_layers (ctx);
+  ctx->layers = g_new0 (CpuLayer, n_layers);
+  ctx->n_layers = n_layers;
+  for (gint i = 0; i < n_layers; i++) {
+    const UnetLayerParams *p = &layers[i];
+    CpuLayer *l = &ctx->layers[i];
+    dnnl_memory_desc_t bmd;
+    dnnl_dims_t wd = { p->cout, p->cin, p->k, p->k };
+    dnnl_dims_t bd = { p->cout };
+    void *h;
+
+    l->kind = p->kind;
+    l->cin = p->cin;
+    l->cout = p->cout;
+    l->k = p->k;
+    l->prepared = g_array_new (FALSE, TRUE, sizeof (CpuPrepared));
+    DNNL_TRY (dnnl_memory_desc_init_by_tag (&l->w_user_md, 4, wd, dnnl_f32,
+            p->kind == UNET_LAYER_UPCONV ? dnnl_iohw : dnnl_oihw));
+    DNNL_TRY (dnnl_memory_desc_init_by_tag (&bmd, 1, bd, dnnl_f32, dnnl_x));
+    DNNL_TRY (dnnl_memory_create (&l->w_user, &l->w_user_md, ctx->engine,
+            DNNL_MEMORY_ALLOCATE));
+    DNNL_TRY (dnnl_memory_create (&l->bias, &bmd, ctx->engine, DNNL_MEMORY_ALLOCATE));
+    DNNL_TRY (dnnl_memory_get_data_handle (l->w_user, &h));
+    memcpy (h, p->weight, sizeof (gfloat) * p->cout * p->cin * p->k * p->k);
+    DNNL_TRY (dnnl_memory_get_data_handle (l->bias, &h));
+    memcpy (h, p->bias, sizeof (gfloat) * p->cout);
+  }
+  return TRUE;
+
+fail:
+  cpu_clear_layers (ctx);
+  return FALSE;
+}
+
+/* Runs a one-off reorder src -> dst now. */
+static gboolean
+cpu_reorder_now (CpuCtx *ctx, dnnl_memory_t src, dnnl_memory_t dst, GError **error)
+{
+  const dnnl_memory_desc_t *smd, *dmd;
+  dnnl_primitive_desc_t pd = NULL;
+  dnnl_primitive_t prim = NULL;
+  gboolean ok = FALSE;
+
+  DNNL_TRY (dnnl_memory_get_memory_desc (src, &smd));
+  DNNL_TRY (dnnl_memory_get_memory_desc (dst, &dmd));
+  DNNL_TRY (dnnl_reorder_primitive_desc_create (&pd, smd, ctx->engine, dmd,
+          ctx->engine, NULL));
+  DNNL_TRY (dnnl_primitive_create (&prim, pd));
+  {
+    dnnl_exec_arg_t args[2] = { {DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst} };
+    DNNL_TRY (dnnl_primitive_execute (prim, ctx->stream, 2, args));
+    DNNL_TRY (dnnl_stream_wait (ctx->stream));
+  }
+  ok = TRUE;
+fail:
+  if (prim)
+    dnnl_primitive_destroy (prim);
+  if (pd)
+    dnnl_primitive_desc_destroy (pd);
+  return ok;
+}
+
+/* The layer's weights in layout `md`, reordered once and shared by every op (of
+ * every plan) that asks for the same layout. Returns a borrowed memory. */
+static dnnl_memory_t
+cpu_layer_weights (CpuCtx *ctx, CpuLayer *l, const dnnl_memory_desc_t *md, GError **error)
+{
+  CpuPrepared prep = { 0 };
+
+  if (dnnl_memory_desc_equal (md, &l->w_user_md))
+    return l->w_user;
+  for (guint i = 0; i < l->prepared->len; i++) {
+    CpuPrepared *p = &g_array_index (l->prepared, CpuPrepared, i);
+    if (dnnl_memory_desc_equal (md, &p->md))
+      return p->mem;
+  }
+  prep.md = *md;
+  DNNL_TRY (dnnl_memory_create (&prep.mem, md, ctx->engine, DNNL_MEMORY_ALLOCATE));
+  if (!cpu_reorder_now (ctx, l->w_user, prep.mem, error)) {
+    dnnl_memory_destroy (prep.mem);
+    return NULL;
+  }
+  g_array_append_val (l->prepared, prep);
+  return prep.mem;
+fail:
+  return NULL;
+}
+
+/* --------------------------------------------------------------- tensors -- */
+
+static dnnl_data_type_t
+cpu_tensor_dt (CpuCtx *ctx, gint c)
+{
+  return (ctx->bf16 && c % 16 == 0) ? dnnl_bf16 : dnnl_f32;
+}
+
+static UnetBackendTensor *
+cpu_tensor_new (UnetBackend *be, const UnetDims *dims, GError **error)
+{
+  CpuCtx *ctx = be->priv;
+  UnetBackendTensor *t;
+  dnnl_dims_t d = { dims->n, dims->c, dims->h, dims->w };
+
+  if (dims->n < 1 || dims->c < 1 || dims->h < 1 || dims->w < 1) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "invalid tensor dimensions %dx%dx%dx%d", dims->n, dims->c, dims->h, dims->w);
+    return NULL;
+  }
+  t = g_new0 (UnetBackendTensor, 1);
+  t->ctx = ctx;
+  t->dims = *dims;
+  DNNL_TRY (dnnl_memory_desc_init_by_tag (&t->md, 4, d, cpu_tensor_dt (ctx, dims->c),
+          dims->c % 16 == 0 ? dnnl_aBcd16b : dnnl_abcd));
+  t->bytes = (dnnl_memory_desc_get_size (&t->md) + ALIGN - 1) / ALIGN * ALIGN;
+  return t;
+fail:
+  g_free (t);
+  return NULL;
+}
+
+static UnetBackendTensor *
+cpu_tensor_view (UnetBackend *be, UnetBackendTensor *parent, gint c_offset, gint c,
+    GError **error)
+{
+  UnetBackendTensor *t = NULL;
+  const UnetDims *pd = &parent->dims;
+  dnnl_dims_t d = { pd->n, c, pd->h, pd->w };
+  dnnl_dims_t off = { 0, c_offset, 0, 0 };
+
+  if (parent->parent != NULL || c_offset < 0 || c < 1 || c_offset + c > pd->c) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "invalid channel view [%d, %d) of a %d-channel tensor", c_offset,
+        c_offset + c, pd->c);
+    return NULL;
+  }
+  if (parent->dims.c % 16 == 0 && (c_offset % 16 != 0 || c % 16 != 0)) {
+    /* a split inside a 16-channel block: the parent becomes plain nchw, which
+     * never needs more bytes than the blocked layout it was sized for */
+    dnnl_dims_t pdims = { pd->n, pd->c, pd->h, pd->w };
+    DNNL_TRY (dnnl_memory_desc_init_by_tag (&parent->md, 4, pdims,
+            parent->md.data_type, dnnl_abcd));
+  }
+  t = g_new0 (UnetBackendTensor, 1);
+  t->ctx = parent->ctx;
+  t->dims = *pd;
+  t->dims.c = c;
+  t->parent = parent;
+  DNNL_TRY (dnnl_memory_desc_init_submemory (&t->md, &parent->md, d, off));
+  return t;
+fail:
+  g_free (t);
+  return NULL;
+}
+
+static void
+cpu_tensor_free (UnetBackendTensor *t)
+{
+  g_free (t);
+}
+
+static gsize
+cpu_tensor_bytes (UnetBackendTensor *t)
+{
+  return t->parent ? 0 : t->bytes;
+}
+
+static UnetBackendArena *
+cpu_arena_new (UnetBackend *be, gsize bytes, GError **error)
+{
+  UnetBackendArena *a = g_new0 (UnetBackendArena, 1);
+  a->bytes = bytes;
+  a->data = cpu_alloc (bytes, error);
+  if (a->data == NULL) {
+    g_free (a);
+    return NULL;
+  }
+  return a;
+}
+
+static void
+cpu_arena_free (UnetBackendArena *a)
+{
+  if (a == NULL)
+    return;
+  free (a->data);
+  g_free (a);
+}
+
+static void
+cpu_tensor_bind (UnetBackendTensor *t, UnetBackendArena *arena, gsize offset)
+{
+  g_return_if_fail (t->parent == NULL && offset + t->bytes <= arena->bytes);
+  t->data = (guint8 *) arena->data + offset;
+}
+
+static guint8 *
+cpu_tensor_data (UnetBackendTensor *t)
+{
+  return t->parent ? t->parent->data : t->data;
+}
+
+/* Image-at-a-time addressing of a tensor. Image b of a channel view [c0, c0+c)
+ * of a nchw or nChw16c (c0 % 16 == 0) parent is itself a dense N=1 tensor of the
+ * same layout starting c0*H*W elements into the parent's image b: channel planes
+ * (nchw) and 16-channel blocks (nChw16c) are contiguous within an image. oneDNN's
+ * fast convolutions reject strided submemory descriptors but take these, so a
+ * transposed convolution writes into half of a concat buffer with no copy. */
+static gboolean
+cpu_image (UnetBackendTensor *t, dnnl_memory_desc_t *md, guint8 **base, gsize *stride,
+    GError **error)
+{
+  UnetBackendTensor *root = t->parent ? t->parent : t;
+  dnnl_dims_t d = { 1, t->dims.c, t->dims.h, t->dims.w };
+  gsize elt = root->md.data_type == dnnl_bf16 ? 2 : 4;
+  gint c0 = t->parent ? (gint) t->md.offset0 / (t->dims.h * t->dims.w) : 0;
+  gboolean blocked = root->md.format_desc.blocking.inner_nblks > 0;
+
+  if (cpu_tensor_data (t) == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
+        "CPU backend: tensor used before it was bound to an arena");
+    return FALSE;
+  }
+  DNNL_TRY (dnnl_memory_desc_init_by_tag (md, 4, d, root->md.data_type,
+          blocked ? dnnl_aBcd16b : dnnl_abcd));
+  *stride = dnnl_memory_desc_get_size (&root->md) / root->dims.n;
+  *base = cpu_tensor_data (t) + (gsize) c0 * t->dims.h * t->dims.w * elt;
+  return TRUE;
+fail:
+  return FALSE;
+}
+
+static gboolean
+cpu_tensor_memory (UnetBackendTensor *t, const dnnl_memory_desc_t *md,
+    dnnl_memory_t *mem, GError **error)
+{
+  if (cpu_tensor_data (t) == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
+        "CPU backend: tensor used before it was bound to an arena");
+    return FALSE;
+  }
+  DNNL_TRY (dnnl_memory_create (mem, md ? md : &t->md, t->ctx->engine,
+          cpu_tensor_data (t)));
+  return TRUE;
+fail:
+  return FALSE;
+}
+
+/* ------------------------------------------------------------------- ops -- */
+
+static void
+cpu_reorder_clear (CpuReorder *r)
+{
+  if (r->prim)
+    dnnl_primitive_destroy (r->prim);
+  if (r->src)
+    dnnl_memory_destroy (r->src);
+  if (r->dst)
+    dnnl_memory_destroy (r->dst);
+  memset (r, 0, sizeof *r);
+}
+
+static gboolean
+cpu_reorder_init (CpuCtx *ctx, CpuReorder *r, const dnnl_memory_desc_t *smd,
+    void *sdata, const dnnl_memory_desc_t *dmd, void *ddata, GError **error)
+{
+  dnnl_primitive_desc_t pd = NULL;
+  DNNL_TRY (dnnl_memory_create (&r->src, smd, ctx->engine, sdata));
+  DNNL_TRY (dnnl_memory_create (&r->dst, dmd, ctx->engine, ddata));
+  DNNL_TRY (dnnl_reorder_primitive_desc_create (&pd, smd, ctx->engine, dmd,
+          ctx->engine, NULL));
+  DNNL_TRY (dnnl_primitive_create (&r->prim, pd));
+  dnnl_primitive_desc_destroy (pd);
+  return TRUE;
+fail:
+  if (pd)
+    dnnl_primitive_desc_destroy (pd);
+  cpu_reorder_clear (r);
+  return FALSE;
+}
+
+static gboolean
+cpu_reorder_run (CpuCtx *ctx, CpuReorder *r, GError **error)
+{
+  dnnl_exec_arg_t args[2] = { {DNNL_ARG_FROM, r->src}, {DNNL_ARG_TO, r->dst} };
+  DNNL_TRY (dnnl_primitive_execute (r->prim, ctx->stream, 2, args));
+  return TRUE;
+fail:
+  return FALSE;
+}
+
+static void
+cpu_op_free (UnetBackendOp *op)
+{
+  if (op == NULL)
+    return;
+  if (op->prim)
+    dnnl_primitive_destroy (op->prim);
+  if (op->src)
+    dnnl_memory_destroy (op->src);
+  if (op->dst)
+    dnnl_memory_destroy (op->dst);
+  if (op->scratch)
+    dnnl_memory_destroy (op->scratch);
+  /* op->weights and op->bias are borrowed from the layer */
+  cpu_reorder_clear (&op->pre);
+  cpu_reorder_clear (&op->post);
+  free (op->tmp_src);
+  free (op->tmp_dst);
+  g_free (op);
+}
+
+/* Builds the operation descriptor for `desc` with the given src/dst mds. */
+typedef struct
+{
+  union
+  {
+    dnnl_convolution_desc_t conv;
+    dnnl_deconvolution_desc_t deconv;
+    dnnl_pooling_v2_desc_t pool;
+    dnnl_softmax_v2_desc_t softmax;
+    dnnl_eltwise_desc_t eltwise;
+  } u;
+} CpuOpDesc;
+
+static dnnl_status_t
+cpu_op_desc_init (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *smd,
+    const dnnl_memory_desc_t *dmd, dnnl_alg_kind_t conv_alg, CpuOpDesc *od)
+{
+  dnnl_memory_desc_t wmd, bmd;
+  dnnl_dims_t ones = { 1, 1 }, zero = { 0, 0 }, two = { 2, 2 };
+  dnnl_status_t st;
+
+  switch (desc->kind) {
+    case UNET_OP_CONV:
+    case UNET_OP_UPCONV2:{
+      CpuLayer *l = &ctx->layers[desc->layer];
+      dnnl_dims_t wd = { l->cout, l->cin, l->k, l->k };
+      dnnl_dims_t bd = { l->cout };
+      dnnl_dims_t pad = { desc->pad, desc->pad };
+      st = dnnl_memory_desc_init_by_tag (&wmd, 4, wd,
+          smd->data_type == dnnl_bf16 ? dnnl_bf16 : dnnl_f32, dnnl_format_tag_any);
+      if (st == dnnl_success)
+        st = dnnl_memory_desc_init_by_tag (&bmd, 1, bd, dnnl_f32, dnnl_x);
+      if (st != dnnl_success)
+        return st;
+      if (desc->kind == UNET_OP_CONV)
+        return dnnl_convolution_forward_desc_init (&od->u.conv, dnnl_forward_inference,
+            conv_alg, smd, &wmd, &bmd, dmd, ones, pad, pad);
+      return dnnl_deconvolution_forward_desc_init (&od->u.deconv,
+          dnnl_forward_inference, dnnl_deconvolution_direct, smd, &wmd, &bmd, dmd,
+          two, zero, zero);
+    }
+    case UNET_OP_MAXPOOL2:
+      return dnnl_pooling_v2_forward_desc_init (&od->u.pool, dnnl_forward_inference,
+          dnnl_pooling_max, smd, dmd, two, two, zero, zero, zero);
+    case UNET_OP_SOFTMAX:
+      return dnnl_softmax_v2_forward_desc_init (&od->u.softmax, dnnl_forward_inference,
+          dnnl_softmax_accurate, smd, dmd, 1);
+    case UNET_OP_SIGMOID:
+      /* eltwise keeps src and dst in one layout; sigmoid is only used on the
+       * 1-channel head output, which is plain nchw */
+      return dnnl_eltwise_forward_desc_init (&od->u.eltwise, dnnl_forward_inference,
+          dnnl_eltwise_logistic, smd, 0.f, 0.f);
+    case UNET_OP_CROP_COPY:
+      break;
+  }
+  return dnnl_invalid_arguments;
+}
+
+/* Tries to create the primitive descriptor for `desc` with src/dst mds. */
+static dnnl_primitive_desc_t
+cpu_try_pd (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *smd,
+    const dnnl_memory_desc_t *dmd, dnnl_primitive_attr_t attr)
+{
+  CpuOpDesc od;
+  dnnl_primitive_desc_t pd = NULL;
+  dnnl_alg_kind_t algs[2] = { ctx->conv_alg, dnnl_convolution_direct };
+
+  for (gint a = 0; a < (desc->kind == UNET_OP_CONV ? 2 : 1); a++) {
+    if (a == 1 && algs[0] == dnnl_convolution_direct)
+      break;
+    if (cpu_op_desc_init (ctx, desc, smd, dmd, algs[a], &od) != dnnl_success)
+      continue;
+    if (dnnl_primitive_desc_create (&pd, &od, attr, ctx->engine, NULL) == dnnl_success)
+      return pd;
+  }
+  return NULL;
+}
+
+static void
+cpu_any_md (const dnnl_memory_desc_t *like, dnnl_data_type_t dt, dnnl_memory_desc_t *md)
+{
+  dnnl_memory_desc_init_by_tag (md, 4, like->dims, dt, dnnl_format_tag_any);
+}
+
+static UnetBackendOp *
+cpu_op_new_crop (CpuCtx *ctx, const UnetOpDesc *desc, GError **error)
+{
+  UnetBackendOp *op = g_new0 (UnetBackendOp, 1);
+  dnnl_memory_desc_t win;
+  const UnetDims *sd = &desc->src->dims, *dd = &desc->dst->dims;
+  dnnl_dims_t d = { dd->n, dd->c, dd->h, dd->w };
+  dnnl_dims_t off = { 0, 0, desc->crop_y, desc->crop_x };
+
+  op->ctx = ctx;
+  op->kind = desc->kind;
+  if (sd->n != dd->n || sd->c != dd->c || desc->crop_y < 0 || desc->crop_x < 0
+      || desc->crop_y + dd->h > sd->h || desc->crop_x + dd->w > sd->w) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "crop window (%d,%d)+%dx%d outside a %dx%d tensor", desc->crop_y,
+        desc->crop_x, dd->h, dd->w, sd->h, sd->w);
+    goto fail;
+  }
+  /* The window of src is a spatial submemory; oneDNN reorders between arbitrary
+   * strided descriptors, so this is the single copy of a crop+concat. */
+  DNNL_TRY (dnnl_memory_desc_init_submemory (&win, &desc->src->md, d, off));
+  if (cpu_tensor_data (desc->src) == NULL || cpu_tensor_data (desc->dst) == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
+        "CPU backend: tensor used before it was bound to an arena");
+    goto fail;
+  }
+  if (!cpu_reorder_init (ctx, &op->pre, &win, cpu_tensor_data (desc->src),
+          &desc->dst->md, cpu_tensor_data (desc->dst), error))
+    goto fail;
+  return op;
+fail:
+  cpu_op_free (op);
+  return NULL;
+}
+
+static UnetBackendOp *
+cpu_op_new (UnetBackend *be, const UnetOpDesc *desc, GError **error)
+{
+  CpuCtx *ctx = be->priv;
+  UnetBackendOp *op;
+  dnnl_primitive_attr_t attr = NULL;
+  dnnl_post_ops_t po = NULL;
+  dnnl_primitive_desc_t pd = NULL;
+  const dnnl_memory_desc_t *psrc, *pdst, *pscr;
+  dnnl_memory_desc_t smd, dmd, sany, dany;
+  gboolean fallback = FALSE;
+
+  if ((desc->kind == UNET_OP_CONV || desc->kind == UNET_OP_UPCONV2)
+      && (desc->layer < 0 || desc->layer >= ctx->n_layers)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "op refers to layer %d of %d", desc->layer, ctx->n_layers);
+    return NULL;
+  }
+  cpu_set_threads (ctx);
+  if (desc->kind == UNET_OP_CROP_COPY)
+    return cpu_op_new_crop (ctx, desc, error);
+
+  op = g_new0 (UnetBackendOp, 1);
+  op->ctx = ctx;
+  op->kind = desc->kind;
+
+  DNNL_TRY (dnnl_primitive_attr_create (&attr));
+  DNNL_TRY (dnnl_primitive_attr_set_scratchpad_mode (attr, dnnl_scratchpad_mode_user));
+  if (desc->kind == UNET_OP_CONV && desc->relu) {
+    DNNL_TRY (dnnl_post_ops_create (&po));
+    DNNL_TRY (dnnl_post_ops_append_eltwise (po, 1.f, dnnl_eltwise_relu, 0.f, 0.f));
+    DNNL_TRY (dnnl_primitive_attr_set_post_ops (attr, po));
+  }
+
+  /* Tensor mds: whole tensors, or one image when a view is involved. */
+  op->n_images = 1;
+  smd = desc->src->md;
+  dmd = desc->dst->md;
+  op->src_base = cpu_tensor_data (desc->src);
+  op->dst_base = cpu_tensor_data (desc->dst);
+  if (op->src_base == NULL || op->dst_base == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
+        "CPU backend: tensor used before it was bound to an arena");
+    goto fail;
+  }
+  if (desc->src->parent != NULL || desc->dst->parent != NULL) {
+    if (!cpu_image (desc->src, &smd, &op->src_base, &op->src_stride, error)
+        || !cpu_image (desc->dst, &dmd, &op->dst_base, &op->dst_stride, error))
+      goto fail;
+    op->n_images = desc->src->dims.n;
+  }
+
+  /* 1: the tensors' own layouts; 2: layouts of the primitive's choosing in the
+   * tensors' data types; 3: any layout in f32 (e.g. an op without bf16 support). */
+  pd = cpu_try_pd (ctx, desc, &smd, &dmd, attr);
+  if (pd == NULL) {
+    fallback = TRUE;
+    cpu_any_md (&smd, smd.data_type, &sany);
+    cpu_any_md (&dmd, dmd.data_type, &dany);
+    pd = cpu_try_pd (ctx, desc, &sany, desc->kind == UNET_OP_SIGMOID ? &sany : &dany,
+        attr);
+  }
+  if (pd == NULL) {
+    cpu_any_md (&smd, dnnl_f32, &sany);
+    cpu_any_md (&dmd, dnnl_f32, &dany);
+    pd = cpu_try_pd (ctx, desc, &sany, desc->kind == UNET_OP_SIGMOID ? &sany : &dany,
+        attr);
+  }
+  if (pd == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND,
+        "oneDNN has no implementation for op %d on %dx%dx%dx%d -> %dx%dx%dx%d",
+        desc->kind, desc->src->dims.n, desc->src->dims.c, desc->src->dims.h,
+        desc->src->dims.w, desc->dst->dims.n, desc->dst->dims.c, desc->dst->dims.h,
+        desc->dst->dims.w);
+    goto fail;
+  }
+
+  psrc = dnnl_primitive_desc_query_md (pd, dnnl_query_src_md, 0);
+  pdst = dnnl_primitive_desc_query_md (pd, dnnl_query_dst_md, 0);
+  pscr = dnnl_primitive_desc_query_md (pd, dnnl_query_scratchpad_md, 0);
+
+  /* memories are created without data; cpu_op_forward points them at each image */
+  if (fallback && !dnnl_memory_desc_equal (psrc, &smd)) {
+    if ((op->tmp_src = cpu_alloc (dnnl_memory_desc_get_size (psrc), error)) == NULL)
+      goto fail;
+    if (!cpu_reorder_init (ctx, &op->pre, &smd, DNNL_MEMORY_NONE, psrc, op->tmp_src,
+            error))
+      goto fail;
+    DNNL_TRY (dnnl_memory_create (&op->src, psrc, ctx->engine, op->tmp_src));
+  } else {
+    DNNL_TRY (dnnl_memory_create (&op->src, &smd, ctx->engine, DNNL_MEMORY_NONE));
+  }
+  if (fallback && !dnnl_memory_desc_equal (pdst, &dmd)) {
+    if ((op->tmp_dst = cpu_alloc (dnnl_memory_desc_get_size (pdst), error)) == NULL)
+      goto fail;
+    if (!cpu_reorder_init (ctx, &op->post, pdst, op->tmp_dst, &dmd, DNNL_MEMORY_NONE,
+            error))
+      goto fail;
+    DNNL_TRY (dnnl_memory_create (&op->dst, pdst, ctx->engine, op->tmp_dst));
+  } else {
+    DNNL_TRY (dnnl_memory_create (&op->dst, &dmd, ctx->engine, DNNL_MEMORY_NONE));
+  }
+
+  if (desc->kind == UNET_OP_CONV || desc->kind == UNET_OP_UPCONV2) {
+    CpuLayer *l = &ctx->layers[desc->layer];
+    op->weights = cpu_layer_weights (ctx, l,
+        dnnl_primitive_desc_query_md (pd, dnnl_query_weights_md, 0), error);
+    if (op->weights == NULL)
+      goto fail;
+    op->bias = l->bias;
+  }
+
+  op->scratch_bytes = dnnl_memory_desc_get_size (pscr);
+  if (op->scratch_bytes > ctx->scratch_bytes) {
+    free (ctx->scratch);
+    ctx->scratch_bytes = 0;
+    if ((ctx->scratch = cpu_alloc (op->scratch_bytes, error)) == NULL)
+      goto fail;
+    ctx->scratch_bytes = op->scratch_bytes;
+  }
+  DNNL_TRY (dnnl_memory_create (&op->scratch, pscr, ctx->engine, DNNL_MEMORY_NONE));
+  DNNL_TRY (dnnl_primitive_create (&op->prim, pd));
+
+  if (g_getenv ("UNET_CPU_VERBOSE")) {
+    const char *impl = NULL;
+    dnnl_primitive_desc_query (pd, dnnl_query_impl_info_str, 0, &impl);
+    g_printerr ("unet-cpu: op %d layer %d %dx%dx%dx%d -> %dx%dx%dx%d: %s%s scratch %zu\n",
+        desc->kind, desc->layer, desc->src->dims.n, desc->src->dims.c,
+        desc->src->dims.h, desc->src->dims.w, desc->dst->dims.n, desc->dst->dims.c,
+        desc->dst->dims.h, desc->dst->dims.w, impl, fallback ? " (reorders)" : "", op->scratch_bytes);
+  }
+
+  dnnl_primitive_desc_destroy (pd);
+  dnnl_primitive_attr_destroy (attr);
+  if (po)
+    dnnl_post_ops_destroy (po);
+  return op;
+
+fail:
+  if (pd)
+    dnnl_primitive_desc_destroy (pd);
+  if (attr)
+    dnnl_primitive_attr_destroy (attr);
+  if (po)
+    dnnl_post_ops_destroy (po);
+  cpu_op_free (op);
+  return NULL;
+}
+
+static gboolean
+cpu_op_forward (UnetBackendOp *op, GError **error)
+{
+  CpuCtx *ctx = op->ctx;
+  dnnl_exec_arg_t args[5];
+  int n = 0;
+
+  cpu_set_threads (ctx);
+  if (op->prim == NULL)         /* CROP_COPY: a single reorder between views */
+    return cpu_reorder_run (ctx, &op->pre, error);
+
+  /* the shared scratchpad may have grown (and moved) since op_new */
+  DNNL_TRY (dnnl_memory_set_data_handle (op->scratch, ctx->scratch));
+  args[n++] = (dnnl_exec_arg_t) { DNNL_ARG_SRC, op->src };
+  args[n++] = (dnnl_exec_arg_t) { DNNL_ARG_DST, op->dst };
+  args[n++] = (dnnl_exec_arg_t) { DNNL_ARG_SCRATCHPAD, op->scratch };
+  if (op->weights) {
+    args[n++] = (dnnl_exec_arg_t) { DNNL_ARG_WEIGHTS, op->weights };
+    args[n++] = (dnnl_exec_arg_t) { DNNL_ARG_BIAS, op->bias };
+  }
+  for (gint b = 0; b < op->n_images; b++) {
+    guint8 *s = op->src_base + b * op->src_stride;
+    guint8 *d = op->dst_base + b * op->dst_stride;
+    DNNL_TRY (dnnl_memory_set_data_handle (op->pre.prim ? op->pre.src : op->src, s));
+    DNNL_TRY (dnnl_memory_set_data_handle (op->post.prim ? op->post.dst : op->dst, d));
+    if (op->pre.prim && !cpu_reorder_run (ctx, &op->pre, error))
+      return FALSE;
+    DNNL_TRY (dnnl_primitive_execute (op->prim, ctx->stream, n, args));
+    if (op->post.prim && !cpu_reorder_run (ctx, &op->post, error))
+      return FALSE;
+  }
+  return TRUE;
+fail:
+  return FALSE;
+}
+
+/* ------------------------------------------------------------- transfers -- */
+
+static gboolean
+cpu_transfer (UnetBackendTensor *t, gfloat *host, gboolean to_host, GError **error)
+{
+  CpuCtx *ctx = t->ctx;
+  dnnl_memory_desc_t hmd;
+  dnnl_memory_t hmem = NULL, tmem = NULL;
+  dnnl_dims_t d = { t->dims.n, t->dims.c, t->dims.h, t->dims.w };
+  gboolean ok = FALSE;
+
+  cpu_set_threads (ctx);
+  DNNL_TRY (dnnl_memory_desc_init_by_tag (&hmd, 4, d, dnnl_f32, dnnl_abcd));
+  if (t->parent == NULL && dnnl_memory_desc_equal (&hmd, &t->md)) {
+    gsize bytes = dnnl_memory_desc_get_size (&hmd);
+    if (cpu_tensor_data (t) == NULL) {
+      g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
+          "CPU backend: tensor used before it was bound to an arena");
+      return FALSE;
+    }
+    if (to_host)
+      memcpy (host, t->data, bytes);
+    else
+      memcpy (t->data, host, bytes);
+    return TRUE;
+  }
+  DNNL_TRY (dnnl_memory_create (&hmem, &hmd, ctx->engine, host));
+  if (!cpu_tensor_memory (t, NULL, &tmem, error))
+    goto fail;
+  ok = to_host ? cpu_reorder_now (ctx, tmem, hmem, error)
+      : cpu_reorder_now (ctx, hmem, tmem, error);
+fail:
+  if (hmem)
+    dnnl_memory_destroy (hmem);
+  if (tmem)
+    dnnl_memory_destroy (tmem);
+  return ok;
+}
+
+static gboolean
+cpu_upload (UnetBackendTensor *t, const gfloat *host, GError **error)
+{
+  return cpu_transfer (t, (gfloat *) host, FALSE, error);
+}
+
+static gboolean
+cpu_download (UnetBackendTensor *t, gfloat *host, GError **error)
+{
+  return cpu_transfer (t, host, TRUE, error);
+}
+
+static gboolean
+cpu_synchronize (UnetBackend *be, GError **error)
+{
+  CpuCtx *ctx = be->priv;
+  DNNL_TRY (dnnl_stream_wait (ctx->stream));
+  return TRUE;
+fail:
+  return FALSE;
+}
+
+/* --------------------------------------------------------------- backend -- */
+
+static void
+cpu_free (UnetBackend *be)
+{
+  CpuCtx *ctx = be->priv;
+  cpu_clear_layers (ctx);
+  free (ctx->scratch);
+  if (ctx->stream)
+    dnnl_stream_destroy (ctx->stream);
+  if (ctx->engine)
+    dnnl_engine_destroy (ctx->engine);
+  g_free (ctx);
+  g_free (be);
+}
+
+static const UnetBackendIface cpu_iface = {
+  .name = "cpu",
+  .free = cpu_free,
+  .upload_layers = cpu_upload_layers,
+  .tensor_new = cpu_tensor_new,
+  .tensor_view = cpu_tensor_view,
+  .tensor_free = cpu_tensor_free,
+  .tensor_bytes = cpu_tensor_bytes,
+  .arena_new = cpu_arena_new,
+  .arena_free = cpu_arena_free,
+  .tensor_bind = cpu_tensor_bind,
+  .op_new = cpu_op_new,
+  .op_free = cpu_op_free,
+  .op_forward = cpu_op_forward,
+  .upload = cpu_upload,
+  .download = cpu_download,
+  .synchronize = cpu_synchronize,
+};
+
+static gint
+cpu_default_threads (void)
+{
+  const gchar *env = g_getenv ("UNET_NUM_THREADS");
+  if (env != NULL) {
+    gint64 v = g_ascii_strtoll (env, NULL, 10);
+    if (v > 0 && v <= 4096)
+      return (gint) v;
+  }
+  return (gint) g_get_num_processors ();
+}
+
+UnetBackend *
+unet_backend_cpu_new (const UnetNetOptions *opts, GError **error)
+{
+  UnetBackend *be;
+  CpuCtx *ctx;
+  const gchar *alg = g_getenv ("UNET_CPU_CONV_ALGO");
+
+  if (opts->precision != UNET_PRECISION_FP32 && opts->precision != UNET_PRECISION_BF16) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "the CPU backend computes in fp32 or bf16 (tf32 and fp16 are CUDA modes)");
+    return NULL;
+  }
+  if (opts->threads < 0) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "thread count must be >= 0 (0 = $UNET_NUM_THREADS or all cores), not %d",
+        opts->threads);
+    return NULL;
+  }
+  ctx = g_new0 (CpuCtx, 1);
+  be = g_new0 (UnetBackend, 1);
+  be->iface = &cpu_iface;
+  be->priv = ctx;
+  ctx->threads = opts->threads > 0 ? opts->threads : cpu_default_threads ();
+  ctx->bf16 = opts->precision == UNET_PRECISION_BF16;
+  ctx->conv_alg = dnnl_convolution_direct;
+  if (alg != NULL && g_strcmp0 (alg, "winograd") == 0)
+    ctx->conv_alg = dnnl_convolution_winograd;
+  else if (alg != NULL && g_strcmp0 (alg, "auto") == 0)
+    ctx->conv_alg = dnnl_convolution_auto;
+  else if (alg != NULL && g_strcmp0 (alg, "direct") != 0) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "UNET_CPU_CONV_ALGO must be direct, winograd or auto, not \"%s\"", alg);
+    goto fail;
+  }
+  DNNL_TRY (dnnl_engine_create (&ctx->engine, dnnl_cpu, 0));
+  DNNL_TRY (dnnl_stream_create (&ctx->stream, ctx->engine, dnnl_stream_default_flags));
+  return be;
+fail:
+  cpu_free (be);
+  return NULL;
+}
