@@ -4,7 +4,7 @@
 #   tests/samples/pipeline-test.sh CASE
 #
 # CASE: help | trainlog | live-test | live-segment | live-aravis | live-segment-aravis |
-#       remote | remote-serve | remote-segment | segment-stack | train
+#       watch-aravis | remote | remote-serve | remote-segment | segment-stack | train
 # Every case makes its own data (samples/synth.py, a random model from the PyTorch
 # reference) in a temporary directory and checks what the script wrote: page counts,
 # pixel types and values. Network cases use 127.0.0.1 only (live-aravis runs inside
@@ -138,6 +138,19 @@ EOF
     # the link itself is lossless (tcpclientsink blocks, the leaky queue only drops when
     # the network stalls for 8 frames): every frame is segmented
     check_stack "$tmp/labels.tif" 10 uint8 1
+    ;;
+
+  watch-aravis)
+    # samples/unet-live-watch reacts to the object count: with threshold 0 the first
+    # frame with an object crosses it (this random model finds dozens in the
+    # simulator's pattern) and the camera's exposure is set through aravissrc
+    random_model "$tmp/m.safetensors"
+    "$UNET_BUILD/samples/unet-live-watch" -m "$tmp/m.safetensors" -s aravis \
+      -c Aravis-Fake-GV01 -d cpu -n 10 --fps 50 -t 0 -e 5000 > "$tmp/out"
+    cat "$tmp/out"
+    grep -q "crossed the threshold 0" "$tmp/out" || fail "no threshold crossing reported"
+    grep -q "reads back 5000 us" "$tmp/out" || fail "camera exposure not changed"
+    grep -q "^[1-9][0-9]* frames segmented, 1 threshold crossing" "$tmp/out" || fail "summary"
     ;;
 
   live-aravis)
