@@ -43,6 +43,7 @@
 #endif
 
 #include "gstunettrain.h"
+#include "gstunetenums.h"
 #include "unet.h"
 
 #include <gst/video/video.h>
@@ -241,27 +242,6 @@ gst_unet_train_mask_mode_get_type (void)
   return type;
 }
 
-#define GST_TYPE_UNET_TRAIN_DEVICE (gst_unet_train_device_get_type ())
-static GType
-gst_unet_train_device_get_type (void)
-{
-  static GType type = 0;
-  static const GEnumValue values[] = {
-    {UNET_DEVICE_AUTO, "CUDA when a usable GPU exists, else CPU", "auto"},
-    {UNET_DEVICE_CPU, "CPU (oneDNN)", "cpu"},
-#if HAVE_CUDA
-    {UNET_DEVICE_CUDA, "CUDA + cuDNN", "cuda"},
-#else
-    {UNET_DEVICE_CUDA, "CUDA + cuDNN (not built)", "cuda"},
-#endif
-    {0, NULL, NULL},
-  };
-  if (g_once_init_enter (&type))
-    g_once_init_leave (&type,
-        g_enum_register_static ("GstUnetTrainDevice", values));
-  return type;
-}
-
 #define GST_TYPE_UNET_TRAIN_PADDING (gst_unet_train_padding_get_type ())
 static GType
 gst_unet_train_padding_get_type (void)
@@ -398,19 +378,11 @@ push_preview (GstUnetTrain *self, GstVideoFrame *image, GstBuffer *inbuf)
 {
   g_autoptr (GError) err = NULL;
   GstVideoInfo *in = &image->info;
-  if (!self->out_info_valid || GST_VIDEO_INFO_WIDTH (&self->out_info)
-      != GST_VIDEO_INFO_WIDTH (in) || GST_VIDEO_INFO_HEIGHT (&self->out_info)
-      != GST_VIDEO_INFO_HEIGHT (in)) {
-    gst_video_info_set_format (&self->out_info, GST_VIDEO_FORMAT_GRAY8,
-        GST_VIDEO_INFO_WIDTH (in), GST_VIDEO_INFO_HEIGHT (in));
-    GST_VIDEO_INFO_FPS_N (&self->out_info) = GST_VIDEO_INFO_FPS_N (in);
-    GST_VIDEO_INFO_FPS_D (&self->out_info) = GST_VIDEO_INFO_FPS_D (in);
-    GstCaps *caps = gst_video_info_to_caps (&self->out_info);
-    gst_aggregator_set_src_caps (GST_AGGREGATOR (self), caps);
-    gst_caps_unref (caps);
-    self->out_info_valid = TRUE;
+  if (!self->out_info_valid) {
+    GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
+        ("The preview caps were not negotiated."), (NULL));
+    return GST_FLOW_NOT_NEGOTIATED;
   }
-
   GstBuffer *out = gst_buffer_new_allocate (NULL,
       GST_VIDEO_INFO_SIZE (&self->out_info), NULL);
   GstVideoFrame of;
@@ -581,6 +553,8 @@ gst_unet_train_aggregate (GstAggregator *agg, gboolean timeout)
       drop_unpaired (self, ip < mp ? self->image_pad : self->mask_pad,
           "its timestamp has no match on the other pad");
     } else {
+      gst_aggregator_selected_samples (agg, GST_BUFFER_PTS (ib),
+          GST_BUFFER_DTS (ib), GST_BUFFER_DURATION (ib), NULL);
       gst_aggregator_pad_drop_buffer (self->image_pad);
       gst_aggregator_pad_drop_buffer (self->mask_pad);
       ret = process_pair (self, ib, mb);
@@ -700,13 +674,43 @@ gst_unet_train_stop (GstAggregator *agg)
   return TRUE;
 }
 
+/* The preview has the image's size and rate, in GRAY8. */
+static GstFlowReturn
+gst_unet_train_update_src_caps (GstAggregator *agg, GstCaps *downstream,
+    GstCaps **ret)
+{
+  GstUnetTrain *self = GST_UNET_TRAIN (agg);
+  GstVideoInfo ii, oi;
+  if (!pad_video_info (self->image_pad, &ii))
+    return GST_AGGREGATOR_FLOW_NEED_DATA;
+  gst_video_info_set_format (&oi, GST_VIDEO_FORMAT_GRAY8,
+      GST_VIDEO_INFO_WIDTH (&ii), GST_VIDEO_INFO_HEIGHT (&ii));
+  GST_VIDEO_INFO_FPS_N (&oi) = GST_VIDEO_INFO_FPS_N (&ii);
+  GST_VIDEO_INFO_FPS_D (&oi) = GST_VIDEO_INFO_FPS_D (&ii);
+  GstCaps *caps = gst_video_info_to_caps (&oi);
+  if (!gst_caps_can_intersect (caps, downstream)) {
+    gst_caps_unref (caps);
+    return GST_FLOW_NOT_NEGOTIATED;
+  }
+  *ret = caps;
+  return GST_FLOW_OK;
+}
+
+static gboolean
+gst_unet_train_negotiated_src_caps (GstAggregator *agg, GstCaps *caps)
+{
+  GstUnetTrain *self = GST_UNET_TRAIN (agg);
+  self->out_info_valid = gst_video_info_from_caps (&self->out_info, caps);
+  return self->out_info_valid;
+}
+
 static gboolean
 gst_unet_train_sink_event (GstAggregator *agg, GstAggregatorPad *pad,
     GstEvent *event)
 {
   GstUnetTrain *self = GST_UNET_TRAIN (agg);
   if (GST_EVENT_TYPE (event) == GST_EVENT_CAPS && pad == self->image_pad)
-    self->out_info_valid = FALSE;
+    gst_pad_mark_reconfigure (agg->srcpad);
   return GST_AGGREGATOR_CLASS (parent_class)->sink_event (agg, pad, event);
 }
 
@@ -1148,7 +1152,7 @@ gst_unet_train_class_init (GstUnetTrainClass *klass)
           G_MAXUINT64, DEFAULT_SEED, RW));
   g_object_class_install_property (gobject_class, PROP_DEVICE,
       g_param_spec_enum ("device", "Device", "Where training runs",
-          GST_TYPE_UNET_TRAIN_DEVICE, DEFAULT_DEVICE, RW));
+          GST_TYPE_UNET_DEVICE, DEFAULT_DEVICE, RW));
   g_object_class_install_property (gobject_class, PROP_THREADS,
       g_param_spec_int ("threads", "Threads",
           "CPU threads (0: $UNET_NUM_THREADS or all cores)", 0, 1024,
@@ -1210,11 +1214,14 @@ gst_unet_train_class_init (GstUnetTrainClass *klass)
   agg_class->stop = GST_DEBUG_FUNCPTR (gst_unet_train_stop);
   agg_class->sink_event = GST_DEBUG_FUNCPTR (gst_unet_train_sink_event);
   agg_class->get_next_time = gst_aggregator_simple_get_next_time;
+  agg_class->update_src_caps =
+      GST_DEBUG_FUNCPTR (gst_unet_train_update_src_caps);
+  agg_class->negotiated_src_caps =
+      GST_DEBUG_FUNCPTR (gst_unet_train_negotiated_src_caps);
 
   gst_type_mark_as_plugin_api (GST_TYPE_UNET_TRAIN_OPTIMIZER, 0);
   gst_type_mark_as_plugin_api (GST_TYPE_UNET_TRAIN_SCHEDULE, 0);
   gst_type_mark_as_plugin_api (GST_TYPE_UNET_TRAIN_MASK_MODE, 0);
-  gst_type_mark_as_plugin_api (GST_TYPE_UNET_TRAIN_DEVICE, 0);
   gst_type_mark_as_plugin_api (GST_TYPE_UNET_TRAIN_PADDING, 0);
 
   GST_DEBUG_CATEGORY_INIT (gst_unet_train_debug, "unettrain", 0,

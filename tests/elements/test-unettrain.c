@@ -1,0 +1,405 @@
+/* unettrain element tests (suite 'trainer'): two GstHarness on the one element
+ * (image + src, and mask), pairing by timestamp, unpaired buffers, size and format
+ * mismatches naming both streams, progress/checkpoint messages, training on after
+ * EOS until `iterations`, the model file it writes (loads, carries the training
+ * normalisation), the CSV log, and a bad model failing the state change. */
+#include <gst/check/gstcheck.h>
+#include <gst/check/gstharness.h>
+#include <gst/video/video.h>
+#include <glib/gstdio.h>
+#include <string.h>
+
+#include "unet.h"
+
+#define W 40
+#define H 40
+
+static gchar *tmpdir;
+
+static void
+setup (void)
+{
+  tmpdir = g_dir_make_tmp ("unettrain-XXXXXX", NULL);
+  fail_unless (tmpdir != NULL);
+}
+
+static void
+teardown (void)
+{
+  GDir *d = g_dir_open (tmpdir, 0, NULL);
+  const gchar *name;
+  while (d && (name = g_dir_read_name (d)) != NULL) {
+    gchar *p = g_build_filename (tmpdir, name, NULL);
+    g_unlink (p);
+    g_free (p);
+  }
+  if (d)
+    g_dir_close (d);
+  g_rmdir (tmpdir);
+  g_clear_pointer (&tmpdir, g_free);
+}
+
+static GstElement *
+make_trainer (const gchar *output, guint64 iterations)
+{
+  GstElement *e = gst_element_factory_make ("unettrain", NULL);
+  fail_unless (e != NULL);
+  gst_object_ref_sink (e);
+  g_object_set (e, "depth", 2, "base-filters", 16, "iterations", iterations,
+      "optimizer", 1 /* adam */ , "learning-rate", 1e-3, "threads", 1,
+      "device", 1 /* cpu */ , "normalization",
+      "{\"mode\":\"range\",\"min\":0,\"max\":255}", NULL);
+  if (output)
+    g_object_set (e, "output-model", output, NULL);
+  return e;
+}
+
+static GstBuffer *
+frame (gint w, gint h, gsize bpp, GstClockTime pts, guint seed, gboolean mask)
+{
+  GstBuffer *b = gst_buffer_new_allocate (NULL, (gsize) GST_ROUND_UP_4 (w *
+          bpp) * h, NULL);
+  GstMapInfo map;
+  gst_buffer_map (b, &map, GST_MAP_WRITE);
+  GRand *r = g_rand_new_with_seed (seed);
+  gdouble cx = g_rand_double_range (r, 8, w - 8);
+  gdouble cy = g_rand_double_range (r, 8, h - 8);
+  gsize stride = GST_ROUND_UP_4 (w * bpp);
+  for (gint y = 0; y < h; y++)
+    for (gint x = 0; x < w; x++) {
+      gboolean in = (x - cx) * (x - cx) + (y - cy) * (y - cy) < 36.0;
+      guint8 v = mask ? (in ? 255 : 0) : (guint8) ((in ? 170 : 60) +
+          g_rand_int_range (r, -40, 40));
+      for (gsize k = 0; k < bpp; k++)
+        map.data[y * stride + x * bpp + k] = v;
+    }
+  g_rand_free (r);
+  gst_buffer_unmap (b, &map);
+  GST_BUFFER_PTS (b) = pts;
+  GST_BUFFER_DURATION (b) = GST_SECOND;
+  return b;
+}
+
+static gchar *
+caps_str (const gchar *format, gint w, gint h)
+{
+  return g_strdup_printf ("video/x-raw,format=%s,width=%d,height=%d,"
+      "framerate=1/1", format, w, h);
+}
+
+/* Pulls events until EOS (or fails after ~60 s). */
+static void
+wait_eos (GstHarness *h)
+{
+  for (gint i = 0; i < 6000; i++) {
+    GstEvent *ev;
+    while ((ev = gst_harness_try_pull_event (h)) != NULL) {
+      gboolean eos = GST_EVENT_TYPE (ev) == GST_EVENT_EOS;
+      gst_event_unref (ev);
+      if (eos)
+        return;
+    }
+    g_usleep (10000);
+  }
+  fail ("no EOS from unettrain");
+}
+
+static guint
+count_messages (GstBus *bus, const gchar *name, GstStructure **last)
+{
+  guint n = 0;
+  GstMessage *m;
+  while ((m = gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT)) != NULL) {
+    const GstStructure *s = gst_message_get_structure (m);
+    if (gst_structure_has_name (s, name)) {
+      n++;
+      if (last) {
+        if (*last)
+          gst_structure_free (*last);
+        *last = gst_structure_copy (s);
+      }
+    }
+    gst_message_unref (m);
+  }
+  return n;
+}
+
+GST_START_TEST (test_pairs_train_and_save)
+{
+  gchar *out = g_build_filename (tmpdir, "m.safetensors", NULL);
+  gchar *log = g_build_filename (tmpdir, "log.csv", NULL);
+  GstElement *e = make_trainer (out, 5);
+  g_object_set (e, "log-location", log, "checkpoint-interval", 4, NULL);
+  GstBus *bus = gst_bus_new ();
+  gst_element_set_bus (e, bus);
+
+  GstHarness *hi = gst_harness_new_with_element (e, "image", "src");
+  GstHarness *hm = gst_harness_new_with_element (e, "mask", NULL);
+  gchar *c = caps_str ("GRAY8", W, H);
+  gst_harness_set_src_caps_str (hi, c);
+  gst_harness_set_src_caps_str (hm, c);
+  g_free (c);
+
+  for (guint i = 0; i < 3; i++) {
+    fail_unless_equals_int (gst_harness_push (hi, frame (W, H, 1,
+                i * GST_SECOND, i, FALSE)), GST_FLOW_OK);
+    fail_unless_equals_int (gst_harness_push (hm, frame (W, H, 1,
+                i * GST_SECOND, i, TRUE)), GST_FLOW_OK);
+    /* One preview per pair: GRAY8 class indices at the image's PTS. */
+    GstBuffer *p = gst_harness_pull (hi);
+    fail_unless (p != NULL);
+    fail_unless_equals_uint64 (GST_BUFFER_PTS (p), i * GST_SECOND);
+    GstMapInfo map;
+    gst_buffer_map (p, &map, GST_MAP_READ);
+    fail_unless (map.size >= (gsize) W * H);
+    for (gsize k = 0; k < (gsize) W * H; k++)
+      fail_unless (map.data[k] <= 1);
+    gst_buffer_unmap (p, &map);
+    gst_buffer_unref (p);
+  }
+  GstCaps *oc = gst_pad_get_current_caps (GST_ELEMENT (e)->srcpads->data);
+  GstVideoInfo vi;
+  fail_unless (gst_video_info_from_caps (&vi, oc));
+  fail_unless_equals_int (GST_VIDEO_INFO_FORMAT (&vi), GST_VIDEO_FORMAT_GRAY8);
+  fail_unless_equals_int (GST_VIDEO_INFO_WIDTH (&vi), W);
+  gst_caps_unref (oc);
+
+  /* EOS on both: training goes on from the 3 held pairs to 5 steps, then the
+   * model is written and EOS goes downstream. */
+  gst_harness_push_event (hi, gst_event_new_eos ());
+  gst_harness_push_event (hm, gst_event_new_eos ());
+  wait_eos (hi);
+
+  GstStructure *last = NULL;
+  fail_unless_equals_int (count_messages (bus, "unettrain-progress", &last), 5);
+  guint64 it = 0;
+  gdouble loss = -1;
+  fail_unless (gst_structure_get_uint64 (last, "iteration", &it));
+  fail_unless_equals_uint64 (it, 5);
+  fail_unless (gst_structure_get_double (last, "loss", &loss));
+  fail_unless (loss > 0.0);
+  fail_unless (gst_structure_has_field (last, "learning-rate"));
+  fail_unless (gst_structure_has_field (last, "samples-per-second"));
+  gst_structure_free (last);
+
+  /* Checkpoint messages were taken above with the other element messages:
+   * the files tell the rest. The model loads and keeps the normalisation. */
+  GError *err = NULL;
+  UnetModel *m = unet_model_load (out, &err);
+  fail_unless (m != NULL, "%s", err ? err->message : "");
+  UnetNormalization n;
+  unet_model_get_normalization (m, &n);
+  fail_unless_equals_int (n.mode, UNET_NORM_RANGE);
+  fail_unless (strstr (unet_model_get_metadata (m, "unet.training"),
+          "\"iteration\":5") != NULL);
+  unet_model_free (m);
+
+  gchar *text = NULL;
+  fail_unless (g_file_get_contents (log, &text, NULL, NULL));
+  gchar **lines = g_strsplit (text, "\n", -1);
+  fail_unless_equals_string (lines[0],
+      "iteration,loss,dice,val_dice,lr,samples_per_s,time");
+  fail_unless_equals_int (g_strv_length (lines), 7);    /* header, 5, "" */
+  fail_unless (g_str_has_prefix (lines[5], "5,"));
+  g_strfreev (lines);
+  g_free (text);
+
+  gst_harness_teardown (hm);
+  gst_harness_teardown (hi);
+  gst_object_unref (e);
+  gst_object_unref (bus);
+  g_free (out);
+  g_free (log);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_checkpoint_messages)
+{
+  gchar *out = g_build_filename (tmpdir, "c.safetensors", NULL);
+  GstElement *e = make_trainer (out, 4);
+  g_object_set (e, "checkpoint-interval", 2, "preview", FALSE, NULL);
+  GstBus *bus = gst_bus_new ();
+  gst_element_set_bus (e, bus);
+  GstHarness *hi = gst_harness_new_with_element (e, "image", "src");
+  GstHarness *hm = gst_harness_new_with_element (e, "mask", NULL);
+  gchar *c = caps_str ("GRAY8", W, H);
+  gst_harness_set_src_caps_str (hi, c);
+  gst_harness_set_src_caps_str (hm, c);
+  g_free (c);
+  gst_harness_push (hi, frame (W, H, 1, 0, 3, FALSE));
+  gst_harness_push (hm, frame (W, H, 1, 0, 3, TRUE));
+  gst_harness_push_event (hi, gst_event_new_eos ());
+  gst_harness_push_event (hm, gst_event_new_eos ());
+  wait_eos (hi);
+
+  GstStructure *last = NULL;
+  fail_unless_equals_int (count_messages (bus, "unettrain-checkpoint", &last),
+      2);
+  guint64 it = 0;
+  fail_unless (gst_structure_get_uint64 (last, "iteration", &it));
+  fail_unless_equals_uint64 (it, 4);
+  fail_unless_equals_string (gst_structure_get_string (last, "location"), out);
+  gst_structure_free (last);
+  /* Only the model in the directory: no temporary file survives. */
+  GDir *d = g_dir_open (tmpdir, 0, NULL);
+  guint files = 0;
+  while (g_dir_read_name (d))
+    files++;
+  g_dir_close (d);
+  fail_unless_equals_int (files, 1);
+
+  gst_harness_teardown (hm);
+  gst_harness_teardown (hi);
+  gst_object_unref (e);
+  gst_object_unref (bus);
+  g_free (out);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_unpaired_dropped)
+{
+  GstElement *e = make_trainer (NULL, 1000);
+  GstBus *bus = gst_bus_new ();
+  gst_element_set_bus (e, bus);
+  GstHarness *hi = gst_harness_new_with_element (e, "image", "src");
+  GstHarness *hm = gst_harness_new_with_element (e, "mask", NULL);
+  gchar *c = caps_str ("GRAY8", W, H);
+  gst_harness_set_src_caps_str (hi, c);
+  gst_harness_set_src_caps_str (hm, c);
+  g_free (c);
+
+  /* image 0 1 2, mask 0 2: image 1 has no partner. */
+  gst_harness_push (hi, frame (W, H, 1, 0, 1, FALSE));
+  gst_harness_push (hm, frame (W, H, 1, 0, 1, TRUE));
+  GstBuffer *p = gst_harness_pull (hi);
+  fail_unless_equals_uint64 (GST_BUFFER_PTS (p), 0);
+  gst_buffer_unref (p);
+  gst_harness_push (hi, frame (W, H, 1, GST_SECOND, 2, FALSE));
+  gst_harness_push (hm, frame (W, H, 1, 2 * GST_SECOND, 3, TRUE));
+  gst_harness_push (hi, frame (W, H, 1, 2 * GST_SECOND, 3, FALSE));
+  p = gst_harness_pull (hi);
+  fail_unless_equals_uint64 (GST_BUFFER_PTS (p), 2 * GST_SECOND);
+  gst_buffer_unref (p);
+
+  GstMessage *m = gst_bus_pop_filtered (bus, GST_MESSAGE_WARNING);
+  fail_unless (m != NULL);
+  GError *err = NULL;
+  gst_message_parse_warning (m, &err, NULL);
+  fail_unless (strstr (err->message, "image") != NULL, "%s", err->message);
+  g_error_free (err);
+  gst_message_unref (m);
+  fail_unless (gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR) == NULL);
+
+  gst_harness_teardown (hm);
+  gst_harness_teardown (hi);
+  gst_object_unref (e);
+  gst_object_unref (bus);
+}
+
+GST_END_TEST;
+
+/* Pushes one pair with the given mask caps; returns the ERROR message text. */
+static gchar *
+mismatch_error (const gchar *mask_format, gint mw, gint mh, gsize mbpp)
+{
+  GstElement *e = make_trainer (NULL, 1000);
+  GstBus *bus = gst_bus_new ();
+  gst_element_set_bus (e, bus);
+  GstHarness *hi = gst_harness_new_with_element (e, "image", "src");
+  GstHarness *hm = gst_harness_new_with_element (e, "mask", NULL);
+  gchar *ci = caps_str ("GRAY8", W, H), *cm = caps_str (mask_format, mw, mh);
+  gst_harness_set_src_caps_str (hi, ci);
+  gst_harness_set_src_caps_str (hm, cm);
+  g_free (ci);
+  g_free (cm);
+  gst_harness_push (hi, frame (W, H, 1, 0, 1, FALSE));
+  gst_harness_push (hm, frame (mw, mh, mbpp, 0, 1, TRUE));
+
+  GstMessage *m = gst_bus_timed_pop_filtered (bus, 30 * GST_SECOND,
+      GST_MESSAGE_ERROR);
+  fail_unless (m != NULL, "no error for a %s %dx%d mask", mask_format, mw, mh);
+  GError *err = NULL;
+  gst_message_parse_error (m, &err, NULL);
+  gchar *text = g_strdup (err->message);
+  g_error_free (err);
+  gst_message_unref (m);
+  /* No preview for a rejected pair. */
+  fail_unless (gst_harness_try_pull (hi) == NULL);
+  gst_harness_teardown (hm);
+  gst_harness_teardown (hi);
+  gst_object_unref (e);
+  gst_object_unref (bus);
+  return text;
+}
+
+GST_START_TEST (test_size_mismatch)
+{
+  gchar *text = mismatch_error ("GRAY8", W, H - 8, 1);
+  fail_unless (strstr (text, "40x40") != NULL, "%s", text);
+  fail_unless (strstr (text, "40x32") != NULL, "%s", text);
+  g_free (text);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_format_mismatch)
+{
+  gchar *text = mismatch_error ("RGB", W, H, 3);
+  fail_unless (strstr (text, "GRAY8") != NULL, "%s", text);
+  fail_unless (strstr (text, "RGB") != NULL, "%s", text);
+  g_free (text);
+}
+
+GST_END_TEST;
+
+GST_START_TEST (test_bad_model)
+{
+  gchar *bad = g_build_filename (tmpdir, "bad.safetensors", NULL);
+  fail_unless (g_file_set_contents (bad, "not a model at all", -1, NULL));
+  GstElement *e = make_trainer (NULL, 10);
+  g_object_set (e, "model", bad, NULL);
+  GstBus *bus = gst_bus_new ();
+  gst_element_set_bus (e, bus);
+  fail_unless_equals_int (gst_element_set_state (e, GST_STATE_PAUSED),
+      GST_STATE_CHANGE_FAILURE);
+  GstMessage *m = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+  fail_unless (m != NULL);
+  GError *err = NULL;
+  gst_message_parse_error (m, &err, NULL);
+  fail_unless (strstr (err->message, "bad.safetensors") != NULL, "%s",
+      err->message);
+  g_error_free (err);
+  gst_message_unref (m);
+  /* The element stays usable: fix the property and it starts. */
+  gst_element_set_state (e, GST_STATE_NULL);
+  g_object_set (e, "model", NULL, NULL);
+  fail_unless (gst_element_set_state (e, GST_STATE_PAUSED) !=
+      GST_STATE_CHANGE_FAILURE);
+  gst_element_set_state (e, GST_STATE_NULL);
+  gst_object_unref (e);
+  gst_object_unref (bus);
+  g_free (bad);
+}
+
+GST_END_TEST;
+
+static Suite *
+unettrain_suite (void)
+{
+  Suite *s = suite_create ("unettrain");
+  TCase *tc = tcase_create ("general");
+  tcase_add_checked_fixture (tc, setup, teardown);
+  tcase_set_timeout (tc, 120);
+  tcase_add_test (tc, test_pairs_train_and_save);
+  tcase_add_test (tc, test_checkpoint_messages);
+  tcase_add_test (tc, test_unpaired_dropped);
+  tcase_add_test (tc, test_size_mismatch);
+  tcase_add_test (tc, test_format_mismatch);
+  tcase_add_test (tc, test_bad_model);
+  suite_add_tcase (s, tc);
+  return s;
+}
+
+GST_CHECK_MAIN (unettrain);

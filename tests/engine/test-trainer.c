@@ -1,0 +1,467 @@
+/* Trainer tests (suite 'trainer'): options and pair validation, the seeded
+ * hold-out split and the dataset bound, atomic checkpoints that load as models,
+ * bit-identical resume (N steps straight vs N/2 + checkpoint + resume + N/2),
+ * prediction, and — with -m slow / UNET_TEST_E2E — a short training on synthetic
+ * blobs that must reach Dice >= 0.9 on frames it never saw. */
+#include "unet.h"
+#include "model-private.h"
+
+#include <glib/gstdio.h>
+#include <math.h>
+#include <string.h>
+
+/* ------------------------------------------------------------ data -- */
+
+/* Bright discs on a noisy background: GRAY8 image + binary mask (0/255). Discs
+ * may touch, which gives the border weights something to do. */
+static void
+make_blobs (guint32 seed, gint w, gint h, guint8 *img, guint8 *mask)
+{
+  g_autoptr (GRand) r = g_rand_new_with_seed (seed);
+  memset (mask, 0, (gsize) w * h);
+  gint n = 3 + g_rand_int_range (r, 0, 4) + (w * h) / 3000;
+  for (gint i = 0; i < n; i++) {
+    gdouble cx = g_rand_double_range (r, 0, w);
+    gdouble cy = g_rand_double_range (r, 0, h);
+    gdouble rad = g_rand_double_range (r, 4, 10);
+    for (gint y = 0; y < h; y++)
+      for (gint x = 0; x < w; x++)
+        if ((x - cx) * (x - cx) + (y - cy) * (y - cy) <= rad * rad)
+          mask[(gsize) y * w + x] = 255;
+  }
+  for (gsize i = 0; i < (gsize) w * h; i++) {
+    gdouble base = mask[i] ? 170.0 : 60.0;
+    gdouble v = base + g_rand_double_range (r, -1, 1) * 45.0;
+    img[i] = (guint8) CLAMP (v, 0, 255);
+  }
+}
+
+static void
+small_options (UnetTrainerOptions *o)
+{
+  unet_trainer_options_init (o);
+  o->architecture.depth = 2;
+  o->architecture.base_filters = 16;
+  o->architecture.classes = 2;
+  o->normalization.mode = UNET_NORM_RANGE;
+  o->normalization.a = 0;
+  o->normalization.b = 255;
+  o->optimizer = UNET_TRAIN_ADAM;
+  o->learning_rate = 1e-3;
+  o->iterations = 100;
+  o->seed = 42;
+  /* One thread: oneDNN's results are bit-reproducible for a fixed thread count,
+   * and the resume test compares bits. */
+  o->net.device = UNET_DEVICE_CPU;
+  o->net.threads = 1;
+}
+
+static gboolean
+add_blob_pair (UnetTrainer *t, guint32 seed, gint w, gint h, GError **error)
+{
+  g_autofree guint8 *img = g_malloc ((gsize) w * h);
+  g_autofree guint8 *mask = g_malloc ((gsize) w * h);
+  make_blobs (seed, w, h, img, mask);
+  return unet_trainer_add_pair (t, UNET_PIXEL_U8, img, w, UNET_PIXEL_U8, mask,
+      w, w, h, error);
+}
+
+/* ----------------------------------------------------------- tests -- */
+
+static void
+test_bad_options (void)
+{
+  UnetTrainerOptions o;
+  g_autoptr (GError) err = NULL;
+
+  small_options (&o);
+  o.momentum = 1.0;
+  g_assert_null (unet_trainer_new (&o, NULL, &err));
+  g_assert_error (err, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
+  g_assert_nonnull (strstr (err->message, "momentum"));
+  g_clear_error (&err);
+
+  small_options (&o);
+  o.batch_size = 0;
+  g_assert_null (unet_trainer_new (&o, NULL, &err));
+  g_assert_error (err, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
+  g_clear_error (&err);
+
+  small_options (&o);
+  o.validation_fraction = 1.0;
+  g_assert_null (unet_trainer_new (&o, NULL, &err));
+  g_assert_error (err, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
+  g_clear_error (&err);
+
+  small_options (&o);
+  o.architecture.depth = 0;
+  g_assert_null (unet_trainer_new (&o, NULL, &err));
+  g_assert_nonnull (err);
+}
+
+static void
+test_bad_pairs (void)
+{
+  UnetTrainerOptions o;
+  g_autoptr (GError) err = NULL;
+  small_options (&o);
+  o.mask_mode = UNET_TRAIN_MASK_INDEXED;
+  g_autoptr (UnetTrainer) t = unet_trainer_new (&o, NULL, &err);
+  g_assert_no_error (err);
+
+  /* No pairs yet: a step is an error, not a crash. */
+  UnetTrainStats s;
+  g_assert_false (unet_trainer_step (t, &s, &err));
+  g_assert_error (err, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
+  g_clear_error (&err);
+
+  guint8 img[16 * 16] = { 0 }, mask[16 * 16] = { 0 };
+  /* Indexed mask with class 7 in a 2-class model. */
+  mask[5 * 16 + 3] = 7;
+  g_assert_false (unet_trainer_add_pair (t, UNET_PIXEL_U8, img, 16,
+          UNET_PIXEL_U8, mask, 16, 16, 16, &err));
+  g_assert_error (err, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
+  g_assert_nonnull (strstr (err->message, "7"));
+  g_clear_error (&err);
+
+  /* Float masks are not labels. */
+  gfloat fmask[16 * 16] = { 0 };
+  g_assert_false (unet_trainer_add_pair (t, UNET_PIXEL_U8, img, 16,
+          UNET_PIXEL_F32, fmask, 16 * 4, 16, 16, &err));
+  g_assert_error (err, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
+  g_clear_error (&err);
+
+  /* A stride shorter than a row. */
+  g_assert_false (unet_trainer_add_pair (t, UNET_PIXEL_U16, img, 16,
+          UNET_PIXEL_U8, mask, 16, 16, 8, &err));
+  g_assert_error (err, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
+  g_clear_error (&err);
+
+  g_assert_cmpuint (unet_trainer_get_n_pairs (t, NULL), ==, 0);
+}
+
+static void
+test_split_and_capacity (void)
+{
+  UnetTrainerOptions o;
+  g_autoptr (GError) err = NULL;
+  small_options (&o);
+  o.validation_fraction = 0.3;
+  o.dataset_capacity = 1000;
+
+  guint n_train[2], n_val[2];
+  for (gint run = 0; run < 2; run++) {
+    g_autoptr (UnetTrainer) t = unet_trainer_new (&o, NULL, &err);
+    g_assert_no_error (err);
+    for (gint i = 0; i < 40; i++)
+      g_assert_true (add_blob_pair (t, i, 24, 24, &err));
+    n_train[run] = unet_trainer_get_n_pairs (t, &n_val[run]);
+  }
+  /* Same seed, same split. */
+  g_assert_cmpuint (n_train[0], ==, n_train[1]);
+  g_assert_cmpuint (n_val[0], ==, n_val[1]);
+  g_assert_cmpuint (n_train[0] + n_val[0], ==, 40);
+  /* 40 draws at p = 0.3: 12 expected, P(outside 3..22) < 1e-3 (binomial). */
+  g_assert_cmpuint (n_val[0], >=, 3);
+  g_assert_cmpuint (n_val[0], <=, 22);
+
+  /* Capacity: the training set never holds more than dataset_capacity pairs,
+   * the validation set max (1, capacity * fraction). */
+  o.dataset_capacity = 5;
+  g_autoptr (UnetTrainer) t = unet_trainer_new (&o, NULL, &err);
+  g_assert_no_error (err);
+  for (gint i = 0; i < 40; i++)
+    g_assert_true (add_blob_pair (t, i, 24, 24, &err));
+  guint nv = 0;
+  g_assert_cmpuint (unet_trainer_get_n_pairs (t, &nv), ==, 5);
+  g_assert_cmpuint (nv, ==, 1);
+}
+
+static gchar *
+make_tmpdir (void)
+{
+  g_autoptr (GError) err = NULL;
+  gchar *dir = g_dir_make_tmp ("unet-trainer-XXXXXX", &err);
+  g_assert_no_error (err);
+  return dir;
+}
+
+static void
+remove_tmpdir (const gchar *dir)
+{
+  GDir *d = g_dir_open (dir, 0, NULL);
+  const gchar *name;
+  while (d && (name = g_dir_read_name (d)) != NULL) {
+    g_autofree gchar *p = g_build_filename (dir, name, NULL);
+    g_unlink (p);
+  }
+  if (d)
+    g_dir_close (d);
+  g_rmdir (dir);
+}
+
+static guint
+count_files (const gchar *dir)
+{
+  GDir *d = g_dir_open (dir, 0, NULL);
+  guint n = 0;
+  while (d && g_dir_read_name (d) != NULL)
+    n++;
+  if (d)
+    g_dir_close (d);
+  return n;
+}
+
+static void
+test_checkpoint_atomic (void)
+{
+  UnetTrainerOptions o;
+  g_autoptr (GError) err = NULL;
+  g_autofree gchar *dir = make_tmpdir ();
+  g_autofree gchar *path = g_build_filename (dir, "model.safetensors", NULL);
+  small_options (&o);
+  o.optimizer = UNET_TRAIN_SGD;
+  o.learning_rate = 0.01;
+  g_autoptr (UnetTrainer) t = unet_trainer_new (&o, NULL, &err);
+  g_assert_no_error (err);
+  g_assert_true (add_blob_pair (t, 1, 40, 40, &err));
+  UnetTrainStats s;
+  g_assert_true (unet_trainer_step (t, &s, &err));
+  g_assert_no_error (err);
+  g_assert_cmpint (s.iteration, ==, 1);
+  g_assert_true (isfinite (s.loss) && s.loss > 0.0);
+
+  g_assert_true (unet_trainer_save_checkpoint (t, path, &err));
+  g_assert_no_error (err);
+  g_assert_true (unet_trainer_step (t, &s, &err));
+  g_assert_true (unet_trainer_save_checkpoint (t, path, &err));
+  g_assert_no_error (err);
+  /* Overwritten in place: no temporary file is left beside it. */
+  g_assert_cmpuint (count_files (dir), ==, 1);
+
+  /* The checkpoint is a model unetsegment can load (optim.* ignored), with the
+   * training normalisation and the training metadata. */
+  g_autoptr (UnetModel) m = unet_model_load (path, &err);
+  g_assert_no_error (err);
+  UnetNormalization n;
+  unet_model_get_normalization (m, &n);
+  g_assert_cmpint (n.mode, ==, UNET_NORM_RANGE);
+  g_assert_cmpfloat (n.b, ==, 255.0);
+  const gchar *tj = unet_model_get_metadata (m, "unet.training");
+  g_assert_nonnull (tj);
+  g_assert_nonnull (strstr (tj, "\"iteration\":2"));
+
+  /* A failing save (no such directory) leaves nothing behind and reports IO. */
+  g_autofree gchar *bad = g_build_filename (dir, "missing", "m.safetensors",
+      NULL);
+  g_assert_false (unet_trainer_save_checkpoint (t, bad, &err));
+  g_assert_nonnull (err);
+  g_clear_error (&err);
+  g_assert_cmpuint (count_files (dir), ==, 1);
+
+  /* A file that is not a checkpoint cannot be resumed from. */
+  g_autofree gchar *plain = g_build_filename (dir, "plain.safetensors", NULL);
+  g_autoptr (UnetModel) fresh = unet_model_new (unet_trainer_get_config (t),
+      &err);
+  g_assert_true (unet_model_save (fresh, plain, &err));
+  g_assert_null (unet_trainer_new_from_checkpoint (&o, plain, &err));
+  g_assert_error (err, UNET_ERROR, UNET_ERROR_MODEL);
+  g_clear_error (&err);
+  remove_tmpdir (dir);
+}
+
+static void
+run_steps (UnetTrainer *t, gint n, gdouble *losses)
+{
+  g_autoptr (GError) err = NULL;
+  for (gint i = 0; i < n; i++) {
+    UnetTrainStats s;
+    g_assert_true (unet_trainer_step (t, &s, &err));
+    g_assert_no_error (err);
+    losses[i] = s.loss;
+  }
+}
+
+static void
+check_resume (UnetTrainOptimizer optimizer, gboolean batch_norm)
+{
+  const gint N = 6;
+  UnetTrainerOptions o;
+  g_autoptr (GError) err = NULL;
+  g_autofree gchar *dir = make_tmpdir ();
+  g_autofree gchar *path = g_build_filename (dir, "ckpt.safetensors", NULL);
+  small_options (&o);
+  o.optimizer = optimizer;
+  o.learning_rate = optimizer == UNET_TRAIN_SGD ? 0.01 : 1e-3;
+  o.architecture.batch_norm = batch_norm;
+  o.architecture.dropout = batch_norm ? 0.2 : 0.0;
+  o.batch_size = 2;
+  o.schedule = UNET_TRAIN_SCHEDULE_COSINE;
+  o.iterations = N;
+
+  gdouble straight[6], resumed[6];
+  g_autoptr (UnetTrainer) a = unet_trainer_new (&o, NULL, &err);
+  g_assert_no_error (err);
+  for (gint i = 0; i < 3; i++)
+    g_assert_true (add_blob_pair (a, 10 + i, 44, 40, &err));
+  run_steps (a, N, straight);
+  g_autoptr (UnetModel) ma = unet_trainer_export_model (a, &err);
+  g_assert_no_error (err);
+
+  g_autoptr (UnetTrainer) b = unet_trainer_new (&o, NULL, &err);
+  for (gint i = 0; i < 3; i++)
+    g_assert_true (add_blob_pair (b, 10 + i, 44, 40, &err));
+  run_steps (b, N / 2, resumed);
+  g_assert_true (unet_trainer_save_checkpoint (b, path, &err));
+  g_assert_no_error (err);
+  g_clear_pointer (&b, unet_trainer_free);
+
+  /* A different seed in the options must not matter: the file's wins. */
+  o.seed = 7;
+  g_autoptr (UnetTrainer) c = unet_trainer_new_from_checkpoint (&o, path, &err);
+  g_assert_no_error (err);
+  g_assert_cmpint (unet_trainer_get_iteration (c), ==, N / 2);
+  for (gint i = 0; i < 3; i++)
+    g_assert_true (add_blob_pair (c, 10 + i, 44, 40, &err));
+  run_steps (c, N - N / 2, resumed + N / 2);
+  g_autoptr (UnetModel) mc = unet_trainer_export_model (c, &err);
+  g_assert_no_error (err);
+
+  /* Bit-identical: the same losses and the same parameters, exactly. */
+  for (gint i = 0; i < N; i++) {
+    if (memcmp (&straight[i], &resumed[i], sizeof (gdouble)) != 0)
+      g_error ("step %d: loss %.17g straight vs %.17g resumed", i + 1,
+          straight[i], resumed[i]);
+  }
+  const UnetLayout *la = unet_model_get_layout (ma);
+  g_assert_cmpint (memcmp (unet_model_peek_slab (ma), unet_model_peek_slab (mc),
+          la->slab_numel * sizeof (gfloat)), ==, 0);
+  /* And training did something. */
+  g_assert_true (straight[0] != straight[N - 1]);
+  remove_tmpdir (dir);
+}
+
+static void
+test_resume_sgd (void)
+{
+  check_resume (UNET_TRAIN_SGD, FALSE);
+}
+
+static void
+test_resume_adam_bn (void)
+{
+  check_resume (UNET_TRAIN_ADAMW, TRUE);
+}
+
+static void
+test_predict_and_validate (void)
+{
+  UnetTrainerOptions o;
+  g_autoptr (GError) err = NULL;
+  small_options (&o);
+  o.validation_fraction = 0.5;
+  g_autoptr (UnetTrainer) t = unet_trainer_new (&o, NULL, &err);
+  g_assert_no_error (err);
+  for (gint i = 0; i < 6; i++)
+    g_assert_true (add_blob_pair (t, 100 + i, 37, 29, &err));
+  guint nv = 0;
+  unet_trainer_get_n_pairs (t, &nv);
+  g_assert_cmpuint (nv, >, 0);
+  UnetTrainStats s;
+  g_assert_true (unet_trainer_step (t, &s, &err));
+  gdouble dice = -2;
+  gboolean ok = unet_trainer_validate (t, &dice, &err);
+  g_assert_no_error (err);
+  g_assert_true (ok);
+  g_assert_cmpfloat (dice, >=, 0.0);
+  g_assert_cmpfloat (dice, <=, 1.0);
+
+  /* Odd frame size, padded stride: labels are 0/1, the padding untouched. */
+  guint8 img[29 * 40], labels[29 * 41];
+  memset (img, 90, sizeof (img));
+  memset (labels, 0xee, sizeof (labels));
+  ok = unet_trainer_predict (t, UNET_PIXEL_U8, img, 40, 37, 29, labels, 41,
+      &err);
+  g_assert_no_error (err);
+  g_assert_true (ok);
+  for (gint y = 0; y < 29; y++) {
+    for (gint x = 0; x < 37; x++)
+      g_assert_cmpuint (labels[y * 41 + x], <=, 1);
+    for (gint x = 37; x < 41; x++)
+      g_assert_cmpuint (labels[y * 41 + x], ==, 0xee);
+  }
+}
+
+/* The end-to-end check: depth 2, 16 filters, Adam, the paper's augmentation,
+ * 96x96 blob frames; Dice on 4 frames never trained on must reach 0.9. */
+static void
+test_train_blobs (void)
+{
+  UnetTrainerOptions o;
+  g_autoptr (GError) err = NULL;
+  small_options (&o);
+  o.architecture.base_filters = 16;
+  o.learning_rate = 3e-3;
+  o.iterations = 300;
+  o.net.threads = 0;
+  o.rotation = 180;
+  o.elastic_sigma = 4;
+  o.intensity_jitter = 0.5;
+  g_autoptr (UnetTrainer) t = unet_trainer_new (&o, NULL, &err);
+  g_assert_no_error (err);
+  for (gint i = 0; i < 8; i++)
+    g_assert_true (add_blob_pair (t, 1000 + i, 96, 96, &err));
+
+  gint64 t0 = g_get_monotonic_time ();
+  UnetTrainStats s = { 0 };
+  for (gint i = 0; i < o.iterations; i++) {
+    g_assert_true (unet_trainer_step (t, &s, &err));
+    g_assert_no_error (err);
+    if (s.iteration % 50 == 0)
+      g_test_message ("iteration %" G_GINT64_FORMAT ": loss %.4f dice %.3f "
+          "%.1f samples/s", s.iteration, s.loss, s.dice, s.samples_per_second);
+  }
+  gdouble secs = (g_get_monotonic_time () - t0) / 1e6;
+
+  /* Unseen frames: count Dice of the foreground by hand. */
+  guint64 inter = 0, sp = 0, sl = 0;
+  for (gint f = 0; f < 4; f++) {
+    guint8 img[96 * 96], mask[96 * 96], lab[96 * 96];
+    make_blobs (5000 + f, 96, 96, img, mask);
+    gboolean ok = unet_trainer_predict (t, UNET_PIXEL_U8, img, 96, 96, 96,
+        lab, 96, &err);
+    g_assert_no_error (err);
+    g_assert_true (ok);
+    for (gint i = 0; i < 96 * 96; i++) {
+      inter += lab[i] && mask[i];
+      sp += lab[i] != 0;
+      sl += mask[i] != 0;
+    }
+  }
+  gdouble dice = 2.0 * inter / MAX (sp + sl, 1);
+  g_test_message ("held-out Dice %.4f after %d steps in %.1f s", dice,
+      (gint) o.iterations, secs);
+  g_printerr ("held-out Dice %.4f after %d steps in %.1f s\n", dice,
+      (gint) o.iterations, secs);
+  /* The bar: a meaningful Dice (>= 0.9) in under 3 minutes. */
+  g_assert_cmpfloat (dice, >=, 0.9);
+  g_assert_cmpfloat (secs, <, 180.0);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+  if (g_getenv ("UNET_TEST_E2E") != NULL) {
+    g_test_add_func ("/trainer/train-blobs", test_train_blobs);
+    return g_test_run ();
+  }
+  g_test_add_func ("/trainer/bad-options", test_bad_options);
+  g_test_add_func ("/trainer/bad-pairs", test_bad_pairs);
+  g_test_add_func ("/trainer/split-and-capacity", test_split_and_capacity);
+  g_test_add_func ("/trainer/checkpoint-atomic", test_checkpoint_atomic);
+  g_test_add_func ("/trainer/resume-sgd", test_resume_sgd);
+  g_test_add_func ("/trainer/resume-adamw-bn-dropout", test_resume_adam_bn);
+  g_test_add_func ("/trainer/predict-validate", test_predict_and_validate);
+  return g_test_run ();
+}
