@@ -8,7 +8,8 @@
 #
 # When segmentation is slower than the camera, the leaky queue drops frames for the
 # display branch only; the recording branch keeps them all. Stop with Ctrl-C: the
-# pipeline is drained (EOS) so the TIFF is complete. Without a display (no $DISPLAY or
+# pipeline is drained (EOS) so the TIFF is complete. At the end it prints how many
+# frames were recorded and how many segmented. Without a display (no $DISPLAY or
 # $WAYLAND_DISPLAY) the overlay goes to a fakesink.
 #
 # Options:
@@ -24,6 +25,8 @@
 #   -r, --record FILE       raw recording (default live-<date>-<time>.tif; "none" = off)
 #       --no-segment        record (and display raw) only, no model needed
 #       --sink SINK         display sink (default autovideosink, fakesink when headless)
+#       --stats FILE.csv    per-frame statistics of the segmented frames (object count,
+#                           timing; unetsegment's "unetsegment-stats" messages)
 #   -p, --property P=V      any other unetsegment property (repeatable)
 #   -h, --help              this text
 #
@@ -46,6 +49,7 @@ device=auto
 record="live-$(date +%Y%m%d-%H%M%S).tif"
 segment=1
 sink=""
+stats=""
 props=()
 
 while [ $# -gt 0 ]; do
@@ -62,6 +66,7 @@ while [ $# -gt 0 ]; do
     -r|--record) record=${2:?}; shift 2 ;;
     --no-segment) segment=0; shift ;;
     --sink) sink=${2:?}; shift 2 ;;
+    --stats) stats=${2:?}; shift 2 ;;
     -p|--property) props+=("${2:?}"); shift 2 ;;
     -h|--help) unet_usage; exit 0 ;;
     *) unet_die "unknown argument $1 (see --help)" ;;
@@ -90,7 +95,8 @@ need=("${UNET_SRC_NEED[@]}")
 display=(videoconvert ! "$sink" sync=false)
 if [ "$segment" -eq 1 ]; then
   seg_branch=(queue name=segq leaky=downstream max-size-buffers=2 max-size-bytes=0 max-size-time=0
-              ! unetsegment name=seg "model=$model" "device=$device" output=overlay "${props[@]}"
+              ! unetsegment name=seg "model=$model" "device=$device" output=overlay
+                post-messages=true "${props[@]}"
               ! "${display[@]}")
   need+=(unetsegment)
 else
@@ -119,5 +125,31 @@ unet_ensure_build
 
 echo "$UNET_SCRIPT: $source camera, $format ${width}x$height @ $fps fps$([ "$record" != none ] && echo ", recording to $record")" >&2
 start=$(unet_now_ms)
-unet_gst_launch -e "${pipeline[@]}"
-echo "$UNET_SCRIPT: stopped after $(unet_elapsed "$start")" >&2
+if [ "$segment" -eq 1 ]; then
+  tmp_stats=""
+  if [ -z "$stats" ]; then
+    tmp_stats=$(mktemp)
+    stats=$tmp_stats
+  fi
+  set +e
+  unet_gst_launch -e -m "${pipeline[@]}" 2>&1 |
+    "$UNET_PYTHON" "$UNET_ROOT/pipelines/trainlog.py" csv --quiet --message unetsegment-stats \
+      > "$stats" 2> >(grep -v '^Got message' >&2)
+  status=("${PIPESTATUS[@]}")
+  set -e
+  segmented=$(($(wc -l < "$stats") - 1))
+  [ "$segmented" -lt 0 ] && segmented=0
+  [ -n "$tmp_stats" ] && rm -f "$tmp_stats"
+  [ "${status[0]}" -eq 0 ] || unet_die "the pipeline failed (see above)"
+else
+  unet_gst_launch -e "${pipeline[@]}"
+fi
+summary="stopped after $(unet_elapsed "$start")"
+if [ "$record" != none ] && [ -r "$record" ]; then
+  pages=$("$UNET_PYTHON" -c 'import sys, tifffile; print(len(tifffile.TiffFile(sys.argv[1]).pages))' "$record")
+  summary+=", $pages frames recorded in $record"
+  [ "$segment" -eq 1 ] && summary+=", $segmented segmented ($((pages - segmented)) dropped by the display branch)"
+elif [ "$segment" -eq 1 ]; then
+  summary+=", $segmented frames segmented"
+fi
+echo "$UNET_SCRIPT: $summary" >&2

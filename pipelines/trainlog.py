@@ -16,6 +16,7 @@
 import argparse
 import csv
 import re
+import signal
 import sys
 
 MSG = re.compile(r'^Got message #\d+ from element "[^"]*" \(element\): ([\w-]+), (.*?);?\s*$')
@@ -34,6 +35,9 @@ def parse_fields(text):
 
 
 def cmd_csv(args):
+    # Ctrl-C in a terminal reaches the whole pipe: gst-launch-1.0 -e turns it into EOS
+    # and drains the pipeline; this end must keep reading until it has finished
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     writer = None
     header = None
     rows = 0
@@ -50,6 +54,8 @@ def cmd_csv(args):
         writer.writerow([fields.get(h, "") for h in header])
         sys.stdout.flush()
         rows += 1
+        if args.quiet:
+            continue
         total = f"/{args.total}" if args.total else ""
         if "iteration" in fields:
             shown = ", ".join(f"{k} {fields[k]}" for k in fields
@@ -139,6 +145,7 @@ def main(argv=None):
     c.add_argument("--message", default="unettrain-progress",
                    help="element message to keep (default unettrain-progress)")
     c.add_argument("--total", type=int, help="total iterations or frames, for the progress lines")
+    c.add_argument("--quiet", action="store_true", help="no progress line per message")
     p = sub.add_parser("plot", help="CSV -> PNG plot")
     p.add_argument("csv")
     p.add_argument("png")

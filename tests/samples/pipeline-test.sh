@@ -113,8 +113,11 @@ EOF
     # the recording may not
     random_model "$tmp/m.safetensors"
     "$P/live-segment.sh" -s test -m "$tmp/m.safetensors" -d cpu --sink fakesink -n 40 \
-      --fps 200 --size 128x96 -f GRAY16_LE -r "$tmp/rec.tif"
+      --fps 200 --size 128x96 -f GRAY16_LE -r "$tmp/rec.tif" --stats "$tmp/stats.csv" 2>"$tmp/err"
     check_stack "$tmp/rec.tif" 40 uint16
+    seg=$(($(wc -l < "$tmp/stats.csv") - 1))
+    [ "$seg" -ge 1 ] && [ "$seg" -le 40 ] || fail "$seg frames segmented, expected 1..40"
+    grep -q "40 frames recorded in .*, $seg segmented" "$tmp/err" || fail "no summary line"
     ;;
 
   live-segment-aravis)
