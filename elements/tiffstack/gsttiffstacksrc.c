@@ -148,6 +148,8 @@ struct _GstTiffStackSrc
   gboolean tags_sent;
   guint8 *scratch;
   gsize scratch_size;
+  guint8 *prefetch;             /* first frame, decoded in start() */
+  guint64 prefetch_page;
 };
 
 #define gst_tiff_stack_src_parent_class parent_class
@@ -172,6 +174,8 @@ static gboolean gst_tiff_stack_src_do_seek (GstBaseSrc * bsrc,
 static gboolean gst_tiff_stack_src_query (GstBaseSrc * bsrc, GstQuery * query);
 static GstFlowReturn gst_tiff_stack_src_create (GstPushSrc * psrc,
     GstBuffer ** buf);
+static gboolean read_page (GstTiffStackSrc * self, GstTiffStackFrame * frame,
+    guint64 page);
 
 static void
 gst_tiff_stack_src_class_init (GstTiffStackSrcClass * klass)
@@ -629,6 +633,7 @@ gst_tiff_stack_src_stop (GstBaseSrc * bsrc)
   g_clear_pointer (&self->path, g_free);
   g_clear_pointer (&self->chain_error, g_free);
   g_clear_pointer (&self->scratch, g_free);
+  g_clear_pointer (&self->prefetch, g_free);
   self->scratch_size = 0;
   self->cur_dir = G_MAXUINT;
   self->have_info = FALSE;
@@ -705,10 +710,14 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
    * and seeking. libtiff stops at loops and at offsets outside the file. */
   gst_tiff_stack_diag_clear (&self->diag);
   self->n_pages = TIFFNumberOfDirectories (self->tif);
-  if (self->diag.last_error) {
-    self->chain_error = g_strdup_printf ("the chain of pages is broken "
-        "after page %u (%s)", self->n_pages ? self->n_pages - 1 : 0,
-        self->diag.last_error);
+  /* The count stops at a loop or an unreadable directory without failing:
+   * the last page counted must also be the last of the chain. */
+  if (self->n_pages > 0 && (!TIFFSetDirectory (self->tif, self->n_pages - 1)
+          || !TIFFLastDirectory (self->tif))) {
+    self->chain_error = g_strdup_printf ("the chain of pages breaks after "
+        "page %u (%s)", self->n_pages - 1,
+        gst_tiff_stack_diag_message (&self->diag,
+            "IFD loop or unreadable directory"));
     GST_WARNING_OBJECT (self, "%s", self->chain_error);
   }
   if (self->n_pages == 0) {
@@ -791,6 +800,24 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
     post_page_error (self, self->cur_dir, "unsupported page size");
     goto fail;
   }
+  /* Decode the first frame now: a damaged first page then fails the state
+   * change itself, which every application handles, instead of racing the
+   * application's main loop from the streaming thread (gst-launch-1.0 1.22
+   * can miss an error posted before its main loop runs). The frame is kept
+   * and becomes the first buffer. */
+  self->prefetch = g_try_malloc (self->vinfo.size);
+  if (self->prefetch == NULL) {
+    post_page_error (self, self->cur_dir, "out of memory");
+    goto fail;
+  }
+  {
+    GstTiffStackFrame frame = { NULL, };
+    frame.data = self->prefetch;
+    frame.stride = self->vinfo.stride;
+    if (!read_page (self, &frame, self->cur_dir))
+      goto fail;
+  }
+  self->prefetch_page = self->cur_dir;
   self->have_info = TRUE;
   GST_INFO_OBJECT (self, "%s: %u pages, %u frames selected from %u, "
       "%s, first page %ux%u", self->path, self->n_pages, self->range_len,
@@ -1173,11 +1200,18 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
         ("Could not map an output buffer."), (NULL));
     return GST_FLOW_ERROR;
   }
-  if (!read_page (self, &frame, page)) {
+  if (self->prefetch && page == self->prefetch_page) {
+    guint32 r;
+    gsize row = (gsize) self->vinfo.width * self->vinfo.bpp;
+    for (r = 0; r < self->vinfo.height; r++)
+      memcpy (frame.data + r * frame.stride,
+          self->prefetch + r * self->vinfo.stride, row);
+  } else if (!read_page (self, &frame, page)) {
     gst_tiff_stack_frame_unmap (&frame);
     gst_buffer_unref (buf);
     return GST_FLOW_ERROR;
   }
+  g_clear_pointer (&self->prefetch, g_free);
   gst_tiff_stack_frame_unmap (&frame);
 
   GST_BUFFER_PTS (buf) = pts;

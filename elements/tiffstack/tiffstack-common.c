@@ -87,6 +87,10 @@ diag_warning (TIFF * tif, void *user_data, const char *module,
 
   GST_CAT_DEBUG_OBJECT (tiff_stack_common_debug, diag->owner,
       "libtiff warning: %s: %s", module ? module : "", msg);
+  /* libtiff reports IFD loops as warnings: keep the message for errors. */
+  if (diag->last_error == NULL)
+    diag->last_error = g_strdup_printf ("warning: %s: %s", module ? module :
+        "", msg);
   g_free (msg);
   return 1;
 }

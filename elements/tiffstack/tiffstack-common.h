@@ -32,7 +32,7 @@ void gst_tiff_stack_register_tags (void);
 typedef struct
 {
   GstObject *owner;             /* for debug logs; not owned */
-  gchar *last_error;            /* "module: message" of the latest error */
+  gchar *last_error;            /* latest error (or first warning) */
 } GstTiffStackDiag;
 
 void gst_tiff_stack_diag_clear (GstTiffStackDiag * diag);

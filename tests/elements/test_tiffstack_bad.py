@@ -1,0 +1,145 @@
+#!/usr/bin/python3
+"""Damaged input makes tiffstacksrc post an ERROR naming the file — never a
+crash, a hang or an unbounded allocation: not a TIFF, empty, truncated at
+every structure, IFD loops, absurd dimensions, offsets past the end, and a
+batch of randomly corrupted files."""
+import os
+import struct
+import time
+
+import numpy as np
+import tifffile
+
+from tiffstack_util import check, finish, gst, workdir
+
+wd = workdir()
+rng = np.random.default_rng(3)
+
+
+def path(name):
+    return os.path.join(wd, name)
+
+
+def run(p, props=""):
+    return gst(f"tiffstacksrc location={p} {props} ! fakesink", timeout=20)
+
+
+def expect_error(p, what, props="", text=None):
+    rc, log = run(p, props)
+    ok = isinstance(rc, int) and rc > 0 and "ERROR" in log and p in log
+    if text:
+        ok = ok and text in log
+    if not ok:
+        print(f"rc={rc}\n{log}")
+    check(ok, f"{what}: error, no crash or hang")
+
+
+def ifds(data):
+    """Offsets of the IFDs of a little-endian classic TIFF."""
+    off = struct.unpack_from("<I", data, 4)[0]
+    out = []
+    while off and len(out) < 100:
+        out.append(off)
+        n = struct.unpack_from("<H", data, off)[0]
+        off = struct.unpack_from("<I", data, off + 2 + 12 * n)[0]
+    return out
+
+
+def set_tag(data, ifd, tag, value):
+    """Rewrites a tag of the IFD at `ifd` as one LONG."""
+    n = struct.unpack_from("<H", data, ifd)[0]
+    for i in range(n):
+        e = ifd + 2 + 12 * i
+        if struct.unpack_from("<H", data, e)[0] == tag:
+            struct.pack_into("<HHII", data, e, tag, 4, 1, value)
+            return
+    raise KeyError(tag)
+
+
+stack = rng.integers(0, 65536, (3, 40, 50), dtype=np.uint16)
+good = path("good.tif")
+tifffile.imwrite(good, stack, photometric="minisblack")
+gz = path("good-deflate.tif")
+tifffile.imwrite(gz, stack, photometric="minisblack", compression="zlib", predictor=True,
+                 rowsperstrip=8)
+raw = bytearray(open(good, "rb").read())
+offs = ifds(raw)
+check(len(offs) == 3, "test file has three IFDs")
+
+with open(path("text.tif"), "w") as f:
+    f.write("this is not a TIFF file\n" * 10)
+expect_error(path("text.tif"), "not a TIFF", text="not a TIFF")
+open(path("empty.tif"), "wb").close()
+expect_error(path("empty.tif"), "empty file")
+expect_error(path("missing.tif"), "missing file", text="does not exist")
+
+# Truncation at every kind of place, plain and compressed.
+for name in (good, gz):
+    data = open(name, "rb").read()
+    last = ifds(bytearray(data))
+    # Every cut loses pixels or a directory (the last bytes of these files
+    # are a resolution value, which libtiff may tolerate losing).
+    cuts = sorted({4, 8, 16, 200, len(data) // 3, len(data) // 2, last[-1] - 10}
+                  | {o + 6 for o in last})
+    for cut in cuts:
+        p = path(f"cut-{os.path.basename(name)}-{cut}.tif")
+        open(p, "wb").write(data[:cut])
+        expect_error(p, f"{os.path.basename(name)} truncated at {cut}")
+
+# IFD loops: last -> first, and a page pointing to itself.
+for name, frm, to in (("loop-last-first", 2, 0), ("loop-self", 1, 1)):
+    d = bytearray(raw)
+    n = struct.unpack_from("<H", d, offs[frm])[0]
+    struct.pack_into("<I", d, offs[frm] + 2 + 12 * n, offs[to])
+    p = path(name + ".tif")
+    open(p, "wb").write(d)
+    expect_error(p, name)
+    expect_error(p, name + " with loop=true", props="loop=true")
+
+# Absurd dimensions (a few bytes of file claiming gigabytes of pixels).
+for name, tag, value in (("huge-width", 256, 0x7FFFFFFF), ("huge-height", 257, 0x7FFFFFFF),
+                         ("big-page", 256, 60000), ("zero-width", 256, 0)):
+    d = bytearray(raw)
+    set_tag(d, offs[0], tag, value)
+    if name == "big-page":
+        set_tag(d, offs[0], 257, 60000)     # 60000^2 x 2 bytes = 7.2 GB
+    p = path(name + ".tif")
+    open(p, "wb").write(d)
+    expect_error(p, name)
+# Within max-page-size but larger than the file: refused before allocating.
+d = bytearray(raw)
+set_tag(d, offs[0], 256, 20000)
+set_tag(d, offs[0], 257, 20000)
+p = path("larger-than-file.tif")
+open(p, "wb").write(d)
+expect_error(p, "page larger than the file", text="truncated or damaged")
+expect_error(good, "page above a lowered max-page-size", props="max-page-size=2000",
+             text="max-page-size")
+
+# Strip data outside the file.
+d = bytearray(raw)
+set_tag(d, offs[1], 273, 0xFFFFFF00)
+p = path("strip-offset.tif")
+open(p, "wb").write(d)
+expect_error(p, "strip offset past the end")
+
+# Random corruption: any outcome but a crash or a hang.
+base = open(gz, "rb").read()
+crashes = []
+for i in range(40):
+    d = bytearray(base)
+    for _ in range(int(rng.integers(1, 8))):
+        # Mostly the header and directories (the first and last bytes here).
+        pos = int(rng.integers(0, 256)) if rng.random() < 0.5 else int(rng.integers(0, len(d)))
+        d[pos] = int(rng.integers(0, 256))
+    p = path(f"fuzz-{i}.tif")
+    open(p, "wb").write(d)
+    t0 = time.time()
+    rc, log = run(p)
+    print(f"fuzz-{i}: rc={rc} {time.time() - t0:.2f} s")
+    if not (isinstance(rc, int) and rc >= 0 and (rc == 0 or "ERROR" in log)):
+        crashes.append((p, rc))
+        print(log[-2000:])
+check(not crashes, f"40 randomly corrupted files: no crash or hang {crashes}")
+
+finish()
