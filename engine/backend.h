@@ -52,9 +52,10 @@ typedef enum
   UNET_LAYER_UPCONV,            /* ConvTranspose2d, weight [cin, cout, 2, 2] */
 } UnetLayerKind;
 
-/* One layer's parameters: host float32, PyTorch layouts. The pointers are only
- * read during upload_layers(). Inference batch norm is folded into weight/bias by
- * net.c before the upload (training will add the BN tensors here). */
+/* One layer's parameters: host float32, PyTorch layouts. The pointers stay valid
+ * (net.c owns them) until the next upload_layers() or free, so a host backend may
+ * use them in place instead of keeping a copy. Inference batch norm is folded into
+ * weight/bias by net.c before the upload (training will add the BN tensors here). */
 typedef struct
 {
   UnetLayerKind kind;

@@ -79,6 +79,7 @@ struct _UnetNet
   UnetBackend *be;
   GHashTable *layer_index;      /* layer name ("enc.0.conv1") -> index + 1 */
   GList *plans;                 /* NetPlan, most recently used first */
+  GPtrArray *folded;            /* BN-folded layer weights the backend uses */
   /* Training (net-private.h, net-train.c): the host copy of the parameters the
    * layers were folded from, a flag to rebuild them, net-train.c's state. */
   UnetModel *host;
@@ -415,6 +416,7 @@ net_upload_layers (UnetNet *net, const UnetModel *model, GError **error)
   const UnetConfig *cfg = &net->cfg;
   GArray *layers = g_array_new (FALSE, TRUE, sizeof (UnetLayerParams));
   GPtrArray *names = g_ptr_array_new_with_free_func (g_free);
+  /* folded batch-norm weights: the backend references them (backend.h) */
   GPtrArray *storage = g_ptr_array_new_with_free_func (g_free);
   gboolean ok = FALSE;
   gint D = cfg->depth;
@@ -498,7 +500,12 @@ net_upload_layers (UnetNet *net, const UnetModel *model, GError **error)
 out:
   g_array_unref (layers);
   g_ptr_array_unref (names);
-  g_ptr_array_unref (storage);
+  if (ok) {
+    g_clear_pointer (&net->folded, g_ptr_array_unref);
+    net->folded = storage;
+  } else {
+    g_ptr_array_unref (storage);
+  }
   return ok;
 }
 
@@ -547,7 +554,8 @@ unet_net_new (const UnetModel *model, const UnetNetOptions *opts, GError **error
       net->device = UNET_DEVICE_CPU;
       break;
   }
-  if (net->be == NULL || !net_upload_layers (net, model, error))
+  if (net->be == NULL || net->host == NULL
+      || !net_upload_layers (net, net->host, error))
     goto fail;
   return net;
 
@@ -569,6 +577,7 @@ unet_net_free (UnetNet *net)
   unet_net_train_state_free (net->train);
   unet_model_free (net->host);
   unet_backend_free (net->be);
+  g_clear_pointer (&net->folded, g_ptr_array_unref);
   g_hash_table_unref (net->layer_index);
   g_free (net);
 }

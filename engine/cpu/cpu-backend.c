@@ -1,7 +1,8 @@
 /* gst-unet engine — CPU backend on oneDNN 2.6 (C API).
  *
- * Owns: the oneDNN engine/stream, the uploaded layers (user-layout weights plus the
- * weights reordered once into each layout a primitive asked for), activation
+ * Owns: the oneDNN engine/stream, the layers (the caller's host weights, used in
+ * place, plus the weights reordered once into each layout a primitive asked for),
+ * activation
  * tensors, arenas, one shared scratchpad, and the ops (primitives created once per
  * shape by op_new and reused by every op_forward).
  *
@@ -29,6 +30,7 @@
 
 #include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl_debug.h>
+#include <math.h>
 #include <string.h>
 #if HAVE_OPENMP
 #include <omp.h>
@@ -102,6 +104,7 @@ struct _UnetBackendOp
   gint n_images;
   guint8 *src_base, *dst_base;
   gsize src_stride, dst_stride;
+  UnetDims dims;                /* plain C ops (prim == NULL, no reorder): src dims */
 };
 
 #define ALIGN 64
@@ -182,7 +185,6 @@ cpu_upload_layers (UnetBackend *be, const UnetLayerParams *layers, gint n_layers
     dnnl_memory_desc_t bmd;
     dnnl_dims_t wd = { p->cout, p->cin, p->k, p->k };
     dnnl_dims_t bd = { p->cout };
-    void *h;
 
     l->kind = p->kind;
     l->cin = p->cin;
@@ -192,13 +194,11 @@ cpu_upload_layers (UnetBackend *be, const UnetLayerParams *layers, gint n_layers
     DNNL_TRY (dnnl_memory_desc_init_by_tag (&l->w_user_md, 4, wd, dnnl_f32,
             p->kind == UNET_LAYER_UPCONV ? dnnl_iohw : dnnl_oihw));
     DNNL_TRY (dnnl_memory_desc_init_by_tag (&bmd, 1, bd, dnnl_f32, dnnl_x));
+    /* in place: the caller keeps the host arrays alive (backend.h); oneDNN
+     * only reads them (reorders into the primitives' layouts, and bias) */
     DNNL_TRY (dnnl_memory_create (&l->w_user, &l->w_user_md, ctx->engine,
-            DNNL_MEMORY_ALLOCATE));
-    DNNL_TRY (dnnl_memory_create (&l->bias, &bmd, ctx->engine, DNNL_MEMORY_ALLOCATE));
-    DNNL_TRY (dnnl_memory_get_data_handle (l->w_user, &h));
-    memcpy (h, p->weight, sizeof (gfloat) * p->cout * p->cin * p->k * p->k);
-    DNNL_TRY (dnnl_memory_get_data_handle (l->bias, &h));
-    memcpy (h, p->bias, sizeof (gfloat) * p->cout);
+            (void *) p->weight));
+    DNNL_TRY (dnnl_memory_create (&l->bias, &bmd, ctx->engine, (void *) p->bias));
   }
   return TRUE;
 
@@ -542,22 +542,29 @@ cpu_op_desc_init (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t 
   return dnnl_invalid_arguments;
 }
 
-/* Tries to create the primitive descriptor for `desc` with src/dst mds. */
+/* Tries to create the primitive descriptor for `desc` with src/dst mds. Unless
+ * `allow_ref`, a descriptor whose best implementation is oneDNN's reference (slow,
+ * scalar) code is refused, so the caller tries layouts a fast kernel takes. */
 static dnnl_primitive_desc_t
 cpu_try_pd (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *smd,
-    const dnnl_memory_desc_t *dmd, dnnl_primitive_attr_t attr)
+    const dnnl_memory_desc_t *dmd, dnnl_primitive_attr_t attr, gboolean allow_ref)
 {
   CpuOpDesc od;
   dnnl_primitive_desc_t pd = NULL;
   dnnl_alg_kind_t algs[2] = { ctx->conv_alg, dnnl_convolution_direct };
 
   for (gint a = 0; a < (desc->kind == UNET_OP_CONV ? 2 : 1); a++) {
+    const char *impl = NULL;
     if (a == 1 && algs[0] == dnnl_convolution_direct)
       break;
     if (cpu_op_desc_init (ctx, desc, smd, dmd, algs[a], &od) != dnnl_success)
       continue;
-    if (dnnl_primitive_desc_create (&pd, &od, attr, ctx->engine, NULL) == dnnl_success)
+    if (dnnl_primitive_desc_create (&pd, &od, attr, ctx->engine, NULL) != dnnl_success)
+      continue;
+    if (allow_ref || (dnnl_primitive_desc_query (pd, dnnl_query_impl_info_str, 0,
+                &impl) == dnnl_success && !g_str_has_prefix (impl, "ref")))
       return pd;
+    dnnl_primitive_desc_destroy (pd);
   }
   return NULL;
 }
@@ -566,6 +573,74 @@ static void
 cpu_any_md (const dnnl_memory_desc_t *like, dnnl_data_type_t dt, dnnl_memory_desc_t *md)
 {
   dnnl_memory_desc_init_by_tag (md, 4, like->dims, dt, dnnl_format_tag_any);
+}
+
+static gboolean
+cpu_is_plain_f32 (const UnetBackendTensor *t)
+{
+  dnnl_memory_desc_t plain;
+  dnnl_dims_t d = { t->dims.n, t->dims.c, t->dims.h, t->dims.w };
+  return t->parent == NULL
+      && dnnl_memory_desc_init_by_tag (&plain, 4, d, dnnl_f32, dnnl_abcd) == dnnl_success
+      && dnnl_memory_desc_equal (&plain, &t->md);
+}
+
+/* Softmax over channels / sigmoid on the (few-channel) head output in plain nchw
+ * f32: a per-pixel loop is faster than oneDNN's reference code for a strided
+ * channel axis, and these are the last op of a forward. */
+static UnetBackendOp *
+cpu_op_new_plain (CpuCtx *ctx, const UnetOpDesc *desc, GError **error)
+{
+  UnetBackendOp *op;
+  if (desc->src->dims.n != desc->dst->dims.n || desc->src->dims.c != desc->dst->dims.c
+      || desc->src->dims.h != desc->dst->dims.h || desc->src->dims.w != desc->dst->dims.w) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "softmax/sigmoid: src and dst dimensions differ");
+    return NULL;
+  }
+  if (desc->src->data == NULL || desc->dst->data == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
+        "CPU backend: tensor used before it was bound to an arena");
+    return NULL;
+  }
+  op = g_new0 (UnetBackendOp, 1);
+  op->ctx = ctx;
+  op->kind = desc->kind;
+  op->src_base = desc->src->data;
+  op->dst_base = desc->dst->data;
+  op->dims = desc->src->dims;
+  return op;
+}
+
+/* src, dst (n,c,h,w) plain f32 */
+static void
+cpu_plain_forward (UnetBackendOp *op)
+{
+  const gfloat *src = (const gfloat *) op->src_base;
+  gfloat *dst = (gfloat *) op->dst_base;
+  const gint64 c = op->dims.c, hw = (gint64) op->dims.h * op->dims.w;
+  const gint64 total = op->dims.n * hw;
+  const gboolean softmax = op->kind == UNET_OP_SOFTMAX;
+
+#pragma omp parallel for schedule(static)
+  for (gint64 i = 0; i < total; i++) {
+    const gint64 base = (i / hw) * c * hw + i % hw;
+    if (softmax) {
+      gfloat mx = src[base], sum = 0.f;
+      for (gint64 k = 1; k < c; k++)
+        mx = MAX (mx, src[base + k * hw]);
+      for (gint64 k = 0; k < c; k++) {
+        gfloat e = expf (src[base + k * hw] - mx);
+        dst[base + k * hw] = e;
+        sum += e;
+      }
+      for (gint64 k = 0; k < c; k++)
+        dst[base + k * hw] /= sum;
+    } else {
+      for (gint64 k = 0; k < c; k++)
+        dst[base + k * hw] = 1.f / (1.f + expf (-src[base + k * hw]));
+    }
+  }
 }
 
 static UnetBackendOp *
@@ -624,6 +699,9 @@ cpu_op_new (UnetBackend *be, const UnetOpDesc *desc, GError **error)
   cpu_set_threads (ctx);
   if (desc->kind == UNET_OP_CROP_COPY)
     return cpu_op_new_crop (ctx, desc, error);
+  if ((desc->kind == UNET_OP_SOFTMAX || desc->kind == UNET_OP_SIGMOID)
+      && cpu_is_plain_f32 (desc->src) && cpu_is_plain_f32 (desc->dst))
+    return cpu_op_new_plain (ctx, desc, error);
 
   op = g_new0 (UnetBackendOp, 1);
   op->ctx = ctx;
@@ -656,20 +734,20 @@ cpu_op_new (UnetBackend *be, const UnetOpDesc *desc, GError **error)
   }
 
   /* 1: the tensors' own layouts; 2: layouts of the primitive's choosing in the
-   * tensors' data types; 3: any layout in f32 (e.g. an op without bf16 support). */
-  pd = cpu_try_pd (ctx, desc, &smd, &dmd, attr);
-  if (pd == NULL) {
+   * tensors' data types (+ reorders); 3: the same in f32 (e.g. an op without bf16
+   * support) -- each only with a fast implementation; 4: the tensors' own layouts
+   * with whatever oneDNN has (its reference code is slow but always exists). */
+  pd = cpu_try_pd (ctx, desc, &smd, &dmd, attr, FALSE);
+  for (gint step = 2; pd == NULL && step <= 3; step++) {
     fallback = TRUE;
-    cpu_any_md (&smd, smd.data_type, &sany);
-    cpu_any_md (&dmd, dmd.data_type, &dany);
+    cpu_any_md (&smd, step == 2 ? smd.data_type : dnnl_f32, &sany);
+    cpu_any_md (&dmd, step == 2 ? dmd.data_type : dnnl_f32, &dany);
     pd = cpu_try_pd (ctx, desc, &sany, desc->kind == UNET_OP_SIGMOID ? &sany : &dany,
-        attr);
+        attr, FALSE);
   }
   if (pd == NULL) {
-    cpu_any_md (&smd, dnnl_f32, &sany);
-    cpu_any_md (&dmd, dnnl_f32, &dany);
-    pd = cpu_try_pd (ctx, desc, &sany, desc->kind == UNET_OP_SIGMOID ? &sany : &dany,
-        attr);
+    fallback = FALSE;
+    pd = cpu_try_pd (ctx, desc, &smd, &dmd, attr, TRUE);
   }
   if (pd == NULL) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND,
@@ -760,8 +838,12 @@ cpu_op_forward (UnetBackendOp *op, GError **error)
   int n = 0;
 
   cpu_set_threads (ctx);
-  if (op->prim == NULL)         /* CROP_COPY: a single reorder between views */
+  if (op->prim == NULL && op->pre.prim != NULL)  /* CROP_COPY: one reorder */
     return cpu_reorder_run (ctx, &op->pre, error);
+  if (op->prim == NULL) {
+    cpu_plain_forward (op);
+    return TRUE;
+  }
 
   /* the shared scratchpad may have grown (and moved) since op_new */
   DNNL_TRY (dnnl_memory_set_data_handle (op->scratch, ctx->scratch));
