@@ -283,12 +283,92 @@ cpu_train_engine (GError **error)
   return engine;
 }
 
+/* One argument of a primitive: the user's plain memory (nchw / oihw / x, data
+ * handle set per call) and, when the primitive prefers another layout (blocked
+ * nChw16c / OIhw16i16o on AVX-512), its own buffer plus the reorder between them. */
+typedef struct
+{
+  dnnl_memory_t user;
+  dnnl_memory_t prim;           /* == user when no reorder is needed */
+  dnnl_primitive_t reorder;     /* user -> prim (inputs) or prim -> user (outputs) */
+} Port;
+
+static void
+port_clear (Port *p)
+{
+  if (p->reorder)
+    dnnl_primitive_destroy (p->reorder);
+  if (p->prim && p->prim != p->user)
+    dnnl_memory_destroy (p->prim);
+  if (p->user)
+    dnnl_memory_destroy (p->user);
+  memset (p, 0, sizeof *p);
+}
+
+static gboolean
+port_init (Port *p, dnnl_engine_t engine, const dnnl_memory_desc_t *user_md,
+    const dnnl_memory_desc_t *prim_md, gboolean input, GError **error)
+{
+  dnnl_primitive_desc_t rpd = NULL;
+  DNNL_TRY (dnnl_memory_create (&p->user, user_md, engine, DNNL_MEMORY_NONE));
+  if (dnnl_memory_desc_equal (user_md, prim_md)) {
+    p->prim = p->user;
+    return TRUE;
+  }
+  DNNL_TRY (dnnl_memory_create (&p->prim, prim_md, engine, DNNL_MEMORY_ALLOCATE));
+  if (input)
+    DNNL_TRY (dnnl_reorder_primitive_desc_create (&rpd, user_md, engine, prim_md,
+            engine, NULL));
+  else
+    DNNL_TRY (dnnl_reorder_primitive_desc_create (&rpd, prim_md, engine, user_md,
+            engine, NULL));
+  DNNL_TRY (dnnl_primitive_create (&p->reorder, rpd));
+  dnnl_primitive_desc_destroy (rpd);
+  return TRUE;
+fail:
+  if (rpd)
+    dnnl_primitive_desc_destroy (rpd);
+  return FALSE;
+}
+
+static gboolean
+port_set (Port *p, const void *data, GError **error)
+{
+  DNNL_TRY (dnnl_memory_set_data_handle (p->user, (void *) data));
+  return TRUE;
+fail:
+  return FALSE;
+}
+
+static gboolean
+port_reorder (Port *p, dnnl_stream_t stream, gboolean input, GError **error)
+{
+  if (p->reorder == NULL)
+    return TRUE;
+  dnnl_exec_arg_t args[2] = {
+    {DNNL_ARG_FROM, input ? p->user : p->prim},
+    {DNNL_ARG_TO, input ? p->prim : p->user},
+  };
+  DNNL_TRY (dnnl_primitive_execute (p->reorder, stream, 2, args));
+  return TRUE;
+fail:
+  return FALSE;
+}
+
+enum
+{
+  F_SRC, F_WEI, F_BIAS, F_DST,          /* forward */
+  D_DDST, D_WEI, D_DSRC,                /* backward data */
+  W_SRC, W_DDST, W_DWEI, W_DBIAS,       /* backward weights */
+  N_PORTS
+};
+
 struct _UnetCpuConv
 {
   gint n, cin, cout, k, pad, h, w, oh, ow;
   dnnl_stream_t stream;
   dnnl_primitive_t fwd, bwd_data, bwd_weights;
-  dnnl_memory_t src, weights, bias, dst, dsrc, ddst, dweights, dbias;
+  Port ports[N_PORTS];
   gfloat *dw_tmp, *db_tmp;      /* backward_weights output, added into the slab */
 };
 
@@ -298,20 +378,22 @@ unet_cpu_conv_free (UnetCpuConv *c)
   if (c == NULL)
     return;
   dnnl_primitive_t prims[3] = { c->fwd, c->bwd_data, c->bwd_weights };
-  dnnl_memory_t mems[8] = { c->src, c->weights, c->bias, c->dst, c->dsrc, c->ddst,
-    c->dweights, c->dbias
-  };
   for (gint i = 0; i < 3; i++)
     if (prims[i])
       dnnl_primitive_destroy (prims[i]);
-  for (gint i = 0; i < 8; i++)
-    if (mems[i])
-      dnnl_memory_destroy (mems[i]);
+  for (gint i = 0; i < N_PORTS; i++)
+    port_clear (&c->ports[i]);
   if (c->stream)
     dnnl_stream_destroy (c->stream);
   g_free (c->dw_tmp);
   g_free (c->db_tmp);
   g_free (c);
+}
+
+static const dnnl_memory_desc_t *
+pd_md (dnnl_primitive_desc_t pd, dnnl_query_t what)
+{
+  return dnnl_primitive_desc_query_md (pd, what, 0);
 }
 
 UnetCpuConv *
@@ -320,7 +402,7 @@ unet_cpu_conv_new (gint n, gint cin, gint h, gint w, gint cout, gint k, gint pad
 {
   dnnl_engine_t engine = cpu_train_engine (error);
   UnetCpuConv *c;
-  dnnl_memory_desc_t smd, wmd, bmd, dmd;
+  dnnl_memory_desc_t smd, wmd, bmd, dmd, sany, wany, dany;
   dnnl_convolution_desc_t fd, bdd, bwd;
   dnnl_primitive_desc_t fpd = NULL, bdpd = NULL, bwpd = NULL;
   dnnl_dims_t strides = { 1, 1 }, padding = { pad, pad };
@@ -349,28 +431,52 @@ unet_cpu_conv_new (gint n, gint cin, gint h, gint w, gint cout, gint k, gint pad
     DNNL_TRY (dnnl_memory_desc_init_by_tag (&wmd, 4, wd, dnnl_f32, dnnl_oihw));
     DNNL_TRY (dnnl_memory_desc_init_by_tag (&bmd, 1, bd, dnnl_f32, dnnl_x));
     DNNL_TRY (dnnl_memory_desc_init_by_tag (&dmd, 4, dd, dnnl_f32, dnnl_nchw));
+    /* Let oneDNN pick the layouts its fastest kernels want (blocked on AVX-512);
+     * the ports reorder from/to the plain layouts the rest of the executor uses. */
+    DNNL_TRY (dnnl_memory_desc_init_by_tag (&sany, 4, sd, dnnl_f32, dnnl_format_tag_any));
+    DNNL_TRY (dnnl_memory_desc_init_by_tag (&wany, 4, wd, dnnl_f32, dnnl_format_tag_any));
+    DNNL_TRY (dnnl_memory_desc_init_by_tag (&dany, 4, dd, dnnl_f32, dnnl_format_tag_any));
   }
   DNNL_TRY (dnnl_convolution_forward_desc_init (&fd, dnnl_forward_training,
-          dnnl_convolution_direct, &smd, &wmd, &bmd, &dmd, strides, padding, padding));
+          dnnl_convolution_direct, &sany, &wany, &bmd, &dany, strides, padding, padding));
   DNNL_TRY (dnnl_primitive_desc_create (&fpd, &fd, NULL, engine, NULL));
   DNNL_TRY (dnnl_convolution_backward_data_desc_init (&bdd, dnnl_convolution_direct,
-          &smd, &wmd, &dmd, strides, padding, padding));
+          &sany, &wany, &dany, strides, padding, padding));
   DNNL_TRY (dnnl_primitive_desc_create (&bdpd, &bdd, NULL, engine, fpd));
   DNNL_TRY (dnnl_convolution_backward_weights_desc_init (&bwd,
-          dnnl_convolution_direct, &smd, &wmd, &bmd, &dmd, strides, padding, padding));
+          dnnl_convolution_direct, &sany, &wany, &bmd, &dany, strides, padding, padding));
   DNNL_TRY (dnnl_primitive_desc_create (&bwpd, &bwd, NULL, engine, fpd));
   DNNL_TRY (dnnl_primitive_create (&c->fwd, fpd));
   DNNL_TRY (dnnl_primitive_create (&c->bwd_data, bdpd));
   DNNL_TRY (dnnl_primitive_create (&c->bwd_weights, bwpd));
   DNNL_TRY (dnnl_stream_create (&c->stream, engine, dnnl_stream_default_flags));
-  DNNL_TRY (dnnl_memory_create (&c->src, &smd, engine, DNNL_MEMORY_NONE));
-  DNNL_TRY (dnnl_memory_create (&c->weights, &wmd, engine, DNNL_MEMORY_NONE));
-  DNNL_TRY (dnnl_memory_create (&c->bias, &bmd, engine, DNNL_MEMORY_NONE));
-  DNNL_TRY (dnnl_memory_create (&c->dst, &dmd, engine, DNNL_MEMORY_NONE));
-  DNNL_TRY (dnnl_memory_create (&c->dsrc, &smd, engine, DNNL_MEMORY_NONE));
-  DNNL_TRY (dnnl_memory_create (&c->ddst, &dmd, engine, DNNL_MEMORY_NONE));
-  DNNL_TRY (dnnl_memory_create (&c->dweights, &wmd, engine, DNNL_MEMORY_NONE));
-  DNNL_TRY (dnnl_memory_create (&c->dbias, &bmd, engine, DNNL_MEMORY_NONE));
+  {
+    struct
+    {
+      gint port;
+      const dnnl_memory_desc_t *user;
+      dnnl_primitive_desc_t pd;
+      dnnl_query_t q;
+      gboolean input;
+    } spec[N_PORTS] = {
+      {F_SRC, &smd, fpd, dnnl_query_src_md, TRUE},
+      {F_WEI, &wmd, fpd, dnnl_query_weights_md, TRUE},
+      {F_BIAS, &bmd, NULL, 0, TRUE},
+      {F_DST, &dmd, fpd, dnnl_query_dst_md, FALSE},
+      {D_DDST, &dmd, bdpd, dnnl_query_diff_dst_md, TRUE},
+      {D_WEI, &wmd, bdpd, dnnl_query_weights_md, TRUE},
+      {D_DSRC, &smd, bdpd, dnnl_query_diff_src_md, FALSE},
+      {W_SRC, &smd, bwpd, dnnl_query_src_md, TRUE},
+      {W_DDST, &dmd, bwpd, dnnl_query_diff_dst_md, TRUE},
+      {W_DWEI, &wmd, bwpd, dnnl_query_diff_weights_md, FALSE},
+      {W_DBIAS, &bmd, NULL, 0, FALSE},
+    };
+    for (gint i = 0; i < N_PORTS; i++)
+      if (!port_init (&c->ports[spec[i].port], engine, spec[i].user,
+              spec[i].pd ? pd_md (spec[i].pd, spec[i].q) : spec[i].user,
+              spec[i].input, error))
+        goto fail;
+  }
   c->dw_tmp = g_new (gfloat, (gsize) cout * cin * k * k);
   c->db_tmp = g_new (gfloat, cout);
   dnnl_primitive_desc_destroy (fpd);
@@ -389,11 +495,26 @@ fail:
   return NULL;
 }
 
+/* Sets the user handles of `ports`, reorders the inputs, runs `prim` with `args`,
+ * reorders the outputs and waits. */
 static gboolean
-conv_exec (UnetCpuConv *c, dnnl_primitive_t prim, gint n_args, dnnl_exec_arg_t *args,
+conv_run (UnetCpuConv *c, dnnl_primitive_t prim, const gint *ports,
+    const gint *arg_ids, const void *const *data, const gboolean *input, gint n,
     GError **error)
 {
-  DNNL_TRY (dnnl_primitive_execute (prim, c->stream, n_args, args));
+  dnnl_exec_arg_t args[4];
+  for (gint i = 0; i < n; i++) {
+    Port *p = &c->ports[ports[i]];
+    if (!port_set (p, data[i], error))
+      return FALSE;
+    if (input[i] && !port_reorder (p, c->stream, TRUE, error))
+      return FALSE;
+    args[i] = (dnnl_exec_arg_t) { arg_ids[i], p->prim };
+  }
+  DNNL_TRY (dnnl_primitive_execute (prim, c->stream, n, args));
+  for (gint i = 0; i < n; i++)
+    if (!input[i] && !port_reorder (&c->ports[ports[i]], c->stream, FALSE, error))
+      return FALSE;
   DNNL_TRY (dnnl_stream_wait (c->stream));
   return TRUE;
 fail:
@@ -404,19 +525,11 @@ gboolean
 unet_cpu_conv_forward (UnetCpuConv *c, const gfloat *src, const gfloat *weight,
     const gfloat *bias, gfloat *dst, GError **error)
 {
-  DNNL_TRY (dnnl_memory_set_data_handle (c->src, (void *) src));
-  DNNL_TRY (dnnl_memory_set_data_handle (c->weights, (void *) weight));
-  DNNL_TRY (dnnl_memory_set_data_handle (c->bias, (void *) bias));
-  DNNL_TRY (dnnl_memory_set_data_handle (c->dst, dst));
-  {
-    dnnl_exec_arg_t args[4] = {
-      {DNNL_ARG_SRC, c->src}, {DNNL_ARG_WEIGHTS, c->weights},
-      {DNNL_ARG_BIAS, c->bias}, {DNNL_ARG_DST, c->dst},
-    };
-    return conv_exec (c, c->fwd, 4, args, error);
-  }
-fail:
-  return FALSE;
+  const gint ports[4] = { F_SRC, F_WEI, F_BIAS, F_DST };
+  const gint ids[4] = { DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_BIAS, DNNL_ARG_DST };
+  const void *data[4] = { src, weight, bias, dst };
+  const gboolean input[4] = { TRUE, TRUE, TRUE, FALSE };
+  return conv_run (c, c->fwd, ports, ids, data, input, 4, error);
 }
 
 gboolean
@@ -424,16 +537,14 @@ unet_cpu_conv_backward (UnetCpuConv *c, const gfloat *src, const gfloat *weight,
     const gfloat *ddst, gfloat *dsrc, gfloat *dweight, gfloat *dbias, GError **error)
 {
   const gsize nw = (gsize) c->cout * c->cin * c->k * c->k;
-  DNNL_TRY (dnnl_memory_set_data_handle (c->src, (void *) src));
-  DNNL_TRY (dnnl_memory_set_data_handle (c->ddst, (void *) ddst));
-  DNNL_TRY (dnnl_memory_set_data_handle (c->dweights, c->dw_tmp));
-  DNNL_TRY (dnnl_memory_set_data_handle (c->dbias, c->db_tmp));
   {
-    dnnl_exec_arg_t args[4] = {
-      {DNNL_ARG_SRC, c->src}, {DNNL_ARG_DIFF_DST, c->ddst},
-      {DNNL_ARG_DIFF_WEIGHTS, c->dweights}, {DNNL_ARG_DIFF_BIAS, c->dbias},
+    const gint ports[4] = { W_SRC, W_DDST, W_DWEI, W_DBIAS };
+    const gint ids[4] = { DNNL_ARG_SRC, DNNL_ARG_DIFF_DST, DNNL_ARG_DIFF_WEIGHTS,
+      DNNL_ARG_DIFF_BIAS
     };
-    if (!conv_exec (c, c->bwd_weights, 4, args, error))
+    const void *data[4] = { src, ddst, c->dw_tmp, c->db_tmp };
+    const gboolean input[4] = { TRUE, TRUE, FALSE, FALSE };
+    if (!conv_run (c, c->bwd_weights, ports, ids, data, input, 4, error))
       return FALSE;
   }
 #pragma omp parallel for schedule(static)
@@ -443,17 +554,13 @@ unet_cpu_conv_backward (UnetCpuConv *c, const gfloat *src, const gfloat *weight,
     dbias[i] += c->db_tmp[i];
   if (dsrc == NULL)
     return TRUE;
-  DNNL_TRY (dnnl_memory_set_data_handle (c->weights, (void *) weight));
-  DNNL_TRY (dnnl_memory_set_data_handle (c->dsrc, dsrc));
   {
-    dnnl_exec_arg_t args[3] = {
-      {DNNL_ARG_DIFF_DST, c->ddst}, {DNNL_ARG_WEIGHTS, c->weights},
-      {DNNL_ARG_DIFF_SRC, c->dsrc},
-    };
-    return conv_exec (c, c->bwd_data, 3, args, error);
+    const gint ports[3] = { D_DDST, D_WEI, D_DSRC };
+    const gint ids[3] = { DNNL_ARG_DIFF_DST, DNNL_ARG_WEIGHTS, DNNL_ARG_DIFF_SRC };
+    const void *data[3] = { ddst, weight, dsrc };
+    const gboolean input[3] = { TRUE, TRUE, FALSE };
+    return conv_run (c, c->bwd_data, ports, ids, data, input, 3, error);
   }
-fail:
-  return FALSE;
 }
 
 /* ---------------------------------------------------------- whole net -- */
