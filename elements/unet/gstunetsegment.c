@@ -29,11 +29,35 @@
  * mean-object-area (gdouble, pixels), processing-time (guint64, ns), tiles (gint),
  * tile-width, tile-height (gint, input tile edges), and the parts of
  * processing-time: normalize-time, extract-time, forward-time, stitch-time,
- * post-time (guint64, ns).
+ * post-time (guint64, ns); for live use also latency (guint64, ns: capture to
+ * output, i.e. the pipeline clock's running time when the frame leaves minus the
+ * frame's running time; GST_CLOCK_TIME_NONE without a clock), frames-dropped
+ * (guint64, cumulative since start: frames that never reached the network, i.e.
+ * qos-dropped plus frames missing in the input, such as those a leaky queue
+ * upstream dropped -- counted exactly from buffer offsets when the source numbers
+ * its frames, as videotestsrc does, else estimated from timestamp gaps at the caps
+ * frame rate, as for aravissrc) and qos-dropped (guint64, cumulative: frames this
+ * element skipped because QoS said they would be late).
  *
  * Setting #GstUnetSegment:model while PLAYING loads the new model in the calling
  * thread (outside the streaming lock); the streaming thread swaps it in between two
  * frames. If the load fails a warning is posted and the old model stays.
+ * #GstUnetSegment::reload does the same for the current file, and with
+ * #GstUnetSegment:watch-model the element reloads by itself whenever the file is
+ * replaced (a checkpoint written to a temporary name and renamed, as unettrain
+ * does) or closed after writing; a file that does not load (written in place and
+ * caught half-written, say) only posts a warning. Every swap posts an element
+ * message "unetsegment-model-swapped": model (gchararray, the file),
+ * frame-number (guint64, output counter of the first frame made by the new
+ * model).
+ *
+ * ## Live acquisition
+ * |[
+ * gst-launch-1.0 aravissrc ! video/x-raw,format=GRAY16_LE ! tee name=t \
+ *     t. ! queue leaky=downstream max-size-buffers=1 ! unetsegment \
+ *         model=nuclei.safetensors watch-model=true post-messages=true ! fakesink \
+ *     t. ! queue ! tiffstacksink location=raw.tif
+ * ]|
  */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
@@ -43,6 +67,7 @@
 #include "gstunetenums.h"
 #include "unet.h"
 
+#include <gio/gio.h>
 #include <gst/video/video.h>
 #include <string.h>
 
@@ -89,7 +114,16 @@ enum
   PROP_NORM_MEAN,
   PROP_NORM_STD,
   PROP_POST_MESSAGES,
+  PROP_WATCH_MODEL,
 };
+
+enum
+{
+  SIGNAL_RELOAD,
+  LAST_SIGNAL,
+};
+
+static guint signals[LAST_SIGNAL];
 
 #define DEFAULT_DEVICE UNET_DEVICE_AUTO
 #define DEFAULT_GPU_ID 0
@@ -109,6 +143,7 @@ enum
 #define DEFAULT_NORM_MEAN 0.0
 #define DEFAULT_NORM_STD 1.0
 #define DEFAULT_POST_MESSAGES FALSE
+#define DEFAULT_WATCH_MODEL FALSE
 
 #define SINK_CAPS GST_VIDEO_CAPS_MAKE ("{ GRAY8, GRAY16_LE, GRAY32F }")
 #define SRC_CAPS GST_VIDEO_CAPS_MAKE ("{ GRAY8, GRAY32F, RGBA, GRAY16_LE }")
@@ -243,6 +278,17 @@ struct _GstUnetSegment
   UnetSegmenter *pending;
   GMutex load_lock;             /* serialises loads from concurrent set_property */
 
+  /* Model file watch (watch-model): a thread with its own main context runs a
+   * GFileMonitor on the model file, so it works without an application main loop;
+   * loads happen there, outside the streaming lock. */
+  gboolean watch_model;
+  GThread *watch_thread;
+  GMainContext *watch_ctx;
+  GMainLoop *watch_loop;
+  GFileMonitor *monitor;        /* watcher thread only */
+  gchar *watched_path;          /* watcher thread only */
+  GFileInfo *loaded_identity;   /* watcher thread only: file last (tried to be) loaded */
+
   /* Streaming state. */
   UnetSegmenter *seg;
   GstUnetSegmentOutput active_output;
@@ -254,6 +300,13 @@ struct _GstUnetSegment
   GQueue ready;                 /* ReadyFrame*, finished, in push order */
   guint64 frames_out;
   GstClockTime max_processing;  /* reported in the LATENCY query */
+
+  /* Drop accounting for the statistics (streaming thread). */
+  guint64 qos_dropped;          /* skipped here on QoS */
+  guint64 upstream_dropped;     /* missing in the input (gaps) */
+  guint64 last_offset;          /* GST_BUFFER_OFFSET of the last input, or NONE */
+  GstClockTime last_pts;        /* PTS of the last input, or NONE */
+  gint fps_n, fps_d;            /* caps frame rate, for timestamp gaps */
 };
 
 #define gst_unet_segment_parent_class parent_class
@@ -325,6 +378,7 @@ static gboolean gst_unet_segment_sink_event (GstBaseTransform * trans,
     GstEvent * event);
 static gboolean gst_unet_segment_query (GstBaseTransform * trans,
     GstPadDirection direction, GstQuery * query);
+static gboolean gst_unet_segment_reload (GstUnetSegment * self);
 
 static void
 gst_unet_segment_class_init (GstUnetSegmentClass * klass)
@@ -421,6 +475,29 @@ gst_unet_segment_class_init (GstUnetSegmentClass * klass)
       g_param_spec_boolean ("post-messages", "Post messages",
           "Post an \"unetsegment-stats\" element message per frame (objects, "
           "foreground fraction, timing)", DEFAULT_POST_MESSAGES, rw_ready));
+  g_object_class_install_property (gobject_class, PROP_WATCH_MODEL,
+      g_param_spec_boolean ("watch-model", "Watch model",
+          "Reload the model file whenever it is replaced or rewritten while "
+          "running (e.g. checkpoints of a training pipeline); swapped between "
+          "frames, a file that does not load only posts a warning",
+          DEFAULT_WATCH_MODEL, rw_ready));
+
+  /**
+   * GstUnetSegment::reload:
+   * @self: the element
+   *
+   * Action signal: reads the #GstUnetSegment:model file again in the calling
+   * thread and, if it loads, swaps it in between two frames (an
+   * "unetsegment-model-swapped" message follows). If it does not load, a warning
+   * is posted and the current model stays.
+   *
+   * Returns: %TRUE if the file loaded (or the element is not running, and will
+   * read it when it starts), %FALSE if the current model stays.
+   */
+  signals[SIGNAL_RELOAD] = g_signal_new_class_handler ("reload",
+      G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST | G_SIGNAL_ACTION,
+      G_CALLBACK (gst_unet_segment_reload), NULL, NULL, NULL, G_TYPE_BOOLEAN,
+      0);
 
   gst_element_class_add_static_pad_template (element_class, &sink_template);
   gst_element_class_add_static_pad_template (element_class, &src_template);
@@ -471,6 +548,7 @@ gst_unet_segment_init (GstUnetSegment * self)
   self->norm_mean = DEFAULT_NORM_MEAN;
   self->norm_std = DEFAULT_NORM_STD;
   self->post_messages = DEFAULT_POST_MESSAGES;
+  self->watch_model = DEFAULT_WATCH_MODEL;
   g_mutex_init (&self->load_lock);
   g_queue_init (&self->inflight);
   g_queue_init (&self->ready);
@@ -632,28 +710,42 @@ static gboolean
 maybe_swap_model (GstUnetSegment * self, GError ** error)
 {
   UnetSegmenter *next;
+  gchar *path;
   gboolean ok;
 
   GST_OBJECT_LOCK (self);
   next = g_steal_pointer (&self->pending);
+  path = next ? g_strdup (self->model_path) : NULL;
   GST_OBJECT_UNLOCK (self);
   if (!next)
     return TRUE;
   ok = flush_segmenter (self, self->seg, error);
   unet_segmenter_free (self->seg);
   self->seg = next;
-  GST_INFO_OBJECT (self, "switched to the new model");
+  GST_INFO_OBJECT (self, "switched to model %s", path);
+  /* Frames still in the ready queue were made by the old model. */
+  gst_element_post_message (GST_ELEMENT (self),
+      gst_message_new_element (GST_OBJECT (self),
+          gst_structure_new ("unetsegment-model-swapped",
+              "model", G_TYPE_STRING, path,
+              "frame-number", G_TYPE_UINT64,
+              self->frames_out + g_queue_get_length (&self->ready), NULL)));
+  g_free (path);
   return ok;
 }
 
-/* Load a new model while running (called from set_property, not the streaming
- * thread). On failure the old model stays and a warning is posted. */
-static void
-reload_model (GstUnetSegment * self, gchar * path)
+static void watch_follow_path (GstUnetSegment * self);
+
+/* Load a new model while running (called from set_property, the reload signal
+ * or the file watch, never the streaming thread). On failure the old model stays
+ * and a warning is posted. Returns whether the new model was taken. */
+static gboolean
+reload_model (GstUnetSegment * self, const gchar * path)
 {
   UnetSegmenterOptions opts;
   UnetSegmenter *seg, *old = NULL;
   GError *err = NULL;
+  gboolean taken = FALSE;
 
   g_mutex_lock (&self->load_lock);
   GST_OBJECT_LOCK (self);
@@ -668,6 +760,7 @@ reload_model (GstUnetSegment * self, gchar * path)
     g_free (self->model_path);
     self->model_path = g_strdup (path);
     seg = NULL;
+    taken = TRUE;
   }
   GST_OBJECT_UNLOCK (self);
   g_mutex_unlock (&self->load_lock);
@@ -679,6 +772,236 @@ reload_model (GstUnetSegment * self, gchar * path)
         ("%s", err->message));
     g_error_free (err);
   }
+  if (taken)
+    watch_follow_path (self);
+  return taken;
+}
+
+static gboolean
+gst_unet_segment_reload (GstUnetSegment * self)
+{
+  gchar *path;
+  gboolean running, ok = TRUE;
+
+  GST_OBJECT_LOCK (self);
+  running = self->running;
+  path = g_strdup (self->model_path);
+  GST_OBJECT_UNLOCK (self);
+  if (running && path)
+    ok = reload_model (self, path);
+  g_free (path);
+  return ok;
+}
+
+/* ---------------------------------------------------------- model watch -- */
+
+#define IDENTITY_ATTRIBUTES G_FILE_ATTRIBUTE_UNIX_INODE "," \
+    G_FILE_ATTRIBUTE_STANDARD_SIZE "," G_FILE_ATTRIBUTE_TIME_MODIFIED "," \
+    G_FILE_ATTRIBUTE_TIME_MODIFIED_NSEC
+
+/* Inode, size and modification time of `path` (NULL if it cannot be read): a
+ * rename onto the path or a rewrite changes it, the several events one write
+ * produces do not, so each version of the file is loaded once. */
+static GFileInfo *
+file_identity (const gchar * path)
+{
+  GFile *f = g_file_new_for_path (path);
+  GFileInfo *info = g_file_query_info (f, IDENTITY_ATTRIBUTES,
+      G_FILE_QUERY_INFO_NONE, NULL, NULL);
+
+  g_object_unref (f);
+  return info;
+}
+
+static gboolean
+same_identity (GFileInfo * a, GFileInfo * b)
+{
+  static const gchar *const u64[] = { G_FILE_ATTRIBUTE_UNIX_INODE,
+    G_FILE_ATTRIBUTE_STANDARD_SIZE, G_FILE_ATTRIBUTE_TIME_MODIFIED
+  };
+  guint i;
+
+  if (!a || !b)
+    return FALSE;
+  for (i = 0; i < G_N_ELEMENTS (u64); i++)
+    if (g_file_info_get_attribute_uint64 (a, u64[i])
+        != g_file_info_get_attribute_uint64 (b, u64[i]))
+      return FALSE;
+  return g_file_info_get_attribute_uint32 (a,
+      G_FILE_ATTRIBUTE_TIME_MODIFIED_NSEC) ==
+      g_file_info_get_attribute_uint32 (b, G_FILE_ATTRIBUTE_TIME_MODIFIED_NSEC);
+}
+
+/* Watcher thread. A complete new version of the file shows up as a rename onto
+ * it (created / renamed / moved-in) or as the end of a write (changes-done, i.e.
+ * closed after writing); plain "changed" events come while a writer is still
+ * busy and are ignored. */
+static void
+on_model_file_changed (GFileMonitor * monitor, GFile * file, GFile * other,
+    GFileMonitorEvent event, gpointer user_data)
+{
+  GstUnetSegment *self = user_data;
+  GFileInfo *id;
+
+  switch (event) {
+    case G_FILE_MONITOR_EVENT_CHANGES_DONE_HINT:
+    case G_FILE_MONITOR_EVENT_CREATED:
+    case G_FILE_MONITOR_EVENT_RENAMED:
+    case G_FILE_MONITOR_EVENT_MOVED_IN:
+      break;
+    default:
+      return;
+  }
+  id = file_identity (self->watched_path);
+  if (!id || same_identity (id, self->loaded_identity)) {
+    g_clear_object (&id);
+    return;
+  }
+  g_clear_object (&self->loaded_identity);
+  self->loaded_identity = id;
+  GST_INFO_OBJECT (self, "model file %s was replaced, reloading",
+      self->watched_path);
+  reload_model (self, self->watched_path);
+}
+
+/* (Re)creates the monitor for `path` (taken); events are dispatched in the
+ * thread-default main context, which must be watch_ctx. */
+static void
+watch_set_path (GstUnetSegment * self, gchar * path)
+{
+  GFile *file;
+  GError *err = NULL;
+
+  if (self->monitor) {
+    g_signal_handlers_disconnect_by_data (self->monitor, self);
+    g_file_monitor_cancel (self->monitor);
+    g_clear_object (&self->monitor);
+  }
+  g_free (self->watched_path);
+  self->watched_path = path;
+  file = g_file_new_for_path (path);
+  self->monitor = g_file_monitor_file (file, G_FILE_MONITOR_WATCH_MOVES, NULL,
+      &err);
+  g_object_unref (file);
+  if (!self->monitor) {
+    GST_ELEMENT_WARNING (self, RESOURCE, SETTINGS,
+        ("Cannot watch the model file \"%s\"; it will not be reloaded when it "
+            "changes.", path), ("%s", err->message));
+    g_error_free (err);
+    return;
+  }
+  g_signal_connect (self->monitor, "changed",
+      G_CALLBACK (on_model_file_changed), self);
+}
+
+/* Watcher thread: follow a model path set while running. */
+static gboolean
+watch_rewatch (gpointer user_data)
+{
+  GstUnetSegment *self = user_data;
+  gchar *path;
+
+  GST_OBJECT_LOCK (self);
+  path = g_strdup (self->model_path);
+  GST_OBJECT_UNLOCK (self);
+  if (path && g_strcmp0 (path, self->watched_path) != 0) {
+    g_clear_object (&self->loaded_identity);
+    self->loaded_identity = file_identity (path);
+    watch_set_path (self, path);
+  } else {
+    g_free (path);
+  }
+  return G_SOURCE_REMOVE;
+}
+
+static void
+watch_follow_path (GstUnetSegment * self)
+{
+  GMainContext *ctx = NULL;
+  GSource *src;
+
+  GST_OBJECT_LOCK (self);
+  if (self->watch_ctx)
+    ctx = g_main_context_ref (self->watch_ctx);
+  GST_OBJECT_UNLOCK (self);
+  if (!ctx)
+    return;
+  /* Always deferred: this may run inside the monitor's own callback. */
+  src = g_idle_source_new ();
+  g_source_set_callback (src, watch_rewatch, self, NULL);
+  g_source_attach (src, ctx);
+  g_source_unref (src);
+  g_main_context_unref (ctx);
+}
+
+static gpointer
+watch_thread_func (gpointer user_data)
+{
+  GMainLoop *loop = user_data;
+  GMainContext *ctx = g_main_loop_get_context (loop);
+
+  g_main_context_push_thread_default (ctx);
+  g_main_loop_run (loop);
+  g_main_context_pop_thread_default (ctx);
+  return NULL;
+}
+
+/* Starts watching `path`, whose version `identity` (taken) is the one loaded. */
+static void
+watch_start (GstUnetSegment * self, const gchar * path, GFileInfo * identity)
+{
+  GMainContext *ctx = g_main_context_new ();
+
+  self->loaded_identity = identity;
+  self->watch_loop = g_main_loop_new (ctx, FALSE);
+  /* Created here, with the watcher's context as thread default, so that no
+   * replacement after start() returns can be missed. */
+  g_main_context_push_thread_default (ctx);
+  watch_set_path (self, g_strdup (path));
+  g_main_context_pop_thread_default (ctx);
+  GST_OBJECT_LOCK (self);
+  self->watch_ctx = ctx;
+  GST_OBJECT_UNLOCK (self);
+  self->watch_thread = g_thread_new ("unetsegment-watch", watch_thread_func,
+      self->watch_loop);
+}
+
+static gboolean
+watch_quit (gpointer user_data)
+{
+  g_main_loop_quit (user_data);
+  return G_SOURCE_REMOVE;
+}
+
+/* Idempotent; waits for a reload in progress in the watcher thread. */
+static void
+watch_stop (GstUnetSegment * self)
+{
+  GMainContext *ctx;
+  GSource *src;
+
+  GST_OBJECT_LOCK (self);
+  ctx = g_steal_pointer (&self->watch_ctx);
+  GST_OBJECT_UNLOCK (self);
+  if (self->watch_thread) {
+    /* A source rather than g_main_loop_quit(), which is lost if the thread has
+     * not entered g_main_loop_run() yet. */
+    src = g_idle_source_new ();
+    g_source_set_callback (src, watch_quit, self->watch_loop, NULL);
+    g_source_attach (src, ctx);
+    g_source_unref (src);
+    g_thread_join (g_steal_pointer (&self->watch_thread));
+  }
+  if (self->monitor) {
+    g_signal_handlers_disconnect_by_data (self->monitor, self);
+    g_file_monitor_cancel (self->monitor);
+    g_clear_object (&self->monitor);
+  }
+  g_clear_pointer (&self->watched_path, g_free);
+  g_clear_object (&self->loaded_identity);
+  g_clear_pointer (&self->watch_loop, g_main_loop_unref);
+  if (ctx)
+    g_main_context_unref (ctx);
 }
 
 /* ------------------------------------------------------------ properties -- */
@@ -767,6 +1090,9 @@ gst_unet_segment_set_property (GObject * object, guint prop_id,
     case PROP_POST_MESSAGES:
       self->post_messages = g_value_get_boolean (value);
       break;
+    case PROP_WATCH_MODEL:
+      self->watch_model = g_value_get_boolean (value);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
       break;
@@ -838,6 +1164,9 @@ gst_unet_segment_get_property (GObject * object, guint prop_id,
       break;
     case PROP_POST_MESSAGES:
       g_value_set_boolean (value, self->post_messages);
+      break;
+    case PROP_WATCH_MODEL:
+      g_value_set_boolean (value, self->watch_model);
       break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
@@ -928,6 +1257,9 @@ gst_unet_segment_set_caps (GstBaseTransform * trans, GstCaps * incaps,
             outcaps), (NULL));
     return FALSE;
   }
+  if (!gst_structure_get_fraction (gst_caps_get_structure (incaps, 0),
+          "framerate", &self->fps_n, &self->fps_d))
+    self->fps_n = self->fps_d = 0;
   /* Live upstream: finish every frame before taking the next. */
   self->live = FALSE;
   q = gst_query_new_latency ();
@@ -957,9 +1289,12 @@ gst_unet_segment_start (GstBaseTransform * trans)
   UnetSegmenterOptions opts;
   gchar *path;
   GError *err = NULL;
+  gboolean watch;
+  GFileInfo *identity = NULL;
 
   GST_OBJECT_LOCK (self);
   path = g_strdup (self->model_path);
+  watch = self->watch_model;
   options_from_properties (self, &opts);
   self->active_output = self->output;
   self->active_probability_class = self->probability_class;
@@ -973,8 +1308,12 @@ gst_unet_segment_start (GstBaseTransform * trans)
     g_free (path);
     return FALSE;
   }
+  /* Before loading: a version written during the load is then seen as new. */
+  if (watch)
+    identity = file_identity (path);
   self->seg = build_segmenter (path, &opts, &err);
   if (!self->seg) {
+    g_clear_object (&identity);
     if (g_error_matches (err, UNET_ERROR, UNET_ERROR_NO_DEVICE))
       GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS, ("%s", err->message),
           ("device=%s gpu-id=%d", unet_device_name (opts.net.device),
@@ -991,12 +1330,17 @@ gst_unet_segment_start (GstBaseTransform * trans)
   }
   GST_INFO_OBJECT (self, "model %s on %s", path,
       unet_device_name (unet_segmenter_get_device (self->seg)));
-  g_free (path);
   self->frames_out = 0;
   self->max_processing = 0;
+  self->qos_dropped = self->upstream_dropped = 0;
+  self->last_offset = GST_BUFFER_OFFSET_NONE;
+  self->last_pts = GST_CLOCK_TIME_NONE;
   GST_OBJECT_LOCK (self);
   self->running = TRUE;
   GST_OBJECT_UNLOCK (self);
+  if (watch)
+    watch_start (self, path, identity);
+  g_free (path);
   return TRUE;
 }
 
@@ -1006,6 +1350,7 @@ gst_unet_segment_stop (GstBaseTransform * trans)
   GstUnetSegment *self = GST_UNET_SEGMENT (trans);
   UnetSegmenter *pending;
 
+  watch_stop (self);
   /* Wait for a load in progress, then refuse new ones. */
   g_mutex_lock (&self->load_lock);
   GST_OBJECT_LOCK (self);
@@ -1036,6 +1381,35 @@ pixel_format (FrameFormat f)
   }
 }
 
+/* Frames missing between the previous input and `buf` (e.g. dropped by a leaky
+ * queue upstream): exact from video frame numbers (offset .. offset_end = one
+ * frame), else estimated from the timestamp gap at the caps frame rate. */
+static void
+count_input_gap (GstUnetSegment * self, GstBuffer * buf)
+{
+  guint64 off = GST_BUFFER_OFFSET (buf);
+  GstClockTime pts = GST_BUFFER_PTS (buf);
+
+  if (off == GST_BUFFER_OFFSET_NONE || GST_BUFFER_OFFSET_END (buf) != off + 1)
+    off = GST_BUFFER_OFFSET_NONE;
+  if (off != GST_BUFFER_OFFSET_NONE
+      && self->last_offset != GST_BUFFER_OFFSET_NONE) {
+    if (off > self->last_offset + 1)
+      self->upstream_dropped += off - self->last_offset - 1;
+  } else if (GST_CLOCK_TIME_IS_VALID (pts)
+      && GST_CLOCK_TIME_IS_VALID (self->last_pts) && pts > self->last_pts
+      && self->fps_n > 0 && self->fps_d > 0) {
+    GstClockTime period = gst_util_uint64_scale_int (GST_SECOND, self->fps_d,
+        self->fps_n);
+    guint64 n = period ? (pts - self->last_pts + period / 2) / period : 0;
+
+    if (n > 1)
+      self->upstream_dropped += n - 1;
+  }
+  self->last_offset = off;
+  self->last_pts = pts;
+}
+
 static GstFlowReturn
 gst_unet_segment_submit_input_buffer (GstBaseTransform * trans,
     gboolean is_discont, GstBuffer * input)
@@ -1047,9 +1421,12 @@ gst_unet_segment_submit_input_buffer (GstBaseTransform * trans,
   GError *err = NULL;
   gboolean ok;
 
+  count_input_gap (self, input);
   /* The parent handles QoS (drops late frames) and queues the buffer. */
   ret = GST_BASE_TRANSFORM_CLASS (parent_class)->submit_input_buffer (trans,
       is_discont, input);
+  if (ret == GST_BASE_TRANSFORM_FLOW_DROPPED)
+    self->qos_dropped++;
   if (ret != GST_FLOW_OK || !trans->queued_buf)
     return ret;
   buf = g_steal_pointer (&trans->queued_buf);
@@ -1137,6 +1514,29 @@ fill_overlay (const FrameLayout * il, MappedFrame * in, MappedFrame * out,
 #undef PIX
 }
 
+/* Capture to now: the clock's running time minus the frame's (NONE without a
+ * clock, before PLAYING or for frames outside the segment). */
+static GstClockTime
+frame_latency (GstUnetSegment * self, GstBuffer * inbuf)
+{
+  GstBaseTransform *trans = GST_BASE_TRANSFORM (self);
+  GstClock *clock = gst_element_get_clock (GST_ELEMENT (self));
+  GstClockTime rt, now, base, ret = GST_CLOCK_TIME_NONE;
+
+  if (!clock)
+    return ret;
+  rt = trans->segment.format == GST_FORMAT_TIME ?
+      gst_segment_to_running_time (&trans->segment, GST_FORMAT_TIME,
+      GST_BUFFER_PTS (inbuf)) : GST_CLOCK_TIME_NONE;
+  base = gst_element_get_base_time (GST_ELEMENT (self));
+  now = gst_clock_get_time (clock);
+  gst_object_unref (clock);
+  if (GST_CLOCK_TIME_IS_VALID (rt) && GST_CLOCK_TIME_IS_VALID (base)
+      && now >= base && now - base >= rt)
+    ret = now - base - rt;
+  return ret;
+}
+
 static void
 post_stats (GstUnetSegment * self, GstBuffer * inbuf,
     const UnetSegmentStats * st, guint64 number)
@@ -1158,7 +1558,11 @@ post_stats (GstUnetSegment * self, GstBuffer * inbuf,
       "extract-time", G_TYPE_UINT64, NS (st->time_extract),
       "forward-time", G_TYPE_UINT64, NS (st->time_forward),
       "stitch-time", G_TYPE_UINT64, NS (st->time_stitch),
-      "post-time", G_TYPE_UINT64, NS (st->time_post), NULL);
+      "post-time", G_TYPE_UINT64, NS (st->time_post),
+      "latency", G_TYPE_UINT64, (guint64) frame_latency (self, inbuf),
+      "frames-dropped", G_TYPE_UINT64,
+      self->qos_dropped + self->upstream_dropped,
+      "qos-dropped", G_TYPE_UINT64, self->qos_dropped, NULL);
 #undef NS
   gst_element_post_message (GST_ELEMENT (self),
       gst_message_new_element (GST_OBJECT (self), s));
@@ -1283,6 +1687,8 @@ gst_unet_segment_sink_event (GstBaseTransform * trans, GstEvent * event)
   switch (GST_EVENT_TYPE (event)) {
     case GST_EVENT_FLUSH_STOP:
       drop_all (self);
+      self->last_offset = GST_BUFFER_OFFSET_NONE;
+      self->last_pts = GST_CLOCK_TIME_NONE;
       break;
     case GST_EVENT_TAG:
       break;
@@ -1291,6 +1697,11 @@ gst_unet_segment_sink_event (GstBaseTransform * trans, GstEvent * event)
        * segment, gap, EOS ...), keeping the stream order. */
       if (GST_EVENT_IS_SERIALIZED (event) && self->seg)
         drain (self);
+      /* A new segment (a seek) is no gap in the stream. */
+      if (GST_EVENT_TYPE (event) == GST_EVENT_SEGMENT) {
+        self->last_offset = GST_BUFFER_OFFSET_NONE;
+        self->last_pts = GST_CLOCK_TIME_NONE;
+      }
       break;
   }
   return GST_BASE_TRANSFORM_CLASS (parent_class)->sink_event (trans, event);
