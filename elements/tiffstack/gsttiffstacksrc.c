@@ -1186,7 +1186,9 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
     gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE, GST_TAG_CONTAINER_FORMAT,
         "TIFF", NULL);
     gst_tag_list_set_scope (tags, GST_TAG_SCOPE_GLOBAL);
-    gst_pad_push_event (GST_BASE_SRC_PAD (bsrc), gst_event_new_tag (tags));
+    /* basesrc queues serialized events sent to the element and pushes them
+     * after the segment, before this buffer. */
+    gst_element_send_event (GST_ELEMENT (bsrc), gst_event_new_tag (tags));
     self->tags_sent = TRUE;
   }
 
