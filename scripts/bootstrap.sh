@@ -14,7 +14,7 @@ PACKAGES=(
   libglib2.0-dev libjson-glib-dev
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-  libtiff-dev libdnnl-dev
+  libtiff-dev libtiff-tools libdnnl-dev
   python3 python3-numpy python3-scipy python3-tifffile python3-torch python3-pil python3-matplotlib
   libaravis-0.8-0 aravis-tools gstreamer1.0-plugins-bad iproute2
   valgrind
