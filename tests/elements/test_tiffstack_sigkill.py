@@ -10,7 +10,7 @@ import time
 import numpy as np
 import tifffile
 
-from tiffstack_util import check, finish, workdir
+from tiffstack_util import check, finish, gst_env, workdir
 
 wd = workdir()
 rng = np.random.default_rng(5)
@@ -29,7 +29,7 @@ for i, (comp, big) in enumerate(settings):
         ["gst-launch-1.0", "-q", "tiffstacksrc", f"location={src}", "!",
          "identity", "sleep-time=5000", "!", "tiffstacksink", f"location={out}",
          f"compression={comp}", f"bigtiff={big}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=gst_env())
     # Wait until more than three pages' bytes are on disk (random data does
     # not compress), so at least two pages are complete, then kill at a
     # random moment.

@@ -12,6 +12,7 @@ GST_LAUNCH = "gst-launch-1.0"
 TIMEOUT = 30
 
 failures = []
+_REGISTRY = os.path.join(tempfile.mkdtemp(prefix="tiffstack-registry-"), "registry.bin")
 
 
 def check(cond, what):
@@ -22,7 +23,13 @@ def check(cond, what):
         failures.append(what)
 
 
+_dirs = []
+
+
 def finish():
+    import shutil
+    for d in _dirs + [os.path.dirname(_REGISTRY)]:
+        shutil.rmtree(d, ignore_errors=True)
     if failures:
         print(f"{len(failures)} check(s) failed:")
         for f in failures:
@@ -33,7 +40,22 @@ def finish():
 
 
 def workdir():
-    return tempfile.mkdtemp(prefix="tiffstack-test-")
+    d = tempfile.mkdtemp(prefix="tiffstack-test-")
+    _dirs.append(d)
+    return d
+
+
+def gst_env():
+    """Environment for gst-launch-1.0. In the sanitizer build the runtimes
+    must be preloaded into the uninstrumented program that loads our plugin."""
+    env = os.environ.copy()
+    # A registry of our own: a shared one may hold our plugin as unloadable
+    # after a scan by a program without the sanitizer runtimes.
+    env["GST_REGISTRY_1_0"] = _REGISTRY
+    pre = env.get("UNET_SANITIZER_PRELOAD")
+    if pre:
+        env["LD_PRELOAD"] = pre + (":" + env["LD_PRELOAD"] if env.get("LD_PRELOAD") else "")
+    return env
 
 
 def gst(pipeline, timeout=TIMEOUT, tags=False):
@@ -44,7 +66,7 @@ def gst(pipeline, timeout=TIMEOUT, tags=False):
         args.remove("-q")
     try:
         p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           timeout=timeout)
+                           timeout=timeout, env=gst_env())
     except subprocess.TimeoutExpired as e:
         return "timeout", (e.output or b"").decode(errors="replace")
     return p.returncode, p.stdout.decode(errors="replace")
