@@ -18,6 +18,7 @@ PACKAGES=(
   python3 python3-numpy python3-scipy python3-tifffile python3-torch python3-pil python3-matplotlib
   libaravis-0.8-0 aravis-tools gstreamer1.0-plugins-bad iproute2
   valgrind
+  python3-gi gir1.2-gstreamer-1.0
 )
 
 missing=()
