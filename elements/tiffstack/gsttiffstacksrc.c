@@ -1043,6 +1043,48 @@ ensure_scratch (GstTiffStackSrc * self, guint64 size)
   return self->scratch != NULL;
 }
 
+/* Fast path for raw pages in native byte order whose strips lie back to
+ * back in the file (what most writers produce): one pread of the whole page
+ * straight into the frame instead of a seek and a read per strip. Returns
+ * FALSE, having read nothing, whenever the layout does not allow it; libtiff
+ * then reads the page the ordinary way (and reports any damage). */
+static gboolean
+read_contiguous (GstTiffStackSrc * self, guint8 * dst)
+{
+  const PageLayout *L = &self->layout;
+  TIFF *tif = self->tif;
+  guint32 nstrips = (L->height + L->rows_per_strip - 1) / L->rows_per_strip;
+  guint64 strip_bytes = (guint64) L->rows_per_strip * L->chunk_row_bytes;
+  guint64 total = (guint64) L->height * L->chunk_row_bytes, off0, done = 0;
+  guint16 fill = FILLORDER_MSB2LSB;
+  guint32 s;
+  int fd = TIFFFileno (tif);
+
+  TIFFGetFieldDefaulted (tif, TIFFTAG_FILLORDER, &fill);
+  if (L->compression != COMPRESSION_NONE || TIFFIsByteSwapped (tif)
+      || fill != FILLORDER_MSB2LSB || fd < 0
+      || TIFFNumberOfStrips (tif) != nstrips)
+    return FALSE;
+  off0 = TIFFGetStrileOffset (tif, 0);
+  for (s = 0; s < nstrips; s++) {
+    guint64 rows = MIN (L->rows_per_strip, L->height - s * L->rows_per_strip);
+    if (TIFFGetStrileOffset (tif, s) != off0 + s * strip_bytes
+        || TIFFGetStrileByteCount (tif, s) < rows * L->chunk_row_bytes)
+      return FALSE;
+  }
+  if (off0 == 0 || off0 > self->file_size || total > self->file_size - off0)
+    return FALSE;
+  while (done < total) {
+    ssize_t n = pread (fd, dst + done, total - done, off0 + done);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return FALSE;
+    done += n;
+  }
+  return TRUE;
+}
+
 static gboolean
 read_page (GstTiffStackSrc * self, GstTiffStackFrame * frame, guint64 page)
 {
@@ -1057,6 +1099,8 @@ read_page (GstTiffStackSrc * self, GstTiffStackFrame * frame, guint64 page)
   gchar *why;
 
   gst_tiff_stack_diag_clear (&self->diag);
+  if (direct && read_contiguous (self, dst))
+    return TRUE;
   if (!direct && !ensure_scratch (self, L->chunk_bytes)) {
     why = g_strdup_printf ("cannot allocate %" G_GUINT64_FORMAT " bytes",
         L->chunk_bytes);
