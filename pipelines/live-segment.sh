@@ -22,6 +22,9 @@
 #   -n, --frames N          stop after N frames (default: run until Ctrl-C)
 #   -m, --model FILE        model (default samples/nuclei-model.safetensors)
 #   -d, --device DEV        auto | cpu | cuda  (default auto)
+#   -w, --watch-model       reload the model whenever its file is replaced, without
+#                           stopping the stream: run pipelines/train.sh -i MODEL ... MODEL
+#                           next to it and every checkpoint goes live
 #   -r, --record FILE       raw recording (default live-<date>-<time>.tif; "none" = off)
 #       --no-segment        record (and display raw) only, no model needed
 #       --sink SINK         display sink (default autovideosink, fakesink when headless)
@@ -50,6 +53,7 @@ record="live-$(date +%Y%m%d-%H%M%S).tif"
 segment=1
 sink=""
 stats=""
+watch=false
 props=()
 
 while [ $# -gt 0 ]; do
@@ -67,6 +71,7 @@ while [ $# -gt 0 ]; do
     --no-segment) segment=0; shift ;;
     --sink) sink=${2:?}; shift 2 ;;
     --stats) stats=${2:?}; shift 2 ;;
+    -w|--watch-model) watch=true; shift ;;
     -p|--property) props+=("${2:?}"); shift 2 ;;
     -h|--help) unet_usage; exit 0 ;;
     *) unet_die "unknown argument $1 (see --help)" ;;
@@ -96,7 +101,7 @@ display=(videoconvert ! "$sink" sync=false)
 if [ "$segment" -eq 1 ]; then
   seg_branch=(queue name=segq leaky=downstream max-size-buffers=2 max-size-bytes=0 max-size-time=0
               ! unetsegment name=seg "model=$model" "device=$device" output=overlay
-                post-messages=true "${props[@]}"
+                post-messages=true "watch-model=$watch" "${props[@]}"
               ! "${display[@]}")
   need+=(unetsegment)
 else
@@ -134,7 +139,7 @@ if [ "$segment" -eq 1 ]; then
   set +e
   unet_gst_launch -e -m "${pipeline[@]}" 2>&1 |
     "$UNET_PYTHON" "$UNET_ROOT/pipelines/trainlog.py" csv --quiet --message unetsegment-stats \
-      > "$stats" 2> >(grep -v '^Got message' >&2)
+      > "$stats" 2> >(grep --line-buffered -v -P '^Got message(?!.*model-swapped)' >&2)
   status=("${PIPESTATUS[@]}")
   set -e
   segmented=$(($(wc -l < "$stats") - 1))

@@ -3,7 +3,7 @@
 #
 #   tests/samples/pipeline-test.sh CASE
 #
-# CASE: help | trainlog | live-test | live-segment | live-aravis | live-segment-aravis |
+# CASE: help | trainlog | live-test | live-segment | live-reload | live-aravis | live-segment-aravis |
 #       watch-aravis | remote | remote-serve | remote-segment | segment-stack | train
 # Every case makes its own data (samples/synth.py, a random model from the PyTorch
 # reference) in a temporary directory and checks what the script wrote: page counts,
@@ -118,6 +118,22 @@ EOF
     seg=$(($(wc -l < "$tmp/stats.csv") - 1))
     [ "$seg" -ge 1 ] && [ "$seg" -le 40 ] || fail "$seg frames segmented, expected 1..40"
     grep -q "40 frames recorded in .*, $seg segmented" "$tmp/err" || fail "no summary line"
+    ;;
+
+  live-reload)
+    # --watch-model: a new model file written next to the running stream (as a training
+    # pipeline's checkpoints are: temporary name, then rename) is swapped in live
+    random_model "$tmp/m.safetensors"
+    cp "$tmp/m.safetensors" "$tmp/next.safetensors"
+    "$P/live-segment.sh" -s test -m "$tmp/m.safetensors" -w -d cpu --sink fakesink -n 150 \
+      --fps 50 --size 64x48 -r none 2>"$tmp/err" &
+    bg_pid=$!
+    sleep 1.5
+    mv "$tmp/next.safetensors" "$tmp/m.safetensors"
+    wait "$bg_pid" || { cat "$tmp/err" >&2; fail "live-segment failed"; }
+    bg_pid=""
+    grep -q "unetsegment-model-swapped" "$tmp/err" || { cat "$tmp/err" >&2; fail "model not swapped in"; }
+    echo "model swapped while streaming: ok"
     ;;
 
   live-segment-aravis)
