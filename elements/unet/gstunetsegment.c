@@ -35,8 +35,9 @@
  * (guint64, cumulative since start: frames that never reached the network, i.e.
  * qos-dropped plus frames missing in the input, such as those a leaky queue
  * upstream dropped -- counted exactly from buffer offsets when the source numbers
- * its frames, as videotestsrc does, else estimated from timestamp gaps at the caps
- * frame rate, as for aravissrc) and qos-dropped (guint64, cumulative: frames this
+ * its frames, as videotestsrc does, else estimated from the timestamps at the caps
+ * frame rate, as for aravissrc: a camera running slower than its nominal rate
+ * makes the estimate high) and qos-dropped (guint64, cumulative: frames this
  * element skipped because QoS said they would be late).
  *
  * Setting #GstUnetSegment:model while PLAYING loads the new model in the calling
@@ -305,7 +306,8 @@ struct _GstUnetSegment
   guint64 qos_dropped;          /* skipped here on QoS */
   guint64 upstream_dropped;     /* missing in the input (gaps) */
   guint64 last_offset;          /* GST_BUFFER_OFFSET of the last input, or NONE */
-  GstClockTime last_pts;        /* PTS of the last input, or NONE */
+  GstClockTime ref_pts;         /* timestamp gaps: PTS of frame 0, or NONE */
+  guint64 last_index;           /* ... and frame number of the last input */
   gint fps_n, fps_d;            /* caps frame rate, for timestamp gaps */
 };
 
@@ -1334,7 +1336,7 @@ gst_unet_segment_start (GstBaseTransform * trans)
   self->max_processing = 0;
   self->qos_dropped = self->upstream_dropped = 0;
   self->last_offset = GST_BUFFER_OFFSET_NONE;
-  self->last_pts = GST_CLOCK_TIME_NONE;
+  self->ref_pts = GST_CLOCK_TIME_NONE;
   GST_OBJECT_LOCK (self);
   self->running = TRUE;
   GST_OBJECT_UNLOCK (self);
@@ -1383,7 +1385,9 @@ pixel_format (FrameFormat f)
 
 /* Frames missing between the previous input and `buf` (e.g. dropped by a leaky
  * queue upstream): exact from video frame numbers (offset .. offset_end = one
- * frame), else estimated from the timestamp gap at the caps frame rate. */
+ * frame), else estimated from timestamps at the caps frame rate. The frame number
+ * is taken from the time since the first frame, not from the last gap, so that
+ * rounding the jitter of each timestamp does not add up over the stream. */
 static void
 count_input_gap (GstUnetSegment * self, GstBuffer * buf)
 {
@@ -1396,18 +1400,25 @@ count_input_gap (GstUnetSegment * self, GstBuffer * buf)
       && self->last_offset != GST_BUFFER_OFFSET_NONE) {
     if (off > self->last_offset + 1)
       self->upstream_dropped += off - self->last_offset - 1;
-  } else if (GST_CLOCK_TIME_IS_VALID (pts)
-      && GST_CLOCK_TIME_IS_VALID (self->last_pts) && pts > self->last_pts
-      && self->fps_n > 0 && self->fps_d > 0) {
+  } else if (GST_CLOCK_TIME_IS_VALID (pts) && self->fps_n > 0
+      && self->fps_d > 0) {
     GstClockTime period = gst_util_uint64_scale_int (GST_SECOND, self->fps_d,
         self->fps_n);
-    guint64 n = period ? (pts - self->last_pts + period / 2) / period : 0;
 
-    if (n > 1)
-      self->upstream_dropped += n - 1;
+    if (!GST_CLOCK_TIME_IS_VALID (self->ref_pts) || pts < self->ref_pts
+        || period == 0) {
+      self->ref_pts = pts;
+      self->last_index = 0;
+    } else {
+      guint64 idx = (pts - self->ref_pts + period / 2) / period;
+
+      if (idx > self->last_index + 1)
+        self->upstream_dropped += idx - self->last_index - 1;
+      /* every frame takes a number, even one stamped early */
+      self->last_index = MAX (idx, self->last_index + 1);
+    }
   }
   self->last_offset = off;
-  self->last_pts = pts;
 }
 
 static GstFlowReturn
@@ -1688,7 +1699,7 @@ gst_unet_segment_sink_event (GstBaseTransform * trans, GstEvent * event)
     case GST_EVENT_FLUSH_STOP:
       drop_all (self);
       self->last_offset = GST_BUFFER_OFFSET_NONE;
-      self->last_pts = GST_CLOCK_TIME_NONE;
+      self->ref_pts = GST_CLOCK_TIME_NONE;
       break;
     case GST_EVENT_TAG:
       break;
@@ -1700,7 +1711,7 @@ gst_unet_segment_sink_event (GstBaseTransform * trans, GstEvent * event)
       /* A new segment (a seek) is no gap in the stream. */
       if (GST_EVENT_TYPE (event) == GST_EVENT_SEGMENT) {
         self->last_offset = GST_BUFFER_OFFSET_NONE;
-        self->last_pts = GST_CLOCK_TIME_NONE;
+        self->ref_pts = GST_CLOCK_TIME_NONE;
       }
       break;
   }

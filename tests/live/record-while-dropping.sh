@@ -75,14 +75,16 @@ assert last["qos-dropped"] <= last["frames-dropped"]
 assert all(s["latency"] < 10**18 for s in stats), "latency missing (no clock?)"
 # Every frame up to the last one segmented was either segmented or dropped.
 # videotestsrc numbers its frames (exact count) and stamps them 10 ms apart.
-# aravissrc numbers nothing: the element counts gaps from timestamps, which jitter
-# (the simulator's frame intervals vary by up to +-40 % here), and frames after the
-# last segmented one are not in its count: 10 % of N covers both.
+# aravissrc numbers nothing: the element estimates from the timestamps at the nominal
+# 100 fps. The simulator never runs faster than that, so nothing is missed except
+# frames after the last one segmented (a few: 10 % of N); on a loaded machine it runs
+# slower (up to ~25 % measured here with two pipelines on 2 cores), which inflates the
+# estimate: 2 N bounds that, while a wrong period (the rate misread) is far above.
 total = len(stats) + last["frames-dropped"]
 if source == "test":
     first = stats[0]
     upto = first["frames-dropped"] + round((last["pts"] - first["pts"]) / 10_000_000) + 1
     assert total == upto, f"segmented {len(stats)} + dropped {last['frames-dropped']} != {upto}"
 else:
-    assert abs(total - n) <= max(2, n // 10), f"segmented + dropped = {total}, camera {n}"
+    assert n - max(2, n // 10) <= total <= 2 * n, f"segmented + dropped = {total}, camera {n}"
 PY
