@@ -927,21 +927,30 @@ gst_tiff_stack_src_do_seek (GstBaseSrc * bsrc, GstSegment * segment)
   return TRUE;
 }
 
+/* Frames are counted in DEFAULT, and in BUFFERS (progressreport's
+ * format=buffers): one buffer per frame. */
+static gboolean
+is_frames (GstFormat fmt)
+{
+  return fmt == GST_FORMAT_DEFAULT || fmt == GST_FORMAT_BUFFERS;
+}
+
 static gboolean
 convert_frames (GstTiffStackSrc * self, GstFormat src_fmt, gint64 src_val,
     GstFormat dest_fmt, gint64 * dest_val)
 {
-  if (src_fmt == dest_fmt || src_val == -1) {
+  if (src_fmt == dest_fmt || src_val == -1
+      || (is_frames (src_fmt) && is_frames (dest_fmt))) {
     *dest_val = src_val;
     return TRUE;
   }
   if (self->cfg_fps_n <= 0)
     return FALSE;
-  if (src_fmt == GST_FORMAT_DEFAULT && dest_fmt == GST_FORMAT_TIME) {
+  if (is_frames (src_fmt) && dest_fmt == GST_FORMAT_TIME) {
     *dest_val = frame_to_time (self, src_val);
     return TRUE;
   }
-  if (src_fmt == GST_FORMAT_TIME && dest_fmt == GST_FORMAT_DEFAULT) {
+  if (src_fmt == GST_FORMAT_TIME && is_frames (dest_fmt)) {
     *dest_val = time_to_frame (self, src_val);
     return TRUE;
   }
@@ -959,11 +968,11 @@ gst_tiff_stack_src_query (GstBaseSrc * bsrc, GstQuery * query)
   switch (GST_QUERY_TYPE (query)) {
     case GST_QUERY_DURATION:
       gst_query_parse_duration (query, &fmt, NULL);
-      if (!started || (fmt != GST_FORMAT_TIME && fmt != GST_FORMAT_DEFAULT))
+      if (!started || (fmt != GST_FORMAT_TIME && !is_frames (fmt)))
         break;
       if (self->do_loop)
         val = -1;
-      else if (fmt == GST_FORMAT_DEFAULT)
+      else if (is_frames (fmt))
         val = self->range_len;
       else
         val = frame_to_time (self, self->range_len);
@@ -979,11 +988,11 @@ gst_tiff_stack_src_query (GstBaseSrc * bsrc, GstQuery * query)
       return TRUE;
     case GST_QUERY_SEEKING:
       gst_query_parse_seeking (query, &fmt, NULL, NULL, NULL);
-      if (!started || (fmt != GST_FORMAT_TIME && fmt != GST_FORMAT_DEFAULT))
+      if (!started || (fmt != GST_FORMAT_TIME && !is_frames (fmt)))
         break;
       if (self->do_loop)
         val = -1;
-      else if (fmt == GST_FORMAT_DEFAULT)
+      else if (is_frames (fmt))
         val = self->range_len;
       else
         val = frame_to_time (self, self->range_len);

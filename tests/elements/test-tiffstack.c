@@ -451,6 +451,10 @@ GST_START_TEST (test_src_queries_and_seeks)
   fail_unless_equals_int64 (v, 6);
   fail_unless (gst_element_query_duration (h->element, GST_FORMAT_TIME, &v));
   fail_unless_equals_int64 (v, 3 * GST_SECOND);
+  /* progressreport format=buffers asks in BUFFERS. */
+  fail_unless (gst_element_query_duration (h->element, GST_FORMAT_BUFFERS,
+          &v));
+  fail_unless_equals_int64 (v, 6);
   fail_unless (gst_element_query_position (h->element, GST_FORMAT_DEFAULT,
           &v));
   fail_unless_equals_int64 (v, 6);
