@@ -1,7 +1,7 @@
 /* Trainer tests (suite 'trainer'): options and pair validation, the seeded
  * hold-out split and the dataset bound, atomic checkpoints that load as models,
  * bit-identical resume (N steps straight vs N/2 + checkpoint + resume + N/2),
- * prediction, and — with -m slow / UNET_TEST_E2E — a short training on synthetic
+ * prediction, and — with -m slow — a short training on synthetic
  * blobs that must reach Dice >= 0.9 on frames it never saw. */
 #include "unet.h"
 #include "model-private.h"
@@ -402,7 +402,7 @@ test_train_blobs (void)
   small_options (&o);
   o.architecture.base_filters = 16;
   o.learning_rate = 3e-3;
-  o.iterations = 300;
+  o.iterations = 150;
   o.net.threads = 0;
   o.rotation = 180;
   o.elastic_sigma = 4;
@@ -417,7 +417,7 @@ test_train_blobs (void)
   for (gint i = 0; i < o.iterations; i++) {
     g_assert_true (unet_trainer_step (t, &s, &err));
     g_assert_no_error (err);
-    if (s.iteration % 50 == 0)
+    if (s.iteration % 25 == 0)
       g_test_message ("iteration %" G_GINT64_FORMAT ": loss %.4f dice %.3f "
           "%.1f samples/s", s.iteration, s.loss, s.dice, s.samples_per_second);
   }
@@ -452,7 +452,9 @@ int
 main (int argc, char **argv)
 {
   g_test_init (&argc, &argv, NULL);
-  if (g_getenv ("UNET_TEST_E2E") != NULL) {
+  /* "-m slow" runs only the end-to-end training (its own meson test, suite
+   * 'slow'), so the quick tests stay quick. */
+  if (g_test_slow ()) {
     g_test_add_func ("/trainer/train-blobs", test_train_blobs);
     return g_test_run ();
   }
