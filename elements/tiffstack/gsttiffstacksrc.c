@@ -142,6 +142,7 @@ struct _GstTiffStackSrc
   gint cfg_fps_n, cfg_fps_d;
   guint64 next_frame;           /* output frame counter, monotonic when looping */
   guint cur_dir;                /* directory libtiff holds, G_MAXUINT if none */
+  GArray *dir_offsets;          /* guint64 file offset of each page's IFD */
   PageLayout layout;            /* layout of cur_dir */
   GstTiffStackLayout vinfo;     /* caps we offer / negotiated */
   gboolean have_info;
@@ -598,8 +599,14 @@ goto_page (GstTiffStackSrc * self, guint64 page)
         "the file has fewer pages");
     return FALSE;
   }
+  /* Next page: follow the chain. Any other: jump to its IFD by offset
+   * (libtiff 4.5's TIFFSetDirectory walks the chain from the start, which
+   * made channel selection quadratic in the number of pages). */
   if (self->cur_dir != G_MAXUINT && page == (guint64) self->cur_dir + 1)
     ok = TIFFReadDirectory (self->tif);
+  else if (self->dir_offsets && page < self->dir_offsets->len)
+    ok = TIFFSetSubDirectory (self->tif, g_array_index (self->dir_offsets,
+            guint64, page));
   else
     ok = TIFFSetDirectory (self->tif, (tdir_t) page);
   if (!ok) {
@@ -620,6 +627,82 @@ goto_page (GstTiffStackSrc * self, guint64 page)
 /* ---- start / stop -------------------------------------------------------- */
 
 static gboolean
+pread_all (int fd, guint8 * buf, gsize size, guint64 off)
+{
+  while (size > 0) {
+    ssize_t n = pread (fd, buf, size, off);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return FALSE;
+    buf += n;
+    size -= n;
+    off += n;
+  }
+  return TRUE;
+}
+
+static guint64
+get_uint (const guint8 * p, guint size, gboolean swap)
+{
+  guint16 v16;
+  guint32 v32;
+  guint64 v64;
+
+  switch (size) {
+    case 2:
+      memcpy (&v16, p, 2);
+      return swap ? GUINT16_SWAP_LE_BE (v16) : v16;
+    case 4:
+      memcpy (&v32, p, 4);
+      return swap ? GUINT32_SWAP_LE_BE (v32) : v32;
+    default:
+      memcpy (&v64, p, 8);
+      return swap ? GUINT64_SWAP_LE_BE (v64) : v64;
+  }
+}
+
+/* File offsets of the main chain's IFDs, read with two small preads per page
+ * (entry count, next pointer), from page 0 (libtiff's current directory)
+ * until the end of the chain, a loop, or an offset outside the file. */
+static GArray *
+walk_chain (GstTiffStackSrc * self)
+{
+  TIFF *tif = self->tif;
+  int fd = TIFFFileno (tif);
+  gboolean big = TIFFIsBigTIFF (tif), swap = TIFFIsByteSwapped (tif);
+  guint csize = big ? 8 : 2, esize = big ? 20 : 12, osize = big ? 8 : 4;
+  GArray *offs = g_array_new (FALSE, FALSE, sizeof (guint64));
+  GHashTable *seen = g_hash_table_new_full (g_int64_hash, g_int64_equal,
+      g_free, NULL);
+  guint64 off = TIFFCurrentDirOffset (tif);
+  guint8 buf[8];
+
+  while (off != 0 && !g_hash_table_contains (seen, &off)) {
+    guint64 n, next_pos;
+    gint64 *key;
+
+    if (off >= self->file_size || self->file_size - off < csize
+        || !pread_all (fd, buf, csize, off))
+      break;
+    n = get_uint (buf, csize, swap);
+    if (n == 0 || n > (self->file_size - off) / esize)
+      break;
+    next_pos = off + csize + n * esize;
+    if (next_pos > self->file_size || self->file_size - next_pos < osize
+        || !pread_all (fd, buf, osize, next_pos))
+      break;
+    key = g_new (gint64, 1);
+    *key = off;
+    g_hash_table_add (seen, key);
+    g_array_append_val (offs, off);
+    off = get_uint (buf, osize, swap);
+  }
+  g_hash_table_unref (seen);
+  return offs;
+}
+
+static gboolean
 gst_tiff_stack_src_stop (GstBaseSrc * bsrc)
 {
   GstTiffStackSrc *self = GST_TIFF_STACK_SRC (bsrc);
@@ -634,6 +717,7 @@ gst_tiff_stack_src_stop (GstBaseSrc * bsrc)
   g_clear_pointer (&self->chain_error, g_free);
   g_clear_pointer (&self->scratch, g_free);
   g_clear_pointer (&self->prefetch, g_free);
+  g_clear_pointer (&self->dir_offsets, g_array_unref);
   self->scratch_size = 0;
   self->cur_dir = G_MAXUINT;
   self->have_info = FALSE;
@@ -730,6 +814,7 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
     post_page_error (self, 0, "its directory (IFD) is unreadable");
     goto fail;
   }
+  self->dir_offsets = walk_chain (self);
   self->cur_dir = 0;
   gst_tiff_stack_meta_read (&self->meta, self->tif);
   if (!page_layout (self, &self->layout, &why)) {
