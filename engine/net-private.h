@@ -16,6 +16,8 @@ UnetModel   *unet_net_get_host_model    (UnetNet *net);
 /* Re-fold and re-upload the inference layers from the host model before the next
  * forward. */
 void         unet_net_mark_parameters_dirty (UnetNet *net);
+/* The options the net was created with (net-train.c: precision, gpu-id). */
+const UnetNetOptions *unet_net_get_options (const UnetNet *net);
 /* Slot for net-train.c's state; freed with unet_net_train_state_free by
  * unet_net_free. */
 gpointer    *unet_net_get_train_slot    (UnetNet *net);

@@ -1,15 +1,21 @@
 /* gst-unet engine — training entry points of UnetNet (unet.h, "training (net)").
  *
- * Training runs on the host with the CPU training executor (engine/cpu/cpu-train.c:
- * oneDNN convolutions, forward_training + backward) over the net's host model, for
- * every device: the parameter and gradient slabs the trainer and the optimiser see
- * are host memory in any case. After an optimiser step the inference layers of the
+ * A CPU net trains on the host with the CPU training executor (engine/cpu/cpu-train.c:
+ * oneDNN convolutions, forward_training + backward) over the net's host model; a CUDA
+ * net with the CUDA executor (engine/cuda/cuda-train.c), which keeps parameters and
+ * gradients on the device and syncs them lazily: the host parameter slab is uploaded
+ * at the first forward after unet_net_parameters_changed, the gradients are
+ * downloaded into the host gradient slab by unet_net_get_gradients. Either way the
+ * parameter and gradient slabs the trainer and the optimiser see are host memory. After an optimiser step the inference layers of the
  * net's backend are rebuilt lazily (net-private.h), so unet_net_forward always uses
  * the current parameters, with batch norm folded from the running statistics.
  */
 #include "config.h"
 
 #include "cpu/cpu-train.h"
+#if HAVE_CUDA_BACKEND
+#include "cuda/cuda-train.h"
+#endif
 #include "model-private.h"
 #include "net-private.h"
 
@@ -17,7 +23,10 @@
 
 typedef struct
 {
-  UnetCpuTrain *exec;
+  UnetCpuTrain *exec;           /* CPU nets */
+#if HAVE_CUDA_BACKEND
+  UnetCudaTrain *cuda;          /* CUDA nets (exec is NULL) */
+#endif
   gfloat *grads;                /* slab layout, slab_numel floats */
   gsize n;
 } NetTrain;
@@ -29,6 +38,9 @@ unet_net_train_state_free (gpointer state)
   if (t == NULL)
     return;
   unet_cpu_train_free (t->exec);
+#if HAVE_CUDA_BACKEND
+  unet_cuda_train_free (t->cuda);
+#endif
   unet_slab_free (t->grads);
   g_free (t);
 }
@@ -42,9 +54,21 @@ net_train (UnetNet *net, GError **error)
   UnetModel *model = unet_net_get_host_model (net);
   const UnetLayout *layout = unet_model_get_layout (model);
   NetTrain *t = g_new0 (NetTrain, 1);
+  const UnetConfig *cfg = unet_model_get_config (model);
+  gboolean ok;
   t->n = layout->slab_numel;
-  t->exec = unet_cpu_train_new (unet_model_get_config (model), layout, error);
-  if (t->exec == NULL || (t->grads = unet_slab_alloc0 (t->n, error)) == NULL) {
+#if HAVE_CUDA_BACKEND
+  if (unet_net_get_device (net) == UNET_DEVICE_CUDA) {
+    UnetNetOptions opts = *unet_net_get_options (net);
+    t->cuda = unet_cuda_train_new (cfg, layout, &opts, error);
+    ok = t->cuda != NULL;
+  } else
+#endif
+  {
+    t->exec = unet_cpu_train_new (cfg, layout, error);
+    ok = t->exec != NULL;
+  }
+  if (!ok || (t->grads = unet_slab_alloc0 (t->n, error)) == NULL) {
     unet_net_train_state_free (t);
     return NULL;
   }
@@ -69,6 +93,13 @@ unet_net_train_forward (UnetNet *net, const gfloat *input, gint batch, gint heig
     return FALSE;
   }
   gfloat *params = unet_model_get_slab (unet_net_get_host_model (net));
+#if HAVE_CUDA_BACKEND
+  if (t->cuda != NULL) {
+    if (!unet_cuda_train_forward (t->cuda, params, input, batch, height, width, seed,
+            logits, error))
+      return FALSE;
+  } else
+#endif
   if (!unet_cpu_train_forward (t->exec, params, input, batch, height, width, seed,
           logits, error))
     return FALSE;
@@ -85,6 +116,10 @@ unet_net_train_backward (UnetNet *net, const gfloat *grad_logits, GError **error
   NetTrain *t = net_train (net, error);
   if (t == NULL)
     return FALSE;
+#if HAVE_CUDA_BACKEND
+  if (t->cuda != NULL)
+    return unet_cuda_train_backward (t->cuda, grad_logits, error);
+#endif
   const gfloat *params = unet_model_peek_slab (unet_net_get_host_model (net));
   return unet_cpu_train_backward (t->exec, params, grad_logits, t->grads, error);
 }
@@ -93,8 +128,17 @@ void
 unet_net_zero_gradients (UnetNet *net)
 {
   NetTrain *t = net_train (net, NULL);
-  if (t != NULL)
-    memset (t->grads, 0, sizeof (gfloat) * t->n);
+  if (t == NULL)
+    return;
+  memset (t->grads, 0, sizeof (gfloat) * t->n);
+#if HAVE_CUDA_BACKEND
+  GError *error = NULL;
+  if (t->cuda != NULL && !unet_cuda_train_zero_gradients (t->cuda, &error)) {
+    /* the next backward reports the device failure; this one only logs it */
+    g_warning ("could not zero the GPU gradients: %s", error->message);
+    g_error_free (error);
+  }
+#endif
 }
 
 gfloat *
@@ -110,6 +154,15 @@ const gfloat *
 unet_net_get_gradients (UnetNet *net, gsize *n)
 {
   NetTrain *t = net_train (net, NULL);
+#if HAVE_CUDA_BACKEND
+  GError *error = NULL;
+  if (t != NULL && t->cuda != NULL
+      && !unet_cuda_train_download_gradients (t->cuda, t->grads, &error)) {
+    g_warning ("could not read the GPU gradients: %s", error->message);
+    g_error_free (error);
+    t = NULL;
+  }
+#endif
   if (n != NULL)
     *n = t != NULL ? t->n : 0;
   return t != NULL ? t->grads : NULL;
@@ -118,6 +171,11 @@ unet_net_get_gradients (UnetNet *net, gsize *n)
 gboolean
 unet_net_parameters_changed (UnetNet *net, GError **error)
 {
+#if HAVE_CUDA_BACKEND
+  NetTrain *t = *unet_net_get_train_slot (net);
+  if (t != NULL && t->cuda != NULL)
+    unet_cuda_train_parameters_changed (t->cuda);
+#endif
   unet_net_mark_parameters_dirty (net);
   return TRUE;
 }

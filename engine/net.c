@@ -76,6 +76,7 @@ struct _UnetNet
 {
   UnetConfig cfg;
   UnetDevice device;
+  UnetNetOptions opts;          /* as given (device: the one asked for) */
   UnetBackend *be;
   GHashTable *layer_index;      /* layer name ("enc.0.conv1") -> index + 1 */
   GList *plans;                 /* NetPlan, most recently used first */
@@ -524,6 +525,7 @@ unet_net_new (const UnetModel *model, const UnetNetOptions *opts, GError **error
   }
   net = g_new0 (UnetNet, 1);
   net->cfg = *unet_model_get_config (model);
+  net->opts = *opts;
   net->host = unet_model_copy (model);
   net->layer_index = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
   if (!unet_config_validate (&net->cfg, error) || net->cfg.depth > 30)
@@ -620,6 +622,12 @@ void
 unet_net_mark_parameters_dirty (UnetNet *net)
 {
   net->host_dirty = TRUE;
+}
+
+const UnetNetOptions *
+unet_net_get_options (const UnetNet *net)
+{
+  return &net->opts;
 }
 
 gpointer *

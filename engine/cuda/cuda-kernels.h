@@ -261,6 +261,17 @@ int unet_cuda_warp_sample (const float *image, int channels, const uint8_t *labe
                            const UnetCudaWarp *warp, float *out_image, uint8_t *out_labels,
                            float *out_weights, int out_w, int out_h, UnetCudaStream stream);
 
+/* -------------------------------------------------------------- training -- */
+
+/* dst (a, b, kk) f32 += scale * src (a, kk, b) dtype: a cuDNN NHWC filter gradient
+ * (conv [cout, k, k, cin]: a = cout, b = cin; transposed conv [cin, 2, 2, cout]:
+ * a = cin, b = cout) into the gradient slab in PyTorch layout. */
+int unet_cuda_filter_grad_accumulate (const void *src, UnetCudaDType dtype, float *dst, int a,
+                                      int b, int kk, float scale, UnetCudaStream stream);
+/* y += scale * x, count f32 elements. */
+int unet_cuda_scale_add_f32 (const float *x, float *y, size_t count, float scale,
+                             UnetCudaStream stream);
+
 #ifdef __cplusplus
 }
 #endif
