@@ -28,3 +28,23 @@ gst_unet_device_get_type (void)
   }
   return type;
 }
+
+GType
+gst_unet_precision_get_type (void)
+{
+  static gsize type = 0;
+  static const GEnumValue values[] = {
+    {UNET_PRECISION_FP32, "32-bit float (CPU and CUDA; no TF32 on the GPU)", "fp32"},
+    {UNET_PRECISION_TF32, "TF32 tensor cores, f32 activations (CUDA only)", "tf32"},
+    {UNET_PRECISION_BF16, "bfloat16 activations and weights, f32 accumulation", "bf16"},
+    {UNET_PRECISION_FP16, "float16 activations and weights, f32 accumulation (CUDA only)",
+        "fp16"},
+    {0, NULL, NULL}
+  };
+
+  if (g_once_init_enter (&type)) {
+    GType t = g_enum_register_static ("GstUnetPrecision", values);
+    g_once_init_leave (&type, t);
+  }
+  return type;
+}

@@ -13,4 +13,10 @@ G_BEGIN_DECLS
 #define GST_TYPE_UNET_DEVICE (gst_unet_device_get_type ())
 GType gst_unet_device_get_type (void);
 
+/* Arithmetic precision; every value in every build. The CPU backend computes fp32
+ * and bf16 and rejects tf32/fp16 with a clear error at start. Values equal
+ * UnetPrecision. */
+#define GST_TYPE_UNET_PRECISION (gst_unet_precision_get_type ())
+GType gst_unet_precision_get_type (void);
+
 G_END_DECLS

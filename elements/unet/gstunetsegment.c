@@ -261,6 +261,7 @@ struct _GstUnetSegment
   gchar *model_path;
   UnetDevice device;
   gint gpu_id;
+  UnetPrecision precision;
   guint tile_size;
   gint batch_size;
   gint threads;
@@ -409,6 +410,10 @@ gst_unet_segment_class_init (GstUnetSegmentClass * klass)
   g_object_class_install_property (gobject_class, PROP_GPU_ID,
       g_param_spec_int ("gpu-id", "GPU id", "CUDA device index", 0, 64,
           DEFAULT_GPU_ID, rw_ready));
+  g_object_class_install_property (gobject_class, PROP_PRECISION,
+      g_param_spec_enum ("precision", "Precision",
+          "Arithmetic of the network: fp32 and bf16 on every device, tf32 and fp16 "
+          "on CUDA only", GST_TYPE_UNET_PRECISION, DEFAULT_PRECISION, rw_ready));
   g_object_class_install_property (gobject_class, PROP_TILE_SIZE,
       g_param_spec_uint ("tile-size", "Tile size",
           "Network input tile edge in pixels, rounded up to a legal size "
@@ -534,6 +539,7 @@ gst_unet_segment_init (GstUnetSegment * self)
 
   self->device = DEFAULT_DEVICE;
   self->gpu_id = DEFAULT_GPU_ID;
+  self->precision = DEFAULT_PRECISION;
   self->tile_size = DEFAULT_TILE_SIZE;
   self->batch_size = DEFAULT_BATCH_SIZE;
   self->threads = DEFAULT_THREADS;
@@ -593,6 +599,7 @@ options_from_properties (GstUnetSegment * self, UnetSegmenterOptions * o)
   unet_segmenter_options_init (o);
   o->net.device = self->device;
   o->net.gpu_id = self->gpu_id;
+  o->net.precision = self->precision;
   o->net.threads = self->threads;
   o->tile_height = o->tile_width = (gint) self->tile_size;
   o->batch_size = self->batch_size;
@@ -1044,6 +1051,9 @@ gst_unet_segment_set_property (GObject * object, guint prop_id,
     case PROP_GPU_ID:
       self->gpu_id = g_value_get_int (value);
       break;
+    case PROP_PRECISION:
+      self->precision = g_value_get_enum (value);
+      break;
     case PROP_TILE_SIZE:
       self->tile_size = g_value_get_uint (value);
       break;
@@ -1118,6 +1128,9 @@ gst_unet_segment_get_property (GObject * object, guint prop_id,
       break;
     case PROP_GPU_ID:
       g_value_set_int (value, self->gpu_id);
+      break;
+    case PROP_PRECISION:
+      g_value_set_enum (value, self->precision);
       break;
     case PROP_TILE_SIZE:
       g_value_set_uint (value, self->tile_size);
