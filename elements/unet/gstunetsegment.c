@@ -99,6 +99,7 @@ enum
   PROP_MODEL,
   PROP_DEVICE,
   PROP_GPU_ID,
+  PROP_PRECISION,
   PROP_TILE_SIZE,
   PROP_BATCH_SIZE,
   PROP_THREADS,
@@ -128,6 +129,7 @@ static guint signals[LAST_SIGNAL];
 
 #define DEFAULT_DEVICE UNET_DEVICE_AUTO
 #define DEFAULT_GPU_ID 0
+#define DEFAULT_PRECISION UNET_PRECISION_FP32
 #define DEFAULT_TILE_SIZE 0
 #define DEFAULT_BATCH_SIZE 4
 #define DEFAULT_THREADS 0
@@ -530,6 +532,7 @@ gst_unet_segment_class_init (GstUnetSegmentClass * klass)
   gst_type_mark_as_plugin_api (GST_TYPE_UNET_DEVICE, 0);
   gst_type_mark_as_plugin_api (GST_TYPE_UNET_SEGMENT_OUTPUT, 0);
   gst_type_mark_as_plugin_api (GST_TYPE_UNET_SEGMENT_NORMALIZATION, 0);
+  gst_type_mark_as_plugin_api (GST_TYPE_UNET_PRECISION, 0);
 }
 
 static void
