@@ -139,7 +139,7 @@ if [ "$segment" -eq 1 ]; then
   set +e
   unet_gst_launch -e -m "${pipeline[@]}" 2>&1 |
     "$UNET_PYTHON" "$UNET_ROOT/pipelines/trainlog.py" csv --quiet --message unetsegment-stats \
-      > "$stats" 2> >(grep --line-buffered -v -P '^Got message(?!.*model-swapped)' >&2)
+      > "$stats"
   status=("${PIPESTATUS[@]}")
   set -e
   segmented=$(($(wc -l < "$stats") - 1))

@@ -98,7 +98,7 @@ start=$(unet_now_ms)
 if [ -n "$stats" ]; then
   set +e
   unet_gst_launch -m "${pipeline[@]}" 2>&1 |
-    "$UNET_PYTHON" "$UNET_ROOT/pipelines/trainlog.py" csv --message unetsegment-stats > "$stats" 2> >(grep -v -E '^(Got message|Setting pipeline|Pipeline is|Prerolled|Redistribute|New clock|Freeing|Execution ended|EOS|Got EOS)' >&2)
+    "$UNET_PYTHON" "$UNET_ROOT/pipelines/trainlog.py" csv --message unetsegment-stats > "$stats"
   status=("${PIPESTATUS[@]}")
   set -e
   [ "${status[0]}" -eq 0 ] || unet_die "segmentation failed (see above)"

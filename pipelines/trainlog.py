@@ -6,7 +6,9 @@
       (default unettrain-progress; segment-stack.sh uses unetsegment-stats) and writes
       them as CSV (one row per message, one column per field, the header from the
       first message), row by row as they come; prints a short progress line per
-      message on stderr. Every other line is passed to stderr unchanged.
+      message on stderr. Checkpoint and model-swap messages get a short line; other
+      bus messages are dropped unless they are warnings or errors (--verbose keeps all);
+      everything else gst-launch prints is passed to stderr unchanged.
 
   trainlog.py plot loss.csv loss.png [--title TEXT]
       Plots every column whose name contains "loss" (log scale) against the iteration,
@@ -20,6 +22,7 @@ import signal
 import sys
 
 MSG = re.compile(r'^Got message #\d+ from element "[^"]*" \(element\): ([\w-]+), (.*?);?\s*$')
+ANY_MSG = re.compile(r'^Got message #\d+ from \w+ "[^"]*" \((\w[\w-]*)\)')
 FIELD = re.compile(r'([A-Za-z][\w-]*)=\(([\w]+)\)("(?:[^"\\]|\\.)*"|[^,]*)(?:,\s*|$)')
 
 
@@ -44,7 +47,14 @@ def cmd_csv(args):
     for line in sys.stdin:
         m = MSG.match(line)
         if not m or m.group(1) != args.message:
-            sys.stderr.write(line)
+            if m and m.group(1) in ("unettrain-checkpoint", "unetsegment-model-swapped"):
+                f = parse_fields(m.group(2))
+                what = f.get("location") or f.get("model") or ""
+                it = f" at iteration {f['iteration']}" if "iteration" in f else ""
+                print(f"{m.group(1)}{it}: {what}", file=sys.stderr)
+            elif args.verbose or not ANY_MSG.match(line) or \
+                    ANY_MSG.match(line).group(1) in ("error", "warning"):
+                sys.stderr.write(line)
             continue
         fields = parse_fields(m.group(2))
         if writer is None:
@@ -146,6 +156,7 @@ def main(argv=None):
                    help="element message to keep (default unettrain-progress)")
     c.add_argument("--total", type=int, help="total iterations or frames, for the progress lines")
     c.add_argument("--quiet", action="store_true", help="no progress line per message")
+    c.add_argument("--verbose", action="store_true", help="pass every other bus message through")
     p = sub.add_parser("plot", help="CSV -> PNG plot")
     p.add_argument("csv")
     p.add_argument("png")

@@ -229,7 +229,29 @@ print(f"received {n} of 300 frames (those sent after connecting)")' "$tmp/rx.tif
     "$P/train.sh" -n 4 --checkpoint 2 --depth 2 --base-filters 4 -d cpu \
       "$tmp/img.tif" "$tmp/msk.tif" "$tmp/m.safetensors"
     [ -s "$tmp/m.safetensors" ] || fail "no model written"
-    [ "$(tail -n +2 "$tmp/m.csv" | wc -l)" -ge 1 ] || fail "no rows in the loss log"
+    [ "$(tail -n +2 "$tmp/m.csv" | wc -l)" -eq 4 ] || fail "expected 4 rows in the loss log"
+    head -1 "$tmp/m.csv" | grep -q '^iteration,loss' || fail "loss log header"
+    # fine-tune that model from PNG folders (multifilesrc ! pngdec), 16-bit images
+    "$UNET_PYTHON" - "$tmp" <<'PY'
+import os, sys, numpy as np, tifffile
+from PIL import Image
+d = sys.argv[1]
+img, msk = tifffile.imread(f"{d}/img.tif"), tifffile.imread(f"{d}/msk.tif")
+for sub in ("pimg", "pmsk"):
+    os.mkdir(f"{d}/{sub}")
+for k in range(img.shape[0]):
+    Image.fromarray(img[k]).save(f"{d}/pimg/cell{k:02d}.png")     # 16-bit gray PNG
+    Image.fromarray(msk[k]).save(f"{d}/pmsk/cell{k:02d}-mask.png")  # 8-bit 0/255
+PY
+    "$P/train.sh" -i "$tmp/m.safetensors" -n 2 --checkpoint 1 -d cpu --plot none \
+      "$tmp/pimg" "$tmp/pmsk" "$tmp/tuned.safetensors"
+    [ -s "$tmp/tuned.safetensors" ] || fail "no fine-tuned model written"
+    [ "$(tail -n +2 "$tmp/tuned.csv" | wc -l)" -eq 2 ] || fail "expected 2 rows in the fine-tuning log"
+    [ ! -e "$tmp/tuned-loss.png" ] || fail "--plot none still plotted"
+    mkdir "$tmp/one" && cp "$tmp/pimg/cell00.png" "$tmp/one/"
+    "$P/train.sh" -n 1 "$tmp/pimg" "$tmp/one" "$tmp/x.safetensors" 2>"$tmp/err" && fail "accepted 2 images / 1 mask"
+    grep -q "2 images but 1 masks" "$tmp/err" || fail "no message for unpaired folders"
+    echo "train from TIFF stacks, fine-tune from PNG folders: ok"
     ;;
 
   *)
