@@ -304,6 +304,8 @@ struct _GstUnetSegment
   GQueue ready;                 /* ReadyFrame*, finished, in push order */
   guint64 frames_out;
   GstClockTime max_processing;  /* reported in the LATENCY query */
+  guint model_frames;           /* frames made by the current segmenter */
+  gboolean provisional;         /* max_processing is a first (warm-up) frame's */
 
   /* Drop accounting for the statistics (streaming thread). */
   guint64 qos_dropped;          /* skipped here on QoS */
@@ -734,6 +736,7 @@ maybe_swap_model (GstUnetSegment * self, GError ** error)
   ok = flush_segmenter (self, self->seg, error);
   unet_segmenter_free (self->seg);
   self->seg = next;
+  self->model_frames = 0;
   GST_INFO_OBJECT (self, "switched to model %s", path);
   /* Frames still in the ready queue were made by the old model. */
   gst_element_post_message (GST_ELEMENT (self),
@@ -1350,6 +1353,8 @@ gst_unet_segment_start (GstBaseTransform * trans)
       unet_device_name (unet_segmenter_get_device (self->seg)));
   self->frames_out = 0;
   self->max_processing = 0;
+  self->model_frames = 0;
+  self->provisional = FALSE;
   self->qos_dropped = self->upstream_dropped = 0;
   self->last_offset = GST_BUFFER_OFFSET_NONE;
   self->ref_pts = GST_CLOCK_TIME_NONE;
@@ -1666,13 +1671,33 @@ gst_unet_segment_generate_output (GstBaseTransform * trans,
   if (self->active_post_messages)
     post_stats (self, rf->inbuf, &r->stats, self->frames_out);
   self->frames_out++;
-  /* Report a larger latency when processing got noticeably slower. */
-  if (proc > self->max_processing + self->max_processing / 10) {
-    gboolean first = self->max_processing == 0;
-    GST_OBJECT_LOCK (self);
-    self->max_processing = proc;
-    GST_OBJECT_UNLOCK (self);
-    if (self->live || !first)
+  /* Report a larger latency when processing got noticeably slower. The first
+   * frame of a model is not representative (oneDNN creates its primitives and
+   * buffers then: 10-100x a normal frame); keeping it would make a synchronised
+   * sink hold every frame that much longer and starve a live pipeline. So the
+   * very first frame's time is provisional (replaced by the second's) and the
+   * first frame after a model swap is not counted. */
+  {
+    GstClockTime before = self->max_processing;
+
+    if (self->model_frames == 0 && before > 0) {
+      /* a swapped-in model warming up */
+    } else if (self->model_frames == 0) {
+      self->provisional = TRUE;
+      before = GST_CLOCK_TIME_NONE;
+      GST_OBJECT_LOCK (self);
+      self->max_processing = proc;
+      GST_OBJECT_UNLOCK (self);
+    } else if (self->provisional
+        || proc > self->max_processing + self->max_processing / 10) {
+      self->provisional = FALSE;
+      GST_OBJECT_LOCK (self);
+      self->max_processing = proc;
+      GST_OBJECT_UNLOCK (self);
+    }
+    self->model_frames++;
+    if (self->max_processing != before && (self->live
+            || GST_CLOCK_TIME_IS_VALID (before)))
       gst_element_post_message (GST_ELEMENT (self),
           gst_message_new_latency (GST_OBJECT (self)));
   }

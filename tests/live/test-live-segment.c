@@ -278,7 +278,8 @@ GST_START_TEST (test_fast_camera_slow_model)
   GstElement *seg;
   GstPad *sinkpad, *srcpad;
   GstQuery *q;
-  GstClockTime max_proc = 0, ours, up_min, seg_min, pipe_min, bound;
+  GstClockTime max_proc = 0, max_warm = 0, ours, up_min, seg_min, pipe_min,
+      bound;
   gboolean live;
   GArray *lat;
   guint i;
@@ -326,6 +327,8 @@ GST_START_TEST (test_fast_camera_slow_model)
         " < processing %" GST_TIME_FORMAT, GST_TIME_ARGS (s->latency),
         GST_TIME_ARGS (s->processing));
     max_proc = MAX (max_proc, s->processing);
+    if (i > 0)
+      max_warm = MAX (max_warm, s->processing);
     g_array_append_val (lat, s->latency);
   }
   g_array_sort (lat, cmp_time);
@@ -336,8 +339,9 @@ GST_START_TEST (test_fast_camera_slow_model)
       GST_TIME_ARGS (bound));
 
   /* LATENCY query: what the element adds to upstream's latency is its largest
-   * processing time (it raises the figure when a frame takes more than 10 %
-   * longer than the reported one, so it lies in [max / 1.1, max]). */
+   * processing time after the first (warm-up) frame (it raises the figure when a
+   * frame takes more than 10 % longer than the reported one, so it lies in
+   * [max / 1.1, max]). */
   q = gst_query_new_latency ();
   fail_unless (gst_pad_peer_query (sinkpad, q));
   gst_query_parse_latency (q, &live, &up_min, NULL);
@@ -349,9 +353,9 @@ GST_START_TEST (test_fast_camera_slow_model)
   gst_query_unref (q);
   fail_unless (seg_min > up_min);
   ours = seg_min - up_min;
-  fail_unless (ours <= max_proc && ours * 11 >= max_proc * 10,
+  fail_unless (ours <= max_warm && ours * 11 >= max_warm * 10,
       "element latency %" GST_TIME_FORMAT ", largest processing time %"
-      GST_TIME_FORMAT, GST_TIME_ARGS (ours), GST_TIME_ARGS (max_proc));
+      GST_TIME_FORMAT, GST_TIME_ARGS (ours), GST_TIME_ARGS (max_warm));
   /* ... and it is real: at least the median time a frame spends in the element
    * as the pad probes see it (processing plus the map/copy around it, which is
    * small next to ~20 ms of network: 0.8 leaves room for it). */
