@@ -6,7 +6,8 @@ frames, in one run:
   engine   the engine alone (tests/gpu/unet-bench-gpu: segmenter = upload, normalise,
            tile, batched forward, stitch, download), per precision
   gst      end to end: gst-launch-1.0 videotestsrc (GRAY16_LE 2048x2048) ! unetsegment
-           device=cuda ! fakesink; the per-frame time is the difference of two runs
+           device=cuda precision=P ! fakesink, for each P of --gst-precisions
+           (default bf16,fp32); the per-frame time is the difference of two runs
            (N+K and K frames) so start-up and model loading cancel out
   torch    PyTorch + cuDNN on the same weights and the same tiles: channels_last,
            bf16 autocast, cudnn.benchmark, the frame's tiles in batches, plus the
@@ -55,7 +56,7 @@ def run_engine(build, model, precision, args):
     return dict(line.split("=", 1) for line in p.stdout.split("\n") if "=" in line)
 
 
-def run_gst(build, model, args):
+def run_gst(build, model, precision, args):
     if shutil.which("gst-launch-1.0") is None:
         return None
     env = dict(os.environ)
@@ -65,7 +66,8 @@ def run_gst(build, model, args):
     def once(n):
         cmd = ["gst-launch-1.0", "-q", "videotestsrc", f"num-buffers={n}", "pattern=snow", "!",
                f"video/x-raw,format=GRAY16_LE,width={SIZE},height={SIZE}", "!",
-               "unetsegment", f"model={model}", "device=cuda", f"tile-size={args.tile}",
+               "unetsegment", f"model={model}", "device=cuda", f"precision={precision}",
+               f"tile-size={args.tile}",
                f"batch-size={args.batch}", "!", "fakesink", "sync=false"]
         t0 = time.perf_counter()
         p = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -112,6 +114,8 @@ def main():
     ap.add_argument("--tile", type=int, default=572)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--precisions", default="bf16,fp16,tf32,fp32")
+    ap.add_argument("--gst-precisions", default="bf16,fp32",
+                    help="precisions of the gst-launch end-to-end runs")
     args = ap.parse_args()
 
     try:
@@ -147,7 +151,8 @@ def main():
             tile = int(ref["tile"].split("x")[0])
             flops = float(ref["flops_per_frame"])
             t_torch = run_torch(path, n_tiles, tile, args) if have_torch_gpu else None
-            t_gst = run_gst(build, path, args)
+            t_gst = {p: run_gst(build, path, p, args)
+                     for p in args.gst_precisions.split(",") if p}
             rows.append((name, n_tiles, tile, flops, eng, t_torch, t_gst))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -156,14 +161,16 @@ def main():
     print(f"\n2048x2048 GRAY16 frames, tile {args.tile}, batch {args.batch}, "
           f"{args.frames} frames (median); Mpx/s of input pixels")
     hdr = ["net", "tiles"] + [f"engine {p}" for p in args.precisions.split(",")] + \
-        ["gst e2e (fp32)", "torch bf16", "engine bf16 / torch", "% of bf16 floor"]
+        [f"gst e2e {p}" for p in args.gst_precisions.split(",") if p] + ["torch bf16", "engine bf16 / torch", "% of bf16 floor"]
     print(" | ".join(hdr))
     for name, n_tiles, tile, flops, eng, t_torch, t_gst in rows:
         floor = flops / BF16_PEAK
         cells = [name, str(n_tiles)]
         for p in args.precisions.split(","):
             cells.append(f"{float(eng[p]['mpx_s']):.1f}")
-        cells.append(f"{mpx / t_gst:.1f}" if t_gst else "n/a")
+        for p in args.gst_precisions.split(","):
+            if p:
+                cells.append(f"{mpx / t_gst[p]:.1f}" if t_gst.get(p) else "n/a")
         cells.append(f"{mpx / t_torch:.1f}" if t_torch else "n/a")
         t_bf16 = float(eng["bf16"]["median_ms"]) / 1e3 if "bf16" in eng else None
         cells.append(f"{t_torch / t_bf16:.2f}x" if t_torch and t_bf16 else "n/a")
