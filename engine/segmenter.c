@@ -54,6 +54,11 @@ struct _UnetSegmenter
   gfloat *in_buf, *out_buf;
   gsize in_cap, out_cap;        /* floats */
   gfloat *wy, *wx;              /* Gaussian windows of the pending tile shape */
+
+  /* Tiles per forward pass actually used: batch_size, halved for good after the
+   * device ran out of memory (warned about once). */
+  gint max_batch;
+  gboolean oom_warned;
 };
 
 void
@@ -138,6 +143,7 @@ unet_segmenter_new (const UnetModel *model, const UnetSegmenterOptions *opts,
     unet_model_get_normalization (model, &seg->norm);
   g_queue_init (&seg->frames);
   seg->slots = g_new0 (Slot, opts->batch_size);
+  seg->max_batch = opts->batch_size;
   seg->net = unet_net_new (model, &opts->net, error);
   if (!seg->net) {
     unet_segmenter_free (seg);
@@ -312,6 +318,42 @@ ensure_capacity (gfloat **buf, gsize *cap, gsize need, GError **error)
   return TRUE;
 }
 
+/* The forward pass of n extracted tiles, in chunks of at most max_batch. This is
+ * the one place that handles running out of device memory: a chunk of more than one
+ * tile that fails with UNET_ERROR_OUT_OF_MEMORY is retried as two halves, and
+ * max_batch stays halved for the rest of the stream (one warning). The result is the
+ * same either way: tiles are independent. */
+static gboolean
+forward_tiles (UnetSegmenter *seg, gint n, GError **error)
+{
+  gsize in_tile = (gsize) seg->cfg.in_channels * seg->batch_th * seg->batch_tw;
+  gsize out_tile = (gsize) seg->cfg.classes * seg->batch_to_h * seg->batch_to_w;
+  gint b0 = 0;
+
+  while (b0 < n) {
+    gint chunk = MIN (seg->max_batch, n - b0);
+    GError *local = NULL;
+    if (unet_net_forward (seg->net, seg->in_buf + b0 * in_tile, chunk, seg->batch_th,
+            seg->batch_tw, seg->out_buf + b0 * out_tile, &local)) {
+      b0 += chunk;
+      continue;
+    }
+    if (chunk > 1 && g_error_matches (local, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY)) {
+      seg->max_batch = chunk / 2;
+      if (!seg->oom_warned)
+        g_warning ("out of %s memory with %d tiles of %dx%d per batch (%s); "
+            "continuing with %d per batch", unet_device_name (unet_net_get_device (seg->net)),
+            chunk, seg->batch_tw, seg->batch_th, local->message, seg->max_batch);
+      seg->oom_warned = TRUE;
+      g_error_free (local);
+      continue;
+    }
+    g_propagate_error (error, local);
+    return FALSE;
+  }
+  return TRUE;
+}
+
 /* Forward the pending batch and stitch every tile into its frame. */
 static gboolean
 run_batch (UnetSegmenter *seg, GError **error)
@@ -325,8 +367,7 @@ run_batch (UnetSegmenter *seg, GError **error)
     return TRUE;
   seg->batch_n = 0;
   t0 = now_s ();
-  ok = unet_net_forward (seg->net, seg->in_buf, n, seg->batch_th, seg->batch_tw,
-      seg->out_buf, error);
+  ok = forward_tiles (seg, n, error);
   t1 = now_s ();
   share = (t1 - t0) / n;
   for (b = 0; b < n; b++) {
