@@ -5,7 +5,8 @@ optimiser and an equivalent augmentation in numpy/scipy, in the same run.
 
   bench_train.py [--build DIR] [--threads N] [--steps S] [--config NAME ...]
 
-Each side: one untimed warm-up step, then S timed steps; a step = draw a sample
+Each side: one untimed warm-up step, then S timed steps, alternating ours and PyTorch
+--rounds times; a step = draw a sample
 (random position, 3x3 elastic grid sigma 10 bicubic-upsampled to a per-pixel field,
 random rotation, flips, gamma/contrast/brightness; image bicubic with mirror boundary,
 labels nearest, weights bilinear) -> forward -> weighted softmax cross-entropy ->
@@ -175,6 +176,8 @@ def main():
     ap.add_argument("--build", default=os.path.join(here, "..", "..", "build"))
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="alternate ours/PyTorch this many times (evens out load drift)")
     ap.add_argument("--config", nargs="*", default=["d3-b16-252", "d4-b32-572"],
                     choices=sorted(CONFIGS))
     args = ap.parse_args()
@@ -182,13 +185,17 @@ def main():
     if not os.path.exists(tool):
         sys.exit(f"{tool} not found: build the project first (--build DIR)")
 
-    print(f"training steps/s, {args.threads} threads, {args.steps} timed steps (median)")
+    print(f"training steps/s, {args.threads} threads, {args.rounds} x {args.steps} timed steps "
+          f"per side (median), load average {os.getloadavg()[0]:.1f}")
     print(f"{'config':<14} {'tile':>5} {'batch':>5} {'ours s/step':>12} {'torch s/step':>13} "
           f"{'ours steps/s':>13} {'torch steps/s':>14} {'ratio':>6}")
     for name in args.config:
         depth, base, tile, batch = CONFIGS[name]
-        ours = statistics.median(ours_steps(tool, depth, base, tile, batch, args.steps, args.threads))
-        theirs = statistics.median(torch_steps(depth, base, tile, batch, args.steps, args.threads))
+        o, t = [], []
+        for _ in range(args.rounds):
+            o += ours_steps(tool, depth, base, tile, batch, args.steps, args.threads)
+            t += torch_steps(depth, base, tile, batch, args.steps, args.threads)
+        ours, theirs = statistics.median(o), statistics.median(t)
         print(f"{name:<14} {tile:>5} {batch:>5} {ours:>12.4f} {theirs:>13.4f} "
               f"{1 / ours:>13.3f} {1 / theirs:>14.3f} {theirs / ours:>6.2f}")
 
