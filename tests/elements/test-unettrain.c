@@ -402,4 +402,24 @@ unettrain_suite (void)
   return s;
 }
 
-GST_CHECK_MAIN (unettrain);
+int
+main (int argc, char **argv)
+{
+  const gchar *build = g_getenv ("UNET_BUILD_ROOT");
+
+  /* Scan the unet plugin in this process into a private registry: in the
+   * sanitizer build the uninstrumented gst-plugin-scanner cannot load an
+   * instrumented plugin, this (instrumented) test binary can. */
+  g_setenv ("GST_REGISTRY_FORK", "no", TRUE);
+  if (build) {
+    gchar *plugins = g_build_filename (build, "elements", "unet", NULL);
+    gchar *registry = g_build_filename (build, "tests",
+        "registry-unettrain.bin", NULL);
+    g_setenv ("GST_PLUGIN_PATH_1_0", plugins, TRUE);
+    g_setenv ("GST_REGISTRY_1_0", registry, TRUE);
+    g_free (plugins);
+    g_free (registry);
+  }
+  gst_check_init (&argc, &argv);
+  return gst_check_run_suite (unettrain_suite (), "unettrain", __FILE__);
+}
