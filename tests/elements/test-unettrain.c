@@ -45,7 +45,7 @@ make_trainer (const gchar *output, guint64 iterations)
   GstElement *e = gst_element_factory_make ("unettrain", NULL);
   fail_unless (e != NULL);
   gst_object_ref_sink (e);
-  g_object_set (e, "depth", 2, "base-filters", 16, "iterations", iterations,
+  g_object_set (e, "depth", 2, "base-filters", 8, "iterations", iterations,
       "optimizer", 1 /* adam */ , "learning-rate", 1e-3, "threads", 1,
       "device", 1 /* cpu */ , "normalization",
       "{\"mode\":\"range\",\"min\":0,\"max\":255}", NULL);

@@ -41,7 +41,7 @@ small_options (UnetTrainerOptions *o)
 {
   unet_trainer_options_init (o);
   o->architecture.depth = 2;
-  o->architecture.base_filters = 16;
+  o->architecture.base_filters = 4;
   o->architecture.classes = 2;
   o->normalization.mode = UNET_NORM_RANGE;
   o->normalization.a = 0;
@@ -392,7 +392,7 @@ test_predict_and_validate (void)
   }
 }
 
-/* The end-to-end check: depth 2, 16 filters, Adam, the paper's augmentation,
+/* The end-to-end check: depth 2, 8 filters, Adam, the paper's augmentation,
  * 96x96 blob frames; Dice on 4 frames never trained on must reach 0.9. */
 static void
 test_train_blobs (void)
@@ -400,7 +400,7 @@ test_train_blobs (void)
   UnetTrainerOptions o;
   g_autoptr (GError) err = NULL;
   small_options (&o);
-  o.architecture.base_filters = 16;
+  o.architecture.base_filters = 8;
   o.learning_rate = 3e-3;
   o.iterations = 150;
   o.net.threads = 0;
