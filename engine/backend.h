@@ -38,6 +38,7 @@ typedef struct _UnetBackend UnetBackend;
 typedef struct _UnetBackendTensor UnetBackendTensor;   /* backend-defined */
 typedef struct _UnetBackendArena UnetBackendArena;     /* backend-defined */
 typedef struct _UnetBackendOp UnetBackendOp;           /* backend-defined */
+typedef struct _UnetBackendFrames UnetBackendFrames;   /* backend-defined */
 
 typedef struct
 {
@@ -136,6 +137,49 @@ typedef struct
                                 UnetBackendTensor *diff_src, GError **error);
   gboolean (*op_backward_weights) (UnetBackendOp *op, UnetBackendTensor *diff_dst,
                                    GError **error);
+
+  /* ---- on-device tiling (optional: NULL = the segmenter tiles on the host) ----
+   * A ring of `depth` frame slots, each with pinned staging for one raw frame and
+   * one result, and device buffers for the frame and its outputs (grown when a
+   * larger frame arrives, never per frame). Per slot, in order:
+   *   frame_upload    raw frame -> pinned staging -> device (copy stream, async)
+   *   frame_histogram / frame_moments   statistics of channel 0 (u8/u16 frames),
+   *                   waited for: the normalisation needs them on the host
+   *   frame_begin     size and clear the slot's outputs for its frame
+   *   frame_extract   n tiles, mirror-extended and normalised ((v - lo) * scale),
+   *                   into batch entries [b0, b0 + n) of a net input tensor
+   *   frame_stitch    softmax/sigmoid of tiles [b0, b0 + n) of a logits tensor:
+   *                   owned blocks copied (blend FALSE) or Gaussian-accumulated
+   *   frame_download  labels and/or one class's probability -> pinned -> host
+   *                   pointers, after the compute stream's work for the slot
+   *                   (download stream, async; blend results finalised first)
+   *   frame_wait      the slot's download has landed in the host pointers
+   * Upload of the next frame, compute of this one and download of the previous
+   * one run on three streams, ordered by events. */
+  UnetBackendFrames *(*frames_new) (UnetBackend *be, gint depth, GError **error);
+  void (*frames_free) (UnetBackendFrames *fr);
+  gboolean (*frame_upload) (UnetBackendFrames *fr, gint slot, UnetPixelFormat format,
+                            gconstpointer data, gint width, gint height, gsize stride,
+                            GError **error);
+  /* hist: 256 (u8) or 65536 (u16) counts */
+  gboolean (*frame_histogram) (UnetBackendFrames *fr, gint slot, guint32 *hist,
+                               GError **error);
+  /* sums[0] = sum, sums[1] = sum of squares */
+  gboolean (*frame_moments) (UnetBackendFrames *fr, gint slot, gdouble sums[2],
+                             GError **error);
+  /* prob_class: the class whose probability frame_download delivers */
+  gboolean (*frame_begin) (UnetBackendFrames *fr, gint slot, gint classes, gint prob_class,
+                           gboolean blend, GError **error);
+  gboolean (*frame_extract) (UnetBackendFrames *fr, gint slot, const gint *origin_x,
+                             const gint *origin_y, gint n, gint b0, gfloat lo,
+                             gfloat scale, UnetBackendTensor *input, GError **error);
+  /* blocks: n x {src_x, src_y, dst_x, dst_y, w, h} (tile output -> frame) */
+  gboolean (*frame_stitch) (UnetBackendFrames *fr, gint slot, UnetBackendTensor *logits,
+                            gint b0, gint n, const gint *blocks, gboolean blend,
+                            GError **error);
+  gboolean (*frame_download) (UnetBackendFrames *fr, gint slot, guint8 *labels,
+                              gfloat *probability, GError **error);
+  gboolean (*frame_wait) (UnetBackendFrames *fr, gint slot, GError **error);
 } UnetBackendIface;
 
 struct _UnetBackend
@@ -155,6 +199,12 @@ unet_backend_can_train (const UnetBackend *be)
 {
   return be->iface->op_forward_training != NULL && be->iface->op_backward_data != NULL
       && be->iface->op_backward_weights != NULL;
+}
+
+static inline gboolean
+unet_backend_can_tile (const UnetBackend *be)
+{
+  return be->iface->frames_new != NULL;
 }
 
 static inline gboolean

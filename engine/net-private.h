@@ -7,6 +7,7 @@
  */
 #pragma once
 
+#include "backend.h"
 #include "unet.h"
 
 G_BEGIN_DECLS
@@ -22,5 +23,17 @@ const UnetNetOptions *unet_net_get_options (const UnetNet *net);
  * unet_net_free. */
 gpointer    *unet_net_get_train_slot    (UnetNet *net);
 void         unet_net_train_state_free  (gpointer state);
+
+/* The net's backend (the segmenter's on-device tiling talks to it directly). */
+UnetBackend *unet_net_get_backend       (UnetNet *net);
+/* One inference forward pass whose input and logits stay on the backend: `fill`
+ * writes the input tensor (batch, in_channels, height, width), every op up to the
+ * head runs, `use` reads the logits tensor (batch, classes, oh, ow) — raw scores,
+ * the final softmax/sigmoid is left to the reader. Same checks as unet_net_forward. */
+typedef gboolean (*UnetNetTensorFunc) (UnetBackendTensor *t, gpointer user,
+                                       GError **error);
+gboolean     unet_net_forward_tensors   (UnetNet *net, gint batch, gint height, gint width,
+                                         UnetNetTensorFunc fill, UnetNetTensorFunc use,
+                                         gpointer user, GError **error);
 
 G_END_DECLS

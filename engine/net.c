@@ -57,6 +57,7 @@ typedef struct
   GArray *tensors;              /* NetTensor */
   GArray *nodes;                /* NetNode */
   gint input, output;
+  gint logits;                  /* the head's output, before the final softmax/sigmoid */
 } NetGraph;
 
 typedef struct
@@ -69,7 +70,7 @@ typedef struct
   gint n_ops;
   UnetBackendArena *arena;
   gsize arena_bytes;
-  gint input, output;
+  gint input, output, logits;
 } NetPlan;
 
 struct _UnetNet
@@ -216,7 +217,7 @@ net_graph_new (UnetNet *net, gint batch, gint height, gint width)
   }
   {
     NetTensor s = *net_tensor (g, x);
-    gint logits = net_tensor_add (g, batch, cfg->classes, s.dims.h, s.dims.w);
+    gint logits = g->logits = net_tensor_add (g, batch, cfg->classes, s.dims.h, s.dims.w);
     net_node_add (g, UNET_OP_CONV, net_layer (net, "head%.0d", 0), x, logits);
     g->output = net_tensor_add (g, batch, cfg->classes, s.dims.h, s.dims.w);
     net_node_add (g, cfg->classes == 1 ? UNET_OP_SIGMOID : UNET_OP_SOFTMAX, -1,
@@ -338,6 +339,7 @@ net_plan_new (UnetNet *net, gint batch, gint height, gint width, GError **error)
   p->ops = g_new0 (UnetBackendOp *, p->n_ops);
   p->input = g->input;
   p->output = g->output;
+  p->logits = g->logits;
 
   for (gint i = 0; i < p->n_tensors; i++) {
     NetTensor *t = net_tensor (g, i);
@@ -636,18 +638,12 @@ unet_net_get_train_slot (UnetNet *net)
   return &net->train;
 }
 
-gboolean
-unet_net_forward (UnetNet *net, const gfloat *input, gint batch, gint height,
-    gint width, gfloat *output, GError **error)
+/* Checks shared by the forward entry points. */
+static gboolean
+net_check_shape (UnetNet *net, gint batch, gint height, gint width, GError **error)
 {
-  const UnetBackendIface *be;
-  NetPlan *p;
-  gint oh, ow;
-
-  g_return_val_if_fail (net != NULL && input != NULL && output != NULL, FALSE);
-  be = net->be->iface;
-  oh = unet_config_output_size (&net->cfg, height);
-  ow = unet_config_output_size (&net->cfg, width);
+  gint oh = unet_config_output_size (&net->cfg, height);
+  gint ow = unet_config_output_size (&net->cfg, width);
   if (oh < 1 || ow < 1) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
         "input %dx%d is not a legal tile size for this network (depth %d, %s "
@@ -662,6 +658,47 @@ unet_net_forward (UnetNet *net, const gfloat *input, gint batch, gint height,
         "batch size must be in 1..65536, not %d", batch);
     return FALSE;
   }
+  return TRUE;
+}
+
+UnetBackend *
+unet_net_get_backend (UnetNet *net)
+{
+  return net->be;
+}
+
+gboolean
+unet_net_forward_tensors (UnetNet *net, gint batch, gint height, gint width,
+    UnetNetTensorFunc fill, UnetNetTensorFunc use, gpointer user, GError **error)
+{
+  const UnetBackendIface *be = net->be->iface;
+  NetPlan *p;
+
+  if (!net_check_shape (net, batch, height, width, error))
+    return FALSE;
+  if (net->host_dirty && !net_reload_layers (net, error))
+    return FALSE;
+  if ((p = net_get_plan (net, batch, height, width, error)) == NULL
+      || !fill (p->tensors[p->input], user, error))
+    return FALSE;
+  /* every op but the final softmax/sigmoid: the caller reads the logits */
+  for (gint k = 0; k < p->n_ops - 1; k++)
+    if (!be->op_forward (p->ops[k], error))
+      return FALSE;
+  return use (p->tensors[p->logits], user, error);
+}
+
+gboolean
+unet_net_forward (UnetNet *net, const gfloat *input, gint batch, gint height,
+    gint width, gfloat *output, GError **error)
+{
+  const UnetBackendIface *be;
+  NetPlan *p;
+
+  g_return_val_if_fail (net != NULL && input != NULL && output != NULL, FALSE);
+  be = net->be->iface;
+  if (!net_check_shape (net, batch, height, width, error))
+    return FALSE;
   if (net->host_dirty && !net_reload_layers (net, error))
     return FALSE;
   if ((p = net_get_plan (net, batch, height, width, error)) == NULL)

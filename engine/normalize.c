@@ -18,6 +18,7 @@
  *   statistic and come out as 0.0 (a NaN would otherwise spread through the whole
  *   receptive field of the network). A frame with no finite pixel gives zeros.
  */
+#include "normalize-private.h"
 #include "unet.h"
 #include "safetensors.h"
 
@@ -420,6 +421,40 @@ frame_statistics (const UnetNormalization *norm, UnetPixelFormat format,
   *lo = plo;
   *scale = phi > plo ? 1.0 / (phi - plo) : 1.0;
   return TRUE;
+}
+
+gboolean
+unet_normalization_fixed_params (const UnetNormalization *norm, gdouble *lo,
+    gdouble *scale)
+{
+  *lo = 0.0;
+  *scale = 1.0;
+  switch (norm->mode) {
+    case UNET_NORM_NONE:
+      return TRUE;
+    case UNET_NORM_RANGE:
+      *lo = norm->a;
+      *scale = 1.0 / (norm->b - norm->a);
+      return TRUE;
+    case UNET_NORM_MEAN_STD:
+      *lo = norm->a;
+      *scale = 1.0 / norm->b;
+      return TRUE;
+    case UNET_NORM_PERCENTILE:
+    case UNET_NORM_FRAME_MEAN_STD:
+      break;
+  }
+  return FALSE;
+}
+
+void
+unet_normalization_histogram_params (const UnetNormalization *norm, const gsize *hist,
+    guint bins, gsize n, gdouble *lo, gdouble *scale)
+{
+  gdouble plo = hist_percentile (hist, bins, n, norm->a);
+  gdouble phi = hist_percentile (hist, bins, n, norm->b);
+  *lo = plo;
+  *scale = phi > plo ? 1.0 / (phi - plo) : 1.0;
 }
 
 gboolean

@@ -9,13 +9,31 @@
  *
  * Memory per queued frame: its normalised plane until its last tile is extracted,
  * and its (K,H,W) probability planes until popped. The batch buffers hold
- * batch_size tiles; nothing else grows with the stream. */
+ * batch_size tiles; nothing else grows with the stream.
+ *
+ * On-device path (backends with the optional frame slots of backend.h, i.e. CUDA):
+ * an 8/16-bit frame crosses the bus once each way. push() uploads the raw frame into
+ * one of DEVICE_DEPTH slots (pinned staging, copy stream), takes the normalisation's
+ * statistics on the device (histogram / moments), extracts the mirror-extended,
+ * normalised tiles straight into the net's input tensor, runs the forward pass up to
+ * the logits and stitches softmax/argmax (or the Gaussian blend) into the slot's
+ * output frame, then starts the download of labels / probability (download stream)
+ * and returns. With batch_frames set the frame finishes when its slot is needed again
+ * or at flush, so the upload of frame n+1, the compute of frame n and the download of
+ * frame n-1 overlap; without it push() waits for its own frame (the contract: every
+ * push finishes its frame). Float frames, K-plane probability output and multi-
+ * channel models take the host path. $UNET_HOST_TILING=1 forces the host path. */
+#include "net-private.h"
+#include "normalize-private.h"
 #include "unet.h"
 #include "tiling.h"
 
+#include <math.h>
 #include <string.h>
 
 #define DEFAULT_MEMORY_BUDGET (G_GUINT64_CONSTANT (1) << 30)
+/* frames in flight on the device: upload n+1, compute n, download n-1 */
+#define DEVICE_DEPTH 3
 
 typedef struct
 {
@@ -26,6 +44,8 @@ typedef struct
   gfloat *wsum;                 /* (H,W) blend weight sums, or NULL */
   gint n_extracted, n_stitched;
   gboolean finished;
+  gint dev_slot;                /* on-device frame waiting for its download, or -1 */
+  gdouble dev_t0;               /* when its push started */
 } Frame;
 
 typedef struct
@@ -59,6 +79,15 @@ struct _UnetSegmenter
    * device ran out of memory (warned about once). */
   gint max_batch;
   gboolean oom_warned;
+
+  /* On-device path (NULL frames: host path only). */
+  UnetBackend *be;
+  UnetBackendFrames *dev;
+  Frame *dev_pending[DEVICE_DEPTH];
+  guint64 dev_next;
+  guint32 *hist32;              /* 65536 bins */
+  gsize *hist;
+  gint *dev_ox, *dev_oy, *dev_blocks;   /* per tile of one pass: origin, 6-int block */
 };
 
 void
@@ -149,6 +178,21 @@ unet_segmenter_new (const UnetModel *model, const UnetSegmenterOptions *opts,
     unet_segmenter_free (seg);
     return NULL;
   }
+  seg->be = unet_net_get_backend (seg->net);
+  if (unet_backend_can_tile (seg->be) && cfg->in_channels == 1 && cfg->classes <= 255
+      && !(opts->outputs & UNET_SEGMENT_PROBABILITIES)
+      && g_strcmp0 (g_getenv ("UNET_HOST_TILING"), "1") != 0) {
+    seg->dev = seg->be->iface->frames_new (seg->be, DEVICE_DEPTH, error);
+    if (seg->dev == NULL) {
+      unet_segmenter_free (seg);
+      return NULL;
+    }
+    seg->hist32 = g_new (guint32, 65536);
+    seg->hist = g_new (gsize, 65536);
+    seg->dev_ox = g_new (gint, opts->batch_size);
+    seg->dev_oy = g_new (gint, opts->batch_size);
+    seg->dev_blocks = g_new (gint, 6 * opts->batch_size);
+  }
   return seg;
 }
 
@@ -169,8 +213,16 @@ unet_segmenter_free (UnetSegmenter *seg)
 {
   if (!seg)
     return;
+  /* waits for every transfer in flight before the frames' buffers go */
+  if (seg->dev != NULL)
+    seg->be->iface->frames_free (seg->dev);
   g_queue_clear_full (&seg->frames, (GDestroyNotify) frame_free);
   unet_net_free (seg->net);
+  g_free (seg->hist32);
+  g_free (seg->hist);
+  g_free (seg->dev_ox);
+  g_free (seg->dev_oy);
+  g_free (seg->dev_blocks);
   g_free (seg->slots);
   g_free (seg->in_buf);
   g_free (seg->out_buf);
@@ -456,12 +508,211 @@ drop_unfinished (UnetSegmenter *seg)
   while (l) {
     GList *next = l->next;
     Frame *f = l->data;
+    if (f->dev_slot >= 0) {
+      /* its download still writes into the slot's staging, then into its result */
+      seg->be->iface->frame_wait (seg->dev, f->dev_slot, NULL);
+      seg->dev_pending[f->dev_slot] = NULL;
+      f->dev_slot = -1;
+    }
     if (!f->finished) {
       g_queue_delete_link (&seg->frames, l);
       frame_free (f);
     }
     l = next;
   }
+}
+
+/* ------------------------------------------------------ on-device path -- */
+
+/* Waits for an on-device frame's download and derives what the host computes
+ * from the labels (instances, statistics; 1 - p for class 0 of a sigmoid model). */
+static gboolean
+device_finish (UnetSegmenter *seg, Frame *f, GError **error)
+{
+  UnetSegmentResult *r = f->result;
+  const UnetBackendIface *be = seg->be->iface;
+  gsize n = (gsize) r->width * r->height;
+  guint outs = seg->opts.outputs;
+  gint slot = f->dev_slot;
+  gdouble t0 = now_s ();
+
+  seg->dev_pending[slot] = NULL;
+  f->dev_slot = -1;
+  if (!be->frame_wait (seg->dev, slot, error))
+    return FALSE;
+  r->stats.time_stitch += now_s () - t0;
+  t0 = now_s ();
+  if (r->probability && seg->cfg.classes == 1 && seg->opts.probability_class == 0)
+    for (gsize i = 0; i < n; i++)
+      r->probability[i] = 1.0f - r->probability[i];
+  if (outs & (UNET_SEGMENT_INSTANCES | UNET_SEGMENT_STATS)) {
+    guint64 area = 0;
+    if (outs & UNET_SEGMENT_INSTANCES) {
+      r->instances = try_alloc (n, sizeof (guint16), FALSE, error);
+      if (!r->instances)
+        return FALSE;
+    }
+    r->stats.object_count = unet_label_components (r->labels,
+        (guint8) seg->opts.foreground_class, r->width, r->height, r->instances, &area);
+    r->stats.foreground_fraction = (gdouble) area / n;
+    r->stats.mean_object_area =
+        r->stats.object_count ? (gdouble) area / r->stats.object_count : 0.0;
+  }
+  if (!(outs & UNET_SEGMENT_LABELS))
+    g_clear_pointer (&r->labels, g_free);
+  r->stats.time_post += now_s () - t0;
+  /* push to result, waits for other frames included: the pipeline's latency */
+  r->stats.time_total = now_s () - f->dev_t0;
+  f->finished = TRUE;
+  return TRUE;
+}
+
+/* Every on-device frame still in flight, in push order. */
+static gboolean
+device_finish_all (UnetSegmenter *seg, GError **error)
+{
+  for (GList *l = seg->frames.head; l != NULL; l = l->next) {
+    Frame *f = l->data;
+    if (f->dev_slot >= 0 && !device_finish (seg, f, error))
+      return FALSE;
+  }
+  return TRUE;
+}
+
+typedef struct
+{
+  UnetSegmenter *seg;
+  gint slot, n;
+  gfloat lo, scale;
+  gboolean blend;
+} DevicePass;
+
+static gboolean
+device_fill (UnetBackendTensor *input, gpointer user, GError **error)
+{
+  DevicePass *d = user;
+  UnetSegmenter *seg = d->seg;
+  return seg->be->iface->frame_extract (seg->dev, d->slot, seg->dev_ox, seg->dev_oy, d->n, 0,
+      d->lo, d->scale, input, error);
+}
+
+static gboolean
+device_use (UnetBackendTensor *logits, gpointer user, GError **error)
+{
+  DevicePass *d = user;
+  UnetSegmenter *seg = d->seg;
+  return seg->be->iface->frame_stitch (seg->dev, d->slot, logits, 0, d->n, seg->dev_blocks,
+      d->blend, error);
+}
+
+/* (v - lo) * scale for the frame in `slot`, from statistics taken on the device. */
+static gboolean
+device_normalization (UnetSegmenter *seg, gint slot, UnetPixelFormat format, gsize npix,
+    gdouble *lo, gdouble *scale, GError **error)
+{
+  const UnetBackendIface *be = seg->be->iface;
+
+  if (unet_normalization_fixed_params (&seg->norm, lo, scale))
+    return TRUE;
+  if (seg->norm.mode == UNET_NORM_PERCENTILE) {
+    guint bins = format == UNET_PIXEL_U8 ? 256 : 65536;
+    if (!be->frame_histogram (seg->dev, slot, seg->hist32, error))
+      return FALSE;
+    for (guint i = 0; i < bins; i++)
+      seg->hist[i] = seg->hist32[i];
+    unet_normalization_histogram_params (&seg->norm, seg->hist, bins, npix, lo, scale);
+    return TRUE;
+  }
+  /* frame mean/std: every 8/16-bit pixel is finite, as the host path counts them */
+  gdouble sums[2], mean, var;
+  if (!be->frame_moments (seg->dev, slot, sums, error))
+    return FALSE;
+  mean = sums[0] / npix;
+  var = MAX (sums[1] / npix - mean * mean, 0.0);
+  *lo = mean;
+  *scale = var > 0.0 ? 1.0 / sqrt (var) : 1.0;
+  return TRUE;
+}
+
+/* The on-device push of frame f (queued already, its plan made). */
+static gboolean
+device_push (UnetSegmenter *seg, Frame *f, UnetPixelFormat format, gconstpointer data,
+    gsize stride, GError **error)
+{
+  const UnetBackendIface *be = seg->be->iface;
+  UnetSegmentResult *r = f->result;
+  const UnetTilePlan *plan = &f->plan;
+  gint slot = (gint) (seg->dev_next % DEVICE_DEPTH);
+  gint classes = seg->cfg.classes, th = plan->y.tile_in, tw = plan->x.tile_in;
+  guint outs = seg->opts.outputs;
+  gint prob_class = classes == 1 ? 0 : seg->opts.probability_class;
+  gsize npix = (gsize) r->width * r->height;
+  gdouble lo, scale, t0 = now_s ();
+
+  if (!(outs & UNET_SEGMENT_PROBABILITY))
+    prob_class = 0;
+  /* the slot's previous frame must be home before its buffers are reused */
+  if (seg->dev_pending[slot] != NULL && !device_finish (seg, seg->dev_pending[slot], error))
+    return FALSE;
+  if (!be->frame_upload (seg->dev, slot, format, data, r->width, r->height, stride, error)
+      || !device_normalization (seg, slot, format, npix, &lo, &scale, error)
+      || !be->frame_begin (seg->dev, slot, classes, prob_class, plan->blend, error))
+    return FALSE;
+  r->stats.time_normalize = now_s () - t0;
+
+  for (gint t0_tile = 0; t0_tile < plan->n_tiles;) {
+    gint chunk = MIN (seg->max_batch, plan->n_tiles - t0_tile);
+    DevicePass pass = { seg, slot, chunk, (gfloat) lo, (gfloat) scale, plan->blend };
+    GError *local = NULL;
+    gdouble tf = now_s ();
+    for (gint i = 0; i < chunk; i++) {
+      UnetTile t;
+      gint *b = seg->dev_blocks + 6 * i;
+      unet_tile_plan_get_tile (plan, t0_tile + i, &t);
+      seg->dev_ox[i] = t.in_x;
+      seg->dev_oy[i] = t.in_y;
+      b[0] = t.x0 - t.out_x;
+      b[1] = t.y0 - t.out_y;
+      b[2] = t.x0;
+      b[3] = t.y0;
+      b[4] = t.x1 - t.x0;
+      b[5] = t.y1 - t.y0;
+    }
+    if (unet_net_forward_tensors (seg->net, chunk, th, tw, device_fill, device_use, &pass,
+            &local)) {
+      r->stats.time_forward += now_s () - tf;
+      t0_tile += chunk;
+      continue;
+    }
+    if (chunk > 1 && g_error_matches (local, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY)) {
+      seg->max_batch = chunk / 2;
+      if (!seg->oom_warned)
+        g_warning ("out of GPU memory with %d tiles of %dx%d per batch (%s); continuing "
+            "with %d per batch", chunk, tw, th, local->message, seg->max_batch);
+      seg->oom_warned = TRUE;
+      g_error_free (local);
+      continue;
+    }
+    g_propagate_error (error, local);
+    return FALSE;
+  }
+  f->n_extracted = f->n_stitched = plan->n_tiles;
+  if (outs & (UNET_SEGMENT_LABELS | UNET_SEGMENT_INSTANCES | UNET_SEGMENT_STATS)) {
+    r->labels = try_alloc (npix, 1, FALSE, error);
+    if (!r->labels)
+      return FALSE;
+  }
+  if (outs & UNET_SEGMENT_PROBABILITY) {
+    r->probability = try_alloc (npix, sizeof (gfloat), FALSE, error);
+    if (!r->probability)
+      return FALSE;
+  }
+  if (!be->frame_download (seg->dev, slot, r->labels, r->probability, error))
+    return FALSE;
+  f->dev_slot = slot;
+  seg->dev_pending[slot] = f;
+  seg->dev_next++;
+  return seg->opts.batch_frames || device_finish (seg, f, error);
 }
 
 gboolean
@@ -482,6 +733,7 @@ unet_segmenter_push (UnetSegmenter *seg, UnetPixelFormat format, gconstpointer d
   }
   n = (gsize) width * height;
   f = g_new0 (Frame, 1);
+  f->dev_slot = -1;
   f->result = r = g_new0 (UnetSegmentResult, 1);
   r->user_data = user_data;
   r->width = width;
@@ -494,6 +746,22 @@ unet_segmenter_push (UnetSegmenter *seg, UnetPixelFormat format, gconstpointer d
   t0 = now_s ();
   if (!get_plan (seg, height, width, &f->plan, error))
     goto failed;
+  if (seg->dev != NULL && format != UNET_PIXEL_F32) {
+    /* host tiles of earlier frames first: frames finish in push order */
+    if (!run_batch (seg, error)) {
+      frame_free (f);
+      goto failed_queued;
+    }
+    r->stats.n_tiles = f->plan.n_tiles;
+    r->stats.tile_height = f->plan.y.tile_in;
+    r->stats.tile_width = f->plan.x.tile_in;
+    f->dev_t0 = t0;
+    seg->n_pushed++;
+    g_queue_push_tail (&seg->frames, f);
+    if (!device_push (seg, f, format, data, stride, error))
+      goto failed_queued;
+    return TRUE;
+  }
   f->norm = try_alloc (n, sizeof (gfloat), FALSE, error);
   if (!f->norm)
     goto failed;
@@ -554,7 +822,7 @@ failed_queued:
 gboolean
 unet_segmenter_flush (UnetSegmenter *seg, GError **error)
 {
-  if (run_batch (seg, error))
+  if (run_batch (seg, error) && device_finish_all (seg, error))
     return TRUE;
   drop_unfinished (seg);
   return FALSE;

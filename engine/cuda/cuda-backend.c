@@ -782,6 +782,411 @@ cuda_synchronize (UnetBackend *be, GError **error)
       && CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error);
 }
 
+/* ------------------------------------------------------ on-device tiling -- */
+
+/* One frame in flight: its raw pixels and results, pinned on the host and on the
+ * device, and the events that order upload (copy stream), compute (compute stream)
+ * and download (download stream). */
+typedef struct
+{
+  gint width, height, classes, prob_class;
+  UnetPixelFormat format;
+  gsize row_bytes;
+  gboolean blend;
+  guint8 *host_in;              /* pinned raw frame, dense rows */
+  gsize host_in_cap;
+  void *dev_in;
+  gsize dev_in_cap;
+  guint8 *dev_labels, *host_labels;     /* (H,W); host pinned */
+  float *dev_probs, *host_probs;        /* (H,W) */
+  gsize out_cap;                /* pixels of the four buffers above */
+  float *dev_acc, *dev_wsum;    /* blending: (K,H,W), (H,W) */
+  gsize acc_cap;                /* floats of dev_acc */
+  guint8 *dst_labels;           /* where frame_wait copies to (may be NULL) */
+  gfloat *dst_probs;
+  cudaEvent_t uploaded, downloaded;
+  gboolean pending;
+} FrameSlot;
+
+struct _UnetBackendFrames
+{
+  CudaCtx *ctx;
+  gint depth;
+  FrameSlot *slots;
+  cudaStream_t d2h;             /* downloads */
+  cudaEvent_t computed;         /* compute stream -> download stream, per download */
+  guint32 *dev_hist, *host_hist;        /* 65536 bins; host pinned */
+  double *dev_partials, *dev_sums, *host_sums;  /* moments; host pinned (2) */
+};
+
+static gboolean
+slot_idle (UnetBackendFrames *fr, FrameSlot *s, GError **error)
+{
+  (void) fr;
+  /* never-recorded events complete at once */
+  return CUDA_CHECK (cudaEventSynchronize (s->uploaded), error)
+      && CUDA_CHECK (cudaEventSynchronize (s->downloaded), error);
+}
+
+static void
+cuda_frames_free (UnetBackendFrames *fr)
+{
+  if (fr == NULL)
+    return;
+  cudaStreamSynchronize (fr->ctx->copy_stream);
+  cudaStreamSynchronize (fr->ctx->stream);
+  if (fr->d2h != NULL)
+    cudaStreamSynchronize (fr->d2h);
+  for (gint i = 0; fr->slots != NULL && i < fr->depth; i++) {
+    FrameSlot *s = &fr->slots[i];
+    if (s->host_in != NULL)
+      cudaFreeHost (s->host_in);
+    if (s->host_labels != NULL)
+      cudaFreeHost (s->host_labels);
+    if (s->host_probs != NULL)
+      cudaFreeHost (s->host_probs);
+    cudaFree (s->dev_in);
+    cudaFree (s->dev_labels);
+    cudaFree (s->dev_probs);
+    cudaFree (s->dev_acc);
+    cudaFree (s->dev_wsum);
+    if (s->uploaded != NULL)
+      cudaEventDestroy (s->uploaded);
+    if (s->downloaded != NULL)
+      cudaEventDestroy (s->downloaded);
+  }
+  g_free (fr->slots);
+  cudaFree (fr->dev_hist);
+  cudaFree (fr->dev_partials);
+  cudaFree (fr->dev_sums);
+  if (fr->host_hist != NULL)
+    cudaFreeHost (fr->host_hist);
+  if (fr->host_sums != NULL)
+    cudaFreeHost (fr->host_sums);
+  if (fr->computed != NULL)
+    cudaEventDestroy (fr->computed);
+  if (fr->d2h != NULL)
+    cudaStreamDestroy (fr->d2h);
+  g_free (fr);
+}
+
+static UnetBackendFrames *
+cuda_frames_new (UnetBackend *be, gint depth, GError **error)
+{
+  CudaCtx *ctx = ctx_of (be);
+  UnetBackendFrames *fr = g_new0 (UnetBackendFrames, 1);
+
+  fr->ctx = ctx;
+  fr->depth = CLAMP (depth, 1, 8);
+  fr->slots = g_new0 (FrameSlot, fr->depth);
+  if (!CUDA_CHECK (cudaSetDevice (ctx->device), error)
+      || !CUDA_CHECK (cudaStreamCreateWithFlags (&fr->d2h, cudaStreamNonBlocking), error)
+      || !CUDA_CHECK (cudaEventCreateWithFlags (&fr->computed, cudaEventDisableTiming), error)
+      || !cuda_alloc ((void **) &fr->dev_hist, 65536 * sizeof (guint32), "histograms", error)
+      || !cuda_alloc ((void **) &fr->dev_partials, UNET_CUDA_REDUCE_BLOCKS * 2
+          * sizeof (double), "frame statistics", error)
+      || !cuda_alloc ((void **) &fr->dev_sums, 2 * sizeof (double), "frame statistics", error)
+      || !CUDA_CHECK (cudaMallocHost ((void **) &fr->host_hist, 65536 * sizeof (guint32)),
+          error)
+      || !CUDA_CHECK (cudaMallocHost ((void **) &fr->host_sums, 2 * sizeof (double)), error))
+    goto fail;
+  for (gint i = 0; i < fr->depth; i++)
+    if (!CUDA_CHECK (cudaEventCreateWithFlags (&fr->slots[i].uploaded,
+                cudaEventDisableTiming), error)
+        || !CUDA_CHECK (cudaEventCreateWithFlags (&fr->slots[i].downloaded,
+                cudaEventDisableTiming), error))
+      goto fail;
+  return fr;
+
+fail:
+  cuda_frames_free (fr);
+  return NULL;
+}
+
+static FrameSlot *
+frame_slot (UnetBackendFrames *fr, gint slot, GError **error)
+{
+  if (slot < 0 || slot >= fr->depth) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT, "frame slot %d of %d", slot,
+        fr->depth);
+    return NULL;
+  }
+  return &fr->slots[slot];
+}
+
+/* Grows a pinned buffer of a slot that is idle (slot_idle was waited for). */
+static gboolean
+grow_pinned_buf (void **buf, gsize *cap, gsize need, GError **error)
+{
+  if (need <= *cap)
+    return TRUE;
+  if (*buf != NULL)
+    cudaFreeHost (*buf);
+  *buf = NULL;
+  *cap = 0;
+  if (!CUDA_CHECK (cudaMallocHost ((void **) buf, need), error))
+    return FALSE;
+  *cap = need;
+  return TRUE;
+}
+
+static gboolean
+cuda_frame_upload (UnetBackendFrames *fr, gint slot, UnetPixelFormat format,
+    gconstpointer data, gint width, gint height, gsize stride, GError **error)
+{
+  CudaCtx *ctx = fr->ctx;
+  FrameSlot *s = frame_slot (fr, slot, error);
+  gsize bpp = format == UNET_PIXEL_U8 ? 1 : format == UNET_PIXEL_U16 ? 2 : 4;
+  gsize row = (gsize) width * bpp, bytes = row * height;
+
+  if (s == NULL || !slot_idle (fr, s, error))
+    return FALSE;
+  if (width < 1 || height < 1 || stride < row || data == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "bad frame: %dx%d, stride %" G_GSIZE_FORMAT, width, height, stride);
+    return FALSE;
+  }
+  if (!grow_pinned_buf ((void **) &s->host_in, &s->host_in_cap, bytes, error)
+      /* the compute stream may still read the device copy of this slot's last frame */
+      || (bytes > s->dev_in_cap && !CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error))
+      || !grow_device (&s->dev_in, &s->dev_in_cap, bytes, "frames", error))
+    return FALSE;
+  for (gint y = 0; y < height; y++)
+    memcpy (s->host_in + (gsize) y * row, (const guint8 *) data + (gsize) y * stride, row);
+  s->width = width;
+  s->height = height;
+  s->format = format;
+  s->row_bytes = row;
+  return CUDA_CHECK (cudaMemcpyAsync (s->dev_in, s->host_in, bytes, cudaMemcpyHostToDevice,
+          ctx->copy_stream), error)
+      && CUDA_CHECK (cudaEventRecord (s->uploaded, ctx->copy_stream), error)
+      && CUDA_CHECK (cudaStreamWaitEvent (ctx->stream, s->uploaded, 0), error);
+}
+
+static gboolean
+cuda_frame_histogram (UnetBackendFrames *fr, gint slot, guint32 *hist, GError **error)
+{
+  CudaCtx *ctx = fr->ctx;
+  FrameSlot *s = frame_slot (fr, slot, error);
+  gsize bins;
+
+  if (s == NULL)
+    return FALSE;
+  if (s->format == UNET_PIXEL_F32) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "histograms are for 8- and 16-bit frames");
+    return FALSE;
+  }
+  bins = s->format == UNET_PIXEL_U8 ? 256 : 65536;
+  if (!CUDA_CHECK (cudaMemsetAsync (fr->dev_hist, 0, bins * sizeof (guint32), ctx->stream),
+          error)
+      || !KERNEL_CHECK (unet_cuda_histogram (s->dev_in, (UnetCudaPixel) s->format, s->width,
+              s->height, s->row_bytes, 1, fr->dev_hist, ctx->stream), error)
+      || !CUDA_CHECK (cudaMemcpyAsync (fr->host_hist, fr->dev_hist, bins * sizeof (guint32),
+              cudaMemcpyDeviceToHost, ctx->stream), error)
+      || !CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error))
+    return FALSE;
+  memcpy (hist, fr->host_hist, bins * sizeof (guint32));
+  return TRUE;
+}
+
+static gboolean
+cuda_frame_moments (UnetBackendFrames *fr, gint slot, gdouble sums[2], GError **error)
+{
+  CudaCtx *ctx = fr->ctx;
+  FrameSlot *s = frame_slot (fr, slot, error);
+
+  if (s == NULL
+      || !KERNEL_CHECK (unet_cuda_frame_moments (s->dev_in, (UnetCudaPixel) s->format,
+              s->width, s->height, s->row_bytes, 1, fr->dev_partials, fr->dev_sums,
+              ctx->stream), error)
+      || !CUDA_CHECK (cudaMemcpyAsync (fr->host_sums, fr->dev_sums, 2 * sizeof (double),
+              cudaMemcpyDeviceToHost, ctx->stream), error)
+      || !CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error))
+    return FALSE;
+  sums[0] = fr->host_sums[0];
+  sums[1] = fr->host_sums[1];
+  return TRUE;
+}
+
+static gboolean
+cuda_frame_begin (UnetBackendFrames *fr, gint slot, gint classes, gint prob_class,
+    gboolean blend, GError **error)
+{
+  CudaCtx *ctx = fr->ctx;
+  FrameSlot *s = frame_slot (fr, slot, error);
+  gsize n, host_cap;
+
+  if (s == NULL)
+    return FALSE;
+  if (classes < 1 || classes > 255 || prob_class < 0 || prob_class >= classes) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "%d classes, probability of class %d", classes, prob_class);
+    return FALSE;
+  }
+  n = (gsize) s->width * s->height;
+  s->classes = classes;
+  s->prob_class = prob_class;
+  s->blend = blend;
+  if (n > s->out_cap) {
+    /* the slot is idle (frame_upload waited); its device outputs are not in use */
+    host_cap = s->out_cap;
+    if (!CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error)
+        || !grow_pinned_buf ((void **) &s->host_labels, &host_cap, n, error))
+      return FALSE;
+    host_cap = s->out_cap * sizeof (float);
+    if (!grow_pinned_buf ((void **) &s->host_probs, &host_cap, n * sizeof (float), error))
+      return FALSE;
+    host_cap = s->out_cap;
+    if (!grow_device ((void **) &s->dev_labels, &host_cap, n, "frame outputs", error))
+      return FALSE;
+    host_cap = s->out_cap * sizeof (float);
+    if (!grow_device ((void **) &s->dev_probs, &host_cap, n * sizeof (float),
+            "frame outputs", error))
+      return FALSE;
+    s->out_cap = n;
+  }
+  if (blend) {
+    gsize acc_bytes = s->acc_cap * sizeof (float), wsum_bytes = s->acc_cap * sizeof (float);
+    gsize need = n * classes;
+    if (need > s->acc_cap) {
+      if (!CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error)
+          || !grow_device ((void **) &s->dev_acc, &acc_bytes, need * sizeof (float),
+              "blending", error)
+          || !grow_device ((void **) &s->dev_wsum, &wsum_bytes, need * sizeof (float),
+              "blending", error))
+        return FALSE;
+      s->acc_cap = need;
+    }
+    return CUDA_CHECK (cudaMemsetAsync (s->dev_acc, 0, need * sizeof (float), ctx->stream),
+        error)
+        && CUDA_CHECK (cudaMemsetAsync (s->dev_wsum, 0, n * sizeof (float), ctx->stream),
+        error);
+  }
+  return TRUE;
+}
+
+static gboolean
+cuda_frame_extract (UnetBackendFrames *fr, gint slot, const gint *origin_x,
+    const gint *origin_y, gint n, gint b0, gfloat lo, gfloat scale,
+    UnetBackendTensor *input, GError **error)
+{
+  CudaCtx *ctx = fr->ctx;
+  FrameSlot *s = frame_slot (fr, slot, error);
+  const UnetDims *d = &input->dims;
+  gsize per_tile = (gsize) d->c * d->h * d->w;
+
+  if (s == NULL)
+    return FALSE;
+  if (input->parent != NULL || tensor_data (input) == NULL || d->c != 1 || b0 < 0 || n < 1
+      || b0 + n > d->n) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "tiles [%d, %d) do not fit a %dx%dx%dx%d input tensor", b0, b0 + n, d->n, d->c,
+        d->h, d->w);
+    return FALSE;
+  }
+  /* the kernel computes (v - offset) * scale */
+  return KERNEL_CHECK (unet_cuda_extract_tiles (s->dev_in, (UnetCudaPixel) s->format,
+          s->width, s->height, s->row_bytes, 1, origin_x, origin_y, n, d->w, d->h, lo, scale,
+          (guint8 *) tensor_data (input) + (gsize) b0 * per_tile * esize (ctx), ctx->dtype,
+          ctx->stream), error);
+}
+
+static gboolean
+cuda_frame_stitch (UnetBackendFrames *fr, gint slot, UnetBackendTensor *logits, gint b0,
+    gint n, const gint *blocks, gboolean blend, GError **error)
+{
+  CudaCtx *ctx = fr->ctx;
+  FrameSlot *s = frame_slot (fr, slot, error);
+  const UnetDims *d = &logits->dims;
+  gsize per_tile = (gsize) d->c * d->h * d->w;
+  g_autofree UnetCudaBlock *bl = NULL;
+  const void *z;
+
+  if (s == NULL)
+    return FALSE;
+  if (logits->parent != NULL || tensor_data (logits) == NULL || d->c != s->classes || b0 < 0
+      || n < 1 || b0 + n > d->n || blend != s->blend) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "tiles [%d, %d) do not fit a %dx%dx%dx%d logits tensor", b0, b0 + n, d->n, d->c,
+        d->h, d->w);
+    return FALSE;
+  }
+  bl = g_new (UnetCudaBlock, n);
+  for (gint t = 0; t < n; t++) {
+    const gint *b = blocks + 6 * t;
+    bl[t] = (UnetCudaBlock) { b[0], b[1], b[2], b[3], b[4], b[5] };
+    if (b[0] < 0 || b[1] < 0 || b[4] < 0 || b[5] < 0 || b[0] + b[4] > d->w
+        || b[1] + b[5] > d->h || b[2] < 0 || b[3] < 0 || b[2] + b[4] > s->width
+        || b[3] + b[5] > s->height) {
+      g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+          "tile block %d (%d,%d %dx%d -> %d,%d) is outside the tile or the frame", t, b[0],
+          b[1], b[4], b[5], b[2], b[3]);
+      return FALSE;
+    }
+  }
+  z = (const guint8 *) tensor_data (logits) + (gsize) b0 * per_tile * esize (ctx);
+  if (blend)
+    return KERNEL_CHECK (unet_cuda_accumulate_blocks (z, ctx->dtype, n, d->h, d->w, d->c, bl,
+            0.125f, s->dev_acc, s->dev_wsum, s->width, s->height, ctx->stream), error);
+  /* without blending the stitch writes labels and probabilities now; blended ones
+   * are finalised from acc / wsum at download time */
+  return KERNEL_CHECK (unet_cuda_stitch_blocks (z, ctx->dtype, n, d->h, d->w, d->c, bl,
+          s->dev_labels, s->width, s->dev_probs, (gsize) s->width * sizeof (float),
+          s->prob_class, ctx->stream), error);
+}
+
+static gboolean
+cuda_frame_download (UnetBackendFrames *fr, gint slot, guint8 *labels, gfloat *probability,
+    GError **error)
+{
+  CudaCtx *ctx = fr->ctx;
+  FrameSlot *s = frame_slot (fr, slot, error);
+  gsize n;
+
+  if (s == NULL)
+    return FALSE;
+  n = (gsize) s->width * s->height;
+  if (s->blend
+      && !KERNEL_CHECK (unet_cuda_finalize_blend (s->dev_acc, s->dev_wsum, s->width,
+              s->height, s->classes, s->dev_labels, s->width, s->dev_probs,
+              (gsize) s->width * sizeof (float), s->prob_class, ctx->stream), error))
+    return FALSE;
+  s->dst_labels = labels;
+  s->dst_probs = probability;
+  if (!CUDA_CHECK (cudaEventRecord (fr->computed, ctx->stream), error)
+      || !CUDA_CHECK (cudaStreamWaitEvent (fr->d2h, fr->computed, 0), error)
+      || (labels != NULL && !CUDA_CHECK (cudaMemcpyAsync (s->host_labels, s->dev_labels, n,
+                  cudaMemcpyDeviceToHost, fr->d2h), error))
+      || (probability != NULL && !CUDA_CHECK (cudaMemcpyAsync (s->host_probs, s->dev_probs,
+                  n * sizeof (float), cudaMemcpyDeviceToHost, fr->d2h), error))
+      || !CUDA_CHECK (cudaEventRecord (s->downloaded, fr->d2h), error))
+    return FALSE;
+  s->pending = TRUE;
+  return TRUE;
+}
+
+static gboolean
+cuda_frame_wait (UnetBackendFrames *fr, gint slot, GError **error)
+{
+  FrameSlot *s = frame_slot (fr, slot, error);
+  gsize n;
+
+  if (s == NULL || !CUDA_CHECK (cudaEventSynchronize (s->downloaded), error))
+    return FALSE;
+  if (!s->pending)
+    return TRUE;
+  n = (gsize) s->width * s->height;
+  if (s->dst_labels != NULL)
+    memcpy (s->dst_labels, s->host_labels, n);
+  if (s->dst_probs != NULL)
+    memcpy (s->dst_probs, s->host_probs, n * sizeof (float));
+  s->pending = FALSE;
+  s->dst_labels = NULL;
+  s->dst_probs = NULL;
+  return TRUE;
+}
+
 /* ------------------------------------------------------------ backend -- */
 
 static void
@@ -832,6 +1237,16 @@ static const UnetBackendIface cuda_iface = {
   .upload = cuda_upload,
   .download = cuda_download,
   .synchronize = cuda_synchronize,
+  .frames_new = cuda_frames_new,
+  .frames_free = cuda_frames_free,
+  .frame_upload = cuda_frame_upload,
+  .frame_histogram = cuda_frame_histogram,
+  .frame_moments = cuda_frame_moments,
+  .frame_begin = cuda_frame_begin,
+  .frame_extract = cuda_frame_extract,
+  .frame_stitch = cuda_frame_stitch,
+  .frame_download = cuda_frame_download,
+  .frame_wait = cuda_frame_wait,
 };
 
 gboolean
