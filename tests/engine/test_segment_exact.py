@@ -108,7 +108,9 @@ def run_tool(tool, model_path, frame, specs, tmp, frames=1):
     fpath = os.path.join(tmp, "frame.f32")
     frame.astype("<f4").tofile(fpath)
     out = os.path.join(tmp, "out")
-    cmd = [tool, "--frames", str(frames), model_path, fpath, str(w), str(h), "f32", out]
+    # One thread: the test checks geometry, not speed, and OpenMP barriers of many
+    # tiny forwards are slow on a busy 2-core machine.
+    cmd = [tool, "--threads", "1", "--frames", str(frames), model_path, fpath, str(w), str(h), "f32", out]
     cmd += ["%d,%d,%d" % s for s in specs]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
