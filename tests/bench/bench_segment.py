@@ -14,7 +14,7 @@ element's "unetsegment-stats" messages), and the resident memory of the gst-laun
 process sampled over the stack (flat = bounded memory).
 
 usage: bench_segment.py [--frames 4] [--base 16] [--depth 4] [--tile 572] [--batch 4]
-                        [--threads 2] [--repeats 1] [--classic] [--build build]
+                        [--threads 2] [--repeats 1] [--auto] [--classic] [--build build]
 Not a test; takes a few minutes on 2 cores with the defaults.
 """
 import argparse
@@ -157,6 +157,11 @@ def bench(args, tmp, stack, depth, base, tile, label):
     print("%-34s %10.2f %10.3f" % ("gst-launch ... unetsegment", o, mpx / o))
     print("%-34s %10.2f %10.3f" % ("PyTorch overlap-tile script", t, mpx / t))
     print("ratio (ours / PyTorch throughput): %.2fx" % (t / o))
+    if args.auto:
+        wall, st, _ = run_ours(args, stack, mpath, 0, args.frames)
+        print("%-34s %10.2f %10.3f   (tile-size=0: %d tiles of %d px)" % (
+            "unetsegment, automatic tile", wall, mpx / wall, st[0].get("tiles", 0),
+            st[0].get("tile-width", 0)))
     tot = {k: sum(s.get(k, 0) for s in all_stats) / 1e9 for k in
            ("normalize-time", "extract-time", "forward-time", "stitch-time",
             "post-time", "processing-time")}
@@ -188,6 +193,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--classic", action="store_true",
                     help="also the classic net (base 64), one frame: slow")
+    ap.add_argument("--auto", action="store_true",
+                    help="also run ours with the automatic tile size")
     ap.add_argument("--build", default="build")
     args = ap.parse_args()
     import tifffile
