@@ -207,34 +207,61 @@ unet_tile_plan_get_tile (const UnetTilePlan *plan, gint index, UnetTile *t)
 guint64
 unet_tile_activation_bytes (const UnetConfig *cfg, gint in_h, gint in_w)
 {
-  gboolean valid = cfg->padding == UNET_PADDING_VALID;
-  gint shrink = valid ? 2 : 0;
-  gint64 h = in_h, w = in_w, elems;
+  /* Peak of the live tensors in a forward pass that frees each tensor after its
+   * last use: the skip tensors kept for the decoder plus the input and output of
+   * the op in flight (what a liveness-packed backend needs). */
+  gint shrink = cfg->padding == UNET_PADDING_VALID ? 2 : 0;
+  gint64 h = in_h, w = in_w, cur, skips = 0, peak, next;
+  gint64 skip_sz[32];
   gint i, d = cfg->depth;
 
 #define F(i) ((gint64) cfg->base_filters << (i))
-#define CONV(c) do { h -= shrink; w -= shrink; elems += (c) * h * w; } while (0)
-  elems = (gint64) cfg->in_channels * h * w;
-  for (i = 0; i < d; i++) {
-    CONV (F (i));
-    CONV (F (i));               /* kept for the skip connection */
+#define STEP(out_elems) do { next = (out_elems); \
+    peak = MAX (peak, skips + cur + next); cur = next; } while (0)
+  cur = (gint64) cfg->in_channels * h * w;
+  peak = cur;
+  for (i = 0; i < d && i < 32; i++) {
+    h -= shrink;
+    w -= shrink;
+    STEP (F (i) * h * w);
+    h -= shrink;
+    w -= shrink;
+    STEP (F (i) * h * w);
+    /* The conv2 output stays as the skip; the pooled copy is the new current. */
+    skip_sz[i] = cur;
     h /= 2;
     w /= 2;
-    elems += F (i) * h * w;     /* pooled */
+    next = F (i) * h * w;
+    peak = MAX (peak, skips + cur + next);
+    skips += cur;
+    cur = next;
   }
-  CONV (F (d));
-  CONV (F (d));
-  for (i = d - 1; i >= 0; i--) {
+  for (i = 0; i < 2; i++) {
+    h -= shrink;
+    w -= shrink;
+    STEP (F (d) * h * w);
+  }
+  for (i = MIN (d, 32) - 1; i >= 0; i--) {
     h *= 2;
     w *= 2;
-    elems += 3 * F (i) * h * w; /* upsampled + concatenation */
-    CONV (F (i));
-    CONV (F (i));
+    STEP (F (i) * h * w);                       /* upsampled */
+    skips -= skip_sz[i];
+    /* concat = cropped skip + upsampled: live with both inputs */
+    next = 2 * F (i) * h * w;
+    peak = MAX (peak, skips + skip_sz[i] + cur + next);
+    cur = next;
+    h -= shrink;
+    w -= shrink;
+    STEP (F (i) * h * w);
+    h -= shrink;
+    w -= shrink;
+    STEP (F (i) * h * w);
   }
-  elems += 2 * (gint64) cfg->classes * h * w;   /* logits + probabilities */
-#undef CONV
+  STEP ((gint64) cfg->classes * h * w);         /* logits */
+  STEP ((gint64) cfg->classes * h * w);         /* probabilities */
+#undef STEP
 #undef F
-  return (guint64) MAX (elems, 0) * sizeof (gfloat);
+  return (guint64) MAX (peak, 0) * sizeof (gfloat);
 }
 
 void

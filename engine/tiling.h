@@ -82,9 +82,10 @@ gboolean unet_tile_plan_auto            (UnetTilePlan *plan, const UnetConfig *c
 /* Tile `index` (row-major over the y, x tile grid, 0 <= index < n_tiles). */
 void     unet_tile_plan_get_tile        (const UnetTilePlan *plan, gint index, UnetTile *tile);
 
-/* Bytes of float32 activations of one forward pass of one in_h x in_w tile: every
- * intermediate tensor of the network (an upper bound for any backend that frees
- * nothing during the pass). */
+/* Bytes of float32 activations of one forward pass of one in_h x in_w tile: the
+ * peak of the live tensors (skip connections kept for the decoder plus the input
+ * and output of the op in flight), as a backend that frees (or reuses) each tensor
+ * after its last use needs. */
 guint64  unet_tile_activation_bytes     (const UnetConfig *cfg, gint in_h, gint in_w);
 
 /* 1-D Gaussian importance window of n samples, sigma = n/8, peak 1 at the centre. */
