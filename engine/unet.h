@@ -461,7 +461,8 @@ gboolean     unet_segmenter_flush       (UnetSegmenter *seg, GError **error);
 UnetSegmentResult *unet_segmenter_pop   (UnetSegmenter *seg);
 /* Frames pushed but not popped yet. */
 guint        unet_segmenter_get_queued  (const UnetSegmenter *seg);
-/* push + flush + pop: segment one frame synchronously. */
+/* push + flush + pop: segment one frame synchronously (on a segmenter with no
+ * frame queued; otherwise the oldest finished frame is returned). */
 UnetSegmentResult *unet_segmenter_process (UnetSegmenter *seg, UnetPixelFormat format,
                                          gconstpointer data, gint width, gint height,
                                          gsize stride, GError **error);
