@@ -28,7 +28,10 @@ if [ "${1:-}" = "--no-bootstrap" ]; then
   bootstrap=0
   shift
 fi
-case "${1:-}" in -h|--help) awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; exit 0 ;; esac
+case "${1:-}" in
+  -h|--help) awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; exit 0 ;;
+  -*) echo "quickstart.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+esac
 [ $# -le 1 ] || { echo "usage: $0 [--no-bootstrap] [OUTPUT_DIR]" >&2; exit 2; }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
