@@ -385,6 +385,83 @@ GST_START_TEST (test_bad_model)
 
 GST_END_TEST;
 
+/* Runs one pair + EOS through a fresh element and returns it still running. */
+static GstElement *
+start_after_eos (const gchar *out, guint64 iterations, gboolean resume,
+    GstBus *bus, GstHarness **hi, GstHarness **hm)
+{
+  GstElement *e = make_trainer (out, iterations);
+  g_object_set (e, "preview", FALSE, "resume", resume, NULL);
+  gst_element_set_bus (e, bus);
+  *hi = gst_harness_new_with_element (e, "image", "src");
+  *hm = gst_harness_new_with_element (e, "mask", NULL);
+  gchar *c = caps_str ("GRAY8", W, H);
+  gst_harness_set_src_caps_str (*hi, c);
+  gst_harness_set_src_caps_str (*hm, c);
+  g_free (c);
+  gst_harness_push (*hi, frame (W, H, 1, 0, 9, FALSE));
+  gst_harness_push (*hm, frame (W, H, 1, 0, 9, TRUE));
+  gst_harness_push_event (*hi, gst_event_new_eos ());
+  gst_harness_push_event (*hm, gst_event_new_eos ());
+  return e;
+}
+
+static guint64
+checkpoint_iteration (const gchar *path)
+{
+  GError *err = NULL;
+  UnetModel *m = unet_model_load (path, &err);
+  fail_unless (m != NULL, "%s", err ? err->message : "");
+  const gchar *tj = unet_model_get_metadata (m, "unet.training");
+  const gchar *p = strstr (tj, "\"iteration\":");
+  fail_unless (p != NULL);
+  guint64 it = g_ascii_strtoull (p + strlen ("\"iteration\":"), NULL, 10);
+  unet_model_free (m);
+  return it;
+}
+
+/* Stopping the pipeline while it trains on after EOS ends training promptly
+ * and leaves a checkpoint of the last step; resume continues from it. */
+GST_START_TEST (test_interrupt_and_resume)
+{
+  gchar *out = g_build_filename (tmpdir, "r.safetensors", NULL);
+  GstBus *bus = gst_bus_new ();
+  GstHarness *hi, *hm;
+  GstElement *e = start_after_eos (out, 1000000, FALSE, bus, &hi, &hm);
+  /* Wait for a few steps of the post-EOS training. */
+  guint steps = 0;
+  for (gint i = 0; i < 6000 && steps < 3; i++) {
+    steps += count_messages (bus, "unettrain-progress", NULL);
+    g_usleep (10000);
+  }
+  fail_unless (steps >= 3);
+  gst_harness_teardown (hm);
+  gst_harness_teardown (hi);    /* -> NULL: interrupts the training loop */
+  gst_object_unref (e);
+  guint64 stopped = checkpoint_iteration (out);
+  fail_unless (stopped >= 3 && stopped < 1000000);
+
+  /* Resume to stopped + 2: exactly two more steps. */
+  while (count_messages (bus, "unettrain-progress", NULL) > 0);
+  e = start_after_eos (out, stopped + 2, TRUE, bus, &hi, &hm);
+  wait_eos (hi);
+  GstStructure *last = NULL;
+  fail_unless_equals_int (count_messages (bus, "unettrain-progress", &last),
+      2);
+  guint64 it = 0;
+  fail_unless (gst_structure_get_uint64 (last, "iteration", &it));
+  fail_unless_equals_uint64 (it, stopped + 2);
+  gst_structure_free (last);
+  fail_unless_equals_uint64 (checkpoint_iteration (out), stopped + 2);
+  gst_harness_teardown (hm);
+  gst_harness_teardown (hi);
+  gst_object_unref (e);
+  gst_object_unref (bus);
+  g_free (out);
+}
+
+GST_END_TEST;
+
 static Suite *
 unettrain_suite (void)
 {
@@ -398,6 +475,7 @@ unettrain_suite (void)
   tcase_add_test (tc, test_size_mismatch);
   tcase_add_test (tc, test_format_mismatch);
   tcase_add_test (tc, test_bad_model);
+  tcase_add_test (tc, test_interrupt_and_resume);
   suite_add_tcase (s, tc);
   return s;
 }
