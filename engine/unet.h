@@ -276,7 +276,7 @@ typedef struct
   UnetNormalization normalization;  /* raw pixels -> network input; stored in the model */
   UnetTrainOptimizer optimizer;
   gdouble learning_rate;
-  gdouble momentum;             /* SGD momentum; Adam beta1 */
+  gdouble momentum;             /* SGD momentum (Adam/AdamW: betas 0.9, 0.999) */
   gboolean nesterov;
   gdouble weight_decay;
   UnetTrainSchedule schedule;
