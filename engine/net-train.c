@@ -20,6 +20,9 @@
 #include "net-private.h"
 
 #include <string.h>
+#if HAVE_OPENMP
+#include <omp.h>
+#endif
 
 typedef struct
 {
@@ -30,6 +33,26 @@ typedef struct
   gfloat *grads;                /* slab layout, slab_numel floats */
   gsize n;
 } NetTrain;
+
+/* The CPU executor's OpenMP loops and oneDNN's primitives run with the calling
+ * thread's team size, which only this sets for training: the net's `threads` option,
+ * else $UNET_NUM_THREADS, else OpenMP's default (OMP_NUM_THREADS or all cores). */
+static void
+cpu_train_set_threads (const UnetNet *net)
+{
+#if HAVE_OPENMP
+  gint threads = unet_net_get_options (net)->threads;
+  if (threads <= 0) {
+    const gchar *env = g_getenv ("UNET_NUM_THREADS");
+    gint64 v = env != NULL ? g_ascii_strtoll (env, NULL, 10) : 0;
+    threads = v > 0 && v <= 4096 ? (gint) v : 0;
+  }
+  if (threads > 0)
+    omp_set_num_threads (threads);
+#else
+  (void) net;
+#endif
+}
 
 void
 unet_net_train_state_free (gpointer state)
@@ -100,6 +123,7 @@ unet_net_train_forward (UnetNet *net, const gfloat *input, gint batch, gint heig
       return FALSE;
   } else
 #endif
+  cpu_train_set_threads (net);
   if (!unet_cpu_train_forward (t->exec, params, input, batch, height, width, seed,
           logits, error))
     return FALSE;
@@ -121,6 +145,7 @@ unet_net_train_backward (UnetNet *net, const gfloat *grad_logits, GError **error
     return unet_cuda_train_backward (t->cuda, grad_logits, error);
 #endif
   const gfloat *params = unet_model_peek_slab (unet_net_get_host_model (net));
+  cpu_train_set_threads (net);
   return unet_cpu_train_backward (t->exec, params, grad_logits, t->grads, error);
 }
 

@@ -3,12 +3,16 @@
  * bit-identical resume (N steps straight vs N/2 + checkpoint + resume + N/2),
  * prediction, and — with -m slow — a short training on synthetic
  * blobs that must reach Dice >= 0.9 on frames it never saw. */
+#include "config.h"
 #include "unet.h"
 #include "model-private.h"
 
 #include <glib/gstdio.h>
 #include <math.h>
 #include <string.h>
+#if HAVE_OPENMP
+#include <omp.h>
+#endif
 
 /* ------------------------------------------------------------ data -- */
 
@@ -341,6 +345,28 @@ check_resume (UnetTrainOptimizer optimizer, gboolean batch_norm)
   remove_tmpdir (dir);
 }
 
+/* The net's `threads` option sets the OpenMP team of the CPU training executor
+ * (forward, backward, optimiser), whatever the calling thread had before. */
+static void
+test_threads (void)
+{
+#if HAVE_OPENMP
+  UnetTrainerOptions o;
+  g_autoptr (GError) err = NULL;
+  gdouble loss[2];
+  small_options (&o);
+  o.iterations = 2;
+  omp_set_num_threads (3);
+  g_autoptr (UnetTrainer) t = unet_trainer_new (&o, NULL, &err);
+  g_assert_no_error (err);
+  g_assert_true (add_blob_pair (t, 5, 44, 40, &err));
+  run_steps (t, 2, loss);
+  g_assert_cmpint (omp_get_max_threads (), ==, o.net.threads);
+#else
+  g_test_skip ("built without OpenMP");
+#endif
+}
+
 static void
 test_resume_sgd (void)
 {
@@ -462,6 +488,7 @@ main (int argc, char **argv)
   g_test_add_func ("/trainer/bad-pairs", test_bad_pairs);
   g_test_add_func ("/trainer/split-and-capacity", test_split_and_capacity);
   g_test_add_func ("/trainer/checkpoint-atomic", test_checkpoint_atomic);
+  g_test_add_func ("/trainer/threads", test_threads);
   g_test_add_func ("/trainer/resume-sgd", test_resume_sgd);
   g_test_add_func ("/trainer/resume-adamw-bn-dropout", test_resume_adam_bn);
   g_test_add_func ("/trainer/predict-validate", test_predict_and_validate);
