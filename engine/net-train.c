@@ -123,10 +123,12 @@ unet_net_train_forward (UnetNet *net, const gfloat *input, gint batch, gint heig
       return FALSE;
   } else
 #endif
-  cpu_train_set_threads (net);
-  if (!unet_cpu_train_forward (t->exec, params, input, batch, height, width, seed,
-          logits, error))
-    return FALSE;
+  {
+    cpu_train_set_threads (net);
+    if (!unet_cpu_train_forward (t->exec, params, input, batch, height, width, seed,
+            logits, error))
+      return FALSE;
+  }
   /* Batch norm running statistics changed. */
   if (cfg->batch_norm)
     unet_net_mark_parameters_dirty (net);

@@ -31,46 +31,95 @@
 
 /* ------------------------------------------------------------ pooling -- */
 
+/* Activations are plain NCHW (bs 1) or channel-blocked nChw{bs}c: element (b, c, y,
+ * x) of a (n, C, h, w) tensor at (((b * C/bs + c/bs) * h + y) * w + x) * bs + c % bs,
+ * C a multiple of bs. The per-op exports below are the bs = 1 cases. */
+
+static void
+maxpool2_forward (const gfloat *src, gint n, gint c, gint h, gint w, gint bs,
+    gfloat *dst, guint8 *arg)
+{
+  const gint oh = h / 2, ow = w / 2, cb = c / bs;
+#pragma omp parallel for schedule(static)
+  for (gint p = 0; p < n * cb; p++) {
+    const gfloat *s = src + (gsize) p * h * w * bs;
+    gfloat *d = dst + (gsize) p * oh * ow * bs;
+    guint8 *a = arg + (gsize) p * oh * ow * bs;
+    for (gint y = 0; y < oh; y++)
+      for (gint x = 0; x < ow; x++) {
+        const gfloat *r0 = s + ((gsize) (2 * y) * w + 2 * x) * bs, *r1 = r0 + (gsize) w * bs;
+        gfloat *dd = d + ((gsize) y * ow + x) * bs;
+        guint8 *aa = a + ((gsize) y * ow + x) * bs;
+        for (gint j = 0; j < bs; j++) {
+          gfloat v = r0[j];
+          guint8 best = 0;
+          if (r0[bs + j] > v) {
+            v = r0[bs + j];
+            best = 1;
+          }
+          if (r1[j] > v) {
+            v = r1[j];
+            best = 2;
+          }
+          if (r1[bs + j] > v) {
+            v = r1[bs + j];
+            best = 3;
+          }
+          dd[j] = v;
+          aa[j] = best;
+        }
+      }
+  }
+}
+
+/* accumulate: dsrc += routed ddst; else dsrc = routed ddst (zeros elsewhere, every
+ * element written since h and w are even). */
+static void
+maxpool2_backward (const gfloat *ddst, const guint8 *arg, gint n, gint c, gint h,
+    gint w, gint bs, gfloat *dsrc, gboolean accumulate)
+{
+  const gint oh = h / 2, ow = w / 2, cb = c / bs;
+#pragma omp parallel for schedule(static)
+  for (gint p = 0; p < n * cb; p++) {
+    const gfloat *d = ddst + (gsize) p * oh * ow * bs;
+    const guint8 *a = arg + (gsize) p * oh * ow * bs;
+    gfloat *s = dsrc + (gsize) p * h * w * bs;
+    for (gint y = 0; y < oh; y++)
+      for (gint x = 0; x < ow; x++) {
+        gfloat *r[4];
+        r[0] = s + ((gsize) (2 * y) * w + 2 * x) * bs;
+        r[1] = r[0] + bs;
+        r[2] = r[0] + (gsize) w * bs;
+        r[3] = r[2] + bs;
+        const gfloat *dd = d + ((gsize) y * ow + x) * bs;
+        const guint8 *aa = a + ((gsize) y * ow + x) * bs;
+        if (accumulate) {
+          for (gint j = 0; j < bs; j++)
+            r[aa[j]][j] += dd[j];
+        } else {
+          for (gint j = 0; j < bs; j++) {
+            r[0][j] = aa[j] == 0 ? dd[j] : 0.0f;
+            r[1][j] = aa[j] == 1 ? dd[j] : 0.0f;
+            r[2][j] = aa[j] == 2 ? dd[j] : 0.0f;
+            r[3][j] = aa[j] == 3 ? dd[j] : 0.0f;
+          }
+        }
+      }
+  }
+}
+
 void
 unet_cpu_maxpool2_forward (const gfloat *src, gint n, gint c, gint h, gint w,
     gfloat *dst, guint8 *arg)
 {
-  const gint oh = h / 2, ow = w / 2;
-#pragma omp parallel for schedule(static)
-  for (gint p = 0; p < n * c; p++) {
-    const gfloat *s = src + (gsize) p * h * w;
-    gfloat *d = dst + (gsize) p * oh * ow;
-    guint8 *a = arg + (gsize) p * oh * ow;
-    for (gint y = 0; y < oh; y++)
-      for (gint x = 0; x < ow; x++) {
-        const gfloat *r0 = s + (gsize) (2 * y) * w + 2 * x, *r1 = r0 + w;
-        gfloat v[4] = { r0[0], r0[1], r1[0], r1[1] };
-        gint best = 0;
-        for (gint k = 1; k < 4; k++)
-          if (v[k] > v[best])
-            best = k;
-        d[y * ow + x] = v[best];
-        a[y * ow + x] = (guint8) best;
-      }
-  }
+  maxpool2_forward (src, n, c, h, w, 1, dst, arg);
 }
 
 void
 unet_cpu_maxpool2_backward (const gfloat *ddst, const guint8 *arg, gint n, gint c,
     gint h, gint w, gfloat *dsrc)
 {
-  const gint oh = h / 2, ow = w / 2;
-#pragma omp parallel for schedule(static)
-  for (gint p = 0; p < n * c; p++) {
-    const gfloat *d = ddst + (gsize) p * oh * ow;
-    const guint8 *a = arg + (gsize) p * oh * ow;
-    gfloat *s = dsrc + (gsize) p * h * w;
-    for (gint y = 0; y < oh; y++)
-      for (gint x = 0; x < ow; x++) {
-        gint k = a[y * ow + x];
-        s[(gsize) (2 * y + k / 2) * w + 2 * x + k % 2] += d[y * ow + x];
-      }
-  }
+  maxpool2_backward (ddst, arg, n, c, h, w, 1, dsrc, TRUE);
 }
 
 /* --------------------------------------------------- transposed conv -- */
@@ -170,43 +219,111 @@ unet_cpu_upconv2_backward (const gfloat *src, gint n, gint cin, gint h, gint w,
 #define BN_EPS 1e-5
 #define BN_MOMENTUM 0.1
 
+/* Channel block cb of a (n, c, hw) tensor in layout bs: per sample b the bs-wide
+ * rows at x + ((b * c/bs + cb) * hw) * bs. relu: y = max(0, bn(x)). */
+static void
+bn_forward_train (const gfloat *x, gint n, gint c, gsize hw, gint bs,
+    const gfloat *gamma, const gfloat *beta, gfloat *y, gfloat *mean,
+    gfloat *invstd, gfloat *running_mean, gfloat *running_var, gboolean relu)
+{
+  const gdouble count = (gdouble) n * hw;
+  const gint ncb = c / bs;
+  g_assert (bs <= 16);
+#pragma omp parallel for schedule(static)
+  for (gint cb = 0; cb < ncb; cb++) {
+    gdouble s[16] = { 0 }, s2[16] = { 0 }, m[16], scale[16], shift[16];
+    for (gint b = 0; b < n; b++) {
+      const gfloat *p = x + ((gsize) b * ncb + cb) * hw * bs;
+      for (gsize i = 0; i < hw; i++)
+        for (gint j = 0; j < bs; j++)
+          s[j] += p[i * bs + j];
+    }
+    for (gint j = 0; j < bs; j++)
+      m[j] = s[j] / count;
+    for (gint b = 0; b < n; b++) {
+      const gfloat *p = x + ((gsize) b * ncb + cb) * hw * bs;
+      for (gsize i = 0; i < hw; i++)
+        for (gint j = 0; j < bs; j++)
+          s2[j] += (p[i * bs + j] - m[j]) * (p[i * bs + j] - m[j]);
+    }
+    for (gint j = 0; j < bs; j++) {
+      gint ch = cb * bs + j;
+      gdouble var = s2[j] / count;
+      gdouble is = 1.0 / sqrt (var + BN_EPS);
+      mean[ch] = (gfloat) m[j];
+      invstd[ch] = (gfloat) is;
+      scale[j] = gamma[ch] * is;
+      shift[j] = beta[ch] - m[j] * scale[j];
+      if (running_mean != NULL) {
+        running_mean[ch] = (gfloat) ((1.0 - BN_MOMENTUM) * running_mean[ch] +
+            BN_MOMENTUM * m[j]);
+        running_var[ch] = (gfloat) ((1.0 - BN_MOMENTUM) * running_var[ch] +
+            BN_MOMENTUM * (count > 1 ? s2[j] / (count - 1) : var));
+      }
+    }
+    for (gint b = 0; b < n; b++) {
+      const gsize o = ((gsize) b * ncb + cb) * hw * bs;
+      for (gsize i = 0; i < hw; i++)
+        for (gint j = 0; j < bs; j++) {
+          gfloat v = (gfloat) (x[o + i * bs + j] * scale[j] + shift[j]);
+          y[o + i * bs + j] = relu && v < 0.0f ? 0.0f : v;
+        }
+    }
+  }
+}
+
+/* relu_out: the forward's post-ReLU output; dy counts only where it is > 0. */
+static void
+bn_backward (const gfloat *x, const gfloat *dy, gint n, gint c, gsize hw, gint bs,
+    const gfloat *gamma, const gfloat *mean, const gfloat *invstd,
+    const gfloat *relu_out, gfloat *dx, gfloat *dgamma, gfloat *dbeta)
+{
+  const gdouble count = (gdouble) n * hw;
+  const gint ncb = c / bs;
+  g_assert (bs <= 16);
+#pragma omp parallel for schedule(static)
+  for (gint cb = 0; cb < ncb; cb++) {
+    gdouble m[16], is[16], sdy[16] = { 0 }, sdyx[16] = { 0 }, k[16];
+    for (gint j = 0; j < bs; j++) {
+      m[j] = mean[cb * bs + j];
+      is[j] = invstd[cb * bs + j];
+    }
+    for (gint b = 0; b < n; b++) {
+      const gsize o = ((gsize) b * ncb + cb) * hw * bs;
+      for (gsize i = 0; i < hw; i++)
+        for (gint j = 0; j < bs; j++) {
+          gsize e = o + i * bs + j;
+          gdouble g = relu_out != NULL && !(relu_out[e] > 0.0f) ? 0.0 : dy[e];
+          sdy[j] += g;
+          sdyx[j] += g * (x[e] - m[j]) * is[j];
+        }
+    }
+    for (gint j = 0; j < bs; j++) {
+      dgamma[cb * bs + j] += (gfloat) sdyx[j];
+      dbeta[cb * bs + j] += (gfloat) sdy[j];
+      /* dx = g·is/N · (N dy - Σdy - x̂ Σ(dy x̂)) */
+      k[j] = gamma[cb * bs + j] * is[j] / count;
+    }
+    for (gint b = 0; b < n; b++) {
+      const gsize o = ((gsize) b * ncb + cb) * hw * bs;
+      for (gsize i = 0; i < hw; i++)
+        for (gint j = 0; j < bs; j++) {
+          gsize e = o + i * bs + j;
+          gdouble g = relu_out != NULL && !(relu_out[e] > 0.0f) ? 0.0 : dy[e];
+          gdouble xh = (x[e] - m[j]) * is[j];
+          dx[e] = (gfloat) (k[j] * (count * g - sdy[j] - xh * sdyx[j]));
+        }
+    }
+  }
+}
+
 void
 unet_cpu_bn_forward_train (const gfloat *x, gint n, gint c, gsize hw,
     const gfloat *gamma, const gfloat *beta, gfloat *y, gfloat *mean,
     gfloat *invstd, gfloat *running_mean, gfloat *running_var)
 {
-  const gdouble count = (gdouble) n * hw;
-#pragma omp parallel for schedule(static)
-  for (gint ch = 0; ch < c; ch++) {
-    gdouble s = 0.0, s2 = 0.0;
-    for (gint b = 0; b < n; b++) {
-      const gfloat *p = x + ((gsize) b * c + ch) * hw;
-      for (gsize i = 0; i < hw; i++)
-        s += p[i];
-    }
-    gdouble m = s / count;
-    for (gint b = 0; b < n; b++) {
-      const gfloat *p = x + ((gsize) b * c + ch) * hw;
-      for (gsize i = 0; i < hw; i++)
-        s2 += (p[i] - m) * (p[i] - m);
-    }
-    gdouble var = s2 / count;
-    gdouble is = 1.0 / sqrt (var + BN_EPS);
-    mean[ch] = (gfloat) m;
-    invstd[ch] = (gfloat) is;
-    gdouble scale = gamma[ch] * is, shift = beta[ch] - m * scale;
-    for (gint b = 0; b < n; b++) {
-      const gfloat *p = x + ((gsize) b * c + ch) * hw;
-      gfloat *q = y + ((gsize) b * c + ch) * hw;
-      for (gsize i = 0; i < hw; i++)
-        q[i] = (gfloat) (p[i] * scale + shift);
-    }
-    if (running_mean != NULL) {
-      running_mean[ch] = (gfloat) ((1.0 - BN_MOMENTUM) * running_mean[ch] + BN_MOMENTUM * m);
-      running_var[ch] = (gfloat) ((1.0 - BN_MOMENTUM) * running_var[ch] +
-          BN_MOMENTUM * (count > 1 ? s2 / (count - 1) : var));
-    }
-  }
+  bn_forward_train (x, n, c, hw, 1, gamma, beta, y, mean, invstd, running_mean,
+      running_var, FALSE);
 }
 
 void
@@ -214,30 +331,7 @@ unet_cpu_bn_backward (const gfloat *x, const gfloat *dy, gint n, gint c, gsize h
     const gfloat *gamma, const gfloat *mean, const gfloat *invstd, gfloat *dx,
     gfloat *dgamma, gfloat *dbeta)
 {
-  const gdouble count = (gdouble) n * hw;
-#pragma omp parallel for schedule(static)
-  for (gint ch = 0; ch < c; ch++) {
-    const gdouble m = mean[ch], is = invstd[ch];
-    gdouble sdy = 0.0, sdyx = 0.0;
-    for (gint b = 0; b < n; b++) {
-      const gsize o = ((gsize) b * c + ch) * hw;
-      for (gsize i = 0; i < hw; i++) {
-        sdy += dy[o + i];
-        sdyx += dy[o + i] * (x[o + i] - m) * is;
-      }
-    }
-    dgamma[ch] += (gfloat) sdyx;
-    dbeta[ch] += (gfloat) sdy;
-    /* dx = g·is/N · (N dy - Σdy - x̂ Σ(dy x̂)) */
-    const gdouble k = gamma[ch] * is / count;
-    for (gint b = 0; b < n; b++) {
-      const gsize o = ((gsize) b * c + ch) * hw;
-      for (gsize i = 0; i < hw; i++) {
-        gdouble xh = (x[o + i] - m) * is;
-        dx[o + i] = (gfloat) (k * (count * dy[o + i] - sdy - xh * sdyx));
-      }
-    }
-  }
+  bn_backward (x, dy, n, c, hw, 1, gamma, mean, invstd, NULL, dx, dgamma, dbeta);
 }
 
 /* ------------------------------------------------------------ dropout -- */
@@ -396,16 +490,28 @@ pd_md (dnnl_primitive_desc_t pd, dnnl_query_t what)
   return dnnl_primitive_desc_query_md (pd, what, 0);
 }
 
-UnetCpuConv *
-unet_cpu_conv_new (gint n, gint cin, gint h, gint w, gint cout, gint k, gint pad,
-    GError **error)
+static dnnl_format_tag_t
+act_tag (gint bs)
+{
+  return bs == 16 ? dnnl_nChw16c : bs == 8 ? dnnl_nChw8c : dnnl_nchw;
+}
+
+/* A convolution (or, `deconv`, a transposed convolution) of an (n,cin,h,w) tensor
+ * in layout src_bs to (n,cout,oh,ow) in layout dst_bs; weights [cout,cin,k,k] (oihw)
+ * or, transposed, [cin,cout,k,k] (iohw, as PyTorch's ConvTranspose2d). relu: the
+ * forward output is max(0, conv) (a oneDNN post-op). */
+static UnetCpuConv *
+conv_new_full (gboolean deconv, gint n, gint cin, gint h, gint w, gint cout, gint k,
+    gint stride, gint pad, gint src_bs, gint dst_bs, gboolean relu, GError **error)
 {
   dnnl_engine_t engine = cpu_train_engine (error);
   UnetCpuConv *c;
   dnnl_memory_desc_t smd, wmd, bmd, dmd, sany, wany, dany;
   dnnl_convolution_desc_t fd, bdd, bwd;
   dnnl_primitive_desc_t fpd = NULL, bdpd = NULL, bwpd = NULL;
-  dnnl_dims_t strides = { 1, 1 }, padding = { pad, pad };
+  dnnl_primitive_attr_t attr = NULL;
+  dnnl_post_ops_t po = NULL;
+  dnnl_dims_t strides = { stride, stride }, padding = { pad, pad };
 
   if (engine == NULL)
     return NULL;
@@ -417,9 +523,15 @@ unet_cpu_conv_new (gint n, gint cin, gint h, gint w, gint cout, gint k, gint pad
   c->pad = pad;
   c->h = h;
   c->w = w;
-  c->oh = h + 2 * pad - k + 1;
-  c->ow = w + 2 * pad - k + 1;
-  if (n < 1 || cin < 1 || cout < 1 || c->oh < 1 || c->ow < 1) {
+  if (deconv) {
+    c->oh = (h - 1) * stride + k - 2 * pad;
+    c->ow = (w - 1) * stride + k - 2 * pad;
+  } else {
+    c->oh = (h + 2 * pad - k) / stride + 1;
+    c->ow = (w + 2 * pad - k) / stride + 1;
+  }
+  if (n < 1 || cin < 1 || cout < 1 || h < 1 || w < 1 || c->oh < 1 || c->ow < 1
+      || h + 2 * pad < k || w + 2 * pad < k) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
         "convolution %dx%d (pad %d) of a %dx%d input has no output", k, k, pad, w, h);
     goto fail;
@@ -427,25 +539,54 @@ unet_cpu_conv_new (gint n, gint cin, gint h, gint w, gint cout, gint k, gint pad
   {
     dnnl_dims_t sd = { n, cin, h, w }, wd = { cout, cin, k, k }, bd = { cout };
     dnnl_dims_t dd = { n, cout, c->oh, c->ow };
-    DNNL_TRY (dnnl_memory_desc_init_by_tag (&smd, 4, sd, dnnl_f32, dnnl_nchw));
-    DNNL_TRY (dnnl_memory_desc_init_by_tag (&wmd, 4, wd, dnnl_f32, dnnl_oihw));
+    DNNL_TRY (dnnl_memory_desc_init_by_tag (&smd, 4, sd, dnnl_f32, act_tag (src_bs)));
+    DNNL_TRY (dnnl_memory_desc_init_by_tag (&wmd, 4, wd, dnnl_f32,
+            deconv ? dnnl_iohw : dnnl_oihw));
     DNNL_TRY (dnnl_memory_desc_init_by_tag (&bmd, 1, bd, dnnl_f32, dnnl_x));
-    DNNL_TRY (dnnl_memory_desc_init_by_tag (&dmd, 4, dd, dnnl_f32, dnnl_nchw));
-    /* Let oneDNN pick the layouts its fastest kernels want (blocked on AVX-512);
-     * the ports reorder from/to the plain layouts the rest of the executor uses. */
+    DNNL_TRY (dnnl_memory_desc_init_by_tag (&dmd, 4, dd, dnnl_f32, act_tag (dst_bs)));
+    /* Let oneDNN pick the layouts its fastest kernels want; the activations are
+     * kept in blocked layouts that these normally are, so the ports reorder only
+     * the weights (and the odd activation whose layout the primitive won't take). */
     DNNL_TRY (dnnl_memory_desc_init_by_tag (&sany, 4, sd, dnnl_f32, dnnl_format_tag_any));
     DNNL_TRY (dnnl_memory_desc_init_by_tag (&wany, 4, wd, dnnl_f32, dnnl_format_tag_any));
     DNNL_TRY (dnnl_memory_desc_init_by_tag (&dany, 4, dd, dnnl_f32, dnnl_format_tag_any));
   }
-  DNNL_TRY (dnnl_convolution_forward_desc_init (&fd, dnnl_forward_training,
-          dnnl_convolution_direct, &sany, &wany, &bmd, &dany, strides, padding, padding));
-  DNNL_TRY (dnnl_primitive_desc_create (&fpd, &fd, NULL, engine, NULL));
-  DNNL_TRY (dnnl_convolution_backward_data_desc_init (&bdd, dnnl_convolution_direct,
-          &sany, &wany, &dany, strides, padding, padding));
+  if (relu) {
+    DNNL_TRY (dnnl_post_ops_create (&po));
+    DNNL_TRY (dnnl_post_ops_append_eltwise (po, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f));
+    DNNL_TRY (dnnl_primitive_attr_create (&attr));
+    DNNL_TRY (dnnl_primitive_attr_set_post_ops (attr, po));
+  }
+  if (deconv) {
+    DNNL_TRY (dnnl_deconvolution_forward_desc_init (&fd, dnnl_forward_training,
+            dnnl_deconvolution_direct, &sany, &wany, &bmd, &dany, strides, padding,
+            padding));
+    DNNL_TRY (dnnl_deconvolution_backward_data_desc_init (&bdd,
+            dnnl_deconvolution_direct, &sany, &wany, &dany, strides, padding, padding));
+    DNNL_TRY (dnnl_deconvolution_backward_weights_desc_init (&bwd,
+            dnnl_deconvolution_direct, &sany, &wany, &bmd, &dany, strides, padding,
+            padding));
+  } else {
+    DNNL_TRY (dnnl_convolution_forward_desc_init (&fd, dnnl_forward_training,
+            dnnl_convolution_direct, &sany, &wany, &bmd, &dany, strides, padding,
+            padding));
+    DNNL_TRY (dnnl_convolution_backward_data_desc_init (&bdd, dnnl_convolution_direct,
+            &sany, &wany, &dany, strides, padding, padding));
+    DNNL_TRY (dnnl_convolution_backward_weights_desc_init (&bwd,
+            dnnl_convolution_direct, &sany, &wany, &bmd, &dany, strides, padding,
+            padding));
+  }
+  DNNL_TRY (dnnl_primitive_desc_create (&fpd, &fd, attr, engine, NULL));
   DNNL_TRY (dnnl_primitive_desc_create (&bdpd, &bdd, NULL, engine, fpd));
-  DNNL_TRY (dnnl_convolution_backward_weights_desc_init (&bwd,
-          dnnl_convolution_direct, &sany, &wany, &bmd, &dany, strides, padding, padding));
   DNNL_TRY (dnnl_primitive_desc_create (&bwpd, &bwd, NULL, engine, fpd));
+  if (attr) {
+    dnnl_primitive_attr_destroy (attr);
+    attr = NULL;
+  }
+  if (po) {
+    dnnl_post_ops_destroy (po);
+    po = NULL;
+  }
   DNNL_TRY (dnnl_primitive_create (&c->fwd, fpd));
   DNNL_TRY (dnnl_primitive_create (&c->bwd_data, bdpd));
   DNNL_TRY (dnnl_primitive_create (&c->bwd_weights, bwpd));
@@ -485,6 +626,10 @@ unet_cpu_conv_new (gint n, gint cin, gint h, gint w, gint cout, gint k, gint pad
   return c;
 
 fail:
+  if (attr)
+    dnnl_primitive_attr_destroy (attr);
+  if (po)
+    dnnl_post_ops_destroy (po);
   if (fpd)
     dnnl_primitive_desc_destroy (fpd);
   if (bdpd)
@@ -493,6 +638,13 @@ fail:
     dnnl_primitive_desc_destroy (bwpd);
   unet_cpu_conv_free (c);
   return NULL;
+}
+
+UnetCpuConv *
+unet_cpu_conv_new (gint n, gint cin, gint h, gint w, gint cout, gint k, gint pad,
+    GError **error)
+{
+  return conv_new_full (FALSE, n, cin, h, w, cout, k, 1, pad, 1, 1, FALSE, error);
 }
 
 /* Sets the user handles of `ports`, reorders the inputs, runs `prim` with `args`,
@@ -565,14 +717,24 @@ unet_cpu_conv_backward (UnetCpuConv *c, const gfloat *src, const gfloat *weight,
 
 /* ---------------------------------------------------------- whole net -- */
 
-/* One convolution with what follows it: conv (+ bias) [-> batch norm] [-> ReLU]. */
+/* Activation layout of a c-channel tensor between layers: channel blocks of 16 (or
+ * 8) as oneDNN's AVX-512 (AVX2) convolutions read and write them, so no activation
+ * is reordered; plain NCHW when c has no such factor. */
+static gint
+act_block (gint c)
+{
+  return c % 16 == 0 ? 16 : c % 8 == 0 ? 8 : 1;
+}
+
+/* One convolution with what follows it: conv (+ bias) [-> batch norm] [-> ReLU].
+ * Without batch norm the ReLU is the convolution's post-op (z == a). */
 typedef struct
 {
   UnetCpuConv *conv;
   gint w_off, b_off;            /* slab offsets of weight and bias */
   gint bn_off[4];               /* gamma, beta, running_mean, running_var; -1 none */
   gboolean relu;
-  gint cout;
+  gint cout, bs;                /* output channels and their layout (act_block) */
   gsize hw, numel;              /* output plane and n·cout·plane */
   const gfloat *src;            /* input activation (not owned) */
   gfloat *dsrc;                 /* its gradient (not owned); NULL = not needed */
@@ -588,10 +750,12 @@ typedef struct
   Unit *units;                  /* enc.0.c1, enc.0.c2, ..., bottom, dec.D-1 .. dec.0, head */
   gint n_units;
   gfloat *input;                /* copy of the forward input */
-  gfloat **pool, **dpool;       /* per level (n, F_i, eh/2, ew/2) */
+  gfloat **pool, **dpool;       /* per level (n, F_i, eh/2, ew/2), layout lbs */
   guint8 **arg;
+  gint *lbs;                    /* per level: layout of F_i (and 2F_i) channel tensors */
   gint *eh, *ew, *uh, *uw;      /* per level: encoder output and upsampled sizes */
-  gfloat **cat, **dcat;         /* per level (n, 2F_i, uh, uw) */
+  gfloat **cat, **dcat;         /* per level (n, 2F_i, uh, uw): [crop(e_i), up] */
+  UnetCpuConv **up;             /* per level: the transposed conv of ONE sample */
   gint *up_w, *up_b;            /* slab offsets of dec.i.up.weight/.bias */
   gfloat *drop, *ddrop;         /* bottom dropout output / gradient (NULL without) */
   guint8 *mask;
@@ -622,15 +786,19 @@ plan_free (Plan *p)
     return;
   for (gint i = 0; i < p->n_units; i++)
     unet_cpu_conv_free (p->units[i].conv);
+  for (gint i = 0; p->up != NULL && i < p->n_units / 4; i++)
+    unet_cpu_conv_free (p->up[i]);
   g_free (p->units);
   g_ptr_array_unref (p->allocs);
   g_free (p);
 }
 
+/* Not zeroed: every buffer is written before it is read (forward outputs, and
+ * gradients written by the op that produces them). */
 static gpointer
 plan_alloc (Plan *p, gsize bytes, GError **error)
 {
-  gpointer m = g_try_malloc0 (MAX (bytes, 1));
+  gpointer m = g_try_malloc (MAX (bytes, 1));
   if (m == NULL) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
         "cannot allocate %" G_GSIZE_FORMAT " bytes of training activations", bytes);
@@ -647,11 +815,12 @@ plan_alloc (Plan *p, gsize bytes, GError **error)
       goto fail;                                                              \
   } G_STMT_END
 
-/* Sets up unit u for `prefix` (e.g. "enc.0.conv1"), input (n,cin,h,w). */
+/* Sets up unit u for `prefix` (e.g. "enc.0.conv1"), input (n,cin,h,w) in layout
+ * src_bs, output in layout dst_bs. */
 static gboolean
 unit_init (UnetCpuTrain *tr, Plan *p, Unit *u, const gchar *layer, const gchar *bn,
-    gint cin, gint h, gint w, gint cout, gint k, gint pad, gboolean relu,
-    GError **error)
+    gint cin, gint h, gint w, gint cout, gint k, gint pad, gboolean relu, gint src_bs,
+    gint dst_bs, GError **error)
 {
   g_autofree gchar *wn = g_strdup_printf ("%s.weight", layer);
   g_autofree gchar *bname = g_strdup_printf ("%s.bias", layer);
@@ -675,11 +844,13 @@ unit_init (UnetCpuTrain *tr, Plan *p, Unit *u, const gchar *layer, const gchar *
       }
     }
   }
-  u->conv = unet_cpu_conv_new (n, cin, h, w, cout, k, pad, error);
+  u->conv = conv_new_full (FALSE, n, cin, h, w, cout, k, 1, pad, src_bs, dst_bs,
+      relu && bn == NULL, error);
   if (u->conv == NULL)
     return FALSE;
   u->relu = relu;
   u->cout = cout;
+  u->bs = dst_bs;
   u->hw = (gsize) (h + 2 * pad - k + 1) * (w + 2 * pad - k + 1);
   u->numel = (gsize) n * cout * u->hw;
   PLAN_ALLOC (u->z, u->numel);
@@ -705,6 +876,7 @@ plan_new (UnetCpuTrain *tr, gint batch, gint height, gint width, GError **error)
   const gint pad = valid ? 0 : 1, shrink = valid ? 2 : 0;
   Plan *p = g_new0 (Plan, 1);
   gint h = height, w = width, u = 0;
+  gint cbs = 1;                 /* layout of the current activation */
 
   p->batch = batch;
   p->height = height;
@@ -712,23 +884,27 @@ plan_new (UnetCpuTrain *tr, gint batch, gint height, gint width, GError **error)
   p->allocs = g_ptr_array_new_with_free_func (g_free);
   p->n_units = 4 * D + 3;
   p->units = g_new0 (Unit, p->n_units);
+  p->up = g_new0 (UnetCpuConv *, D);
   p->pool = g_new0 (gfloat *, D);
   p->dpool = g_new0 (gfloat *, D);
   p->arg = g_new0 (guint8 *, D);
   p->cat = g_new0 (gfloat *, D);
   p->dcat = g_new0 (gfloat *, D);
+  p->lbs = g_new0 (gint, D);
   p->eh = g_new0 (gint, D);
   p->ew = g_new0 (gint, D);
   p->uh = g_new0 (gint, D);
   p->uw = g_new0 (gint, D);
   p->up_w = g_new0 (gint, D);
   p->up_b = g_new0 (gint, D);
-  /* The per-level arrays are freed with the plan. */
+  /* The per-level arrays are freed with the plan (p->up by plan_free's loop). */
+  g_ptr_array_add (p->allocs, p->up);
   g_ptr_array_add (p->allocs, p->pool);
   g_ptr_array_add (p->allocs, p->dpool);
   g_ptr_array_add (p->allocs, p->arg);
   g_ptr_array_add (p->allocs, p->cat);
   g_ptr_array_add (p->allocs, p->dcat);
+  g_ptr_array_add (p->allocs, p->lbs);
   g_ptr_array_add (p->allocs, p->eh);
   g_ptr_array_add (p->allocs, p->ew);
   g_ptr_array_add (p->allocs, p->uh);
@@ -741,17 +917,18 @@ plan_new (UnetCpuTrain *tr, gint batch, gint height, gint width, GError **error)
   for (gint i = 0; i < D; i++) {
     gint f = cfg->base_filters << i;
     gchar l1[32], l2[32], b1[32], b2[32];
+    p->lbs[i] = act_block (f);
     g_snprintf (l1, sizeof l1, "enc.%d.conv1", i);
     g_snprintf (l2, sizeof l2, "enc.%d.conv2", i);
     g_snprintf (b1, sizeof b1, "enc.%d.bn1", i);
     g_snprintf (b2, sizeof b2, "enc.%d.bn2", i);
     if (!unit_init (tr, p, &p->units[u++], l1, cfg->batch_norm ? b1 : NULL, cin, h, w,
-            f, 3, pad, TRUE, error))
+            f, 3, pad, TRUE, cbs, p->lbs[i], error))
       goto fail;
     h -= shrink;
     w -= shrink;
     if (!unit_init (tr, p, &p->units[u++], l2, cfg->batch_norm ? b2 : NULL, f, h, w,
-            f, 3, pad, TRUE, error))
+            f, 3, pad, TRUE, p->lbs[i], p->lbs[i], error))
       goto fail;
     h -= shrink;
     w -= shrink;
@@ -765,22 +942,27 @@ plan_new (UnetCpuTrain *tr, gint batch, gint height, gint width, GError **error)
     PLAN_ALLOC (p->dpool[i], (gsize) batch * f * h * w);
     PLAN_ALLOC (p->arg[i], (gsize) batch * f * h * w);
     cin = f;
+    cbs = p->lbs[i];
   }
   {
     gint f = cfg->base_filters << D;
+    gint bbs = act_block (f);
     if (h - 2 * shrink < 1 || w - 2 * shrink < 1)
       goto illegal;
     if (!unit_init (tr, p, &p->units[u++], "bottom.conv1",
-            cfg->batch_norm ? "bottom.bn1" : NULL, cin, h, w, f, 3, pad, TRUE, error))
+            cfg->batch_norm ? "bottom.bn1" : NULL, cin, h, w, f, 3, pad, TRUE, cbs, bbs,
+            error))
       goto fail;
     h -= shrink;
     w -= shrink;
     if (!unit_init (tr, p, &p->units[u++], "bottom.conv2",
-            cfg->batch_norm ? "bottom.bn2" : NULL, f, h, w, f, 3, pad, TRUE, error))
+            cfg->batch_norm ? "bottom.bn2" : NULL, f, h, w, f, 3, pad, TRUE, bbs, bbs,
+            error))
       goto fail;
     h -= shrink;
     w -= shrink;
     cin = f;
+    cbs = bbs;
     if (cfg->dropout > 0.0) {
       p->drop_numel = (gsize) batch * f * h * w;
       PLAN_ALLOC (p->drop, p->drop_numel);
@@ -791,6 +973,10 @@ plan_new (UnetCpuTrain *tr, gint batch, gint height, gint width, GError **error)
   for (gint i = D - 1; i >= 0; i--) {
     gint f = cfg->base_filters << i;
     gchar name[32], l1[32], l2[32], b1[32], b2[32];
+    p->up[i] = conv_new_full (TRUE, 1, cin, h, w, f, 2, 2, 0, cbs, p->lbs[i], FALSE,
+        error);
+    if (p->up[i] == NULL)
+      goto fail;
     h *= 2;
     w *= 2;
     if (h > p->eh[i] || w > p->ew[i] || h - 2 * shrink < 1 || w - 2 * shrink < 1)
@@ -812,19 +998,20 @@ plan_new (UnetCpuTrain *tr, gint batch, gint height, gint width, GError **error)
     g_snprintf (b1, sizeof b1, "dec.%d.bn1", i);
     g_snprintf (b2, sizeof b2, "dec.%d.bn2", i);
     if (!unit_init (tr, p, &p->units[u++], l1, cfg->batch_norm ? b1 : NULL, 2 * f, h,
-            w, f, 3, pad, TRUE, error))
+            w, f, 3, pad, TRUE, p->lbs[i], p->lbs[i], error))
       goto fail;
     h -= shrink;
     w -= shrink;
     if (!unit_init (tr, p, &p->units[u++], l2, cfg->batch_norm ? b2 : NULL, f, h, w,
-            f, 3, pad, TRUE, error))
+            f, 3, pad, TRUE, p->lbs[i], p->lbs[i], error))
       goto fail;
     h -= shrink;
     w -= shrink;
     cin = f;
+    cbs = p->lbs[i];
   }
   if (!unit_init (tr, p, &p->units[u++], "head", NULL, cin, h, w, cfg->classes, 1, 0,
-          FALSE, error))
+          FALSE, cbs, 1, error))
     goto fail;
   g_assert (u == p->n_units);
 
@@ -899,15 +1086,9 @@ unit_forward (Unit *u, gfloat *params, gint batch, GError **error)
           u->z, error))
     return FALSE;
   if (u->bn_off[0] >= 0)
-    unet_cpu_bn_forward_train (u->z, batch, u->cout, u->hw, params + u->bn_off[0],
+    bn_forward_train (u->z, batch, u->cout, u->hw, u->bs, params + u->bn_off[0],
         params + u->bn_off[1], u->a, u->mean, u->invstd, params + u->bn_off[2],
-        params + u->bn_off[3]);
-  if (u->relu) {
-    gfloat *a = u->a;
-#pragma omp parallel for schedule(static)
-    for (gsize i = 0; i < u->numel; i++)
-      a[i] = a[i] > 0.0f ? a[i] : 0.0f;
-  }
+        params + u->bn_off[3], u->relu);
   return TRUE;
 }
 
@@ -916,38 +1097,41 @@ unit_backward (Unit *u, const gfloat *params, gfloat *grads, gint batch,
     GError **error)
 {
   gfloat *da = u->da;
-  if (u->relu) {
+  if (u->bn_off[0] >= 0) {
+    bn_backward (u->z, da, batch, u->cout, u->hw, u->bs, params + u->bn_off[0],
+        u->mean, u->invstd, u->relu ? u->a : NULL, da, grads + u->bn_off[0],
+        grads + u->bn_off[1]);
+  } else if (u->relu) {
     const gfloat *a = u->a;
+    const gsize numel = u->numel;
 #pragma omp parallel for schedule(static)
-    for (gsize i = 0; i < u->numel; i++)
+    for (gsize i = 0; i < numel; i++)
       da[i] = a[i] > 0.0f ? da[i] : 0.0f;
   }
-  if (u->bn_off[0] >= 0)
-    unet_cpu_bn_backward (u->z, da, batch, u->cout, u->hw, params + u->bn_off[0],
-        u->mean, u->invstd, da, grads + u->bn_off[0], grads + u->bn_off[1]);
   return unet_cpu_conv_backward (u->conv, u->src, params + u->w_off, da, u->dsrc,
       grads + u->w_off, grads + u->b_off, error);
 }
 
-/* cat[:, :F] = e[:, :, y0:y0+uh, x0:x0+uw]  (backward: de[window] += dcat[:, :F]) */
+/* cat[:, :F] = e[:, :, y0:y0+uh, x0:x0+uw]  (backward: de[window] += dcat[:, :F]);
+ * e (n, f, eh, ew) and cat (n, 2f, uh, uw) in layout bs (f a multiple of bs). */
 static void
-crop_copy (gfloat *e, gint n, gint f, gint eh, gint ew, gfloat *cat, gint uh, gint uw,
-    gboolean backward)
+crop_copy (gfloat *e, gint n, gint f, gint eh, gint ew, gint bs, gfloat *cat,
+    gint uh, gint uw, gboolean backward)
 {
-  const gint y0 = (eh - uh) / 2, x0 = (ew - uw) / 2;
+  const gint y0 = (eh - uh) / 2, x0 = (ew - uw) / 2, fb = f / bs;
 #pragma omp parallel for schedule(static)
-  for (gint p = 0; p < n * f; p++) {
-    gint b = p / f, c = p % f;
-    gfloat *ep = e + (gsize) p * eh * ew;
-    gfloat *cp = cat + ((gsize) b * 2 * f + c) * uh * uw;
+  for (gint p = 0; p < n * fb; p++) {
+    gint b = p / fb, c = p % fb;
+    gfloat *ep = e + (gsize) p * eh * ew * bs;
+    gfloat *cp = cat + ((gsize) b * 2 * fb + c) * uh * uw * bs;
     for (gint y = 0; y < uh; y++) {
-      gfloat *er = ep + (gsize) (y + y0) * ew + x0;
-      gfloat *cr = cp + (gsize) y * uw;
+      gfloat *er = ep + ((gsize) (y + y0) * ew + x0) * bs;
+      gfloat *cr = cp + (gsize) y * uw * bs;
       if (backward)
-        for (gint x = 0; x < uw; x++)
+        for (gint x = 0; x < uw * bs; x++)
           er[x] += cr[x];
       else
-        memcpy (cr, er, sizeof (gfloat) * uw);
+        memcpy (cr, er, sizeof (gfloat) * uw * bs);
     }
   }
 }
@@ -981,14 +1165,14 @@ unet_cpu_train_forward (UnetCpuTrain *tr, gfloat *params, const gfloat *input,
     if (!unit_forward (&U[2 * i], params, batch, error) ||
         !unit_forward (&U[2 * i + 1], params, batch, error))
       return FALSE;
-    unet_cpu_maxpool2_forward (U[2 * i + 1].a, batch, f, p->eh[i], p->ew[i],
+    maxpool2_forward (U[2 * i + 1].a, batch, f, p->eh[i], p->ew[i], p->lbs[i],
         p->pool[i], p->arg[i]);
   }
   if (!unit_forward (&U[2 * D], params, batch, error) ||
       !unit_forward (&U[2 * D + 1], params, batch, error))
     return FALSE;
   const gfloat *y = U[2 * D + 1].a;
-  gint yh = p->uh[D - 1] / 2, yw = p->uw[D - 1] / 2;
+  gsize ysample = U[2 * D + 1].numel / batch;
   if (p->drop != NULL) {
     unet_cpu_dropout_forward (y, p->drop_numel, cfg->dropout, seed, p->mask, p->drop);
     y = p->drop;
@@ -997,17 +1181,18 @@ unet_cpu_train_forward (UnetCpuTrain *tr, gfloat *params, const gfloat *input,
     gint f = cfg->base_filters << i;
     gint k = 2 * D + 2 + 2 * (D - 1 - i);
     gsize plane = (gsize) p->uh[i] * p->uw[i];
-    crop_copy (U[2 * i + 1].a, batch, f, p->eh[i], p->ew[i], p->cat[i], p->uh[i],
-        p->uw[i], FALSE);
-    if (!unet_cpu_upconv2_forward (y, batch, 2 * f, yh, yw, params + p->up_w[i],
-            params + p->up_b[i], f, p->cat[i] + f * plane, 2 * f * plane, error))
-      return FALSE;
+    crop_copy (U[2 * i + 1].a, batch, f, p->eh[i], p->ew[i], p->lbs[i], p->cat[i],
+        p->uh[i], p->uw[i], FALSE);
+    /* The up-conv of each sample writes the second half of its concat block. */
+    for (gint b = 0; b < batch; b++)
+      if (!unet_cpu_conv_forward (p->up[i], y + b * ysample, params + p->up_w[i],
+              params + p->up_b[i], p->cat[i] + (2 * b + 1) * f * plane, error))
+        return FALSE;
     if (!unit_forward (&U[k], params, batch, error) ||
         !unit_forward (&U[k + 1], params, batch, error))
       return FALSE;
     y = U[k + 1].a;
-    yh = p->uh[i] - (cfg->padding == UNET_PADDING_VALID ? 4 : 0);
-    yw = p->uw[i] - (cfg->padding == UNET_PADDING_VALID ? 4 : 0);
+    ysample = U[k + 1].numel / batch;
   }
   Unit *head = &U[4 * D + 2];
   if (!unit_forward (head, params, batch, error))
@@ -1024,7 +1209,6 @@ unet_cpu_train_backward (UnetCpuTrain *tr, const gfloat *params,
   const UnetConfig *cfg = &tr->cfg;
   const gint D = cfg->depth;
   Plan *p = tr->plan;
-  const gint shrink4 = cfg->padding == UNET_PADDING_VALID ? 4 : 0;
 
   if (p == NULL || !p->have_forward) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
@@ -1036,9 +1220,6 @@ unet_cpu_train_backward (UnetCpuTrain *tr, const gfloat *params,
   memcpy (head->da, grad_logits, sizeof (gfloat) * head->numel);
   if (!unit_backward (head, params, grads, p->batch, error))
     return FALSE;
-  /* Encoder outputs collect the skip gradient (crop) and the pool gradient. */
-  for (gint i = 0; i < D; i++)
-    memset (U[2 * i + 1].da, 0, sizeof (gfloat) * U[2 * i + 1].numel);
   for (gint i = 0; i < D; i++) {
     gint f = cfg->base_filters << i;
     gint k = 2 * D + 2 + 2 * (D - 1 - i);
@@ -1046,28 +1227,25 @@ unet_cpu_train_backward (UnetCpuTrain *tr, const gfloat *params,
     if (!unit_backward (&U[k + 1], params, grads, p->batch, error) ||
         !unit_backward (&U[k], params, grads, p->batch, error))
       return FALSE;
-    crop_copy (U[2 * i + 1].da, p->batch, f, p->eh[i], p->ew[i], p->dcat[i], p->uh[i],
-        p->uw[i], TRUE);
     /* The up-conv's input: the previous decoder level, or the bottom. */
     const gfloat *ysrc;
     gfloat *dy;
-    gint yh, yw;
+    gsize ysample;
     if (i == D - 1) {
       ysrc = p->drop ? p->drop : U[2 * D + 1].a;
       dy = p->drop ? p->ddrop : U[2 * D + 1].da;
-      yh = p->uh[i] / 2;
-      yw = p->uw[i] / 2;
+      ysample = U[2 * D + 1].numel / p->batch;
     } else {
       gint kn = 2 * D + 2 + 2 * (D - 2 - i);
       ysrc = U[kn + 1].a;
       dy = U[kn + 1].da;
-      yh = p->uh[i + 1] - shrink4;
-      yw = p->uw[i + 1] - shrink4;
+      ysample = U[kn + 1].numel / p->batch;
     }
-    if (!unet_cpu_upconv2_backward (ysrc, p->batch, 2 * f, yh, yw,
-            params + p->up_w[i], f, p->dcat[i] + f * plane, 2 * f * plane, dy,
-            grads + p->up_w[i], grads + p->up_b[i], error))
-      return FALSE;
+    for (gint b = 0; b < p->batch; b++)
+      if (!unet_cpu_conv_backward (p->up[i], ysrc + b * ysample, params + p->up_w[i],
+              p->dcat[i] + (2 * b + 1) * f * plane, dy + b * ysample,
+              grads + p->up_w[i], grads + p->up_b[i], error))
+        return FALSE;
   }
   if (p->drop != NULL)
     unet_cpu_dropout_backward (p->ddrop, p->mask, p->drop_numel, cfg->dropout,
@@ -1075,10 +1253,13 @@ unet_cpu_train_backward (UnetCpuTrain *tr, const gfloat *params,
   if (!unit_backward (&U[2 * D + 1], params, grads, p->batch, error) ||
       !unit_backward (&U[2 * D], params, grads, p->batch, error))
     return FALSE;
+  /* Encoder outputs: the pool gradient (written everywhere), plus the skip's. */
   for (gint i = D - 1; i >= 0; i--) {
     gint f = cfg->base_filters << i;
-    unet_cpu_maxpool2_backward (p->dpool[i], p->arg[i], p->batch, f, p->eh[i],
-        p->ew[i], U[2 * i + 1].da);
+    maxpool2_backward (p->dpool[i], p->arg[i], p->batch, f, p->eh[i], p->ew[i],
+        p->lbs[i], U[2 * i + 1].da, FALSE);
+    crop_copy (U[2 * i + 1].da, p->batch, f, p->eh[i], p->ew[i], p->lbs[i],
+        p->dcat[i], p->uh[i], p->uw[i], TRUE);
     if (!unit_backward (&U[2 * i + 1], params, grads, p->batch, error) ||
         !unit_backward (&U[2 * i], params, grads, p->batch, error))
       return FALSE;
