@@ -26,18 +26,20 @@
 # Tile: 196 px in, 108 px out (legal sizes for depth 3 are 92 + 8k, see
 # build/tests/tools/unet-geometry); big enough to hold a few touching nuclei with their
 # surroundings, small enough for ~10 steps/s on one core.
-# Time: about 5 minutes on one core of a 2-core AVX-512 machine (CPU, 3000 steps;
-# measured 266 s wall with other work running); Dice 0.985 on the sample stack.
+# Time: 3-5 minutes on one core of a 2-core AVX-512 machine (CPU, 3000 steps;
+# measured 172-287 s wall with other work running); Dice 0.985 on the sample stack.
 # Reproducible: fixed seeds for the data and for unettrain, and one CPU thread
-# (OMP_NUM_THREADS=1 unless set): float sums then run in a fixed order, so the same
-# CPU gives the same model bit for bit. (More threads are rarely faster here: with
-# other work on the machine, OpenMP threads spin waiting for each other.)
+# (unettrain threads=1): float sums then run in a fixed order, so the same CPU gives
+# the same model bit for bit. (More threads are rarely faster for a net this small:
+# on a 2-core machine with other work running, 2 threads took 10x longer, OpenMP's
+# threads spinning while they wait for each other.)
 #
 # Options:
 #   -o, --output FILE       model to write (default samples/nuclei-model.safetensors)
 #   -n, --iterations N      optimiser steps (default 3000)
 #       --frames N          training frames (default 48)
 #   -d, --device DEV        auto | cpu | cuda  (default cpu: the shipped model's)
+#   -t, --threads N         CPU threads, 0 = unettrain's default (default 1: the shipped model's)
 #       --min-dice X        required Dice on the sample stack (default 0.9)
 #   -k, --keep DIR          keep the training data and logs in DIR (default: temporary)
 #   -h, --help              this text
@@ -48,6 +50,7 @@ output="$UNET_ROOT/samples/nuclei-model.safetensors"
 iterations=3000
 frames=48
 device=cpu
+threads=1
 min_dice=0.9
 keep=""
 
@@ -57,6 +60,7 @@ while [ $# -gt 0 ]; do
     -n|--iterations) iterations=${2:?}; shift 2 ;;
     --frames) frames=${2:?}; shift 2 ;;
     -d|--device) device=${2:?}; shift 2 ;;
+    -t|--threads) threads=${2:?}; shift 2 ;;
     --min-dice) min_dice=${2:?}; shift 2 ;;
     -k|--keep) keep=${2:?}; shift 2 ;;
     -h|--help) unet_usage; exit 0 ;;
@@ -64,6 +68,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [[ "$iterations" =~ ^[0-9]+$ ]] || unet_die "--iterations must be a number"
+[[ "$threads" =~ ^[0-9]+$ ]] || unet_die "--threads must be a number"
 [[ "$frames" =~ ^[0-9]+$ ]] && [ "$frames" -gt 0 ] || unet_die "--frames must be a positive number"
 
 if [ -n "$keep" ]; then
@@ -97,10 +102,9 @@ classes = np.where(fg, np.where(near, 2, 1), 0).astype(np.uint8)
 tifffile.imwrite(sys.argv[2], classes, imagej=True, metadata={"axes": "ZYX"})
 PY
 
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 "$UNET_ROOT/pipelines/train.sh" -n "$iterations" --checkpoint 500 --mask-mode indexed \
   --depth 3 --base-filters 16 --tile-size 196 --optimizer adam --learning-rate 0.001 \
-  -p classes=3 -p schedule=cosine -d "$device" --seed 1 \
+  -p classes=3 -p schedule=cosine -p "threads=$threads" -d "$device" --seed 1 \
   --csv "$work/loss.csv" --plot "$work/loss.png" \
   "$work/train-images.tif" "$work/train-classes.tif" "$work/checkpoint.safetensors"
 
