@@ -727,6 +727,42 @@ gst_tiff_stack_src_stop (GstBaseSrc * bsrc)
   return TRUE;
 }
 
+/* Asks the linked peer whether it can take the first page's caps at all.
+ * basesrc would find out in its streaming thread, and an error posted there
+ * while the application is still inside gst_element_set_state() can be lost:
+ * gst-launch-1.0 1.22 quits its main loop from its bus sync handler, and a
+ * quit before g_main_loop_run() is forgotten, so the launcher hung forever
+ * after printing the error. Failing here fails the state change itself.
+ * Downstream is already PAUSED (a bin changes sinks first) and answers caps
+ * queries; an unlinked pad is left to the ordinary negotiation. */
+static gboolean
+downstream_accepts_first_page (GstTiffStackSrc * self)
+{
+  GstPad *pad = GST_BASE_SRC_PAD (self);
+  GstCaps *caps, *peer_caps;
+  gboolean ok;
+  gchar *desc;
+
+  if (!gst_pad_is_linked (pad))
+    return TRUE;
+  caps = gst_tiff_stack_layout_to_caps (&self->vinfo);
+  peer_caps = gst_pad_peer_query_caps (pad, caps);
+  ok = !gst_caps_is_empty (peer_caps);
+  gst_caps_unref (peer_caps);
+  if (!ok) {
+    desc = gst_caps_to_string (caps);
+    GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
+        ("\"%s\" holds %ux%u %s frames and downstream does not accept that "
+            "format or size.", self->path, self->layout.width,
+            self->layout.height,
+            gst_tiff_stack_format_name (self->layout.format)),
+        ("offered caps: %s", desc));
+    g_free (desc);
+  }
+  gst_caps_unref (caps);
+  return ok;
+}
+
 static gboolean
 gst_tiff_stack_src_start (GstBaseSrc * bsrc)
 {
@@ -885,6 +921,8 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
     post_page_error (self, self->cur_dir, "unsupported page size");
     goto fail;
   }
+  if (!downstream_accepts_first_page (self))
+    goto fail;
   /* Decode the first frame now: a damaged first page then fails the state
    * change itself, which every application handles, instead of racing the
    * application's main loop from the streaming thread (gst-launch-1.0 1.22

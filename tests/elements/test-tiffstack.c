@@ -542,6 +542,95 @@ GST_START_TEST (test_src_missing_file)
 
 GST_END_TEST;
 
+/* Caps downstream refuses fail the state change to PAUSED itself, with a
+ * negotiation error naming the file: an error from the streaming thread
+ * while the application is still in set_state() can be lost (gst-launch-1.0
+ * 1.22 then hung). The element is reusable afterwards. */
+static GstFlowReturn
+drop_chain (GstPad * pad, GstObject * parent, GstBuffer * buf)
+{
+  gst_buffer_unref (buf);
+  return GST_FLOW_OK;
+}
+
+/* A sink pad standing for a downstream element that takes @caps. The default
+ * caps query answers with its template (the test registry holds only our
+ * plugin, so no capsfilter). */
+static GstPad *
+downstream_pad (const gchar * caps_str)
+{
+  GstCaps *caps = gst_caps_from_string (caps_str);
+  GstPadTemplate *templ = gst_pad_template_new ("sink", GST_PAD_SINK,
+      GST_PAD_ALWAYS, caps);
+  GstPad *pad = gst_pad_new_from_template (templ, "sink");
+
+  gst_pad_set_chain_function (pad, drop_chain);
+  gst_caps_unref (caps);
+  gst_object_unref (templ);
+  return pad;
+}
+
+GST_START_TEST (test_src_not_negotiated)
+{
+  const struct
+  {
+    guint fmt;
+    const gchar *caps;
+  } cases[] = {
+    {1, "video/x-raw,format=GRAY8"},    /* 16-bit file, 8-bit downstream */
+    {3, "video/x-raw,format={GRAY8,GRAY16_LE,GRAY32F}"},  /* RGB, gray only */
+    {0, "video/x-raw,width=14"},        /* size mismatch */
+  };
+  guint c;
+
+  for (c = 0; c < G_N_ELEMENTS (cases); c++) {
+    gchar *path = write_stack (&fmts[cases[c].fmt], 2, 'l', FALSE, FALSE);
+    GstElement *src = gst_element_factory_make ("tiffstacksrc", NULL);
+    GstPad *srcpad = gst_element_get_static_pad (src, "src");
+    GstPad *refuse = downstream_pad (cases[c].caps);
+    GstPad *accept = downstream_pad ("video/x-raw");
+    GstBus *bus = gst_bus_new ();
+    GstMessage *msg;
+    GError *err = NULL;
+
+    gst_element_set_bus (src, bus);
+    g_object_set (src, "location", path, NULL);
+    fail_unless_equals_int (gst_pad_link (srcpad, refuse), GST_PAD_LINK_OK);
+    gst_pad_set_active (refuse, TRUE);
+    fail_unless_equals_int (gst_element_set_state (src, GST_STATE_PAUSED),
+        GST_STATE_CHANGE_FAILURE);
+    msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+    fail_unless (msg != NULL, "no error message for %s", cases[c].caps);
+    gst_message_parse_error (msg, &err, NULL);
+    fail_unless (g_error_matches (err, GST_CORE_ERROR,
+            GST_CORE_ERROR_NEGOTIATION), "%s", err->message);
+    fail_unless (strstr (err->message, path) != NULL, "%s", err->message);
+    g_clear_error (&err);
+    gst_message_unref (msg);
+    gst_element_set_state (src, GST_STATE_NULL);
+
+    /* Reusable: linked to a pad that takes its caps, it starts. */
+    gst_pad_unlink (srcpad, refuse);
+    fail_unless_equals_int (gst_pad_link (srcpad, accept), GST_PAD_LINK_OK);
+    gst_pad_set_active (accept, TRUE);
+    fail_unless (gst_element_set_state (src, GST_STATE_PAUSED)
+        != GST_STATE_CHANGE_FAILURE);
+    gst_element_set_state (src, GST_STATE_NULL);
+
+    gst_pad_set_active (refuse, FALSE);
+    gst_pad_set_active (accept, FALSE);
+    gst_element_set_bus (src, NULL);
+    gst_object_unref (bus);
+    gst_object_unref (refuse);
+    gst_object_unref (accept);
+    gst_object_unref (srcpad);
+    gst_object_unref (src);
+    g_free (path);
+  }
+}
+
+GST_END_TEST;
+
 static Suite *
 tiffstack_suite (void)
 {
@@ -558,6 +647,7 @@ tiffstack_suite (void)
   tcase_add_test (tc, test_src_queries_and_seeks);
   tcase_add_test (tc, test_src_range_and_loop);
   tcase_add_test (tc, test_src_missing_file);
+  tcase_add_test (tc, test_src_not_negotiated);
   return s;
 }
 
