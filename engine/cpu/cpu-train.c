@@ -18,6 +18,15 @@
 #include <oneapi/dnnl/dnnl_debug.h>
 #include <string.h>
 
+#if HAVE_OPENMP
+#include <omp.h>
+#endif
+
+/* Loops over fewer elements than this run on the calling thread: a parallel
+ * region's fork and join cost more than such a loop, and on a loaded machine a
+ * descheduled worker makes every join wait for a scheduler time slice. */
+#define PAR_MIN 32768
+
 #define DNNL_TRY(call)                                                        \
   G_STMT_START {                                                              \
     dnnl_status_t st_ = (call);                                               \
@@ -40,7 +49,7 @@ maxpool2_forward (const gfloat *src, gint n, gint c, gint h, gint w, gint bs,
     gfloat *dst, guint8 *arg)
 {
   const gint oh = h / 2, ow = w / 2, cb = c / bs;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((gsize) n * c * h * w > PAR_MIN)
   for (gint p = 0; p < n * cb; p++) {
     const gfloat *s = src + (gsize) p * h * w * bs;
     gfloat *d = dst + (gsize) p * oh * ow * bs;
@@ -50,6 +59,7 @@ maxpool2_forward (const gfloat *src, gint n, gint c, gint h, gint w, gint bs,
         const gfloat *r0 = s + ((gsize) (2 * y) * w + 2 * x) * bs, *r1 = r0 + (gsize) w * bs;
         gfloat *dd = d + ((gsize) y * ow + x) * bs;
         guint8 *aa = a + ((gsize) y * ow + x) * bs;
+#pragma omp simd
         for (gint j = 0; j < bs; j++) {
           gfloat v = r0[j];
           guint8 best = 0;
@@ -79,7 +89,7 @@ maxpool2_backward (const gfloat *ddst, const guint8 *arg, gint n, gint c, gint h
     gint w, gint bs, gfloat *dsrc, gboolean accumulate)
 {
   const gint oh = h / 2, ow = w / 2, cb = c / bs;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((gsize) n * c * h * w > PAR_MIN)
   for (gint p = 0; p < n * cb; p++) {
     const gfloat *d = ddst + (gsize) p * oh * ow * bs;
     const guint8 *a = arg + (gsize) p * oh * ow * bs;
@@ -97,6 +107,7 @@ maxpool2_backward (const gfloat *ddst, const guint8 *arg, gint n, gint c, gint h
           for (gint j = 0; j < bs; j++)
             r[aa[j]][j] += dd[j];
         } else {
+#pragma omp simd
           for (gint j = 0; j < bs; j++) {
             r[0][j] = aa[j] == 0 ? dd[j] : 0.0f;
             r[1][j] = aa[j] == 1 ? dd[j] : 0.0f;
@@ -229,7 +240,7 @@ bn_forward_train (const gfloat *x, gint n, gint c, gsize hw, gint bs,
   const gdouble count = (gdouble) n * hw;
   const gint ncb = c / bs;
   g_assert (bs <= 16);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((gsize) n * c * hw > PAR_MIN)
   for (gint cb = 0; cb < ncb; cb++) {
     gdouble s[16] = { 0 }, s2[16] = { 0 }, m[16], scale[16], shift[16];
     for (gint b = 0; b < n; b++) {
@@ -281,7 +292,7 @@ bn_backward (const gfloat *x, const gfloat *dy, gint n, gint c, gsize hw, gint b
   const gdouble count = (gdouble) n * hw;
   const gint ncb = c / bs;
   g_assert (bs <= 16);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((gsize) n * c * hw > PAR_MIN)
   for (gint cb = 0; cb < ncb; cb++) {
     gdouble m[16], is[16], sdy[16] = { 0 }, sdyx[16] = { 0 }, k[16];
     for (gint j = 0; j < bs; j++) {
@@ -354,7 +365,7 @@ unet_cpu_dropout_backward (const gfloat *ddst, const guint8 *mask, gsize count,
     gdouble p, gfloat *dsrc)
 {
   const gfloat scale = (gfloat) (1.0 / (1.0 - p));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (count > PAR_MIN)
   for (gsize i = 0; i < count; i++)
     dsrc[i] = mask[i] ? ddst[i] * scale : 0.0f;
 }
@@ -385,6 +396,7 @@ typedef struct
   dnnl_memory_t user;
   dnnl_memory_t prim;           /* == user when no reorder is needed */
   dnnl_primitive_t reorder;     /* user -> prim (inputs) or prim -> user (outputs) */
+  gboolean small;               /* reorder on the calling thread (PAR_MIN) */
 } Port;
 
 static void
@@ -418,6 +430,7 @@ port_init (Port *p, dnnl_engine_t engine, const dnnl_memory_desc_t *user_md,
             engine, NULL));
   DNNL_TRY (dnnl_primitive_create (&p->reorder, rpd));
   dnnl_primitive_desc_destroy (rpd);
+  p->small = dnnl_memory_desc_get_size (user_md) / sizeof (gfloat) <= PAR_MIN;
   return TRUE;
 fail:
   if (rpd)
@@ -443,10 +456,24 @@ port_reorder (Port *p, dnnl_stream_t stream, gboolean input, GError **error)
     {DNNL_ARG_FROM, input ? p->user : p->prim},
     {DNNL_ARG_TO, input ? p->prim : p->user},
   };
-  DNNL_TRY (dnnl_primitive_execute (p->reorder, stream, 2, args));
-  return TRUE;
-fail:
-  return FALSE;
+  gboolean ok = TRUE;
+#if HAVE_OPENMP
+  /* oneDNN's reorders size their thread team at execution from the caller's. */
+  gint threads = omp_get_max_threads ();
+  if (p->small)
+    omp_set_num_threads (1);
+#endif
+  dnnl_status_t st = dnnl_primitive_execute (p->reorder, stream, 2, args);
+#if HAVE_OPENMP
+  if (p->small)
+    omp_set_num_threads (threads);
+#endif
+  if (st != dnnl_success) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND, "oneDNN: reorder failed: %s",
+        dnnl_status2str (st));
+    ok = FALSE;
+  }
+  return ok;
 }
 
 enum
@@ -699,7 +726,7 @@ unet_cpu_conv_backward (UnetCpuConv *c, const gfloat *src, const gfloat *weight,
     if (!conv_run (c, c->bwd_weights, ports, ids, data, input, 4, error))
       return FALSE;
   }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (nw > PAR_MIN)
   for (gsize i = 0; i < nw; i++)
     dweight[i] += c->dw_tmp[i];
   for (gint i = 0; i < c->cout; i++)
@@ -755,7 +782,9 @@ typedef struct
   gint *lbs;                    /* per level: layout of F_i (and 2F_i) channel tensors */
   gint *eh, *ew, *uh, *uw;      /* per level: encoder output and upsampled sizes */
   gfloat **cat, **dcat;         /* per level (n, 2F_i, uh, uw): [crop(e_i), up] */
-  UnetCpuConv **up;             /* per level: the transposed conv of ONE sample */
+  UnetCpuConv **up;             /* per level: the transposed conv */
+  gfloat **upbuf;               /* per level, batch > 1: its output (n, F_i, uh, uw) and
+                                 * then gradient; batch 1 uses the concat buffer */
   gint *up_w, *up_b;            /* slab offsets of dec.i.up.weight/.bias */
   gfloat *drop, *ddrop;         /* bottom dropout output / gradient (NULL without) */
   guint8 *mask;
@@ -885,6 +914,7 @@ plan_new (UnetCpuTrain *tr, gint batch, gint height, gint width, GError **error)
   p->n_units = 4 * D + 3;
   p->units = g_new0 (Unit, p->n_units);
   p->up = g_new0 (UnetCpuConv *, D);
+  p->upbuf = g_new0 (gfloat *, D);
   p->pool = g_new0 (gfloat *, D);
   p->dpool = g_new0 (gfloat *, D);
   p->arg = g_new0 (guint8 *, D);
@@ -899,6 +929,7 @@ plan_new (UnetCpuTrain *tr, gint batch, gint height, gint width, GError **error)
   p->up_b = g_new0 (gint, D);
   /* The per-level arrays are freed with the plan (p->up by plan_free's loop). */
   g_ptr_array_add (p->allocs, p->up);
+  g_ptr_array_add (p->allocs, p->upbuf);
   g_ptr_array_add (p->allocs, p->pool);
   g_ptr_array_add (p->allocs, p->dpool);
   g_ptr_array_add (p->allocs, p->arg);
@@ -973,8 +1004,8 @@ plan_new (UnetCpuTrain *tr, gint batch, gint height, gint width, GError **error)
   for (gint i = D - 1; i >= 0; i--) {
     gint f = cfg->base_filters << i;
     gchar name[32], l1[32], l2[32], b1[32], b2[32];
-    p->up[i] = conv_new_full (TRUE, 1, cin, h, w, f, 2, 2, 0, cbs, p->lbs[i], FALSE,
-        error);
+    p->up[i] = conv_new_full (TRUE, batch, cin, h, w, f, 2, 2, 0, cbs, p->lbs[i],
+        FALSE, error);
     if (p->up[i] == NULL)
       goto fail;
     h *= 2;
@@ -992,6 +1023,8 @@ plan_new (UnetCpuTrain *tr, gint batch, gint height, gint width, GError **error)
       goto fail;
     }
     PLAN_ALLOC (p->cat[i], (gsize) batch * 2 * f * h * w);
+    if (batch > 1)
+      PLAN_ALLOC (p->upbuf[i], (gsize) batch * f * h * w);
     PLAN_ALLOC (p->dcat[i], (gsize) batch * 2 * f * h * w);
     g_snprintf (l1, sizeof l1, "dec.%d.conv1", i);
     g_snprintf (l2, sizeof l2, "dec.%d.conv2", i);
@@ -1104,7 +1137,7 @@ unit_backward (Unit *u, const gfloat *params, gfloat *grads, gint batch,
   } else if (u->relu) {
     const gfloat *a = u->a;
     const gsize numel = u->numel;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static) if (numel > PAR_MIN)
     for (gsize i = 0; i < numel; i++)
       da[i] = a[i] > 0.0f ? da[i] : 0.0f;
   }
@@ -1119,7 +1152,7 @@ crop_copy (gfloat *e, gint n, gint f, gint eh, gint ew, gint bs, gfloat *cat,
     gint uh, gint uw, gboolean backward)
 {
   const gint y0 = (eh - uh) / 2, x0 = (ew - uw) / 2, fb = f / bs;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((gsize) n * f * uh * uw > PAR_MIN)
   for (gint p = 0; p < n * fb; p++) {
     gint b = p / fb, c = p % fb;
     gfloat *ep = e + (gsize) p * eh * ew * bs;
@@ -1128,6 +1161,7 @@ crop_copy (gfloat *e, gint n, gint f, gint eh, gint ew, gint bs, gfloat *cat,
       gfloat *er = ep + ((gsize) (y + y0) * ew + x0) * bs;
       gfloat *cr = cp + (gsize) y * uw * bs;
       if (backward)
+#pragma omp simd
         for (gint x = 0; x < uw * bs; x++)
           er[x] += cr[x];
       else
@@ -1172,7 +1206,6 @@ unet_cpu_train_forward (UnetCpuTrain *tr, gfloat *params, const gfloat *input,
       !unit_forward (&U[2 * D + 1], params, batch, error))
     return FALSE;
   const gfloat *y = U[2 * D + 1].a;
-  gsize ysample = U[2 * D + 1].numel / batch;
   if (p->drop != NULL) {
     unet_cpu_dropout_forward (y, p->drop_numel, cfg->dropout, seed, p->mask, p->drop);
     y = p->drop;
@@ -1183,16 +1216,17 @@ unet_cpu_train_forward (UnetCpuTrain *tr, gfloat *params, const gfloat *input,
     gsize plane = (gsize) p->uh[i] * p->uw[i];
     crop_copy (U[2 * i + 1].a, batch, f, p->eh[i], p->ew[i], p->lbs[i], p->cat[i],
         p->uh[i], p->uw[i], FALSE);
-    /* The up-conv of each sample writes the second half of its concat block. */
-    for (gint b = 0; b < batch; b++)
-      if (!unet_cpu_conv_forward (p->up[i], y + b * ysample, params + p->up_w[i],
-              params + p->up_b[i], p->cat[i] + (2 * b + 1) * f * plane, error))
-        return FALSE;
+    /* The up-conv's output is the second half of each sample's concat block. */
+    if (!unet_cpu_conv_forward (p->up[i], y, params + p->up_w[i], params + p->up_b[i],
+            batch > 1 ? p->upbuf[i] : p->cat[i] + f * plane, error))
+      return FALSE;
+    for (gint b = 0; batch > 1 && b < batch; b++)
+      memcpy (p->cat[i] + (2 * b + 1) * f * plane, p->upbuf[i] + b * f * plane,
+          sizeof (gfloat) * f * plane);
     if (!unit_forward (&U[k], params, batch, error) ||
         !unit_forward (&U[k + 1], params, batch, error))
       return FALSE;
     y = U[k + 1].a;
-    ysample = U[k + 1].numel / batch;
   }
   Unit *head = &U[4 * D + 2];
   if (!unit_forward (head, params, batch, error))
@@ -1230,22 +1264,21 @@ unet_cpu_train_backward (UnetCpuTrain *tr, const gfloat *params,
     /* The up-conv's input: the previous decoder level, or the bottom. */
     const gfloat *ysrc;
     gfloat *dy;
-    gsize ysample;
     if (i == D - 1) {
       ysrc = p->drop ? p->drop : U[2 * D + 1].a;
       dy = p->drop ? p->ddrop : U[2 * D + 1].da;
-      ysample = U[2 * D + 1].numel / p->batch;
     } else {
       gint kn = 2 * D + 2 + 2 * (D - 2 - i);
       ysrc = U[kn + 1].a;
       dy = U[kn + 1].da;
-      ysample = U[kn + 1].numel / p->batch;
     }
-    for (gint b = 0; b < p->batch; b++)
-      if (!unet_cpu_conv_backward (p->up[i], ysrc + b * ysample, params + p->up_w[i],
-              p->dcat[i] + (2 * b + 1) * f * plane, dy + b * ysample,
-              grads + p->up_w[i], grads + p->up_b[i], error))
-        return FALSE;
+    for (gint b = 0; p->batch > 1 && b < p->batch; b++)
+      memcpy (p->upbuf[i] + b * f * plane, p->dcat[i] + (2 * b + 1) * f * plane,
+          sizeof (gfloat) * f * plane);
+    if (!unet_cpu_conv_backward (p->up[i], ysrc, params + p->up_w[i],
+            p->batch > 1 ? p->upbuf[i] : p->dcat[i] + f * plane, dy, grads + p->up_w[i],
+            grads + p->up_b[i], error))
+      return FALSE;
   }
   if (p->drop != NULL)
     unet_cpu_dropout_backward (p->ddrop, p->mask, p->drop_numel, cfg->dropout,
