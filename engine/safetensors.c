@@ -13,6 +13,7 @@
 #include <glib/gstdio.h>
 #include <json-glib/json-glib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 struct _UnetSafetensors
@@ -346,7 +347,27 @@ UnetSafetensors *
 unet_safetensors_open (const gchar *path, GError **error)
 {
   g_autoptr (GError) err = NULL;
-  GMappedFile *mapped = g_mapped_file_new (path, FALSE, &err);
+  GStatBuf st_buf;
+  /* O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer; a
+   * model is a regular file, anything else is refused before mapping. */
+  int fd = g_open (path, O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0);
+  if (fd < 0) {
+    int saved = errno;
+    g_set_error (error, UNET_ERROR, UNET_ERROR_IO,
+        "cannot open model file: %s", g_strerror (saved));
+    return NULL;
+  }
+  if (fstat (fd, &st_buf) != 0)
+    st_buf.st_mode = 0;
+  if (!S_ISREG (st_buf.st_mode)) {
+    gboolean dir = S_ISDIR (st_buf.st_mode);
+    close (fd);
+    g_set_error_literal (error, UNET_ERROR, UNET_ERROR_IO, dir ?
+        "is a directory, not a model file" : "is not a regular file");
+    return NULL;
+  }
+  GMappedFile *mapped = g_mapped_file_new_from_fd (fd, FALSE, &err);
+  close (fd);
   if (mapped == NULL) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_IO, "cannot read model file: %s",
         err->message);

@@ -6,6 +6,7 @@
 #include <glib/gstdio.h>
 #include <math.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static UnetConfig
 small_config (gint depth, gint base, UnetPadding padding, gboolean bn)
@@ -440,6 +441,22 @@ test_save_extra (void)
   g_assert_error (err, UNET_ERROR, UNET_ERROR_IO);
   g_clear_error (&err);
   g_unlink (path);
+  /* a directory and a FIFO are refused at once: opening a FIFO used to wait
+   * for a writer forever (the test would hang, meson's timeout fails it) */
+  g_autofree gchar *dir = g_dir_make_tmp ("unet-model-XXXXXX", NULL);
+  g_assert_nonnull (dir);
+  g_assert_null (unet_model_load (dir, &err));
+  g_assert_error (err, UNET_ERROR, UNET_ERROR_IO);
+  g_assert_nonnull (strstr (err->message, "directory"));
+  g_clear_error (&err);
+  g_autofree gchar *fifo = g_build_filename (dir, "fifo.safetensors", NULL);
+  g_assert_cmpint (mkfifo (fifo, 0600), ==, 0);
+  g_assert_null (unet_model_load (fifo, &err));
+  g_assert_error (err, UNET_ERROR, UNET_ERROR_IO);
+  g_assert_nonnull (strstr (err->message, "not a regular file"));
+  g_clear_error (&err);
+  g_unlink (fifo);
+  g_rmdir (dir);
 }
 
 /* ------------------------------------------- hand-built files (loader) -- */
