@@ -791,7 +791,9 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
     goto fail;
   }
 
-  fd = open (self->path, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused as
+   * not a regular file below); reads of a regular file ignore the flag. */
+  fd = open (self->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     if (errno == ENOENT)
       GST_ELEMENT_ERROR (self, RESOURCE, NOT_FOUND,

@@ -72,6 +72,11 @@ expect_error(path("text.tif"), "not a TIFF", text="not a TIFF")
 open(path("empty.tif"), "wb").close()
 expect_error(path("empty.tif"), "empty file")
 expect_error(path("missing.tif"), "missing file", text="does not exist")
+# Opening a FIFO used to wait for a writer forever.
+os.mkfifo(path("fifo.tif"))
+expect_error(path("fifo.tif"), "FIFO", text="not a regular file")
+os.mkdir(path("dir.tif"))
+expect_error(path("dir.tif"), "directory", text="not a regular file")
 
 # Truncation at every kind of place, plain and compressed.
 for name in (good, gz):
