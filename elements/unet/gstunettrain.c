@@ -50,6 +50,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 GST_DEBUG_CATEGORY_STATIC (gst_unet_train_debug);
 #define GST_CAT_DEFAULT gst_unet_train_debug
@@ -613,6 +614,24 @@ gst_unet_train_start (GstAggregator *agg)
     return FALSE;
   }
 
+  /* A wrong output-model would otherwise only show when the first checkpoint
+   * is written, after all the training. */
+  if (output != NULL && output[0] != '\0') {
+    g_autofree gchar *dir = g_path_get_dirname (output);
+    const gchar *why = NULL;
+    if (g_file_test (output, G_FILE_TEST_IS_DIR))
+      why = "it is a directory; give a file name such as DIR/model.safetensors";
+    else if (!g_file_test (dir, G_FILE_TEST_IS_DIR))
+      why = "its directory does not exist";
+    else if (access (dir, W_OK) != 0)
+      why = "its directory is not writable";
+    if (why != NULL) {
+      GST_ELEMENT_ERROR (self, RESOURCE, OPEN_WRITE,
+          ("Cannot write output-model \"%s\": %s.", output, why), (NULL));
+      return FALSE;
+    }
+  }
+
   gboolean resumed = FALSE;
   if (resume && output != NULL && g_file_test (output, G_FILE_TEST_EXISTS)) {
     self->trainer = unet_trainer_new_from_checkpoint (&opts, output, &err);
@@ -627,8 +646,8 @@ gst_unet_train_start (GstAggregator *agg)
       model = unet_model_load (model_location, &err);
       if (model == NULL) {
         GST_ELEMENT_ERROR (self, RESOURCE, READ,
-            ("Could not load the model \"%s\".", model_location),
-            ("%s", err->message));
+            ("Could not load the model \"%s\": %s", model_location,
+                err->message), (NULL));
         return FALSE;
       }
       if (!have_norm)

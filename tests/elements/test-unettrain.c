@@ -385,6 +385,58 @@ GST_START_TEST (test_bad_model)
 
 GST_END_TEST;
 
+/* A bad output-model fails the state change up front (it used to show only
+ * when the model was saved, after all the training); a model path that is a
+ * directory is refused with the reason in the message. */
+GST_START_TEST (test_bad_output_model)
+{
+  gchar *missing = g_build_filename (tmpdir, "no-such-dir", "m.safetensors",
+      NULL);
+  const gchar *outputs[] = { tmpdir, missing };
+  GstBus *bus = gst_bus_new ();
+  GError *err = NULL;
+  GstMessage *m;
+
+  for (guint i = 0; i < G_N_ELEMENTS (outputs); i++) {
+    GstElement *e = make_trainer (outputs[i], 10);
+    gst_element_set_bus (e, bus);
+    fail_unless_equals_int (gst_element_set_state (e, GST_STATE_PAUSED),
+        GST_STATE_CHANGE_FAILURE);
+    m = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+    fail_unless (m != NULL);
+    gst_message_parse_error (m, &err, NULL);
+    fail_unless (strstr (err->message, "output-model") != NULL, "%s",
+        err->message);
+    fail_unless (strstr (err->message, outputs[i]) != NULL, "%s",
+        err->message);
+    g_clear_error (&err);
+    gst_message_unref (m);
+    gst_element_set_state (e, GST_STATE_NULL);
+    gst_element_set_bus (e, NULL);
+    gst_object_unref (e);
+  }
+
+  GstElement *e = make_trainer (NULL, 10);
+  g_object_set (e, "model", tmpdir, NULL);
+  gst_element_set_bus (e, bus);
+  fail_unless_equals_int (gst_element_set_state (e, GST_STATE_PAUSED),
+      GST_STATE_CHANGE_FAILURE);
+  m = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+  fail_unless (m != NULL);
+  gst_message_parse_error (m, &err, NULL);
+  fail_unless (strstr (err->message, "directory") != NULL, "%s",
+      err->message);
+  g_clear_error (&err);
+  gst_message_unref (m);
+  gst_element_set_state (e, GST_STATE_NULL);
+  gst_element_set_bus (e, NULL);
+  gst_object_unref (e);
+  gst_object_unref (bus);
+  g_free (missing);
+}
+
+GST_END_TEST;
+
 /* Runs one pair + EOS through a fresh element and returns it still running. */
 static GstElement *
 start_after_eos (const gchar *out, guint64 iterations, gboolean resume,
@@ -475,6 +527,7 @@ unettrain_suite (void)
   tcase_add_test (tc, test_size_mismatch);
   tcase_add_test (tc, test_format_mismatch);
   tcase_add_test (tc, test_bad_model);
+  tcase_add_test (tc, test_bad_output_model);
   tcase_add_test (tc, test_interrupt_and_resume);
   suite_add_tcase (s, tc);
   return s;
