@@ -29,8 +29,10 @@
 # Time: 3-5 minutes on one core of a 2-core AVX-512 machine (CPU, 3000 steps;
 # measured 172-287 s wall with other work running); Dice 0.985 on the sample stack.
 # Reproducible: fixed seeds for the data and for unettrain, and one CPU thread
-# (unettrain threads=1): float sums then run in a fixed order, so the same CPU gives
-# the same model bit for bit. (More threads are rarely faster for a net this small:
+# (unettrain threads=1): float sums then run in a fixed order, so the same build on
+# the same CPU gives the same model bit for bit. The shipped model was trained by the
+# engine of commit 853c258 (sha256 7ad1adb7...); later changes to the CPU kernels'
+# summation order change the bits, not the quality (Dice 0.984 at 57a9b81). (More threads are rarely faster for a net this small:
 # on a 2-core machine with other work running, 2 threads took 10x longer, OpenMP's
 # threads spinning while they wait for each other.)
 #
