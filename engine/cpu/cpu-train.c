@@ -7,6 +7,15 @@
  * activation; nothing allocates in forward/backward once the shape is planned.
  * Parameters and gradients live in the model's slab layout, so the optimiser and
  * the checkpoint code see flat arrays. See cpu-train.h for the op contracts.
+ *
+ * Speed: between layers the activations stay in the channel-blocked layouts oneDNN's
+ * AVX-512/AVX2 convolutions read and write (nChw16c / nChw8c, act_block), so no
+ * activation is reordered around a convolution; only the (small) weights are. The
+ * ReLU after a convolution without batch norm is the forward primitive's post-op;
+ * its backward masks the gradient by the stored output. The 2x2 up-convolution is a
+ * oneDNN deconvolution writing straight into its concat buffer (batch 1). Pooling,
+ * batch norm and crop/concat work on the blocked layouts in C; loops over little
+ * data run on the calling thread (PAR_MIN).
  */
 #include "config.h"
 

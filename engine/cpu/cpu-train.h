@@ -1,12 +1,14 @@
 /* gst-unet engine — CPU training executor (internal).
  *
- * Forward in training mode and backward of the whole U-Net on host memory, plain
- * NCHW float32 activations, parameters and gradients in the model's slab layout
- * (engine/model-private.h). Convolutions use oneDNN's forward_training /
- * backward_data / backward_weights primitives; the 2x2 transposed convolution is
- * four GEMMs (dnnl_sgemm); max-pool, batch norm, ReLU, dropout and crop+concat are
- * plain C with OpenMP. Every op is also exported on its own for the per-op
- * finite-difference tests (tests/engine/test-train-ops.c).
+ * Forward in training mode and backward of the whole U-Net on host memory,
+ * float32 activations in oneDNN's channel-blocked layouts (nChw16c / nChw8c, plain
+ * NCHW for the input and the logits), parameters and gradients in the model's slab
+ * layout (engine/model-private.h). Convolutions and the 2x2 transposed convolution
+ * use oneDNN's forward_training / backward_data / backward_weights primitives;
+ * max-pool, batch norm, ReLU backward, dropout and crop+concat are C with OpenMP.
+ * The ops below are the plain-NCHW forms of the executor's ops, exported for the
+ * per-op finite-difference tests (tests/engine/test-train-ops.c); the standalone
+ * transposed convolution is four GEMMs (dnnl_sgemm).
  *
  * Shapes are written beside each argument; "acc" marks outputs that are ADDED to.
  */

@@ -135,6 +135,10 @@ case("depth 2 valid bn rgb 3 classes", mc(3, 3, 2, 4, "valid", True), 2, 44, 60,
 case("depth 2 same bn sigmoid", mc(1, 1, 2, 3, "same", True), 3, 16, 24, 3)
 case("depth 3 valid", mc(1, 2, 3, 2, "valid"), 1, 60, 76, 4)
 case("depth 2 same no bn", mc(1, 4, 2, 5, "same"), 2, 12, 8, 5)
+# Filter counts that are multiples of 16 and 8: the executor keeps these activations
+# in oneDNN's blocked layouts (nChw16c, nChw8c) through pooling, batch norm and concat.
+case("depth 2 valid bn base 16", mc(1, 2, 2, 16, "valid", True), 2, 44, 44, 6)
+case("depth 2 valid base 8", mc(1, 2, 2, 8, "valid"), 1, 44, 60, 7)
 
 if failures:
     print("\n".join(failures))
