@@ -35,6 +35,9 @@
  * region's fork and join cost more than such a loop, and on a loaded machine a
  * descheduled worker makes every join wait for a scheduler time slice. */
 #define PAR_MIN 32768
+/* The same for oneDNN's reorders (of weights: a 1 MiB reorder on one thread takes
+ * about as long as a fork/join on a busy machine). */
+#define PAR_MIN_REORDER 262144
 
 #define DNNL_TRY(call)                                                        \
   G_STMT_START {                                                              \
@@ -422,9 +425,12 @@ port_clear (Port *p)
 
 static gboolean
 port_init (Port *p, dnnl_engine_t engine, const dnnl_memory_desc_t *user_md,
-    const dnnl_memory_desc_t *prim_md, gboolean input, GError **error)
+    const dnnl_memory_desc_t *prim_md, gboolean input, gboolean accumulate,
+    GError **error)
 {
   dnnl_primitive_desc_t rpd = NULL;
+  dnnl_primitive_attr_t attr = NULL;
+  dnnl_post_ops_t po = NULL;
   DNNL_TRY (dnnl_memory_create (&p->user, user_md, engine, DNNL_MEMORY_NONE));
   if (dnnl_memory_desc_equal (user_md, prim_md)) {
     p->prim = p->user;
@@ -434,16 +440,32 @@ port_init (Port *p, dnnl_engine_t engine, const dnnl_memory_desc_t *user_md,
   if (input)
     DNNL_TRY (dnnl_reorder_primitive_desc_create (&rpd, user_md, engine, prim_md,
             engine, NULL));
-  else
+  else {
+    /* accumulate: the reorder adds into the user's memory (a sum post-op). */
+    if (accumulate) {
+      DNNL_TRY (dnnl_post_ops_create (&po));
+      DNNL_TRY (dnnl_post_ops_append_sum (po, 1.0f));
+      DNNL_TRY (dnnl_primitive_attr_create (&attr));
+      DNNL_TRY (dnnl_primitive_attr_set_post_ops (attr, po));
+    }
     DNNL_TRY (dnnl_reorder_primitive_desc_create (&rpd, prim_md, engine, user_md,
-            engine, NULL));
+            engine, attr));
+  }
   DNNL_TRY (dnnl_primitive_create (&p->reorder, rpd));
   dnnl_primitive_desc_destroy (rpd);
-  p->small = dnnl_memory_desc_get_size (user_md) / sizeof (gfloat) <= PAR_MIN;
+  if (attr)
+    dnnl_primitive_attr_destroy (attr);
+  if (po)
+    dnnl_post_ops_destroy (po);
+  p->small = dnnl_memory_desc_get_size (user_md) / sizeof (gfloat) <= PAR_MIN_REORDER;
   return TRUE;
 fail:
   if (rpd)
     dnnl_primitive_desc_destroy (rpd);
+  if (attr)
+    dnnl_primitive_attr_destroy (attr);
+  if (po)
+    dnnl_post_ops_destroy (po);
   return FALSE;
 }
 
@@ -651,7 +673,7 @@ conv_new_full (gboolean deconv, gint n, gint cin, gint h, gint w, gint cout, gin
     for (gint i = 0; i < N_PORTS; i++)
       if (!port_init (&c->ports[spec[i].port], engine, spec[i].user,
               spec[i].pd ? pd_md (spec[i].pd, spec[i].q) : spec[i].user,
-              spec[i].input, error))
+              spec[i].input, spec[i].port == W_DWEI, error))
         goto fail;
   }
   c->dw_tmp = g_new (gfloat, (gsize) cout * cin * k * k);
@@ -730,14 +752,18 @@ unet_cpu_conv_backward (UnetCpuConv *c, const gfloat *src, const gfloat *weight,
     const gint ids[4] = { DNNL_ARG_SRC, DNNL_ARG_DIFF_DST, DNNL_ARG_DIFF_WEIGHTS,
       DNNL_ARG_DIFF_BIAS
     };
-    const void *data[4] = { src, ddst, c->dw_tmp, c->db_tmp };
+    /* With a reorder from the primitive's layout, the reorder adds into dweight. */
+    const gboolean direct = c->ports[W_DWEI].reorder != NULL;
+    const void *data[4] = { src, ddst, direct ? dweight : c->dw_tmp, c->db_tmp };
     const gboolean input[4] = { TRUE, TRUE, FALSE, FALSE };
     if (!conv_run (c, c->bwd_weights, ports, ids, data, input, 4, error))
       return FALSE;
-  }
+    if (!direct) {
 #pragma omp parallel for schedule(static) if (nw > PAR_MIN)
-  for (gsize i = 0; i < nw; i++)
-    dweight[i] += c->dw_tmp[i];
+      for (gsize i = 0; i < nw; i++)
+        dweight[i] += c->dw_tmp[i];
+    }
+  }
   for (gint i = 0; i < c->cout; i++)
     dbias[i] += c->db_tmp[i];
   if (dsrc == NULL)
