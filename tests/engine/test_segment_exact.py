@@ -7,8 +7,10 @@ frame mirror-extended with numpy.pad(mode="reflect") to the smallest legal size
 (origin -border), cropped to the frame: max |diff| <= 1e-4 on probabilities.
 
 Same-padded batch-norm models: a tile covering the frame is the whole-frame pass
-(same 1e-4); with overlapping tiles blended by the Gaussian window the deviation from
-the whole-frame pass is measured and printed, and bounded loosely (see SAME_BOUND).
+(same 1e-4); overlapping tiles blended by the Gaussian window must equal a float64
+blend of the reference's per-tile passes (same 1e-4; placement, mirror extension and
+window as DESIGN.md/tiling.c state them), and their deviation from the whole-frame
+pass (the "no visible seams" measure, a property of the model) is printed.
 
 Fresh random models and frames every run; the seed is printed (set UNET_TEST_SEED to
 repeat a run).
@@ -33,11 +35,13 @@ import unet_ref  # noqa: E402
 # rounding near 1e-6, so a tiling error (misaligned grid, wrong mirror index, an
 # unowned pixel) shows up orders of magnitude above this.
 TOL = 1e-4
-# Gaussian blending is an approximation for same-padded nets (zero padding makes a
-# tile's border pixels differ from the whole-frame pass). Measured mean |diff| with
-# these random batch-norm models is ~1e-3; bound at 0.05 so only broken blending (a
-# hole, a wrong weight, a shifted tile: errors ~0.1..1) fails.
-SAME_BOUND_MEAN = 0.05
+# Gaussian blending is an approximation for same-padded nets: zero padding makes a
+# tile's border pixels differ from the whole-frame pass, by an amount that depends on
+# the random model (mean |diff| 0.004..0.034, max up to 0.49 over seeds 1-3). A bound
+# on that deviation could neither be derived nor catch a one-pixel seam (diluted in
+# the mean), so the blend is instead compared with an independent float64 blend of the
+# reference's own per-tile passes at TOL: the weights are float32 (relative error
+# ~6e-8), so that comparison is as tight as the valid-padding one.
 
 
 def out_size(cfg, s):
@@ -101,6 +105,43 @@ def reference(model, cfg, frame):
     x = np.repeat(x[None, None], cfg["in_channels"], axis=1)
     p = unet_ref.probabilities(model, x)[0]
     return p[:, :h, :w]
+
+
+def gaussian_window(n):
+    """tiling.c's window: sigma n/8 about the tile centre."""
+    d = (np.arange(n) - (n - 1) / 2.0) / (n / 8.0)
+    return np.exp(-0.5 * d * d)
+
+
+def blended_reference(model, cfg, frame, th, tw):
+    """Float64 Gaussian blend of per-tile passes, placed as tiling.c documents for
+    same padding: half-tile overlap on the 2^depth grid, the last tile mirror-extended
+    past the frame end. Returns ((K,H,W) probabilities, tile count)."""
+    h, w = frame.shape
+    step = 1 << cfg["depth"]
+
+    def axis(n, t):
+        if t >= n:
+            return [0]
+        stride = max(step, (t // 2) // step * step)
+        return [i * stride for i in range((n - t + stride - 1) // stride + 1)]
+
+    ys, xs = axis(h, th), axis(w, tw)
+    wy, wx = gaussian_window(th), gaussian_window(tw)
+    acc = np.zeros((cfg["classes"], h, w))
+    wsum = np.zeros((h, w))
+    for y0 in ys:
+        for x0 in xs:
+            iy = [mirror(i, h) for i in range(y0, y0 + th)]
+            ix = [mirror(i, w) for i in range(x0, x0 + tw)]
+            x = frame.astype(np.float64)[np.ix_(iy, ix)]
+            x = np.repeat(x[None, None], cfg["in_channels"], axis=1)
+            p = unet_ref.probabilities(model, x)[0]
+            y1, x1 = min(y0 + th, h), min(x0 + tw, w)
+            wt = np.outer(wy, wx)[:y1 - y0, :x1 - x0]
+            acc[:, y0:y1, x0:x1] += wt * p[:, :y1 - y0, :x1 - x0]
+            wsum[y0:y1, x0:x1] += wt
+    return acc / wsum, len(ys) * len(xs)
 
 
 def run_tool(tool, model_path, frame, specs, tmp, frames=1):
@@ -190,16 +231,17 @@ def main():
         ref = reference(model, cfg, frame)
         specs = [(512, 512, 1), (64, 64, 4), (32, 48, 2)]
         for spec, ((th, tw, nt), p) in zip(specs, run_tool(tool, mpath, frame, specs, tmp)):
-            d = np.abs(p.reshape(ref.shape) - ref)
-            if nt == 1:
-                ok = d.max() <= TOL
-            else:
-                ok = d.mean() <= SAME_BOUND_MEAN
-            print("same/bn frame %dx%d tile %dx%d tiles %d: max|diff| %.3e mean %.3e "
-                  "p99 %.3e %s" % (w, h, tw, th, nt, d.max(), d.mean(),
-                                   np.percentile(d, 99), "ok" if ok else "FAIL"))
+            p = p.reshape(ref.shape)
+            d = np.abs(p - ref)
+            blend, n_ref = blended_reference(model, cfg, frame, th, tw)
+            e = float(np.abs(p - blend).max())
+            ok = n_ref == nt and e <= TOL and (nt > 1 or d.max() <= TOL)
+            print("same/bn frame %dx%d tile %dx%d tiles %d (reference %d): max|diff| "
+                  "vs blended reference %.2e; vs whole frame max %.3e mean %.3e %s"
+                  % (w, h, tw, th, nt, n_ref, e, d.max(), d.mean(),
+                     "ok" if ok else "FAIL"))
             if not ok:
-                failures.append(("same", h, w, spec, float(d.max())))
+                failures.append(("same", h, w, spec, e))
 
     print("worst valid max|diff| %.2e (tolerance %.0e)" % (worst, TOL))
     if failures:
