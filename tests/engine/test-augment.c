@@ -235,6 +235,9 @@ test_rotation_isometry (void)
     /* bilinear of a ramp is exact up to float rounding (1e-4 of 120 px). */
     g_assert_cmpfloat_with_epsilon (hypot (x1 - x0, y1 - y0), 39.0, 1e-3);
     g_assert_cmpfloat_with_epsilon (hypot (x2 - x0, y2 - y0), 39.0, 1e-3);
+    /* dot of two 39 px edges (|a||b| = 1521): 0.1 is an angle of 7e-5 rad,
+     * ~10x the float32 rounding of coordinates near 120 px (ulp 7.6e-6,
+     * times 2 * 39 per product), far below any real shear. */
     g_assert_cmpfloat_with_epsilon ((x1 - x0) * (x2 - x0) + (y1 - y0) * (y2 - y0),
         0.0, 1e-1);
     max_angle_seen = MAX (max_angle_seen, fabs (atan2 (y1 - y0, x1 - x0)));
