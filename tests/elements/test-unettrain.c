@@ -385,6 +385,48 @@ GST_START_TEST (test_bad_model)
 
 GST_END_TEST;
 
+/* One stream ends without a single buffer: the other's buffers are dropped
+ * as unpaired and, at its EOS, an error says there is nothing to train on
+ * (within seconds; a hang fails on the timed pop). */
+GST_START_TEST (test_one_stream_empty)
+{
+  for (gint empty_mask = 0; empty_mask < 2; empty_mask++) {
+    GstElement *e = make_trainer (NULL, 10);
+    GstBus *bus = gst_bus_new ();
+    gst_element_set_bus (e, bus);
+    GstHarness *hi = gst_harness_new_with_element (e, "image", "src");
+    GstHarness *hm = gst_harness_new_with_element (e, "mask", NULL);
+    GstHarness *full = empty_mask ? hi : hm, *empty = empty_mask ? hm : hi;
+    gchar *c = caps_str ("GRAY8", W, H);
+    gst_harness_set_src_caps_str (full, c);
+    g_free (c);
+
+    fail_unless (gst_harness_push_event (empty, gst_event_new_eos ()));
+    for (guint i = 0; i < 2; i++)
+      gst_harness_push (full, frame (W, H, 1, i * GST_SECOND, i, !empty_mask));
+    fail_unless (gst_harness_push_event (full, gst_event_new_eos ()));
+
+    GstMessage *m = gst_bus_timed_pop_filtered (bus, 20 * GST_SECOND,
+        GST_MESSAGE_ERROR);
+    fail_unless (m != NULL, "no error with an empty %s stream",
+        empty_mask ? "mask" : "image");
+    GError *err = NULL;
+    gst_message_parse_error (m, &err, NULL);
+    fail_unless (strstr (err->message, "nothing to train") != NULL, "%s",
+        err->message);
+    g_error_free (err);
+    gst_message_unref (m);
+
+    gst_harness_teardown (hm);
+    gst_harness_teardown (hi);
+    gst_element_set_bus (e, NULL);
+    gst_object_unref (e);
+    gst_object_unref (bus);
+  }
+}
+
+GST_END_TEST;
+
 /* A bad output-model fails the state change up front (it used to show only
  * when the model was saved, after all the training); a model path that is a
  * directory is refused with the reason in the message. */
@@ -528,6 +570,7 @@ unettrain_suite (void)
   tcase_add_test (tc, test_format_mismatch);
   tcase_add_test (tc, test_bad_model);
   tcase_add_test (tc, test_bad_output_model);
+  tcase_add_test (tc, test_one_stream_empty);
   tcase_add_test (tc, test_interrupt_and_resume);
   suite_add_tcase (s, tc);
   return s;
