@@ -19,7 +19,12 @@ import re
 import signal
 import sys
 
-MSG = re.compile(r'^Got message #\d+ from element "([^"]*)" \(element\): ([\w-]+), (.*?);?\s*$')
+# gst-launch-1.0 -m prints a message's "Got message #N from element ..." prefix and its
+# structure in two writes, and progressreport prints from the streaming thread, so a
+# prefix can end up glued to another line: match the structure itself, wherever it is
+# (only the element named "seg" posts statistics).
+STATS = re.compile(r'unetsegment-stats, (.*?);?\s*$')
+PROGRESS = re.compile(r'(progress \(.*)$')
 FIELD = re.compile(r'([A-Za-z][\w-]*)=\(([\w]+)\)("(?:[^"\\]|\\.)*"|[^,]*)(?:,\s*|$)')
 CHATTER = re.compile(r'^(Got message #|Setting pipeline to|Pipeline is |New clock|'
                      r'Redistribute latency|Got EOS from|Execution ended after|'
@@ -32,16 +37,17 @@ def cmd_filter(stats_path):
     with open(stats_path, "w", newline="") as out:
         writer = None
         for line in sys.stdin:
-            m = MSG.match(line)
-            if m and m.group(1) == "seg" and m.group(2) == "unetsegment-stats":
-                fields = {k: v.strip('"') for k, _t, v in FIELD.findall(m.group(3))}
+            m = STATS.search(line)
+            p = PROGRESS.search(line)
+            if m:
+                fields = {k: v.strip('"') for k, _t, v in FIELD.findall(m.group(1))}
                 if writer is None:
                     writer = csv.DictWriter(out, fieldnames=list(fields))
                     writer.writeheader()
                 writer.writerow(fields)
                 out.flush()
-            elif line.startswith("progress ("):
-                print("  " + line.rstrip(), flush=True)
+            elif p:
+                print("  " + p.group(1).rstrip(), flush=True)
             elif not CHATTER.match(line):
                 sys.stdout.write(line)
                 sys.stdout.flush()
