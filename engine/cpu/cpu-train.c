@@ -589,7 +589,7 @@ conv_new_full (gboolean deconv, gint n, gint cin, gint h, gint w, gint cout, gin
     c->ow = (w + 2 * pad - k) / stride + 1;
   }
   if (n < 1 || cin < 1 || cout < 1 || h < 1 || w < 1 || c->oh < 1 || c->ow < 1
-      || h + 2 * pad < k || w + 2 * pad < k) {
+      || (!deconv && (h + 2 * pad < k || w + 2 * pad < k))) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
         "convolution %dx%d (pad %d) of a %dx%d input has no output", k, k, pad, w, h);
     goto fail;
@@ -808,7 +808,7 @@ typedef struct
 
 typedef struct
 {
-  gint batch, height, width;
+  gint batch, height, width, depth;
   Unit *units;                  /* enc.0.c1, enc.0.c2, ..., bottom, dec.D-1 .. dec.0, head */
   gint n_units;
   gfloat *input;                /* copy of the forward input */
@@ -850,7 +850,7 @@ plan_free (Plan *p)
     return;
   for (gint i = 0; i < p->n_units; i++)
     unet_cpu_conv_free (p->units[i].conv);
-  for (gint i = 0; p->up != NULL && i < p->n_units / 4; i++)
+  for (gint i = 0; p->up != NULL && i < p->depth; i++)
     unet_cpu_conv_free (p->up[i]);
   g_free (p->units);
   g_ptr_array_unref (p->allocs);
@@ -947,6 +947,7 @@ plan_new (UnetCpuTrain *tr, gint batch, gint height, gint width, GError **error)
   p->width = width;
   p->allocs = g_ptr_array_new_with_free_func (g_free);
   p->n_units = 4 * D + 3;
+  p->depth = D;
   p->units = g_new0 (Unit, p->n_units);
   p->up = g_new0 (UnetCpuConv *, D);
   p->upbuf = g_new0 (gfloat *, D);

@@ -139,6 +139,8 @@ case("depth 2 same no bn", mc(1, 4, 2, 5, "same"), 2, 12, 8, 5)
 # in oneDNN's blocked layouts (nChw16c, nChw8c) through pooling, batch norm and concat.
 case("depth 2 valid bn base 16", mc(1, 2, 2, 16, "valid", True), 2, 44, 44, 6)
 case("depth 2 valid base 8", mc(1, 2, 2, 8, "valid"), 1, 44, 60, 7)
+# A 1x1 bottom: the up-convolution's input is a single pixel.
+case("depth 3 same 1x1 bottom", mc(1, 2, 3, 2, "same"), 2, 8, 8, 8)
 
 if failures:
     print("\n".join(failures))
