@@ -605,9 +605,17 @@ conv_new_full (gboolean deconv, gint n, gint cin, gint h, gint w, gint cout, gin
     /* Let oneDNN pick the layouts its fastest kernels want; the activations are
      * kept in blocked layouts that these normally are, so the ports reorder only
      * the weights (and the odd activation whose layout the primitive won't take). */
-    DNNL_TRY (dnnl_memory_desc_init_by_tag (&sany, 4, sd, dnnl_f32, dnnl_format_tag_any));
+    /* Equally blocked activations are asked for as they are: with "any" AVX-512
+     * kernels would take 8 channels padded to 16 and every nChw8c tensor would be
+     * reordered twice, where the AVX2 kernels read nChw8c directly. (Between
+     * block sizes only the reference kernels take both; there "any" and a
+     * reorder win.) */
+    const gboolean fixed = src_bs == dst_bs && src_bs > 1;
+    DNNL_TRY (dnnl_memory_desc_init_by_tag (&sany, 4, sd, dnnl_f32,
+            fixed ? act_tag (src_bs) : dnnl_format_tag_any));
     DNNL_TRY (dnnl_memory_desc_init_by_tag (&wany, 4, wd, dnnl_f32, dnnl_format_tag_any));
-    DNNL_TRY (dnnl_memory_desc_init_by_tag (&dany, 4, dd, dnnl_f32, dnnl_format_tag_any));
+    DNNL_TRY (dnnl_memory_desc_init_by_tag (&dany, 4, dd, dnnl_f32,
+            fixed ? act_tag (dst_bs) : dnnl_format_tag_any));
   }
   if (relu) {
     DNNL_TRY (dnnl_post_ops_create (&po));
