@@ -242,57 +242,152 @@ unet_cpu_upconv2_backward (const gfloat *src, gint n, gint cin, gint h, gint w,
 #define BN_EPS 1e-5
 #define BN_MOMENTUM 0.1
 
-/* Channel block cb of a (n, c, hw) tensor in layout bs: per sample b the bs-wide
- * rows at x + ((b * c/bs + cb) * hw) * bs. relu: y = max(0, bn(x)). */
+/* Batch-norm statistics are sums over (n, hw) per channel, taken in tasks of one
+ * channel block, one sample and up to BN_CHUNK pixels (so even one block of 16
+ * channels spreads over all threads), each task's partial sums in double, then
+ * added in task order: the result does not depend on the number of threads.
+ * Element (b, channel cb·bs + j, pixel i) of a (n, c, hw) tensor in layout bs is at
+ * ((b · c/bs + cb) · hw + i) · bs + j. */
+#define BN_CHUNK 4096
+
+/* Task t: returns the offset of its first element; *cb its channel block, *len
+ * its pixels. */
+static gsize
+bn_task (gint t, gint n, gint ncb, gsize hw, gint bs, gint nchunk, gint *cb, gsize *len)
+{
+  const gint per = n * nchunk;
+  const gint r = t % per, b = r / nchunk, k = r % nchunk;
+  const gsize i0 = (gsize) k * BN_CHUNK;
+  *cb = t / per;
+  *len = MIN (hw - i0, BN_CHUNK);
+  return (((gsize) b * ncb + *cb) * hw + i0) * bs;
+}
+
+/* sums[ch] (and sums2[ch]) = the tasks' partial sums of channel ch, in task order. */
+static void
+bn_reduce (const gdouble *part, gint n, gint ncb, gint nchunk, gint bs, gint parts,
+    gdouble *sums, gdouble *sums2)
+{
+  const gint per = n * nchunk;
+  for (gint cb = 0; cb < ncb; cb++)
+    for (gint j = 0; j < bs; j++) {
+      gdouble s = 0.0, s2 = 0.0;
+      for (gint r = 0; r < per; r++) {
+        const gdouble *q = part + ((gsize) cb * per + r) * parts * 16;
+        s += q[j];
+        if (sums2 != NULL)
+          s2 += q[16 + j];
+      }
+      sums[cb * bs + j] = s;
+      if (sums2 != NULL)
+        sums2[cb * bs + j] = s2;
+    }
+}
+
+/* relu: y = max(0, bn(x)). */
 static void
 bn_forward_train (const gfloat *x, gint n, gint c, gsize hw, gint bs,
     const gfloat *gamma, const gfloat *beta, gfloat *y, gfloat *mean,
     gfloat *invstd, gfloat *running_mean, gfloat *running_var, gboolean relu)
 {
   const gdouble count = (gdouble) n * hw;
-  const gint ncb = c / bs;
+  const gint ncb = c / bs, nchunk = (gint) ((hw + BN_CHUNK - 1) / BN_CHUNK);
+  const gint ntask = ncb * n * nchunk;
+  const gsize total = (gsize) n * c * hw;
+  gdouble *part = g_new (gdouble, (gsize) ntask * 16);
+  gdouble *m = g_new (gdouble, c), *s2 = g_new (gdouble, c);
+  gfloat *scale = g_new (gfloat, c), *shift = g_new (gfloat, c);
   g_assert (bs <= 16);
-#pragma omp parallel for schedule(static) if ((gsize) n * c * hw > PAR_MIN)
-  for (gint cb = 0; cb < ncb; cb++) {
-    gdouble s[16] = { 0 }, s2[16] = { 0 }, m[16], scale[16], shift[16];
-    for (gint b = 0; b < n; b++) {
-      const gfloat *p = x + ((gsize) b * ncb + cb) * hw * bs;
-      for (gsize i = 0; i < hw; i++)
+
+  /* pass 1: sums -> mean */
+#pragma omp parallel for schedule(static) if (total > PAR_MIN)
+  for (gint t = 0; t < ntask; t++) {
+    gint cb;
+    gsize len, off = bn_task (t, n, ncb, hw, bs, nchunk, &cb, &len);
+    const gfloat *p = x + off;
+    gdouble acc[16] = { 0 };
+    if (bs == 1) {
+      gdouble a = 0.0;
+#pragma omp simd reduction(+:a)
+      for (gsize i = 0; i < len; i++)
+        a += p[i];
+      acc[0] = a;
+    } else {
+      for (gsize i = 0; i < len; i++)
+#pragma omp simd
         for (gint j = 0; j < bs; j++)
-          s[j] += p[i * bs + j];
+          acc[j] += p[i * bs + j];
     }
-    for (gint j = 0; j < bs; j++)
-      m[j] = s[j] / count;
-    for (gint b = 0; b < n; b++) {
-      const gfloat *p = x + ((gsize) b * ncb + cb) * hw * bs;
-      for (gsize i = 0; i < hw; i++)
+    memcpy (part + (gsize) t * 16, acc, sizeof acc);
+  }
+  bn_reduce (part, n, ncb, nchunk, bs, 1, m, NULL);
+  for (gint ch = 0; ch < c; ch++)
+    m[ch] /= count;
+  /* pass 2: centred sums of squares -> variance */
+#pragma omp parallel for schedule(static) if (total > PAR_MIN)
+  for (gint t = 0; t < ntask; t++) {
+    gint cb;
+    gsize len, off = bn_task (t, n, ncb, hw, bs, nchunk, &cb, &len);
+    const gfloat *p = x + off;
+    const gdouble *mm = m + cb * bs;
+    gdouble acc[16] = { 0 };
+    if (bs == 1) {
+      gdouble a = 0.0, m0 = mm[0];
+#pragma omp simd reduction(+:a)
+      for (gsize i = 0; i < len; i++)
+        a += (p[i] - m0) * (p[i] - m0);
+      acc[0] = a;
+    } else {
+      for (gsize i = 0; i < len; i++)
+#pragma omp simd
         for (gint j = 0; j < bs; j++)
-          s2[j] += (p[i * bs + j] - m[j]) * (p[i * bs + j] - m[j]);
+          acc[j] += (p[i * bs + j] - mm[j]) * (p[i * bs + j] - mm[j]);
     }
-    for (gint j = 0; j < bs; j++) {
-      gint ch = cb * bs + j;
-      gdouble var = s2[j] / count;
-      gdouble is = 1.0 / sqrt (var + BN_EPS);
-      mean[ch] = (gfloat) m[j];
-      invstd[ch] = (gfloat) is;
-      scale[j] = gamma[ch] * is;
-      shift[j] = beta[ch] - m[j] * scale[j];
-      if (running_mean != NULL) {
-        running_mean[ch] = (gfloat) ((1.0 - BN_MOMENTUM) * running_mean[ch] +
-            BN_MOMENTUM * m[j]);
-        running_var[ch] = (gfloat) ((1.0 - BN_MOMENTUM) * running_var[ch] +
-            BN_MOMENTUM * (count > 1 ? s2[j] / (count - 1) : var));
+    memcpy (part + (gsize) t * 16, acc, sizeof acc);
+  }
+  bn_reduce (part, n, ncb, nchunk, bs, 1, s2, NULL);
+  for (gint ch = 0; ch < c; ch++) {
+    gdouble var = s2[ch] / count;
+    gdouble is = 1.0 / sqrt (var + BN_EPS);
+    mean[ch] = (gfloat) m[ch];
+    invstd[ch] = (gfloat) is;
+    scale[ch] = (gfloat) (gamma[ch] * is);
+    shift[ch] = (gfloat) (beta[ch] - m[ch] * gamma[ch] * is);
+    if (running_mean != NULL) {
+      running_mean[ch] = (gfloat) ((1.0 - BN_MOMENTUM) * running_mean[ch] +
+          BN_MOMENTUM * m[ch]);
+      running_var[ch] = (gfloat) ((1.0 - BN_MOMENTUM) * running_var[ch] +
+          BN_MOMENTUM * (count > 1 ? s2[ch] / (count - 1) : var));
+    }
+  }
+  /* pass 3: y = x·scale + shift */
+#pragma omp parallel for schedule(static) if (total > PAR_MIN)
+  for (gint t = 0; t < ntask; t++) {
+    gint cb;
+    gsize len, off = bn_task (t, n, ncb, hw, bs, nchunk, &cb, &len);
+    const gfloat *p = x + off, *sc = scale + cb * bs, *sh = shift + cb * bs;
+    gfloat *q = y + off;
+    if (bs == 1) {
+      const gfloat sc0 = sc[0], sh0 = sh[0];
+#pragma omp simd
+      for (gsize i = 0; i < len; i++) {
+        gfloat v = p[i] * sc0 + sh0;
+        q[i] = relu && v < 0.0f ? 0.0f : v;
       }
-    }
-    for (gint b = 0; b < n; b++) {
-      const gsize o = ((gsize) b * ncb + cb) * hw * bs;
-      for (gsize i = 0; i < hw; i++)
+    } else {
+      for (gsize i = 0; i < len; i++)
+#pragma omp simd
         for (gint j = 0; j < bs; j++) {
-          gfloat v = (gfloat) (x[o + i * bs + j] * scale[j] + shift[j]);
-          y[o + i * bs + j] = relu && v < 0.0f ? 0.0f : v;
+          gfloat v = p[i * bs + j] * sc[j] + sh[j];
+          q[i * bs + j] = relu && v < 0.0f ? 0.0f : v;
         }
     }
   }
+  g_free (part);
+  g_free (m);
+  g_free (s2);
+  g_free (scale);
+  g_free (shift);
 }
 
 /* relu_out: the forward's post-ReLU output; dy counts only where it is > 0. */
@@ -302,42 +397,88 @@ bn_backward (const gfloat *x, const gfloat *dy, gint n, gint c, gsize hw, gint b
     const gfloat *relu_out, gfloat *dx, gfloat *dgamma, gfloat *dbeta)
 {
   const gdouble count = (gdouble) n * hw;
-  const gint ncb = c / bs;
+  const gint ncb = c / bs, nchunk = (gint) ((hw + BN_CHUNK - 1) / BN_CHUNK);
+  const gint ntask = ncb * n * nchunk;
+  const gsize total = (gsize) n * c * hw;
+  gdouble *part = g_new (gdouble, (gsize) ntask * 32);
+  gdouble *sdy = g_new (gdouble, c), *sdyx = g_new (gdouble, c);
+  gfloat *k1 = g_new (gfloat, c), *k2 = g_new (gfloat, c), *k3 = g_new (gfloat, c);
   g_assert (bs <= 16);
-#pragma omp parallel for schedule(static) if ((gsize) n * c * hw > PAR_MIN)
-  for (gint cb = 0; cb < ncb; cb++) {
-    gdouble m[16], is[16], sdy[16] = { 0 }, sdyx[16] = { 0 }, k[16];
-    for (gint j = 0; j < bs; j++) {
-      m[j] = mean[cb * bs + j];
-      is[j] = invstd[cb * bs + j];
-    }
-    for (gint b = 0; b < n; b++) {
-      const gsize o = ((gsize) b * ncb + cb) * hw * bs;
-      for (gsize i = 0; i < hw; i++)
+
+  /* pass 1: Σg and Σg·x̂ with g = dy masked by the ReLU */
+#pragma omp parallel for schedule(static) if (total > PAR_MIN)
+  for (gint t = 0; t < ntask; t++) {
+    gint cb;
+    gsize len, off = bn_task (t, n, ncb, hw, bs, nchunk, &cb, &len);
+    const gfloat *p = x + off, *d = dy + off;
+    const gfloat *a = relu_out != NULL ? relu_out + off : NULL;
+    gdouble acc[32] = { 0 };
+    if (bs == 1) {
+      const gfloat m0 = mean[cb], is0 = invstd[cb];
+      gdouble a1 = 0.0, a2 = 0.0;
+#pragma omp simd reduction(+:a1,a2)
+      for (gsize i = 0; i < len; i++) {
+        gfloat g = a != NULL && !(a[i] > 0.0f) ? 0.0f : d[i];
+        a1 += g;
+        a2 += (gdouble) g * ((p[i] - m0) * is0);
+      }
+      acc[0] = a1;
+      acc[16] = a2;
+    } else {
+      for (gsize i = 0; i < len; i++)
+#pragma omp simd
         for (gint j = 0; j < bs; j++) {
-          gsize e = o + i * bs + j;
-          gdouble g = relu_out != NULL && !(relu_out[e] > 0.0f) ? 0.0 : dy[e];
-          sdy[j] += g;
-          sdyx[j] += g * (x[e] - m[j]) * is[j];
+          gsize e = i * bs + j;
+          gfloat g = a != NULL && !(a[e] > 0.0f) ? 0.0f : d[e];
+          acc[j] += g;
+          acc[16 + j] += (gdouble) g * ((p[e] - mean[cb * bs + j]) * invstd[cb * bs + j]);
         }
     }
-    for (gint j = 0; j < bs; j++) {
-      dgamma[cb * bs + j] += (gfloat) sdyx[j];
-      dbeta[cb * bs + j] += (gfloat) sdy[j];
-      /* dx = g·is/N · (N dy - Σdy - x̂ Σ(dy x̂)) */
-      k[j] = gamma[cb * bs + j] * is[j] / count;
-    }
-    for (gint b = 0; b < n; b++) {
-      const gsize o = ((gsize) b * ncb + cb) * hw * bs;
-      for (gsize i = 0; i < hw; i++)
+    memcpy (part + (gsize) t * 32, acc, sizeof acc);
+  }
+  bn_reduce (part, n, ncb, nchunk, bs, 2, sdy, sdyx);
+  /* dx = g·is/N · (N g - Σg - x̂ Σ(g x̂)) = k1 g - k2 - k3 (x - m) */
+  for (gint ch = 0; ch < c; ch++) {
+    gdouble is = invstd[ch], k = gamma[ch] * is / count;
+    dgamma[ch] += (gfloat) sdyx[ch];
+    dbeta[ch] += (gfloat) sdy[ch];
+    k1[ch] = (gfloat) (k * count);
+    k2[ch] = (gfloat) (k * sdy[ch]);
+    k3[ch] = (gfloat) (k * sdyx[ch] * is);
+  }
+  /* pass 2 */
+#pragma omp parallel for schedule(static) if (total > PAR_MIN)
+  for (gint t = 0; t < ntask; t++) {
+    gint cb;
+    gsize len, off = bn_task (t, n, ncb, hw, bs, nchunk, &cb, &len);
+    const gfloat *p = x + off, *d = dy + off;
+    const gfloat *a = relu_out != NULL ? relu_out + off : NULL;
+    const gfloat *c1 = k1 + cb * bs, *c2 = k2 + cb * bs, *c3 = k3 + cb * bs;
+    const gfloat *mm = mean + cb * bs;
+    gfloat *q = dx + off;
+    if (bs == 1) {
+      const gfloat b1 = c1[0], b2 = c2[0], b3 = c3[0], m0 = mm[0];
+#pragma omp simd
+      for (gsize i = 0; i < len; i++) {
+        gfloat g = a != NULL && !(a[i] > 0.0f) ? 0.0f : d[i];
+        q[i] = b1 * g - b2 - b3 * (p[i] - m0);
+      }
+    } else {
+      for (gsize i = 0; i < len; i++)
+#pragma omp simd
         for (gint j = 0; j < bs; j++) {
-          gsize e = o + i * bs + j;
-          gdouble g = relu_out != NULL && !(relu_out[e] > 0.0f) ? 0.0 : dy[e];
-          gdouble xh = (x[e] - m[j]) * is[j];
-          dx[e] = (gfloat) (k[j] * (count * g - sdy[j] - xh * sdyx[j]));
+          gsize e = i * bs + j;
+          gfloat g = a != NULL && !(a[e] > 0.0f) ? 0.0f : d[e];
+          q[e] = c1[j] * g - c2[j] - c3[j] * (p[e] - mm[j]);
         }
     }
   }
+  g_free (part);
+  g_free (sdy);
+  g_free (sdyx);
+  g_free (k1);
+  g_free (k2);
+  g_free (k3);
 }
 
 void
