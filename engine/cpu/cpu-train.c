@@ -62,35 +62,36 @@ maxpool2_forward (const gfloat *src, gint n, gint c, gint h, gint w, gint bs,
 {
   const gint oh = h / 2, ow = w / 2, cb = c / bs;
 #pragma omp parallel for schedule(static) if ((gsize) n * c * h * w > PAR_MIN)
-  for (gint p = 0; p < n * cb; p++) {
+  for (gint q = 0; q < n * cb * oh; q++) {
+    /* rows of all channel blocks, so one block still spreads over the threads */
+    const gint p = q / oh, y = q % oh;
     const gfloat *s = src + (gsize) p * h * w * bs;
     gfloat *d = dst + (gsize) p * oh * ow * bs;
     guint8 *a = arg + (gsize) p * oh * ow * bs;
-    for (gint y = 0; y < oh; y++)
-      for (gint x = 0; x < ow; x++) {
-        const gfloat *r0 = s + ((gsize) (2 * y) * w + 2 * x) * bs, *r1 = r0 + (gsize) w * bs;
-        gfloat *dd = d + ((gsize) y * ow + x) * bs;
-        guint8 *aa = a + ((gsize) y * ow + x) * bs;
+    for (gint x = 0; x < ow; x++) {
+      const gfloat *r0 = s + ((gsize) (2 * y) * w + 2 * x) * bs, *r1 = r0 + (gsize) w * bs;
+      gfloat *dd = d + ((gsize) y * ow + x) * bs;
+      guint8 *aa = a + ((gsize) y * ow + x) * bs;
 #pragma omp simd
-        for (gint j = 0; j < bs; j++) {
-          gfloat v = r0[j];
-          guint8 best = 0;
-          if (r0[bs + j] > v) {
-            v = r0[bs + j];
-            best = 1;
-          }
-          if (r1[j] > v) {
-            v = r1[j];
-            best = 2;
-          }
-          if (r1[bs + j] > v) {
-            v = r1[bs + j];
-            best = 3;
-          }
-          dd[j] = v;
-          aa[j] = best;
+      for (gint j = 0; j < bs; j++) {
+        gfloat v = r0[j];
+        guint8 best = 0;
+        if (r0[bs + j] > v) {
+          v = r0[bs + j];
+          best = 1;
         }
+        if (r1[j] > v) {
+          v = r1[j];
+          best = 2;
+        }
+        if (r1[bs + j] > v) {
+          v = r1[bs + j];
+          best = 3;
+        }
+        dd[j] = v;
+        aa[j] = best;
       }
+    }
   }
 }
 
@@ -102,32 +103,32 @@ maxpool2_backward (const gfloat *ddst, const guint8 *arg, gint n, gint c, gint h
 {
   const gint oh = h / 2, ow = w / 2, cb = c / bs;
 #pragma omp parallel for schedule(static) if ((gsize) n * c * h * w > PAR_MIN)
-  for (gint p = 0; p < n * cb; p++) {
+  for (gint q = 0; q < n * cb * oh; q++) {
+    const gint p = q / oh, y = q % oh;
     const gfloat *d = ddst + (gsize) p * oh * ow * bs;
     const guint8 *a = arg + (gsize) p * oh * ow * bs;
     gfloat *s = dsrc + (gsize) p * h * w * bs;
-    for (gint y = 0; y < oh; y++)
-      for (gint x = 0; x < ow; x++) {
-        gfloat *r[4];
-        r[0] = s + ((gsize) (2 * y) * w + 2 * x) * bs;
-        r[1] = r[0] + bs;
-        r[2] = r[0] + (gsize) w * bs;
-        r[3] = r[2] + bs;
-        const gfloat *dd = d + ((gsize) y * ow + x) * bs;
-        const guint8 *aa = a + ((gsize) y * ow + x) * bs;
-        if (accumulate) {
-          for (gint j = 0; j < bs; j++)
-            r[aa[j]][j] += dd[j];
-        } else {
+    for (gint x = 0; x < ow; x++) {
+      gfloat *r[4];
+      r[0] = s + ((gsize) (2 * y) * w + 2 * x) * bs;
+      r[1] = r[0] + bs;
+      r[2] = r[0] + (gsize) w * bs;
+      r[3] = r[2] + bs;
+      const gfloat *dd = d + ((gsize) y * ow + x) * bs;
+      const guint8 *aa = a + ((gsize) y * ow + x) * bs;
+      if (accumulate) {
+        for (gint j = 0; j < bs; j++)
+          r[aa[j]][j] += dd[j];
+      } else {
 #pragma omp simd
-          for (gint j = 0; j < bs; j++) {
-            r[0][j] = aa[j] == 0 ? dd[j] : 0.0f;
-            r[1][j] = aa[j] == 1 ? dd[j] : 0.0f;
-            r[2][j] = aa[j] == 2 ? dd[j] : 0.0f;
-            r[3][j] = aa[j] == 3 ? dd[j] : 0.0f;
-          }
+        for (gint j = 0; j < bs; j++) {
+          r[0][j] = aa[j] == 0 ? dd[j] : 0.0f;
+          r[1][j] = aa[j] == 1 ? dd[j] : 0.0f;
+          r[2][j] = aa[j] == 2 ? dd[j] : 0.0f;
+          r[3][j] = aa[j] == 3 ? dd[j] : 0.0f;
         }
       }
+    }
   }
 }
 
@@ -1338,20 +1339,19 @@ crop_copy (gfloat *e, gint n, gint f, gint eh, gint ew, gint bs, gfloat *cat,
 {
   const gint y0 = (eh - uh) / 2, x0 = (ew - uw) / 2, fb = f / bs;
 #pragma omp parallel for schedule(static) if ((gsize) n * f * uh * uw > PAR_MIN)
-  for (gint p = 0; p < n * fb; p++) {
+  for (gint q = 0; q < n * fb * uh; q++) {
+    const gint p = q / uh, y = q % uh;
     gint b = p / fb, c = p % fb;
     gfloat *ep = e + (gsize) p * eh * ew * bs;
     gfloat *cp = cat + ((gsize) b * 2 * fb + c) * uh * uw * bs;
-    for (gint y = 0; y < uh; y++) {
-      gfloat *er = ep + ((gsize) (y + y0) * ew + x0) * bs;
-      gfloat *cr = cp + (gsize) y * uw * bs;
-      if (backward)
+    gfloat *er = ep + ((gsize) (y + y0) * ew + x0) * bs;
+    gfloat *cr = cp + (gsize) y * uw * bs;
+    if (backward)
 #pragma omp simd
-        for (gint x = 0; x < uw * bs; x++)
-          er[x] += cr[x];
-      else
-        memcpy (cr, er, sizeof (gfloat) * uw * bs);
-    }
+      for (gint x = 0; x < uw * bs; x++)
+        er[x] += cr[x];
+    else
+      memcpy (cr, er, sizeof (gfloat) * uw * bs);
   }
 }
 
