@@ -145,7 +145,7 @@ struct _GstTiffStackSink
   gboolean is_bigtiff;
   gboolean failed;
   GstTiffStackDiag diag;
-  GstTiffStackLayout vinfo;
+  GstUnetLayout vinfo;
   gboolean have_info;
   gdouble size_x_um, size_y_um, size_z_um;
   guint64 pages;
@@ -674,9 +674,9 @@ static gboolean
 gst_tiff_stack_sink_set_caps (GstBaseSink * bsink, GstCaps * caps)
 {
   GstTiffStackSink *self = GST_TIFF_STACK_SINK (bsink);
-  GstTiffStackLayout info;
+  GstUnetLayout info;
 
-  if (!gst_tiff_stack_layout_from_caps (&info, caps)) {
+  if (!gst_unet_layout_from_caps (&info, caps)) {
     GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
         ("Invalid caps for tiffstacksink."), ("%" GST_PTR_FORMAT, caps));
     return FALSE;
@@ -712,14 +712,14 @@ gst_tiff_stack_sink_event (GstBaseSink * bsink, GstEvent * event)
 /* ---- writing ------------------------------------------------------------- */
 
 static gboolean
-write_page (GstTiffStackSink * self, GstTiffStackFrame * frame)
+write_page (GstTiffStackSink * self, GstUnetFrame * frame)
 {
   static const guint16 codecs[] = { COMPRESSION_NONE, COMPRESSION_LZW,
     COMPRESSION_ADOBE_DEFLATE, COMPRESSION_ZSTD
   };
   TIFF *tif = self->tif;
-  const GstTiffStackLayout *info = &self->vinfo;
-  GstTiffStackFormat fmt = info->format;
+  const GstUnetLayout *info = &self->vinfo;
+  GstUnetFormat fmt = info->format;
   guint32 width = info->width;
   guint32 height = info->height;
   gsize pstride = info->bpp;
@@ -727,7 +727,7 @@ write_page (GstTiffStackSink * self, GstTiffStackFrame * frame)
   const guint8 *src = frame->data;
   gsize row_bytes = (gsize) width * pstride;
   gboolean compressed = self->cfg_compression != COMPRESS_NONE;
-  gboolean is_float = fmt == GST_TIFF_STACK_GRAY32F;
+  gboolean is_float = fmt == GST_UNET_FORMAT_GRAY32F;
   guint32 rps, row0, r, strip;
   gsize target;
   gboolean ok;
@@ -735,12 +735,12 @@ write_page (GstTiffStackSink * self, GstTiffStackFrame * frame)
   TIFFSetField (tif, TIFFTAG_IMAGEWIDTH, width);
   TIFFSetField (tif, TIFFTAG_IMAGELENGTH, height);
   TIFFSetField (tif, TIFFTAG_BITSPERSAMPLE,
-      fmt == GST_TIFF_STACK_RGB ? 8 : (guint) pstride * 8);
+      fmt == GST_UNET_FORMAT_RGB ? 8 : (guint) pstride * 8);
   TIFFSetField (tif, TIFFTAG_SAMPLESPERPIXEL,
-      fmt == GST_TIFF_STACK_RGB ? 3 : 1);
+      fmt == GST_UNET_FORMAT_RGB ? 3 : 1);
   TIFFSetField (tif, TIFFTAG_SAMPLEFORMAT,
       is_float ? SAMPLEFORMAT_IEEEFP : SAMPLEFORMAT_UINT);
-  TIFFSetField (tif, TIFFTAG_PHOTOMETRIC, fmt == GST_TIFF_STACK_RGB ?
+  TIFFSetField (tif, TIFFTAG_PHOTOMETRIC, fmt == GST_UNET_FORMAT_RGB ?
       PHOTOMETRIC_RGB : PHOTOMETRIC_MINISBLACK);
   TIFFSetField (tif, TIFFTAG_PLANARCONFIG, PLANARCONFIG_CONTIG);
   TIFFSetField (tif, TIFFTAG_COMPRESSION, codecs[self->cfg_compression]);
@@ -830,7 +830,7 @@ static GstFlowReturn
 gst_tiff_stack_sink_render (GstBaseSink * bsink, GstBuffer * buf)
 {
   GstTiffStackSink *self = GST_TIFF_STACK_SINK (bsink);
-  GstTiffStackFrame frame;
+  GstUnetFrame frame;
   gboolean ok;
 
   if (self->failed)
@@ -842,13 +842,13 @@ gst_tiff_stack_sink_render (GstBaseSink * bsink, GstBuffer * buf)
   }
   if (self->tif == NULL && !open_tiff (self))
     return GST_FLOW_ERROR;
-  if (!gst_tiff_stack_frame_map (&frame, &self->vinfo, buf, GST_MAP_READ)) {
+  if (!gst_unet_frame_map (&frame, &self->vinfo, buf, GST_MAP_READ)) {
     GST_ELEMENT_ERROR (self, STREAM, FAILED,
         ("Buffer of %" G_GSIZE_FORMAT " bytes is too small for the caps.",
             gst_buffer_get_size (buf)), (NULL));
     return GST_FLOW_ERROR;
   }
   ok = write_page (self, &frame);
-  gst_tiff_stack_frame_unmap (&frame);
+  gst_unet_frame_unmap (&frame);
   return ok ? GST_FLOW_OK : GST_FLOW_ERROR;
 }

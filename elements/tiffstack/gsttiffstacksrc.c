@@ -105,7 +105,7 @@ typedef struct
   guint16 bps, spp, sample_format, planar, photometric, compression;
   gboolean tiled;
   guint32 tile_w, tile_h, rows_per_strip;
-  GstTiffStackFormat format;
+  GstUnetFormat format;
   gboolean flip_sign;           /* signed -> unsigned by adding 2^(bits-1) */
   gboolean f64;                 /* doubles narrowed to float */
   gboolean separate;            /* planar RGB: one plane per sample */
@@ -144,7 +144,7 @@ struct _GstTiffStackSrc
   guint cur_dir;                /* directory libtiff holds, G_MAXUINT if none */
   GArray *dir_offsets;          /* guint64 file offset of each page's IFD */
   PageLayout layout;            /* layout of cur_dir */
-  GstTiffStackLayout vinfo;     /* caps we offer / negotiated */
+  GstUnetLayout vinfo;     /* caps we offer / negotiated */
   gboolean have_info;
   gboolean tags_sent;
   guint8 *scratch;
@@ -175,7 +175,7 @@ static gboolean gst_tiff_stack_src_do_seek (GstBaseSrc * bsrc,
 static gboolean gst_tiff_stack_src_query (GstBaseSrc * bsrc, GstQuery * query);
 static GstFlowReturn gst_tiff_stack_src_create (GstPushSrc * psrc,
     GstBuffer ** buf);
-static gboolean read_page (GstTiffStackSrc * self, GstTiffStackFrame * frame,
+static gboolean read_page (GstTiffStackSrc * self, GstUnetFrame * frame,
     guint64 page);
 
 static void
@@ -423,11 +423,11 @@ page_layout (GstTiffStackSrc * self, PageLayout * L, gchar ** why)
 {
   TIFF *tif = self->tif;
   guint64 scanline, raw_page, out_size;
-  GstTiffStackLayout info = { 0, };
+  GstUnetLayout info = { 0, };
   guint16 v16;
 
   memset (L, 0, sizeof (*L));
-  L->format = GST_TIFF_STACK_UNKNOWN;
+  L->format = GST_UNET_FORMAT_UNKNOWN;
   if (!TIFFGetField (tif, TIFFTAG_IMAGEWIDTH, &L->width)
       || !TIFFGetField (tif, TIFFTAG_IMAGELENGTH, &L->height)
       || L->width == 0 || L->height == 0) {
@@ -474,9 +474,9 @@ page_layout (GstTiffStackSrc * self, PageLayout * L, gchar ** why)
     switch (L->sample_format) {
       case SAMPLEFORMAT_IEEEFP:
         if (L->bps == 32)
-          L->format = GST_TIFF_STACK_GRAY32F;
+          L->format = GST_UNET_FORMAT_GRAY32F;
         else if (L->bps == 64) {
-          L->format = GST_TIFF_STACK_GRAY32F;
+          L->format = GST_UNET_FORMAT_GRAY32F;
           L->f64 = TRUE;
         }
         break;
@@ -486,14 +486,14 @@ page_layout (GstTiffStackSrc * self, PageLayout * L, gchar ** why)
       case SAMPLEFORMAT_UINT:
       case SAMPLEFORMAT_VOID:
         if (L->bps == 8)
-          L->format = GST_TIFF_STACK_GRAY8;
+          L->format = GST_UNET_FORMAT_GRAY8;
         else if (L->bps == 16)
-          L->format = GST_TIFF_STACK_GRAY16_LE;
+          L->format = GST_UNET_FORMAT_GRAY16_LE;
         break;
       default:
         break;
     }
-    if (L->format == GST_TIFF_STACK_UNKNOWN) {
+    if (L->format == GST_UNET_FORMAT_UNKNOWN) {
       *why = g_strdup_printf ("%u-bit %s samples are not supported (8/16-bit "
           "integer and 32/64-bit float are)", L->bps,
           L->sample_format == SAMPLEFORMAT_IEEEFP ? "float" :
@@ -504,7 +504,7 @@ page_layout (GstTiffStackSrc * self, PageLayout * L, gchar ** why)
   } else if (L->spp == 3 && L->photometric == PHOTOMETRIC_RGB && L->bps == 8
       && (L->sample_format == SAMPLEFORMAT_UINT
           || L->sample_format == SAMPLEFORMAT_VOID)) {
-    L->format = GST_TIFF_STACK_RGB;
+    L->format = GST_UNET_FORMAT_RGB;
     L->separate = L->planar == PLANARCONFIG_SEPARATE;
   } else {
     *why = g_strdup_printf ("%u samples of %u bits per pixel (photometric %u) "
@@ -541,7 +541,7 @@ page_layout (GstTiffStackSrc * self, PageLayout * L, gchar ** why)
     *why = g_strdup_printf ("absurd page size %u x %u", L->width, L->height);
     return FALSE;
   }
-  if (!gst_tiff_stack_layout_set (&info, L->format, L->width, L->height)) {
+  if (!gst_unet_layout_set (&info, L->format, L->width, L->height)) {
     *why = g_strdup_printf ("absurd page size %u x %u", L->width, L->height);
     return FALSE;
   }
@@ -565,7 +565,7 @@ page_layout (GstTiffStackSrc * self, PageLayout * L, gchar ** why)
 
 static gboolean
 layout_info (GstTiffStackSrc * self, const PageLayout * L,
-    GstTiffStackLayout * info)
+    GstUnetLayout * info)
 {
   memset (info, 0, sizeof (*info));
   info->fps_n = self->cfg_fps_n;
@@ -581,7 +581,7 @@ layout_info (GstTiffStackSrc * self, const PageLayout * L,
       info->par_d = d;
     }
   }
-  return gst_tiff_stack_layout_set (info, L->format, L->width, L->height);
+  return gst_unet_layout_set (info, L->format, L->width, L->height);
 }
 
 /* Makes @page libtiff's current directory and reads its layout. */
@@ -745,7 +745,7 @@ downstream_accepts_first_page (GstTiffStackSrc * self)
 
   if (!gst_pad_is_linked (pad))
     return TRUE;
-  caps = gst_tiff_stack_layout_to_caps (&self->vinfo);
+  caps = gst_unet_layout_to_caps (&self->vinfo);
   peer_caps = gst_pad_peer_query_caps (pad, caps);
   ok = !gst_caps_is_empty (peer_caps);
   gst_caps_unref (peer_caps);
@@ -755,7 +755,7 @@ downstream_accepts_first_page (GstTiffStackSrc * self)
         ("\"%s\" holds %ux%u %s frames and downstream does not accept that "
             "format or size.", self->path, self->layout.width,
             self->layout.height,
-            gst_tiff_stack_format_name (self->layout.format)),
+            gst_unet_format_name (self->layout.format)),
         ("offered caps: %s", desc));
     g_free (desc);
   }
@@ -936,7 +936,7 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
     goto fail;
   }
   {
-    GstTiffStackFrame frame = { NULL, };
+    GstUnetFrame frame = { NULL, };
     frame.data = self->prefetch;
     frame.stride = self->vinfo.stride;
     if (!read_page (self, &frame, self->cur_dir))
@@ -965,7 +965,7 @@ gst_tiff_stack_src_get_caps (GstBaseSrc * bsrc, GstCaps * filter)
 
   GST_OBJECT_LOCK (self);
   if (self->have_info)
-    caps = gst_tiff_stack_layout_to_caps (&self->vinfo);
+    caps = gst_unet_layout_to_caps (&self->vinfo);
   else
     caps = gst_pad_get_pad_template_caps (GST_BASE_SRC_PAD (bsrc));
   GST_OBJECT_UNLOCK (self);
@@ -985,7 +985,7 @@ static gboolean
 gst_tiff_stack_src_decide_allocation (GstBaseSrc * bsrc, GstQuery * query)
 {
   GstTiffStackSrc *self = GST_TIFF_STACK_SRC (bsrc);
-  GstTiffStackLayout layout;
+  GstUnetLayout layout;
   GstAllocationParams params;
   GstAllocator *allocator = NULL;
   GstBufferPool *pool;
@@ -993,7 +993,7 @@ gst_tiff_stack_src_decide_allocation (GstBaseSrc * bsrc, GstQuery * query)
   GstCaps *caps;
 
   gst_query_parse_allocation (query, &caps, NULL);
-  if (caps == NULL || !gst_tiff_stack_layout_from_caps (&layout, caps))
+  if (caps == NULL || !gst_unet_layout_from_caps (&layout, caps))
     return FALSE;
 
   if (gst_query_get_n_allocation_params (query) > 0)
@@ -1220,7 +1220,7 @@ read_contiguous (GstTiffStackSrc * self, guint8 * dst)
 }
 
 static gboolean
-read_page (GstTiffStackSrc * self, GstTiffStackFrame * frame, guint64 page)
+read_page (GstTiffStackSrc * self, GstUnetFrame * frame, guint64 page)
 {
   const PageLayout *L = &self->layout;
   TIFF *tif = self->tif;
@@ -1306,8 +1306,8 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
   GstTiffStackSrc *self = GST_TIFF_STACK_SRC (psrc);
   GstBaseSrc *bsrc = GST_BASE_SRC (psrc);
   GstBuffer *buf = NULL;
-  GstTiffStackFrame frame;
-  GstTiffStackLayout info;
+  GstUnetFrame frame;
+  GstUnetLayout info;
   GstClockTime pts, stop;
   GstFlowReturn ret;
   guint64 k = self->next_frame, page;
@@ -1338,10 +1338,10 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
     post_page_error (self, page, "unsupported page size");
     return GST_FLOW_ERROR;
   }
-  if (!gst_tiff_stack_layout_equal (&info, &self->vinfo)) {
+  if (!gst_unet_layout_equal (&info, &self->vinfo)) {
     GST_INFO_OBJECT (self, "page %" G_GUINT64_FORMAT " is %ux%u %s: "
         "renegotiating", page, self->layout.width, self->layout.height,
-        gst_tiff_stack_format_name (self->layout.format));
+        gst_unet_format_name (self->layout.format));
     GST_OBJECT_LOCK (self);
     self->vinfo = info;
     GST_OBJECT_UNLOCK (self);
@@ -1350,7 +1350,7 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
           ("Page %" G_GUINT64_FORMAT " of \"%s\" is %ux%u %s and downstream "
               "does not accept that.", page, self->path, self->layout.width,
               self->layout.height,
-              gst_tiff_stack_format_name (self->layout.format)), (NULL));
+              gst_unet_format_name (self->layout.format)), (NULL));
       return GST_FLOW_NOT_NEGOTIATED;
     }
   }
@@ -1374,7 +1374,7 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
       self->vinfo.size, &buf);
   if (ret != GST_FLOW_OK)
     return ret;
-  if (!gst_tiff_stack_frame_map (&frame, &self->vinfo, buf, GST_MAP_WRITE)) {
+  if (!gst_unet_frame_map (&frame, &self->vinfo, buf, GST_MAP_WRITE)) {
     gst_buffer_unref (buf);
     GST_ELEMENT_ERROR (self, RESOURCE, FAILED,
         ("Could not map an output buffer."), (NULL));
@@ -1387,12 +1387,12 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
       memcpy (frame.data + r * frame.stride,
           self->prefetch + r * self->vinfo.stride, row);
   } else if (!read_page (self, &frame, page)) {
-    gst_tiff_stack_frame_unmap (&frame);
+    gst_unet_frame_unmap (&frame);
     gst_buffer_unref (buf);
     return GST_FLOW_ERROR;
   }
   g_clear_pointer (&self->prefetch, g_free);
-  gst_tiff_stack_frame_unmap (&frame);
+  gst_unet_frame_unmap (&frame);
 
   GST_BUFFER_PTS (buf) = pts;
   GST_BUFFER_DTS (buf) = GST_CLOCK_TIME_NONE;

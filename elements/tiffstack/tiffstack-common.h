@@ -10,6 +10,7 @@
 
 #include <gst/gst.h>
 #include <gst/video/video.h>
+#include "gstunetcaps.h"
 #include <tiffio.h>
 
 G_BEGIN_DECLS
@@ -68,53 +69,9 @@ GstTagList *gst_tiff_stack_meta_to_tags (const GstTiffStackMeta * meta);
  * "inch", ...); FALSE when the unit is unknown or not a length. */
 gboolean gst_tiff_stack_unit_to_um (const gchar * unit, gdouble * um_per_unit);
 
-/* Frame formats. GStreamer 1.22's GstVideoFormat has no GRAY32F, so, like the
- * unet elements, frames are described by caps fields parsed here: one plane,
- * rows at the default stride (width × bytes per pixel rounded up to 4) unless a
- * GstVideoMeta on the buffer gives another stride. */
-typedef enum
-{
-  GST_TIFF_STACK_GRAY8,
-  GST_TIFF_STACK_GRAY16_LE,
-  GST_TIFF_STACK_GRAY32F,
-  GST_TIFF_STACK_RGB,
-  GST_TIFF_STACK_UNKNOWN,
-} GstTiffStackFormat;
-
+/* Frame formats (parsed with the shared gstunetcaps helpers). */
 #define GST_TIFF_STACK_CAPS \
   GST_VIDEO_CAPS_MAKE ("{ GRAY8, GRAY16_LE, GRAY32F, RGB }")
-
-typedef struct
-{
-  GstTiffStackFormat format;
-  guint32 width, height;
-  guint bpp;                    /* bytes per pixel */
-  gsize stride, size;           /* default stride and frame size */
-  gint fps_n, fps_d, par_n, par_d;
-} GstTiffStackLayout;
-
-const gchar *gst_tiff_stack_format_name (GstTiffStackFormat format);
-/* FALSE when the frame would not fit in memory sizes (absurd dimensions). */
-gboolean gst_tiff_stack_layout_set (GstTiffStackLayout * layout,
-    GstTiffStackFormat format, guint32 width, guint32 height);
-gboolean gst_tiff_stack_layout_from_caps (GstTiffStackLayout * layout,
-    const GstCaps * caps);
-GstCaps *gst_tiff_stack_layout_to_caps (const GstTiffStackLayout * layout);
-gboolean gst_tiff_stack_layout_equal (const GstTiffStackLayout * a,
-    const GstTiffStackLayout * b);
-
-typedef struct
-{
-  GstBuffer *buf;
-  GstMapInfo map;
-  guint8 *data;                 /* first row */
-  gsize stride;
-} GstTiffStackFrame;
-
-/* Maps @buf as a frame of @layout, honouring a GstVideoMeta stride/offset. */
-gboolean gst_tiff_stack_frame_map (GstTiffStackFrame * frame,
-    const GstTiffStackLayout * layout, GstBuffer * buf, GstMapFlags flags);
-void gst_tiff_stack_frame_unmap (GstTiffStackFrame * frame);
 
 G_END_DECLS
 

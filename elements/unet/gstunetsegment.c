@@ -66,6 +66,7 @@
 
 #include "gstunetsegment.h"
 #include "gstunetenums.h"
+#include "gstunetcaps.h"
 #include "unet.h"
 
 #include <gio/gio.h>
@@ -156,98 +157,6 @@ static GstStaticPadTemplate sink_template = GST_STATIC_PAD_TEMPLATE ("sink",
 static GstStaticPadTemplate src_template = GST_STATIC_PAD_TEMPLATE ("src",
     GST_PAD_SRC, GST_PAD_ALWAYS, GST_STATIC_CAPS (SRC_CAPS));
 
-/* Frame layout from caps. GStreamer 1.22's GstVideoFormat has no GRAY32F, so the
- * element parses caps itself: one plane, rows GStreamer's default stride (rounded
- * up to 4 bytes) unless a GstVideoMeta on the buffer says otherwise. */
-typedef enum
-{
-  FMT_GRAY8,
-  FMT_GRAY16_LE,
-  FMT_GRAY32F,
-  FMT_RGBA,
-} FrameFormat;
-
-typedef struct
-{
-  FrameFormat format;
-  gint width, height, bpp;
-  gsize stride, size;
-} FrameLayout;
-
-static gboolean
-layout_from_caps (FrameLayout * l, GstCaps * caps)
-{
-  GstStructure *s;
-  const gchar *f;
-
-  if (!gst_caps_is_fixed (caps))
-    return FALSE;
-  s = gst_caps_get_structure (caps, 0);
-  f = gst_structure_get_string (s, "format");
-  if (!f || !gst_structure_get_int (s, "width", &l->width)
-      || !gst_structure_get_int (s, "height", &l->height)
-      || l->width < 1 || l->height < 1)
-    return FALSE;
-  if (!strcmp (f, "GRAY8")) {
-    l->format = FMT_GRAY8;
-    l->bpp = 1;
-  } else if (!strcmp (f, "GRAY16_LE")) {
-    l->format = FMT_GRAY16_LE;
-    l->bpp = 2;
-  } else if (!strcmp (f, "GRAY32F")) {
-    l->format = FMT_GRAY32F;
-    l->bpp = 4;
-  } else if (!strcmp (f, "RGBA")) {
-    l->format = FMT_RGBA;
-    l->bpp = 4;
-  } else {
-    return FALSE;
-  }
-  if ((guint64) l->width * l->bpp > G_MAXINT / 2)
-    return FALSE;
-  l->stride = GST_ROUND_UP_4 ((gsize) l->width * l->bpp);
-  l->size = l->stride * l->height;
-  return TRUE;
-}
-
-/* A mapped frame: plane pointer and stride (from the video meta if any). */
-typedef struct
-{
-  GstMapInfo map;
-  GstBuffer *buf;
-  guint8 *data;
-  gsize stride;
-} MappedFrame;
-
-static gboolean
-frame_map (MappedFrame * m, const FrameLayout * l, GstBuffer * buf,
-    GstMapFlags flags)
-{
-  GstVideoMeta *meta = gst_buffer_get_video_meta (buf);
-  gsize offset = 0, row = (gsize) l->width * l->bpp;
-
-  m->stride = l->stride;
-  if (meta && meta->n_planes >= 1) {
-    offset = meta->offset[0];
-    m->stride = meta->stride[0];
-  }
-  if (m->stride < row || !gst_buffer_map (buf, &m->map, flags))
-    return FALSE;
-  if (offset + m->stride * (l->height - 1) + row > m->map.size) {
-    gst_buffer_unmap (buf, &m->map);
-    return FALSE;
-  }
-  m->buf = buf;
-  m->data = m->map.data + offset;
-  return TRUE;
-}
-
-static void
-frame_unmap (MappedFrame * m)
-{
-  gst_buffer_unmap (m->buf, &m->map);
-}
-
 /* A finished frame waiting to be pushed. */
 typedef struct
 {
@@ -298,7 +207,7 @@ struct _GstUnetSegment
   GstUnetSegmentOutput active_output;
   guint active_probability_class;
   gboolean active_post_messages;
-  FrameLayout in_layout, out_layout;
+  GstUnetLayout in_layout, out_layout;
   gboolean live;
   GQueue inflight;              /* GstBuffer*, pushed to seg, in push order */
   GQueue ready;                 /* ReadyFrame*, finished, in push order */
@@ -1271,8 +1180,12 @@ gst_unet_segment_set_caps (GstBaseTransform * trans, GstCaps * incaps,
   GstUnetSegment *self = GST_UNET_SEGMENT (trans);
   GstQuery *q;
 
-  if (!layout_from_caps (&self->in_layout, incaps)
-      || !layout_from_caps (&self->out_layout, outcaps)) {
+  /* Rows are also bounded to G_MAXINT / 2 bytes for the engine's strides. */
+  if (!gst_unet_layout_from_caps (&self->in_layout, incaps)
+      || !gst_unet_layout_from_caps (&self->out_layout, outcaps)
+      || (guint64) self->in_layout.width * self->in_layout.bpp > G_MAXINT / 2
+      || (guint64) self->out_layout.width * self->out_layout.bpp >
+      G_MAXINT / 2) {
     GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
         ("Invalid caps: %" GST_PTR_FORMAT " -> %" GST_PTR_FORMAT, incaps,
             outcaps), (NULL));
@@ -1392,12 +1305,12 @@ gst_unet_segment_stop (GstBaseTransform * trans)
 /* ------------------------------------------------------------ streaming -- */
 
 static UnetPixelFormat
-pixel_format (FrameFormat f)
+pixel_format (GstUnetFormat f)
 {
   switch (f) {
-    case FMT_GRAY16_LE:
+    case GST_UNET_FORMAT_GRAY16_LE:
       return UNET_PIXEL_U16;
-    case FMT_GRAY32F:
+    case GST_UNET_FORMAT_GRAY32F:
       return UNET_PIXEL_F32;
     default:
       return UNET_PIXEL_U8;
@@ -1449,7 +1362,7 @@ gst_unet_segment_submit_input_buffer (GstBaseTransform * trans,
   GstUnetSegment *self = GST_UNET_SEGMENT (trans);
   GstFlowReturn ret;
   GstBuffer *buf;
-  MappedFrame vf;
+  GstUnetFrame vf;
   GError *err = NULL;
   gboolean ok;
 
@@ -1465,7 +1378,7 @@ gst_unet_segment_submit_input_buffer (GstBaseTransform * trans,
 
   if (!maybe_swap_model (self, &err))
     goto failed;
-  if (!frame_map (&vf, &self->in_layout, buf, GST_MAP_READ)) {
+  if (!gst_unet_frame_map (&vf, &self->in_layout, buf, GST_MAP_READ)) {
     gst_buffer_unref (buf);
     GST_ELEMENT_ERROR (self, STREAM, FAILED,
         ("Input buffer is smaller than its caps say."), (NULL));
@@ -1474,7 +1387,7 @@ gst_unet_segment_submit_input_buffer (GstBaseTransform * trans,
   ok = unet_segmenter_push (self->seg, pixel_format (self->in_layout.format),
       vf.data, self->in_layout.width, self->in_layout.height, vf.stride, NULL,
       &err);
-  frame_unmap (&vf);
+  gst_unet_frame_unmap (&vf);
   if (ok)
     g_queue_push_tail (&self->inflight, buf);
   else
@@ -1503,18 +1416,18 @@ static const guint8 class_colours[][3] = {
 
 /* RGBA: input stretched to 0..255 by its min/max, classes blended in colour. */
 static void
-fill_overlay (const FrameLayout * il, MappedFrame * in, MappedFrame * out,
-    const guint8 * labels, gdouble alpha)
+fill_overlay (const GstUnetLayout * il, GstUnetFrame * in,
+    GstUnetFrame * out, const guint8 * labels, gdouble alpha)
 {
   gint w = il->width, h = il->height, x, y;
-  FrameFormat f = il->format;
+  GstUnetFormat f = il->format;
   gsize istride = in->stride, ostride = out->stride;
   const guint8 *ip = in->data;
   guint8 *op = out->data;
   gdouble lo = G_MAXDOUBLE, hi = -G_MAXDOUBLE, scale;
 
-#define PIX(row, x) (f == FMT_GRAY8 ? (gdouble) (row)[x] : \
-    f == FMT_GRAY16_LE ? (gdouble) ((const guint16 *) (row))[x] : \
+#define PIX(row, x) (f == GST_UNET_FORMAT_GRAY8 ? (gdouble) (row)[x] : \
+    f == GST_UNET_FORMAT_GRAY16_LE ? (gdouble) ((const guint16 *) (row))[x] : \
     (gdouble) ((const gfloat *) (row))[x])
   for (y = 0; y < h; y++) {
     const guint8 *row = ip + (gsize) y * istride;
@@ -1607,7 +1520,7 @@ gst_unet_segment_generate_output (GstBaseTransform * trans,
   GstUnetSegment *self = GST_UNET_SEGMENT (trans);
   ReadyFrame *rf = g_queue_pop_head (&self->ready);
   UnetSegmentResult *r;
-  MappedFrame of, inf;
+  GstUnetFrame of, inf;
   GstBuffer *out;
   GstClockTime proc;
   gdouble alpha;
@@ -1619,7 +1532,8 @@ gst_unet_segment_generate_output (GstBaseTransform * trans,
   r = rf->result;
   w = r->width;
   h = r->height;
-  if (w != self->out_layout.width || h != self->out_layout.height) {
+  if (w != (gint) self->out_layout.width
+      || h != (gint) self->out_layout.height) {
     ready_frame_free (rf);
     GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
         ("Frame size %dx%d does not match the output caps.", w, h), (NULL));
@@ -1627,7 +1541,7 @@ gst_unet_segment_generate_output (GstBaseTransform * trans,
   }
   out = gst_buffer_new_allocate (NULL, self->out_layout.size, NULL);
   gst_buffer_copy_into (out, rf->inbuf, GST_BUFFER_COPY_METADATA, 0, -1);
-  if (!frame_map (&of, &self->out_layout, out, GST_MAP_WRITE)) {
+  if (!gst_unet_frame_map (&of, &self->out_layout, out, GST_MAP_WRITE)) {
     gst_buffer_unref (out);
     ready_frame_free (rf);
     GST_ELEMENT_ERROR (self, STREAM, FAILED, ("Could not map the output."),
@@ -1654,13 +1568,14 @@ gst_unet_segment_generate_output (GstBaseTransform * trans,
       GST_OBJECT_LOCK (self);
       alpha = self->overlay_alpha;
       GST_OBJECT_UNLOCK (self);
-      if (frame_map (&inf, &self->in_layout, rf->inbuf, GST_MAP_READ)) {
+      if (gst_unet_frame_map (&inf, &self->in_layout, rf->inbuf,
+              GST_MAP_READ)) {
         fill_overlay (&self->in_layout, &inf, &of, r->labels, alpha);
-        frame_unmap (&inf);
+        gst_unet_frame_unmap (&inf);
       }
       break;
   }
-  frame_unmap (&of);
+  gst_unet_frame_unmap (&of);
 
   proc = (GstClockTime) (r->stats.time_total * GST_SECOND);
   GST_LOG_OBJECT (self, "frame %" G_GUINT64_FORMAT ": %d tiles, normalize %.2f "

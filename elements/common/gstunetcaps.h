@@ -1,0 +1,78 @@
+/* gst-unet — raw video caps and frames shared by the gst-unet elements
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * GStreamer 1.22's GstVideoFormat has no GRAY32F, so the elements cannot use
+ * GstVideoInfo / GstVideoFrame and parse `video/x-raw` caps themselves. Frames
+ * have one plane whose rows are at the default stride (width × bytes per pixel
+ * rounded up to 4, as GStreamer's) unless a GstVideoMeta on the buffer gives
+ * another stride or offset. Each element still declares its own pad template
+ * caps; these helpers only parse and map.
+ */
+#ifndef __GST_UNET_CAPS_H__
+#define __GST_UNET_CAPS_H__
+
+#include <gst/gst.h>
+#include <gst/video/video.h>
+
+G_BEGIN_DECLS
+
+typedef enum
+{
+  GST_UNET_FORMAT_GRAY8,
+  GST_UNET_FORMAT_GRAY16_LE,
+  GST_UNET_FORMAT_GRAY32F,
+  GST_UNET_FORMAT_RGB,
+  GST_UNET_FORMAT_RGBA,
+  GST_UNET_FORMAT_UNKNOWN,
+} GstUnetFormat;
+
+typedef struct
+{
+  GstUnetFormat format;
+  guint32 width, height;
+  guint bpp;                    /* bytes per pixel */
+  gsize stride, size;           /* default stride and frame size */
+  gint fps_n, fps_d, par_n, par_d;
+} GstUnetLayout;
+
+/* The caps name of @format ("unknown" for GST_UNET_FORMAT_UNKNOWN). */
+const gchar *gst_unet_format_name (GstUnetFormat format);
+/* GST_UNET_FORMAT_UNKNOWN when @name is NULL or not in the table. */
+GstUnetFormat gst_unet_format_from_name (const gchar * name);
+/* Bytes per pixel; 0 for GST_UNET_FORMAT_UNKNOWN. */
+guint gst_unet_format_bpp (GstUnetFormat format);
+/* Row stride GStreamer uses for a packed plane: @width × @bpp rounded up to 4. */
+guint64 gst_unet_default_stride (guint64 width, guint bpp);
+
+/* Sets format, size, bpp, default stride and frame size (a frame rate or pixel
+ * aspect ratio left at 0 becomes 0/1 and 1/1). FALSE for an unknown format or
+ * when the frame would not fit in memory sizes (absurd dimensions). */
+gboolean gst_unet_layout_set (GstUnetLayout * layout, GstUnetFormat format,
+    guint32 width, guint32 height);
+/* Parses fixed `video/x-raw` caps (format, width, height, framerate and
+ * pixel-aspect-ratio, the last two optional). FALSE when not fixed, a field is
+ * missing, the format is not in the table or the size is invalid. */
+gboolean gst_unet_layout_from_caps (GstUnetLayout * layout,
+    const GstCaps * caps);
+GstCaps *gst_unet_layout_to_caps (const GstUnetLayout * layout);
+gboolean gst_unet_layout_equal (const GstUnetLayout * a,
+    const GstUnetLayout * b);
+
+/* A mapped frame: first row and stride. */
+typedef struct
+{
+  GstBuffer *buf;
+  GstMapInfo map;
+  guint8 *data;                 /* first row */
+  gsize stride;
+} GstUnetFrame;
+
+/* Maps @buf as a frame of @layout, honouring a GstVideoMeta stride/offset.
+ * FALSE when the buffer cannot be mapped or is too small for the frame. */
+gboolean gst_unet_frame_map (GstUnetFrame * frame, const GstUnetLayout * layout,
+    GstBuffer * buf, GstMapFlags flags);
+void gst_unet_frame_unmap (GstUnetFrame * frame);
+
+G_END_DECLS
+
+#endif
