@@ -1306,30 +1306,7 @@ unet_backend_cuda_new (const UnetNetOptions *opts, GError **error)
   g_strlcpy (ctx->name, name, sizeof ctx->name);
   ctx->precision = opts->precision;
   ctx->find = find == NULL || g_strcmp0 (find, "0") != 0;
-  switch (opts->precision) {
-    case UNET_PRECISION_BF16:
-      ctx->dtype = UNET_CUDA_BF16;
-      ctx->cudnn_dtype = CUDNN_DATA_BFLOAT16;
-      ctx->math = CUDNN_TENSOR_OP_MATH;
-      break;
-    case UNET_PRECISION_FP16:
-      ctx->dtype = UNET_CUDA_F16;
-      ctx->cudnn_dtype = CUDNN_DATA_HALF;
-      ctx->math = CUDNN_TENSOR_OP_MATH;
-      break;
-    case UNET_PRECISION_TF32:
-      ctx->dtype = UNET_CUDA_F32;
-      ctx->cudnn_dtype = CUDNN_DATA_FLOAT;
-      ctx->math = CUDNN_TENSOR_OP_MATH;
-      break;
-    case UNET_PRECISION_FP32:
-    default:
-      /* FMA math forbids TF32 tensor cores: true fp32, comparable with the CPU */
-      ctx->dtype = UNET_CUDA_F32;
-      ctx->cudnn_dtype = CUDNN_DATA_FLOAT;
-      ctx->math = CUDNN_FMA_MATH;
-      break;
-  }
+  unet_cuda_precision_types (opts->precision, &ctx->dtype, &ctx->cudnn_dtype, &ctx->math);
   if (!CUDA_CHECK (cudaSetDevice (ctx->device), error)
       || !CUDA_CHECK (cudaStreamCreateWithFlags (&ctx->stream, cudaStreamNonBlocking), error)
       || !CUDA_CHECK (cudaStreamCreateWithFlags (&ctx->copy_stream, cudaStreamNonBlocking),
@@ -1346,4 +1323,33 @@ unet_backend_cuda_new (const UnetNetOptions *opts, GError **error)
   g_info ("device %s: CUDA device %d, %s, cuDNN %zu", unet_device_name (opts->device),
       ctx->device, ctx->name, cudnnGetVersion ());
   return be;
+}
+
+void
+unet_cuda_precision_types (UnetPrecision precision, UnetCudaDType * dtype,
+    cudnnDataType_t * cudnn_dtype, cudnnMathType_t * math)
+{
+  switch (precision) {
+    case UNET_PRECISION_BF16:
+      *dtype = UNET_CUDA_BF16;
+      *cudnn_dtype = CUDNN_DATA_BFLOAT16;
+      *math = CUDNN_TENSOR_OP_MATH;
+      break;
+    case UNET_PRECISION_FP16:
+      *dtype = UNET_CUDA_F16;
+      *cudnn_dtype = CUDNN_DATA_HALF;
+      *math = CUDNN_TENSOR_OP_MATH;
+      break;
+    case UNET_PRECISION_TF32:
+      *dtype = UNET_CUDA_F32;
+      *cudnn_dtype = CUDNN_DATA_FLOAT;
+      *math = CUDNN_TENSOR_OP_MATH;
+      break;
+    case UNET_PRECISION_FP32:
+    default:
+      *dtype = UNET_CUDA_F32;
+      *cudnn_dtype = CUDNN_DATA_FLOAT;
+      *math = CUDNN_FMA_MATH;
+      break;
+  }
 }

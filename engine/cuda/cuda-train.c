@@ -700,31 +700,9 @@ unet_cuda_train_new (const UnetConfig *cfg, const UnetLayout *layout,
   tr->find = find == NULL || g_strcmp0 (find, "0") != 0;
   tr->params_dirty = TRUE;
   tr->loss_scale = 1.0;
-  switch (opts->precision) {
-    case UNET_PRECISION_BF16:
-      tr->dtype = UNET_CUDA_BF16;
-      tr->cudnn_dtype = CUDNN_DATA_BFLOAT16;
-      tr->math = CUDNN_TENSOR_OP_MATH;
-      break;
-    case UNET_PRECISION_FP16:
-      tr->dtype = UNET_CUDA_F16;
-      tr->cudnn_dtype = CUDNN_DATA_HALF;
-      tr->math = CUDNN_TENSOR_OP_MATH;
-      tr->loss_scale = LOSS_SCALE_INIT;
-      break;
-    case UNET_PRECISION_TF32:
-      tr->dtype = UNET_CUDA_F32;
-      tr->cudnn_dtype = CUDNN_DATA_FLOAT;
-      tr->math = CUDNN_TENSOR_OP_MATH;
-      break;
-    case UNET_PRECISION_FP32:
-    default:
-      /* FMA math: no TF32, comparable with the CPU executor */
-      tr->dtype = UNET_CUDA_F32;
-      tr->cudnn_dtype = CUDNN_DATA_FLOAT;
-      tr->math = CUDNN_FMA_MATH;
-      break;
-  }
+  unet_cuda_precision_types (opts->precision, &tr->dtype, &tr->cudnn_dtype, &tr->math);
+  if (opts->precision == UNET_PRECISION_FP16)
+    tr->loss_scale = LOSS_SCALE_INIT;
   for (guint i = 0; i < layout->n_tensors; i++) {
     const UnetTensorInfo *t = &layout->tensors[i];
     widest = MAX (widest, (gsize) t->shape[0]);
