@@ -45,6 +45,7 @@ unet_optim_params_init (UnetOptimParams *params)
   params->total_steps = 1;
   params->poly_power = 0.9;
   params->lr_min = 0.0;
+  params->warmup_steps = 0;
 }
 
 const gchar *
@@ -101,6 +102,8 @@ params_valid (const UnetOptimParams *p, GError **error)
     why = "poly power must be > 0";
   else if (p->schedule == UNET_LR_COSINE && !(p->lr_min >= 0.0 && p->lr_min <= p->lr))
     why = "cosine minimum learning rate must be in [0, lr]";
+  else if (p->warmup_steps < 0)
+    why = "warm-up steps must be >= 0";
   if (why) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
         "optimiser %s: %s", unet_optim_kind_name (p->kind), why);
@@ -190,11 +193,11 @@ unet_optimizer_set_step (UnetOptimizer *opt, gint64 step)
   opt->step = MAX (step, 0);
 }
 
-gdouble
-unet_optimizer_get_lr (const UnetOptimizer *opt)
+/* The schedule at step t, without warm-up. */
+static gdouble
+scheduled_lr (const UnetOptimParams *p, gdouble t)
 {
-  const UnetOptimParams *p = &opt->p;
-  gdouble t = (gdouble) opt->step, T = (gdouble) p->total_steps;
+  gdouble T = (gdouble) p->total_steps;
   switch (p->schedule) {
     case UNET_LR_CONSTANT:
       break;
@@ -206,6 +209,19 @@ unet_optimizer_get_lr (const UnetOptimizer *opt)
       return p->lr * pow (1.0 - MIN (t, T) / T, p->poly_power);
   }
   return p->lr;
+}
+
+gdouble
+unet_optimizer_get_lr (const UnetOptimizer *opt)
+{
+  const UnetOptimParams *p = &opt->p;
+  gdouble lr = scheduled_lr (p, (gdouble) opt->step);
+  /* Linear warm-up: step t (0-based) uses (t + 1) / W of the scheduled rate
+   * for t < W (PyTorch's LinearLR(start_factor=1/W, total_iters=W-1) chained
+   * with the schedule). */
+  if (opt->step < p->warmup_steps)
+    lr *= (gdouble) (opt->step + 1) / (gdouble) p->warmup_steps;
+  return lr;
 }
 
 guint

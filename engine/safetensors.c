@@ -687,3 +687,32 @@ unet_safetensors_write (const gchar *path, GHashTable *metadata,
   }
   return TRUE;
 }
+
+guint
+unet_model_remove_stale_temporaries (const gchar *path)
+{
+  g_autofree gchar *dir = g_path_get_dirname (path);
+  g_autofree gchar *base = g_path_get_basename (path);
+  g_autofree gchar *prefix = g_strconcat (base, ".tmp-", NULL);
+  gsize plen = strlen (prefix);
+  g_autoptr (GDir) d = g_dir_open (dir, 0, NULL);
+  guint removed = 0;
+  if (d == NULL)
+    return 0;
+  const gchar *name;
+  while ((name = g_dir_read_name (d)) != NULL) {
+    /* Exactly the writer's pattern: PATH.tmp- and the 6 characters mkstemp
+     * substitutes, a regular file (not followed through a symlink). */
+    if (strlen (name) != plen + 6 || strncmp (name, prefix, plen) != 0)
+      continue;
+    gboolean ok = TRUE;
+    for (gsize i = plen; i < plen + 6; i++)
+      ok = ok && g_ascii_isalnum (name[i]);
+    g_autofree gchar *full = g_build_filename (dir, name, NULL);
+    GStatBuf st;
+    if (ok && g_lstat (full, &st) == 0 && S_ISREG (st.st_mode)
+        && g_unlink (full) == 0)
+      removed++;
+  }
+  return removed;
+}

@@ -29,6 +29,12 @@
 #define MAX_BATCH 256
 /* The paper's tile: the largest automatic input edge. */
 #define AUTO_TILE_CAP 572
+/* learning_rate = 0: per optimiser, for the loss as we define it (the weighted
+ * MEAN over the tile's pixels, see unet_loss_cross_entropy). Adam's step size does
+ * not depend on the loss scale. SGD with momentum 0.99 moves 1/(1 - 0.99) = 100
+ * gradients per step at steady state. */
+#define DEFAULT_ADAM_LR 1e-3
+#define DEFAULT_SGD_LR 1e-2
 
 typedef struct
 {
@@ -36,7 +42,16 @@ typedef struct
   gfloat *image;                /* (C,H,W) normalised */
   gint32 *classes;              /* (H,W) 0..K-1 or UNET_LABEL_IGNORE */
   gfloat *weights;              /* (H,W) */
+  gint32 *objects;              /* (H,W) object ids, validation pairs only */
 } Pair;
+
+/* The guard's window: steps over which training-tile predictions and losses are
+ * pooled before they are judged. */
+#define GUARD_WINDOW 100
+/* Share of the labelled pixels a class needs for "never predicted" to count. */
+#define GUARD_MIN_CLASS_SHARE 0.01
+/* Relative distance of the window's mean loss from the uniform-prediction loss. */
+#define GUARD_UNIFORM_TOLERANCE 0.02
 
 struct _UnetTrainer
 {
@@ -63,12 +78,20 @@ struct _UnetTrainer
   gfloat *weights;              /* (B,To,To) */
   gfloat *logits;               /* (B,K,To,To) */
   gfloat *grad;                 /* (B,K,To,To) */
+  gint32 *pred;                 /* (B,To,To) class map of the logits */
 
   UnetAugmentParams aug;
   UnetWeightMapParams wmap;
 
   UnetTrainStats last;
-  gdouble last_val_dice;
+  UnetTrainValidation last_val;
+
+  /* guard */
+  UnetSegScores window;         /* training-tile predictions of the window */
+  gdouble window_loss;          /* sum of the window's losses */
+  gint window_steps;
+  guint alerts_active;          /* bit per UnetTrainAlert */
+  gchar *alert_message;
 };
 
 /* ------------------------------------------------------------ helpers -- */
@@ -103,6 +126,7 @@ pair_free (gpointer data)
   g_free (p->image);
   g_free (p->classes);
   g_free (p->weights);
+  g_free (p->objects);
   g_free (p);
 }
 
@@ -114,6 +138,7 @@ free_step_buffers (UnetTrainer *t)
   g_clear_pointer (&t->weights, g_free);
   g_clear_pointer (&t->logits, g_free);
   g_clear_pointer (&t->grad, g_free);
+  g_clear_pointer (&t->pred, g_free);
   t->tile_in = t->tile_out = 0;
 }
 
@@ -125,6 +150,7 @@ unet_trainer_options_init (UnetTrainerOptions *opts)
   unet_normalization_init_default (&opts->normalization);
   opts->optimizer = UNET_TRAIN_SGD;
   opts->learning_rate = 0.01;
+  opts->warmup = 0;
   opts->momentum = 0.99;
   opts->nesterov = FALSE;
   opts->weight_decay = 0.0;
@@ -210,8 +236,12 @@ validate_options (const UnetTrainerOptions *o, GError **error)
 #define BAD(...) G_STMT_START { \
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT, __VA_ARGS__); \
     return FALSE; } G_STMT_END
-  if (!(o->learning_rate > 0.0 && o->learning_rate < 1e3))
-    BAD ("learning rate %g must be in (0, 1000)", o->learning_rate);
+  if (!(o->learning_rate >= 0.0 && o->learning_rate < 1e3))
+    BAD ("learning rate %g must be 0 (the optimiser's default) or in (0, 1000)",
+        o->learning_rate);
+  if (o->warmup < 0 || o->warmup > o->iterations)
+    BAD ("warm-up of %" G_GINT64_FORMAT " steps must be in 0..iterations (%"
+        G_GINT64_FORMAT ")", o->warmup, o->iterations);
   if (!(o->momentum >= 0.0 && o->momentum < 1.0))
     BAD ("momentum %g must be in [0, 1)", o->momentum);
   if (o->nesterov && !(o->momentum > 0.0))
@@ -291,7 +321,9 @@ make_optimizer (const UnetTrainer *t, const UnetLayout *layout, GError **error)
       p.kind = UNET_OPTIM_ADAMW;
       break;
   }
-  p.lr = o->learning_rate;
+  p.lr = o->learning_rate > 0.0 ? o->learning_rate
+      : unet_trainer_default_learning_rate (o->optimizer);
+  p.warmup_steps = o->warmup;
   p.momentum = o->momentum;
   p.nesterov = o->nesterov;
   p.weight_decay = o->weight_decay;
@@ -352,7 +384,9 @@ trainer_setup (UnetTrainer *t, GError **error)
   g_queue_init (&t->val);
   t->val_capacity = MAX (1, (guint) (t->opts.dataset_capacity *
           t->opts.validation_fraction));
-  t->last_val_dice = -1.0;
+  t->last_val.frames = 0;
+  t->last_val.pixel_error = t->last_val.rand_error = t->last_val.dice = -1.0;
+  unet_seg_scores_init (&t->window, t->cfg.classes);
   return TRUE;
 }
 
@@ -401,7 +435,21 @@ unet_trainer_free (UnetTrainer *t)
   unet_optimizer_free (t->optim);
   unet_net_free (t->net);
   unet_model_free (t->model);
+  g_free (t->alert_message);
   g_free (t);
+}
+
+gdouble
+unet_trainer_default_learning_rate (UnetTrainOptimizer optimizer)
+{
+  switch (optimizer) {
+    case UNET_TRAIN_SGD:
+      return DEFAULT_SGD_LR;
+    case UNET_TRAIN_ADAM:
+    case UNET_TRAIN_ADAMW:
+      return DEFAULT_ADAM_LR;
+  }
+  return DEFAULT_ADAM_LR;
 }
 
 const UnetConfig *
@@ -559,12 +607,16 @@ unet_trainer_add_pair (UnetTrainer *t, UnetPixelFormat image_format,
     return FALSE;
   }
 
-  /* The split: a hash of (seed, arrival number), so it does not depend on timing;
-   * the first pair always trains so that steps can start. */
-  guint64 h = step_seed (t->opts.seed, (gint64) t->n_added, STREAM_SPLIT);
-  gdouble u = (h >> 11) * (1.0 / 9007199254740992.0);
-  gboolean hold_out = t->train.length > 0 && u < t->opts.validation_fraction;
+  /* The split: every 1/f-th whole frame by arrival number, so it does not depend
+   * on timing or on the seed; the first pair always trains so that steps can
+   * start. (1e-9 absorbs the rounding of (i + 1)·f at exact multiples.) */
+  gdouble f = t->opts.validation_fraction;
+  gdouble i = (gdouble) t->n_added;
+  gboolean hold_out = t->train.length > 0
+      && floor ((i + 1.0) * f + 1e-9) > floor (i * f + 1e-9);
   t->n_added++;
+  if (hold_out)
+    p->objects = g_steal_pointer (&instances);
 
   GQueue *q = hold_out ? &t->val : &t->train;
   guint cap = hold_out ? t->val_capacity : (guint) t->opts.dataset_capacity;
@@ -629,7 +681,9 @@ ensure_step_buffers (UnetTrainer *t, gint tile_in, GError **error)
   t->weights = g_try_new (gfloat, out_n);
   t->logits = g_try_new (gfloat, out_n * k);
   t->grad = g_try_new (gfloat, out_n * k);
-  if (!t->in || !t->labels || !t->weights || !t->logits || !t->grad) {
+  t->pred = g_try_new (gint32, out_n);
+  if (!t->in || !t->labels || !t->weights || !t->logits || !t->grad
+      || !t->pred) {
     free_step_buffers (t);
     g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
         "cannot allocate the buffers of a batch of %d tiles of %d px",
@@ -638,6 +692,123 @@ ensure_step_buffers (UnetTrainer *t, gint tile_in, GError **error)
   }
   t->tile_in = tile_in;
   t->tile_out = out;
+  return TRUE;
+}
+
+/* --------------------------------------------------------------- guard -- */
+
+static gboolean
+all_finite (const gfloat *v, gsize n)
+{
+  /* One pass with a sum-free test: x - x is 0 for finite x, NaN otherwise. */
+  gfloat acc = 0.0f;
+  for (gsize i = 0; i < n; i++)
+    acc += v[i] - v[i];
+  return acc == 0.0f;
+}
+
+/* Class map of logits (B,K,P) (sigmoid: logit > 0). */
+static void
+argmax_classes (const gfloat *logits, gint batch, gint classes, gsize plane,
+    gint32 *pred)
+{
+  for (gint b = 0; b < batch; b++) {
+    const gfloat *z = logits + (gsize) b * classes * plane;
+    gint32 *dst = pred + (gsize) b * plane;
+    for (gsize i = 0; i < plane; i++) {
+      if (classes == 1) {
+        dst[i] = z[i] > 0.0f;
+        continue;
+      }
+      gint best = 0;
+      for (gint k = 1; k < classes; k++)
+        if (z[(gsize) k * plane + i] > z[(gsize) best * plane + i])
+          best = k;
+      dst[i] = best;
+    }
+  }
+}
+
+static void
+raise_alert (UnetTrainer *t, UnetTrainAlert alert, gchar *message,
+    UnetTrainAlert *out_alert, const gchar **out_message)
+{
+  g_free (t->alert_message);
+  t->alert_message = message;
+  *out_alert = alert;
+  *out_message = t->alert_message;
+}
+
+static const gchar *
+class_name (const UnetTrainer *t, gint c, gchar *buf, gsize len)
+{
+  if (t->cfg.classes <= 2 && t->opts.mask_mode == UNET_TRAIN_MASK_BINARY)
+    g_snprintf (buf, len, "class %d (%s)", c, c ? "mask non-zero" : "mask zero");
+  else
+    g_snprintf (buf, len, "class %d", c);
+  return buf;
+}
+
+/* Pools the step's tile predictions into the window and judges a full window
+ * (from the second window after warm-up on, when a network has had the steps to
+ * leave its initial state). Sets t->last.alert on a new alert. */
+static gboolean
+guard_step (UnetTrainer *t, gdouble loss, GError **error)
+{
+  const gint B = t->opts.batch_size, K = t->cfg.classes, To = t->tile_out;
+  const gsize plane = (gsize) To * To;
+  t->last.alert = UNET_TRAIN_ALERT_NONE;
+  t->last.alert_message = NULL;
+  argmax_classes (t->logits, B, K, plane, t->pred);
+  for (gint b = 0; b < B; b++)
+    if (!unet_seg_scores_add_frame (&t->window, t->pred + b * plane,
+            t->labels + b * plane, NULL, To, To, error))
+      return FALSE;
+  t->window_loss += loss;
+  if (++t->window_steps < GUARD_WINDOW)
+    return TRUE;
+
+  guint now = 0;
+  gdouble mean = t->window_loss / t->window_steps;
+  gdouble uniform = log ((gdouble) MAX (K, 2));
+  gint missing = unet_seg_scores_missing_class (&t->window,
+      GUARD_MIN_CLASS_SHARE);
+  gboolean judge = t->iteration >= t->opts.warmup + 2 * GUARD_WINDOW;
+  if (judge && t->opts.dice_weight == 0.0
+      && fabs (mean - uniform) <= GUARD_UNIFORM_TOLERANCE * uniform)
+    now |= 1u << UNET_TRAIN_ALERT_UNIFORM;
+  if (judge && missing >= 0)
+    now |= 1u << UNET_TRAIN_ALERT_CLASS_NEVER_PREDICTED;
+  guint train_bits = (1u << UNET_TRAIN_ALERT_UNIFORM)
+      | (1u << UNET_TRAIN_ALERT_CLASS_NEVER_PREDICTED);
+  guint fresh = now & ~t->alerts_active;
+  t->alerts_active = (t->alerts_active & ~train_bits) | now;
+
+  gchar cn[64];
+  if (fresh & (1u << UNET_TRAIN_ALERT_UNIFORM)) {
+    raise_alert (t, UNET_TRAIN_ALERT_UNIFORM, g_strdup_printf ("the loss has "
+            "stayed at %.4f for the last %d steps, the value of a constant "
+            "uniform prediction (ln %d = %.4f): the network outputs the same for "
+            "every pixel. Likely cause: steps too large for the optimiser (they "
+            "silenced the ReLUs) - lower learning-rate, keep warm-up, or use "
+            "optimizer=adam; or images without contrast (check normalization).",
+            mean, GUARD_WINDOW, MAX (K, 2), uniform),
+        &t->last.alert, &t->last.alert_message);
+  } else if (fresh & (1u << UNET_TRAIN_ALERT_CLASS_NEVER_PREDICTED)) {
+    raise_alert (t, UNET_TRAIN_ALERT_CLASS_NEVER_PREDICTED,
+        g_strdup_printf ("%s, %.1f %% of the labelled pixels of the last %d "
+            "steps' tiles, was never predicted: the network collapsed to the "
+            "other class%s. Likely cause: a learning rate too high (lower it or "
+            "keep warm-up), class-balance=false on imbalanced masks, or masks "
+            "read the wrong way (mask-mode, ignore-label).",
+            class_name (t, missing, cn, sizeof (cn)),
+            100.0 * t->window.label[missing] / MAX (t->window.labelled, 1),
+            GUARD_WINDOW, K > 2 ? "es" : ""),
+        &t->last.alert, &t->last.alert_message);
+  }
+  unet_seg_scores_init (&t->window, K);
+  t->window_loss = 0.0;
+  t->window_steps = 0;
   return TRUE;
 }
 
@@ -691,7 +862,8 @@ unet_trainer_step (UnetTrainer *t, UnetTrainStats *stats, GError **error)
   if (!isfinite (loss)) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
         "the loss diverged (%g) at iteration %" G_GINT64_FORMAT
-        ": lower the learning rate", loss, t->iteration + 1);
+        ": lower the learning rate or add warm-up; the last checkpoint is kept",
+        loss, t->iteration + 1);
     return FALSE;
   }
   UnetDiceCounts counts;
@@ -713,6 +885,13 @@ unet_trainer_step (UnetTrainer *t, UnetTrainStats *stats, GError **error)
   }
   if (!unet_optimizer_step (t->optim, t->params, grads, error))
     return FALSE;
+  if (!all_finite (t->params, t->n_params)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
+        "the weights diverged (not finite) at iteration %" G_GINT64_FORMAT
+        ": lower the learning rate or add warm-up; the last checkpoint is kept",
+        t->iteration + 1);
+    return FALSE;
+  }
   if (!unet_net_parameters_changed (t->net, error))
     return FALSE;
 
@@ -723,6 +902,8 @@ unet_trainer_step (UnetTrainer *t, UnetTrainStats *stats, GError **error)
   t->last.dice = unet_dice_counts_foreground (&counts);
   t->last.learning_rate = lr;
   t->last.samples_per_second = secs > 0.0 ? B / secs : 0.0;
+  if (!guard_step (t, loss, error))
+    return FALSE;
   if (stats)
     *stats = t->last;
   return TRUE;
@@ -799,20 +980,22 @@ infer_frame (UnetTrainer *t, const gfloat *img, gint width, gint height,
 }
 
 gboolean
-unet_trainer_validate (UnetTrainer *t, gdouble *dice, GError **error)
+unet_trainer_validate (UnetTrainer *t, UnetTrainValidation *v, GError **error)
 {
-  g_return_val_if_fail (t != NULL && dice != NULL, FALSE);
-  *dice = -1.0;
+  g_return_val_if_fail (t != NULL && v != NULL, FALSE);
+  memset (v, 0, sizeof (*v));
+  v->pixel_error = v->rand_error = v->dice = -1.0;
   if (t->val.length == 0)
     return TRUE;
   const gint K = t->cfg.classes;
-  UnetDiceCounts counts;
-  unet_dice_counts_init (&counts, K);
+  UnetSegScores scores;
+  unet_seg_scores_init (&scores, K);
   for (GList * l = t->val.head; l != NULL; l = l->next) {
     const Pair *p = l->data;
     gsize plane = (gsize) p->width * p->height;
     g_autofree gfloat *probs = g_try_new (gfloat, plane * K);
-    if (probs == NULL) {
+    g_autofree gint32 *pred = g_try_new (gint32, plane);
+    if (probs == NULL || pred == NULL) {
       g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
           "cannot allocate the prediction of a %dx%d frame", p->width,
           p->height);
@@ -820,19 +1003,43 @@ unet_trainer_validate (UnetTrainer *t, gdouble *dice, GError **error)
     }
     if (!infer_frame (t, p->image, p->width, p->height, probs, error))
       return FALSE;
-    /* The Dice counter takes logits: for the sigmoid case turn p back into one
-     * (softmax probabilities have the same argmax as their logits). */
+    /* Probabilities: softmax keeps the logits' argmax; sigmoid p > 0.5 is
+     * logit > 0. */
     if (K == 1)
-      for (gsize i = 0; i < plane; i++) {
-        gdouble q = CLAMP (probs[i], 1e-7, 1.0 - 1e-7);
-        probs[i] = (gfloat) log (q / (1.0 - q));
-      }
-    if (!unet_dice_counts_add (&counts, probs, p->classes, 1, K, p->height,
-            p->width, error))
+      for (gsize i = 0; i < plane; i++)
+        probs[i] -= 0.5f;
+    argmax_classes (probs, 1, K, plane, pred);
+    if (!unet_seg_scores_add_frame (&scores, pred, p->classes, p->objects,
+            p->width, p->height, error))
       return FALSE;
   }
-  *dice = unet_dice_counts_foreground (&counts);
-  t->last_val_dice = *dice;
+  v->frames = t->val.length;
+  v->pixel_error = unet_seg_scores_pixel_error (&scores);
+  v->rand_error = unet_seg_scores_rand_error (&scores);
+  v->dice = unet_seg_scores_dice (&scores);
+
+  guint bit = 1u << UNET_TRAIN_ALERT_VALIDATION_CLASS_NEVER_PREDICTED;
+  gint missing = unet_seg_scores_missing_class (&scores, GUARD_MIN_CLASS_SHARE);
+  gboolean judge = t->iteration >= t->opts.warmup + 2 * GUARD_WINDOW;
+  if (judge && missing >= 0 && !(t->alerts_active & bit)) {
+    gchar cn[64];
+    raise_alert (t, UNET_TRAIN_ALERT_VALIDATION_CLASS_NEVER_PREDICTED,
+        g_strdup_printf ("%s, %.1f %% of the labelled pixels of the %u held-out "
+            "frames, is never predicted on them at iteration %" G_GINT64_FORMAT
+            ": the model has collapsed to the other class%s. Likely cause: a "
+            "learning rate too high (lower it or keep warm-up), class-balance="
+            "false on imbalanced masks, or masks read the wrong way (mask-mode).",
+            class_name (t, missing, cn, sizeof (cn)),
+            100.0 * scores.label[missing] / MAX (scores.labelled, 1),
+            v->frames, t->iteration, K > 2 ? "es" : ""),
+        &v->alert, &v->alert_message);
+  }
+  if (judge && missing >= 0)
+    t->alerts_active |= bit;
+  else
+    t->alerts_active &= ~bit;
+  t->last_val = *v;
+  t->last_val.alert_message = NULL;
   return TRUE;
 }
 
@@ -894,7 +1101,9 @@ training_json (const UnetTrainer *t)
   g_autofree gchar *seed = g_strdup_printf ("%" G_GUINT64_FORMAT, o->seed);
   KV_STR ("seed", seed);
   KV_STR ("optimizer", optimizer_name (o->optimizer));
-  KV_DBL ("learning_rate", o->learning_rate);
+  KV_DBL ("learning_rate", o->learning_rate > 0.0 ? o->learning_rate
+      : unet_trainer_default_learning_rate (o->optimizer));
+  KV_INT ("warmup", o->warmup);
   KV_DBL ("momentum", o->momentum);
   KV_BOOL ("nesterov", o->nesterov);
   KV_DBL ("weight_decay", o->weight_decay);
@@ -920,8 +1129,13 @@ training_json (const UnetTrainer *t)
     KV_DBL ("loss", t->last.loss);
     KV_DBL ("dice", t->last.dice);
   }
-  if (t->last_val_dice >= 0.0) {
-    KV_DBL ("validation_dice", t->last_val_dice);
+  if (t->last_val.frames > 0) {
+    KV_INT ("validation_frames", t->last_val.frames);
+    KV_DBL ("validation_pixel_error", t->last_val.pixel_error);
+    if (t->last_val.rand_error >= 0.0) {
+      KV_DBL ("validation_rand_error", t->last_val.rand_error);
+    }
+    KV_DBL ("validation_dice", t->last_val.dice);
   }
 #undef KV_INT
 #undef KV_DBL
@@ -948,6 +1162,25 @@ unet_trainer_save_checkpoint (UnetTrainer *t, const gchar *path,
     GError **error)
 {
   g_return_val_if_fail (t != NULL && path != NULL, FALSE);
+  /* Never replace a good checkpoint with a diverged one. */
+  gsize n_params = 0;
+  const gfloat *params = unet_net_get_parameters (t->net, &n_params);
+  if (params == NULL || !all_finite (params, n_params)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
+        "not writing \"%s\" at iteration %" G_GINT64_FORMAT ": the weights are "
+        "not finite (training diverged); the file already there is kept", path,
+        t->iteration);
+    return FALSE;
+  }
+  for (guint i = 0; i < unet_optimizer_get_n_buffers (t->optim); i++)
+    if (!all_finite (unet_optimizer_get_buffer (t->optim, i), t->n_params)) {
+      g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
+          "not writing \"%s\" at iteration %" G_GINT64_FORMAT ": the optimiser "
+          "state \"%s\" is not finite (training diverged); the file already "
+          "there is kept", path, t->iteration,
+          unet_optimizer_get_buffer_name (t->optim, i));
+      return FALSE;
+    }
   if (!unet_net_export_model (t->net, t->model, error))
     return FALSE;
   g_autofree gchar *tj = training_json (t);
@@ -973,27 +1206,33 @@ parse_training (const gchar *json, gint64 *iteration, guint64 *seed,
       || !JSON_NODE_HOLDS_OBJECT (json_parser_get_root (parser)))
     goto bad;
   JsonObject *o = json_node_get_object (json_parser_get_root (parser));
-  if (!json_object_has_member (o, "iteration")
-      || !json_object_has_member (o, "seed")
-      || !json_object_has_member (o, "optimizer"))
+  /* Each member of the type we write: an iteration that is a string, an object
+   * or a float is a damaged checkpoint, not "iteration 0". */
+  JsonNode *it = json_object_get_member (o, "iteration");
+  JsonNode *sd = json_object_get_member (o, "seed");
+  JsonNode *op = json_object_get_member (o, "optimizer");
+  if (it == NULL || sd == NULL || op == NULL
+      || !JSON_NODE_HOLDS_VALUE (it) || json_node_get_value_type (it) != G_TYPE_INT64
+      || !JSON_NODE_HOLDS_VALUE (sd) || json_node_get_value_type (sd) != G_TYPE_STRING
+      || !JSON_NODE_HOLDS_VALUE (op) || json_node_get_value_type (op) != G_TYPE_STRING)
     goto bad;
-  *iteration = json_object_get_int_member (o, "iteration");
-  const gchar *s = json_object_get_string_member (o, "seed");
+  *iteration = json_node_get_int (it);
+  const gchar *s = json_node_get_string (sd);
   gchar *end = NULL;
   if (s == NULL)
     goto bad;
   *seed = g_ascii_strtoull (s, &end, 10);
   if (end == s || *end != '\0' || *iteration < 0)
     goto bad;
-  if (!optimizer_from_name (json_object_get_string_member (o, "optimizer"),
-          optimizer))
+  if (!optimizer_from_name (json_node_get_string (op), optimizer))
     goto bad;
   return TRUE;
 
 bad:
   g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL,
-      "not a training checkpoint: the \"unet.training\" metadata is missing "
-      "or lacks iteration, seed or optimizer");
+      "not a training checkpoint: the \"unet.training\" metadata is missing, "
+      "or its iteration (an integer >= 0), seed (a decimal string) or optimizer "
+      "(sgd, adam or adamw) is missing or of the wrong type");
   return FALSE;
 }
 
@@ -1039,6 +1278,21 @@ unet_trainer_new_from_checkpoint (const UnetTrainerOptions *opts,
       unet_trainer_free (t);
       return NULL;
     }
+    if (!all_finite (unet_optimizer_get_buffer (t->optim, i), t->n_params)) {
+      g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL,
+          "%s: optimiser state \"%s\" holds non-finite values (saved by a run "
+          "that diverged); resume from an earlier checkpoint or start again",
+          path, name);
+      unet_trainer_free (t);
+      return NULL;
+    }
+  }
+  if (!all_finite (t->params, t->n_params)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL,
+        "%s: the weights hold non-finite values (saved by a run that "
+        "diverged); resume from an earlier checkpoint or start again", path);
+    unet_trainer_free (t);
+    return NULL;
   }
   unet_optimizer_set_step (t->optim, iteration);
   t->iteration = iteration;

@@ -55,6 +55,12 @@ gboolean unet_mask_to_labels            (UnetMaskMode mode, const gint32 *mask,
                                          gint32 *instance_map, gint *n_instances,
                                          GError **error);
 
+/* 4-connected components of the pixels with key[i] > 0, equal keys grouped:
+ * writes 1..n in raster order of first pixel into `regions` (0 elsewhere) and
+ * returns n. `stack` is scratch of width·height ints. */
+gint     unet_label_regions             (const gint32 *key, gint width, gint height,
+                                         gint32 *regions, gint *stack);
+
 /* ------------------------------------------------------- weight map -- */
 
 typedef struct
@@ -175,6 +181,38 @@ gboolean unet_dice_counts_add           (UnetDiceCounts *counts, const gfloat *l
 gdouble  unet_dice_counts_class         (const UnetDiceCounts *counts, gint cls);
 gdouble  unet_dice_counts_foreground    (const UnetDiceCounts *counts);
 
+/* ------------------------------------------------ held-out scores -- */
+
+/* Scores of predicted class maps against labelled frames, accumulated over frames
+ * (scores.c): plain pixel error = mean(pred != label) over labelled pixels; the
+ * adapted Rand error of the ground-truth objects (ISBI 2012 definition, per frame,
+ * averaged); foreground Dice (class != 0); per-class pixel counts. */
+#define UNET_SCORES_MAX_CLASSES 16
+typedef struct
+{
+  gint n_classes;               /* max(K, 2) */
+  guint64 labelled, wrong;
+  guint64 pred[UNET_SCORES_MAX_CLASSES], label[UNET_SCORES_MAX_CLASSES];
+  guint64 inter[UNET_SCORES_MAX_CLASSES];
+  guint64 fg_inter, fg_pred, fg_label;
+  gdouble rand_error_sum;
+  guint rand_frames, frames;
+} UnetSegScores;
+
+void     unet_seg_scores_init           (UnetSegScores *scores, gint classes);
+/* pred, labels (H,W): class indices (labels may hold UNET_LABEL_IGNORE);
+ * objects (H,W): ground-truth object ids (0 = none) for the Rand error, or NULL. */
+gboolean unet_seg_scores_add_frame      (UnetSegScores *scores, const gint32 *pred,
+                                         const gint32 *labels, const gint32 *objects,
+                                         gint width, gint height, GError **error);
+/* -1 when nothing was scored. */
+gdouble  unet_seg_scores_pixel_error    (const UnetSegScores *scores);
+gdouble  unet_seg_scores_rand_error     (const UnetSegScores *scores);
+gdouble  unet_seg_scores_dice           (const UnetSegScores *scores);
+/* The first class that makes up at least `min_share` of the labelled pixels but
+ * was never predicted, or -1. */
+gint     unet_seg_scores_missing_class  (const UnetSegScores *scores, gdouble min_share);
+
 /* ------------------------------------------------------- optimiser -- */
 
 typedef enum
@@ -203,6 +241,7 @@ typedef struct
   gint64 total_steps;           /* T of the cosine / poly schedules */
   gdouble poly_power;
   gdouble lr_min;               /* cosine */
+  gint64 warmup_steps;          /* linear warm-up: step t < W uses lr·(t+1)/W */
 } UnetOptimParams;
 
 /* SGD, lr 0.01, momentum 0.99 (the paper), no weight decay, constant schedule;

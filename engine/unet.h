@@ -233,15 +233,22 @@ gboolean     unet_net_parameters_changed (UnetNet *net, GError **error);
  * which must have the same config. */
 gboolean     unet_net_export_model      (UnetNet *net, UnetModel *model, GError **error);
 
+/* Removes the temporaries a model/checkpoint writer leaves when it is killed
+ * before its rename (PATH.tmp-XXXXXX, regular files of exactly that pattern;
+ * nothing else is touched); returns how many. For a writer to call when it starts:
+ * no other writer may be writing PATH at the same time. */
+guint        unet_model_remove_stale_temporaries (const gchar *path);
+
 /* ---------------------------------------------------------------- trainer -- */
 /* Pairs in -> optimiser steps, checkpoints, metrics (engine/trainer.c).
  *
  * A trainer owns a network on a backend, an optimiser, and a dataset of pairs
  * (normalised image, class map, instance map, precomputed weight map). Pairs are
- * split on arrival: pair number i (counting every pair ever added) is held out for
- * validation when a hash of (seed, i) falls below validation_fraction, so the split
- * is reproducible for a seed and independent of timing. Both sets are bounded:
- * the training set by dataset_capacity, the validation set by
+ * split on arrival into whole frames for training and for validation: pair number i
+ * (counting every pair ever added, from 0) is held out when
+ * floor((i + 1)·f) > floor(i·f) for f = validation_fraction, i.e. every 1/f-th
+ * frame, evenly spread and independent of timing (pair 0 always trains). Both sets
+ * are bounded: the training set by dataset_capacity, the validation set by
  * max (1, dataset_capacity * validation_fraction); when full, the OLDEST pair of
  * that set is dropped (a live stream keeps training on what it saw recently).
  *
@@ -275,7 +282,8 @@ typedef struct
   UnetConfig architecture;      /* used when no model is given */
   UnetNormalization normalization;  /* raw pixels -> network input; stored in the model */
   UnetTrainOptimizer optimizer;
-  gdouble learning_rate;
+  gdouble learning_rate;        /* 0 = the optimiser's default (see below) */
+  gint64 warmup;                /* linear warm-up steps (0 = none) */
   gdouble momentum;             /* SGD momentum (Adam/AdamW: betas 0.9, 0.999) */
   gboolean nesterov;
   gdouble weight_decay;
@@ -301,6 +309,21 @@ typedef struct
   UnetNetOptions net;           /* device, threads */
 } UnetTrainerOptions;
 
+/* What the training guard saw (unet_trainer_step, unet_trainer_validate). */
+typedef enum
+{
+  UNET_TRAIN_ALERT_NONE,
+  /* The mean loss over the last window stayed within 2 % of the value a constant
+   * uniform prediction has (ln max(K, 2)): the network outputs the same for every
+   * pixel (dead ReLUs after too large steps, or an input without contrast). */
+  UNET_TRAIN_ALERT_UNIFORM,
+  /* A class that makes up >= 1 % of the labelled pixels was not predicted once in
+   * the last window of training tiles: collapse to the other class(es). */
+  UNET_TRAIN_ALERT_CLASS_NEVER_PREDICTED,
+  /* Same on the held-out frames. */
+  UNET_TRAIN_ALERT_VALIDATION_CLASS_NEVER_PREDICTED,
+} UnetTrainAlert;
+
 /* One step's figures. `dice` is the foreground Dice of the step's tiles. */
 typedef struct
 {
@@ -309,7 +332,23 @@ typedef struct
   gdouble dice;
   gdouble learning_rate;        /* used by this step */
   gdouble samples_per_second;   /* batch / wall time of this step */
+  /* Set on the step where the guard starts seeing a problem (once until it
+   * clears); alert_message is owned by the trainer, valid until the next call. */
+  UnetTrainAlert alert;
+  const gchar *alert_message;
 } UnetTrainStats;
+
+/* Scores on the held-out frames (whole frames, overlap-tile inference). */
+typedef struct
+{
+  guint frames;                 /* 0: no validation frames, the rest is -1 */
+  gdouble pixel_error;          /* mean(prediction != label) over labelled pixels */
+  gdouble rand_error;           /* adapted Rand error of the foreground objects
+                                 * (ISBI 2012), mean over frames; -1 if none */
+  gdouble dice;                 /* foreground (class != 0) Dice */
+  UnetTrainAlert alert;         /* as in UnetTrainStats */
+  const gchar *alert_message;
+} UnetTrainValidation;
 
 typedef struct _UnetTrainer UnetTrainer;
 
@@ -352,10 +391,12 @@ gboolean     unet_trainer_add_pair      (UnetTrainer *trainer,
  * least one training pair. */
 gboolean     unet_trainer_step          (UnetTrainer *trainer, UnetTrainStats *stats,
                                          GError **error);
-/* Foreground Dice over the validation pairs, whole frames (overlap-tile inference
- * with mirror extension). *dice = -1 when there are none. */
-gboolean     unet_trainer_validate      (UnetTrainer *trainer, gdouble *dice,
+/* Scores of the validation pairs, whole frames (overlap-tile inference with mirror
+ * extension); v->frames = 0 when there are none. */
+gboolean     unet_trainer_validate      (UnetTrainer *trainer, UnetTrainValidation *v,
                                          GError **error);
+/* The learning rate `learning_rate = 0` means for an optimiser. */
+gdouble      unet_trainer_default_learning_rate (UnetTrainOptimizer optimizer);
 /* Class-index labels (H,W) of a raw frame with the current weights. */
 gboolean     unet_trainer_predict       (UnetTrainer *trainer,
                                          UnetPixelFormat format, gconstpointer image,

@@ -20,10 +20,8 @@
 
 /* --------------------------------------------------------------- masks -- */
 
-/* 4-connected components of the pixels for which key[i] > 0, grouping equal keys.
- * Writes 1..n into `instances` (0 elsewhere), returns n. `stack` holds w*h ints. */
-static gint
-label_components (const gint32 *key, gint width, gint height, gint32 *instances,
+gint
+unet_label_regions (const gint32 *key, gint width, gint height, gint32 *instances,
     gint *stack)
 {
   gsize n_px = (gsize) width * height;
@@ -128,7 +126,7 @@ unet_mask_to_labels (UnetMaskMode mode, const gint32 *mask, gint width, gint hei
   gint *stack = g_new (gint, n_px);
   for (gsize i = 0; i < n_px; i++)
     key[i] = class_map[i] > 0 ? class_map[i] : 0;
-  *n_instances = label_components (key, width, height, instance_map, stack);
+  *n_instances = unet_label_regions (key, width, height, instance_map, stack);
   g_free (stack);
   g_free (key);
   return TRUE;

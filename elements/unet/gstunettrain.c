@@ -99,7 +99,18 @@ enum
   PROP_BATCH_NORM,
   PROP_CLASSES,
   PROP_DROPOUT,
+  PROP_WARMUP,
+  PROP_KEEP_BEST,
+  PROP_BEST_MODEL,
+  PROP_BEST_METRIC,
 };
+
+typedef enum
+{
+  BEST_RAND_ERROR,
+  BEST_PIXEL_ERROR,
+  BEST_DICE,
+} BestMetric;
 
 #define DEFAULT_ITERATIONS 1000
 #define DEFAULT_CHECKPOINT_INTERVAL 0
@@ -136,6 +147,9 @@ enum
 #define DEFAULT_BATCH_NORM FALSE
 #define DEFAULT_CLASSES 2
 #define DEFAULT_DROPOUT 0.0
+#define DEFAULT_WARMUP 0
+#define DEFAULT_KEEP_BEST FALSE
+#define DEFAULT_BEST_METRIC BEST_RAND_ERROR
 
 struct _GstUnetTrain
 {
@@ -155,6 +169,9 @@ struct _GstUnetTrain
   UnetTrainerOptions opts;      /* the option-like properties live here */
   gchar *log_location;
   gchar *normalization;
+  gboolean keep_best;
+  gchar *best_location;         /* NULL: derived from output-model */
+  BestMetric best_metric;
   gboolean preview;
   guint64 timestamp_tolerance;
 
@@ -163,6 +180,9 @@ struct _GstUnetTrain
   FILE *log;
   gint64 start_time;            /* monotonic, us */
   gint64 saved_iteration;       /* iteration of the last checkpoint written */
+  gchar *best_path;             /* where keep-best writes (resolved at start) */
+  gdouble best_score;           /* lower is better; G_MAXDOUBLE = none yet */
+  gboolean log_failed;
   guint64 dropped;
   gint cancel;                  /* atomic: stop training (state change down) */
   GstVideoInfo out_info;
@@ -259,6 +279,23 @@ gst_unet_train_padding_get_type (void)
   return type;
 }
 
+#define GST_TYPE_UNET_TRAIN_BEST_METRIC (gst_unet_train_best_metric_get_type ())
+static GType
+gst_unet_train_best_metric_get_type (void)
+{
+  static GType type = 0;
+  static const GEnumValue values[] = {
+    {BEST_RAND_ERROR, "Lowest adapted Rand error of the objects", "rand-error"},
+    {BEST_PIXEL_ERROR, "Lowest pixel error", "pixel-error"},
+    {BEST_DICE, "Highest foreground Dice", "dice"},
+    {0, NULL, NULL},
+  };
+  if (g_once_init_enter (&type))
+    g_once_init_leave (&type,
+        g_enum_register_static ("GstUnetTrainBestMetric", values));
+  return type;
+}
+
 /* ----------------------------------------------------------- helpers -- */
 
 static gboolean
@@ -286,25 +323,130 @@ pad_video_info (GstAggregatorPad *pad, GstVideoInfo *info)
   return ok;
 }
 
+/* A CSV number cell ("" for a figure that was not computed, < 0). */
 static void
-log_row (GstUnetTrain *self, const UnetTrainStats *s, gdouble val_dice)
+cell (gchar *buf, gsize len, const gchar *fmt, gdouble v, gboolean present)
+{
+  buf[0] = '\0';
+  if (present)
+    g_ascii_formatd (buf, len, fmt, v);
+}
+
+static const gchar *
+alert_name (UnetTrainAlert a)
+{
+  switch (a) {
+    case UNET_TRAIN_ALERT_NONE:
+      return "";
+    case UNET_TRAIN_ALERT_UNIFORM:
+      return "uniform-prediction";
+    case UNET_TRAIN_ALERT_CLASS_NEVER_PREDICTED:
+      return "class-never-predicted";
+    case UNET_TRAIN_ALERT_VALIDATION_CLASS_NEVER_PREDICTED:
+      return "validation-class-never-predicted";
+  }
+  return "";
+}
+
+#define LOG_HEADER "iteration,loss,dice,val_dice,lr,samples_per_s,time," \
+  "val_pixel_error,val_rand_error,alert\n"
+
+/* One CSV row; a write error (full disk, I/O error) is an element error: rows
+ * must not vanish while the run reports success. */
+static gboolean
+log_row (GstUnetTrain *self, const UnetTrainStats *s,
+    const UnetTrainValidation *v, UnetTrainAlert alert)
 {
   if (self->log == NULL)
-    return;
+    return TRUE;
   gchar loss[G_ASCII_DTOSTR_BUF_SIZE], dice[G_ASCII_DTOSTR_BUF_SIZE];
-  gchar vd[G_ASCII_DTOSTR_BUF_SIZE] = "", lr[G_ASCII_DTOSTR_BUF_SIZE];
+  gchar vd[G_ASCII_DTOSTR_BUF_SIZE], lr[G_ASCII_DTOSTR_BUF_SIZE];
   gchar sps[G_ASCII_DTOSTR_BUF_SIZE], tm[G_ASCII_DTOSTR_BUF_SIZE];
-  g_ascii_formatd (loss, sizeof (loss), "%.6g", s->loss);
-  g_ascii_formatd (dice, sizeof (dice), "%.6g", s->dice);
-  if (val_dice >= 0.0)
-    g_ascii_formatd (vd, sizeof (vd), "%.6g", val_dice);
-  g_ascii_formatd (lr, sizeof (lr), "%.6g", s->learning_rate);
-  g_ascii_formatd (sps, sizeof (sps), "%.4g", s->samples_per_second);
-  g_ascii_formatd (tm, sizeof (tm), "%.3f",
-      (g_get_monotonic_time () - self->start_time) / 1e6);
-  fprintf (self->log, "%" G_GINT64_FORMAT ",%s,%s,%s,%s,%s,%s\n",
-      s->iteration, loss, dice, vd, lr, sps, tm);
-  fflush (self->log);
+  gchar vp[G_ASCII_DTOSTR_BUF_SIZE], vr[G_ASCII_DTOSTR_BUF_SIZE];
+  gboolean have_v = v->frames > 0;
+  cell (loss, sizeof (loss), "%.6g", s->loss, TRUE);
+  cell (dice, sizeof (dice), "%.6g", s->dice, TRUE);
+  cell (vd, sizeof (vd), "%.6g", v->dice, have_v);
+  cell (lr, sizeof (lr), "%.6g", s->learning_rate, TRUE);
+  cell (sps, sizeof (sps), "%.4g", s->samples_per_second, TRUE);
+  cell (tm, sizeof (tm), "%.3f",
+      (g_get_monotonic_time () - self->start_time) / 1e6, TRUE);
+  cell (vp, sizeof (vp), "%.6g", v->pixel_error, have_v);
+  cell (vr, sizeof (vr), "%.6g", v->rand_error, have_v && v->rand_error >= 0.0);
+  errno = 0;
+  if (fprintf (self->log, "%" G_GINT64_FORMAT ",%s,%s,%s,%s,%s,%s,%s,%s,%s\n",
+          s->iteration, loss, dice, vd, lr, sps, tm, vp, vr,
+          alert_name (alert)) < 0 || fflush (self->log) != 0) {
+    int e = errno;
+    g_autofree gchar *loc = NULL;
+    GST_OBJECT_LOCK (self);
+    loc = g_strdup (self->log_location);
+    GST_OBJECT_UNLOCK (self);
+    GST_ELEMENT_ERROR (self, RESOURCE, WRITE,
+        ("Could not write the training log \"%s\" at iteration %"
+            G_GINT64_FORMAT ": %s.", loc, s->iteration,
+            e ? g_strerror (e) : "write error"),
+        ("Free space or choose another log-location; the checkpoint and model "
+            "files are separate."));
+    self->log_failed = TRUE;
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* Posts a guard alert as a warning (it reaches gst-launch's output and every bus
+ * watcher) and as an element message with the kind, for programs. */
+static void
+post_alert (GstUnetTrain *self, UnetTrainAlert alert, const gchar *message,
+    gint64 iteration)
+{
+  GST_ELEMENT_WARNING (self, STREAM, FAILED,
+      ("Training problem at iteration %" G_GINT64_FORMAT ": %s", iteration,
+          message), ("guard: %s", alert_name (alert)));
+  gst_element_post_message (GST_ELEMENT (self),
+      gst_message_new_element (GST_OBJECT (self),
+          gst_structure_new ("unettrain-alert",
+              "kind", G_TYPE_STRING, alert_name (alert),
+              "iteration", G_TYPE_UINT64, (guint64) iteration,
+              "message", G_TYPE_STRING, message, NULL)));
+}
+
+/* keep-best: the validation score, lower is better. */
+static gdouble
+best_score (const GstUnetTrain *self, const UnetTrainValidation *v)
+{
+  switch (self->best_metric) {
+    case BEST_RAND_ERROR:
+      /* Frames without objects have no Rand error: fall back to pixel error. */
+      return v->rand_error >= 0.0 ? v->rand_error : v->pixel_error;
+    case BEST_PIXEL_ERROR:
+      return v->pixel_error;
+    case BEST_DICE:
+      return -v->dice;
+  }
+  return v->pixel_error;
+}
+
+static gboolean
+save_best (GstUnetTrain *self, const UnetTrainValidation *v, gint64 iteration)
+{
+  g_autoptr (GError) err = NULL;
+  g_autoptr (UnetModel) m = unet_trainer_export_model (self->trainer, &err);
+  if (m == NULL || !unet_model_save (m, self->best_path, &err)) {
+    GST_ELEMENT_ERROR (self, RESOURCE, WRITE,
+        ("Could not write the best model to \"%s\".", self->best_path),
+        ("%s", err->message));
+    return FALSE;
+  }
+  gst_element_post_message (GST_ELEMENT (self),
+      gst_message_new_element (GST_OBJECT (self),
+          gst_structure_new ("unettrain-best",
+              "location", G_TYPE_STRING, self->best_path,
+              "iteration", G_TYPE_UINT64, (guint64) iteration,
+              "validation-pixel-error", G_TYPE_DOUBLE, v->pixel_error,
+              "validation-rand-error", G_TYPE_DOUBLE, v->rand_error,
+              "validation-dice", G_TYPE_DOUBLE, v->dice, NULL)));
+  return TRUE;
 }
 
 static gboolean
@@ -330,7 +472,7 @@ save_checkpoint (GstUnetTrain *self)
   return TRUE;
 }
 
-/* One step + its messages, log row, validation and checkpoint. */
+/* One step + its messages, log row, validation, guard and checkpoint. */
 static gboolean
 train_step (GstUnetTrain *self)
 {
@@ -343,13 +485,13 @@ train_step (GstUnetTrain *self)
         (NULL));
     return FALSE;
   }
-  gdouble val_dice = -1.0;
+  UnetTrainValidation v = { 0, -1.0, -1.0, -1.0, UNET_TRAIN_ALERT_NONE, NULL };
   guint n_val = 0;
   unet_trainer_get_n_pairs (self->trainer, &n_val);
   gboolean last = (guint64) s.iteration >= self->iterations;
   if (n_val > 0 && ((self->validation_interval > 0
               && s.iteration % self->validation_interval == 0) || last)) {
-    if (!unet_trainer_validate (self->trainer, &val_dice, &err)) {
+    if (!unet_trainer_validate (self->trainer, &v, &err)) {
       GST_ELEMENT_ERROR (self, LIBRARY, FAILED,
           ("Validation failed: %s", err->message), (NULL));
       return FALSE;
@@ -362,11 +504,32 @@ train_step (GstUnetTrain *self)
       "dice", G_TYPE_DOUBLE, s.dice,
       "learning-rate", G_TYPE_DOUBLE, s.learning_rate,
       "samples-per-second", G_TYPE_DOUBLE, s.samples_per_second, NULL);
-  if (val_dice >= 0.0)
-    gst_structure_set (st, "validation-dice", G_TYPE_DOUBLE, val_dice, NULL);
+  if (v.frames > 0) {
+    gst_structure_set (st, "validation-dice", G_TYPE_DOUBLE, v.dice,
+        "validation-pixel-error", G_TYPE_DOUBLE, v.pixel_error,
+        "validation-frames", G_TYPE_UINT, v.frames, NULL);
+    if (v.rand_error >= 0.0)
+      gst_structure_set (st, "validation-rand-error", G_TYPE_DOUBLE,
+          v.rand_error, NULL);
+  }
   gst_element_post_message (GST_ELEMENT (self),
       gst_message_new_element (GST_OBJECT (self), st));
-  log_row (self, &s, val_dice);
+  if (s.alert != UNET_TRAIN_ALERT_NONE)
+    post_alert (self, s.alert, s.alert_message, s.iteration);
+  if (v.alert != UNET_TRAIN_ALERT_NONE)
+    post_alert (self, v.alert, v.alert_message, s.iteration);
+  if (!log_row (self, &s, &v, v.alert != UNET_TRAIN_ALERT_NONE ? v.alert
+          : s.alert))
+    return FALSE;
+
+  if (v.frames > 0 && self->best_path != NULL) {
+    gdouble score = best_score (self, &v);
+    if (score < self->best_score) {
+      self->best_score = score;
+      if (!save_best (self, &v, s.iteration))
+        return FALSE;
+    }
+  }
 
   if ((self->checkpoint_interval > 0
           && s.iteration % self->checkpoint_interval == 0) || last)
@@ -598,6 +761,8 @@ gst_unet_train_start (GstAggregator *agg)
   g_autofree gchar *output = g_strdup (self->output_location);
   g_autofree gchar *norm = g_strdup (self->normalization);
   g_autofree gchar *log_location = g_strdup (self->log_location);
+  g_autofree gchar *best_location = g_strdup (self->best_location);
+  gboolean keep_best = self->keep_best;
   gboolean resume = self->resume;
   GST_OBJECT_UNLOCK (self);
 
@@ -631,6 +796,44 @@ gst_unet_train_start (GstAggregator *agg)
       return FALSE;
     }
   }
+
+  self->best_score = G_MAXDOUBLE;
+  self->log_failed = FALSE;
+  g_clear_pointer (&self->best_path, g_free);
+  if (keep_best) {
+    if (!(opts.validation_fraction > 0.0)) {
+      GST_ELEMENT_ERROR (self, LIBRARY, SETTINGS,
+          ("keep-best needs held-out frames: set validation-fraction (e.g. 0.1 "
+              "holds out every tenth frame)."), (NULL));
+      return FALSE;
+    }
+    if (best_location != NULL && best_location[0] != '\0') {
+      self->best_path = g_steal_pointer (&best_location);
+    } else if (output != NULL && output[0] != '\0') {
+      const gchar *dot = strrchr (output, '.');
+      const gchar *slash = strrchr (output, '/');
+      if (dot != NULL && (slash == NULL || dot > slash))
+        self->best_path = g_strdup_printf ("%.*s.best%s", (int) (dot - output),
+            output, dot);
+      else
+        self->best_path = g_strconcat (output, ".best", NULL);
+    } else {
+      GST_ELEMENT_ERROR (self, LIBRARY, SETTINGS,
+          ("keep-best needs best-model or output-model to know where to write."),
+          (NULL));
+      return FALSE;
+    }
+  }
+
+  /* Temporaries of a writer killed before its rename (ours, by exact name). */
+  guint stale = 0;
+  if (output != NULL && output[0] != '\0')
+    stale += unet_model_remove_stale_temporaries (output);
+  if (self->best_path != NULL)
+    stale += unet_model_remove_stale_temporaries (self->best_path);
+  if (stale > 0)
+    GST_INFO_OBJECT (self, "removed %u stale temporary file(s) of an earlier "
+        "run that was killed while writing", stale);
 
   gboolean resumed = FALSE;
   if (resume && output != NULL && g_file_test (output, G_FILE_TEST_EXISTS)) {
@@ -672,8 +875,15 @@ gst_unet_train_start (GstAggregator *agg)
       unet_trainer_free (g_steal_pointer (&self->trainer));
       return FALSE;
     }
-    if (!append)
-      fputs ("iteration,loss,dice,val_dice,lr,samples_per_s,time\n", self->log);
+    if (!append && (fputs (LOG_HEADER, self->log) < 0
+            || fflush (self->log) != 0)) {
+      GST_ELEMENT_ERROR (self, RESOURCE, OPEN_WRITE,
+          ("Could not write the training log \"%s\".", log_location),
+          ("%s", g_strerror (errno)));
+      fclose (g_steal_pointer (&self->log));
+      unet_trainer_free (g_steal_pointer (&self->trainer));
+      return FALSE;
+    }
   }
   GST_INFO_OBJECT (self, "training %s at iteration %" G_GINT64_FORMAT
       " of %" G_GUINT64_FORMAT, resumed ? "resumed" : "started",
@@ -686,8 +896,12 @@ gst_unet_train_stop (GstAggregator *agg)
 {
   GstUnetTrain *self = GST_UNET_TRAIN (agg);
   g_clear_pointer (&self->trainer, unet_trainer_free);
+  g_clear_pointer (&self->best_path, g_free);
   if (self->log) {
-    fclose (self->log);
+    if (fclose (self->log) != 0 && !self->log_failed)
+      GST_ELEMENT_WARNING (self, RESOURCE, WRITE,
+          ("Could not close the training log: %s.", g_strerror (errno)),
+          (NULL));
     self->log = NULL;
   }
   return TRUE;
@@ -883,6 +1097,19 @@ gst_unet_train_set_property (GObject *object, guint prop_id,
     case PROP_DROPOUT:
       o->architecture.dropout = g_value_get_double (value);
       break;
+    case PROP_WARMUP:
+      o->warmup = (gint64) g_value_get_uint64 (value);
+      break;
+    case PROP_KEEP_BEST:
+      self->keep_best = g_value_get_boolean (value);
+      break;
+    case PROP_BEST_MODEL:
+      g_free (self->best_location);
+      self->best_location = g_value_dup_string (value);
+      break;
+    case PROP_BEST_METRIC:
+      self->best_metric = g_value_get_enum (value);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
       break;
@@ -1022,6 +1249,18 @@ gst_unet_train_get_property (GObject *object, guint prop_id, GValue *value,
     case PROP_DROPOUT:
       g_value_set_double (value, o->architecture.dropout);
       break;
+    case PROP_WARMUP:
+      g_value_set_uint64 (value, (guint64) o->warmup);
+      break;
+    case PROP_KEEP_BEST:
+      g_value_set_boolean (value, self->keep_best);
+      break;
+    case PROP_BEST_MODEL:
+      g_value_set_string (value, self->best_location);
+      break;
+    case PROP_BEST_METRIC:
+      g_value_set_enum (value, self->best_metric);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
       break;
@@ -1037,6 +1276,7 @@ gst_unet_train_finalize (GObject *object)
   g_free (self->output_location);
   g_free (self->log_location);
   g_free (self->normalization);
+  g_free (self->best_location);
   G_OBJECT_CLASS (parent_class)->finalize (object);
 }
 
@@ -1215,6 +1455,23 @@ gst_unet_train_class_init (GstUnetTrainClass *klass)
       g_param_spec_double ("dropout", "Dropout",
           "Dropout probability at the bottom of a new network", 0.0, 0.95,
           DEFAULT_DROPOUT, RW));
+  g_object_class_install_property (gobject_class, PROP_WARMUP,
+      g_param_spec_uint64 ("warmup", "Warm-up",
+          "Steps over which the learning rate rises linearly to its value "
+          "(then the schedule applies)", 0, G_MAXINT64, DEFAULT_WARMUP, RW));
+  g_object_class_install_property (gobject_class, PROP_KEEP_BEST,
+      g_param_spec_boolean ("keep-best", "Keep best",
+          "Write the model with the best validation score (best-metric) so far "
+          "to best-model after each validation (needs validation-fraction > 0)",
+          DEFAULT_KEEP_BEST, RW));
+  g_object_class_install_property (gobject_class, PROP_BEST_MODEL,
+      g_param_spec_string ("best-model", "Best model",
+          "Where keep-best writes (empty: output-model with .best before the "
+          "extension, e.g. model.best.safetensors)", NULL, RW));
+  g_object_class_install_property (gobject_class, PROP_BEST_METRIC,
+      g_param_spec_enum ("best-metric", "Best metric",
+          "Validation score keep-best ranks by",
+          GST_TYPE_UNET_TRAIN_BEST_METRIC, DEFAULT_BEST_METRIC, RW));
 
   gst_element_class_add_static_pad_template_with_gtype (element_class,
       &image_template, GST_TYPE_AGGREGATOR_PAD);
@@ -1266,6 +1523,10 @@ gst_unet_train_init (GstUnetTrain *self)
   self->opts.optimizer = DEFAULT_OPTIMIZER;
   self->opts.learning_rate = DEFAULT_LEARNING_RATE;
   self->opts.momentum = DEFAULT_MOMENTUM;
+  self->opts.schedule = DEFAULT_SCHEDULE;
+  self->opts.warmup = DEFAULT_WARMUP;
+  self->keep_best = DEFAULT_KEEP_BEST;
+  self->best_metric = DEFAULT_BEST_METRIC;
   self->opts.architecture.depth = DEFAULT_DEPTH;
   self->opts.architecture.base_filters = DEFAULT_BASE_FILTERS;
   self->opts.architecture.classes = DEFAULT_CLASSES;

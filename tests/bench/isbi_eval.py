@@ -12,9 +12,13 @@ accepted too).  A predicted pixel is "cell interior" when its label is non-zero
 or, for float stacks, when its probability is >= --threshold; --pred-membrane-nonzero
 flips that for models whose class 1 is the membrane.
 
-  pixel error     1 - F-score of the per-pixel classification with membrane as the
-                  positive class (ISBI 2012: "1 - maximal F-score of pixel similarity";
-                  we score the given labels, not a sweep over thresholds).
+  pixel error     plain pixel error: the share of pixels whose predicted class
+                  (membrane or interior) differs from the ground truth, mean(pred != gt).
+  membrane F error  1 - F-score of the per-pixel classification with membrane as the
+                  positive class (the challenge's "pixel error", "1 - maximal F-score
+                  of pixel similarity"; we score the given labels, not a sweep over
+                  thresholds). Earlier versions of this script printed this figure
+                  under the name "pixel error".
   Rand error      1 - F-score of the foreground-restricted Rand index (Arganda-Carreras
                   et al. 2015, "Crowdsourcing the creation of image segmentation
                   algorithms for connectomics", Front. Neuroanat. 9:142):
@@ -75,6 +79,11 @@ def dice(a, b):
 
 
 def pixel_error(pred_interior, gt_interior):
+    """Plain pixel error: mean(pred != gt) over all pixels."""
+    return float(np.mean(np.asarray(pred_interior, bool) != np.asarray(gt_interior, bool)))
+
+
+def membrane_f_error(pred_interior, gt_interior):
     """1 - F-score of membrane-pixel classification (membrane = positive class)."""
     pm = ~np.asarray(pred_interior, bool)
     gm = ~np.asarray(gt_interior, bool)
@@ -140,11 +149,13 @@ def evaluate_membrane(pred, gt, threshold=0.5, membrane_nonzero=False):
         r = rand_scores_2d(pi, gt_segments_of(gt[k]))
         frames.append({"frame": k,
                        "pixel_error": pixel_error(pi, gi),
+                       "membrane_f_error": membrane_f_error(pi, gi),
                        "rand_error": r["error"],
                        "v_split": r["v_split"], "v_merge": r["v_merge"],
                        "membrane_dice": dice(~pi, ~gi)})
     mean = {m: float(np.mean([f[m] for f in frames]))
-            for m in ("pixel_error", "rand_error", "v_split", "v_merge", "membrane_dice")}
+            for m in ("pixel_error", "membrane_f_error", "rand_error", "v_split", "v_merge",
+                      "membrane_dice")}
     return {"kind": "membrane", "frames": frames, "mean": mean}
 
 
@@ -175,16 +186,17 @@ def evaluate_nuclei(pred, gt, threshold=0.5):
 
 def print_table(res, out=sys.stdout):
     if res["kind"] == "membrane":
-        cols = ("pixel_error", "rand_error", "v_split", "v_merge", "membrane_dice")
+        cols = ("pixel_error", "membrane_f_error", "rand_error", "v_split", "v_merge",
+                "membrane_dice")
     else:
         cols = ("dice", "objects", "objects_gt")
-    print("frame  " + "  ".join(f"{c:>13}" for c in cols), file=out)
+    print("frame  " + "  ".join(f"{c:>16}" for c in cols), file=out)
     for f in res["frames"]:
         print(f"{f['frame']:5d}  " + "  ".join(
-            f"{f[c]:13.4f}" if isinstance(f[c], float) else f"{f[c]:13d}" for c in cols),
+            f"{f[c]:16.4f}" if isinstance(f[c], float) else f"{f[c]:16d}" for c in cols),
             file=out)
     print(" mean  " + "  ".join(
-        f"{res['mean'][c]:13.4f}" if c in res["mean"] else " " * 13 for c in cols), file=out)
+        f"{res['mean'][c]:16.4f}" if c in res["mean"] else " " * 16 for c in cols), file=out)
     if "stack" in res:
         print(f"stack Dice (all frames pooled): {res['stack']['dice']:.4f}", file=out)
 

@@ -198,7 +198,8 @@ GST_START_TEST (test_pairs_train_and_save)
   fail_unless (g_file_get_contents (log, &text, NULL, NULL));
   gchar **lines = g_strsplit (text, "\n", -1);
   fail_unless_equals_string (lines[0],
-      "iteration,loss,dice,val_dice,lr,samples_per_s,time");
+      "iteration,loss,dice,val_dice,lr,samples_per_s,time,val_pixel_error,"
+      "val_rand_error,alert");
   fail_unless_equals_int (g_strv_length (lines), 7);    /* header, 5, "" */
   fail_unless (g_str_has_prefix (lines[5], "5,"));
   g_strfreev (lines);

@@ -395,12 +395,18 @@ test_predict_and_validate (void)
   g_assert_cmpuint (nv, >, 0);
   UnetTrainStats s;
   g_assert_true (unet_trainer_step (t, &s, &err));
-  gdouble dice = -2;
-  gboolean ok = unet_trainer_validate (t, &dice, &err);
+  UnetTrainValidation v;
+  gboolean ok = unet_trainer_validate (t, &v, &err);
   g_assert_no_error (err);
   g_assert_true (ok);
-  g_assert_cmpfloat (dice, >=, 0.0);
-  g_assert_cmpfloat (dice, <=, 1.0);
+  g_assert_cmpuint (v.frames, ==, nv);
+  g_assert_cmpfloat (v.dice, >=, 0.0);
+  g_assert_cmpfloat (v.dice, <=, 1.0);
+  g_assert_cmpfloat (v.pixel_error, >=, 0.0);
+  g_assert_cmpfloat (v.pixel_error, <=, 1.0);
+  /* blobs are objects: the Rand error is defined */
+  g_assert_cmpfloat (v.rand_error, >=, 0.0);
+  g_assert_cmpfloat (v.rand_error, <=, 1.0);
 
   /* Odd frame size, padded stride: labels are 0/1, the padding untouched. */
   guint8 img[29 * 40], labels[29 * 41];

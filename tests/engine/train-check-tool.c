@@ -112,6 +112,7 @@ run_optim (Reader *r, GByteArray *out)
   p.total_steps = (gint64) rd_f64 (r);
   p.poly_power = rd_f64 (r);
   p.lr_min = rd_f64 (r);
+  p.warmup_steps = (gint64) rd_f64 (r);
   g_autofree UnetOptimRange *ranges = g_new0 (UnetOptimRange, MAX (n_ranges, 1));
   for (gint i = 0; i < n_ranges; i++) {
     ranges[i].offset = rd_i32 (r);

@@ -153,14 +153,14 @@ SCHED = {"constant": 0, "cosine": 1, "poly": 2}
 
 def optim_case(name, kind, sched, lr, steps=6, momentum=0.0, nesterov=False, wd=0.0,
                betas=(0.9, 0.999), eps=1e-8, total=10, power=0.9, lr_min=0.0,
-               ranges=None, n=257, seed=0):
+               warmup=0, ranges=None, n=257, seed=0):
     rng = np.random.default_rng(seed)
     w0 = rng.standard_normal(n).astype(np.float32)
     grads = [(rng.standard_normal(n) * 0.5).astype(np.float32) for _ in range(steps)]
     rl = ranges or []
     payload = struct.pack("<6i", KINDS[kind], SCHED[sched], int(nesterov), n, steps, len(rl))
-    payload += struct.pack("<9d", lr, momentum, betas[0], betas[1], eps, wd, float(total),
-                           power, lr_min)
+    payload += struct.pack("<10d", lr, momentum, betas[0], betas[1], eps, wd, float(total),
+                           power, lr_min, float(warmup))
     for off, num, dec in rl:
         payload += struct.pack("<3i", off, num, int(dec))
     payload += w0.tobytes() + b"".join(g.tobytes() for g in grads)
@@ -177,7 +177,19 @@ def optim_case(name, kind, sched, lr, steps=6, momentum=0.0, nesterov=False, wd=
         opt = torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps)
     else:
         opt = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
-    if sched == "cosine":
+    if warmup and sched == "constant":
+        # Linear warm-up alone: PyTorch's own LinearLR from 1/W to 1 over W - 1 steps.
+        sch = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0 / warmup,
+                                                end_factor=1.0, total_iters=warmup - 1)
+    elif warmup and sched == "cosine":
+        # Warm-up on top of cosine: LambdaLR with the product of LinearLR's and
+        # CosineAnnealingLR's closed forms (chaining the two recursive schedulers
+        # would compound the factors).
+        def factor(t):
+            cos_lr = lr_min + (lr - lr_min) * (1 + np.cos(np.pi * t / total)) / 2
+            return (min(t + 1, warmup) / warmup) * cos_lr / lr
+        sch = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    elif sched == "cosine":
         sch = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=lr_min)
     elif sched == "poly":
         sch = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=total, power=power)
@@ -235,6 +247,9 @@ optim_case("adam wd poly ranges", "adam", "poly", 1e-2, wd=1e-2, total=8,
 optim_case("adamw cosine", "adamw", "cosine", 3e-3, wd=0.05, total=6, lr_min=1e-4,
            betas=(0.8, 0.99), eps=1e-6)
 optim_case("adam constant", "adam", "constant", 1e-3)
+optim_case("adam warm-up constant", "adam", "constant", 1e-3, warmup=4, steps=7)
+optim_case("sgd 0.99 warm-up cosine", "sgd", "cosine", 0.01, momentum=0.99, warmup=3,
+           total=8, steps=8, lr_min=1e-4)
 
 if failures:
     print(f"{len(failures)} check(s) failed")

@@ -120,7 +120,10 @@ class PixelAndDiceTest(unittest.TestCase):
         pred = gt.copy()
         pred[0, 0] = pred[1, 0] = False       # false membrane
         pred[3, 2] = True                     # missed membrane
-        self.assertAlmostEqual(ev.pixel_error(pred, gt), 1.0 - 6.0 / 9.0, delta=EPS)
+        self.assertAlmostEqual(ev.membrane_f_error(pred, gt), 1.0 - 6.0 / 9.0, delta=EPS)
+        self.assertAlmostEqual(ev.membrane_f_error(gt, gt), 0.0, delta=EPS)
+        # plain pixel error: 3 of 16 pixels differ
+        self.assertAlmostEqual(ev.pixel_error(pred, gt), 3.0 / 16.0, delta=EPS)
         self.assertAlmostEqual(ev.pixel_error(gt, gt), 0.0, delta=EPS)
         # membrane Dice is the same F-score
         self.assertAlmostEqual(ev.dice(~pred, ~gt), 6.0 / 9.0, delta=EPS)
@@ -175,7 +178,9 @@ class StackTest(unittest.TestCase):
             # V = 2 (112^2 + 128^2) / (112^2 + 128^2 + 240^2)
             v = 2.0 * (112 ** 2 + 128 ** 2) / (112 ** 2 + 128 ** 2 + 240 ** 2)
             self.assertAlmostEqual(res["frames"][2]["rand_error"], 1.0 - v, delta=EPS)
-            self.assertAlmostEqual(res["frames"][2]["pixel_error"], 1.0, delta=EPS)
+            self.assertAlmostEqual(res["frames"][2]["membrane_f_error"], 1.0, delta=EPS)
+            # ... while the plain pixel error is the one wrong column: 16 of 256 px
+            self.assertAlmostEqual(res["frames"][2]["pixel_error"], 16.0 / 256.0, delta=EPS)
             bad = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "bench", "isbi_eval.py"),
                                   os.path.join(d, "pred.tif"), os.path.join(d, "missing.tif")],
                                  capture_output=True, text=True)
