@@ -34,7 +34,7 @@
  * not depend on the loss scale. SGD with momentum 0.99 moves 1/(1 - 0.99) = 100
  * gradients per step at steady state. */
 #define DEFAULT_ADAM_LR 1e-3
-#define DEFAULT_SGD_LR 1e-2
+#define DEFAULT_SGD_LR 1e-3
 
 typedef struct
 {
@@ -148,9 +148,9 @@ unet_trainer_options_init (UnetTrainerOptions *opts)
   memset (opts, 0, sizeof (*opts));
   unet_config_init_classic (&opts->architecture);
   unet_normalization_init_default (&opts->normalization);
-  opts->optimizer = UNET_TRAIN_SGD;
-  opts->learning_rate = 0.01;
-  opts->warmup = 0;
+  opts->optimizer = UNET_TRAIN_ADAM;
+  opts->learning_rate = 0.0;
+  opts->warmup = 200;
   opts->momentum = 0.99;
   opts->nesterov = FALSE;
   opts->weight_decay = 0.0;
@@ -239,9 +239,8 @@ validate_options (const UnetTrainerOptions *o, GError **error)
   if (!(o->learning_rate >= 0.0 && o->learning_rate < 1e3))
     BAD ("learning rate %g must be 0 (the optimiser's default) or in (0, 1000)",
         o->learning_rate);
-  if (o->warmup < 0 || o->warmup > o->iterations)
-    BAD ("warm-up of %" G_GINT64_FORMAT " steps must be in 0..iterations (%"
-        G_GINT64_FORMAT ")", o->warmup, o->iterations);
+  if (o->warmup < 0)
+    BAD ("warm-up of %" G_GINT64_FORMAT " steps must be >= 0", o->warmup);
   if (!(o->momentum >= 0.0 && o->momentum < 1.0))
     BAD ("momentum %g must be in [0, 1)", o->momentum);
   if (o->nesterov && !(o->momentum > 0.0))
@@ -323,7 +322,7 @@ make_optimizer (const UnetTrainer *t, const UnetLayout *layout, GError **error)
   }
   p.lr = o->learning_rate > 0.0 ? o->learning_rate
       : unet_trainer_default_learning_rate (o->optimizer);
-  p.warmup_steps = o->warmup;
+  p.warmup_steps = unet_trainer_warmup_steps (o);
   p.momentum = o->momentum;
   p.nesterov = o->nesterov;
   p.weight_decay = o->weight_decay;
@@ -437,6 +436,12 @@ unet_trainer_free (UnetTrainer *t)
   unet_model_free (t->model);
   g_free (t->alert_message);
   g_free (t);
+}
+
+gint64
+unet_trainer_warmup_steps (const UnetTrainerOptions *o)
+{
+  return MIN (o->warmup, o->iterations / 4);
 }
 
 gdouble
@@ -773,7 +778,8 @@ guard_step (UnetTrainer *t, gdouble loss, GError **error)
   gdouble uniform = log ((gdouble) MAX (K, 2));
   gint missing = unet_seg_scores_missing_class (&t->window,
       GUARD_MIN_CLASS_SHARE);
-  gboolean judge = t->iteration >= t->opts.warmup + 2 * GUARD_WINDOW;
+  gboolean judge = t->iteration >= unet_trainer_warmup_steps (&t->opts)
+      + 2 * GUARD_WINDOW;
   if (judge && t->opts.dice_weight == 0.0
       && fabs (mean - uniform) <= GUARD_UNIFORM_TOLERANCE * uniform)
     now |= 1u << UNET_TRAIN_ALERT_UNIFORM;
@@ -1020,7 +1026,8 @@ unet_trainer_validate (UnetTrainer *t, UnetTrainValidation *v, GError **error)
 
   guint bit = 1u << UNET_TRAIN_ALERT_VALIDATION_CLASS_NEVER_PREDICTED;
   gint missing = unet_seg_scores_missing_class (&scores, GUARD_MIN_CLASS_SHARE);
-  gboolean judge = t->iteration >= t->opts.warmup + 2 * GUARD_WINDOW;
+  gboolean judge = t->iteration >= unet_trainer_warmup_steps (&t->opts)
+      + 2 * GUARD_WINDOW;
   if (judge && missing >= 0 && !(t->alerts_active & bit)) {
     gchar cn[64];
     raise_alert (t, UNET_TRAIN_ALERT_VALIDATION_CLASS_NEVER_PREDICTED,
@@ -1103,7 +1110,7 @@ training_json (const UnetTrainer *t)
   KV_STR ("optimizer", optimizer_name (o->optimizer));
   KV_DBL ("learning_rate", o->learning_rate > 0.0 ? o->learning_rate
       : unet_trainer_default_learning_rate (o->optimizer));
-  KV_INT ("warmup", o->warmup);
+  KV_INT ("warmup", unet_trainer_warmup_steps (o));
   KV_DBL ("momentum", o->momentum);
   KV_BOOL ("nesterov", o->nesterov);
   KV_DBL ("weight_decay", o->weight_decay);

@@ -283,7 +283,8 @@ typedef struct
   UnetNormalization normalization;  /* raw pixels -> network input; stored in the model */
   UnetTrainOptimizer optimizer;
   gdouble learning_rate;        /* 0 = the optimiser's default (see below) */
-  gint64 warmup;                /* linear warm-up steps (0 = none) */
+  gint64 warmup;                /* linear warm-up steps (0 = none), at most
+                                 * iterations / 4 are used */
   gdouble momentum;             /* SGD momentum (Adam/AdamW: betas 0.9, 0.999) */
   gboolean nesterov;
   gdouble weight_decay;
@@ -352,10 +353,13 @@ typedef struct
 
 typedef struct _UnetTrainer UnetTrainer;
 
-/* The paper's setup: SGD, lr 0.01, momentum 0.99, batch 1, auto tile, elastic
- * 3 / 10 px, any rotation, flips, intensity jitter 1, w0 10, sigma 5, class
- * balance, binary masks, no ignore label, no Dice term, no validation, capacity
- * 1000, seed 0, architecture = the classic net, normalisation = the default. */
+/* Adam at its default learning rate (learning_rate 0 = 1e-3), 200 warm-up steps,
+ * cosine schedule (SGD with momentum 0.99 is the paper's optimiser: optimizer SGD,
+ * learning_rate 0 = 1e-3), batch 1, auto tile, elastic 3 / 10 px, any rotation,
+ * flips, intensity jitter 1, w0 10, sigma 5, class balance, binary masks, no
+ * ignore label, no Dice term, no validation, capacity 1000, seed 0, architecture =
+ * the classic net (the element's default is depth 4, 16 base filters),
+ * normalisation = the default. */
 void         unet_trainer_options_init  (UnetTrainerOptions *opts);
 
 /* A trainer for `model` (fine-tuning; copied) or, when NULL, for a new model of
@@ -395,6 +399,8 @@ gboolean     unet_trainer_step          (UnetTrainer *trainer, UnetTrainStats *s
  * extension); v->frames = 0 when there are none. */
 gboolean     unet_trainer_validate      (UnetTrainer *trainer, UnetTrainValidation *v,
                                          GError **error);
+/* The warm-up a run uses: min (warmup, iterations / 4). */
+gint64       unet_trainer_warmup_steps  (const UnetTrainerOptions *opts);
 /* The learning rate `learning_rate = 0` means for an optimiser. */
 gdouble      unet_trainer_default_learning_rate (UnetTrainOptimizer optimizer);
 /* Class-index labels (H,W) of a raw frame with the current weights. */

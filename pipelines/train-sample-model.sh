@@ -106,7 +106,7 @@ PY
 
 "$UNET_ROOT/pipelines/train.sh" -n "$iterations" --checkpoint 500 --mask-mode indexed \
   --depth 3 --base-filters 16 --tile-size 196 --optimizer adam --learning-rate 0.001 \
-  -p classes=3 -p schedule=cosine -p "threads=$threads" -d "$device" --seed 1 \
+  -p classes=3 -p schedule=cosine -p warmup=0 -p "threads=$threads" -d "$device" --seed 1 \
   --csv "$work/loss.csv" --plot "$work/loss.png" \
   "$work/train-images.tif" "$work/train-classes.tif" "$work/checkpoint.safetensors"
 

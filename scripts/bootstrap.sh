@@ -16,6 +16,7 @@ PACKAGES=(
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   libtiff-dev libtiff-tools libdnnl-dev
   python3 python3-numpy python3-scipy python3-tifffile python3-torch python3-pil python3-matplotlib
+  python3-skimage
   libaravis-0.8-0 aravis-tools gstreamer1.0-plugins-bad iproute2
   valgrind
   python3-gi gir1.2-gstreamer-1.0

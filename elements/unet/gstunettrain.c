@@ -112,15 +112,15 @@ typedef enum
   BEST_DICE,
 } BestMetric;
 
-#define DEFAULT_ITERATIONS 1000
+#define DEFAULT_ITERATIONS 4000
 #define DEFAULT_CHECKPOINT_INTERVAL 0
 #define DEFAULT_VALIDATION_INTERVAL 100
 #define DEFAULT_STEPS_PER_PAIR 1
-#define DEFAULT_OPTIMIZER UNET_TRAIN_SGD
-#define DEFAULT_LEARNING_RATE 0.01
+#define DEFAULT_OPTIMIZER UNET_TRAIN_ADAM
+#define DEFAULT_LEARNING_RATE 0.0  /* the optimiser's default */
 #define DEFAULT_MOMENTUM 0.99
 #define DEFAULT_WEIGHT_DECAY 0.0
-#define DEFAULT_SCHEDULE UNET_TRAIN_SCHEDULE_CONSTANT
+#define DEFAULT_SCHEDULE UNET_TRAIN_SCHEDULE_COSINE
 #define DEFAULT_BATCH_SIZE 1
 #define DEFAULT_TILE_SIZE 0
 #define DEFAULT_ELASTIC_GRID 3
@@ -142,12 +142,12 @@ typedef enum
 #define DEFAULT_PREVIEW TRUE
 #define DEFAULT_TIMESTAMP_TOLERANCE GST_MSECOND
 #define DEFAULT_DEPTH 4
-#define DEFAULT_BASE_FILTERS 64
+#define DEFAULT_BASE_FILTERS 16
 #define DEFAULT_PADDING UNET_PADDING_VALID
 #define DEFAULT_BATCH_NORM FALSE
 #define DEFAULT_CLASSES 2
 #define DEFAULT_DROPOUT 0.0
-#define DEFAULT_WARMUP 0
+#define DEFAULT_WARMUP 200
 #define DEFAULT_KEEP_BEST FALSE
 #define DEFAULT_BEST_METRIC BEST_RAND_ERROR
 
@@ -1328,7 +1328,10 @@ gst_unet_train_class_init (GstUnetTrainClass *klass)
           GST_TYPE_UNET_TRAIN_OPTIMIZER, DEFAULT_OPTIMIZER, RW));
   g_object_class_install_property (gobject_class, PROP_LEARNING_RATE,
       g_param_spec_double ("learning-rate", "Learning rate",
-          "Initial learning rate", 1e-9, 100.0, DEFAULT_LEARNING_RATE, RW));
+          "Peak learning rate (after warm-up); 0 = the optimiser's default: "
+          "1e-3 for adam/adamw, 1e-3 for sgd with momentum 0.99 (for our loss, "
+          "the weighted MEAN over the tile)", 0.0, 100.0, DEFAULT_LEARNING_RATE,
+          RW));
   g_object_class_install_property (gobject_class, PROP_MOMENTUM,
       g_param_spec_double ("momentum", "Momentum",
           "SGD momentum (0.99 in the paper)", 0.0, 0.9999, DEFAULT_MOMENTUM,
@@ -1457,8 +1460,9 @@ gst_unet_train_class_init (GstUnetTrainClass *klass)
           DEFAULT_DROPOUT, RW));
   g_object_class_install_property (gobject_class, PROP_WARMUP,
       g_param_spec_uint64 ("warmup", "Warm-up",
-          "Steps over which the learning rate rises linearly to its value "
-          "(then the schedule applies)", 0, G_MAXINT64, DEFAULT_WARMUP, RW));
+          "Steps over which the learning rate rises linearly to its value, "
+          "at most a quarter of iterations (then the schedule applies)", 0,
+          G_MAXINT64, DEFAULT_WARMUP, RW));
   g_object_class_install_property (gobject_class, PROP_KEEP_BEST,
       g_param_spec_boolean ("keep-best", "Keep best",
           "Write the model with the best validation score (best-metric) so far "

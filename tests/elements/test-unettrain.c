@@ -517,6 +517,135 @@ checkpoint_iteration (const gchar *path)
 
 /* Stopping the pipeline while it trains on after EOS ends training promptly
  * and leaves a checkpoint of the last step; resume continues from it. */
+/* Held-out whole frames: validation scores on the bus and in the CSV, and
+ * keep-best writes the best model (a loadable model) beside output-model. */
+GST_START_TEST (test_validation_and_keep_best)
+{
+  gchar *out = g_build_filename (tmpdir, "m.safetensors", NULL);
+  gchar *best = g_build_filename (tmpdir, "m.best.safetensors", NULL);
+  gchar *log = g_build_filename (tmpdir, "log.csv", NULL);
+  /* a temporary of a writer killed earlier: removed at start */
+  gchar *stale = g_build_filename (tmpdir, "m.safetensors.tmp-a1B2c3", NULL);
+  fail_unless (g_file_set_contents (stale, "half a model", -1, NULL));
+  GstElement *e = make_trainer (out, 6);
+  g_object_set (e, "log-location", log, "validation-fraction", 0.5,
+      "validation-interval", 2, "keep-best", TRUE, NULL);
+  GstBus *bus = gst_bus_new ();
+  gst_element_set_bus (e, bus);
+  GstHarness *hi = gst_harness_new_with_element (e, "image", "src");
+  GstHarness *hm = gst_harness_new_with_element (e, "mask", NULL);
+  gchar *c = caps_str ("GRAY8", W, H);
+  gst_harness_set_src_caps_str (hi, c);
+  gst_harness_set_src_caps_str (hm, c);
+  g_free (c);
+  fail_if (g_file_test (stale, G_FILE_TEST_EXISTS));
+  /* 4 pairs at f = 0.5: pairs 1 and 3 are held out */
+  for (guint i = 0; i < 4; i++) {
+    fail_unless_equals_int (gst_harness_push (hi, frame (W, H, 1,
+                i * GST_SECOND, i, FALSE)), GST_FLOW_OK);
+    fail_unless_equals_int (gst_harness_push (hm, frame (W, H, 1,
+                i * GST_SECOND, i, TRUE)), GST_FLOW_OK);
+    /* the preview of each pair: the pair has been taken in */
+    gst_buffer_unref (gst_harness_pull (hi));
+  }
+  gst_harness_push_event (hi, gst_event_new_eos ());
+  gst_harness_push_event (hm, gst_event_new_eos ());
+  wait_eos (hi);
+
+  GstMessage *m;
+  guint n_val = 0, n_best = 0;
+  while ((m = gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT)) != NULL) {
+    const GstStructure *st = gst_message_get_structure (m);
+    gdouble pe = -1, re = -1, d = -1;
+    guint frames = 0;
+    if (gst_structure_has_name (st, "unettrain-progress")
+        && gst_structure_get_double (st, "validation-pixel-error", &pe)) {
+      fail_unless (gst_structure_get_double (st, "validation-rand-error", &re));
+      fail_unless (gst_structure_get_double (st, "validation-dice", &d));
+      fail_unless (gst_structure_get_uint (st, "validation-frames", &frames));
+      /* step 2 comes with pair 1, the only held-out frame then */
+      fail_unless_equals_int (frames, n_val == 0 ? 1 : 2);
+      fail_unless (pe >= 0.0 && pe <= 1.0 && re >= 0.0 && re <= 1.0
+          && d >= 0.0 && d <= 1.0, "%g %g %g", pe, re, d);
+      n_val++;
+    }
+    if (gst_structure_has_name (st, "unettrain-best")) {
+      fail_unless_equals_string (gst_structure_get_string (st, "location"),
+          best);
+      n_best++;
+    }
+    gst_message_unref (m);
+  }
+  /* steps 2, 4 and 6 (the last) are validated; the first is always a best */
+  fail_unless_equals_int (n_val, 3);
+  fail_unless (n_best >= 1 && n_best <= 3);
+  GError *err = NULL;
+  UnetModel *bm = unet_model_load (best, &err);
+  fail_unless (bm != NULL, "%s", err ? err->message : "");
+  fail_unless (strstr (unet_model_get_metadata (bm, "unet.training"),
+          "validation_rand_error") != NULL);
+  unet_model_free (bm);
+
+  gchar *text = NULL;
+  fail_unless (g_file_get_contents (log, &text, NULL, NULL));
+  gchar **lines = g_strsplit (text, "\n", -1);
+  fail_unless_equals_int (g_strv_length (lines), 8);    /* header, 6, "" */
+  gchar **cols = g_strsplit (lines[6], ",", -1);
+  fail_unless_equals_int (g_strv_length (cols), 10);
+  fail_unless_equals_string (cols[0], "6");
+  fail_unless (cols[3][0] != '\0' && cols[7][0] != '\0' && cols[8][0] != '\0');
+  g_strfreev (cols);
+  cols = g_strsplit (lines[1], ",", -1);
+  fail_unless (cols[3][0] == '\0' && cols[7][0] == '\0');    /* step 1: none */
+  g_strfreev (cols);
+  g_strfreev (lines);
+  g_free (text);
+
+  gst_harness_teardown (hm);
+  gst_harness_teardown (hi);
+  gst_object_unref (bus);
+  g_free (out);
+  g_free (best);
+  g_free (log);
+  g_free (stale);
+}
+
+GST_END_TEST;
+
+/* A log that cannot be written (here /dev/full: ENOSPC on every write) is an
+ * error naming the log, not a run that loses its rows and exits 0; keep-best
+ * without held-out frames is refused before any training. */
+GST_START_TEST (test_log_unwritable_and_keep_best_needs_validation)
+{
+  gchar *out = g_build_filename (tmpdir, "m.safetensors", NULL);
+  GstBus *bus = gst_bus_new ();
+  GError *err = NULL;
+  const gchar *expect[] = { "/dev/full", "validation-fraction" };
+  for (guint i = 0; i < 2; i++) {
+    GstElement *e = make_trainer (out, 10);
+    if (i == 0)
+      g_object_set (e, "log-location", "/dev/full", NULL);
+    else
+      g_object_set (e, "keep-best", TRUE, NULL);
+    gst_element_set_bus (e, bus);
+    fail_unless_equals_int (gst_element_set_state (e, GST_STATE_PAUSED),
+        GST_STATE_CHANGE_FAILURE);
+    GstMessage *m = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+    fail_unless (m != NULL);
+    gst_message_parse_error (m, &err, NULL);
+    fail_unless (strstr (err->message, expect[i]) != NULL, "%s", err->message);
+    g_clear_error (&err);
+    gst_message_unref (m);
+    gst_element_set_state (e, GST_STATE_NULL);
+    gst_element_set_bus (e, NULL);
+    gst_object_unref (e);
+  }
+  gst_object_unref (bus);
+  g_free (out);
+}
+
+GST_END_TEST;
+
 GST_START_TEST (test_interrupt_and_resume)
 {
   gchar *out = g_build_filename (tmpdir, "r.safetensors", NULL);
@@ -573,6 +702,8 @@ unettrain_suite (void)
   tcase_add_test (tc, test_bad_output_model);
   tcase_add_test (tc, test_one_stream_empty);
   tcase_add_test (tc, test_interrupt_and_resume);
+  tcase_add_test (tc, test_validation_and_keep_best);
+  tcase_add_test (tc, test_log_unwritable_and_keep_best_needs_validation);
   suite_add_tcase (s, tc);
   return s;
 }

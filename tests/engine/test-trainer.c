@@ -8,6 +8,7 @@
 #include "model-private.h"
 
 #include <glib/gstdio.h>
+#include <json-glib/json-glib.h>
 #include <math.h>
 #include <string.h>
 #if HAVE_OPENMP
@@ -52,6 +53,8 @@ small_options (UnetTrainerOptions *o)
   o->normalization.b = 255;
   o->optimizer = UNET_TRAIN_ADAM;
   o->learning_rate = 1e-3;
+  o->schedule = UNET_TRAIN_SCHEDULE_CONSTANT;
+  o->warmup = 0;
   o->iterations = 100;
   o->seed = 42;
   /* One thread: oneDNN's results are bit-reproducible for a fixed thread count,
@@ -90,6 +93,19 @@ test_bad_options (void)
   g_assert_null (unet_trainer_new (&o, NULL, &err));
   g_assert_error (err, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
   g_clear_error (&err);
+
+  small_options (&o);
+  o.warmup = -1;
+  g_assert_null (unet_trainer_new (&o, NULL, &err));
+  g_assert_error (err, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
+  g_assert_nonnull (strstr (err->message, "warm-up"));
+  g_clear_error (&err);
+  /* at most a quarter of the run warms up */
+  o.warmup = 1000;
+  o.iterations = 100;
+  g_assert_cmpint (unet_trainer_warmup_steps (&o), ==, 25);
+  o.iterations = 8000;
+  g_assert_cmpint (unet_trainer_warmup_steps (&o), ==, 1000);
 
   small_options (&o);
   o.validation_fraction = 1.0;
@@ -161,13 +177,24 @@ test_split_and_capacity (void)
       g_assert_true (add_blob_pair (t, i, 24, 24, &err));
     n_train[run] = unet_trainer_get_n_pairs (t, &n_val[run]);
   }
-  /* Same seed, same split. */
+  /* Same split every time: whole frames, every 1/f-th by arrival, exactly
+   * floor(40 · 0.3) = 12 of 40 held out. */
   g_assert_cmpuint (n_train[0], ==, n_train[1]);
   g_assert_cmpuint (n_val[0], ==, n_val[1]);
   g_assert_cmpuint (n_train[0] + n_val[0], ==, 40);
-  /* 40 draws at p = 0.3: 12 expected, P(outside 3..22) < 1e-3 (binomial). */
-  g_assert_cmpuint (n_val[0], >=, 3);
-  g_assert_cmpuint (n_val[0], <=, 22);
+  g_assert_cmpuint (n_val[0], ==, 12);
+  /* f = 0.1 over 20 frames (ISBI's 20 training slices): frames 9 and 19. */
+  {
+    UnetTrainerOptions o10 = o;
+    o10.validation_fraction = 0.1;
+    g_autoptr (UnetTrainer) t10 = unet_trainer_new (&o10, NULL, &err);
+    guint nv = 0;
+    for (gint i = 0; i < 20; i++) {
+      g_assert_true (add_blob_pair (t10, i, 24, 24, &err));
+      unet_trainer_get_n_pairs (t10, &nv);
+      g_assert_cmpuint (nv, ==, (guint) (i >= 19 ? 2 : i >= 9 ? 1 : 0));
+    }
+  }
 
   /* Capacity: the training set never holds more than dataset_capacity pairs,
    * the validation set max (1, capacity * fraction). */
@@ -480,6 +507,227 @@ test_train_blobs (void)
   g_assert_cmpfloat (secs, <, 180.0);
 }
 
+/* A constant image teaches nothing: the network can only output one value for
+ * every pixel. With class balance on a half/half mask the best constant is p = 0.5,
+ * whose loss is ln 2: the guard must say "uniform prediction". */
+static void
+test_guard_uniform (void)
+{
+  UnetTrainerOptions o;
+  g_autoptr (GError) err = NULL;
+  small_options (&o);
+  o.architecture.depth = 1;
+  o.learning_rate = 1e-2;
+  o.iterations = 400;
+  o.warmup = 20;
+  o.border_weight = 0.0;
+  o.elastic = FALSE;
+  g_autoptr (UnetTrainer) t = unet_trainer_new (&o, NULL, &err);
+  g_assert_no_error (err);
+  guint8 img[32 * 32], mask[32 * 32];
+  memset (img, 128, sizeof (img));
+  for (gint i = 0; i < 32 * 32; i++)
+    mask[i] = (i % 32) < 16 ? 0 : 255;
+  g_assert_true (unet_trainer_add_pair (t, UNET_PIXEL_U8, img, 32,
+          UNET_PIXEL_U8, mask, 32, 32, 32, &err));
+  gint raised = 0;
+  gint64 at = -1;
+  for (gint i = 0; i < o.iterations; i++) {
+    UnetTrainStats s;
+    g_assert_true (unet_trainer_step (t, &s, &err));
+    g_assert_no_error (err);
+    if (s.alert != UNET_TRAIN_ALERT_NONE) {
+      g_assert_cmpint (s.alert, ==, UNET_TRAIN_ALERT_UNIFORM);
+      g_assert_nonnull (strstr (s.alert_message, "uniform"));
+      g_assert_nonnull (strstr (s.alert_message, "learning-rate"));
+      raised++;
+      at = s.iteration;
+    }
+  }
+  /* Once (it does not repeat while it lasts), and not before the guard judges:
+   * the second full window after warm-up. */
+  g_assert_cmpint (raised, ==, 1);
+  g_assert_cmpint (at, >=, o.warmup + 200);
+}
+
+/* Same constant image with a 10 % foreground and no class balance: the best
+ * constant predicts background everywhere (loss H(0.1) = 0.33, not ln 2); the
+ * guard names class 1 as never predicted. */
+static void
+test_guard_class_never_predicted (void)
+{
+  UnetTrainerOptions o;
+  g_autoptr (GError) err = NULL;
+  small_options (&o);
+  o.architecture.depth = 1;
+  o.learning_rate = 1e-2;
+  o.iterations = 400;
+  o.border_weight = 0.0;
+  o.class_balance = FALSE;
+  o.elastic = FALSE;
+  o.validation_fraction = 0.5;
+  g_autoptr (UnetTrainer) t = unet_trainer_new (&o, NULL, &err);
+  g_assert_no_error (err);
+  guint8 img[32 * 32], mask[32 * 32];
+  memset (img, 128, sizeof (img));
+  for (gint i = 0; i < 32 * 32; i++)
+    mask[i] = (i % 10) == 0 ? 255 : 0;
+  for (gint k = 0; k < 2; k++)
+    g_assert_true (unet_trainer_add_pair (t, UNET_PIXEL_U8, img, 32,
+            UNET_PIXEL_U8, mask, 32, 32, 32, &err));
+  guint nv = 0;
+  unet_trainer_get_n_pairs (t, &nv);
+  g_assert_cmpuint (nv, ==, 1);
+  gint raised = 0;
+  for (gint i = 0; i < o.iterations; i++) {
+    UnetTrainStats s;
+    g_assert_true (unet_trainer_step (t, &s, &err));
+    if (s.alert != UNET_TRAIN_ALERT_NONE) {
+      g_assert_cmpint (s.alert, ==, UNET_TRAIN_ALERT_CLASS_NEVER_PREDICTED);
+      g_assert_nonnull (strstr (s.alert_message, "class 1"));
+      raised++;
+    }
+  }
+  g_assert_cmpint (raised, ==, 1);
+  UnetTrainValidation v;
+  g_assert_true (unet_trainer_validate (t, &v, &err));
+  g_assert_no_error (err);
+  g_assert_cmpint (v.alert, ==, UNET_TRAIN_ALERT_VALIDATION_CLASS_NEVER_PREDICTED);
+  g_assert_nonnull (strstr (v.alert_message, "held-out"));
+  /* everything predicted background: the pixel error is the foreground share */
+  g_assert_cmpfloat (fabs (v.pixel_error - 0.1 * 32 / 32.0), <, 0.01);
+  g_assert_cmpfloat (v.dice, ==, 0.0);
+  /* reported once */
+  g_assert_true (unet_trainer_validate (t, &v, &err));
+  g_assert_cmpint (v.alert, ==, UNET_TRAIN_ALERT_NONE);
+}
+
+/* Overwrites the first value of tensor `name` in a safetensors file with NaN. */
+static void
+poison_tensor (const gchar *path, const gchar *name)
+{
+  g_autofree gchar *data = NULL;
+  gsize len = 0;
+  g_assert_true (g_file_get_contents (path, &data, &len, NULL));
+  guint64 hlen = 0;
+  memcpy (&hlen, data, 8);
+  hlen = GUINT64_FROM_LE (hlen);
+  g_autoptr (JsonParser) p = json_parser_new ();
+  g_assert_true (json_parser_load_from_data (p, data + 8, (gssize) hlen, NULL));
+  JsonObject *root = json_node_get_object (json_parser_get_root (p));
+  JsonObject *t = json_object_get_object_member (root, name);
+  g_assert_nonnull (t);
+  JsonArray *off = json_object_get_array_member (t, "data_offsets");
+  gsize at = 8 + hlen + (gsize) json_array_get_int_element (off, 0);
+  gfloat nan = NAN;
+  memcpy (data + at, &nan, 4);
+  g_assert_true (g_file_set_contents (path, data, (gssize) len, NULL));
+}
+
+static void
+test_checkpoint_non_finite (void)
+{
+  UnetTrainerOptions o;
+  g_autoptr (GError) err = NULL;
+  g_autofree gchar *dir = make_tmpdir ();
+  g_autofree gchar *path = g_build_filename (dir, "ck.safetensors", NULL);
+  small_options (&o);
+  g_autoptr (UnetTrainer) t = unet_trainer_new (&o, NULL, &err);
+  g_assert_true (add_blob_pair (t, 1, 40, 40, &err));
+  UnetTrainStats s;
+  g_assert_true (unet_trainer_step (t, &s, &err));
+  g_assert_true (unet_trainer_save_checkpoint (t, path, &err));
+  g_autofree gchar *good = NULL;
+  gsize good_len = 0;
+  g_assert_true (g_file_get_contents (path, &good, &good_len, NULL));
+
+  /* A checkpoint whose optimiser state is not finite does not resume. */
+  g_autofree gchar *bad = g_build_filename (dir, "bad.safetensors", NULL);
+  g_assert_true (g_file_set_contents (bad, good, (gssize) good_len, NULL));
+  poison_tensor (bad, "optim.exp_avg_sq");
+  g_assert_null (unet_trainer_new_from_checkpoint (&o, bad, &err));
+  g_assert_error (err, UNET_ERROR, UNET_ERROR_MODEL);
+  g_assert_nonnull (strstr (err->message, "optim.exp_avg_sq"));
+  g_assert_nonnull (strstr (err->message, "non-finite"));
+  g_clear_error (&err);
+  /* Nor one with a non-finite weight. */
+  g_assert_true (g_file_set_contents (bad, good, (gssize) good_len, NULL));
+  poison_tensor (bad, "head.weight");
+  UnetTrainer *r = unet_trainer_new_from_checkpoint (&o, bad, &err);
+  g_assert_null (r);
+  g_assert_nonnull (err);
+  g_assert_nonnull (strstr (err->message, "non-finite"));
+  g_clear_error (&err);
+
+  /* A trainer whose weights are not finite never replaces the good file. */
+  g_autoptr (UnetModel) m = unet_model_new (&o.architecture, &err);
+  unet_model_init_weights (m, 1);
+  unet_model_get_slab (m)[0] = NAN;
+  g_autoptr (UnetTrainer) tn = unet_trainer_new (&o, m, &err);
+  g_assert_no_error (err);
+  g_assert_false (unet_trainer_save_checkpoint (tn, path, &err));
+  g_assert_error (err, UNET_ERROR, UNET_ERROR_FAILED);
+  g_assert_nonnull (strstr (err->message, "not finite"));
+  g_clear_error (&err);
+  g_autofree gchar *after = NULL;
+  gsize after_len = 0;
+  g_assert_true (g_file_get_contents (path, &after, &after_len, NULL));
+  g_assert_cmpmem (after, after_len, good, good_len);
+  g_assert_cmpuint (count_files (dir), ==, 2);  /* no temporary left either */
+}
+
+/* "iteration" of another type than an integer is a damaged checkpoint. */
+static void
+test_checkpoint_metadata_types (void)
+{
+  UnetTrainerOptions o;
+  g_autoptr (GError) err = NULL;
+  g_autofree gchar *dir = make_tmpdir ();
+  g_autofree gchar *path = g_build_filename (dir, "ck.safetensors", NULL);
+  small_options (&o);
+  const gchar *bad[] = {
+    "{\"iteration\":\"5\",\"seed\":\"1\",\"optimizer\":\"adam\"}",
+    "{\"iteration\":{},\"seed\":\"1\",\"optimizer\":\"adam\"}",
+    "{\"iteration\":2.5,\"seed\":\"1\",\"optimizer\":\"adam\"}",
+    "{\"iteration\":-3,\"seed\":\"1\",\"optimizer\":\"adam\"}",
+    "{\"iteration\":5,\"seed\":1,\"optimizer\":\"adam\"}",
+    "{\"iteration\":5,\"seed\":\"1\",\"optimizer\":[]}",
+    "[5]",
+  };
+  for (guint i = 0; i < G_N_ELEMENTS (bad); i++) {
+    g_autoptr (UnetModel) m = unet_model_new (&o.architecture, &err);
+    unet_model_init_weights (m, 1);
+    unet_model_set_metadata (m, "unet.training", bad[i]);
+    g_assert_true (unet_model_save (m, path, &err));
+    g_assert_null (unet_trainer_new_from_checkpoint (&o, path, &err));
+    g_assert_error (err, UNET_ERROR, UNET_ERROR_MODEL);
+    g_assert_nonnull (strstr (err->message, "iteration"));
+    g_clear_error (&err);
+  }
+}
+
+/* Temporaries of a killed writer go; nothing else does. */
+static void
+test_stale_temporaries (void)
+{
+  g_autofree gchar *dir = make_tmpdir ();
+  g_autofree gchar *path = g_build_filename (dir, "m.safetensors", NULL);
+  const gchar *names[] = { "m.safetensors.tmp-Ab12Cd", "m.safetensors.tmp-Ab12C",
+    "m.safetensors.tmp-Ab12Cd.keep", "n.safetensors.tmp-Ab12Cd", "m.safetensors",
+  };
+  for (guint i = 0; i < G_N_ELEMENTS (names); i++) {
+    g_autofree gchar *f = g_build_filename (dir, names[i], NULL);
+    g_assert_true (g_file_set_contents (f, "x", 1, NULL));
+  }
+  g_autofree gchar *sub = g_build_filename (dir, "m.safetensors.tmp-Dir123", NULL);
+  g_assert_cmpint (g_mkdir (sub, 0755), ==, 0);
+  g_assert_cmpuint (unet_model_remove_stale_temporaries (path), ==, 1);
+  g_assert_cmpuint (count_files (dir), ==, G_N_ELEMENTS (names) - 1 + 1);
+  g_autofree gchar *gone = g_build_filename (dir, names[0], NULL);
+  g_assert_false (g_file_test (gone, G_FILE_TEST_EXISTS));
+  g_rmdir (sub);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -498,5 +746,12 @@ main (int argc, char **argv)
   g_test_add_func ("/trainer/resume-sgd", test_resume_sgd);
   g_test_add_func ("/trainer/resume-adamw-bn-dropout", test_resume_adam_bn);
   g_test_add_func ("/trainer/predict-validate", test_predict_and_validate);
+  g_test_add_func ("/trainer/guard-uniform", test_guard_uniform);
+  g_test_add_func ("/trainer/guard-class-never-predicted",
+      test_guard_class_never_predicted);
+  g_test_add_func ("/trainer/checkpoint-non-finite", test_checkpoint_non_finite);
+  g_test_add_func ("/trainer/checkpoint-metadata-types",
+      test_checkpoint_metadata_types);
+  g_test_add_func ("/trainer/stale-temporaries", test_stale_temporaries);
   return g_test_run ();
 }

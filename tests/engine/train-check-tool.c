@@ -2,7 +2,7 @@
  * optimiser code on inputs written by the script and writes the results back, so
  * the script can compare them with PyTorch autograd / torch.optim in float64.
  *
- * Usage: train-check-tool loss|optim IN OUT
+ * Usage: train-check-tool loss|optim|scores IN OUT
  * All values little-endian; layouts are documented in the script.
  */
 #include "training.h"
@@ -138,11 +138,35 @@ run_optim (Reader *r, GByteArray *out)
   }
 }
 
+/* scores: n_frames, classes, H, W, then per frame pred, labels, objects (H·W int32
+ * each); out: pixel error, Rand error, Dice, missing class (1 %) as 4 float64. */
+static void
+run_scores (Reader *r, GByteArray *out)
+{
+  gint32 F = rd_i32 (r), K = rd_i32 (r), H = rd_i32 (r), W = rd_i32 (r);
+  gsize n = (gsize) H * W * sizeof (gint32);
+  UnetSegScores s;
+  unet_seg_scores_init (&s, K);
+  for (gint f = 0; f < F; f++) {
+    g_autofree gint32 *pred = rd_array (r, n);
+    g_autofree gint32 *labels = rd_array (r, n);
+    g_autofree gint32 *objects = rd_array (r, n);
+    g_autoptr (GError) error = NULL;
+    if (!unet_seg_scores_add_frame (&s, pred, labels, objects, W, H, &error))
+      g_error ("scores: %s", error->message);
+  }
+  gdouble v[4] = { unet_seg_scores_pixel_error (&s),
+    unet_seg_scores_rand_error (&s), unet_seg_scores_dice (&s),
+    unet_seg_scores_missing_class (&s, 0.01)
+  };
+  g_byte_array_append (out, (guint8 *) v, sizeof (v));
+}
+
 int
 main (int argc, char **argv)
 {
   if (argc != 4) {
-    fprintf (stderr, "usage: %s loss|optim IN OUT\n", argv[0]);
+    fprintf (stderr, "usage: %s loss|optim|scores IN OUT\n", argv[0]);
     return 2;
   }
   g_autofree gchar *data = NULL;
@@ -156,6 +180,8 @@ main (int argc, char **argv)
     run_loss (&r, out);
   else if (strcmp (argv[1], "optim") == 0)
     run_optim (&r, out);
+  else if (strcmp (argv[1], "scores") == 0)
+    run_scores (&r, out);
   else
     g_error ("unknown mode %s", argv[1]);
   if (!g_file_set_contents (argv[3], (const gchar *) out->data, out->len, &error))
