@@ -27,6 +27,7 @@
 #include "config.h"
 
 #include "backend.h"
+#include "normalize-private.h"
 #include "cuda-backend.h"
 #include "cuda-check.h"
 #include "cuda-kernels.h"
@@ -122,6 +123,16 @@ esize (const CudaCtx *ctx)
 /* Kernel launchers return a cudaError_t as int. */
 #define KERNEL_CHECK(call, error) CUDA_CHECK (call, error)
 
+/* The CUDA runtime's current device is per host thread, and GStreamer calls the
+ * backend from whatever thread streams: every entry point that touches the device
+ * selects ours first (cheap: a thread-local store when it is already current), or
+ * gpu-id != 0 would silently run on device 0. */
+static gboolean
+use_device (const CudaCtx *ctx, GError **error)
+{
+  return CUDA_CHECK (cudaSetDevice (ctx->device), error);
+}
+
 /* ------------------------------------------------------------ memory -- */
 
 static gboolean
@@ -214,18 +225,23 @@ static gboolean
 upload_converted (CudaCtx *ctx, const gfloat *host, gsize n, UnetCudaDType dtype, void **out,
     const gchar *what, GError **error)
 {
+  /* Copies go on the backend's (non-blocking) stream: a blocking cudaMemcpy on the
+   * legacy default stream is not ordered with the kernels of non-blocking streams,
+   * e.g. the cast below or a forward pass still reading the staging buffer. */
   if (!cuda_alloc (out, n * unet_cuda_dtype_size (dtype), what, error))
     return FALSE;
   if (dtype == UNET_CUDA_F32)
-    return CUDA_CHECK (cudaMemcpy (*out, host, n * sizeof (gfloat), cudaMemcpyHostToDevice),
-        error);
+    return CUDA_CHECK (cudaMemcpyAsync (*out, host, n * sizeof (gfloat),
+            cudaMemcpyHostToDevice, ctx->stream), error)
+        && CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error);
   if (!grow_device ((void **) &ctx->staging_dev, &ctx->staging_dev_bytes, n * sizeof (gfloat),
           "staging", error)
-      || !CUDA_CHECK (cudaMemcpy (ctx->staging_dev, host, n * sizeof (gfloat),
-              cudaMemcpyHostToDevice), error)
+      || !CUDA_CHECK (cudaMemcpyAsync (ctx->staging_dev, host, n * sizeof (gfloat),
+              cudaMemcpyHostToDevice, ctx->stream), error)
       || !KERNEL_CHECK (unet_cuda_cast_from_f32 (ctx->staging_dev, *out, dtype, n,
               ctx->stream), error))
     return FALSE;
+  /* `host` may be freed on return */
   return CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error);
 }
 
@@ -235,6 +251,11 @@ cuda_upload_layers (UnetBackend *be, const UnetLayerParams *layers, gint n_layer
 {
   CudaCtx *ctx = ctx_of (be);
 
+  if (!use_device (ctx, error))
+    return FALSE;
+  /* a forward pass may still read the old layers */
+  if (ctx->n_layers > 0 && !CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error))
+    return FALSE;
   free_layers (ctx);
   ctx->layers = g_new0 (CudaLayer, n_layers);
   ctx->n_layers = n_layers;
@@ -283,9 +304,14 @@ cuda_tensor_new (UnetBackend *be, const UnetDims *dims, GError **error)
     return NULL;
   }
   elems = (guint64) dims->n * dims->c * dims->h * dims->w;
-  if (elems > G_MAXINT32 * (guint64) 16) {
+  /* cuDNN's legacy tensor descriptors take int dims and strides (set_nhwc_desc): an
+   * activation of 2^31 elements or more cannot be described. OUT_OF_MEMORY, so the
+   * segmenter halves its batch and an explicit tile size gets an actionable error. */
+  if (elems > (guint64) G_MAXINT32) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
-        "tensor %dx%dx%dx%d is too large", dims->n, dims->c, dims->h, dims->w);
+        "activation %d x %d x %d x %d has %" G_GUINT64_FORMAT " elements, more than the "
+        "2^31 - 1 cuDNN can address; use a smaller tile-size or batch-size", dims->n,
+        dims->c, dims->h, dims->w, elems);
     return NULL;
   }
   t = g_new0 (UnetBackendTensor, 1);
@@ -362,8 +388,11 @@ tensor_pixels (const UnetBackendTensor *t)
 static UnetBackendArena *
 cuda_arena_new (UnetBackend *be, gsize bytes, GError **error)
 {
-  UnetBackendArena *a = g_new0 (UnetBackendArena, 1);
+  UnetBackendArena *a;
 
+  if (!use_device (ctx_of (be), error))
+    return NULL;
+  a = g_new0 (UnetBackendArena, 1);
   if (!cuda_alloc (&a->data, bytes, "activations", error)) {
     g_free (a);
     return NULL;
@@ -387,7 +416,14 @@ static gboolean
 set_nhwc_desc (CudaCtx *ctx, cudnnTensorDescriptor_t desc, const UnetDims *dims, gint stride,
     GError **error)
 {
-  /* NHWC with a pixel stride of `stride` elements (== c when dense) */
+  /* NHWC with a pixel stride of `stride` elements (== c when dense); the strides are
+   * int: tensor_new refused anything larger */
+  if ((guint64) dims->n * dims->h * dims->w * stride > (guint64) G_MAXINT32) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+        "activation %d x %d x %d x %d is too large for cuDNN (2^31 elements)", dims->n,
+        stride, dims->h, dims->w);
+    return FALSE;
+  }
   return CUDNN_CHECK (cudnnSetTensor4dDescriptorEx (desc, ctx->cudnn_dtype, dims->n, dims->c,
           dims->h, dims->w, dims->h * dims->w * stride, 1, dims->w * stride, stride), error);
 }
@@ -581,7 +617,7 @@ cuda_op_new (UnetBackend *be, const UnetOpDesc *desc, GError **error)
 
   op->ctx = ctx;
   op->d = *desc;
-  if (!CUDA_CHECK (cudaSetDevice (ctx->device), error))
+  if (!use_device (ctx, error))
     goto fail;
   switch (desc->kind) {
     case UNET_OP_CONV:
@@ -690,6 +726,8 @@ cuda_op_forward (UnetBackendOp *op, GError **error)
   CudaCtx *ctx = op->ctx;
   const UnetBackendTensor *src = op->d.src, *dst = op->d.dst;
 
+  if (!use_device (ctx, error))
+    return FALSE;
   switch (op->d.kind) {
     case UNET_OP_CONV:
     case UNET_OP_UPCONV2:
@@ -733,6 +771,7 @@ cuda_upload (UnetBackendTensor *t, const gfloat *host, GError **error)
   gsize bytes = tensor_pixels (t) * t->dims.c * sizeof (gfloat);
 
   if (!check_dense (t, error)
+      || !use_device (ctx, error)
       || !grow_pinned (ctx, bytes, error)
       || !grow_device ((void **) &ctx->staging_dev, &ctx->staging_dev_bytes, bytes, "staging",
           error)
@@ -760,6 +799,7 @@ cuda_download (UnetBackendTensor *t, gfloat *host, GError **error)
   gsize bytes = tensor_pixels (t) * t->dims.c * sizeof (gfloat);
 
   if (!check_dense (t, error)
+      || !use_device (ctx, error)
       || !grow_pinned (ctx, bytes, error)
       || !grow_device ((void **) &ctx->staging_dev, &ctx->staging_dev_bytes, bytes, "staging",
           error)
@@ -778,7 +818,8 @@ static gboolean
 cuda_synchronize (UnetBackend *be, GError **error)
 {
   CudaCtx *ctx = ctx_of (be);
-  return CUDA_CHECK (cudaStreamSynchronize (ctx->copy_stream), error)
+  return use_device (ctx, error)
+      && CUDA_CHECK (cudaStreamSynchronize (ctx->copy_stream), error)
       && CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error);
 }
 
@@ -786,22 +827,27 @@ cuda_synchronize (UnetBackend *be, GError **error)
 
 /* One frame in flight: its raw pixels and results, pinned on the host and on the
  * device, and the events that order upload (copy stream), compute (compute stream)
- * and download (download stream). */
+ * and download (download stream). Only the outputs the segmenter asked for are
+ * allocated (frame_begin). */
 typedef struct
 {
   gint width, height, classes, prob_class;
   UnetPixelFormat format;
   gsize row_bytes;
-  gboolean blend;
+  gboolean blend, labels;       /* labels: delivered; prob_class -1: no probability */
+  gfloat lo, scale;             /* fixed normalisation ... */
+  gboolean dev_norm;            /* ... or dev_params, computed on the device */
+  float *dev_params;            /* (lo, scale) */
   guint8 *host_in;              /* pinned raw frame, dense rows */
   gsize host_in_cap;
   void *dev_in;
   gsize dev_in_cap;
   guint8 *dev_labels, *host_labels;     /* (H,W); host pinned */
+  gsize dev_labels_cap, host_labels_cap;        /* bytes */
   float *dev_probs, *host_probs;        /* (H,W) */
-  gsize out_cap;                /* pixels of the four buffers above */
+  gsize dev_probs_cap, host_probs_cap;  /* bytes */
   float *dev_acc, *dev_wsum;    /* blending: (K,H,W), (H,W) */
-  gsize acc_cap;                /* floats of dev_acc */
+  gsize acc_cap, wsum_cap;      /* bytes */
   guint8 *dst_labels;           /* where frame_wait copies to (may be NULL) */
   gfloat *dst_probs;
   cudaEvent_t uploaded, downloaded;
@@ -815,8 +861,9 @@ struct _UnetBackendFrames
   FrameSlot *slots;
   cudaStream_t d2h;             /* downloads */
   cudaEvent_t computed;         /* compute stream -> download stream, per download */
-  guint32 *dev_hist, *host_hist;        /* 65536 bins; host pinned */
-  double *dev_partials, *dev_sums, *host_sums;  /* moments; host pinned (2) */
+  /* frame statistics, on the copy stream only (so one set serves every slot) */
+  guint32 *dev_hist;            /* 65536 bins */
+  double *dev_partials, *dev_sums;
 };
 
 static gboolean
@@ -833,6 +880,7 @@ cuda_frames_free (UnetBackendFrames *fr)
 {
   if (fr == NULL)
     return;
+  cudaSetDevice (fr->ctx->device);
   cudaStreamSynchronize (fr->ctx->copy_stream);
   cudaStreamSynchronize (fr->ctx->stream);
   if (fr->d2h != NULL)
@@ -850,6 +898,7 @@ cuda_frames_free (UnetBackendFrames *fr)
     cudaFree (s->dev_probs);
     cudaFree (s->dev_acc);
     cudaFree (s->dev_wsum);
+    cudaFree (s->dev_params);
     if (s->uploaded != NULL)
       cudaEventDestroy (s->uploaded);
     if (s->downloaded != NULL)
@@ -859,10 +908,6 @@ cuda_frames_free (UnetBackendFrames *fr)
   cudaFree (fr->dev_hist);
   cudaFree (fr->dev_partials);
   cudaFree (fr->dev_sums);
-  if (fr->host_hist != NULL)
-    cudaFreeHost (fr->host_hist);
-  if (fr->host_sums != NULL)
-    cudaFreeHost (fr->host_sums);
   if (fr->computed != NULL)
     cudaEventDestroy (fr->computed);
   if (fr->d2h != NULL)
@@ -879,22 +924,22 @@ cuda_frames_new (UnetBackend *be, gint depth, GError **error)
   fr->ctx = ctx;
   fr->depth = CLAMP (depth, 1, 8);
   fr->slots = g_new0 (FrameSlot, fr->depth);
-  if (!CUDA_CHECK (cudaSetDevice (ctx->device), error)
+  if (!use_device (ctx, error)
       || !CUDA_CHECK (cudaStreamCreateWithFlags (&fr->d2h, cudaStreamNonBlocking), error)
       || !CUDA_CHECK (cudaEventCreateWithFlags (&fr->computed, cudaEventDisableTiming), error)
       || !cuda_alloc ((void **) &fr->dev_hist, 65536 * sizeof (guint32), "histograms", error)
       || !cuda_alloc ((void **) &fr->dev_partials, UNET_CUDA_REDUCE_BLOCKS * 2
           * sizeof (double), "frame statistics", error)
-      || !cuda_alloc ((void **) &fr->dev_sums, 2 * sizeof (double), "frame statistics", error)
-      || !CUDA_CHECK (cudaMallocHost ((void **) &fr->host_hist, 65536 * sizeof (guint32)),
-          error)
-      || !CUDA_CHECK (cudaMallocHost ((void **) &fr->host_sums, 2 * sizeof (double)), error))
+      || !cuda_alloc ((void **) &fr->dev_sums, 2 * sizeof (double), "frame statistics",
+          error))
     goto fail;
   for (gint i = 0; i < fr->depth; i++)
     if (!CUDA_CHECK (cudaEventCreateWithFlags (&fr->slots[i].uploaded,
                 cudaEventDisableTiming), error)
         || !CUDA_CHECK (cudaEventCreateWithFlags (&fr->slots[i].downloaded,
-                cudaEventDisableTiming), error))
+                cudaEventDisableTiming), error)
+        || !cuda_alloc ((void **) &fr->slots[i].dev_params, 2 * sizeof (float),
+            "frame statistics", error))
       goto fail;
   return fr;
 
@@ -903,6 +948,7 @@ fail:
   return NULL;
 }
 
+/* The slot, with our device current on this thread. */
 static FrameSlot *
 frame_slot (UnetBackendFrames *fr, gint slot, GError **error)
 {
@@ -911,6 +957,8 @@ frame_slot (UnetBackendFrames *fr, gint slot, GError **error)
         fr->depth);
     return NULL;
   }
+  if (!use_device (fr->ctx, error))
+    return NULL;
   return &fr->slots[slot];
 }
 
@@ -957,119 +1005,118 @@ cuda_frame_upload (UnetBackendFrames *fr, gint slot, UnetPixelFormat format,
   s->height = height;
   s->format = format;
   s->row_bytes = row;
+  s->dev_norm = FALSE;
+  s->lo = 0.0f;
+  s->scale = 1.0f;
   return CUDA_CHECK (cudaMemcpyAsync (s->dev_in, s->host_in, bytes, cudaMemcpyHostToDevice,
           ctx->copy_stream), error)
       && CUDA_CHECK (cudaEventRecord (s->uploaded, ctx->copy_stream), error)
       && CUDA_CHECK (cudaStreamWaitEvent (ctx->stream, s->uploaded, 0), error);
 }
 
+/* Statistics on the copy stream right after the upload (they overlap the previous
+ * frame's compute), parameters into the slot's dev_params, then the compute stream
+ * waits for them. The host never waits. */
 static gboolean
-cuda_frame_histogram (UnetBackendFrames *fr, gint slot, guint32 *hist, GError **error)
+cuda_frame_normalize (UnetBackendFrames *fr, gint slot, const UnetNormalization *norm,
+    GError **error)
 {
   CudaCtx *ctx = fr->ctx;
   FrameSlot *s = frame_slot (fr, slot, error);
-  gsize bins;
+  gdouble lo, scale;
+  guint64 npix;
 
   if (s == NULL)
     return FALSE;
+  if (unet_normalization_fixed_params (norm, &lo, &scale)) {
+    s->dev_norm = FALSE;
+    s->lo = (gfloat) lo;
+    s->scale = (gfloat) scale;
+    return TRUE;
+  }
   if (s->format == UNET_PIXEL_F32) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
-        "histograms are for 8- and 16-bit frames");
+        "frame statistics on the device are for 8- and 16-bit frames");
     return FALSE;
   }
-  bins = s->format == UNET_PIXEL_U8 ? 256 : 65536;
-  if (!CUDA_CHECK (cudaMemsetAsync (fr->dev_hist, 0, bins * sizeof (guint32), ctx->stream),
-          error)
-      || !KERNEL_CHECK (unet_cuda_histogram (s->dev_in, (UnetCudaPixel) s->format, s->width,
-              s->height, s->row_bytes, 1, fr->dev_hist, ctx->stream), error)
-      || !CUDA_CHECK (cudaMemcpyAsync (fr->host_hist, fr->dev_hist, bins * sizeof (guint32),
-              cudaMemcpyDeviceToHost, ctx->stream), error)
-      || !CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error))
-    return FALSE;
-  memcpy (hist, fr->host_hist, bins * sizeof (guint32));
-  return TRUE;
-}
-
-static gboolean
-cuda_frame_moments (UnetBackendFrames *fr, gint slot, gdouble sums[2], GError **error)
-{
-  CudaCtx *ctx = fr->ctx;
-  FrameSlot *s = frame_slot (fr, slot, error);
-
-  if (s == NULL
-      || !KERNEL_CHECK (unet_cuda_frame_moments (s->dev_in, (UnetCudaPixel) s->format,
+  npix = (guint64) s->width * s->height;
+  if (norm->mode == UNET_NORM_PERCENTILE) {
+    gint bins = s->format == UNET_PIXEL_U8 ? 256 : 65536;
+    if (!CUDA_CHECK (cudaMemsetAsync (fr->dev_hist, 0, bins * sizeof (guint32),
+                ctx->copy_stream), error)
+        || !KERNEL_CHECK (unet_cuda_histogram (s->dev_in, (UnetCudaPixel) s->format,
+                s->width, s->height, s->row_bytes, 1, fr->dev_hist, ctx->copy_stream), error)
+        || !KERNEL_CHECK (unet_cuda_percentile_params (fr->dev_hist, bins, npix, norm->a,
+                norm->b, s->dev_params, ctx->copy_stream), error))
+      return FALSE;
+  } else if (!KERNEL_CHECK (unet_cuda_frame_moments (s->dev_in, (UnetCudaPixel) s->format,
               s->width, s->height, s->row_bytes, 1, fr->dev_partials, fr->dev_sums,
-              ctx->stream), error)
-      || !CUDA_CHECK (cudaMemcpyAsync (fr->host_sums, fr->dev_sums, 2 * sizeof (double),
-              cudaMemcpyDeviceToHost, ctx->stream), error)
-      || !CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error))
+              ctx->copy_stream), error)
+      || !KERNEL_CHECK (unet_cuda_moments_params (fr->dev_sums, npix, s->dev_params,
+              ctx->copy_stream), error)) {
     return FALSE;
-  sums[0] = fr->host_sums[0];
-  sums[1] = fr->host_sums[1];
-  return TRUE;
+  }
+  s->dev_norm = TRUE;
+  return CUDA_CHECK (cudaEventRecord (s->uploaded, ctx->copy_stream), error)
+      && CUDA_CHECK (cudaStreamWaitEvent (ctx->stream, s->uploaded, 0), error);
+}
+
+/* Grows a device output buffer of an idle slot; the compute stream may still use the
+ * old one (an earlier frame of this slot), so it is drained first. */
+static gboolean
+grow_output (CudaCtx *ctx, void **buf, gsize *cap, gsize need, GError **error)
+{
+  if (need <= *cap)
+    return TRUE;
+  return CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error)
+      && grow_device (buf, cap, need, "frame outputs", error);
 }
 
 static gboolean
-cuda_frame_begin (UnetBackendFrames *fr, gint slot, gint classes, gint prob_class,
-    gboolean blend, GError **error)
+cuda_frame_begin (UnetBackendFrames *fr, gint slot, gint classes, gboolean labels,
+    gint prob_class, gboolean blend, GError **error)
 {
   CudaCtx *ctx = fr->ctx;
   FrameSlot *s = frame_slot (fr, slot, error);
-  gsize n, host_cap;
+  gsize n;
 
   if (s == NULL)
     return FALSE;
-  if (classes < 1 || classes > 255 || prob_class < 0 || prob_class >= classes) {
+  if (classes < 1 || classes > 255 || prob_class < -1 || prob_class >= classes) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
         "%d classes, probability of class %d", classes, prob_class);
     return FALSE;
   }
   n = (gsize) s->width * s->height;
   s->classes = classes;
+  s->labels = labels;
   s->prob_class = prob_class;
   s->blend = blend;
-  if (n > s->out_cap) {
-    /* the slot is idle (frame_upload waited); its device outputs are not in use */
-    host_cap = s->out_cap;
-    if (!CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error)
-        || !grow_pinned_buf ((void **) &s->host_labels, &host_cap, n, error))
-      return FALSE;
-    host_cap = s->out_cap * sizeof (float);
-    if (!grow_pinned_buf ((void **) &s->host_probs, &host_cap, n * sizeof (float), error))
-      return FALSE;
-    host_cap = s->out_cap;
-    if (!grow_device ((void **) &s->dev_labels, &host_cap, n, "frame outputs", error))
-      return FALSE;
-    host_cap = s->out_cap * sizeof (float);
-    if (!grow_device ((void **) &s->dev_probs, &host_cap, n * sizeof (float),
-            "frame outputs", error))
-      return FALSE;
-    s->out_cap = n;
-  }
+  /* the slot is idle (frame_upload waited for its last download) */
+  if (labels
+      && (!grow_pinned_buf ((void **) &s->host_labels, &s->host_labels_cap, n, error)
+          || !grow_output (ctx, (void **) &s->dev_labels, &s->dev_labels_cap, n, error)))
+    return FALSE;
+  if (prob_class >= 0
+      && (!grow_pinned_buf ((void **) &s->host_probs, &s->host_probs_cap, n * sizeof (float),
+              error)
+          || !grow_output (ctx, (void **) &s->dev_probs, &s->dev_probs_cap,
+              n * sizeof (float), error)))
+    return FALSE;
   if (blend) {
-    gsize acc_bytes = s->acc_cap * sizeof (float), wsum_bytes = s->acc_cap * sizeof (float);
-    gsize need = n * classes;
-    if (need > s->acc_cap) {
-      if (!CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error)
-          || !grow_device ((void **) &s->dev_acc, &acc_bytes, need * sizeof (float),
-              "blending", error)
-          || !grow_device ((void **) &s->dev_wsum, &wsum_bytes, need * sizeof (float),
-              "blending", error))
-        return FALSE;
-      s->acc_cap = need;
-    }
-    return CUDA_CHECK (cudaMemsetAsync (s->dev_acc, 0, need * sizeof (float), ctx->stream),
-        error)
-        && CUDA_CHECK (cudaMemsetAsync (s->dev_wsum, 0, n * sizeof (float), ctx->stream),
-        error);
+    gsize acc = n * classes * sizeof (float), wsum = n * sizeof (float);
+    if (!grow_output (ctx, (void **) &s->dev_acc, &s->acc_cap, acc, error)
+        || !grow_output (ctx, (void **) &s->dev_wsum, &s->wsum_cap, wsum, error))
+      return FALSE;
+    return CUDA_CHECK (cudaMemsetAsync (s->dev_acc, 0, acc, ctx->stream), error)
+        && CUDA_CHECK (cudaMemsetAsync (s->dev_wsum, 0, wsum, ctx->stream), error);
   }
   return TRUE;
 }
 
 static gboolean
 cuda_frame_extract (UnetBackendFrames *fr, gint slot, const gint *origin_x,
-    const gint *origin_y, gint n, gint b0, gfloat lo, gfloat scale,
-    UnetBackendTensor *input, GError **error)
+    const gint *origin_y, gint n, gint b0, UnetBackendTensor *input, GError **error)
 {
   CudaCtx *ctx = fr->ctx;
   FrameSlot *s = frame_slot (fr, slot, error);
@@ -1085,9 +1132,10 @@ cuda_frame_extract (UnetBackendFrames *fr, gint slot, const gint *origin_x,
         d->h, d->w);
     return FALSE;
   }
-  /* the kernel computes (v - offset) * scale */
-  return KERNEL_CHECK (unet_cuda_extract_tiles (s->dev_in, (UnetCudaPixel) s->format,
-          s->width, s->height, s->row_bytes, 1, origin_x, origin_y, n, d->w, d->h, lo, scale,
+  /* the kernel computes (v - offset) * scale, or with the device's parameters */
+  return KERNEL_CHECK (unet_cuda_extract_tiles_params (s->dev_in, (UnetCudaPixel) s->format,
+          s->width, s->height, s->row_bytes, 1, origin_x, origin_y, n, d->w, d->h, s->lo,
+          s->scale, s->dev_norm ? s->dev_params : NULL,
           (guint8 *) tensor_data (input) + (gsize) b0 * per_tile * esize (ctx), ctx->dtype,
           ctx->stream), error);
 }
@@ -1132,8 +1180,9 @@ cuda_frame_stitch (UnetBackendFrames *fr, gint slot, UnetBackendTensor *logits, 
   /* without blending the stitch writes labels and probabilities now; blended ones
    * are finalised from acc / wsum at download time */
   return KERNEL_CHECK (unet_cuda_stitch_blocks (z, ctx->dtype, n, d->h, d->w, d->c, bl,
-          s->dev_labels, s->width, s->dev_probs, (gsize) s->width * sizeof (float),
-          s->prob_class, ctx->stream), error);
+          s->labels ? s->dev_labels : NULL, s->width,
+          s->prob_class >= 0 ? s->dev_probs : NULL, (gsize) s->width * sizeof (float),
+          MAX (s->prob_class, 0), ctx->stream), error);
 }
 
 static gboolean
@@ -1146,11 +1195,18 @@ cuda_frame_download (UnetBackendFrames *fr, gint slot, guint8 *labels, gfloat *p
 
   if (s == NULL)
     return FALSE;
+  if ((labels != NULL && !s->labels) || (probability != NULL && s->prob_class < 0)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "frame slot %d: %s was not asked for in frame_begin", slot,
+        labels != NULL && !s->labels ? "labels" : "a probability");
+    return FALSE;
+  }
   n = (gsize) s->width * s->height;
   if (s->blend
       && !KERNEL_CHECK (unet_cuda_finalize_blend (s->dev_acc, s->dev_wsum, s->width,
-              s->height, s->classes, s->dev_labels, s->width, s->dev_probs,
-              (gsize) s->width * sizeof (float), s->prob_class, ctx->stream), error))
+              s->height, s->classes, s->labels ? s->dev_labels : NULL, s->width,
+              s->prob_class >= 0 ? s->dev_probs : NULL, (gsize) s->width * sizeof (float),
+              MAX (s->prob_class, 0), ctx->stream), error))
     return FALSE;
   s->dst_labels = labels;
   s->dst_probs = probability;
@@ -1195,6 +1251,7 @@ cuda_free (UnetBackend *be)
   CudaCtx *ctx = ctx_of (be);
 
   if (ctx != NULL) {
+    cudaSetDevice (ctx->device);
     if (ctx->stream != NULL)
       cudaStreamSynchronize (ctx->stream);
     if (ctx->copy_stream != NULL)
@@ -1240,8 +1297,7 @@ static const UnetBackendIface cuda_iface = {
   .frames_new = cuda_frames_new,
   .frames_free = cuda_frames_free,
   .frame_upload = cuda_frame_upload,
-  .frame_histogram = cuda_frame_histogram,
-  .frame_moments = cuda_frame_moments,
+  .frame_normalize = cuda_frame_normalize,
   .frame_begin = cuda_frame_begin,
   .frame_extract = cuda_frame_extract,
   .frame_stitch = cuda_frame_stitch,
