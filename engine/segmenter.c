@@ -490,6 +490,8 @@ prepare_batch_shape (UnetSegmenter *seg, const UnetTilePlan *plan, GError **erro
   return TRUE;
 }
 
+static gboolean device_finish (UnetSegmenter *seg, Frame *f, GError **error);
+
 /* After a failure: frames that can no longer finish leave the queue (finished
  * ones stay poppable), and the pending batch is dropped. */
 static void
@@ -501,12 +503,11 @@ drop_unfinished (UnetSegmenter *seg)
   while (l) {
     GList *next = l->next;
     Frame *f = l->data;
-    if (f->dev_slot >= 0) {
-      /* its download still writes into the slot's staging, then into its result */
-      seg->be->iface->frame_wait (seg->dev, f->dev_slot, NULL);
-      seg->dev_pending[f->dev_slot] = NULL;
-      f->dev_slot = -1;
-    }
+    /* an on-device frame whose download was started before the failure: let it land;
+     * when it does, the frame is finished and stays poppable (device_finish releases
+     * the slot either way) */
+    if (f->dev_slot >= 0)
+      (void) device_finish (seg, f, NULL);
     if (!f->finished) {
       g_queue_delete_link (&seg->frames, l);
       frame_free (f);
