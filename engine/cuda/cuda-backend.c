@@ -48,6 +48,8 @@ typedef struct
   void *weight;                 /* KRSC (conv: [cout,k,k,cin]; upconv: [cin,2,2,cout]) */
   float *bias;                  /* [cout] f32 */
   void *bias_lp;                /* [cout] in the activation type (cuDNN's fused op) */
+  const gfloat *host_weight;    /* PyTorch layout, valid until the next upload (net.c) */
+  float *weight_f32;            /* KRSC f32, uploaded when an op falls back to f32 */
 } CudaLayer;
 
 struct _CudaCtx
@@ -71,6 +73,8 @@ struct _CudaCtx
   gboolean workspace_done;
   void *scratch;
   gsize scratch_bytes;
+  float *scratch32;             /* f32 input + output of convolutions run in f32 */
+  gsize scratch32_bytes;
   float *staging_dev;
   gsize staging_dev_bytes;
   float *staging_host;          /* pinned */
@@ -106,6 +110,8 @@ struct _UnetBackendOp
   gsize ws_bytes;
   gboolean fused;               /* conv + bias + ReLU in one cuDNN call */
   gboolean via_scratch;         /* dst is a view: compute densely into ctx->scratch */
+  gboolean f32;                 /* 16-bit net, but cuDNN has no NHWC algorithm for this
+                                 * shape (1 or odd channels): run it in f32 */
 };
 
 static CudaCtx *
@@ -200,6 +206,7 @@ free_layers (CudaCtx *ctx)
     cudaFree (ctx->layers[i].weight);
     cudaFree (ctx->layers[i].bias);
     cudaFree (ctx->layers[i].bias_lp);
+    cudaFree (ctx->layers[i].weight_f32);
   }
   g_free (ctx->layers);
   ctx->layers = NULL;
@@ -271,6 +278,7 @@ cuda_upload_layers (UnetBackend *be, const UnetLayerParams *layers, gint n_layer
       return FALSE;
     }
     l->kind = lp->kind;
+    l->host_weight = lp->weight;
     l->cin = lp->cin;
     l->cout = lp->cout;
     l->k = lp->k;
@@ -545,6 +553,110 @@ op_dense_out (UnetBackendOp *op)
   return op->via_scratch ? op->ctx->scratch : tensor_data (op->d.dst);
 }
 
+/* Sets the op's descriptors for data type `dt` and math `math`. */
+static gboolean
+conv_describe (CudaCtx *ctx, UnetBackendOp *op, cudnnDataType_t dt, cudnnMathType_t math,
+    GError **error)
+{
+  const UnetOpDesc *d = &op->d;
+  const CudaLayer *l = &ctx->layers[d->layer];
+  gboolean up = d->kind == UNET_OP_UPCONV2;
+  UnetDims dense = d->dst->dims;
+  gint pad = up ? 0 : d->pad, stride = up ? 2 : 1;
+  cudnnDataType_t keep = ctx->cudnn_dtype;
+  gboolean ok;
+
+  ctx->cudnn_dtype = dt;        /* set_nhwc_desc reads it */
+  ok = set_nhwc_desc (ctx, op->x_desc, &d->src->dims,
+      op->f32 ? d->src->dims.c : tensor_stride (d->src), error)
+      && set_nhwc_desc (ctx, op->y_desc, &dense, dense.c, error);
+  ctx->cudnn_dtype = keep;
+  return ok
+      && CUDNN_CHECK (cudnnSetTensor4dDescriptor (op->bias_desc, CUDNN_TENSOR_NHWC, dt, 1,
+          l->cout, 1, 1), error)
+      /* conv: K = cout, C = cin; upconv: the filter of the convolution it is the data
+       * gradient of, K = cin, C = cout */
+      && CUDNN_CHECK (cudnnSetFilter4dDescriptor (op->w_desc, dt, CUDNN_TENSOR_NHWC,
+          up ? l->cin : l->cout, up ? l->cout : l->cin, l->k, l->k), error)
+      && CUDNN_CHECK (cudnnSetConvolution2dDescriptor (op->conv_desc, pad, pad, stride,
+          stride, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT), error)
+      && CUDNN_CHECK (cudnnSetConvolutionMathType (op->conv_desc, math), error);
+}
+
+/* The f32 buffers of an op that runs in f32: input, then output, dense NHWC. */
+static float *
+op_x32 (UnetBackendOp *op)
+{
+  return op->ctx->scratch32;
+}
+
+static float *
+op_y32 (UnetBackendOp *op)
+{
+  const UnetDims *s = &op->d.src->dims;
+  gsize x_elems = (gsize) s->n * s->c * s->h * s->w;
+  return op->ctx->scratch32 + (x_elems + 63) / 64 * 64;
+}
+
+static gboolean
+conv_choose_algo (CudaCtx *ctx, UnetBackendOp *op, GError **error)
+{
+  const CudaLayer *l = &ctx->layers[op->d.layer];
+  const void *x = op->f32 ? (const void *) op_x32 (op) : tensor_data (op->d.src);
+  const void *w = op->f32 ? (const void *) l->weight_f32 : l->weight;
+  void *y = op->f32 ? (void *) op_y32 (op) : op_dense_out (op);
+
+  if (op->d.kind == UNET_OP_UPCONV2)
+    return choose_bwd_data_algo (ctx, op, w, x, y, error);
+  return choose_fwd_algo (ctx, op, x, w, y, error);
+}
+
+/* The layer's f32 KRSC weights, uploaded at the first op that needs them (again
+ * after every upload_layers: the ops of a plan outlive a re-upload). */
+static gboolean
+ensure_weight_f32 (CudaCtx *ctx, CudaLayer *l, GError **error)
+{
+  gsize n = (gsize) l->cin * l->cout * l->k * l->k;
+  g_autofree gfloat *krsc = NULL;
+
+  if (l->weight_f32 != NULL)
+    return TRUE;
+  krsc = g_new (gfloat, n);
+  if (l->kind == UNET_LAYER_CONV)
+    permute_to_krsc (l->host_weight, krsc, l->cout, l->cin, l->k);
+  else
+    permute_to_krsc (l->host_weight, krsc, l->cin, l->cout, l->k);
+  return upload_converted (ctx, krsc, n, UNET_CUDA_F32, (void **) &l->weight_f32,
+      "f32 weights", error);
+}
+
+/* From now on this op converts its input to f32, convolves in f32 (FMA math: true
+ * f32) with f32 weights, adds bias and ReLU in f32 and converts the result to the
+ * activation type. */
+static gboolean
+conv_use_f32 (CudaCtx *ctx, UnetBackendOp *op, GError **error)
+{
+  CudaLayer *l = &ctx->layers[op->d.layer];
+  const UnetDims *s = &op->d.src->dims, *t = &op->d.dst->dims;
+  gsize x_elems = (gsize) s->n * s->c * s->h * s->w;
+  gsize y_elems = (gsize) t->n * t->c * t->h * t->w;
+
+  if (op->d.src->parent != NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND,
+        "layer %d: cuDNN has no 16-bit algorithm for %d input channels and the input is "
+        "a channel view; use precision fp32 or tf32", op->d.layer, l->cin);
+    return FALSE;
+  }
+  op->f32 = TRUE;
+  op->fused = FALSE;
+  if (!ensure_weight_f32 (ctx, l, error))
+    return FALSE;
+  return grow_device ((void **) &ctx->scratch32, &ctx->scratch32_bytes,
+      ((x_elems + 63) / 64 * 64 + y_elems) * sizeof (float), "f32 scratch", error)
+      && conv_describe (ctx, op, CUDNN_DATA_FLOAT, CUDNN_FMA_MATH, error)
+      && conv_choose_algo (ctx, op, error);
+}
+
 static gboolean
 conv_op_init (CudaCtx *ctx, UnetBackendOp *op, GError **error)
 {
@@ -552,7 +664,7 @@ conv_op_init (CudaCtx *ctx, UnetBackendOp *op, GError **error)
   const CudaLayer *l;
   gboolean up = d->kind == UNET_OP_UPCONV2;
   UnetDims dense = d->dst->dims;
-  gint pad = up ? 0 : d->pad, stride = up ? 2 : 1;
+  gint pad = up ? 0 : d->pad;
 
   if (d->layer < 0 || d->layer >= ctx->n_layers) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT, "op uses layer %d of %d",
@@ -583,28 +695,24 @@ conv_op_init (CudaCtx *ctx, UnetBackendOp *op, GError **error)
       || !CUDNN_CHECK (cudnnCreateFilterDescriptor (&op->w_desc), error)
       || !CUDNN_CHECK (cudnnCreateConvolutionDescriptor (&op->conv_desc), error)
       || !CUDNN_CHECK (cudnnCreateActivationDescriptor (&op->act_desc), error)
-      || !set_nhwc_desc (ctx, op->x_desc, &d->src->dims, tensor_stride (d->src), error)
-      || !set_nhwc_desc (ctx, op->y_desc, &dense, dense.c, error)
-      || !CUDNN_CHECK (cudnnSetTensor4dDescriptor (op->bias_desc, CUDNN_TENSOR_NHWC,
-              ctx->cudnn_dtype, 1, l->cout, 1, 1), error)
-      /* conv: K = cout, C = cin; upconv: the filter of the convolution it is the data
-       * gradient of, K = cin, C = cout */
-      || !CUDNN_CHECK (cudnnSetFilter4dDescriptor (op->w_desc, ctx->cudnn_dtype,
-              CUDNN_TENSOR_NHWC, up ? l->cin : l->cout, up ? l->cout : l->cin, l->k, l->k),
-          error)
-      || !CUDNN_CHECK (cudnnSetConvolution2dDescriptor (op->conv_desc, pad, pad, stride,
-              stride, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT), error)
-      || !CUDNN_CHECK (cudnnSetConvolutionMathType (op->conv_desc, ctx->math), error)
       || !CUDNN_CHECK (cudnnSetActivationDescriptor (op->act_desc, CUDNN_ACTIVATION_RELU,
               CUDNN_NOT_PROPAGATE_NAN, 0.0), error))
     return FALSE;
-  if (up)
-    return choose_bwd_data_algo (ctx, op, l->weight, tensor_data (d->src), op_dense_out (op),
-        error);
   /* cuDNN's fused bias + activation runs any algorithm with ReLU (identity would
    * need IMPLICIT_PRECOMP_GEMM), so only ReLU convolutions are fused */
-  op->fused = d->relu;
-  return choose_fwd_algo (ctx, op, tensor_data (d->src), l->weight, op_dense_out (op), error);
+  op->fused = !up && d->relu;
+  if (conv_describe (ctx, op, ctx->cudnn_dtype, ctx->math, error)
+      && conv_choose_algo (ctx, op, error))
+    return TRUE;
+  if (ctx->dtype == UNET_CUDA_F32)
+    return FALSE;
+  /* cuDNN's legacy API may have no NHWC 16-bit algorithm for 1 or an odd number of
+   * channels (every gray model's first convolution): this shape runs in f32 instead,
+   * decided once, here */
+  g_debug ("cuda: layer %d (%d -> %d channels) has no 16-bit NHWC algorithm (%s); "
+      "running it in f32", d->layer, l->cin, l->cout, error && *error ? (*error)->message : "");
+  g_clear_error (error);
+  return conv_use_f32 (ctx, op, error);
 }
 
 static UnetBackendOp *
@@ -666,6 +774,58 @@ fail:
 
 static const float one_f = 1.0f, zero_f = 0.0f;
 
+/* A 16-bit net's convolution that runs in f32 (conv_use_f32): input -> f32, convolve,
+ * bias (+ ReLU), -> the activation type, into the dst or (via the scratch) its view. */
+static gboolean
+conv_forward_f32 (UnetBackendOp *op, GError **error)
+{
+  CudaCtx *ctx = op->ctx;
+  CudaLayer *l = &ctx->layers[op->d.layer];
+  const UnetBackendTensor *src = op->d.src, *dst = op->d.dst;
+  gsize x_elems = tensor_pixels (src) * src->dims.c;
+  gsize count = tensor_pixels (dst) * dst->dims.c;
+  float *x32 = op_x32 (op), *y32 = op_y32 (op);
+
+  if (!ensure_weight_f32 (ctx, l, error)
+      || !KERNEL_CHECK (unet_cuda_cast_to_f32 (tensor_data (src), ctx->dtype, x32, x_elems,
+              ctx->stream), error))
+    return FALSE;
+  if (op->d.kind == UNET_OP_UPCONV2) {
+    if (!CUDNN_CHECK (cudnnConvolutionBackwardData (ctx->cudnn, &one_f, op->w_desc,
+                l->weight_f32, op->x_desc, x32, op->conv_desc, op->algo, ctx->workspace,
+                op->ws_bytes, &zero_f, op->y_desc, y32), error))
+      return FALSE;
+  } else if (!CUDNN_CHECK (cudnnConvolutionForward (ctx->cudnn, &one_f, op->x_desc, x32,
+              op->w_desc, l->weight_f32, op->conv_desc, op->algo, ctx->workspace,
+              op->ws_bytes, &zero_f, op->y_desc, y32), error)) {
+    return FALSE;
+  }
+  if (!KERNEL_CHECK (unet_cuda_bias_act (y32, y32, UNET_CUDA_F32, l->bias, count,
+              dst->dims.c, op->d.relu, ctx->stream), error))
+    return FALSE;
+  if (!op->via_scratch)
+    return KERNEL_CHECK (unet_cuda_cast_from_f32 (y32, tensor_data (dst), ctx->dtype, count,
+            ctx->stream), error);
+  return KERNEL_CHECK (unet_cuda_cast_from_f32 (y32, ctx->scratch, ctx->dtype, count,
+          ctx->stream), error)
+      && KERNEL_CHECK (unet_cuda_copy_window (ctx->scratch, dst->dims.h, dst->dims.w,
+          dst->dims.c, 0, 0, 0, tensor_data (dst), tensor_stride (dst), 0, dst->dims.n,
+          dst->dims.h, dst->dims.w, dst->dims.c, NULL, ctx->dtype, ctx->stream), error);
+}
+
+/* cuDNN accepted the shape when the algorithm was chosen but has no kernel for it
+ * now: a 16-bit op switches to f32 for good (once per op, i.e. per shape). */
+static gboolean
+conv_unsupported (UnetBackendOp *op, cudnnStatus_t st, GError **error)
+{
+  if (CUDNN_STATUS_CATEGORY (st) != CUDNN_STATUS_NOT_SUPPORTED || op->f32
+      || op->ctx->dtype == UNET_CUDA_F32)
+    return CUDNN_CHECK (st, error);
+  g_debug ("cuda: layer %d not supported in 16 bit at run time; running it in f32",
+      op->d.layer);
+  return conv_use_f32 (op->ctx, op, error) && conv_forward_f32 (op, error);
+}
+
 static gboolean
 conv_forward (UnetBackendOp *op, GError **error)
 {
@@ -675,14 +835,18 @@ conv_forward (UnetBackendOp *op, GError **error)
   void *out = op_dense_out (op);
   gsize count = tensor_pixels (dst) * dst->dims.c;
   gboolean bias_done = FALSE;
+  cudnnStatus_t st;
 
+  if (op->f32)
+    return conv_forward_f32 (op, error);
   if (op->d.kind == UNET_OP_UPCONV2) {
-    if (!CUDNN_CHECK (cudnnConvolutionBackwardData (ctx->cudnn, &one_f, op->w_desc,
-                l->weight, op->x_desc, tensor_data (op->d.src), op->conv_desc, op->algo,
-                ctx->workspace, op->ws_bytes, &zero_f, op->y_desc, out), error))
-      return FALSE;
+    st = cudnnConvolutionBackwardData (ctx->cudnn, &one_f, op->w_desc, l->weight,
+        op->x_desc, tensor_data (op->d.src), op->conv_desc, op->algo, ctx->workspace,
+        op->ws_bytes, &zero_f, op->y_desc, out);
+    if (st != CUDNN_STATUS_SUCCESS)
+      return conv_unsupported (op, st, error);
   } else if (op->fused) {
-    cudnnStatus_t st = cudnnConvolutionBiasActivationForward (ctx->cudnn, &one_f, op->x_desc,
+    st = cudnnConvolutionBiasActivationForward (ctx->cudnn, &one_f, op->x_desc,
         tensor_data (op->d.src), op->w_desc, l->weight, op->conv_desc, op->algo,
         ctx->workspace, op->ws_bytes, &zero_f, op->y_desc, out, op->bias_desc, l->bias_lp,
         op->act_desc, op->y_desc, out);
@@ -698,10 +862,12 @@ conv_forward (UnetBackendOp *op, GError **error)
     if (!CUDNN_CHECK (st, error))
       return FALSE;
     bias_done = TRUE;
-  } else if (!CUDNN_CHECK (cudnnConvolutionForward (ctx->cudnn, &one_f, op->x_desc,
-              tensor_data (op->d.src), op->w_desc, l->weight, op->conv_desc, op->algo,
-              ctx->workspace, op->ws_bytes, &zero_f, op->y_desc, out), error)) {
-    return FALSE;
+  } else {
+    st = cudnnConvolutionForward (ctx->cudnn, &one_f, op->x_desc, tensor_data (op->d.src),
+        op->w_desc, l->weight, op->conv_desc, op->algo, ctx->workspace, op->ws_bytes,
+        &zero_f, op->y_desc, out);
+    if (st != CUDNN_STATUS_SUCCESS)
+      return conv_unsupported (op, st, error);
   }
   if (op->via_scratch) {
     /* dense result -> the view, adding the bias (and ReLU) on the way */
@@ -1259,6 +1425,7 @@ cuda_free (UnetBackend *be)
     free_layers (ctx);
     cudaFree (ctx->workspace);
     cudaFree (ctx->scratch);
+    cudaFree (ctx->scratch32);
     cudaFree (ctx->staging_dev);
     if (ctx->staging_host != NULL)
       cudaFreeHost (ctx->staging_host);

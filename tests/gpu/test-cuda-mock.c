@@ -18,7 +18,10 @@
  *      per pixel (not per class);
  *   5. an activation of 2^31 elements or more is refused with a clear error;
  *   6. no host synchronisation in the steady-state frame path (percentile and frame
- *      mean/std normalisation included). */
+ *      mean/std normalisation included);
+ *   7. a bf16 / fp16 net whose first convolution has 1 input channel, for which the
+ *      mock cuDNN (like cuDNN's legacy API may) offers no NHWC 16-bit algorithm, runs
+ *      that convolution in f32: conversion kernels around an f32 convolution. */
 #include "config.h"
 
 #include "backend.h"
@@ -40,6 +43,7 @@ static int fail_next_malloc_host;
 static gsize last_pinned_bytes;
 static GArray *device_allocs;           /* gsize, every cudaMalloc */
 static GArray *pinned_allocs;           /* gsize, every cudaMallocHost */
+static GString *launch_log;             /* launcher names, space separated */
 
 static void
 on_device (const char *what)
@@ -62,6 +66,7 @@ mock_launch (const char *what, UnetCudaStream stream)
 {
   on_device (what);
   launches++;
+  g_string_append_printf (launch_log, "%s ", what);
   (void) stream;
   /* launch_status (): the runtime's last error, which the launch itself clears */
   cudaError_t err = last_error;
@@ -264,6 +269,12 @@ cudaMemGetInfo (size_t *free_b, size_t *total_b)
 #define MOCK_DESTROY(fn, type)                                                    \
   cudnnStatus_t fn (type d) { g_free (d); return CUDNN_STATUS_SUCCESS; }
 
+/* descriptors remember (data type, channels): the algorithm mock needs them */
+typedef struct
+{
+  int dtype, c;
+} MockDesc;
+
 MOCK_CREATE (cudnnCreateTensorDescriptor, cudnnTensorDescriptor_t)
 MOCK_DESTROY (cudnnDestroyTensorDescriptor, cudnnTensorDescriptor_t)
 MOCK_CREATE (cudnnCreateFilterDescriptor, cudnnFilterDescriptor_t)
@@ -310,6 +321,8 @@ cudnnStatus_t
 cudnnSetTensor4dDescriptorEx (cudnnTensorDescriptor_t d, cudnnDataType_t t, int n, int c,
     int h, int w, int ns, int cs, int hs, int ws)
 {
+  ((MockDesc *) d)->dtype = t;
+  ((MockDesc *) d)->c = c;
   return n > 0 && c > 0 && h > 0 && w > 0 && ns > 0 && hs > 0 ? CUDNN_STATUS_SUCCESS
       : CUDNN_STATUS_BAD_PARAM;
 }
@@ -363,8 +376,11 @@ cudnnGetConvolutionForwardAlgorithm_v7 (cudnnHandle_t h, const cudnnTensorDescri
     const cudnnTensorDescriptor_t y, const int req, int *got,
     cudnnConvolutionFwdAlgoPerf_t *perf)
 {
+  const MockDesc *xd = (const MockDesc *) x;
   memset (perf, 0, sizeof *perf);
-  perf[0].status = CUDNN_STATUS_SUCCESS;
+  /* no NHWC algorithm for 16-bit data with a channel count that is no multiple of 8 */
+  perf[0].status = xd->dtype != CUDNN_DATA_FLOAT && xd->c % 8 != 0 ?
+      CUDNN_STATUS_NOT_SUPPORTED : CUDNN_STATUS_SUCCESS;
   *got = 1;
   return CUDNN_STATUS_SUCCESS;
 }
@@ -788,15 +804,57 @@ test_backend (void)
   unet_backend_free (fx.be);
 }
 
+/* 7. bf16, 1 input channel: no 16-bit algorithm, so the convolution runs in f32. */
+static void
+test_bf16_one_channel (void)
+{
+  UnetNetOptions opts;
+  GError *error = NULL;
+  unet_net_options_init (&opts);
+  opts.device = UNET_DEVICE_CUDA;
+  opts.precision = UNET_PRECISION_BF16;
+  g_setenv ("UNET_CUDNN_FIND", "0", TRUE);
+  UnetBackend *be = unet_backend_cuda_new (&opts, &error);
+  g_assert_no_error (error);
+  const UnetBackendIface *bi = be->iface;
+  const gfloat weight[8 * 1 * 3 * 3] = { 0 }, bias[8] = { 0 };
+  UnetLayerParams layer = { UNET_LAYER_CONV, 1, 8, 3, weight, bias };
+  g_assert_true (bi->upload_layers (be, &layer, 1, &error));
+  g_assert_no_error (error);
+  UnetBackendArena *arena = bi->arena_new (be, 1 << 20, &error);
+  UnetDims xd = { 2, 1, 9, 9 }, yd = { 2, 8, 7, 7 };
+  UnetBackendTensor *x = bi->tensor_new (be, &xd, &error), *y = bi->tensor_new (be, &yd, &error);
+  g_assert_no_error (error);
+  bi->tensor_bind (x, arena, 0);
+  bi->tensor_bind (y, arena, 65536);
+  UnetOpDesc conv = { .kind = UNET_OP_CONV, .layer = 0, .pad = 0, .relu = TRUE, .src = x,
+    .dst = y };
+  UnetBackendOp *op = bi->op_new (be, &conv, &error);
+  g_assert_no_error (error);
+  g_assert_nonnull (op);
+  g_string_truncate (launch_log, 0);
+  g_assert_true (bi->op_forward (op, &error));
+  g_assert_no_error (error);
+  g_assert_nonnull (strstr (launch_log->str, "cast_to_f32 bias_act cast_from_f32"));
+  bi->op_free (op);
+  bi->tensor_free (x);
+  bi->tensor_free (y);
+  bi->arena_free (arena);
+  unet_backend_free (be);
+}
+
 int
 main (int argc, char **argv)
 {
   g_test_init (&argc, &argv, NULL);
   device_allocs = g_array_new (FALSE, FALSE, sizeof (gsize));
   pinned_allocs = g_array_new (FALSE, FALSE, sizeof (gsize));
+  launch_log = g_string_new (NULL);
   g_test_add_func ("/cuda-mock/backend", test_backend);
+  g_test_add_func ("/cuda-mock/bf16-one-channel", test_bf16_one_channel);
   int rc = g_test_run ();
   g_array_free (device_allocs, TRUE);
   g_array_free (pinned_allocs, TRUE);
+  g_string_free (launch_log, TRUE);
   return rc;
 }
