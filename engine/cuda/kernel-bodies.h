@@ -9,7 +9,8 @@
  * Nothing here may be copied into CPU code: include this header instead.
  *
  * C++ only (templates over the element type). Under nvcc the element types are
- * float, __half and __nv_bfloat16; the host compiler sees float only. __expf /
+ * float, __half and __nv_bfloat16; the host compiler sees float only, and the 16-bit
+ * types too with UNET_KB_HOST_16BIT (CUDA's headers needed, no nvcc). __expf /
  * __logf (the GPU's fast intrinsics) become expf / logf on the host: the index math
  * is exact, the transcendental results agree to a few ulp. */
 #pragma once
@@ -25,11 +26,16 @@
 #include "cuda-kernels.h"
 
 #ifdef __CUDACC__
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #define UNET_HD __host__ __device__ __forceinline__
 #else
 #define UNET_HD inline
+#endif
+/* The 16-bit types: always under nvcc; on the host with UNET_KB_HOST_16BIT (CUDA's
+ * headers compile with the host compiler; tests/engine/test-cuda-bodies-16bit). */
+#if defined(__CUDACC__) || defined(UNET_KB_HOST_16BIT)
+#define UNET_KB_16BIT 1
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #endif
 
 /* ------------------------------------------------------- element types -- */
@@ -37,7 +43,7 @@
 static UNET_HD float to_f32 (float v) { return v; }
 template <typename T> static UNET_HD T from_f32 (float v);
 template <> UNET_HD float from_f32<float> (float v) { return v; }
-#ifdef __CUDACC__
+#ifdef UNET_KB_16BIT
 static UNET_HD float to_f32 (__half v) { return __half2float (v); }
 static UNET_HD float to_f32 (__nv_bfloat16 v) { return __bfloat162float (v); }
 template <> UNET_HD __half from_f32<__half> (float v) { return __float2half_rn (v); }
