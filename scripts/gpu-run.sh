@@ -99,8 +99,10 @@ case $phase in
       else echo "MISSING $exe" | tee -a "$out/summary.txt"; fail=1; fi
     done
     if [ -n "$sanitizer" ]; then
+      # memory errors only: the op tests keep some device buffers to the end, which
+      # --leak-check would report as errors of the test, not of the kernels
       step "memcheck cuda-ops" 60 sanitizer-ops.log "$sanitizer" --tool memcheck \
-        --leak-check full --error-exitcode 1 "$build/tests/gpu/test-cuda-ops"
+        --error-exitcode 1 "$build/tests/gpu/test-cuda-ops"
       step "racecheck cuda-ops" 60 sanitizer-ops.log "$sanitizer" --tool racecheck \
         --error-exitcode 1 "$build/tests/gpu/test-cuda-ops"
     else
