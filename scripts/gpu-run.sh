@@ -99,8 +99,8 @@ case $phase in
       else echo "MISSING $exe" | tee -a "$out/summary.txt"; fail=1; fi
     done
     if [ -n "$sanitizer" ]; then
-      # memory errors only: the op tests keep some device buffers to the end, which
-      # --leak-check would report as errors of the test, not of the kernels
+      # memory access errors only (no --leak-check): a device buffer a test does not
+      # free is no kernel error and would fail the step
       step "memcheck cuda-ops" 60 sanitizer-ops.log "$sanitizer" --tool memcheck \
         --error-exitcode 1 "$build/tests/gpu/test-cuda-ops"
       step "racecheck cuda-ops" 60 sanitizer-ops.log "$sanitizer" --tool racecheck \
