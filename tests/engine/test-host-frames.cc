@@ -128,7 +128,9 @@ compare (const char *what, const UnetSegmentResult *got, const UnetSegmentResult
   g_assert_nonnull (got->probability);
   g_assert_nonnull (got->labels);
   size_t flips = 0;
+  double worst = 0.0;
   for (size_t i = 0; i < n; i++) {
+    worst = MAX (worst, fabs (got->probability[i] - want->probability[i]));
     if (!(fabs (got->probability[i] - want->probability[i]) <= PROB_TOL))
       g_error ("%s: pixel %zu: probability %.9g vs %.9g", what, i, got->probability[i],
           want->probability[i]);
@@ -139,6 +141,7 @@ compare (const char *what, const UnetSegmentResult *got, const UnetSegmentResult
       flips++;
     }
   }
+  g_test_message ("%s: max |p - p_host| %.3g, %zu label flips at ties", what, worst, flips);
   if (flips == 0) {
     g_assert_cmpuint (got->stats.object_count, ==, want->stats.object_count);
     g_assert_cmpfloat (got->stats.foreground_fraction, ==, want->stats.foreground_fraction);
