@@ -90,6 +90,17 @@ build=$(cat "$here/build-dir")
 # unpack once: the carried libraries/tools and the slimmed build directory
 [ -d "$here/lib" ] || tar -C "$here" -xJf "$here/lib.tar.xz"
 [ -f "$root/$build/build.ninja" ] || { mkdir -p "$root/$build" && tar -C "$root/$build" -xJf "$here/build.tar.xz"; }
+# carry only what the image lacks: a carried (Debian) copy of a library the image has
+# would shadow the image's, for every process; drop those once, and say which
+if [ ! -f "$here/lib/.pruned" ]; then
+  have=$( (ldconfig -p 2>/dev/null || /sbin/ldconfig -p 2>/dev/null) | awk '{print $1}')
+  for f in "$here"/lib/*.so*; do
+    n=$(basename "$f")
+    if printf '%s\n' "$have" | grep -qxF "$n"; then rm -f "$f"; echo "$n" >> "$here/lib/.pruned"; fi
+  done
+  touch "$here/lib/.pruned"
+  echo "gpu env: using the image's own $(wc -l < "$here/lib/.pruned") of the carried libraries: $(tr '\n' ' ' < "$here/lib/.pruned")"
+fi
 # binaries and meson's test setup name the packing checkout's absolute path
 src=$(cat "$here/source-root")
 if [ "$src" != "$root" ] && [ ! -e "$src" ]; then mkdir -p "$(dirname "$src")" && ln -s "$root" "$src"; fi
