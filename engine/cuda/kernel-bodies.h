@@ -47,7 +47,10 @@ template <> UNET_HD float from_f32<float> (float v) { return v; }
 static UNET_HD float to_f32 (__half v) { return __half2float (v); }
 static UNET_HD float to_f32 (__nv_bfloat16 v) { return __bfloat162float (v); }
 template <> UNET_HD __half from_f32<__half> (float v) { return __float2half_rn (v); }
-template <> UNET_HD __nv_bfloat16 from_f32<__nv_bfloat16> (float v) { return __float2bfloat16_rn (v); }
+template <> UNET_HD __nv_bfloat16 from_f32<__nv_bfloat16> (float v)
+{
+  return __float2bfloat16_rn (v);
+}
 #endif
 
 /* The GPU's fast exp/log; their host shims. */

@@ -143,7 +143,8 @@ extract_case (UnetCudaPixel format, int fw, int fh, int channels, int tw, int th
   std::vector<guint8> frame (stride * fh);
   for (int y = 0; y < fh; y++)
     for (int x = 0; x < fw * channels; x++) {
-      P v = (P) (format == UNET_CUDA_PIXEL_F32 ? r.uniform (-5, 5) : r.below (format == UNET_CUDA_PIXEL_U8 ? 256 : 65536));
+      const int levels = format == UNET_CUDA_PIXEL_U8 ? 256 : 65536;
+      P v = (P) (format == UNET_CUDA_PIXEL_F32 ? r.uniform (-5, 5) : r.below (levels));
       memcpy (&frame[y * stride + x * bpp], &v, bpp);
     }
   /* origins inside, far left/above (several reflections), beyond the far edge */
@@ -412,7 +413,9 @@ test_bias_act (void)
     std::vector<float> scale = random_floats (c, 42, 0.5f, 2.0f), shift = random_floats (c, 43);
     for (int relu = 0; relu < 2; relu++) {
       std::vector<float> y (total), want (total), y2 (total), want2 (total);
-      grid (total, [&] (size_t i) { kb_bias_act_elem (x.data (), y.data (), bias.data (), c, relu, i); });
+      grid (total, [&] (size_t i) {
+        kb_bias_act_elem (x.data (), y.data (), bias.data (), c, relu, i);
+      });
       grid (total, [&] (size_t i) {
         kb_channel_affine_elem (x.data (), y2.data (), scale.data (), shift.data (), c, relu, i);
       });
@@ -426,7 +429,9 @@ test_bias_act (void)
     }
     /* no bias: the in-place activation of a conv that fused its bias */
     std::vector<float> y (x);
-    grid (total, [&] (size_t i) { kb_bias_act_elem (y.data (), y.data (), (const float *) NULL, c, 1, i); });
+    grid (total, [&] (size_t i) {
+      kb_bias_act_elem (y.data (), y.data (), (const float *) NULL, c, 1, i);
+    });
     for (size_t i = 0; i < total; i++)
       g_assert_cmpfloat (y[i], ==, MAX (x[i], 0.0f));
     /* ReLU backward from the output, add */
@@ -468,7 +473,8 @@ test_batchnorm (void)
     std::vector<float> gamma = random_floats (c, 61, 0.5f, 1.5f), beta = random_floats (c, 62);
     std::vector<float> dy = random_floats (total, 63);
     /* CPU training code, NCHW */
-    std::vector<float> y_ref (total), mean_ref (c), invstd_ref (c), rm_ref (c, 0.2f), rv_ref (c, 1.3f);
+    std::vector<float> y_ref (total), mean_ref (c), invstd_ref (c);
+    std::vector<float> rm_ref (c, 0.2f), rv_ref (c, 1.3f);
     unet_cpu_bn_forward_train (x.data (), n, c, (gsize) h * w, gamma.data (), beta.data (),
         y_ref.data (), mean_ref.data (), invstd_ref.data (), rm_ref.data (), rv_ref.data ());
     std::vector<float> dx_ref (total), dg_ref (c, 0.0f), db_ref (c, 0.0f);
@@ -516,9 +522,10 @@ test_batchnorm (void)
     });
     std::vector<float> dxc = to_nchw (dx, n, c, h, w);
     /* dx subtracts sums of the size of rows * |dy|: absolute tolerance scaled to it */
-    assert_close ("bn backward dx", dxc.data (), dx_ref.data (), total, 1e-5 * sqrt ((double) rows), TOL_F32);
-    assert_close ("bn dgamma", dg.data (), dg_ref.data (), c, 1e-5 * sqrt ((double) rows), TOL_F32);
-    assert_close ("bn dbeta", db.data (), db_ref.data (), c, 1e-5 * sqrt ((double) rows), TOL_F32);
+    const double sum_tol = 1e-5 * sqrt ((double) rows);
+    assert_close ("bn backward dx", dxc.data (), dx_ref.data (), total, sum_tol, TOL_F32);
+    assert_close ("bn dgamma", dg.data (), dg_ref.data (), c, sum_tol, TOL_F32);
+    assert_close ("bn dbeta", db.data (), db_ref.data (), c, sum_tol, TOL_F32);
     /* the bias gradient's summands */
     LoadPair<float> lp { dyh.data (), c };
     std::vector<double> bsum (c, 0.0);
@@ -529,7 +536,7 @@ test_batchnorm (void)
     for (int k = 0; k < c; k++)
       kb_store_sum (bsum.data (), dbias.data (), 1, k);
     for (int k = 0; k < c; k++)
-      g_assert_cmpfloat_with_epsilon (dbias[k], 1.0 + db_ref[k], 1e-5 * sqrt ((double) rows) + TOL_F32);
+      g_assert_cmpfloat_with_epsilon (dbias[k], 1.0 + db_ref[k], sum_tol + TOL_F32);
   }
 }
 
@@ -606,7 +613,9 @@ test_maxpool (void)
 
     std::vector<float> xh = to_nhwc (x, n, c, h, w), y (out_total);
     std::vector<guint8> arg (out_total);
-    grid (out_total, [&] (size_t i) { kb_maxpool_forward_elem (xh.data (), y.data (), arg.data (), h, w, c, i); });
+    grid (out_total, [&] (size_t i) {
+      kb_maxpool_forward_elem (xh.data (), y.data (), arg.data (), h, w, c, i);
+    });
     std::vector<float> yc = to_nchw (y, n, c, oh, ow);
     assert_close ("maxpool forward", yc.data (), y_ref.data (), out_total, 0, 0);
     std::vector<float> dyh = to_nhwc (dy, n, c, oh, ow), dx (in_total, 7.0f);
@@ -648,11 +657,13 @@ test_crop_concat (void)
             o[ca + k] = b[(((size_t) bi * h + y) * w + x) * cb + k];
         }
     grid (total, [&] (size_t i) {
-      kb_crop_concat_elem (a.data (), ha, wa, ca, off_y, off_x, b.data (), cb, out.data (), h, w, i);
+      kb_crop_concat_elem (a.data (), ha, wa, ca, off_y, off_x, b.data (), cb, out.data (), h,
+          w, i);
     });
     assert_close ("crop + concat", out.data (), want.data (), total, 0, 0);
     /* backward: the window of da accumulates, db is written; the rest of da stays */
-    std::vector<float> dout = random_floats (total, 102), da (a.size (), 1.0f), db (b.size (), 9.0f);
+    std::vector<float> dout = random_floats (total, 102);
+    std::vector<float> da (a.size (), 1.0f), db (b.size (), 9.0f);
     std::vector<float> want_da (da), want_db (db.size ());
     for (int bi = 0; bi < n; bi++)
       for (int y = 0; y < h; y++)
@@ -804,7 +815,9 @@ test_filter_grad (void)
       for (int j = 0; j < b; j++)
         for (int s = 0; s < kk; s++)
           want[((size_t) i * b + j) * kk + s] += 0.5f * src[((size_t) i * kk + s) * b + j];
-    grid (count, [&] (size_t o) { kb_filter_grad_elem (src.data (), dst.data (), b, kk, 0.5f, o); });
+    grid (count, [&] (size_t o) {
+      kb_filter_grad_elem (src.data (), dst.data (), b, kk, 0.5f, o);
+    });
     assert_close ("filter gradient", dst.data (), want.data (), count, 0, 0);
     std::vector<float> y (dst), wy (dst);
     for (size_t i = 0; i < count; i++)
@@ -893,15 +906,17 @@ warp_case (int src_w, int src_h, int out_w, int out_h, int grid_n, double angle,
       double bl = 0;
       for (int j = 0; j < 2; j++)
         for (int k = 0; k < 2; k++)
-          bl += (k ? tx : 1 - tx) * (j ? ty : 1 - ty) * wts[(size_t) unet_mirror_index (iy + j, src_h)
-              * src_w + unet_mirror_index (ix + k, src_w)];
+          bl += (k ? tx : 1 - tx) * (j ? ty : 1 - ty)
+              * wts[(size_t) unet_mirror_index (iy + j, src_h) * src_w
+              + unet_mirror_index (ix + k, src_w)];
       want_w[i] = (float) bl;
       /* nearest: exact unless the position lies within float rounding of a pixel edge */
       int nx = unet_mirror_index ((int) floor (sx + 0.5), src_w);
       int ny = unet_mirror_index ((int) floor (sy + 0.5), src_h);
       double edge = MIN (fabs (sx + 0.5 - floor (sx + 0.5)), fabs (sy + 0.5 - floor (sy + 0.5)));
       if (edge > 1e-3 && ol[i] != lab[(size_t) ny * src_w + nx])
-        g_error ("warp labels: pixel (%d, %d) is %d, want %d", x, y, ol[i], lab[(size_t) ny * src_w + nx]);
+        g_error ("warp labels: pixel (%d, %d) is %d, want %d", x, y, ol[i],
+            lab[(size_t) ny * src_w + nx]);
     }
   /* positions are float on the GPU: |s| up to ~2 src_w, rounding 2^-24 relative moves
    * the sample by ~1e-5 pixels; the cubic's slope is O(1) on values in [0, 1] */
@@ -924,7 +939,8 @@ static void
 test_warp_vs_augment (void)
 {
   const int w = 23, h = 18, in_w = 15, in_h = 11;
-  std::vector<float> img = random_floats ((size_t) w * h, 140, 0, 1), wts = random_floats ((size_t) w * h, 141, 0, 2);
+  std::vector<float> img = random_floats ((size_t) w * h, 140, 0, 1);
+  std::vector<float> wts = random_floats ((size_t) w * h, 141, 0, 2);
   std::vector<gint32> lab ((size_t) w * h);
   std::vector<guint8> lab8 (lab.size ());
   for (size_t i = 0; i < lab.size (); i++)

@@ -424,205 +424,260 @@ unet_cuda_mirror_index (int i, int n)
 }
 
 int
-unet_cuda_extract_tiles (const void *frame, UnetCudaPixel format, int width, int height, size_t stride, int channels, const int *origin_x, const int *origin_y, int n_tiles, int tile_w, int tile_h, float offset, float scale, void *out, UnetCudaDType dtype, UnetCudaStream stream)
+unet_cuda_extract_tiles (const void *frame, UnetCudaPixel format, int width, int height,
+    size_t stride, int channels, const int *origin_x, const int *origin_y, int n_tiles,
+    int tile_w, int tile_h, float offset, float scale, void *out, UnetCudaDType dtype,
+    UnetCudaStream stream)
 {
   return mock_launch ("extract_tiles", stream);
 }
 
 int
-unet_cuda_extract_tiles_params (const void *frame, UnetCudaPixel format, int width, int height, size_t stride, int channels, const int *origin_x, const int *origin_y, int n_tiles, int tile_w, int tile_h, float offset, float scale, const float *params, void *out, UnetCudaDType dtype, UnetCudaStream stream)
+unet_cuda_extract_tiles_params (const void *frame, UnetCudaPixel format, int width,
+    int height, size_t stride, int channels, const int *origin_x, const int *origin_y,
+    int n_tiles, int tile_w, int tile_h, float offset, float scale, const float *params,
+    void *out, UnetCudaDType dtype, UnetCudaStream stream)
 {
   return mock_launch ("extract_tiles_params", stream);
 }
 
 int
-unet_cuda_stitch_blocks (const void *logits, UnetCudaDType dtype, int n_tiles, int out_h, int out_w, int classes, const UnetCudaBlock *blocks, uint8_t *labels, size_t labels_stride, float *probs, size_t probs_stride, int prob_class, UnetCudaStream stream)
+unet_cuda_stitch_blocks (const void *logits, UnetCudaDType dtype, int n_tiles, int out_h,
+    int out_w, int classes, const UnetCudaBlock *blocks, uint8_t *labels,
+    size_t labels_stride, float *probs, size_t probs_stride, int prob_class,
+    UnetCudaStream stream)
 {
   return mock_launch ("stitch_blocks", stream);
 }
 
 int
-unet_cuda_accumulate_blocks (const void *logits, UnetCudaDType dtype, int n_tiles, int out_h, int out_w, int classes, const UnetCudaBlock *blocks, float sigma_frac, float *acc, float *wsum, int frame_w, int frame_h, UnetCudaStream stream)
+unet_cuda_accumulate_blocks (const void *logits, UnetCudaDType dtype, int n_tiles,
+    int out_h, int out_w, int classes, const UnetCudaBlock *blocks, float sigma_frac,
+    float *acc, float *wsum, int frame_w, int frame_h, UnetCudaStream stream)
 {
   return mock_launch ("accumulate_blocks", stream);
 }
 
 int
-unet_cuda_finalize_blend (const float *acc, const float *wsum, int frame_w, int frame_h, int classes, uint8_t *labels, size_t labels_stride, float *probs, size_t probs_stride, int prob_class, UnetCudaStream stream)
+unet_cuda_finalize_blend (const float *acc, const float *wsum, int frame_w, int frame_h,
+    int classes, uint8_t *labels, size_t labels_stride, float *probs, size_t probs_stride,
+    int prob_class, UnetCudaStream stream)
 {
   return mock_launch ("finalize_blend", stream);
 }
 
 int
-unet_cuda_histogram (const void *frame, UnetCudaPixel format, int width, int height, size_t stride, int channels, uint32_t *hist, UnetCudaStream stream)
+unet_cuda_histogram (const void *frame, UnetCudaPixel format, int width, int height,
+    size_t stride, int channels, uint32_t *hist, UnetCudaStream stream)
 {
   return mock_launch ("histogram", stream);
 }
 
 int
-unet_cuda_frame_moments (const void *frame, UnetCudaPixel format, int width, int height, size_t stride, int channels, double *partials, double *sums, UnetCudaStream stream)
+unet_cuda_frame_moments (const void *frame, UnetCudaPixel format, int width, int height,
+    size_t stride, int channels, double *partials, double *sums, UnetCudaStream stream)
 {
   return mock_launch ("frame_moments", stream);
 }
 
 int
-unet_cuda_percentile_params (const uint32_t *hist, int bins, uint64_t n, double p_lo, double p_hi, float *params, UnetCudaStream stream)
+unet_cuda_percentile_params (const uint32_t *hist, int bins, uint64_t n, double p_lo,
+    double p_hi, float *params, UnetCudaStream stream)
 {
   return mock_launch ("percentile_params", stream);
 }
 
 int
-unet_cuda_moments_params (const double *sums, uint64_t n, float *params, UnetCudaStream stream)
+unet_cuda_moments_params (const double *sums, uint64_t n, float *params,
+    UnetCudaStream stream)
 {
   return mock_launch ("moments_params", stream);
 }
 
 int
-unet_cuda_nchw_to_nhwc (const float *src, void *dst, UnetCudaDType dtype, int n, int c, int h, int w, UnetCudaStream stream)
+unet_cuda_nchw_to_nhwc (const float *src, void *dst, UnetCudaDType dtype, int n, int c,
+    int h, int w, UnetCudaStream stream)
 {
   return mock_launch ("nchw_to_nhwc", stream);
 }
 
 int
-unet_cuda_nhwc_to_nchw (const void *src, UnetCudaDType dtype, float *dst, int n, int c, int h, int w, UnetCudaStream stream)
+unet_cuda_nhwc_to_nchw (const void *src, UnetCudaDType dtype, float *dst, int n, int c,
+    int h, int w, UnetCudaStream stream)
 {
   return mock_launch ("nhwc_to_nchw", stream);
 }
 
 int
-unet_cuda_cast_from_f32 (const float *src, void *dst, UnetCudaDType dtype, size_t count, UnetCudaStream stream)
+unet_cuda_cast_from_f32 (const float *src, void *dst, UnetCudaDType dtype, size_t count,
+    UnetCudaStream stream)
 {
   return mock_launch ("cast_from_f32", stream);
 }
 
 int
-unet_cuda_cast_to_f32 (const void *src, UnetCudaDType dtype, float *dst, size_t count, UnetCudaStream stream)
+unet_cuda_cast_to_f32 (const void *src, UnetCudaDType dtype, float *dst, size_t count,
+    UnetCudaStream stream)
 {
   return mock_launch ("cast_to_f32", stream);
 }
 
 int
-unet_cuda_bias_act (const void *x, void *y, UnetCudaDType dtype, const float *bias, size_t count, int channels, int relu, UnetCudaStream stream)
+unet_cuda_bias_act (const void *x, void *y, UnetCudaDType dtype, const float *bias,
+    size_t count, int channels, int relu, UnetCudaStream stream)
 {
   return mock_launch ("bias_act", stream);
 }
 
 int
-unet_cuda_relu_backward (const void *y, const void *dy, void *dx, UnetCudaDType dtype, size_t count, UnetCudaStream stream)
+unet_cuda_relu_backward (const void *y, const void *dy, void *dx, UnetCudaDType dtype,
+    size_t count, UnetCudaStream stream)
 {
   return mock_launch ("relu_backward", stream);
 }
 
 int
-unet_cuda_bias_grad (const void *dy, UnetCudaDType dtype, size_t rows, int channels, float *db, int accumulate, double *partials, UnetCudaStream stream)
+unet_cuda_bias_grad (const void *dy, UnetCudaDType dtype, size_t rows, int channels,
+    float *db, int accumulate, double *partials, UnetCudaStream stream)
 {
   return mock_launch ("bias_grad", stream);
 }
 
 int
-unet_cuda_channel_affine (const void *x, void *y, UnetCudaDType dtype, const float *scale, const float *shift, size_t count, int channels, int relu, UnetCudaStream stream)
+unet_cuda_channel_affine (const void *x, void *y, UnetCudaDType dtype, const float *scale,
+    const float *shift, size_t count, int channels, int relu, UnetCudaStream stream)
 {
   return mock_launch ("channel_affine", stream);
 }
 
 int
-unet_cuda_batchnorm_forward_train (const void *x, void *y, UnetCudaDType dtype, size_t rows, int channels, const float *gamma, const float *beta, float eps, float momentum, float *running_mean, float *running_var, float *save_mean, float *save_invstd, double *partials, UnetCudaStream stream)
+unet_cuda_batchnorm_forward_train (const void *x, void *y, UnetCudaDType dtype, size_t rows,
+    int channels, const float *gamma, const float *beta, float eps, float momentum,
+    float *running_mean, float *running_var, float *save_mean, float *save_invstd,
+    double *partials, UnetCudaStream stream)
 {
   return mock_launch ("batchnorm_forward_train", stream);
 }
 
 int
-unet_cuda_batchnorm_backward (const void *x, const void *dy, void *dx, UnetCudaDType dtype, size_t rows, int channels, const float *gamma, const float *save_mean, const float *save_invstd, float *dgamma, float *dbeta, double *partials, UnetCudaStream stream)
+unet_cuda_batchnorm_backward (const void *x, const void *dy, void *dx, UnetCudaDType dtype,
+    size_t rows, int channels, const float *gamma, const float *save_mean,
+    const float *save_invstd, float *dgamma, float *dbeta, double *partials,
+    UnetCudaStream stream)
 {
   return mock_launch ("batchnorm_backward", stream);
 }
 
 int
-unet_cuda_dropout (const void *x, void *y, UnetCudaDType dtype, size_t count, float p, uint64_t seed, UnetCudaStream stream)
+unet_cuda_dropout (const void *x, void *y, UnetCudaDType dtype, size_t count, float p,
+    uint64_t seed, UnetCudaStream stream)
 {
   return mock_launch ("dropout", stream);
 }
 
 int
-unet_cuda_maxpool_forward (const void *x, void *y, uint8_t *argmax, UnetCudaDType dtype, int n, int h, int w, int c, UnetCudaStream stream)
+unet_cuda_maxpool_forward (const void *x, void *y, uint8_t *argmax, UnetCudaDType dtype,
+    int n, int h, int w, int c, UnetCudaStream stream)
 {
   return mock_launch ("maxpool_forward", stream);
 }
 
 int
-unet_cuda_maxpool_backward (const void *dy, const uint8_t *argmax, void *dx, UnetCudaDType dtype, int n, int h, int w, int c, int accumulate, UnetCudaStream stream)
+unet_cuda_maxpool_backward (const void *dy, const uint8_t *argmax, void *dx,
+    UnetCudaDType dtype, int n, int h, int w, int c, int accumulate, UnetCudaStream stream)
 {
   return mock_launch ("maxpool_backward", stream);
 }
 
 int
-unet_cuda_crop_concat (const void *a, int ha, int wa, int ca, int off_y, int off_x, const void *b, int cb, void *out, UnetCudaDType dtype, int n, int h, int w, UnetCudaStream stream)
+unet_cuda_crop_concat (const void *a, int ha, int wa, int ca, int off_y, int off_x,
+    const void *b, int cb, void *out, UnetCudaDType dtype, int n, int h, int w,
+    UnetCudaStream stream)
 {
   return mock_launch ("crop_concat", stream);
 }
 
 int
-unet_cuda_crop_concat_backward (const void *dout, void *da, int ha, int wa, int ca, int off_y, int off_x, void *db, int cb, UnetCudaDType dtype, int n, int h, int w, UnetCudaStream stream)
+unet_cuda_crop_concat_backward (const void *dout, void *da, int ha, int wa, int ca,
+    int off_y, int off_x, void *db, int cb, UnetCudaDType dtype, int n, int h, int w,
+    UnetCudaStream stream)
 {
   return mock_launch ("crop_concat_backward", stream);
 }
 
 int
-unet_cuda_copy_window (const void *src, int src_h, int src_w, int src_stride, int src_off, int y0, int x0, void *dst, int dst_stride, int dst_off, int n, int h, int w, int c, const float *bias, UnetCudaDType dtype, UnetCudaStream stream)
+unet_cuda_copy_window (const void *src, int src_h, int src_w, int src_stride, int src_off,
+    int y0, int x0, void *dst, int dst_stride, int dst_off, int n, int h, int w, int c,
+    const float *bias, UnetCudaDType dtype, UnetCudaStream stream)
 {
   return mock_launch ("copy_window", stream);
 }
 
 int
-unet_cuda_softmax (const void *x, void *y, UnetCudaDType dtype, size_t pixels, int classes, UnetCudaStream stream)
+unet_cuda_softmax (const void *x, void *y, UnetCudaDType dtype, size_t pixels, int classes,
+    UnetCudaStream stream)
 {
   return mock_launch ("softmax", stream);
 }
 
 int
-unet_cuda_add (const void *x, void *y, UnetCudaDType dtype, size_t count, UnetCudaStream stream)
+unet_cuda_add (const void *x, void *y, UnetCudaDType dtype, size_t count,
+    UnetCudaStream stream)
 {
   return mock_launch ("add", stream);
 }
 
 int
-unet_cuda_weighted_xent (const void *logits, UnetCudaDType dtype, const uint8_t *labels, const float *weights, size_t n_pix, int classes, int ignore_label, float grad_scale, float *grad, double *partials, double *out, UnetCudaStream stream)
+unet_cuda_weighted_xent (const void *logits, UnetCudaDType dtype, const uint8_t *labels,
+    const float *weights, size_t n_pix, int classes, int ignore_label, float grad_scale,
+    float *grad, double *partials, double *out, UnetCudaStream stream)
 {
   return mock_launch ("weighted_xent", stream);
 }
 
 int
-unet_cuda_sgd_step (float *params, const void *grad, UnetCudaDType grad_dtype, float *momentum_buf, void *params_lp, UnetCudaDType lp_dtype, size_t count, float lr, float momentum, float weight_decay, float grad_scale, int first_step, UnetCudaStream stream)
+unet_cuda_sgd_step (float *params, const void *grad, UnetCudaDType grad_dtype,
+    float *momentum_buf, void *params_lp, UnetCudaDType lp_dtype, size_t count, float lr,
+    float momentum, float weight_decay, float grad_scale, int first_step,
+    UnetCudaStream stream)
 {
   return mock_launch ("sgd_step", stream);
 }
 
 int
-unet_cuda_adam_step (float *params, const void *grad, UnetCudaDType grad_dtype, float *m, float *v, void *params_lp, UnetCudaDType lp_dtype, size_t count, float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale, int step, UnetCudaStream stream)
+unet_cuda_adam_step (float *params, const void *grad, UnetCudaDType grad_dtype, float *m,
+    float *v, void *params_lp, UnetCudaDType lp_dtype, size_t count, float lr, float beta1,
+    float beta2, float eps, float weight_decay, float grad_scale, int step,
+    UnetCudaStream stream)
 {
   return mock_launch ("adam_step", stream);
 }
 
 int
-unet_cuda_check_finite (const void *x, UnetCudaDType dtype, size_t count, int *flag, UnetCudaStream stream)
+unet_cuda_check_finite (const void *x, UnetCudaDType dtype, size_t count, int *flag,
+    UnetCudaStream stream)
 {
   return mock_launch ("check_finite", stream);
 }
 
 int
-unet_cuda_warp_sample (const float *image, int channels, const uint8_t *labels, const float *weights, int src_w, int src_h, const UnetCudaWarp *warp, float *out_image, uint8_t *out_labels, float *out_weights, int out_w, int out_h, UnetCudaStream stream)
+unet_cuda_warp_sample (const float *image, int channels, const uint8_t *labels,
+    const float *weights, int src_w, int src_h, const UnetCudaWarp *warp, float *out_image,
+    uint8_t *out_labels, float *out_weights, int out_w, int out_h, UnetCudaStream stream)
 {
   return mock_launch ("warp_sample", stream);
 }
 
 int
-unet_cuda_filter_grad_accumulate (const void *src, UnetCudaDType dtype, float *dst, int a, int b, int kk, float scale, UnetCudaStream stream)
+unet_cuda_filter_grad_accumulate (const void *src, UnetCudaDType dtype, float *dst, int a,
+    int b, int kk, float scale, UnetCudaStream stream)
 {
   return mock_launch ("filter_grad_accumulate", stream);
 }
 
 int
-unet_cuda_scale_add_f32 (const float *x, float *y, size_t count, float scale, UnetCudaStream stream)
+unet_cuda_scale_add_f32 (const float *x, float *y, size_t count, float scale,
+    UnetCudaStream stream)
 {
   return mock_launch ("scale_add_f32", stream);
 }
@@ -659,7 +714,8 @@ frame_pass (Fixture *fx, UnetBackendFrames *fr, gint slot, const guint16 *frame,
   const UnetBackendIface *be = fx->be->iface;
   const gint ox[2] = { -3, 5 }, oy[2] = { -3, 4 };
   const gint blocks[12] = { 0, 0, 0, 0, 4, 4, 0, 0, 4, 4, 4, 4 };
-  return ON_OTHER_DEVICE (be->frame_upload (fr, slot, UNET_PIXEL_U16, frame, w, h, (gsize) w * 2, error))
+  return ON_OTHER_DEVICE (be->frame_upload (fr, slot, UNET_PIXEL_U16, frame, w, h,
+          (gsize) w * 2, error))
       && ON_OTHER_DEVICE (be->frame_normalize (fr, slot, norm, error))
       && ON_OTHER_DEVICE (be->frame_begin (fr, slot, 2, TRUE, -1, blend, error))
       && ON_OTHER_DEVICE (be->frame_extract (fr, slot, ox, oy, 2, 0, fx->input, error))
@@ -750,7 +806,8 @@ run_backend (gpointer data)
   /* 1. a failed cudaMallocHost (a larger frame needs a larger pinned buffer) ... */
   guint16 *big = g_new0 (guint16, 64 * 64);
   fail_next_malloc_host = 1;
-  g_assert_false (ON_OTHER_DEVICE (be->frame_upload (fr, 2, UNET_PIXEL_U16, big, 64, 64, 128, &error)));
+  g_assert_false (ON_OTHER_DEVICE (be->frame_upload (fr, 2, UNET_PIXEL_U16, big, 64, 64, 128,
+              &error)));
   g_assert_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY);
   g_clear_error (&error);
   g_free (big);
