@@ -143,10 +143,13 @@ typedef struct
    * one result, and device buffers for the frame and its outputs (grown when a
    * larger frame arrives, never per frame). Per slot, in order:
    *   frame_upload    raw frame -> pinned staging -> device (copy stream, async)
-   *   frame_histogram / frame_moments   statistics of channel 0 (u8/u16 frames),
-   *                   waited for: the normalisation needs them on the host
-   *   frame_begin     size and clear the slot's outputs for its frame
-   *   frame_extract   n tiles, mirror-extended and normalised ((v - lo) * scale),
+   *   frame_normalize (v - lo) * scale parameters of the frame: constants of the
+   *                   fixed modes, or percentile / frame mean-std statistics of
+   *                   channel 0 (u8/u16 frames) computed and kept on the device (after
+   *                   the upload, on the copy stream): no host synchronisation
+   *   frame_begin     size and clear the slot's outputs for its frame (only the
+   *                   outputs asked for: labels and/or one class's probability)
+   *   frame_extract   n tiles, mirror-extended and normalised (frame_normalize),
    *                   into batch entries [b0, b0 + n) of a net input tensor
    *   frame_stitch    softmax/sigmoid of tiles [b0, b0 + n) of a logits tensor:
    *                   owned blocks copied (blend FALSE) or Gaussian-accumulated
@@ -161,18 +164,15 @@ typedef struct
   gboolean (*frame_upload) (UnetBackendFrames *fr, gint slot, UnetPixelFormat format,
                             gconstpointer data, gint width, gint height, gsize stride,
                             GError **error);
-  /* hist: 256 (u8) or 65536 (u16) counts */
-  gboolean (*frame_histogram) (UnetBackendFrames *fr, gint slot, guint32 *hist,
-                               GError **error);
-  /* sums[0] = sum, sums[1] = sum of squares */
-  gboolean (*frame_moments) (UnetBackendFrames *fr, gint slot, gdouble sums[2],
-                             GError **error);
-  /* prob_class: the class whose probability frame_download delivers */
-  gboolean (*frame_begin) (UnetBackendFrames *fr, gint slot, gint classes, gint prob_class,
-                           gboolean blend, GError **error);
+  gboolean (*frame_normalize) (UnetBackendFrames *fr, gint slot,
+                               const UnetNormalization *norm, GError **error);
+  /* labels: frame_download delivers labels; prob_class: the class whose probability
+   * it delivers, or -1 for none */
+  gboolean (*frame_begin) (UnetBackendFrames *fr, gint slot, gint classes, gboolean labels,
+                           gint prob_class, gboolean blend, GError **error);
   gboolean (*frame_extract) (UnetBackendFrames *fr, gint slot, const gint *origin_x,
-                             const gint *origin_y, gint n, gint b0, gfloat lo,
-                             gfloat scale, UnetBackendTensor *input, GError **error);
+                             const gint *origin_y, gint n, gint b0,
+                             UnetBackendTensor *input, GError **error);
   /* blocks: n x {src_x, src_y, dst_x, dst_y, w, h} (tile output -> frame) */
   gboolean (*frame_stitch) (UnetBackendFrames *fr, gint slot, UnetBackendTensor *logits,
                             gint b0, gint n, const gint *blocks, gboolean blend,

@@ -36,4 +36,11 @@ gboolean     unet_net_forward_tensors   (UnetNet *net, gint batch, gint height, 
                                          UnetNetTensorFunc fill, UnetNetTensorFunc use,
                                          gpointer user, GError **error);
 
+/* Tests only: called with every backend unet_net_new creates, before the layers are
+ * uploaded; it may replace be->iface with one that adds optional slots (the host
+ * frame "device" of tests/engine/host-frames.cc adds the frame slots to the CPU
+ * backend). NULL removes the hook. Not thread-safe: set it before creating nets. */
+typedef void (*UnetBackendHook) (UnetBackend *be, gpointer user);
+void         unet_net_set_backend_hook  (UnetBackendHook hook, gpointer user);
+
 G_END_DECLS

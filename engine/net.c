@@ -514,6 +514,16 @@ out:
 
 /* ------------------------------------------------------------------- API -- */
 
+static UnetBackendHook backend_hook;
+static gpointer backend_hook_user;
+
+void
+unet_net_set_backend_hook (UnetBackendHook hook, gpointer user)
+{
+  backend_hook = hook;
+  backend_hook_user = user;
+}
+
 UnetNet *
 unet_net_new (const UnetModel *model, const UnetNetOptions *opts, GError **error)
 {
@@ -558,6 +568,8 @@ unet_net_new (const UnetModel *model, const UnetNetOptions *opts, GError **error
       net->device = UNET_DEVICE_CPU;
       break;
   }
+  if (net->be != NULL && backend_hook != NULL)
+    backend_hook (net->be, backend_hook_user);
   if (net->be == NULL || net->host == NULL
       || !net_upload_layers (net, net->host, error))
     goto fail;

@@ -24,7 +24,6 @@
  * push finishes its frame). Float frames, K-plane probability output and multi-
  * channel models take the host path. $UNET_HOST_TILING=1 forces the host path. */
 #include "net-private.h"
-#include "normalize-private.h"
 #include "unet.h"
 #include "tiling.h"
 
@@ -85,8 +84,6 @@ struct _UnetSegmenter
   UnetBackendFrames *dev;
   Frame *dev_pending[DEVICE_DEPTH];
   guint64 dev_next;
-  guint32 *hist32;              /* 65536 bins */
-  gsize *hist;
   gint *dev_ox, *dev_oy, *dev_blocks;   /* per tile of one pass: origin, 6-int block */
 };
 
@@ -187,8 +184,6 @@ unet_segmenter_new (const UnetModel *model, const UnetSegmenterOptions *opts,
       unet_segmenter_free (seg);
       return NULL;
     }
-    seg->hist32 = g_new (guint32, 65536);
-    seg->hist = g_new (gsize, 65536);
     seg->dev_ox = g_new (gint, opts->batch_size);
     seg->dev_oy = g_new (gint, opts->batch_size);
     seg->dev_blocks = g_new (gint, 6 * opts->batch_size);
@@ -218,8 +213,6 @@ unet_segmenter_free (UnetSegmenter *seg)
     seg->be->iface->frames_free (seg->dev);
   g_queue_clear_full (&seg->frames, (GDestroyNotify) frame_free);
   unet_net_free (seg->net);
-  g_free (seg->hist32);
-  g_free (seg->hist);
   g_free (seg->dev_ox);
   g_free (seg->dev_oy);
   g_free (seg->dev_blocks);
@@ -497,6 +490,8 @@ prepare_batch_shape (UnetSegmenter *seg, const UnetTilePlan *plan, GError **erro
   return TRUE;
 }
 
+static gboolean device_finish (UnetSegmenter *seg, Frame *f, GError **error);
+
 /* After a failure: frames that can no longer finish leave the queue (finished
  * ones stay poppable), and the pending batch is dropped. */
 static void
@@ -508,12 +503,11 @@ drop_unfinished (UnetSegmenter *seg)
   while (l) {
     GList *next = l->next;
     Frame *f = l->data;
-    if (f->dev_slot >= 0) {
-      /* its download still writes into the slot's staging, then into its result */
-      seg->be->iface->frame_wait (seg->dev, f->dev_slot, NULL);
-      seg->dev_pending[f->dev_slot] = NULL;
-      f->dev_slot = -1;
-    }
+    /* an on-device frame whose download was started before the failure: let it land;
+     * when it does, the frame is finished and stays poppable (device_finish releases
+     * the slot either way) */
+    if (f->dev_slot >= 0)
+      (void) device_finish (seg, f, NULL);
     if (!f->finished) {
       g_queue_delete_link (&seg->frames, l);
       frame_free (f);
@@ -583,7 +577,6 @@ typedef struct
 {
   UnetSegmenter *seg;
   gint slot, n;
-  gfloat lo, scale;
   gboolean blend;
 } DevicePass;
 
@@ -593,7 +586,7 @@ device_fill (UnetBackendTensor *input, gpointer user, GError **error)
   DevicePass *d = user;
   UnetSegmenter *seg = d->seg;
   return seg->be->iface->frame_extract (seg->dev, d->slot, seg->dev_ox, seg->dev_oy, d->n, 0,
-      d->lo, d->scale, input, error);
+      input, error);
 }
 
 static gboolean
@@ -603,35 +596,6 @@ device_use (UnetBackendTensor *logits, gpointer user, GError **error)
   UnetSegmenter *seg = d->seg;
   return seg->be->iface->frame_stitch (seg->dev, d->slot, logits, 0, d->n, seg->dev_blocks,
       d->blend, error);
-}
-
-/* (v - lo) * scale for the frame in `slot`, from statistics taken on the device. */
-static gboolean
-device_normalization (UnetSegmenter *seg, gint slot, UnetPixelFormat format, gsize npix,
-    gdouble *lo, gdouble *scale, GError **error)
-{
-  const UnetBackendIface *be = seg->be->iface;
-
-  if (unet_normalization_fixed_params (&seg->norm, lo, scale))
-    return TRUE;
-  if (seg->norm.mode == UNET_NORM_PERCENTILE) {
-    guint bins = format == UNET_PIXEL_U8 ? 256 : 65536;
-    if (!be->frame_histogram (seg->dev, slot, seg->hist32, error))
-      return FALSE;
-    for (guint i = 0; i < bins; i++)
-      seg->hist[i] = seg->hist32[i];
-    unet_normalization_histogram_params (&seg->norm, seg->hist, bins, npix, lo, scale);
-    return TRUE;
-  }
-  /* frame mean/std: every 8/16-bit pixel is finite, as the host path counts them */
-  gdouble sums[2], mean, var;
-  if (!be->frame_moments (seg->dev, slot, sums, error))
-    return FALSE;
-  mean = sums[0] / npix;
-  var = MAX (sums[1] / npix - mean * mean, 0.0);
-  *lo = mean;
-  *scale = var > 0.0 ? 1.0 / sqrt (var) : 1.0;
-  return TRUE;
 }
 
 /* The on-device push of frame f (queued already, its plan made). */
@@ -646,23 +610,27 @@ device_push (UnetSegmenter *seg, Frame *f, UnetPixelFormat format, gconstpointer
   gint classes = seg->cfg.classes, th = plan->y.tile_in, tw = plan->x.tile_in;
   guint outs = seg->opts.outputs;
   gint prob_class = classes == 1 ? 0 : seg->opts.probability_class;
+  gboolean want_labels = (outs & (UNET_SEGMENT_LABELS | UNET_SEGMENT_INSTANCES
+          | UNET_SEGMENT_STATS)) != 0;
   gsize npix = (gsize) r->width * r->height;
-  gdouble lo, scale, t0 = now_s ();
+  gdouble t0 = now_s ();
 
   if (!(outs & UNET_SEGMENT_PROBABILITY))
-    prob_class = 0;
+    prob_class = -1;
   /* the slot's previous frame must be home before its buffers are reused */
   if (seg->dev_pending[slot] != NULL && !device_finish (seg, seg->dev_pending[slot], error))
     return FALSE;
   if (!be->frame_upload (seg->dev, slot, format, data, r->width, r->height, stride, error)
-      || !device_normalization (seg, slot, format, npix, &lo, &scale, error)
-      || !be->frame_begin (seg->dev, slot, classes, prob_class, plan->blend, error))
+      /* the statistics stay on the device: nothing here waits for the GPU */
+      || !be->frame_normalize (seg->dev, slot, &seg->norm, error)
+      || !be->frame_begin (seg->dev, slot, classes, want_labels, prob_class, plan->blend,
+          error))
     return FALSE;
   r->stats.time_normalize = now_s () - t0;
 
   for (gint t0_tile = 0; t0_tile < plan->n_tiles;) {
     gint chunk = MIN (seg->max_batch, plan->n_tiles - t0_tile);
-    DevicePass pass = { seg, slot, chunk, (gfloat) lo, (gfloat) scale, plan->blend };
+    DevicePass pass = { seg, slot, chunk, plan->blend };
     GError *local = NULL;
     gdouble tf = now_s ();
     for (gint i = 0; i < chunk; i++) {
@@ -697,7 +665,7 @@ device_push (UnetSegmenter *seg, Frame *f, UnetPixelFormat format, gconstpointer
     return FALSE;
   }
   f->n_extracted = f->n_stitched = plan->n_tiles;
-  if (outs & (UNET_SEGMENT_LABELS | UNET_SEGMENT_INSTANCES | UNET_SEGMENT_STATS)) {
+  if (want_labels) {
     r->labels = try_alloc (npix, 1, FALSE, error);
     if (!r->labels)
       return FALSE;

@@ -63,8 +63,11 @@ for p in coreelements videotestsrc videoconvertscale videorate app png multifile
 done
 for f in "$@"; do cp -L "$f" "$stage/bin/"; objs+=("$stage/bin/$(basename "$f")"); done
 
-# --- every shared library those need, except glibc's and CUDA's own ---
-skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|libpthread|librt\.so|libcuda|libcudart|libcudnn|libcublas|libnvrtc|libnvJitLink|libcurand|libcufft|libnccl)'
+# --- every shared library those need, except glibc's, CUDA's own, and the compiler
+# runtime and zlib/libffi the GPU image has in newer versions: a carried (older) Debian
+# libstdc++ / libgcc_s / libgomp / libz / libffi would be found first (env.sh puts the
+# carried libraries first) and shadow the image's for every process, PyTorch included ---
+skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|libpthread|librt\.so|libcuda|libcudart|libcudnn|libcublas|libnvrtc|libnvJitLink|libcurand|libcufft|libnccl|libstdc\+\+|libgcc_s|libgomp|libz\.so|libffi)'
 for f in "${objs[@]}"; do
   ldd "$f" 2>/dev/null | awk '/=> \//{print $1" "$3}' | while read -r name path; do
     [[ $name =~ $skip ]] && continue
@@ -87,9 +90,23 @@ build=$(cat "$here/build-dir")
 # unpack once: the carried libraries/tools and the slimmed build directory
 [ -d "$here/lib" ] || tar -C "$here" -xJf "$here/lib.tar.xz"
 [ -f "$root/$build/build.ninja" ] || { mkdir -p "$root/$build" && tar -C "$root/$build" -xJf "$here/build.tar.xz"; }
+# carry only what the image lacks: a carried (Debian) copy of a library the image has
+# would shadow the image's, for every process; drop those once, and say which
+if [ ! -f "$here/lib/.pruned" ]; then
+  have=$( (ldconfig -p 2>/dev/null || /sbin/ldconfig -p 2>/dev/null) | awk '{print $1}')
+  for f in "$here"/lib/*.so*; do
+    n=$(basename "$f")
+    if printf '%s\n' "$have" | grep -qxF "$n"; then rm -f "$f"; echo "$n" >> "$here/lib/.pruned"; fi
+  done
+  touch "$here/lib/.pruned"
+  echo "gpu env: using the image's own $(wc -l < "$here/lib/.pruned") of the carried libraries: $(tr '\n' ' ' < "$here/lib/.pruned")"
+fi
 # binaries and meson's test setup name the packing checkout's absolute path
 src=$(cat "$here/source-root")
 if [ "$src" != "$root" ] && [ ! -e "$src" ]; then mkdir -p "$(dirname "$src")" && ln -s "$root" "$src"; fi
+# PyTorch's Python (the image's /opt/torch/.venv when python3 on PATH is another)
+[ -x /opt/torch/.venv/bin/python3 ] && ! python3 -c 'import torch' 2>/dev/null \
+  && export PATH="/opt/torch/.venv/bin:$PATH"
 cudnn=$(python3 -c 'import nvidia.cudnn, os; print(os.path.join(list(nvidia.cudnn.__path__)[0], "lib"))' 2>/dev/null || true)
 if [ -z "$cudnn" ]; then
   # PyTorch wheels that bundle cuDNN inside torch/lib

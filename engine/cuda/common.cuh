@@ -3,8 +3,6 @@
  * only. */
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -12,27 +10,14 @@
 
 #define UNET_CUDA_THREADS 256
 
-static __device__ __forceinline__ float to_f32 (float v) { return v; }
-static __device__ __forceinline__ float to_f32 (__half v) { return __half2float (v); }
-static __device__ __forceinline__ float to_f32 (__nv_bfloat16 v) { return __bfloat162float (v); }
+/* to_f32 / from_f32, mirror_index and every per-element body: kernel-bodies.h
+ * (__host__ __device__, shared with the CPU tests). */
+#include "kernel-bodies.h"
 
-template <typename T> static __device__ __forceinline__ T from_f32 (float v);
-template <> __device__ __forceinline__ float from_f32<float> (float v) { return v; }
-template <> __device__ __forceinline__ __half from_f32<__half> (float v) { return __float2half_rn (v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16> (float v) { return __float2bfloat16_rn (v); }
-
-/* See unet_cuda_mirror_index in cuda-kernels.h. */
-static __host__ __device__ __forceinline__ int
-mirror_index (int i, int n)
-{
-  if (n <= 1)
-    return 0;
-  const int period = 2 * (n - 1);
-  int m = i % period;
-  if (m < 0)
-    m += period;
-  return m < n ? m : period - m;
-}
+/* for (size_t i = global thread index; i < total; i += grid size) */
+#define UNET_GRID_LOOP(i, total)                                                  \
+  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < (total);  \
+       i += (size_t) gridDim.x * blockDim.x)
 
 /* Grid for a grid-stride loop over `count` elements: enough blocks to fill the GPU,
  * never more than needed. */
@@ -45,6 +30,9 @@ grid_for (size_t count)
   return blocks == 0 ? 1u : (unsigned int) blocks;
 }
 
+/* The status of the launch just made. Failed calls clear the runtime's last error
+ * when they are reported (unet_cuda_check_impl), so an earlier failure, e.g. of a
+ * cudaMallocHost, is not reported again here. */
 static inline int
 launch_status (void)
 {

@@ -27,6 +27,7 @@
 #include "config.h"
 
 #include "backend.h"
+#include "normalize-private.h"
 #include "cuda-backend.h"
 #include "cuda-check.h"
 #include "cuda-kernels.h"
@@ -47,6 +48,8 @@ typedef struct
   void *weight;                 /* KRSC (conv: [cout,k,k,cin]; upconv: [cin,2,2,cout]) */
   float *bias;                  /* [cout] f32 */
   void *bias_lp;                /* [cout] in the activation type (cuDNN's fused op) */
+  const gfloat *host_weight;    /* PyTorch layout, valid until the next upload (net.c) */
+  float *weight_f32;            /* KRSC f32, uploaded when an op falls back to f32 */
 } CudaLayer;
 
 struct _CudaCtx
@@ -70,6 +73,8 @@ struct _CudaCtx
   gboolean workspace_done;
   void *scratch;
   gsize scratch_bytes;
+  float *scratch32;             /* f32 input + output of convolutions run in f32 */
+  gsize scratch32_bytes;
   float *staging_dev;
   gsize staging_dev_bytes;
   float *staging_host;          /* pinned */
@@ -105,6 +110,8 @@ struct _UnetBackendOp
   gsize ws_bytes;
   gboolean fused;               /* conv + bias + ReLU in one cuDNN call */
   gboolean via_scratch;         /* dst is a view: compute densely into ctx->scratch */
+  gboolean f32;                 /* 16-bit net, but cuDNN has no NHWC algorithm for this
+                                 * shape (1 or odd channels): run it in f32 */
 };
 
 static CudaCtx *
@@ -121,6 +128,16 @@ esize (const CudaCtx *ctx)
 
 /* Kernel launchers return a cudaError_t as int. */
 #define KERNEL_CHECK(call, error) CUDA_CHECK (call, error)
+
+/* The CUDA runtime's current device is per host thread, and GStreamer calls the
+ * backend from whatever thread streams: every entry point that touches the device
+ * selects ours first (cheap: a thread-local store when it is already current), or
+ * gpu-id != 0 would silently run on device 0. */
+static gboolean
+use_device (const CudaCtx *ctx, GError **error)
+{
+  return CUDA_CHECK (cudaSetDevice (ctx->device), error);
+}
 
 /* ------------------------------------------------------------ memory -- */
 
@@ -189,6 +206,7 @@ free_layers (CudaCtx *ctx)
     cudaFree (ctx->layers[i].weight);
     cudaFree (ctx->layers[i].bias);
     cudaFree (ctx->layers[i].bias_lp);
+    cudaFree (ctx->layers[i].weight_f32);
   }
   g_free (ctx->layers);
   ctx->layers = NULL;
@@ -214,18 +232,23 @@ static gboolean
 upload_converted (CudaCtx *ctx, const gfloat *host, gsize n, UnetCudaDType dtype, void **out,
     const gchar *what, GError **error)
 {
+  /* Copies go on the backend's (non-blocking) stream: a blocking cudaMemcpy on the
+   * legacy default stream is not ordered with the kernels of non-blocking streams,
+   * e.g. the cast below or a forward pass still reading the staging buffer. */
   if (!cuda_alloc (out, n * unet_cuda_dtype_size (dtype), what, error))
     return FALSE;
   if (dtype == UNET_CUDA_F32)
-    return CUDA_CHECK (cudaMemcpy (*out, host, n * sizeof (gfloat), cudaMemcpyHostToDevice),
-        error);
+    return CUDA_CHECK (cudaMemcpyAsync (*out, host, n * sizeof (gfloat),
+            cudaMemcpyHostToDevice, ctx->stream), error)
+        && CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error);
   if (!grow_device ((void **) &ctx->staging_dev, &ctx->staging_dev_bytes, n * sizeof (gfloat),
           "staging", error)
-      || !CUDA_CHECK (cudaMemcpy (ctx->staging_dev, host, n * sizeof (gfloat),
-              cudaMemcpyHostToDevice), error)
+      || !CUDA_CHECK (cudaMemcpyAsync (ctx->staging_dev, host, n * sizeof (gfloat),
+              cudaMemcpyHostToDevice, ctx->stream), error)
       || !KERNEL_CHECK (unet_cuda_cast_from_f32 (ctx->staging_dev, *out, dtype, n,
               ctx->stream), error))
     return FALSE;
+  /* `host` may be freed on return */
   return CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error);
 }
 
@@ -235,6 +258,11 @@ cuda_upload_layers (UnetBackend *be, const UnetLayerParams *layers, gint n_layer
 {
   CudaCtx *ctx = ctx_of (be);
 
+  if (!use_device (ctx, error))
+    return FALSE;
+  /* a forward pass may still read the old layers */
+  if (ctx->n_layers > 0 && !CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error))
+    return FALSE;
   free_layers (ctx);
   ctx->layers = g_new0 (CudaLayer, n_layers);
   ctx->n_layers = n_layers;
@@ -250,6 +278,7 @@ cuda_upload_layers (UnetBackend *be, const UnetLayerParams *layers, gint n_layer
       return FALSE;
     }
     l->kind = lp->kind;
+    l->host_weight = lp->weight;
     l->cin = lp->cin;
     l->cout = lp->cout;
     l->k = lp->k;
@@ -283,9 +312,14 @@ cuda_tensor_new (UnetBackend *be, const UnetDims *dims, GError **error)
     return NULL;
   }
   elems = (guint64) dims->n * dims->c * dims->h * dims->w;
-  if (elems > G_MAXINT32 * (guint64) 16) {
+  /* cuDNN's legacy tensor descriptors take int dims and strides (set_nhwc_desc): an
+   * activation of 2^31 elements or more cannot be described. OUT_OF_MEMORY, so the
+   * segmenter halves its batch and an explicit tile size gets an actionable error. */
+  if (elems > (guint64) G_MAXINT32) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
-        "tensor %dx%dx%dx%d is too large", dims->n, dims->c, dims->h, dims->w);
+        "activation %d x %d x %d x %d has %" G_GUINT64_FORMAT " elements, more than the "
+        "2^31 - 1 cuDNN can address; use a smaller tile-size or batch-size", dims->n,
+        dims->c, dims->h, dims->w, elems);
     return NULL;
   }
   t = g_new0 (UnetBackendTensor, 1);
@@ -362,8 +396,11 @@ tensor_pixels (const UnetBackendTensor *t)
 static UnetBackendArena *
 cuda_arena_new (UnetBackend *be, gsize bytes, GError **error)
 {
-  UnetBackendArena *a = g_new0 (UnetBackendArena, 1);
+  UnetBackendArena *a;
 
+  if (!use_device (ctx_of (be), error))
+    return NULL;
+  a = g_new0 (UnetBackendArena, 1);
   if (!cuda_alloc (&a->data, bytes, "activations", error)) {
     g_free (a);
     return NULL;
@@ -387,7 +424,14 @@ static gboolean
 set_nhwc_desc (CudaCtx *ctx, cudnnTensorDescriptor_t desc, const UnetDims *dims, gint stride,
     GError **error)
 {
-  /* NHWC with a pixel stride of `stride` elements (== c when dense) */
+  /* NHWC with a pixel stride of `stride` elements (== c when dense); the strides are
+   * int: tensor_new refused anything larger */
+  if ((guint64) dims->n * dims->h * dims->w * stride > (guint64) G_MAXINT32) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+        "activation %d x %d x %d x %d is too large for cuDNN (2^31 elements)", dims->n,
+        stride, dims->h, dims->w);
+    return FALSE;
+  }
   return CUDNN_CHECK (cudnnSetTensor4dDescriptorEx (desc, ctx->cudnn_dtype, dims->n, dims->c,
           dims->h, dims->w, dims->h * dims->w * stride, 1, dims->w * stride, stride), error);
 }
@@ -509,6 +553,110 @@ op_dense_out (UnetBackendOp *op)
   return op->via_scratch ? op->ctx->scratch : tensor_data (op->d.dst);
 }
 
+/* Sets the op's descriptors for data type `dt` and math `math`. */
+static gboolean
+conv_describe (CudaCtx *ctx, UnetBackendOp *op, cudnnDataType_t dt, cudnnMathType_t math,
+    GError **error)
+{
+  const UnetOpDesc *d = &op->d;
+  const CudaLayer *l = &ctx->layers[d->layer];
+  gboolean up = d->kind == UNET_OP_UPCONV2;
+  UnetDims dense = d->dst->dims;
+  gint pad = up ? 0 : d->pad, stride = up ? 2 : 1;
+  cudnnDataType_t keep = ctx->cudnn_dtype;
+  gboolean ok;
+
+  ctx->cudnn_dtype = dt;        /* set_nhwc_desc reads it */
+  ok = set_nhwc_desc (ctx, op->x_desc, &d->src->dims,
+      op->f32 ? d->src->dims.c : tensor_stride (d->src), error)
+      && set_nhwc_desc (ctx, op->y_desc, &dense, dense.c, error);
+  ctx->cudnn_dtype = keep;
+  return ok
+      && CUDNN_CHECK (cudnnSetTensor4dDescriptor (op->bias_desc, CUDNN_TENSOR_NHWC, dt, 1,
+          l->cout, 1, 1), error)
+      /* conv: K = cout, C = cin; upconv: the filter of the convolution it is the data
+       * gradient of, K = cin, C = cout */
+      && CUDNN_CHECK (cudnnSetFilter4dDescriptor (op->w_desc, dt, CUDNN_TENSOR_NHWC,
+          up ? l->cin : l->cout, up ? l->cout : l->cin, l->k, l->k), error)
+      && CUDNN_CHECK (cudnnSetConvolution2dDescriptor (op->conv_desc, pad, pad, stride,
+          stride, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT), error)
+      && CUDNN_CHECK (cudnnSetConvolutionMathType (op->conv_desc, math), error);
+}
+
+/* The f32 buffers of an op that runs in f32: input, then output, dense NHWC. */
+static float *
+op_x32 (UnetBackendOp *op)
+{
+  return op->ctx->scratch32;
+}
+
+static float *
+op_y32 (UnetBackendOp *op)
+{
+  const UnetDims *s = &op->d.src->dims;
+  gsize x_elems = (gsize) s->n * s->c * s->h * s->w;
+  return op->ctx->scratch32 + (x_elems + 63) / 64 * 64;
+}
+
+static gboolean
+conv_choose_algo (CudaCtx *ctx, UnetBackendOp *op, GError **error)
+{
+  const CudaLayer *l = &ctx->layers[op->d.layer];
+  const void *x = op->f32 ? (const void *) op_x32 (op) : tensor_data (op->d.src);
+  const void *w = op->f32 ? (const void *) l->weight_f32 : l->weight;
+  void *y = op->f32 ? (void *) op_y32 (op) : op_dense_out (op);
+
+  if (op->d.kind == UNET_OP_UPCONV2)
+    return choose_bwd_data_algo (ctx, op, w, x, y, error);
+  return choose_fwd_algo (ctx, op, x, w, y, error);
+}
+
+/* The layer's f32 KRSC weights, uploaded at the first op that needs them (again
+ * after every upload_layers: the ops of a plan outlive a re-upload). */
+static gboolean
+ensure_weight_f32 (CudaCtx *ctx, CudaLayer *l, GError **error)
+{
+  gsize n = (gsize) l->cin * l->cout * l->k * l->k;
+  g_autofree gfloat *krsc = NULL;
+
+  if (l->weight_f32 != NULL)
+    return TRUE;
+  krsc = g_new (gfloat, n);
+  if (l->kind == UNET_LAYER_CONV)
+    permute_to_krsc (l->host_weight, krsc, l->cout, l->cin, l->k);
+  else
+    permute_to_krsc (l->host_weight, krsc, l->cin, l->cout, l->k);
+  return upload_converted (ctx, krsc, n, UNET_CUDA_F32, (void **) &l->weight_f32,
+      "f32 weights", error);
+}
+
+/* From now on this op converts its input to f32, convolves in f32 (FMA math: true
+ * f32) with f32 weights, adds bias and ReLU in f32 and converts the result to the
+ * activation type. */
+static gboolean
+conv_use_f32 (CudaCtx *ctx, UnetBackendOp *op, GError **error)
+{
+  CudaLayer *l = &ctx->layers[op->d.layer];
+  const UnetDims *s = &op->d.src->dims, *t = &op->d.dst->dims;
+  gsize x_elems = (gsize) s->n * s->c * s->h * s->w;
+  gsize y_elems = (gsize) t->n * t->c * t->h * t->w;
+
+  if (op->d.src->parent != NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND,
+        "layer %d: cuDNN has no 16-bit algorithm for %d input channels and the input is "
+        "a channel view; use precision fp32 or tf32", op->d.layer, l->cin);
+    return FALSE;
+  }
+  op->f32 = TRUE;
+  op->fused = FALSE;
+  if (!ensure_weight_f32 (ctx, l, error))
+    return FALSE;
+  return grow_device ((void **) &ctx->scratch32, &ctx->scratch32_bytes,
+      ((x_elems + 63) / 64 * 64 + y_elems) * sizeof (float), "f32 scratch", error)
+      && conv_describe (ctx, op, CUDNN_DATA_FLOAT, CUDNN_FMA_MATH, error)
+      && conv_choose_algo (ctx, op, error);
+}
+
 static gboolean
 conv_op_init (CudaCtx *ctx, UnetBackendOp *op, GError **error)
 {
@@ -516,7 +664,7 @@ conv_op_init (CudaCtx *ctx, UnetBackendOp *op, GError **error)
   const CudaLayer *l;
   gboolean up = d->kind == UNET_OP_UPCONV2;
   UnetDims dense = d->dst->dims;
-  gint pad = up ? 0 : d->pad, stride = up ? 2 : 1;
+  gint pad = up ? 0 : d->pad;
 
   if (d->layer < 0 || d->layer >= ctx->n_layers) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT, "op uses layer %d of %d",
@@ -547,28 +695,24 @@ conv_op_init (CudaCtx *ctx, UnetBackendOp *op, GError **error)
       || !CUDNN_CHECK (cudnnCreateFilterDescriptor (&op->w_desc), error)
       || !CUDNN_CHECK (cudnnCreateConvolutionDescriptor (&op->conv_desc), error)
       || !CUDNN_CHECK (cudnnCreateActivationDescriptor (&op->act_desc), error)
-      || !set_nhwc_desc (ctx, op->x_desc, &d->src->dims, tensor_stride (d->src), error)
-      || !set_nhwc_desc (ctx, op->y_desc, &dense, dense.c, error)
-      || !CUDNN_CHECK (cudnnSetTensor4dDescriptor (op->bias_desc, CUDNN_TENSOR_NHWC,
-              ctx->cudnn_dtype, 1, l->cout, 1, 1), error)
-      /* conv: K = cout, C = cin; upconv: the filter of the convolution it is the data
-       * gradient of, K = cin, C = cout */
-      || !CUDNN_CHECK (cudnnSetFilter4dDescriptor (op->w_desc, ctx->cudnn_dtype,
-              CUDNN_TENSOR_NHWC, up ? l->cin : l->cout, up ? l->cout : l->cin, l->k, l->k),
-          error)
-      || !CUDNN_CHECK (cudnnSetConvolution2dDescriptor (op->conv_desc, pad, pad, stride,
-              stride, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT), error)
-      || !CUDNN_CHECK (cudnnSetConvolutionMathType (op->conv_desc, ctx->math), error)
       || !CUDNN_CHECK (cudnnSetActivationDescriptor (op->act_desc, CUDNN_ACTIVATION_RELU,
               CUDNN_NOT_PROPAGATE_NAN, 0.0), error))
     return FALSE;
-  if (up)
-    return choose_bwd_data_algo (ctx, op, l->weight, tensor_data (d->src), op_dense_out (op),
-        error);
   /* cuDNN's fused bias + activation runs any algorithm with ReLU (identity would
    * need IMPLICIT_PRECOMP_GEMM), so only ReLU convolutions are fused */
-  op->fused = d->relu;
-  return choose_fwd_algo (ctx, op, tensor_data (d->src), l->weight, op_dense_out (op), error);
+  op->fused = !up && d->relu;
+  if (conv_describe (ctx, op, ctx->cudnn_dtype, ctx->math, error)
+      && conv_choose_algo (ctx, op, error))
+    return TRUE;
+  if (ctx->dtype == UNET_CUDA_F32)
+    return FALSE;
+  /* cuDNN's legacy API may have no NHWC 16-bit algorithm for 1 or an odd number of
+   * channels (every gray model's first convolution): this shape runs in f32 instead,
+   * decided once, here */
+  g_debug ("cuda: layer %d (%d -> %d channels) has no 16-bit NHWC algorithm (%s); "
+      "running it in f32", d->layer, l->cin, l->cout, error && *error ? (*error)->message : "");
+  g_clear_error (error);
+  return conv_use_f32 (ctx, op, error);
 }
 
 static UnetBackendOp *
@@ -581,7 +725,7 @@ cuda_op_new (UnetBackend *be, const UnetOpDesc *desc, GError **error)
 
   op->ctx = ctx;
   op->d = *desc;
-  if (!CUDA_CHECK (cudaSetDevice (ctx->device), error))
+  if (!use_device (ctx, error))
     goto fail;
   switch (desc->kind) {
     case UNET_OP_CONV:
@@ -630,6 +774,58 @@ fail:
 
 static const float one_f = 1.0f, zero_f = 0.0f;
 
+/* A 16-bit net's convolution that runs in f32 (conv_use_f32): input -> f32, convolve,
+ * bias (+ ReLU), -> the activation type, into the dst or (via the scratch) its view. */
+static gboolean
+conv_forward_f32 (UnetBackendOp *op, GError **error)
+{
+  CudaCtx *ctx = op->ctx;
+  CudaLayer *l = &ctx->layers[op->d.layer];
+  const UnetBackendTensor *src = op->d.src, *dst = op->d.dst;
+  gsize x_elems = tensor_pixels (src) * src->dims.c;
+  gsize count = tensor_pixels (dst) * dst->dims.c;
+  float *x32 = op_x32 (op), *y32 = op_y32 (op);
+
+  if (!ensure_weight_f32 (ctx, l, error)
+      || !KERNEL_CHECK (unet_cuda_cast_to_f32 (tensor_data (src), ctx->dtype, x32, x_elems,
+              ctx->stream), error))
+    return FALSE;
+  if (op->d.kind == UNET_OP_UPCONV2) {
+    if (!CUDNN_CHECK (cudnnConvolutionBackwardData (ctx->cudnn, &one_f, op->w_desc,
+                l->weight_f32, op->x_desc, x32, op->conv_desc, op->algo, ctx->workspace,
+                op->ws_bytes, &zero_f, op->y_desc, y32), error))
+      return FALSE;
+  } else if (!CUDNN_CHECK (cudnnConvolutionForward (ctx->cudnn, &one_f, op->x_desc, x32,
+              op->w_desc, l->weight_f32, op->conv_desc, op->algo, ctx->workspace,
+              op->ws_bytes, &zero_f, op->y_desc, y32), error)) {
+    return FALSE;
+  }
+  if (!KERNEL_CHECK (unet_cuda_bias_act (y32, y32, UNET_CUDA_F32, l->bias, count,
+              dst->dims.c, op->d.relu, ctx->stream), error))
+    return FALSE;
+  if (!op->via_scratch)
+    return KERNEL_CHECK (unet_cuda_cast_from_f32 (y32, tensor_data (dst), ctx->dtype, count,
+            ctx->stream), error);
+  return KERNEL_CHECK (unet_cuda_cast_from_f32 (y32, ctx->scratch, ctx->dtype, count,
+          ctx->stream), error)
+      && KERNEL_CHECK (unet_cuda_copy_window (ctx->scratch, dst->dims.h, dst->dims.w,
+          dst->dims.c, 0, 0, 0, tensor_data (dst), tensor_stride (dst), 0, dst->dims.n,
+          dst->dims.h, dst->dims.w, dst->dims.c, NULL, ctx->dtype, ctx->stream), error);
+}
+
+/* cuDNN accepted the shape when the algorithm was chosen but has no kernel for it
+ * now: a 16-bit op switches to f32 for good (once per op, i.e. per shape). */
+static gboolean
+conv_unsupported (UnetBackendOp *op, cudnnStatus_t st, GError **error)
+{
+  if (CUDNN_STATUS_CATEGORY (st) != CUDNN_STATUS_NOT_SUPPORTED || op->f32
+      || op->ctx->dtype == UNET_CUDA_F32)
+    return CUDNN_CHECK (st, error);
+  g_debug ("cuda: layer %d not supported in 16 bit at run time; running it in f32",
+      op->d.layer);
+  return conv_use_f32 (op->ctx, op, error) && conv_forward_f32 (op, error);
+}
+
 static gboolean
 conv_forward (UnetBackendOp *op, GError **error)
 {
@@ -639,14 +835,18 @@ conv_forward (UnetBackendOp *op, GError **error)
   void *out = op_dense_out (op);
   gsize count = tensor_pixels (dst) * dst->dims.c;
   gboolean bias_done = FALSE;
+  cudnnStatus_t st;
 
+  if (op->f32)
+    return conv_forward_f32 (op, error);
   if (op->d.kind == UNET_OP_UPCONV2) {
-    if (!CUDNN_CHECK (cudnnConvolutionBackwardData (ctx->cudnn, &one_f, op->w_desc,
-                l->weight, op->x_desc, tensor_data (op->d.src), op->conv_desc, op->algo,
-                ctx->workspace, op->ws_bytes, &zero_f, op->y_desc, out), error))
-      return FALSE;
+    st = cudnnConvolutionBackwardData (ctx->cudnn, &one_f, op->w_desc, l->weight,
+        op->x_desc, tensor_data (op->d.src), op->conv_desc, op->algo, ctx->workspace,
+        op->ws_bytes, &zero_f, op->y_desc, out);
+    if (st != CUDNN_STATUS_SUCCESS)
+      return conv_unsupported (op, st, error);
   } else if (op->fused) {
-    cudnnStatus_t st = cudnnConvolutionBiasActivationForward (ctx->cudnn, &one_f, op->x_desc,
+    st = cudnnConvolutionBiasActivationForward (ctx->cudnn, &one_f, op->x_desc,
         tensor_data (op->d.src), op->w_desc, l->weight, op->conv_desc, op->algo,
         ctx->workspace, op->ws_bytes, &zero_f, op->y_desc, out, op->bias_desc, l->bias_lp,
         op->act_desc, op->y_desc, out);
@@ -662,10 +862,12 @@ conv_forward (UnetBackendOp *op, GError **error)
     if (!CUDNN_CHECK (st, error))
       return FALSE;
     bias_done = TRUE;
-  } else if (!CUDNN_CHECK (cudnnConvolutionForward (ctx->cudnn, &one_f, op->x_desc,
-              tensor_data (op->d.src), op->w_desc, l->weight, op->conv_desc, op->algo,
-              ctx->workspace, op->ws_bytes, &zero_f, op->y_desc, out), error)) {
-    return FALSE;
+  } else {
+    st = cudnnConvolutionForward (ctx->cudnn, &one_f, op->x_desc, tensor_data (op->d.src),
+        op->w_desc, l->weight, op->conv_desc, op->algo, ctx->workspace, op->ws_bytes,
+        &zero_f, op->y_desc, out);
+    if (st != CUDNN_STATUS_SUCCESS)
+      return conv_unsupported (op, st, error);
   }
   if (op->via_scratch) {
     /* dense result -> the view, adding the bias (and ReLU) on the way */
@@ -690,6 +892,8 @@ cuda_op_forward (UnetBackendOp *op, GError **error)
   CudaCtx *ctx = op->ctx;
   const UnetBackendTensor *src = op->d.src, *dst = op->d.dst;
 
+  if (!use_device (ctx, error))
+    return FALSE;
   switch (op->d.kind) {
     case UNET_OP_CONV:
     case UNET_OP_UPCONV2:
@@ -733,6 +937,7 @@ cuda_upload (UnetBackendTensor *t, const gfloat *host, GError **error)
   gsize bytes = tensor_pixels (t) * t->dims.c * sizeof (gfloat);
 
   if (!check_dense (t, error)
+      || !use_device (ctx, error)
       || !grow_pinned (ctx, bytes, error)
       || !grow_device ((void **) &ctx->staging_dev, &ctx->staging_dev_bytes, bytes, "staging",
           error)
@@ -760,6 +965,7 @@ cuda_download (UnetBackendTensor *t, gfloat *host, GError **error)
   gsize bytes = tensor_pixels (t) * t->dims.c * sizeof (gfloat);
 
   if (!check_dense (t, error)
+      || !use_device (ctx, error)
       || !grow_pinned (ctx, bytes, error)
       || !grow_device ((void **) &ctx->staging_dev, &ctx->staging_dev_bytes, bytes, "staging",
           error)
@@ -778,7 +984,8 @@ static gboolean
 cuda_synchronize (UnetBackend *be, GError **error)
 {
   CudaCtx *ctx = ctx_of (be);
-  return CUDA_CHECK (cudaStreamSynchronize (ctx->copy_stream), error)
+  return use_device (ctx, error)
+      && CUDA_CHECK (cudaStreamSynchronize (ctx->copy_stream), error)
       && CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error);
 }
 
@@ -786,22 +993,27 @@ cuda_synchronize (UnetBackend *be, GError **error)
 
 /* One frame in flight: its raw pixels and results, pinned on the host and on the
  * device, and the events that order upload (copy stream), compute (compute stream)
- * and download (download stream). */
+ * and download (download stream). Only the outputs the segmenter asked for are
+ * allocated (frame_begin). */
 typedef struct
 {
   gint width, height, classes, prob_class;
   UnetPixelFormat format;
   gsize row_bytes;
-  gboolean blend;
+  gboolean blend, labels;       /* labels: delivered; prob_class -1: no probability */
+  gfloat lo, scale;             /* fixed normalisation ... */
+  gboolean dev_norm;            /* ... or dev_params, computed on the device */
+  float *dev_params;            /* (lo, scale) */
   guint8 *host_in;              /* pinned raw frame, dense rows */
   gsize host_in_cap;
   void *dev_in;
   gsize dev_in_cap;
   guint8 *dev_labels, *host_labels;     /* (H,W); host pinned */
+  gsize dev_labels_cap, host_labels_cap;        /* bytes */
   float *dev_probs, *host_probs;        /* (H,W) */
-  gsize out_cap;                /* pixels of the four buffers above */
+  gsize dev_probs_cap, host_probs_cap;  /* bytes */
   float *dev_acc, *dev_wsum;    /* blending: (K,H,W), (H,W) */
-  gsize acc_cap;                /* floats of dev_acc */
+  gsize acc_cap, wsum_cap;      /* bytes */
   guint8 *dst_labels;           /* where frame_wait copies to (may be NULL) */
   gfloat *dst_probs;
   cudaEvent_t uploaded, downloaded;
@@ -815,8 +1027,9 @@ struct _UnetBackendFrames
   FrameSlot *slots;
   cudaStream_t d2h;             /* downloads */
   cudaEvent_t computed;         /* compute stream -> download stream, per download */
-  guint32 *dev_hist, *host_hist;        /* 65536 bins; host pinned */
-  double *dev_partials, *dev_sums, *host_sums;  /* moments; host pinned (2) */
+  /* frame statistics, on the copy stream only (so one set serves every slot) */
+  guint32 *dev_hist;            /* 65536 bins */
+  double *dev_partials, *dev_sums;
 };
 
 static gboolean
@@ -833,6 +1046,7 @@ cuda_frames_free (UnetBackendFrames *fr)
 {
   if (fr == NULL)
     return;
+  cudaSetDevice (fr->ctx->device);
   cudaStreamSynchronize (fr->ctx->copy_stream);
   cudaStreamSynchronize (fr->ctx->stream);
   if (fr->d2h != NULL)
@@ -850,6 +1064,7 @@ cuda_frames_free (UnetBackendFrames *fr)
     cudaFree (s->dev_probs);
     cudaFree (s->dev_acc);
     cudaFree (s->dev_wsum);
+    cudaFree (s->dev_params);
     if (s->uploaded != NULL)
       cudaEventDestroy (s->uploaded);
     if (s->downloaded != NULL)
@@ -859,10 +1074,6 @@ cuda_frames_free (UnetBackendFrames *fr)
   cudaFree (fr->dev_hist);
   cudaFree (fr->dev_partials);
   cudaFree (fr->dev_sums);
-  if (fr->host_hist != NULL)
-    cudaFreeHost (fr->host_hist);
-  if (fr->host_sums != NULL)
-    cudaFreeHost (fr->host_sums);
   if (fr->computed != NULL)
     cudaEventDestroy (fr->computed);
   if (fr->d2h != NULL)
@@ -879,22 +1090,22 @@ cuda_frames_new (UnetBackend *be, gint depth, GError **error)
   fr->ctx = ctx;
   fr->depth = CLAMP (depth, 1, 8);
   fr->slots = g_new0 (FrameSlot, fr->depth);
-  if (!CUDA_CHECK (cudaSetDevice (ctx->device), error)
+  if (!use_device (ctx, error)
       || !CUDA_CHECK (cudaStreamCreateWithFlags (&fr->d2h, cudaStreamNonBlocking), error)
       || !CUDA_CHECK (cudaEventCreateWithFlags (&fr->computed, cudaEventDisableTiming), error)
       || !cuda_alloc ((void **) &fr->dev_hist, 65536 * sizeof (guint32), "histograms", error)
       || !cuda_alloc ((void **) &fr->dev_partials, UNET_CUDA_REDUCE_BLOCKS * 2
           * sizeof (double), "frame statistics", error)
-      || !cuda_alloc ((void **) &fr->dev_sums, 2 * sizeof (double), "frame statistics", error)
-      || !CUDA_CHECK (cudaMallocHost ((void **) &fr->host_hist, 65536 * sizeof (guint32)),
-          error)
-      || !CUDA_CHECK (cudaMallocHost ((void **) &fr->host_sums, 2 * sizeof (double)), error))
+      || !cuda_alloc ((void **) &fr->dev_sums, 2 * sizeof (double), "frame statistics",
+          error))
     goto fail;
   for (gint i = 0; i < fr->depth; i++)
     if (!CUDA_CHECK (cudaEventCreateWithFlags (&fr->slots[i].uploaded,
                 cudaEventDisableTiming), error)
         || !CUDA_CHECK (cudaEventCreateWithFlags (&fr->slots[i].downloaded,
-                cudaEventDisableTiming), error))
+                cudaEventDisableTiming), error)
+        || !cuda_alloc ((void **) &fr->slots[i].dev_params, 2 * sizeof (float),
+            "frame statistics", error))
       goto fail;
   return fr;
 
@@ -903,6 +1114,7 @@ fail:
   return NULL;
 }
 
+/* The slot, with our device current on this thread. */
 static FrameSlot *
 frame_slot (UnetBackendFrames *fr, gint slot, GError **error)
 {
@@ -911,6 +1123,8 @@ frame_slot (UnetBackendFrames *fr, gint slot, GError **error)
         fr->depth);
     return NULL;
   }
+  if (!use_device (fr->ctx, error))
+    return NULL;
   return &fr->slots[slot];
 }
 
@@ -957,119 +1171,118 @@ cuda_frame_upload (UnetBackendFrames *fr, gint slot, UnetPixelFormat format,
   s->height = height;
   s->format = format;
   s->row_bytes = row;
+  s->dev_norm = FALSE;
+  s->lo = 0.0f;
+  s->scale = 1.0f;
   return CUDA_CHECK (cudaMemcpyAsync (s->dev_in, s->host_in, bytes, cudaMemcpyHostToDevice,
           ctx->copy_stream), error)
       && CUDA_CHECK (cudaEventRecord (s->uploaded, ctx->copy_stream), error)
       && CUDA_CHECK (cudaStreamWaitEvent (ctx->stream, s->uploaded, 0), error);
 }
 
+/* Statistics on the copy stream right after the upload (they overlap the previous
+ * frame's compute), parameters into the slot's dev_params, then the compute stream
+ * waits for them. The host never waits. */
 static gboolean
-cuda_frame_histogram (UnetBackendFrames *fr, gint slot, guint32 *hist, GError **error)
+cuda_frame_normalize (UnetBackendFrames *fr, gint slot, const UnetNormalization *norm,
+    GError **error)
 {
   CudaCtx *ctx = fr->ctx;
   FrameSlot *s = frame_slot (fr, slot, error);
-  gsize bins;
+  gdouble lo, scale;
+  guint64 npix;
 
   if (s == NULL)
     return FALSE;
+  if (unet_normalization_fixed_params (norm, &lo, &scale)) {
+    s->dev_norm = FALSE;
+    s->lo = (gfloat) lo;
+    s->scale = (gfloat) scale;
+    return TRUE;
+  }
   if (s->format == UNET_PIXEL_F32) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
-        "histograms are for 8- and 16-bit frames");
+        "frame statistics on the device are for 8- and 16-bit frames");
     return FALSE;
   }
-  bins = s->format == UNET_PIXEL_U8 ? 256 : 65536;
-  if (!CUDA_CHECK (cudaMemsetAsync (fr->dev_hist, 0, bins * sizeof (guint32), ctx->stream),
-          error)
-      || !KERNEL_CHECK (unet_cuda_histogram (s->dev_in, (UnetCudaPixel) s->format, s->width,
-              s->height, s->row_bytes, 1, fr->dev_hist, ctx->stream), error)
-      || !CUDA_CHECK (cudaMemcpyAsync (fr->host_hist, fr->dev_hist, bins * sizeof (guint32),
-              cudaMemcpyDeviceToHost, ctx->stream), error)
-      || !CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error))
-    return FALSE;
-  memcpy (hist, fr->host_hist, bins * sizeof (guint32));
-  return TRUE;
-}
-
-static gboolean
-cuda_frame_moments (UnetBackendFrames *fr, gint slot, gdouble sums[2], GError **error)
-{
-  CudaCtx *ctx = fr->ctx;
-  FrameSlot *s = frame_slot (fr, slot, error);
-
-  if (s == NULL
-      || !KERNEL_CHECK (unet_cuda_frame_moments (s->dev_in, (UnetCudaPixel) s->format,
+  npix = (guint64) s->width * s->height;
+  if (norm->mode == UNET_NORM_PERCENTILE) {
+    gint bins = s->format == UNET_PIXEL_U8 ? 256 : 65536;
+    if (!CUDA_CHECK (cudaMemsetAsync (fr->dev_hist, 0, bins * sizeof (guint32),
+                ctx->copy_stream), error)
+        || !KERNEL_CHECK (unet_cuda_histogram (s->dev_in, (UnetCudaPixel) s->format,
+                s->width, s->height, s->row_bytes, 1, fr->dev_hist, ctx->copy_stream), error)
+        || !KERNEL_CHECK (unet_cuda_percentile_params (fr->dev_hist, bins, npix, norm->a,
+                norm->b, s->dev_params, ctx->copy_stream), error))
+      return FALSE;
+  } else if (!KERNEL_CHECK (unet_cuda_frame_moments (s->dev_in, (UnetCudaPixel) s->format,
               s->width, s->height, s->row_bytes, 1, fr->dev_partials, fr->dev_sums,
-              ctx->stream), error)
-      || !CUDA_CHECK (cudaMemcpyAsync (fr->host_sums, fr->dev_sums, 2 * sizeof (double),
-              cudaMemcpyDeviceToHost, ctx->stream), error)
-      || !CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error))
+              ctx->copy_stream), error)
+      || !KERNEL_CHECK (unet_cuda_moments_params (fr->dev_sums, npix, s->dev_params,
+              ctx->copy_stream), error)) {
     return FALSE;
-  sums[0] = fr->host_sums[0];
-  sums[1] = fr->host_sums[1];
-  return TRUE;
+  }
+  s->dev_norm = TRUE;
+  return CUDA_CHECK (cudaEventRecord (s->uploaded, ctx->copy_stream), error)
+      && CUDA_CHECK (cudaStreamWaitEvent (ctx->stream, s->uploaded, 0), error);
+}
+
+/* Grows a device output buffer of an idle slot; the compute stream may still use the
+ * old one (an earlier frame of this slot), so it is drained first. */
+static gboolean
+grow_output (CudaCtx *ctx, void **buf, gsize *cap, gsize need, GError **error)
+{
+  if (need <= *cap)
+    return TRUE;
+  return CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error)
+      && grow_device (buf, cap, need, "frame outputs", error);
 }
 
 static gboolean
-cuda_frame_begin (UnetBackendFrames *fr, gint slot, gint classes, gint prob_class,
-    gboolean blend, GError **error)
+cuda_frame_begin (UnetBackendFrames *fr, gint slot, gint classes, gboolean labels,
+    gint prob_class, gboolean blend, GError **error)
 {
   CudaCtx *ctx = fr->ctx;
   FrameSlot *s = frame_slot (fr, slot, error);
-  gsize n, host_cap;
+  gsize n;
 
   if (s == NULL)
     return FALSE;
-  if (classes < 1 || classes > 255 || prob_class < 0 || prob_class >= classes) {
+  if (classes < 1 || classes > 255 || prob_class < -1 || prob_class >= classes) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
         "%d classes, probability of class %d", classes, prob_class);
     return FALSE;
   }
   n = (gsize) s->width * s->height;
   s->classes = classes;
+  s->labels = labels;
   s->prob_class = prob_class;
   s->blend = blend;
-  if (n > s->out_cap) {
-    /* the slot is idle (frame_upload waited); its device outputs are not in use */
-    host_cap = s->out_cap;
-    if (!CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error)
-        || !grow_pinned_buf ((void **) &s->host_labels, &host_cap, n, error))
-      return FALSE;
-    host_cap = s->out_cap * sizeof (float);
-    if (!grow_pinned_buf ((void **) &s->host_probs, &host_cap, n * sizeof (float), error))
-      return FALSE;
-    host_cap = s->out_cap;
-    if (!grow_device ((void **) &s->dev_labels, &host_cap, n, "frame outputs", error))
-      return FALSE;
-    host_cap = s->out_cap * sizeof (float);
-    if (!grow_device ((void **) &s->dev_probs, &host_cap, n * sizeof (float),
-            "frame outputs", error))
-      return FALSE;
-    s->out_cap = n;
-  }
+  /* the slot is idle (frame_upload waited for its last download) */
+  if (labels
+      && (!grow_pinned_buf ((void **) &s->host_labels, &s->host_labels_cap, n, error)
+          || !grow_output (ctx, (void **) &s->dev_labels, &s->dev_labels_cap, n, error)))
+    return FALSE;
+  if (prob_class >= 0
+      && (!grow_pinned_buf ((void **) &s->host_probs, &s->host_probs_cap, n * sizeof (float),
+              error)
+          || !grow_output (ctx, (void **) &s->dev_probs, &s->dev_probs_cap,
+              n * sizeof (float), error)))
+    return FALSE;
   if (blend) {
-    gsize acc_bytes = s->acc_cap * sizeof (float), wsum_bytes = s->acc_cap * sizeof (float);
-    gsize need = n * classes;
-    if (need > s->acc_cap) {
-      if (!CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error)
-          || !grow_device ((void **) &s->dev_acc, &acc_bytes, need * sizeof (float),
-              "blending", error)
-          || !grow_device ((void **) &s->dev_wsum, &wsum_bytes, need * sizeof (float),
-              "blending", error))
-        return FALSE;
-      s->acc_cap = need;
-    }
-    return CUDA_CHECK (cudaMemsetAsync (s->dev_acc, 0, need * sizeof (float), ctx->stream),
-        error)
-        && CUDA_CHECK (cudaMemsetAsync (s->dev_wsum, 0, n * sizeof (float), ctx->stream),
-        error);
+    gsize acc = n * classes * sizeof (float), wsum = n * sizeof (float);
+    if (!grow_output (ctx, (void **) &s->dev_acc, &s->acc_cap, acc, error)
+        || !grow_output (ctx, (void **) &s->dev_wsum, &s->wsum_cap, wsum, error))
+      return FALSE;
+    return CUDA_CHECK (cudaMemsetAsync (s->dev_acc, 0, acc, ctx->stream), error)
+        && CUDA_CHECK (cudaMemsetAsync (s->dev_wsum, 0, wsum, ctx->stream), error);
   }
   return TRUE;
 }
 
 static gboolean
 cuda_frame_extract (UnetBackendFrames *fr, gint slot, const gint *origin_x,
-    const gint *origin_y, gint n, gint b0, gfloat lo, gfloat scale,
-    UnetBackendTensor *input, GError **error)
+    const gint *origin_y, gint n, gint b0, UnetBackendTensor *input, GError **error)
 {
   CudaCtx *ctx = fr->ctx;
   FrameSlot *s = frame_slot (fr, slot, error);
@@ -1085,9 +1298,10 @@ cuda_frame_extract (UnetBackendFrames *fr, gint slot, const gint *origin_x,
         d->h, d->w);
     return FALSE;
   }
-  /* the kernel computes (v - offset) * scale */
-  return KERNEL_CHECK (unet_cuda_extract_tiles (s->dev_in, (UnetCudaPixel) s->format,
-          s->width, s->height, s->row_bytes, 1, origin_x, origin_y, n, d->w, d->h, lo, scale,
+  /* the kernel computes (v - offset) * scale, or with the device's parameters */
+  return KERNEL_CHECK (unet_cuda_extract_tiles_params (s->dev_in, (UnetCudaPixel) s->format,
+          s->width, s->height, s->row_bytes, 1, origin_x, origin_y, n, d->w, d->h, s->lo,
+          s->scale, s->dev_norm ? s->dev_params : NULL,
           (guint8 *) tensor_data (input) + (gsize) b0 * per_tile * esize (ctx), ctx->dtype,
           ctx->stream), error);
 }
@@ -1132,8 +1346,9 @@ cuda_frame_stitch (UnetBackendFrames *fr, gint slot, UnetBackendTensor *logits, 
   /* without blending the stitch writes labels and probabilities now; blended ones
    * are finalised from acc / wsum at download time */
   return KERNEL_CHECK (unet_cuda_stitch_blocks (z, ctx->dtype, n, d->h, d->w, d->c, bl,
-          s->dev_labels, s->width, s->dev_probs, (gsize) s->width * sizeof (float),
-          s->prob_class, ctx->stream), error);
+          s->labels ? s->dev_labels : NULL, s->width,
+          s->prob_class >= 0 ? s->dev_probs : NULL, (gsize) s->width * sizeof (float),
+          MAX (s->prob_class, 0), ctx->stream), error);
 }
 
 static gboolean
@@ -1146,11 +1361,18 @@ cuda_frame_download (UnetBackendFrames *fr, gint slot, guint8 *labels, gfloat *p
 
   if (s == NULL)
     return FALSE;
+  if ((labels != NULL && !s->labels) || (probability != NULL && s->prob_class < 0)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "frame slot %d: %s was not asked for in frame_begin", slot,
+        labels != NULL && !s->labels ? "labels" : "a probability");
+    return FALSE;
+  }
   n = (gsize) s->width * s->height;
   if (s->blend
       && !KERNEL_CHECK (unet_cuda_finalize_blend (s->dev_acc, s->dev_wsum, s->width,
-              s->height, s->classes, s->dev_labels, s->width, s->dev_probs,
-              (gsize) s->width * sizeof (float), s->prob_class, ctx->stream), error))
+              s->height, s->classes, s->labels ? s->dev_labels : NULL, s->width,
+              s->prob_class >= 0 ? s->dev_probs : NULL, (gsize) s->width * sizeof (float),
+              MAX (s->prob_class, 0), ctx->stream), error))
     return FALSE;
   s->dst_labels = labels;
   s->dst_probs = probability;
@@ -1195,6 +1417,7 @@ cuda_free (UnetBackend *be)
   CudaCtx *ctx = ctx_of (be);
 
   if (ctx != NULL) {
+    cudaSetDevice (ctx->device);
     if (ctx->stream != NULL)
       cudaStreamSynchronize (ctx->stream);
     if (ctx->copy_stream != NULL)
@@ -1202,6 +1425,7 @@ cuda_free (UnetBackend *be)
     free_layers (ctx);
     cudaFree (ctx->workspace);
     cudaFree (ctx->scratch);
+    cudaFree (ctx->scratch32);
     cudaFree (ctx->staging_dev);
     if (ctx->staging_host != NULL)
       cudaFreeHost (ctx->staging_host);
@@ -1240,8 +1464,7 @@ static const UnetBackendIface cuda_iface = {
   .frames_new = cuda_frames_new,
   .frames_free = cuda_frames_free,
   .frame_upload = cuda_frame_upload,
-  .frame_histogram = cuda_frame_histogram,
-  .frame_moments = cuda_frame_moments,
+  .frame_normalize = cuda_frame_normalize,
   .frame_begin = cuda_frame_begin,
   .frame_extract = cuda_frame_extract,
   .frame_stitch = cuda_frame_stitch,

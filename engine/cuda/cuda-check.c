@@ -23,6 +23,12 @@ unet_cuda_check_impl (int status, const char *what, const char *file, int line,
 
   if (err == cudaSuccess)
     return TRUE;
+  /* A failed runtime call also leaves its status as the thread's "last error", which
+   * the next kernel launch's check (cudaGetLastError) would report: a failed
+   * cudaMallocHost would make the next successful launch fail with out-of-memory.
+   * The failure is reported here, so clear it (sticky errors stay: they are
+   * returned by every later call anyway). */
+  (void) cudaGetLastError ();
   g_set_error (error, UNET_ERROR,
       err == cudaErrorMemoryAllocation ? UNET_ERROR_OUT_OF_MEMORY : UNET_ERROR_BACKEND,
       "CUDA error at %s:%d (%s): %s (%s)", base_name (file), line, what,

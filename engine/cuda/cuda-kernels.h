@@ -59,6 +59,15 @@ int unet_cuda_extract_tiles (const void *frame, UnetCudaPixel format, int width,
                              float offset, float scale, void *out, UnetCudaDType dtype,
                              UnetCudaStream stream);
 
+/* The same with (offset, scale) = params[0], params[1] read on the device (params
+ * non-NULL: normalisation parameters computed there, see unet_cuda_percentile_params). */
+int unet_cuda_extract_tiles_params (const void *frame, UnetCudaPixel format, int width,
+                                    int height, size_t stride, int channels,
+                                    const int *origin_x, const int *origin_y, int n_tiles,
+                                    int tile_w, int tile_h, float offset, float scale,
+                                    const float *params, void *out, UnetCudaDType dtype,
+                                    UnetCudaStream stream);
+
 /* Where tile t's owned block goes: from (src_x, src_y) of the tile's network output
  * to (dst_x, dst_y) of the frame, w x h pixels. */
 typedef struct
@@ -106,6 +115,16 @@ int unet_cuda_histogram (const void *frame, UnetCudaPixel format, int width, int
 int unet_cuda_frame_moments (const void *frame, UnetCudaPixel format, int width, int height,
                              size_t stride, int channels, double *partials, double *sums,
                              UnetCudaStream stream);
+
+/* Normalisation parameters on the device, no host round trip: params[0] = lo,
+ * params[1] = scale of (v - lo) * scale. Percentiles p_lo < p_hi (0..100) of the n
+ * pixels counted in hist (256 or 65536 bins), interpolated as NumPy does (exactly
+ * unet_normalize_frame's percentile mode); or mean and 1/std from the moments sums
+ * (unet_cuda_frame_moments). One tiny launch each. */
+int unet_cuda_percentile_params (const uint32_t *hist, int bins, uint64_t n, double p_lo,
+                                 double p_hi, float *params, UnetCudaStream stream);
+int unet_cuda_moments_params (const double *sums, uint64_t n, float *params,
+                              UnetCudaStream stream);
 
 /* ------------------------------------------------------------- layout -- */
 

@@ -8,36 +8,16 @@ template <typename T>
 static __global__ void
 nchw_to_nhwc_kernel (const float *src, T *dst, int n, int c, int h, int w)
 {
-  const size_t total = (size_t) n * c * h * w;
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < total;
-       i += (size_t) gridDim.x * blockDim.x) {
-    /* i indexes dst (n, h, w, c) */
-    const int ch = (int) (i % c);
-    size_t r = i / c;
-    const int x = (int) (r % w);
-    r /= w;
-    const int y = (int) (r % h);
-    const int b = (int) (r / h);
-    dst[i] = from_f32<T> (src[(((size_t) b * c + ch) * h + y) * w + x]);
-  }
+  UNET_GRID_LOOP (i, (size_t) n * c * h * w)
+    kb_nchw_to_nhwc_elem (src, dst, c, h, w, i);
 }
 
 template <typename T>
 static __global__ void
 nhwc_to_nchw_kernel (const T *src, float *dst, int n, int c, int h, int w)
 {
-  const size_t total = (size_t) n * c * h * w;
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < total;
-       i += (size_t) gridDim.x * blockDim.x) {
-    /* i indexes dst (n, c, h, w) */
-    const int x = (int) (i % w);
-    size_t r = i / w;
-    const int y = (int) (r % h);
-    r /= h;
-    const int ch = (int) (r % c);
-    const int b = (int) (r / c);
-    dst[i] = to_f32 (src[(((size_t) b * h + y) * w + x) * c + ch]);
-  }
+  UNET_GRID_LOOP (i, (size_t) n * c * h * w)
+    kb_nhwc_to_nchw_elem (src, dst, c, h, w, i);
 }
 
 extern "C" int
@@ -64,9 +44,8 @@ template <typename S, typename D>
 static __global__ void
 cast_kernel (const S *src, D *dst, size_t count)
 {
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < count;
-       i += (size_t) gridDim.x * blockDim.x)
-    dst[i] = from_f32<D> (to_f32 (src[i]));
+  UNET_GRID_LOOP (i, count)
+    kb_cast_elem (src, dst, i);
 }
 
 extern "C" int
@@ -91,15 +70,8 @@ template <typename T>
 static __global__ void
 bias_act_kernel (const T *x, T *y, const float *bias, size_t count, int channels, int relu)
 {
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < count;
-       i += (size_t) gridDim.x * blockDim.x) {
-    float v = to_f32 (x[i]);
-    if (bias)
-      v += bias[i % channels];
-    if (relu)
-      v = fmaxf (v, 0.0f);
-    y[i] = from_f32<T> (v);
-  }
+  UNET_GRID_LOOP (i, count)
+    kb_bias_act_elem (x, y, bias, channels, relu, i);
 }
 
 extern "C" int
@@ -117,9 +89,8 @@ template <typename T>
 static __global__ void
 relu_backward_kernel (const T *y, const T *dy, T *dx, size_t count)
 {
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < count;
-       i += (size_t) gridDim.x * blockDim.x)
-    dx[i] = to_f32 (y[i]) > 0.0f ? dy[i] : from_f32<T> (0.0f);
+  UNET_GRID_LOOP (i, count)
+    kb_relu_backward_elem (y, dy, dx, i);
 }
 
 extern "C" int
@@ -132,7 +103,7 @@ unet_cuda_relu_backward (const void *y, const void *dy, void *dx, UnetCudaDType 
 }
 
 /* Two column sums over a (rows, channels) matrix whose elements come from `f (r, c)`
- * (returning a float2: the two summands). Block b covers rows b * rpi + lane_r,
+ * (returning a KbPair: the two summands). Block b covers rows b * rpi + lane_r,
  * stepping by gridDim.x * rpi, so neighbouring threads read neighbouring channels
  * (coalesced in NHWC); each block writes its two sums per channel to partials
  * (gridDim.x, 2, channels) and a second kernel adds the blocks' partials in a fixed
@@ -152,9 +123,9 @@ column_partials (F f, size_t rows, int channels, double *partials)
     if (c < channels && lane_r < rpi) {
       for (size_t r = (size_t) blockIdx.x * rpi + lane_r; r < rows;
            r += (size_t) gridDim.x * rpi) {
-        const float2 v = f (r, c);
-        a += v.x;
-        b += v.y;
+        const KbPair v = f (r, c);
+        a += v.a;
+        b += v.b;
       }
     }
     sa[threadIdx.x] = a;
@@ -199,17 +170,6 @@ column_final (double *partials, int channels, UnetCudaStream stream)
 }
 
 template <typename T>
-struct LoadPair
-{
-  const T *x;
-  int channels;
-  __device__ float2 operator() (size_t r, int c) const
-  {
-    return make_float2 (to_f32 (x[r * channels + c]), 0.0f);
-  }
-};
-
-template <typename T>
 static __global__ void
 bias_grad_partial_kernel (const T *dy, size_t rows, int channels, double *partials)
 {
@@ -221,7 +181,7 @@ store_sums_kernel (const double *sums, int channels, float *out, int accumulate)
 {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c < channels)
-    out[c] = accumulate ? out[c] + (float) sums[c] : (float) sums[c];
+    kb_store_sum (sums, out, accumulate, c);
 }
 
 extern "C" int
@@ -247,14 +207,8 @@ static __global__ void
 channel_affine_kernel (const T *x, T *y, const float *scale, const float *shift,
                        size_t count, int channels, int relu)
 {
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < count;
-       i += (size_t) gridDim.x * blockDim.x) {
-    const int c = (int) (i % channels);
-    float v = to_f32 (x[i]) * scale[c] + shift[c];
-    if (relu)
-      v = fmaxf (v, 0.0f);
-    y[i] = from_f32<T> (v);
-  }
+  UNET_GRID_LOOP (i, count)
+    kb_channel_affine_elem (x, y, scale, shift, channels, relu, i);
 }
 
 extern "C" int
@@ -271,18 +225,6 @@ unet_cuda_channel_affine (const void *x, void *y, UnetCudaDType dtype, const flo
 }
 
 template <typename T>
-struct LoadMoments
-{
-  const T *x;
-  int channels;
-  __device__ float2 operator() (size_t r, int c) const
-  {
-    const float v = to_f32 (x[r * channels + c]);
-    return make_float2 (v, v * v);
-  }
-};
-
-template <typename T>
 static __global__ void
 bn_stats_partial_kernel (const T *x, size_t rows, int channels, double *partials)
 {
@@ -296,17 +238,9 @@ bn_finish_stats_kernel (const double *sums, size_t rows, int channels, float eps
                         float *save_mean, float *save_invstd)
 {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= channels)
-    return;
-  const double mean = sums[c] / (double) rows;
-  double var = sums[channels + c] / (double) rows - mean * mean;
-  if (var < 0.0)
-    var = 0.0;
-  save_mean[c] = (float) mean;
-  save_invstd[c] = (float) (1.0 / sqrt (var + eps));
-  const double unbiased = rows > 1 ? var * (double) rows / (double) (rows - 1) : var;
-  running_mean[c] = (float) ((1.0 - momentum) * running_mean[c] + momentum * mean);
-  running_var[c] = (float) ((1.0 - momentum) * running_var[c] + momentum * unbiased);
+  if (c < channels)
+    kb_bn_finish_stats (sums, rows, channels, eps, momentum, running_mean, running_var,
+        save_mean, save_invstd, c);
 }
 
 template <typename T>
@@ -314,11 +248,8 @@ static __global__ void
 bn_apply_kernel (const T *x, T *y, size_t count, int channels, const float *gamma,
                  const float *beta, const float *mean, const float *invstd)
 {
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < count;
-       i += (size_t) gridDim.x * blockDim.x) {
-    const int c = (int) (i % channels);
-    y[i] = from_f32<T> ((to_f32 (x[i]) - mean[c]) * invstd[c] * gamma[c] + beta[c]);
-  }
+  UNET_GRID_LOOP (i, count)
+    kb_bn_apply_elem (x, y, channels, gamma, beta, mean, invstd, i);
 }
 
 extern "C" int
@@ -350,20 +281,6 @@ unet_cuda_batchnorm_forward_train (const void *x, void *y, UnetCudaDType dtype, 
 }
 
 template <typename T>
-struct LoadBnGrad
-{
-  const T *x, *dy;
-  const float *mean, *invstd;
-  int channels;
-  __device__ float2 operator() (size_t r, int c) const
-  {
-    const size_t i = r * channels + c;
-    const float g = to_f32 (dy[i]);
-    return make_float2 (g, g * (to_f32 (x[i]) - mean[c]) * invstd[c]);
-  }
-};
-
-template <typename T>
 static __global__ void
 bn_grad_partial_kernel (const T *x, const T *dy, const float *mean, const float *invstd,
                         size_t rows, int channels, double *partials)
@@ -372,28 +289,18 @@ bn_grad_partial_kernel (const T *x, const T *dy, const float *mean, const float 
       partials);
 }
 
-/* dx = gamma * invstd / N * (N dy - sum dy - xhat * sum (dy xhat)) (PyTorch's
- * batch_norm_backward in training mode). */
+/* dx (kb_bn_backward_elem) and, in the first `channels` threads, dgamma / dbeta. */
 template <typename T>
 static __global__ void
 bn_backward_apply_kernel (const T *x, const T *dy, T *dx, size_t rows, int channels,
                           const float *gamma, const float *mean, const float *invstd,
                           const double *sums, float *dgamma, float *dbeta)
 {
-  const size_t count = rows * channels;
   const size_t first = blockIdx.x * (size_t) blockDim.x + threadIdx.x;
-  if (first < (size_t) channels) {
-    dgamma[first] += (float) sums[channels + first];
-    dbeta[first] += (float) sums[first];
-  }
-  for (size_t i = first; i < count; i += (size_t) gridDim.x * blockDim.x) {
-    const int c = (int) (i % channels);
-    const float xhat = (to_f32 (x[i]) - mean[c]) * invstd[c];
-    const float n = (float) rows;
-    const float v = gamma[c] * invstd[c] / n * (n * to_f32 (dy[i]) - (float) sums[c]
-        - xhat * (float) sums[channels + c]);
-    dx[i] = from_f32<T> (v);
-  }
+  if (first < (size_t) channels)
+    kb_bn_backward_params (sums, channels, dgamma, dbeta, (int) first);
+  UNET_GRID_LOOP (i, rows * channels)
+    kb_bn_backward_elem (x, dy, dx, rows, channels, gamma, mean, invstd, sums, i);
 }
 
 extern "C" int
@@ -420,26 +327,13 @@ unet_cuda_batchnorm_backward (const void *x, const void *dy, void *dx, UnetCudaD
   return launch_status ();
 }
 
-/* splitmix64 of (seed, index): a counter-based generator, so forward and backward
- * draw the same mask without storing it. */
-static __device__ __forceinline__ float
-uniform01 (uint64_t seed, uint64_t index)
-{
-  uint64_t z = seed + (index + 1) * 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  z ^= z >> 31;
-  return (float) (z >> 40) * (1.0f / 16777216.0f);
-}
-
+/* kb_uniform01 is counter-based: forward and backward draw the same mask. */
 template <typename T>
 static __global__ void
 dropout_kernel (const T *x, T *y, size_t count, float p, uint64_t seed)
 {
-  const float keep_scale = 1.0f / (1.0f - p);
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < count;
-       i += (size_t) gridDim.x * blockDim.x)
-    y[i] = from_f32<T> (uniform01 (seed, i) >= p ? to_f32 (x[i]) * keep_scale : 0.0f);
+  UNET_GRID_LOOP (i, count)
+    kb_dropout_elem (x, y, p, seed, i);
 }
 
 extern "C" int
@@ -457,9 +351,8 @@ template <typename T>
 static __global__ void
 add_kernel (const T *x, T *y, size_t count)
 {
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < count;
-       i += (size_t) gridDim.x * blockDim.x)
-    y[i] = from_f32<T> (to_f32 (y[i]) + to_f32 (x[i]));
+  UNET_GRID_LOOP (i, count)
+    kb_add_elem (x, y, i);
 }
 
 extern "C" int
@@ -478,21 +371,9 @@ copy_window_kernel (const T *src, int src_h, int src_w, int src_stride, int src_
                     int x0, T *dst, int dst_stride, int dst_off, int n, int h, int w, int c,
                     const float *bias)
 {
-  const size_t total = (size_t) n * h * w * c;
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < total;
-       i += (size_t) gridDim.x * blockDim.x) {
-    const int ch = (int) (i % c);
-    const size_t pix = i / c;
-    const int x = (int) (pix % w);
-    size_t r = pix / w;
-    const int y = (int) (r % h);
-    const int b = (int) (r / h);
-    const size_t sp = ((size_t) b * src_h + y + y0) * src_w + x + x0;
-    float v = to_f32 (src[sp * src_stride + src_off + ch]);
-    if (bias)
-      v += bias[ch];
-    dst[pix * dst_stride + dst_off + ch] = from_f32<T> (v);
-  }
+  UNET_GRID_LOOP (i, (size_t) n * h * w * c)
+    kb_copy_window_elem (src, src_h, src_w, src_stride, src_off, y0, x0, dst, dst_stride,
+        dst_off, h, w, c, bias, i);
 }
 
 extern "C" int
@@ -516,24 +397,8 @@ template <typename T>
 static __global__ void
 softmax_kernel (const T *x, T *y, size_t pixels, int classes)
 {
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < pixels;
-       i += (size_t) gridDim.x * blockDim.x) {
-    const T *z = x + i * classes;
-    T *o = y + i * classes;
-    if (classes == 1) {
-      o[0] = from_f32<T> (1.0f / (1.0f + __expf (-to_f32 (z[0]))));
-      continue;
-    }
-    float zmax = to_f32 (z[0]);
-    for (int k = 1; k < classes; k++)
-      zmax = fmaxf (zmax, to_f32 (z[k]));
-    float sum = 0.0f;
-    for (int k = 0; k < classes; k++)
-      sum += __expf (to_f32 (z[k]) - zmax);
-    const float inv = 1.0f / sum;
-    for (int k = 0; k < classes; k++)
-      o[k] = from_f32<T> (__expf (to_f32 (z[k]) - zmax) * inv);
-  }
+  UNET_GRID_LOOP (i, pixels)
+    kb_softmax_pixel (x, y, classes, i);
 }
 
 extern "C" int

@@ -11,42 +11,9 @@ xent_kernel (const T *logits, const uint8_t *labels, const float *weights, size_
 {
   __shared__ double shared[UNET_CUDA_THREADS / 32];
   double loss_sum = 0.0, weight_sum = 0.0;
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < n_pix;
-       i += (size_t) gridDim.x * blockDim.x) {
-    const int y = labels[i];
-    const T *z = logits + i * classes;
-    const bool counted = y != ignore_label && (classes == 1 ? y <= 1 : y < classes);
-    const float w = counted ? (weights ? weights[i] : 1.0f) : 0.0f;
-    if (classes == 1) {
-      const float zi = to_f32 (z[0]);
-      if (counted) {
-        /* max(z, 0) - z y + log(1 + exp(-|z|)): BCEWithLogits, stable for any z */
-        const float l = fmaxf (zi, 0.0f) - zi * y + log1pf (__expf (-fabsf (zi)));
-        loss_sum += (double) w * l;
-        weight_sum += w;
-      }
-      if (grad)
-        grad[i] = grad_scale * w * (1.0f / (1.0f + __expf (-zi)) - (float) y);
-    } else {
-      float zmax = to_f32 (z[0]);
-      for (int k = 1; k < classes; k++)
-        zmax = fmaxf (zmax, to_f32 (z[k]));
-      float sum = 0.0f;
-      for (int k = 0; k < classes; k++)
-        sum += __expf (to_f32 (z[k]) - zmax);
-      const float lse = zmax + __logf (sum);
-      if (counted) {
-        loss_sum += (double) w * (lse - to_f32 (z[y]));
-        weight_sum += w;
-      }
-      if (grad) {
-        for (int k = 0; k < classes; k++) {
-          const float p = __expf (to_f32 (z[k]) - lse);
-          grad[i * classes + k] = grad_scale * w * (p - (k == y ? 1.0f : 0.0f));
-        }
-      }
-    }
-  }
+  UNET_GRID_LOOP (i, n_pix)
+    kb_xent_pixel (logits, labels, weights, classes, ignore_label, grad_scale, grad, i,
+        &loss_sum, &weight_sum);
   loss_sum = block_sum (loss_sum, shared);
   weight_sum = block_sum (weight_sum, shared);
   if (threadIdx.x == 0) {

@@ -9,20 +9,8 @@ static __global__ void
 sgd_kernel (float *p, const G *grad, float *buf, L *p_lp, size_t count, float lr,
             float momentum, float weight_decay, float grad_scale, int first_step)
 {
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < count;
-       i += (size_t) gridDim.x * blockDim.x) {
-    float g = to_f32 (grad[i]) * grad_scale + weight_decay * p[i];
-    if (momentum != 0.0f) {
-      /* PyTorch: the first step initialises the buffer with the gradient itself */
-      const float b = first_step ? g : momentum * buf[i] + g;
-      buf[i] = b;
-      g = b;
-    }
-    const float v = p[i] - lr * g;
-    p[i] = v;
-    if (p_lp)
-      p_lp[i] = from_f32<L> (v);
-  }
+  UNET_GRID_LOOP (i, count)
+    kb_sgd_elem (p, grad, buf, p_lp, lr, momentum, weight_decay, grad_scale, first_step, i);
 }
 
 template <typename G, typename L>
@@ -31,21 +19,9 @@ adam_kernel (float *p, const G *grad, float *m, float *v, L *p_lp, size_t count,
              float beta1, float beta2, float eps, float weight_decay, float grad_scale,
              float bias1, float sqrt_bias2)
 {
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < count;
-       i += (size_t) gridDim.x * blockDim.x) {
-    const float g = to_f32 (grad[i]) * grad_scale + weight_decay * p[i];
-    const float mi = beta1 * m[i] + (1.0f - beta1) * g;
-    const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    /* torch.optim.Adam (non-fused): denom = sqrt(v) / sqrt(1 - b2^t) + eps,
-     * p -= lr / (1 - b1^t) * m / denom */
-    const float denom = sqrtf (vi) / sqrt_bias2 + eps;
-    const float nv = p[i] - (lr / bias1) * mi / denom;
-    p[i] = nv;
-    if (p_lp)
-      p_lp[i] = from_f32<L> (nv);
-  }
+  UNET_GRID_LOOP (i, count)
+    kb_adam_elem (p, grad, m, v, p_lp, lr, beta1, beta2, eps, weight_decay, grad_scale,
+        bias1, sqrt_bias2, i);
 }
 
 #define DISPATCH2(gd, ld, ...)                                                        \
@@ -93,7 +69,7 @@ check_finite_kernel (const T *x, size_t count, int *flag)
 {
   for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < count;
        i += (size_t) gridDim.x * blockDim.x) {
-    if (!isfinite (to_f32 (x[i]))) {
+    if (!kb_is_finite_elem (x, i)) {
       *flag = 1;
       return;
     }

@@ -23,40 +23,22 @@ struct TileOrigins
   int y[UNET_CUDA_MAX_TILES_PER_LAUNCH];
 };
 
-static __device__ __forceinline__ float
-load_pixel (const uint8_t *row, UnetCudaPixel format, int idx)
-{
-  switch (format) {
-    case UNET_CUDA_PIXEL_U8:
-      return (float) row[idx];
-    case UNET_CUDA_PIXEL_U16:
-      return (float) ((const uint16_t *) row)[idx];
-    default:
-      return ((const float *) row)[idx];
-  }
-}
-
 /* out (tiles, tile_h, tile_w, channels); one thread per output element. */
 template <typename T>
 static __global__ void
 extract_tiles_kernel (const uint8_t *frame, UnetCudaPixel format, int width, int height,
                       size_t stride, int channels, TileOrigins origins, int n_tiles,
-                      int tile_w, int tile_h, float offset, float scale, T *out)
+                      int tile_w, int tile_h, float offset, float scale,
+                      const float *params, T *out)
 {
-  const size_t total = (size_t) n_tiles * tile_h * tile_w * channels;
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < total;
-       i += (size_t) gridDim.x * blockDim.x) {
-    const int c = (int) (i % channels);
-    size_t r = i / channels;
-    const int x = (int) (r % tile_w);
-    r /= tile_w;
-    const int y = (int) (r % tile_h);
-    const int t = (int) (r / tile_h);
-    const int fx = mirror_index (origins.x[t] + x, width);
-    const int fy = mirror_index (origins.y[t] + y, height);
-    const float v = load_pixel (frame + (size_t) fy * stride, format, fx * channels + c);
-    out[i] = from_f32<T> ((v - offset) * scale);
+  if (params != NULL) {
+    offset = params[0];
+    scale = params[1];
   }
+  const size_t total = (size_t) n_tiles * tile_h * tile_w * channels;
+  UNET_GRID_LOOP (i, total)
+    kb_extract_elem (frame, format, width, height, stride, channels, origins.x, origins.y,
+        tile_w, tile_h, offset, scale, out, i);
 }
 
 extern "C" int
@@ -65,6 +47,17 @@ unet_cuda_extract_tiles (const void *frame, UnetCudaPixel format, int width, int
                          const int *origin_y, int n_tiles, int tile_w, int tile_h,
                          float offset, float scale, void *out, UnetCudaDType dtype,
                          UnetCudaStream stream)
+{
+  return unet_cuda_extract_tiles_params (frame, format, width, height, stride, channels,
+      origin_x, origin_y, n_tiles, tile_w, tile_h, offset, scale, NULL, out, dtype, stream);
+}
+
+extern "C" int
+unet_cuda_extract_tiles_params (const void *frame, UnetCudaPixel format, int width,
+                                int height, size_t stride, int channels, const int *origin_x,
+                                const int *origin_y, int n_tiles, int tile_w, int tile_h,
+                                float offset, float scale, const float *params, void *out,
+                                UnetCudaDType dtype, UnetCudaStream stream)
 {
   if (width < 1 || height < 1 || channels < 1 || tile_w < 1 || tile_h < 1 || n_tiles < 0)
     return (int) cudaErrorInvalidValue;
@@ -81,7 +74,8 @@ unet_cuda_extract_tiles (const void *frame, UnetCudaPixel format, int width, int
     UNET_CUDA_DISPATCH (dtype, {
       extract_tiles_kernel<T><<<grid_for (total), UNET_CUDA_THREADS, 0,
           (cudaStream_t) stream>>> ((const uint8_t *) frame, format, width, height, stride,
-          channels, o, n, tile_w, tile_h, offset, scale, (T *) out + per_tile * first);
+          channels, o, n, tile_w, tile_h, offset, scale, params,
+          (T *) out + per_tile * first);
     });
     int err = launch_status ();
     if (err)
@@ -95,32 +89,6 @@ struct Blocks
   UnetCudaBlock b[UNET_CUDA_MAX_TILES_PER_LAUNCH];
 };
 
-/* Probabilities of one pixel's logits z (classes) into p; returns the argmax. */
-template <typename T>
-static __device__ __forceinline__ int
-pixel_probs (const T *z, int classes, int prob_class, float *p_out)
-{
-  if (classes == 1) {
-    const float p = 1.0f / (1.0f + __expf (-to_f32 (z[0])));
-    *p_out = p;
-    return p >= 0.5f ? 1 : 0;
-  }
-  float zmax = to_f32 (z[0]);
-  int arg = 0;
-  for (int k = 1; k < classes; k++) {
-    const float v = to_f32 (z[k]);
-    if (v > zmax) {
-      zmax = v;
-      arg = k;
-    }
-  }
-  float sum = 0.0f;
-  for (int k = 0; k < classes; k++)
-    sum += __expf (to_f32 (z[k]) - zmax);
-  *p_out = __expf (to_f32 (z[prob_class]) - zmax) / sum;
-  return arg;
-}
-
 template <typename T>
 static __global__ void
 stitch_kernel (const T *logits, int out_h, int out_w, int classes, Blocks blocks, int t,
@@ -128,19 +96,9 @@ stitch_kernel (const T *logits, int out_h, int out_w, int classes, Blocks blocks
                int prob_class)
 {
   const UnetCudaBlock b = blocks.b[t];
-  const size_t total = (size_t) b.w * b.h;
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < total;
-       i += (size_t) gridDim.x * blockDim.x) {
-    const int x = (int) (i % b.w), y = (int) (i / b.w);
-    const T *z = logits + (((size_t) t * out_h + b.src_y + y) * out_w + b.src_x + x) * classes;
-    float p;
-    const int arg = pixel_probs (z, classes, prob_class, &p);
-    if (labels)
-      labels[(size_t) (b.dst_y + y) * labels_stride + b.dst_x + x] = (uint8_t) arg;
-    if (probs)
-      *(float *) ((uint8_t *) probs + (size_t) (b.dst_y + y) * probs_stride +
-          (size_t) (b.dst_x + x) * 4) = p;
-  }
+  UNET_GRID_LOOP (i, (size_t) b.w * b.h)
+    kb_stitch_elem (logits, out_h, out_w, classes, b, t, labels, labels_stride, probs,
+        probs_stride, prob_class, i);
 }
 
 extern "C" int
@@ -183,31 +141,9 @@ accumulate_kernel (const T *logits, int out_h, int out_w, int classes, UnetCudaB
                    float sigma_x, float sigma_y, float *acc, float *wsum, int frame_w,
                    int frame_h)
 {
-  const size_t total = (size_t) b.w * b.h;
-  const size_t plane = (size_t) frame_w * frame_h;
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < total;
-       i += (size_t) gridDim.x * blockDim.x) {
-    const int x = (int) (i % b.w), y = (int) (i / b.w);
-    const int tx = b.src_x + x, ty = b.src_y + y;
-    const float dx = tx - 0.5f * (out_w - 1), dy = ty - 0.5f * (out_h - 1);
-    const float wgt = __expf (-dx * dx / (2.0f * sigma_x * sigma_x)
-        - dy * dy / (2.0f * sigma_y * sigma_y));
-    const T *z = logits + ((size_t) ty * out_w + tx) * classes;
-    const size_t o = (size_t) (b.dst_y + y) * frame_w + b.dst_x + x;
-    if (classes == 1) {
-      acc[o] += wgt / (1.0f + __expf (-to_f32 (z[0])));
-    } else {
-      float zmax = to_f32 (z[0]);
-      for (int k = 1; k < classes; k++)
-        zmax = fmaxf (zmax, to_f32 (z[k]));
-      float sum = 0.0f;
-      for (int k = 0; k < classes; k++)
-        sum += __expf (to_f32 (z[k]) - zmax);
-      for (int k = 0; k < classes; k++)
-        acc[k * plane + o] += wgt * __expf (to_f32 (z[k]) - zmax) / sum;
-    }
-    wsum[o] += wgt;
-  }
+  UNET_GRID_LOOP (i, (size_t) b.w * b.h)
+    kb_accumulate_elem (logits, out_h, out_w, classes, b, sigma_x, sigma_y, acc, wsum,
+        frame_w, frame_h, i);
 }
 
 extern "C" int
@@ -240,30 +176,9 @@ finalize_kernel (const float *acc, const float *wsum, int frame_w, int frame_h, 
                  uint8_t *labels, size_t labels_stride, float *probs, size_t probs_stride,
                  int prob_class)
 {
-  const size_t plane = (size_t) frame_w * frame_h;
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < plane;
-       i += (size_t) gridDim.x * blockDim.x) {
-    const int x = (int) (i % frame_w), y = (int) (i / frame_w);
-    const float inv = wsum[i] > 0.0f ? 1.0f / wsum[i] : 0.0f;
-    int arg;
-    if (classes == 1) {
-      arg = acc[i] * inv >= 0.5f ? 1 : 0;
-    } else {
-      arg = 0;
-      float best = acc[i];
-      for (int k = 1; k < classes; k++) {
-        if (acc[k * plane + i] > best) {
-          best = acc[k * plane + i];
-          arg = k;
-        }
-      }
-    }
-    if (labels)
-      labels[(size_t) y * labels_stride + x] = (uint8_t) arg;
-    if (probs)
-      *(float *) ((uint8_t *) probs + (size_t) y * probs_stride + (size_t) x * 4) =
-          acc[(size_t) prob_class * plane + i] * inv;
-  }
+  UNET_GRID_LOOP (i, (size_t) frame_w * frame_h)
+    kb_finalize_elem (acc, wsum, frame_w, frame_h, classes, labels, labels_stride, probs,
+        probs_stride, prob_class, i);
 }
 
 extern "C" int
@@ -284,15 +199,8 @@ static __global__ void
 histogram_kernel (const uint8_t *frame, UnetCudaPixel format, int width, int height,
                   size_t stride, int channels, uint32_t *hist)
 {
-  const size_t total = (size_t) width * height;
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < total;
-       i += (size_t) gridDim.x * blockDim.x) {
-    const int x = (int) (i % width), y = (int) (i / width);
-    const uint8_t *row = frame + (size_t) y * stride;
-    const unsigned int v = format == UNET_CUDA_PIXEL_U8 ? row[x * channels] :
-        ((const uint16_t *) row)[x * channels];
-    atomicAdd (&hist[v], 1u);
-  }
+  UNET_GRID_LOOP (i, (size_t) width * height)
+    atomicAdd (&hist[kb_hist_bin (frame, format, width, stride, channels, i)], 1u);
 }
 
 extern "C" int
@@ -314,10 +222,9 @@ moments_partial_kernel (const uint8_t *frame, UnetCudaPixel format, int width, i
   __shared__ double shared[UNET_CUDA_THREADS / 32];
   const size_t total = (size_t) width * height;
   double s = 0.0, s2 = 0.0;
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < total;
-       i += (size_t) gridDim.x * blockDim.x) {
+  UNET_GRID_LOOP (i, total) {
     const int x = (int) (i % width), y = (int) (i / width);
-    const double v = load_pixel (frame + (size_t) y * stride, format, x * channels);
+    const double v = kb_load_pixel (frame + (size_t) y * stride, format, x * channels);
     s += v;
     s2 += v * v;
   }
@@ -362,5 +269,51 @@ unet_cuda_frame_moments (const void *frame, UnetCudaPixel format, int width, int
     return err;
   sum_pairs_kernel<<<1, UNET_CUDA_THREADS, 0, (cudaStream_t) stream>>> (partials,
       UNET_CUDA_REDUCE_BLOCKS, sums);
+  return launch_status ();
+}
+
+/* One block: per-chunk totals of the histogram in shared memory, then thread 0 finds
+ * the two order statistics (kb_percentile_params). */
+#define PERCENTILE_CHUNKS UNET_CUDA_THREADS
+
+static __global__ void
+percentile_params_kernel (const uint32_t *hist, int bins, uint64_t n, double p_lo,
+                          double p_hi, float *params)
+{
+  __shared__ uint64_t chunk_sum[PERCENTILE_CHUNKS];
+  const int chunk = bins / PERCENTILE_CHUNKS;
+  uint64_t s = 0;
+  for (int v = threadIdx.x * chunk; v < (int) (threadIdx.x + 1) * chunk; v++)
+    s += hist[v];
+  chunk_sum[threadIdx.x] = s;
+  __syncthreads ();
+  if (threadIdx.x == 0)
+    kb_percentile_params (hist, chunk_sum, PERCENTILE_CHUNKS, chunk, n, p_lo, p_hi, params);
+}
+
+extern "C" int
+unet_cuda_percentile_params (const uint32_t *hist, int bins, uint64_t n, double p_lo,
+                             double p_hi, float *params, UnetCudaStream stream)
+{
+  if ((bins != 256 && bins != 65536) || n < 1)
+    return (int) cudaErrorInvalidValue;
+  percentile_params_kernel<<<1, PERCENTILE_CHUNKS, 0, (cudaStream_t) stream>>> (hist, bins, n,
+      p_lo, p_hi, params);
+  return launch_status ();
+}
+
+static __global__ void
+moments_params_kernel (const double *sums, uint64_t n, float *params)
+{
+  kb_moments_params (sums, n, params);
+}
+
+extern "C" int
+unet_cuda_moments_params (const double *sums, uint64_t n, float *params,
+                          UnetCudaStream stream)
+{
+  if (n < 1)
+    return (int) cudaErrorInvalidValue;
+  moments_params_kernel<<<1, 1, 0, (cudaStream_t) stream>>> (sums, n, params);
   return launch_status ();
 }

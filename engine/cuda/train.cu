@@ -10,15 +10,8 @@ template <typename T>
 static __global__ void
 filter_grad_kernel (const T *src, float *dst, int a, int b, int kk, float scale)
 {
-  const size_t count = (size_t) a * b * kk;
-  for (size_t o = blockIdx.x * (size_t) blockDim.x + threadIdx.x; o < count;
-       o += (size_t) gridDim.x * blockDim.x) {
-    const int s = (int) (o % kk);
-    const size_t ij = o / kk;
-    const int j = (int) (ij % b);
-    const size_t i = ij / b;
-    dst[o] += scale * to_f32 (src[(i * kk + s) * b + j]);
-  }
+  UNET_GRID_LOOP (o, (size_t) a * b * kk)
+    kb_filter_grad_elem (src, dst, b, kk, scale, o);
 }
 
 extern "C" int
@@ -36,9 +29,8 @@ unet_cuda_filter_grad_accumulate (const void *src, UnetCudaDType dtype, float *d
 static __global__ void
 scale_add_kernel (const float *x, float *y, size_t count, float scale)
 {
-  for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < count;
-       i += (size_t) gridDim.x * blockDim.x)
-    y[i] += scale * x[i];
+  UNET_GRID_LOOP (i, count)
+    kb_scale_add_elem (x, y, scale, i);
 }
 
 extern "C" int

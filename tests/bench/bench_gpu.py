@@ -18,6 +18,9 @@ engine/torch and the engine's share of the bf16 tensor-core floor
 (FLOPs per frame / 790 TFLOP/s).
 
 usage: tests/bench/bench_gpu.py [--build DIR] [--frames N] [--tile T] [--batch B]
+       [--precisions P,..] [--gst-precisions P,..] [--gst-single]
+(scripts/gpu-run.sh phase 2: --frames 10 --precisions bf16,fp32 --gst-precisions bf16
+ --gst-single, which fits its time budget)
 Without a CUDA device it says so and exits 0 (nothing to measure).
 """
 import argparse
@@ -75,6 +78,10 @@ def run_gst(build, model, precision, args):
             raise RuntimeError(f"gst-launch failed: {p.stderr.strip()[-500:]}")
         return time.perf_counter() - t0
 
+    if args.gst_single:
+        # one process of `frames` frames: start-up and model loading are included, so
+        # this is an upper bound of the per-frame time (the GPU check's time budget)
+        return once(args.frames) / args.frames
     k = 3
     short = min(once(k) for _ in range(2))
     long_ = min(once(k + args.frames) for _ in range(2))
@@ -116,6 +123,9 @@ def main():
     ap.add_argument("--precisions", default="bf16,fp16,tf32,fp32")
     ap.add_argument("--gst-precisions", default="bf16,fp32",
                     help="precisions of the gst-launch end-to-end runs")
+    ap.add_argument("--gst-single", action="store_true",
+                    help="one gst-launch run in all (the first net, the first gst "
+                    "precision, one process; start-up included)")
     args = ap.parse_args()
 
     try:
@@ -151,8 +161,10 @@ def main():
             tile = int(ref["tile"].split("x")[0])
             flops = float(ref["flops_per_frame"])
             t_torch = run_torch(path, n_tiles, tile, args) if have_torch_gpu else None
-            t_gst = {p: run_gst(build, path, p, args)
-                     for p in args.gst_precisions.split(",") if p}
+            gst_precs = [p for p in args.gst_precisions.split(",") if p]
+            if args.gst_single:
+                gst_precs = gst_precs[:1] if not rows else []
+            t_gst = {p: run_gst(build, path, p, args) for p in gst_precs}
             rows.append((name, n_tiles, tile, flops, eng, t_torch, t_gst))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

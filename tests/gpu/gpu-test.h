@@ -24,6 +24,34 @@ gpu_require_device (void)
   }
 }
 
+/* Two nets built separately must run the same arithmetic: cudnnFind* times the
+ * algorithms and may pick different ones for the same shape (different summation
+ * order, ~1e-6 to 1e-5 per layer). The heuristic choice ($UNET_CUDNN_FIND=0) depends
+ * on the shape only. Every test that compares two nets calls this first. */
+static inline void
+gpu_deterministic_algorithms (void)
+{
+  g_setenv ("UNET_CUDNN_FIND", "0", TRUE);
+}
+
+/* Tolerance on probabilities (in [0, 1]) for two fp32 computations of the same net
+ * that may differ in summation order (different shapes get different cuDNN
+ * algorithms even with the heuristics) or in one rounding of the normalised input:
+ * a sum of K products in any order is within K u sum|terms| of the exact one (u =
+ * 2^-24, Higham's bound), so two orders differ by at most 2 K u per convolution
+ * relative to activations of order one (Kaiming-initialised test nets), adding up
+ * linearly over the L convolutions; softmax and sigmoid move a probability by at most
+ * the logit change. K is largest (9 x channels) at the bottom of the U: 9 base 2^depth.
+ * L = 2 depth (encoder) + 2 (bottom) + 3 depth (up-convolution + 2) + 1 (head). */
+static inline double
+gpu_fp32_order_tol (int depth, int base_filters)
+{
+  const double u = 1.0 / 16777216.0;
+  const double k_max = 9.0 * base_filters * (double) (1 << depth);
+  const double layers = 5.0 * depth + 3.0;
+  return 2.0 * k_max * u * layers;
+}
+
 #define GPU_OK(call)                                                                  \
   do {                                                                            \
     int gpu_ok_err_ = (int) (call);                                               \

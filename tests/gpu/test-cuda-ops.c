@@ -16,6 +16,7 @@
 
 #include "cuda-kernels.h"
 #include "gpu-test.h"
+#include "normalize-private.h"
 #include "tiling.h"
 
 static const char *dtype_names[] = { "f32", "f16", "bf16" };
@@ -803,6 +804,34 @@ test_frame_stats (void)
   } else {
     printf ("ok histogram + moments\n");
   }
+  /* the normalisation parameters computed on the device from them equal what
+   * normalize.c computes on the host (kb_percentile_params is the same code; this
+   * checks the kernel's chunk sums and launch) */
+  float *d_params = dev_alloc (2 * sizeof (float));
+  float params[2];
+  gsize *h64 = g_new (gsize, 65536);
+  for (int i = 0; i < 65536; i++)
+    h64[i] = want[i];
+  GPU_OK (unet_cuda_percentile_params (d_h, 65536, (guint64) w * h, 1.0, 99.8, d_params, NULL));
+  host_from_dev (params, d_params, sizeof params);
+  UnetNormalization pn = { UNET_NORM_PERCENTILE, 1.0, 99.8 };
+  gdouble lo, scale;
+  unet_normalization_histogram_params (&pn, h64, 65536, (gsize) w * h, &lo, &scale);
+  GPU_OK (unet_cuda_moments_params (d_s, (guint64) w * h, d_params + 0, NULL));
+  float mp[2];
+  host_from_dev (mp, d_params, sizeof mp);
+  double mean = s / ((double) w * h), var = s2 / ((double) w * h) - mean * mean;
+  if (params[0] != (float) lo || params[1] != (float) scale || mp[0] != (float) mean
+      || mp[1] != (float) (1.0 / sqrt (var))) {
+    fprintf (stderr, "FAIL normalisation parameters: percentile (%g, %g) vs (%g, %g), "
+        "moments (%g, %g) vs (%g, %g)\n", params[0], params[1], lo, scale, mp[0], mp[1],
+        mean, 1.0 / sqrt (var));
+    failures++;
+  } else {
+    printf ("ok normalisation parameters on the device\n");
+  }
+  cudaFree (d_params);
+  g_free (h64);
   cudaFree (d_f);
   cudaFree (d_h);
   cudaFree (d_p);

@@ -1,0 +1,917 @@
+/* The CUDA backend (engine/cuda/cuda-backend.c) against a mock CUDA runtime and cuDNN,
+ * on the CPU: the defects a GPU would only show as wrong results, hangs or silent
+ * slowness, made visible as recorded calls. The test defines the runtime and cuDNN
+ * functions the backend calls and the kernel launchers of cuda-kernels.h; the linker
+ * takes these definitions before libcudart / libcudnn, and the archive members with
+ * the real kernels are never pulled in. Device memory is host memory; kernels do not
+ * run (a launcher records its stream and the device current on the calling thread,
+ * and returns the runtime's last error, as launch_status() does).
+ *
+ * Checked (issue 16):
+ *   1. a failed cudaMallocHost does not make the next, successful launch report
+ *      out-of-memory (the sticky last error);
+ *   2. uploads use cudaMemcpyAsync on the backend's stream, never a blocking
+ *      cudaMemcpy on the legacy default stream;
+ *   3. every call that touches the device runs with the backend's device (gpu-id 1)
+ *      current, from a thread that never called cudaSetDevice itself;
+ *   4. frame_begin allocates only the outputs asked for, and the blend weights once
+ *      per pixel (not per class);
+ *   5. an activation of 2^31 elements or more is refused with a clear error;
+ *   6. no host synchronisation in the steady-state frame path (percentile and frame
+ *      mean/std normalisation included);
+ *   7. a bf16 / fp16 net whose first convolution has 1 input channel, for which the
+ *      mock cuDNN (like cuDNN's legacy API may) offers no NHWC 16-bit algorithm, runs
+ *      that convolution in f32: conversion kernels around an f32 convolution. */
+#include "config.h"
+
+#include "backend.h"
+#include "cuda-kernels.h"
+
+#include <cuda_runtime_api.h>
+#include <cudnn.h>
+#include <glib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------- mock state -- */
+
+static __thread int cur_dev = 0;
+static __thread cudaError_t last_error = cudaSuccess;
+static int expect_dev = -1;             /* >= 0: calls must run on this device */
+static int wrong_device;                /* calls that did not */
+static int launches, sync_copies, null_stream_copies, stream_syncs;
+static int fail_next_malloc_host;
+static gsize last_pinned_bytes;
+static GArray *device_allocs;           /* gsize, every cudaMalloc */
+static GArray *pinned_allocs;           /* gsize, every cudaMallocHost */
+static GString *launch_log;             /* launcher names, space separated */
+
+static void
+on_device (const char *what)
+{
+  if (expect_dev >= 0 && cur_dev != expect_dev) {
+    wrong_device++;
+    g_printerr ("%s ran on device %d, not %d\n", what, cur_dev, expect_dev);
+  }
+}
+
+static cudaError_t
+fail_with (cudaError_t err)
+{
+  last_error = err;
+  return err;
+}
+
+static int
+mock_launch (const char *what, UnetCudaStream stream)
+{
+  on_device (what);
+  launches++;
+  g_string_append_printf (launch_log, "%s ", what);
+  (void) stream;
+  /* launch_status (): the runtime's last error, which the launch itself clears */
+  cudaError_t err = last_error;
+  last_error = cudaSuccess;
+  return (int) err;
+}
+
+/* ---------------------------------------------------- CUDA runtime mock -- */
+
+cudaError_t
+cudaGetDeviceCount (int *count)
+{
+  *count = 2;
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaGetDeviceProperties (struct cudaDeviceProp *prop, int device)
+{
+  memset (prop, 0, sizeof *prop);
+  g_snprintf (prop->name, sizeof prop->name, "mock GPU %d", device);
+  prop->major = 9;
+  prop->minor = 0;
+  prop->totalGlobalMem = (size_t) 80 << 30;
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaSetDevice (int device)
+{
+  if (device < 0 || device > 1)
+    return fail_with (cudaErrorInvalidDevice);
+  cur_dev = device;
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaGetLastError (void)
+{
+  cudaError_t err = last_error;
+  last_error = cudaSuccess;
+  return err;
+}
+
+cudaError_t
+cudaPeekAtLastError (void)
+{
+  return last_error;
+}
+
+const char *
+cudaGetErrorString (cudaError_t err)
+{
+  return err == cudaErrorMemoryAllocation ? "out of memory" : "mock error";
+}
+
+const char *
+cudaGetErrorName (cudaError_t err)
+{
+  return err == cudaErrorMemoryAllocation ? "cudaErrorMemoryAllocation" : "cudaErrorMock";
+}
+
+cudaError_t
+cudaStreamCreateWithFlags (cudaStream_t *stream, unsigned int flags)
+{
+  on_device ("cudaStreamCreateWithFlags");
+  *stream = (cudaStream_t) g_malloc0 (16);
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaStreamDestroy (cudaStream_t stream)
+{
+  g_free (stream);
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaStreamSynchronize (cudaStream_t stream)
+{
+  on_device ("cudaStreamSynchronize");
+  stream_syncs++;
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaStreamWaitEvent (cudaStream_t stream, cudaEvent_t event, unsigned int flags)
+{
+  on_device ("cudaStreamWaitEvent");
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaEventCreateWithFlags (cudaEvent_t *event, unsigned int flags)
+{
+  on_device ("cudaEventCreateWithFlags");
+  *event = (cudaEvent_t) g_malloc0 (16);
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaEventDestroy (cudaEvent_t event)
+{
+  g_free (event);
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaEventRecord (cudaEvent_t event, cudaStream_t stream)
+{
+  on_device ("cudaEventRecord");
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaEventSynchronize (cudaEvent_t event)
+{
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaMalloc (void **ptr, size_t bytes)
+{
+  on_device ("cudaMalloc");
+  *ptr = g_malloc0 (bytes);
+  g_array_append_val (device_allocs, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaFree (void *ptr)
+{
+  g_free (ptr);
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaMallocHost (void **ptr, size_t bytes)
+{
+  on_device ("cudaMallocHost");
+  if (fail_next_malloc_host) {
+    fail_next_malloc_host = 0;
+    *ptr = NULL;
+    return fail_with (cudaErrorMemoryAllocation);
+  }
+  *ptr = g_malloc0 (bytes);
+  last_pinned_bytes = bytes;
+  g_array_append_val (pinned_allocs, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaFreeHost (void *ptr)
+{
+  g_free (ptr);
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaMemcpy (void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind)
+{
+  on_device ("cudaMemcpy");
+  sync_copies++;
+  memcpy (dst, src, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaMemcpyAsync (void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
+    cudaStream_t stream)
+{
+  on_device ("cudaMemcpyAsync");
+  if (stream == NULL)
+    null_stream_copies++;
+  memcpy (dst, src, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaMemsetAsync (void *ptr, int value, size_t bytes, cudaStream_t stream)
+{
+  on_device ("cudaMemsetAsync");
+  memset (ptr, value, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t
+cudaMemGetInfo (size_t *free_b, size_t *total_b)
+{
+  on_device ("cudaMemGetInfo");
+  *free_b = (size_t) 64 << 30;
+  *total_b = (size_t) 80 << 30;
+  return cudaSuccess;
+}
+
+/* -------------------------------------------------------------- cuDNN mock -- */
+
+#define MOCK_CREATE(fn, type)                                                     \
+  cudnnStatus_t fn (type *d) { *d = (type) g_malloc0 (16); return CUDNN_STATUS_SUCCESS; }
+#define MOCK_DESTROY(fn, type)                                                    \
+  cudnnStatus_t fn (type d) { g_free (d); return CUDNN_STATUS_SUCCESS; }
+
+/* descriptors remember (data type, channels): the algorithm mock needs them */
+typedef struct
+{
+  int dtype, c;
+} MockDesc;
+
+MOCK_CREATE (cudnnCreateTensorDescriptor, cudnnTensorDescriptor_t)
+MOCK_DESTROY (cudnnDestroyTensorDescriptor, cudnnTensorDescriptor_t)
+MOCK_CREATE (cudnnCreateFilterDescriptor, cudnnFilterDescriptor_t)
+MOCK_DESTROY (cudnnDestroyFilterDescriptor, cudnnFilterDescriptor_t)
+MOCK_CREATE (cudnnCreateConvolutionDescriptor, cudnnConvolutionDescriptor_t)
+MOCK_DESTROY (cudnnDestroyConvolutionDescriptor, cudnnConvolutionDescriptor_t)
+MOCK_CREATE (cudnnCreateActivationDescriptor, cudnnActivationDescriptor_t)
+MOCK_DESTROY (cudnnDestroyActivationDescriptor, cudnnActivationDescriptor_t)
+
+cudnnStatus_t
+cudnnCreate (cudnnHandle_t *h)
+{
+  on_device ("cudnnCreate");
+  *h = (cudnnHandle_t) g_malloc0 (16);
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t
+cudnnDestroy (cudnnHandle_t h)
+{
+  g_free (h);
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t
+cudnnSetStream (cudnnHandle_t h, cudaStream_t s)
+{
+  return CUDNN_STATUS_SUCCESS;
+}
+
+size_t
+cudnnGetVersion (void)
+{
+  return 90000;
+}
+
+const char *
+cudnnGetErrorString (cudnnStatus_t st)
+{
+  return "mock cuDNN error";
+}
+
+cudnnStatus_t
+cudnnSetTensor4dDescriptorEx (cudnnTensorDescriptor_t d, cudnnDataType_t t, int n, int c,
+    int h, int w, int ns, int cs, int hs, int ws)
+{
+  ((MockDesc *) d)->dtype = t;
+  ((MockDesc *) d)->c = c;
+  return n > 0 && c > 0 && h > 0 && w > 0 && ns > 0 && hs > 0 ? CUDNN_STATUS_SUCCESS
+      : CUDNN_STATUS_BAD_PARAM;
+}
+
+cudnnStatus_t
+cudnnSetTensor4dDescriptor (cudnnTensorDescriptor_t d, cudnnTensorFormat_t f,
+    cudnnDataType_t t, int n, int c, int h, int w)
+{
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t
+cudnnSetFilter4dDescriptor (cudnnFilterDescriptor_t d, cudnnDataType_t t,
+    cudnnTensorFormat_t f, int k, int c, int h, int w)
+{
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t
+cudnnSetConvolution2dDescriptor (cudnnConvolutionDescriptor_t d, int ph, int pw, int sh,
+    int sw, int dh, int dw, cudnnConvolutionMode_t m, cudnnDataType_t t)
+{
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t
+cudnnSetConvolutionMathType (cudnnConvolutionDescriptor_t d, cudnnMathType_t m)
+{
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t
+cudnnSetActivationDescriptor (cudnnActivationDescriptor_t d, cudnnActivationMode_t m,
+    cudnnNanPropagation_t n, double coef)
+{
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t
+cudnnFindConvolutionForwardAlgorithmEx (cudnnHandle_t h, const cudnnTensorDescriptor_t x,
+    const void *xp, const cudnnFilterDescriptor_t w, const void *wp,
+    const cudnnConvolutionDescriptor_t c, const cudnnTensorDescriptor_t y, void *yp,
+    const int req, int *got, cudnnConvolutionFwdAlgoPerf_t *perf, void *ws, size_t wsb)
+{
+  return CUDNN_STATUS_NOT_SUPPORTED;    /* the heuristics path below */
+}
+
+cudnnStatus_t
+cudnnGetConvolutionForwardAlgorithm_v7 (cudnnHandle_t h, const cudnnTensorDescriptor_t x,
+    const cudnnFilterDescriptor_t w, const cudnnConvolutionDescriptor_t c,
+    const cudnnTensorDescriptor_t y, const int req, int *got,
+    cudnnConvolutionFwdAlgoPerf_t *perf)
+{
+  const MockDesc *xd = (const MockDesc *) x;
+  memset (perf, 0, sizeof *perf);
+  /* no NHWC algorithm for 16-bit data with a channel count that is no multiple of 8 */
+  perf[0].status = xd->dtype != CUDNN_DATA_FLOAT && xd->c % 8 != 0 ?
+      CUDNN_STATUS_NOT_SUPPORTED : CUDNN_STATUS_SUCCESS;
+  *got = 1;
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t
+cudnnConvolutionBiasActivationForward (cudnnHandle_t h, const void *a1,
+    const cudnnTensorDescriptor_t x, const void *xp, const cudnnFilterDescriptor_t w,
+    const void *wp, const cudnnConvolutionDescriptor_t c, cudnnConvolutionFwdAlgo_t algo,
+    void *ws, size_t wsb, const void *a2, const cudnnTensorDescriptor_t z, const void *zp,
+    const cudnnTensorDescriptor_t b, const void *bp, const cudnnActivationDescriptor_t act,
+    const cudnnTensorDescriptor_t y, void *yp)
+{
+  on_device ("cudnnConvolutionBiasActivationForward");
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t
+cudnnConvolutionForward (cudnnHandle_t h, const void *a1, const cudnnTensorDescriptor_t x,
+    const void *xp, const cudnnFilterDescriptor_t w, const void *wp,
+    const cudnnConvolutionDescriptor_t c, cudnnConvolutionFwdAlgo_t algo, void *ws,
+    size_t wsb, const void *a2, const cudnnTensorDescriptor_t y, void *yp)
+{
+  on_device ("cudnnConvolutionForward");
+  return CUDNN_STATUS_SUCCESS;
+}
+
+/* ------------------------------------------------- kernel launcher mocks -- */
+
+size_t
+unet_cuda_dtype_size (UnetCudaDType dtype)
+{
+  return dtype == UNET_CUDA_F32 ? 4 : 2;
+}
+
+int
+unet_cuda_mirror_index (int i, int n)
+{
+  (void) i;
+  (void) n;
+  return 0;
+}
+
+int
+unet_cuda_extract_tiles (const void *frame, UnetCudaPixel format, int width, int height,
+    size_t stride, int channels, const int *origin_x, const int *origin_y, int n_tiles,
+    int tile_w, int tile_h, float offset, float scale, void *out, UnetCudaDType dtype,
+    UnetCudaStream stream)
+{
+  return mock_launch ("extract_tiles", stream);
+}
+
+int
+unet_cuda_extract_tiles_params (const void *frame, UnetCudaPixel format, int width,
+    int height, size_t stride, int channels, const int *origin_x, const int *origin_y,
+    int n_tiles, int tile_w, int tile_h, float offset, float scale, const float *params,
+    void *out, UnetCudaDType dtype, UnetCudaStream stream)
+{
+  return mock_launch ("extract_tiles_params", stream);
+}
+
+int
+unet_cuda_stitch_blocks (const void *logits, UnetCudaDType dtype, int n_tiles, int out_h,
+    int out_w, int classes, const UnetCudaBlock *blocks, uint8_t *labels,
+    size_t labels_stride, float *probs, size_t probs_stride, int prob_class,
+    UnetCudaStream stream)
+{
+  return mock_launch ("stitch_blocks", stream);
+}
+
+int
+unet_cuda_accumulate_blocks (const void *logits, UnetCudaDType dtype, int n_tiles,
+    int out_h, int out_w, int classes, const UnetCudaBlock *blocks, float sigma_frac,
+    float *acc, float *wsum, int frame_w, int frame_h, UnetCudaStream stream)
+{
+  return mock_launch ("accumulate_blocks", stream);
+}
+
+int
+unet_cuda_finalize_blend (const float *acc, const float *wsum, int frame_w, int frame_h,
+    int classes, uint8_t *labels, size_t labels_stride, float *probs, size_t probs_stride,
+    int prob_class, UnetCudaStream stream)
+{
+  return mock_launch ("finalize_blend", stream);
+}
+
+int
+unet_cuda_histogram (const void *frame, UnetCudaPixel format, int width, int height,
+    size_t stride, int channels, uint32_t *hist, UnetCudaStream stream)
+{
+  return mock_launch ("histogram", stream);
+}
+
+int
+unet_cuda_frame_moments (const void *frame, UnetCudaPixel format, int width, int height,
+    size_t stride, int channels, double *partials, double *sums, UnetCudaStream stream)
+{
+  return mock_launch ("frame_moments", stream);
+}
+
+int
+unet_cuda_percentile_params (const uint32_t *hist, int bins, uint64_t n, double p_lo,
+    double p_hi, float *params, UnetCudaStream stream)
+{
+  return mock_launch ("percentile_params", stream);
+}
+
+int
+unet_cuda_moments_params (const double *sums, uint64_t n, float *params,
+    UnetCudaStream stream)
+{
+  return mock_launch ("moments_params", stream);
+}
+
+int
+unet_cuda_nchw_to_nhwc (const float *src, void *dst, UnetCudaDType dtype, int n, int c,
+    int h, int w, UnetCudaStream stream)
+{
+  return mock_launch ("nchw_to_nhwc", stream);
+}
+
+int
+unet_cuda_nhwc_to_nchw (const void *src, UnetCudaDType dtype, float *dst, int n, int c,
+    int h, int w, UnetCudaStream stream)
+{
+  return mock_launch ("nhwc_to_nchw", stream);
+}
+
+int
+unet_cuda_cast_from_f32 (const float *src, void *dst, UnetCudaDType dtype, size_t count,
+    UnetCudaStream stream)
+{
+  return mock_launch ("cast_from_f32", stream);
+}
+
+int
+unet_cuda_cast_to_f32 (const void *src, UnetCudaDType dtype, float *dst, size_t count,
+    UnetCudaStream stream)
+{
+  return mock_launch ("cast_to_f32", stream);
+}
+
+int
+unet_cuda_bias_act (const void *x, void *y, UnetCudaDType dtype, const float *bias,
+    size_t count, int channels, int relu, UnetCudaStream stream)
+{
+  return mock_launch ("bias_act", stream);
+}
+
+int
+unet_cuda_relu_backward (const void *y, const void *dy, void *dx, UnetCudaDType dtype,
+    size_t count, UnetCudaStream stream)
+{
+  return mock_launch ("relu_backward", stream);
+}
+
+int
+unet_cuda_bias_grad (const void *dy, UnetCudaDType dtype, size_t rows, int channels,
+    float *db, int accumulate, double *partials, UnetCudaStream stream)
+{
+  return mock_launch ("bias_grad", stream);
+}
+
+int
+unet_cuda_channel_affine (const void *x, void *y, UnetCudaDType dtype, const float *scale,
+    const float *shift, size_t count, int channels, int relu, UnetCudaStream stream)
+{
+  return mock_launch ("channel_affine", stream);
+}
+
+int
+unet_cuda_batchnorm_forward_train (const void *x, void *y, UnetCudaDType dtype, size_t rows,
+    int channels, const float *gamma, const float *beta, float eps, float momentum,
+    float *running_mean, float *running_var, float *save_mean, float *save_invstd,
+    double *partials, UnetCudaStream stream)
+{
+  return mock_launch ("batchnorm_forward_train", stream);
+}
+
+int
+unet_cuda_batchnorm_backward (const void *x, const void *dy, void *dx, UnetCudaDType dtype,
+    size_t rows, int channels, const float *gamma, const float *save_mean,
+    const float *save_invstd, float *dgamma, float *dbeta, double *partials,
+    UnetCudaStream stream)
+{
+  return mock_launch ("batchnorm_backward", stream);
+}
+
+int
+unet_cuda_dropout (const void *x, void *y, UnetCudaDType dtype, size_t count, float p,
+    uint64_t seed, UnetCudaStream stream)
+{
+  return mock_launch ("dropout", stream);
+}
+
+int
+unet_cuda_maxpool_forward (const void *x, void *y, uint8_t *argmax, UnetCudaDType dtype,
+    int n, int h, int w, int c, UnetCudaStream stream)
+{
+  return mock_launch ("maxpool_forward", stream);
+}
+
+int
+unet_cuda_maxpool_backward (const void *dy, const uint8_t *argmax, void *dx,
+    UnetCudaDType dtype, int n, int h, int w, int c, int accumulate, UnetCudaStream stream)
+{
+  return mock_launch ("maxpool_backward", stream);
+}
+
+int
+unet_cuda_crop_concat (const void *a, int ha, int wa, int ca, int off_y, int off_x,
+    const void *b, int cb, void *out, UnetCudaDType dtype, int n, int h, int w,
+    UnetCudaStream stream)
+{
+  return mock_launch ("crop_concat", stream);
+}
+
+int
+unet_cuda_crop_concat_backward (const void *dout, void *da, int ha, int wa, int ca,
+    int off_y, int off_x, void *db, int cb, UnetCudaDType dtype, int n, int h, int w,
+    UnetCudaStream stream)
+{
+  return mock_launch ("crop_concat_backward", stream);
+}
+
+int
+unet_cuda_copy_window (const void *src, int src_h, int src_w, int src_stride, int src_off,
+    int y0, int x0, void *dst, int dst_stride, int dst_off, int n, int h, int w, int c,
+    const float *bias, UnetCudaDType dtype, UnetCudaStream stream)
+{
+  return mock_launch ("copy_window", stream);
+}
+
+int
+unet_cuda_softmax (const void *x, void *y, UnetCudaDType dtype, size_t pixels, int classes,
+    UnetCudaStream stream)
+{
+  return mock_launch ("softmax", stream);
+}
+
+int
+unet_cuda_add (const void *x, void *y, UnetCudaDType dtype, size_t count,
+    UnetCudaStream stream)
+{
+  return mock_launch ("add", stream);
+}
+
+int
+unet_cuda_weighted_xent (const void *logits, UnetCudaDType dtype, const uint8_t *labels,
+    const float *weights, size_t n_pix, int classes, int ignore_label, float grad_scale,
+    float *grad, double *partials, double *out, UnetCudaStream stream)
+{
+  return mock_launch ("weighted_xent", stream);
+}
+
+int
+unet_cuda_sgd_step (float *params, const void *grad, UnetCudaDType grad_dtype,
+    float *momentum_buf, void *params_lp, UnetCudaDType lp_dtype, size_t count, float lr,
+    float momentum, float weight_decay, float grad_scale, int first_step,
+    UnetCudaStream stream)
+{
+  return mock_launch ("sgd_step", stream);
+}
+
+int
+unet_cuda_adam_step (float *params, const void *grad, UnetCudaDType grad_dtype, float *m,
+    float *v, void *params_lp, UnetCudaDType lp_dtype, size_t count, float lr, float beta1,
+    float beta2, float eps, float weight_decay, float grad_scale, int step,
+    UnetCudaStream stream)
+{
+  return mock_launch ("adam_step", stream);
+}
+
+int
+unet_cuda_check_finite (const void *x, UnetCudaDType dtype, size_t count, int *flag,
+    UnetCudaStream stream)
+{
+  return mock_launch ("check_finite", stream);
+}
+
+int
+unet_cuda_warp_sample (const float *image, int channels, const uint8_t *labels,
+    const float *weights, int src_w, int src_h, const UnetCudaWarp *warp, float *out_image,
+    uint8_t *out_labels, float *out_weights, int out_w, int out_h, UnetCudaStream stream)
+{
+  return mock_launch ("warp_sample", stream);
+}
+
+int
+unet_cuda_filter_grad_accumulate (const void *src, UnetCudaDType dtype, float *dst, int a,
+    int b, int kk, float scale, UnetCudaStream stream)
+{
+  return mock_launch ("filter_grad_accumulate", stream);
+}
+
+int
+unet_cuda_scale_add_f32 (const float *x, float *y, size_t count, float scale,
+    UnetCudaStream stream)
+{
+  return mock_launch ("scale_add_f32", stream);
+}
+
+/* ------------------------------------------------------------------ tests -- */
+
+/* Every backend call below goes through ON_OTHER_DEVICE: another element of the
+ * pipeline (gpu-id 0) ran on this thread just before, so the backend cannot rely on
+ * the device it selected in an earlier call. */
+#define ON_OTHER_DEVICE(call) (cudaSetDevice (0), (call))
+
+typedef struct
+{
+  UnetBackend *be;
+  UnetBackendTensor *input, *logits;
+  UnetBackendArena *arena;
+} Fixture;
+
+static UnetBackendTensor *
+bound_tensor (Fixture *fx, gint n, gint c, gint h, gint w, gsize offset)
+{
+  GError *error = NULL;
+  UnetDims d = { n, c, h, w };
+  UnetBackendTensor *t = fx->be->iface->tensor_new (fx->be, &d, &error);
+  g_assert_no_error (error);
+  fx->be->iface->tensor_bind (t, fx->arena, offset);
+  return t;
+}
+
+static gboolean
+frame_pass (Fixture *fx, UnetBackendFrames *fr, gint slot, const guint16 *frame, gint w,
+    gint h, const UnetNormalization *norm, gboolean blend, guint8 *labels, GError **error)
+{
+  const UnetBackendIface *be = fx->be->iface;
+  const gint ox[2] = { -3, 5 }, oy[2] = { -3, 4 };
+  const gint blocks[12] = { 0, 0, 0, 0, 4, 4, 0, 0, 4, 4, 4, 4 };
+  return ON_OTHER_DEVICE (be->frame_upload (fr, slot, UNET_PIXEL_U16, frame, w, h,
+          (gsize) w * 2, error))
+      && ON_OTHER_DEVICE (be->frame_normalize (fr, slot, norm, error))
+      && ON_OTHER_DEVICE (be->frame_begin (fr, slot, 2, TRUE, -1, blend, error))
+      && ON_OTHER_DEVICE (be->frame_extract (fr, slot, ox, oy, 2, 0, fx->input, error))
+      && ON_OTHER_DEVICE (be->frame_stitch (fr, slot, fx->logits, 0, 2, blocks, blend, error))
+      && ON_OTHER_DEVICE (be->frame_download (fr, slot, labels, NULL, error));
+}
+
+static gpointer
+run_backend (gpointer data)
+{
+  Fixture *fx = data;
+  const UnetBackendIface *be = fx->be->iface;
+  GError *error = NULL;
+  const gint w = 16, h = 12;
+  guint16 frame[16 * 12];
+  guint8 labels[16 * 12];
+  UnetNormalization pct = { UNET_NORM_PERCENTILE, 1.0, 99.8 };
+  UnetNormalization fms = { UNET_NORM_FRAME_MEAN_STD, 0.0, 0.0 };
+
+  for (gint i = 0; i < w * h; i++)
+    frame[i] = (guint16) (i * 37 % 4096);
+  /* this thread never selected a device: the backend must, on every entry point */
+  g_assert_cmpint (cur_dev, ==, 0);
+
+  /* 2. weights: asynchronous copies on the backend's stream */
+  const gfloat weight[2 * 1 * 3 * 3] = { 0 }, bias[2] = { 0.5f, -0.5f };
+  UnetLayerParams layer = { UNET_LAYER_CONV, 1, 2, 3, weight, bias };
+  g_assert_true (ON_OTHER_DEVICE (be->upload_layers (fx->be, &layer, 1, &error)));
+  g_assert_no_error (error);
+  g_assert_cmpint (sync_copies, ==, 0);
+  g_assert_cmpint (null_stream_copies, ==, 0);
+
+  /* a convolution and the frame path (tiles 8x8 -> logits 4x4, 2 classes) */
+  fx->arena = ON_OTHER_DEVICE (be->arena_new (fx->be, 1 << 20, &error));
+  g_assert_no_error (error);
+  fx->input = bound_tensor (fx, 2, 1, 8, 8, 0);
+  fx->logits = bound_tensor (fx, 2, 2, 6, 6, 65536);
+  UnetOpDesc conv = { .kind = UNET_OP_CONV, .layer = 0, .pad = 0, .relu = TRUE,
+    .src = fx->input, .dst = fx->logits };
+  UnetBackendOp *op = ON_OTHER_DEVICE (be->op_new (fx->be, &conv, &error));
+  g_assert_no_error (error);
+  g_assert_true (ON_OTHER_DEVICE (be->op_forward (op, &error)));
+  g_assert_true (ON_OTHER_DEVICE (be->synchronize (fx->be, &error)));
+  g_assert_no_error (error);
+
+  UnetBackendFrames *fr = ON_OTHER_DEVICE (be->frames_new (fx->be, 3, &error));
+  g_assert_no_error (error);
+
+  /* 4. labels only: pinned and device outputs of n bytes, no probability buffers */
+  g_array_set_size (pinned_allocs, 0);
+  g_array_set_size (device_allocs, 0);
+  g_assert_true (frame_pass (fx, fr, 0, frame, w, h, &pct, FALSE, labels, &error));
+  g_assert_no_error (error);
+  g_assert_true (ON_OTHER_DEVICE (be->frame_wait (fr, 0, &error)));
+  for (guint i = 0; i < pinned_allocs->len; i++) {
+    gsize b = g_array_index (pinned_allocs, gsize, i);
+    g_assert_true (b == (gsize) w * h * 2 /* the raw frame */ || b == (gsize) w * h);
+  }
+  for (guint i = 0; i < device_allocs->len; i++)
+    g_assert_cmpuint (g_array_index (device_allocs, gsize, i), <=, (gsize) w * h * 2);
+  /* blending: acc of classes x n floats, weights of n floats */
+  g_array_set_size (device_allocs, 0);
+  g_assert_true (frame_pass (fx, fr, 1, frame, w, h, &fms, TRUE, labels, &error));
+  g_assert_no_error (error);
+  gboolean acc_seen = FALSE;
+  for (guint i = 0; i < device_allocs->len; i++) {
+    gsize b = g_array_index (device_allocs, gsize, i);
+    acc_seen |= b == (gsize) 2 * w * h * sizeof (float);
+    g_assert_cmpuint (b, <=, (gsize) 2 * w * h * sizeof (float));
+  }
+  g_assert_true (acc_seen);
+  g_assert_cmpuint (g_array_index (device_allocs, gsize, device_allocs->len - 1), ==,
+      (gsize) w * h * sizeof (float));
+  g_assert_true (ON_OTHER_DEVICE (be->frame_wait (fr, 1, &error)));
+
+  /* 6. steady state: a frame in a slot already sized, percentile and frame mean/std,
+   * stitched and blended: not one host synchronisation */
+  for (gint k = 0; k < 4; k++) {
+    gint slot = k % 2;
+    stream_syncs = 0;
+    g_assert_true (frame_pass (fx, fr, slot, frame, w, h, k < 2 ? &pct : &fms, slot == 1,
+            labels, &error));
+    g_assert_no_error (error);
+    g_assert_cmpint (stream_syncs, ==, 0);
+    g_assert_true (ON_OTHER_DEVICE (be->frame_wait (fr, slot, &error)));
+  }
+
+  /* 1. a failed cudaMallocHost (a larger frame needs a larger pinned buffer) ... */
+  guint16 *big = g_new0 (guint16, 64 * 64);
+  fail_next_malloc_host = 1;
+  g_assert_false (ON_OTHER_DEVICE (be->frame_upload (fr, 2, UNET_PIXEL_U16, big, 64, 64, 128,
+              &error)));
+  g_assert_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY);
+  g_clear_error (&error);
+  g_free (big);
+  /* ... leaves no error behind for the next launch */
+  g_assert_true (ON_OTHER_DEVICE (be->op_forward (op, &error)));
+  g_assert_no_error (error);
+  g_assert_true (frame_pass (fx, fr, 0, frame, w, h, &pct, FALSE, labels, &error));
+  g_assert_no_error (error);
+  g_assert_true (ON_OTHER_DEVICE (be->frame_wait (fr, 0, &error)));
+
+  /* 5. 2^31 elements or more: a clear error, not a cuDNN failure */
+  UnetDims huge = { 2, 64, 4096, 4096 };
+  g_assert_null (ON_OTHER_DEVICE (be->tensor_new (fx->be, &huge, &error)));
+  g_assert_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY);
+  g_assert_nonnull (strstr (error->message, "2^31"));
+  g_clear_error (&error);
+  UnetDims fits = { 2, 64, 4096, 4095 };
+  UnetBackendTensor *t = ON_OTHER_DEVICE (be->tensor_new (fx->be, &fits, &error));
+  g_assert_no_error (error);
+  be->tensor_free (t);
+
+  be->frames_free (fr);
+  be->op_free (op);
+  be->tensor_free (fx->input);
+  be->tensor_free (fx->logits);
+  be->arena_free (fx->arena);
+  return NULL;
+}
+
+static void
+test_backend (void)
+{
+  UnetNetOptions opts;
+  GError *error = NULL;
+  Fixture fx = { 0 };
+
+  unet_net_options_init (&opts);
+  opts.device = UNET_DEVICE_CUDA;
+  opts.gpu_id = 1;
+  g_setenv ("UNET_CUDNN_FIND", "0", TRUE);
+  fx.be = unet_backend_cuda_new (&opts, &error);
+  g_assert_no_error (error);
+  g_assert_nonnull (fx.be);
+  /* 3. from here on every device call must run on device 1, from any thread */
+  expect_dev = 1;
+  GThread *th = g_thread_new ("streaming", run_backend, &fx);
+  g_thread_join (th);
+  g_assert_cmpint (launches, >, 0);
+  g_assert_cmpint (wrong_device, ==, 0);
+  expect_dev = -1;
+  unet_backend_free (fx.be);
+}
+
+/* 7. bf16, 1 input channel: no 16-bit algorithm, so the convolution runs in f32. */
+static void
+test_bf16_one_channel (void)
+{
+  UnetNetOptions opts;
+  GError *error = NULL;
+  unet_net_options_init (&opts);
+  opts.device = UNET_DEVICE_CUDA;
+  opts.precision = UNET_PRECISION_BF16;
+  g_setenv ("UNET_CUDNN_FIND", "0", TRUE);
+  UnetBackend *be = unet_backend_cuda_new (&opts, &error);
+  g_assert_no_error (error);
+  const UnetBackendIface *bi = be->iface;
+  const gfloat weight[8 * 1 * 3 * 3] = { 0 }, bias[8] = { 0 };
+  UnetLayerParams layer = { UNET_LAYER_CONV, 1, 8, 3, weight, bias };
+  g_assert_true (bi->upload_layers (be, &layer, 1, &error));
+  g_assert_no_error (error);
+  UnetBackendArena *arena = bi->arena_new (be, 1 << 20, &error);
+  UnetDims xd = { 2, 1, 9, 9 }, yd = { 2, 8, 7, 7 };
+  UnetBackendTensor *x = bi->tensor_new (be, &xd, &error), *y = bi->tensor_new (be, &yd, &error);
+  g_assert_no_error (error);
+  bi->tensor_bind (x, arena, 0);
+  bi->tensor_bind (y, arena, 65536);
+  UnetOpDesc conv = { .kind = UNET_OP_CONV, .layer = 0, .pad = 0, .relu = TRUE, .src = x,
+    .dst = y };
+  UnetBackendOp *op = bi->op_new (be, &conv, &error);
+  g_assert_no_error (error);
+  g_assert_nonnull (op);
+  g_string_truncate (launch_log, 0);
+  g_assert_true (bi->op_forward (op, &error));
+  g_assert_no_error (error);
+  g_assert_nonnull (strstr (launch_log->str, "cast_to_f32 bias_act cast_from_f32"));
+  bi->op_free (op);
+  bi->tensor_free (x);
+  bi->tensor_free (y);
+  bi->arena_free (arena);
+  unet_backend_free (be);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+  device_allocs = g_array_new (FALSE, FALSE, sizeof (gsize));
+  pinned_allocs = g_array_new (FALSE, FALSE, sizeof (gsize));
+  launch_log = g_string_new (NULL);
+  g_test_add_func ("/cuda-mock/backend", test_backend);
+  g_test_add_func ("/cuda-mock/bf16-one-channel", test_bf16_one_channel);
+  int rc = g_test_run ();
+  g_array_free (device_allocs, TRUE);
+  g_array_free (pinned_allocs, TRUE);
+  g_string_free (launch_log, TRUE);
+  return rc;
+}
