@@ -506,10 +506,20 @@ gst_unet_segment_finalize (GObject * object)
 
 /* ------------------------------------------------------------ segmenter -- */
 
-/* Segmenter options from the properties; call with the object lock held. */
+/* Segmenter options from the properties; call with the object lock held.
+ * While running, what shapes the output frames (output, probability-class,
+ * post-messages) is the value negotiated at start, whatever the properties say
+ * now: a model loaded meanwhile must produce what the caps promise. */
 static void
 options_from_properties (GstUnetSegment * self, UnetSegmenterOptions * o)
 {
+  GstUnetSegmentOutput output = self->running ? self->active_output :
+      self->output;
+  gboolean post_messages = self->running ? self->active_post_messages :
+      self->post_messages;
+  guint probability_class = self->running ? self->active_probability_class :
+      self->probability_class;
+
   unet_segmenter_options_init (o);
   o->net.device = self->device;
   o->net.gpu_id = self->gpu_id;
@@ -546,7 +556,7 @@ options_from_properties (GstUnetSegment * self, UnetSegmenterOptions * o)
       o->normalization.mode = UNET_NORM_FRAME_MEAN_STD;
       break;
   }
-  switch (self->output) {
+  switch (output) {
     case OUTPUT_LABELS:
     case OUTPUT_OVERLAY:
       o->outputs = UNET_SEGMENT_LABELS;
@@ -558,9 +568,9 @@ options_from_properties (GstUnetSegment * self, UnetSegmenterOptions * o)
       o->outputs = UNET_SEGMENT_INSTANCES;
       break;
   }
-  if (self->post_messages)
+  if (post_messages)
     o->outputs |= UNET_SEGMENT_STATS;
-  o->probability_class = (gint) self->probability_class;
+  o->probability_class = (gint) probability_class;
   o->foreground_class = (gint) self->foreground_class;
 }
 
@@ -935,6 +945,7 @@ gst_unet_segment_set_property (GObject * object, guint prop_id,
     const GValue * value, GParamSpec * pspec)
 {
   GstUnetSegment *self = GST_UNET_SEGMENT (object);
+  gboolean deferred;
 
   if (prop_id == PROP_MODEL) {
     gchar *path = g_value_dup_string (value);
@@ -959,6 +970,7 @@ gst_unet_segment_set_property (GObject * object, guint prop_id,
   }
 
   GST_OBJECT_LOCK (self);
+  deferred = FALSE;
   switch (prop_id) {
     case PROP_DEVICE:
       self->device = g_value_get_enum (value);
@@ -983,9 +995,12 @@ gst_unet_segment_set_property (GObject * object, guint prop_id,
       break;
     case PROP_OUTPUT:
       self->output = g_value_get_enum (value);
+      deferred = self->running && self->output != self->active_output;
       break;
     case PROP_PROBABILITY_CLASS:
       self->probability_class = g_value_get_uint (value);
+      deferred = self->running
+          && self->probability_class != self->active_probability_class;
       break;
     case PROP_FOREGROUND_CLASS:
       self->foreground_class = g_value_get_uint (value);
@@ -1025,6 +1040,13 @@ gst_unet_segment_set_property (GObject * object, guint prop_id,
       break;
   }
   GST_OBJECT_UNLOCK (self);
+  /* GObject does not enforce "changeable only in NULL or READY": the frames keep
+   * the format negotiated at start, and the user learns when the value applies. */
+  if (deferred)
+    GST_ELEMENT_WARNING (self, RESOURCE, SETTINGS,
+        ("\"%s\" changed while running: the element keeps the value it started "
+            "with until it is stopped (READY) and started again.", pspec->name),
+        (NULL));
 }
 
 static void
@@ -1132,8 +1154,9 @@ gst_unet_segment_transform_caps (GstBaseTransform * trans,
   GstUnetSegmentOutput output;
   guint i;
 
+  /* While running, the format negotiated at start (the writers use it). */
   GST_OBJECT_LOCK (self);
-  output = self->output;
+  output = self->running ? self->active_output : self->output;
   GST_OBJECT_UNLOCK (self);
 
   /* Same size and rate; the format follows `output` downstream and may be any

@@ -317,6 +317,103 @@ GST_START_TEST (test_stats_messages)
 
 GST_END_TEST;
 
+/* `output` (and `probability-class`) changed while PLAYING: GObject does not
+ * enforce "changeable in NULL/READY only", so the element keeps the values it
+ * started with everywhere — new caps after the change (a new frame size here)
+ * still carry the negotiated format and the frames are filled in it (the
+ * change used to make transform_caps and the writers disagree: heap overflow),
+ * and a model reloaded meanwhile is built for the same output. The change is
+ * reported and takes effect at the next start. */
+GST_START_TEST (test_output_change_while_playing)
+{
+  gint from, to;
+
+  for (from = 0; from < 4; from++) {
+    for (to = 0; to < 4; to++) {
+      gchar *props;
+      GstHarness *hr;
+      GstElement *e;
+      GstBus *bus = gst_bus_new ();
+      GstMessage *msg;
+      gint size;
+
+      if (from == to)
+        continue;
+      props = g_strdup_printf ("model=%s output=%s", model_a, outputs[from]);
+      hr = new_harness ("GRAY8", 16, 12, props);
+      e = gst_harness_find_element (hr, "unetsegment");
+      gst_element_set_bus (hr->element, bus);
+      for (size = 0; size < 3; size++) {
+        gint w = 16 + 5 * size, h = 12 + 3 * size, y;
+        gchar *caps = g_strdup_printf ("video/x-raw,format=GRAY8,width=%d,"
+            "height=%d,framerate=10/1", w, h);
+        guint8 *dense;
+        GstBuffer *in, *out;
+        GstCaps *c;
+        GstMapInfo map;
+        g_autoptr (UnetModel) m = unet_model_load (model_a, NULL);
+        g_autoptr (UnetSegmenter) seg = NULL;
+        UnetSegmenterOptions opts;
+        UnetSegmentResult *r;
+        gint ostride = GST_ROUND_UP_4 (w * out_bpps[from]);
+
+        if (size == 1) {
+          gst_util_set_object_arg (G_OBJECT (e), "output", outputs[to]);
+          g_object_set (e, "probability-class", 0, NULL);
+        } else if (size == 2) {
+          /* a reload keeps the negotiated output too */
+          gboolean ok = FALSE;
+          g_signal_emit_by_name (e, "reload", &ok);
+          fail_unless (ok);
+        }
+        gst_harness_set_src_caps_str (hr, caps);
+        g_free (caps);
+        in = make_frame (0, w, h, 11 + size, &dense);
+        out = gst_harness_push_and_pull (hr, in);
+        fail_unless (out != NULL);
+        c = gst_pad_get_current_caps (hr->sinkpad);
+        fail_unless_equals_string (gst_structure_get_string
+            (gst_caps_get_structure (c, 0), "format"), out_formats[from]);
+        gst_caps_unref (c);
+        fail_unless_equals_int (gst_buffer_get_size (out), ostride * h);
+
+        unet_segmenter_options_init (&opts);
+        opts.outputs = UNET_SEGMENT_LABELS | UNET_SEGMENT_PROBABILITY |
+            UNET_SEGMENT_INSTANCES;
+        opts.probability_class = 1;
+        seg = unet_segmenter_new (m, &opts, NULL);
+        r = unet_segmenter_process (seg, UNET_PIXEL_U8, dense, w, h, w, NULL);
+        fail_unless (r != NULL);
+        gst_buffer_map (out, &map, GST_MAP_READ);
+        for (y = 0; y < h && from != 2; y++) {
+          const guint8 *row = map.data + (gsize) y * ostride;
+          gsize o = (gsize) y * w;
+          if (from == 0)
+            fail_unless (memcmp (row, r->labels + o, w) == 0);
+          else if (from == 1)
+            fail_unless (memcmp (row, r->probability + o, w * 4) == 0);
+          else
+            fail_unless (memcmp (row, r->instances + o, w * 2) == 0);
+        }
+        gst_buffer_unmap (out, &map);
+        gst_buffer_unref (out);
+        unet_segment_result_free (r);
+        g_free (dense);
+      }
+      msg = gst_bus_pop_filtered (bus, GST_MESSAGE_WARNING);
+      fail_unless (msg != NULL, "no warning for a change while running");
+      gst_message_unref (msg);
+      gst_element_set_bus (hr->element, NULL);
+      gst_object_unref (bus);
+      gst_object_unref (e);
+      gst_harness_teardown (hr);
+      g_free (props);
+    }
+  }
+}
+
+GST_END_TEST;
+
 /* A missing or corrupt model fails the state change with an error naming the
  * file; the element then works with a good model. */
 static void
@@ -490,6 +587,7 @@ unetsegment_suite (void)
   tcase_add_test (tc, test_stats_messages);
   tcase_add_test (tc, test_missing_model);
   tcase_add_test (tc, test_model_swap);
+  tcase_add_test (tc, test_output_change_while_playing);
   tcase_add_test (tc, test_cuda_unavailable);
   suite_add_tcase (s, tc);
   return s;
