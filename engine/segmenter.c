@@ -151,6 +151,16 @@ unet_segmenter_new (const UnetModel *model, const UnetSegmenterOptions *opts,
         opts->probability_class, n_labels - 1);
     return NULL;
   }
+  /* Class-index labels are 8-bit: a larger class index cannot be written (it
+   * would wrap to another class). Instances and statistics need only "is the
+   * foreground class", which process_host computes without the cast. */
+  if ((opts->outputs & UNET_SEGMENT_LABELS) && n_labels > UNET_MAX_LABEL_CLASSES) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "the model has %d classes but class-index labels are 8-bit (at most %d "
+        "classes): ask for the probability of one class, or instances of one "
+        "class, instead", cfg->classes, UNET_MAX_LABEL_CLASSES);
+    return NULL;
+  }
   if ((opts->outputs & (UNET_SEGMENT_INSTANCES | UNET_SEGMENT_STATS))
       && (opts->foreground_class < 0 || opts->foreground_class >= n_labels)) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
@@ -272,6 +282,10 @@ frame_finish (UnetSegmenter *seg, Frame *f, GError **error)
   gboolean need_labels =
       (outs & (UNET_SEGMENT_LABELS | UNET_SEGMENT_INSTANCES | UNET_SEGMENT_STATS)) != 0;
   guint8 *labels = NULL;
+  /* the foreground's value in `labels` (below UNET_MAX_LABEL_CLASSES classes
+   * the class index itself) */
+  guint8 fg_label = classes > UNET_MAX_LABEL_CLASSES ? 1 :
+      (guint8) seg->opts.foreground_class;
   gdouble t0 = now_s (), t1;
 
   if (f->wsum) {
@@ -289,17 +303,22 @@ frame_finish (UnetSegmenter *seg, Frame *f, GError **error)
       for (i = 0; i < n; i++)
         labels[i] = f->acc[i] >= 0.5f;
     } else {
+      /* More than 256 classes (then only instances/statistics are asked for,
+       * see unet_segmenter_new): the map holds "is the foreground class" as
+       * fg_label, so no class index is truncated. */
+      gboolean wide = classes > UNET_MAX_LABEL_CLASSES;
       for (i = 0; i < n; i++) {
         gfloat best = f->acc[i];
-        guint8 arg = 0;
+        gint arg = 0;
         for (k = 1; k < classes; k++) {
           gfloat v = f->acc[(gsize) k * n + i];
           if (v > best) {
             best = v;
-            arg = (guint8) k;
+            arg = k;
           }
         }
-        labels[i] = arg;
+        labels[i] = wide ? (arg == seg->opts.foreground_class ? fg_label : 0) :
+            (guint8) arg;
       }
     }
   }
@@ -312,8 +331,7 @@ frame_finish (UnetSegmenter *seg, Frame *f, GError **error)
         return FALSE;
       }
     }
-    r->stats.object_count = unet_label_components (labels,
-        (guint8) seg->opts.foreground_class, r->width, r->height, r->instances, &area);
+    r->stats.object_count = unet_label_components (labels, fg_label, r->width, r->height, r->instances, &area);
     r->stats.foreground_fraction = (gdouble) area / n;
     r->stats.mean_object_area =
         r->stats.object_count ? (gdouble) area / r->stats.object_count : 0.0;

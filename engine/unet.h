@@ -433,9 +433,14 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetTrainer, unet_trainer_free)
  * every frame when latency matters). With batch_frames unset every push finishes its
  * frame. Not thread-safe: one thread drives a segmenter. */
 
+/* Class-index labels are one byte: classes 0..255. */
+#define UNET_MAX_LABEL_CLASSES 256
+
 typedef enum
 {
-  UNET_SEGMENT_LABELS = 1 << 0,         /* guint8 (H,W) class index (K == 1: p >= 0.5) */
+  UNET_SEGMENT_LABELS = 1 << 0,         /* guint8 (H,W) class index (K == 1: p >= 0.5);
+                                         * models of more than UNET_MAX_LABEL_CLASSES
+                                         * classes are refused */
   UNET_SEGMENT_PROBABILITY = 1 << 1,    /* gfloat (H,W) of probability_class */
   UNET_SEGMENT_PROBABILITIES = 1 << 2,  /* gfloat (K,H,W), every class */
   UNET_SEGMENT_INSTANCES = 1 << 3,      /* guint16 (H,W) connected components */

@@ -414,6 +414,91 @@ GST_START_TEST (test_output_change_while_playing)
 
 GST_END_TEST;
 
+/* A model with 300 classes whose head makes class 257 win everywhere: 8-bit
+ * labels cannot hold it (257 used to come out as class 1), so output=labels and
+ * overlay refuse the model with an error naming the limit, and instances and
+ * statistics of foreground class 1 find nothing. */
+GST_START_TEST (test_many_classes)
+{
+  UnetConfig cfg = { 1, 300, 2, 4, UNET_PADDING_VALID, FALSE, 0.0 };
+  g_autoptr (UnetModel) m = unet_model_new (&cfg, NULL);
+  gchar *path = g_build_filename (tmpdir, "many.safetensors", NULL);
+  gint shape[4], nd, i;
+  gfloat *w, *b;
+  const gchar *refused[] = { "labels", "overlay" };
+
+  fail_unless (m != NULL);
+  unet_model_init_weights (m, 5);
+  w = unet_model_get_tensor (m, "head.weight", shape, &nd);
+  b = unet_model_get_tensor (m, "head.bias", NULL, NULL);
+  fail_unless (w != NULL && b != NULL && shape[0] == 300);
+  memset (w, 0, sizeof (gfloat) * shape[0] * shape[1]);
+  for (i = 0; i < 300; i++)
+    b[i] = i == 257 ? 10.0f : 0.0f;
+  fail_unless (unet_model_save (m, path, NULL));
+
+  for (i = 0; i < 2; i++) {
+    GstElement *e = gst_element_factory_make ("unetsegment", NULL);
+    GstBus *bus = gst_bus_new ();
+    GstMessage *msg;
+    GError *err = NULL;
+
+    gst_element_set_bus (e, bus);
+    g_object_set (e, "model", path, NULL);
+    gst_util_set_object_arg (G_OBJECT (e), "output", refused[i]);
+    fail_unless_equals_int (gst_element_set_state (e, GST_STATE_PAUSED),
+        GST_STATE_CHANGE_FAILURE);
+    msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+    fail_unless (msg != NULL);
+    gst_message_parse_error (msg, &err, NULL);
+    fail_unless (strstr (err->message, "300 classes") != NULL
+        && strstr (err->message, "256") != NULL, "%s", err->message);
+    g_error_free (err);
+    gst_message_unref (msg);
+    gst_element_set_state (e, GST_STATE_NULL);
+    gst_element_set_bus (e, NULL);
+    gst_object_unref (bus);
+    gst_object_unref (e);
+  }
+
+  {
+    gchar *props = g_strdup_printf ("model=%s output=instances "
+        "foreground-class=1 post-messages=true", path);
+    GstHarness *hr = new_harness ("GRAY8", 20, 16, props);
+    GstBus *bus = gst_bus_new ();
+    GstMessage *msg;
+    guint8 *dense;
+    GstBuffer *out;
+    GstMapInfo map;
+    guint count = 99;
+    gsize k;
+
+    gst_element_set_bus (hr->element, bus);
+    out = gst_harness_push_and_pull (hr, make_frame (0, 20, 16, 1, &dense));
+    fail_unless (out != NULL);
+    gst_buffer_map (out, &map, GST_MAP_READ);
+    for (k = 0; k < map.size; k++)
+      fail_unless_equals_int (map.data[k], 0);
+    gst_buffer_unmap (out, &map);
+    gst_buffer_unref (out);
+    msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ELEMENT);
+    fail_unless (msg != NULL);
+    fail_unless (gst_structure_get_uint (gst_message_get_structure (msg),
+            "object-count", &count));
+    fail_unless_equals_int (count, 0);
+    gst_message_unref (msg);
+    g_free (dense);
+    gst_element_set_bus (hr->element, NULL);
+    gst_object_unref (bus);
+    gst_harness_teardown (hr);
+    g_free (props);
+  }
+  g_unlink (path);
+  g_free (path);
+}
+
+GST_END_TEST;
+
 /* A missing or corrupt model fails the state change with an error naming the
  * file; the element then works with a good model. */
 static void
@@ -588,6 +673,7 @@ unetsegment_suite (void)
   tcase_add_test (tc, test_missing_model);
   tcase_add_test (tc, test_model_swap);
   tcase_add_test (tc, test_output_change_while_playing);
+  tcase_add_test (tc, test_many_classes);
   tcase_add_test (tc, test_cuda_unavailable);
   suite_add_tcase (s, tc);
   return s;
