@@ -18,7 +18,7 @@
 
 struct _UnetSafetensors
 {
-  GMappedFile *mapped;          /* NULL when parsing caller-owned bytes */
+  guint8 *owned;                /* the file's bytes (open), NULL for caller-owned */
   GPtrArray *tensors;           /* UnetStTensor*, sorted by data offset */
   GHashTable *by_name;          /* name -> UnetStTensor* */
   GHashTable *metadata;         /* gchar* -> gchar* */
@@ -71,8 +71,7 @@ unet_safetensors_free (UnetSafetensors *st)
   g_hash_table_unref (st->by_name);
   g_ptr_array_unref (st->tensors);
   g_hash_table_unref (st->metadata);
-  if (st->mapped != NULL)
-    g_mapped_file_unref (st->mapped);
+  g_free (st->owned);
   g_free (st);
 }
 
@@ -343,13 +342,125 @@ fail:
   return NULL;
 }
 
+/* The identity of an open file's contents as far as the kernel tells it. */
+typedef struct
+{
+  dev_t dev;
+  ino_t ino;
+  off_t size;
+  struct timespec mtime, ctime;
+} FileStamp;
+
+static gboolean
+file_stamp (int fd, FileStamp *out)
+{
+  struct stat sb;
+  if (fstat (fd, &sb) != 0)
+    return FALSE;
+  memset (out, 0, sizeof *out);
+  out->dev = sb.st_dev;
+  out->ino = sb.st_ino;
+  out->size = sb.st_size;
+  out->mtime = sb.st_mtim;
+  out->ctime = sb.st_ctim;
+  return TRUE;
+}
+
+static gboolean
+file_stamp_equal (const FileStamp *a, const FileStamp *b)
+{
+  return a->dev == b->dev && a->ino == b->ino && a->size == b->size
+      && a->mtime.tv_sec == b->mtime.tv_sec && a->mtime.tv_nsec == b->mtime.tv_nsec
+      && a->ctime.tv_sec == b->ctime.tv_sec && a->ctime.tv_nsec == b->ctime.tv_nsec;
+}
+
+/* pread until `len` bytes or end of file; the count read, or -1 (errno set). */
+static gssize
+pread_full (int fd, guint8 *buf, gsize len, off_t offset)
+{
+  gsize done = 0;
+  while (done < len) {
+    gssize n = pread (fd, buf + done, MIN (len - done, (gsize) 1 << 30),
+        offset + (off_t) done);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return -1;
+    if (n == 0)
+      break;
+    done += (gsize) n;
+  }
+  return (gssize) done;
+}
+
+#define CHANGED_MSG "the model file changed while it was read (rewritten in " \
+  "place?); write models to a temporary name and rename them over the file"
+
+/* Reads the whole file into memory, and makes sure it did not change meanwhile:
+ * the file is NOT memory-mapped, because a file truncated under a mapping kills
+ * the process with SIGBUS on the next access (a model rewritten in place while a
+ * pipeline reloads it). A change during the read is an UNET_ERROR_IO (the caller
+ * retries on the next change): the size, inode and time stamps must be the same
+ * before and after, and a second read must give the same bytes — time stamps
+ * tick only every few milliseconds, in which a small file can be rewritten. */
+static guint8 *
+read_stable (int fd, gsize *size_out, GError **error)
+{
+  FileStamp before, after;
+  if (!file_stamp (fd, &before)) {
+    int e = errno;
+    g_set_error (error, UNET_ERROR, UNET_ERROR_IO, "cannot read model file: %s",
+        g_strerror (e));
+    return NULL;
+  }
+  if (before.size < 0 || (guint64) before.size > G_MAXSIZE - 1) {
+    g_set_error_literal (error, UNET_ERROR, UNET_ERROR_IO,
+        "model file too large for the address space");
+    return NULL;
+  }
+  gsize size = (gsize) before.size;
+  guint8 *buf = g_try_malloc (size + 1);
+  if (buf == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+        "cannot hold the model file (%" G_GSIZE_FORMAT " bytes) in memory", size);
+    return NULL;
+  }
+  /* one byte more than the size: a file that grew is seen at once */
+  gssize n = pread_full (fd, buf, size + 1, 0);
+  if (n < 0) {
+    int e = errno;
+    g_set_error (error, UNET_ERROR, UNET_ERROR_IO, "cannot read model file: %s",
+        g_strerror (e));
+    g_free (buf);
+    return NULL;
+  }
+  gboolean same = (gsize) n == size;
+  if (same) {
+    guint8 chunk[65536];
+    for (gsize off = 0; same && off <= size; off += sizeof chunk) {
+      gsize want = MIN (sizeof chunk, size + 1 - off);
+      gssize m = pread_full (fd, chunk, want, (off_t) off);
+      gsize expect = off + want > size ? size - off : want;
+      same = m == (gssize) expect && memcmp (chunk, buf + off, expect) == 0;
+    }
+  }
+  if (same)
+    same = file_stamp (fd, &after) && file_stamp_equal (&before, &after);
+  if (!same) {
+    g_set_error_literal (error, UNET_ERROR, UNET_ERROR_IO, CHANGED_MSG);
+    g_free (buf);
+    return NULL;
+  }
+  *size_out = size;
+  return buf;
+}
+
 UnetSafetensors *
 unet_safetensors_open (const gchar *path, GError **error)
 {
-  g_autoptr (GError) err = NULL;
   GStatBuf st_buf;
   /* O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer; a
-   * model is a regular file, anything else is refused before mapping. */
+   * model is a regular file, anything else is refused before reading. */
   int fd = g_open (path, O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0);
   if (fd < 0) {
     int saved = errno;
@@ -366,21 +477,17 @@ unet_safetensors_open (const gchar *path, GError **error)
         "is a directory, not a model file" : "is not a regular file");
     return NULL;
   }
-  GMappedFile *mapped = g_mapped_file_new_from_fd (fd, FALSE, &err);
+  gsize size = 0;
+  guint8 *bytes = read_stable (fd, &size, error);
   close (fd);
-  if (mapped == NULL) {
-    g_set_error (error, UNET_ERROR, UNET_ERROR_IO, "cannot read model file: %s",
-        err->message);
+  if (bytes == NULL)
     return NULL;
-  }
-  const guint8 *bytes = (const guint8 *) g_mapped_file_get_contents (mapped);
-  gsize size = g_mapped_file_get_length (mapped);
-  UnetSafetensors *st = unet_safetensors_parse (bytes, bytes ? size : 0, error);
+  UnetSafetensors *st = unet_safetensors_parse (bytes, size, error);
   if (st == NULL) {
-    g_mapped_file_unref (mapped);
+    g_free (bytes);
     return NULL;
   }
-  st->mapped = mapped;
+  st->owned = bytes;
   return st;
 }
 

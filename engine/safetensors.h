@@ -49,8 +49,9 @@ typedef struct _UnetSafetensors UnetSafetensors;
  * result. */
 UnetSafetensors *unet_safetensors_parse        (const guint8 *data, gsize size,
                                                 GError **error);
-/* Maps `path` read-only (GMappedFile) and parses it; the mapping lives as long as
- * the result. I/O failures are UNET_ERROR_IO. */
+/* Reads `path` into memory (never a mapping: a file truncated under a mapping
+ * raises SIGBUS) and parses it; the bytes live as long as the result. I/O
+ * failures, and a file that changes while it is read, are UNET_ERROR_IO. */
 UnetSafetensors *unet_safetensors_open         (const gchar *path, GError **error);
 void             unet_safetensors_free         (UnetSafetensors *st);
 

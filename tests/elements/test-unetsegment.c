@@ -8,6 +8,7 @@
 #include <glib/gstdio.h>
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "unet.h"
 
@@ -15,9 +16,9 @@ static gchar *tmpdir;
 static gchar *model_a, *model_b, *model_bad;
 
 static gchar *
-make_model (const gchar *name, guint64 seed, gint classes)
+make_model_sized (const gchar *name, guint64 seed, gint classes, gint base)
 {
-  UnetConfig cfg = { 1, classes, 2, 4, UNET_PADDING_VALID, FALSE, 0.0 };
+  UnetConfig cfg = { 1, classes, 2, base, UNET_PADDING_VALID, FALSE, 0.0 };
   g_autoptr (UnetModel) m = unet_model_new (&cfg, NULL);
   gchar *path = g_build_filename (tmpdir, name, NULL);
 
@@ -28,6 +29,12 @@ make_model (const gchar *name, guint64 seed, gint classes)
       "{\"mode\":\"range\",\"min\":0,\"max\":255}");
   fail_unless (unet_model_save (m, path, NULL));
   return path;
+}
+
+static gchar *
+make_model (const gchar *name, guint64 seed, gint classes)
+{
+  return make_model_sized (name, seed, classes, 4);
 }
 
 static void
@@ -499,6 +506,110 @@ GST_START_TEST (test_many_classes)
 
 GST_END_TEST;
 
+/* The model file rewritten in place (O_TRUNC + write, as `cp` does; every third
+ * time stopped half-way) over and over while the element runs with watch-model
+ * and is told to reload: each load takes the new file or warns and keeps the
+ * old model; never a signal (the loader used to map the file: SIGBUS when it
+ * shrank), never an error, and the stream never stops. Bounded in time. */
+typedef struct
+{
+  gchar *path;
+  gchar *versions[2];
+  gsize sizes[2];
+  gint stop;
+  guint rewrites;
+} Rewriter;
+
+static gpointer
+rewriter_thread (gpointer data)
+{
+  Rewriter *rw = data;
+  guint i;
+
+  for (i = 0; !g_atomic_int_get (&rw->stop); i++) {
+    const gchar *p = rw->versions[i % 2];
+    gsize size = rw->sizes[i % 2], end = i % 3 == 2 ? size / 2 : size, off;
+    FILE *f = fopen (rw->path, "r+");
+
+    fail_unless (f != NULL);
+    fail_unless (ftruncate (fileno (f), 0) == 0);
+    for (off = 0; off < end; off += 4096)
+      fail_unless (fwrite (p + off, MIN (end - off, 4096), 1, f) == 1
+          && fflush (f) == 0);
+    fclose (f);
+    rw->rewrites++;
+    g_usleep (1000);
+  }
+  return NULL;
+}
+
+GST_START_TEST (test_model_rewritten_in_place)
+{
+  gchar *a = make_model_sized ("rw-a.safetensors", 3, 2, 16);
+  gchar *b = make_model_sized ("rw-b.safetensors", 4, 2, 12);
+  Rewriter rw = { g_build_filename (tmpdir, "rw.safetensors", NULL) };
+  gchar *props;
+  GstHarness *hr;
+  GstElement *e;
+  GstBus *bus = gst_bus_new ();
+  GstMessage *msg;
+  GThread *t;
+  gint64 end;
+  guint frames = 0, reloads = 0;
+  gboolean ok = FALSE;
+
+  fail_unless (g_file_get_contents (a, &rw.versions[0], &rw.sizes[0], NULL));
+  fail_unless (g_file_get_contents (b, &rw.versions[1], &rw.sizes[1], NULL));
+  fail_unless (g_file_set_contents (rw.path, rw.versions[0], rw.sizes[0], NULL));
+  props = g_strdup_printf ("model=%s watch-model=true", rw.path);
+  hr = new_harness ("GRAY8", 16, 12, props);
+  e = gst_harness_find_element (hr, "unetsegment");
+  gst_element_set_bus (hr->element, bus);
+
+  t = g_thread_new ("rewriter", rewriter_thread, &rw);
+  end = g_get_monotonic_time () + 2 * G_USEC_PER_SEC;
+  while (g_get_monotonic_time () < end) {
+    guint8 *dense;
+    GstBuffer *out;
+
+    g_signal_emit_by_name (e, "reload", &ok);
+    reloads += ok;
+    out = gst_harness_push_and_pull (hr, make_frame (0, 16, 12, frames, &dense));
+    fail_unless (out != NULL);
+    gst_buffer_unref (out);
+    g_free (dense);
+    frames++;
+  }
+  g_atomic_int_set (&rw.stop, 1);
+  g_thread_join (t);
+  GST_INFO ("%u rewrites, %u frames, %u reloads taken", rw.rewrites, frames,
+      reloads);
+  fail_unless (rw.rewrites > 10);
+  msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+  fail_unless (msg == NULL);
+
+  /* the writer gone, a complete file loads */
+  fail_unless (g_file_set_contents (rw.path, rw.versions[1], rw.sizes[1], NULL));
+  g_signal_emit_by_name (e, "reload", &ok);
+  fail_unless (ok);
+
+  gst_element_set_bus (hr->element, NULL);
+  gst_object_unref (bus);
+  gst_object_unref (e);
+  gst_harness_teardown (hr);
+  g_unlink (rw.path);
+  g_unlink (a);
+  g_unlink (b);
+  g_free (rw.path);
+  g_free (rw.versions[0]);
+  g_free (rw.versions[1]);
+  g_free (a);
+  g_free (b);
+  g_free (props);
+}
+
+GST_END_TEST;
+
 /* A missing or corrupt model fails the state change with an error naming the
  * file; the element then works with a good model. */
 static void
@@ -674,6 +785,7 @@ unetsegment_suite (void)
   tcase_add_test (tc, test_model_swap);
   tcase_add_test (tc, test_output_change_while_playing);
   tcase_add_test (tc, test_many_classes);
+  tcase_add_test (tc, test_model_rewritten_in_place);
   tcase_add_test (tc, test_cuda_unavailable);
   suite_add_tcase (s, tc);
   return s;

@@ -6,7 +6,9 @@
 #include <glib/gstdio.h>
 #include <math.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static UnetConfig
 small_config (gint depth, gint base, UnetPadding padding, gboolean bn)
@@ -739,6 +741,99 @@ test_load_errors (void)
   (void) good;
 }
 
+/* ------------------------------------------- rewritten while loading -- */
+
+/* Another process rewrites the model file in place (open with O_TRUNC, write,
+ * close: what `cp` does) while it is being loaded. The loader used to map the
+ * file: when it shrank under the mapping, the next access was a SIGBUS that
+ * killed the process. Every load must now give the old file, the new one or an
+ * error — never a signal, never a mixture. */
+typedef struct
+{
+  gchar *path;
+  GBytes *versions[2];
+  gint stop;
+  guint rewrites;
+} Rewriter;
+
+static gpointer
+rewriter_thread (gpointer data)
+{
+  Rewriter *rw = data;
+  for (guint i = 0; !g_atomic_int_get (&rw->stop); i++) {
+    gsize size;
+    const guint8 *p = g_bytes_get_data (rw->versions[i % 2], &size);
+    int fd = g_open (rw->path, O_WRONLY | O_TRUNC | O_CLOEXEC, 0);
+    g_assert_cmpint (fd, >=, 0);
+    /* every third rewrite stops half-way, as a killed writer would */
+    gsize end = i % 3 == 2 ? size / 2 : size;
+    for (gsize off = 0; off < end;) {
+      gssize n = write (fd, p + off, MIN (end - off, 65536));
+      g_assert_cmpint (n, >, 0);
+      off += (gsize) n;
+    }
+    close (fd);
+    rw->rewrites++;
+    g_usleep (500);             /* let some loads finish between rewrites */
+  }
+  return NULL;
+}
+
+static void
+test_load_while_rewritten (void)
+{
+  /* ~1.9 MB and ~1.1 MB: a load takes long enough to be overtaken */
+  UnetConfig ca = small_config (3, 16, UNET_PADDING_VALID, FALSE);
+  UnetConfig cb = small_config (3, 12, UNET_PADDING_VALID, FALSE);
+  g_autoptr (UnetModel) a = unet_model_new (&ca, NULL);
+  g_autoptr (UnetModel) b = unet_model_new (&cb, NULL);
+  unet_model_init_weights (a, 1);
+  unet_model_init_weights (b, 2);
+  Rewriter rw = { tmp_path ("rewritten.safetensors"),
+    { unet_model_serialize (a, NULL), unet_model_serialize (b, NULL) }, 0, 0 };
+  g_assert_true (g_file_set_contents (rw.path,
+          g_bytes_get_data (rw.versions[0], NULL),
+          (gssize) g_bytes_get_size (rw.versions[0]), NULL));
+  GThread *t = g_thread_new ("rewriter", rewriter_thread, &rw);
+  guint loaded = 0, failed = 0;
+  gint64 end = g_get_monotonic_time () + 2 * G_USEC_PER_SEC;
+
+  while (g_get_monotonic_time () < end) {
+    GError *err = NULL;
+    g_autoptr (UnetModel) m = unet_model_load (rw.path, &err);
+    if (m == NULL) {
+      g_assert_true (g_error_matches (err, UNET_ERROR, UNET_ERROR_IO)
+          || g_error_matches (err, UNET_ERROR, UNET_ERROR_MODEL));
+      g_clear_error (&err);
+      failed++;
+      continue;
+    }
+    g_autoptr (GBytes) again = unet_model_serialize (m, NULL);
+    g_assert_true (g_bytes_equal (again, rw.versions[0])
+        || g_bytes_equal (again, rw.versions[1]));
+    loaded++;
+  }
+  g_atomic_int_set (&rw.stop, 1);
+  g_thread_join (t);
+  g_test_message ("%u rewrites, %u loads, %u load errors", rw.rewrites, loaded,
+      failed);
+  g_assert_cmpuint (rw.rewrites, >, 10);
+  g_assert_cmpuint (loaded + failed, >, 10);
+  /* the writer gone, the last complete version loads */
+  g_assert_true (g_file_set_contents (rw.path,
+          g_bytes_get_data (rw.versions[1], NULL),
+          (gssize) g_bytes_get_size (rw.versions[1]), NULL));
+  GError *err = NULL;
+  g_autoptr (UnetModel) last = unet_model_load (rw.path, &err);
+  g_assert_no_error (err);
+  g_autoptr (GBytes) last_bytes = unet_model_serialize (last, NULL);
+  g_assert_true (g_bytes_equal (last_bytes, rw.versions[1]));
+  g_unlink (rw.path);
+  g_free (rw.path);
+  g_bytes_unref (rw.versions[0]);
+  g_bytes_unref (rw.versions[1]);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -754,5 +849,6 @@ main (int argc, char **argv)
   g_test_add_func ("/model/save-extra", test_save_extra);
   g_test_add_func ("/model/f16-bf16", test_f16_bf16);
   g_test_add_func ("/model/load-errors", test_load_errors);
+  g_test_add_func ("/model/load-while-rewritten", test_load_while_rewritten);
   return g_test_run ();
 }
