@@ -70,6 +70,7 @@
 #include <gst/video/video.h>
 
 #include "gsttiffstacksrc.h"
+#include "gsttiffstackpool.h"
 #include "tiffstack-common.h"
 
 GST_DEBUG_CATEGORY_STATIC (gst_tiff_stack_src_debug);
@@ -1001,9 +1002,11 @@ gst_tiff_stack_src_decide_allocation (GstBaseSrc * bsrc, GstQuery * query)
   else
     gst_allocation_params_init (&params);
 
-  pool = gst_buffer_pool_new ();
+  /* A pool whose allocations may fail, preallocating nothing: a page size
+   * comes from the file, and the default pool's g_malloc() aborts. */
+  pool = gst_tiff_stack_pool_new ();
   config = gst_buffer_pool_get_config (pool);
-  gst_buffer_pool_config_set_params (config, caps, layout.size, 2, 0);
+  gst_buffer_pool_config_set_params (config, caps, layout.size, 0, 0);
   gst_buffer_pool_config_set_allocator (config, allocator, &params);
   if (!gst_buffer_pool_set_config (pool, config)) {
     GST_ERROR_OBJECT (self, "buffer pool refused its configuration");
@@ -1014,7 +1017,7 @@ gst_tiff_stack_src_decide_allocation (GstBaseSrc * bsrc, GstQuery * query)
   }
   while (gst_query_get_n_allocation_pools (query) > 0)
     gst_query_remove_nth_allocation_pool (query, 0);
-  gst_query_add_allocation_pool (query, pool, layout.size, 2, 0);
+  gst_query_add_allocation_pool (query, pool, layout.size, 0, 0);
   gst_object_unref (pool);
   if (allocator)
     gst_object_unref (allocator);
@@ -1372,6 +1375,12 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
 
   ret = GST_BASE_SRC_CLASS (parent_class)->alloc (bsrc, k,
       self->vinfo.size, &buf);
+  if (ret == GST_FLOW_ERROR) {
+    gchar *why = g_strdup_printf ("cannot allocate a frame of %" G_GSIZE_FORMAT
+        " bytes (out of memory)", self->vinfo.size);
+    post_page_error (self, page, why);
+    g_free (why);
+  }
   if (ret != GST_FLOW_OK)
     return ret;
   if (!gst_unet_frame_map (&frame, &self->vinfo, buf, GST_MAP_WRITE)) {

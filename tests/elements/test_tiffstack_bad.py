@@ -121,6 +121,44 @@ expect_error(p, "page larger than the file", text="truncated or damaged")
 expect_error(good, "page above a lowered max-page-size", props="max-page-size=2000",
              text="max-page-size")
 
+# A 16-bit deflate page claiming 22000 x 22000 (968 MB, within max-page-size;
+# compressed, so not bounded by the file size) after a small first page, and
+# as the first page, under a 1 GiB address-space limit: the frame cannot be
+# allocated, and that must be an error naming the page. The later page used
+# to abort the process (GLib-ERROR, exit 133): renegotiation made a buffer pool
+# that allocated with g_malloc. (Not under ASan, which reserves terabytes of
+# address space for its shadow memory.)
+if not os.environ.get("UNET_SANITIZER_PRELOAD"):
+    import resource
+    import subprocess
+
+    from tiffstack_util import gst_env
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    for big_page in (1, 0):
+        p = path(f"huge-deflate-page{big_page}.tif")
+        with tifffile.TiffWriter(p) as w:
+            for _ in range(2):
+                w.write(np.zeros((4, 4), np.uint16), photometric="minisblack",
+                        compression="zlib", contiguous=False)
+        d = bytearray(open(p, "rb").read())
+        for tag in (256, 257, 278):     # width, height, rows per strip
+            set_tag(d, ifds(d)[big_page], tag, 22000)
+        open(p, "wb").write(d)
+        r = subprocess.run(["gst-launch-1.0", "-q", "tiffstacksrc", f"location={p}", "!",
+                            "fakesink"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           timeout=30, env=gst_env(), preexec_fn=limited)
+        log = r.stdout.decode(errors="replace")
+        # 1 (error while playing) or 255 (state change failed), never a signal
+        # or GLib's abort (133)
+        ok = r.returncode in (1, 255) and f"page {big_page} of \"{p}\"" in log
+        if not ok:
+            print(f"rc={r.returncode}\n{log}")
+        check(ok, f"{len(d)}-byte file, page {big_page} of 22000x22000 under a 1 GiB "
+              "address-space limit: error naming the page, no abort")
+
 # Strip data outside the file.
 d = bytearray(raw)
 set_tag(d, offs[1], 273, 0xFFFFFF00)
