@@ -153,9 +153,10 @@ unet_normalization_from_json (const gchar *json, UnetNormalization *norm,
   UnetNormalization n = { UNET_NORM_NONE, 0.0, 0.0 };
   const gchar *ka = NULL, *kb = NULL;
 
-  if (json != NULL && !unet_json_depth_ok (json, -1)) {
+  /* strict JSON, as the file's header (json-glib alone is lenient) */
+  if (json != NULL && !unet_json_check (json, -1, &err)) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
-        "JSON nests deeper than %d levels", UNET_JSON_MAX_DEPTH);
+        "normalisation is not valid JSON: %s", err->message);
     return FALSE;
   }
   if (json == NULL || !json_parser_load_from_data (parser, json, -1, &err)) {

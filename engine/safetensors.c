@@ -101,6 +101,299 @@ unet_json_depth_ok (const gchar *text, gssize len)
   return TRUE;
 }
 
+
+/* ---------------------------------------------------------- strict JSON -- */
+
+/* A recursive-descent check of RFC 8259 JSON, as strict as the reference
+ * safetensors reader (serde_json): json-glib's scanner accepts hexadecimal
+ * numbers, single-quoted strings, text after the value and duplicate keys (the
+ * last wins), and cuts a string at an escaped NUL. Recursion is bounded by
+ * UNET_JSON_MAX_DEPTH. */
+typedef struct
+{
+  const gchar *start, *p, *end;
+  gint depth;
+  const gchar *why;             /* set on the first error */
+} JsonCheck;
+
+static gboolean
+jc_fail (JsonCheck *j, const gchar *why)
+{
+  if (j->why == NULL)
+    j->why = why;
+  return FALSE;
+}
+
+static void
+jc_ws (JsonCheck *j)
+{
+  while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n'
+          || *j->p == '\r'))
+    j->p++;
+}
+
+static gint
+jc_hex4 (JsonCheck *j)
+{
+  gint v = 0;
+  if (j->end - j->p < 4)
+    return -1;
+  for (gint i = 0; i < 4; i++) {
+    gint d = g_ascii_xdigit_value (j->p[i]);
+    if (d < 0)
+      return -1;
+    v = v * 16 + d;
+  }
+  j->p += 4;
+  return v;
+}
+
+/* A string at j->p (the opening quote); its decoded text goes to `out` (may be
+ * NULL). The text was checked to be UTF-8 as a whole. */
+static gboolean
+jc_string (JsonCheck *j, GString *out)
+{
+  if (j->p >= j->end || *j->p != '"')
+    return jc_fail (j, "a string (in double quotes) expected");
+  j->p++;
+  while (j->p < j->end) {
+    guchar c = (guchar) * j->p;
+    if (c == '"') {
+      j->p++;
+      return TRUE;
+    }
+    if (c < 0x20)
+      return jc_fail (j, "control character in a string");
+    if (c != '\\') {
+      if (out)
+        g_string_append_c (out, (gchar) c);
+      j->p++;
+      continue;
+    }
+    if (++j->p >= j->end)
+      break;
+    c = (guchar) * j->p++;
+    gunichar u;
+    switch (c) {
+      case '"': case '\\': case '/':
+        u = c;
+        break;
+      case 'b':
+        u = '\b';
+        break;
+      case 'f':
+        u = '\f';
+        break;
+      case 'n':
+        u = '\n';
+        break;
+      case 'r':
+        u = '\r';
+        break;
+      case 't':
+        u = '\t';
+        break;
+      case 'u':{
+        gint hi = jc_hex4 (j);
+        if (hi < 0)
+          return jc_fail (j, "bad \\u escape");
+        if (hi == 0)
+          return jc_fail (j, "escaped NUL (\\u0000) in a string");
+        if (hi >= 0xdc00 && hi <= 0xdfff)
+          return jc_fail (j, "lone UTF-16 surrogate in a \\u escape");
+        if (hi >= 0xd800 && hi <= 0xdbff) {
+          gint lo;
+          if (j->end - j->p < 2 || j->p[0] != '\\' || j->p[1] != 'u')
+            return jc_fail (j, "lone UTF-16 surrogate in a \\u escape");
+          j->p += 2;
+          lo = jc_hex4 (j);
+          if (lo < 0xdc00 || lo > 0xdfff)
+            return jc_fail (j, "lone UTF-16 surrogate in a \\u escape");
+          u = 0x10000 + (((gunichar) hi - 0xd800) << 10) + ((gunichar) lo - 0xdc00);
+        } else {
+          u = (gunichar) hi;
+        }
+        break;
+      }
+      default:
+        return jc_fail (j, "unknown escape in a string");
+    }
+    if (out)
+      g_string_append_unichar (out, u);
+  }
+  return jc_fail (j, "unterminated string");
+}
+
+static gboolean
+jc_digits (JsonCheck *j)
+{
+  const gchar *p0 = j->p;
+  while (j->p < j->end && g_ascii_isdigit (*j->p))
+    j->p++;
+  return j->p > p0;
+}
+
+static gboolean
+jc_number (JsonCheck *j)
+{
+  if (j->p < j->end && *j->p == '-')
+    j->p++;
+  if (j->p < j->end && *j->p == '0') {
+    j->p++;
+    if (j->p < j->end && (g_ascii_isdigit (*j->p) || *j->p == 'x' || *j->p == 'X'))
+      return jc_fail (j, "number with a leading zero, or hexadecimal");
+  } else if (!jc_digits (j)) {
+    return jc_fail (j, "bad number");
+  }
+  if (j->p < j->end && *j->p == '.') {
+    j->p++;
+    if (!jc_digits (j))
+      return jc_fail (j, "bad number (digits expected after '.')");
+  }
+  if (j->p < j->end && (*j->p == 'e' || *j->p == 'E')) {
+    j->p++;
+    if (j->p < j->end && (*j->p == '+' || *j->p == '-'))
+      j->p++;
+    if (!jc_digits (j))
+      return jc_fail (j, "bad number (digits expected in the exponent)");
+  }
+  return TRUE;
+}
+
+static gboolean jc_value (JsonCheck *j);
+
+static gboolean
+jc_object (JsonCheck *j)
+{
+  g_autoptr (GHashTable) keys = g_hash_table_new_full (g_str_hash, g_str_equal,
+      g_free, NULL);
+  j->p++;                       /* '{' */
+  jc_ws (j);
+  if (j->p < j->end && *j->p == '}') {
+    j->p++;
+    return TRUE;
+  }
+  for (;;) {
+    GString *key = g_string_new (NULL);
+    if (!jc_string (j, key)) {
+      g_string_free (key, TRUE);
+      return FALSE;
+    }
+    if (!g_hash_table_add (keys, g_string_free (key, FALSE)))
+      return jc_fail (j, "duplicate key in an object");
+    jc_ws (j);
+    if (j->p >= j->end || *j->p != ':')
+      return jc_fail (j, "':' expected after a key");
+    j->p++;
+    if (!jc_value (j))
+      return FALSE;
+    jc_ws (j);
+    if (j->p < j->end && *j->p == ',') {
+      j->p++;
+      jc_ws (j);
+      continue;
+    }
+    if (j->p < j->end && *j->p == '}') {
+      j->p++;
+      return TRUE;
+    }
+    return jc_fail (j, "',' or '}' expected in an object");
+  }
+}
+
+static gboolean
+jc_array (JsonCheck *j)
+{
+  j->p++;                       /* '[' */
+  jc_ws (j);
+  if (j->p < j->end && *j->p == ']') {
+    j->p++;
+    return TRUE;
+  }
+  for (;;) {
+    if (!jc_value (j))
+      return FALSE;
+    jc_ws (j);
+    if (j->p < j->end && *j->p == ',') {
+      j->p++;
+      continue;
+    }
+    if (j->p < j->end && *j->p == ']') {
+      j->p++;
+      return TRUE;
+    }
+    return jc_fail (j, "',' or ']' expected in an array");
+  }
+}
+
+static gboolean
+jc_literal (JsonCheck *j, const gchar *word)
+{
+  gsize n = strlen (word);
+  if ((gsize) (j->end - j->p) < n || memcmp (j->p, word, n) != 0)
+    return jc_fail (j, "unexpected character (not a JSON value)");
+  j->p += n;
+  return TRUE;
+}
+
+static gboolean
+jc_value (JsonCheck *j)
+{
+  gboolean ok;
+  jc_ws (j);
+  if (j->p >= j->end)
+    return jc_fail (j, "unexpected end of text");
+  switch (*j->p) {
+    case '{':
+    case '[':
+      if (++j->depth > UNET_JSON_MAX_DEPTH)
+        return jc_fail (j, "nested deeper than " G_STRINGIFY (UNET_JSON_MAX_DEPTH)
+            " levels");
+      ok = *j->p == '{' ? jc_object (j) : jc_array (j);
+      j->depth--;
+      return ok;
+    case '"':
+      return jc_string (j, NULL);
+    case 't':
+      return jc_literal (j, "true");
+    case 'f':
+      return jc_literal (j, "false");
+    case 'n':
+      return jc_literal (j, "null");
+    default:
+      if (*j->p == '-' || g_ascii_isdigit (*j->p))
+        return jc_number (j);
+      return jc_fail (j, "unexpected character (not a JSON value)");
+  }
+}
+
+gboolean
+unet_json_check (const gchar *text, gssize len, GError **error)
+{
+  gsize n = len < 0 ? strlen (text) : (gsize) len;
+  JsonCheck j = { text, text, text + n, 0, NULL };
+
+  if (memchr (text, '\0', n) != NULL) {
+    g_set_error_literal (error, UNET_ERROR, UNET_ERROR_MODEL,
+        "NUL byte in JSON text");
+    return FALSE;
+  }
+  if (!g_utf8_validate_len (text, n, NULL)) {
+    g_set_error_literal (error, UNET_ERROR, UNET_ERROR_MODEL,
+        "JSON text is not valid UTF-8");
+    return FALSE;
+  }
+  if (jc_value (&j)) {
+    jc_ws (&j);
+    if (j.p == j.end)
+      return TRUE;
+    jc_fail (&j, "text after the JSON value");
+  }
+  g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL, "%s at byte %" G_GSIZE_FORMAT,
+      j.why, (gsize) (j.p - j.start));
+  return FALSE;
+}
+
 static gboolean
 model_error (GError **error, const gchar *fmt, ...) G_GNUC_PRINTF (2, 3);
 
@@ -282,9 +575,11 @@ unet_safetensors_parse (const guint8 *data, gsize size, GError **error)
     return NULL;
   }
 
-  if (!unet_json_depth_ok ((const gchar *) data + 8, (gssize) hlen)) {
-    model_error (error, "header nests JSON deeper than %d levels",
-        UNET_JSON_MAX_DEPTH);
+  /* Strict JSON first (json-glib is lenient, see unet_json_check); the header
+   * may be padded with whitespace, as writers do to align the data. */
+  g_autoptr (GError) serr = NULL;
+  if (!unet_json_check ((const gchar *) data + 8, (gssize) hlen, &serr)) {
+    model_error (error, "header is not valid JSON: %s", serr->message);
     return NULL;
   }
 
@@ -325,15 +620,33 @@ unet_safetensors_parse (const guint8 *data, gsize size, GError **error)
     g_hash_table_replace (st->by_name, (gpointer) t->name, t);
   }
 
+  /* As the reference reader: the tensors tile the data section exactly, in
+   * offset order from 0 to its end — no overlap, no gap, no trailing bytes. */
   g_ptr_array_sort (st->tensors, compare_offset);
-  for (guint i = 1; i < st->tensors->len; i++) {
-    const UnetStTensor *prev = st->tensors->pdata[i - 1];
+  const guint8 *expect = buffer;
+  const UnetStTensor *prev = NULL;
+  for (guint i = 0; i < st->tensors->len; i++) {
     const UnetStTensor *cur = st->tensors->pdata[i];
-    if (cur->data < prev->data + prev->n_bytes) {
+    if (cur->data < expect) {
       model_error (error, "tensor '%s': data overlaps tensor '%s'", cur->name,
           prev->name);
       goto fail;
     }
+    if (cur->data > expect) {
+      model_error (error, "tensor '%s': %" G_GSIZE_FORMAT " unused bytes before "
+          "its data (data_offsets must be contiguous from 0)", cur->name,
+          (gsize) (cur->data - expect));
+      goto fail;
+    }
+    expect = cur->data + cur->n_bytes;
+    prev = cur;
+  }
+  if (expect != buffer + buffer_size) {
+    model_error (error, "%" G_GSIZE_FORMAT " bytes after the data of the last "
+        "tensor%s%s%s (the data section must end with it)",
+        (gsize) (buffer + buffer_size - expect), prev ? " '" : "",
+        prev ? prev->name : "", prev ? "'" : "");
+    goto fail;
   }
   return st;
 

@@ -10,8 +10,10 @@
  * header, dtypes other than F32/F16/BF16 (I64 is accepted only for tensors named
  * "*.num_batches_tracked"), rank > 4, non-positive dims, element counts that
  * overflow, offsets out of range, byte sizes that differ from dtype size x numel,
- * and tensors whose byte ranges overlap. Zero-sized tensors are not allowed (every
- * dim must be >= 1). Gaps between tensors are tolerated.
+ * and tensors whose byte ranges overlap, leave gaps or leave bytes after the last
+ * one (the data section is exactly the tensors, as in the reference reader); the
+ * header must be strict JSON (unet_json_check: no duplicate keys, no text after
+ * the object, ...). Zero-sized tensors are not allowed (every dim must be >= 1).
  */
 #pragma once
 
@@ -79,6 +81,14 @@ gsize            unet_st_dtype_size            (UnetStDtype dtype);
  * UNET_JSON_MAX_DEPTH deep (strings and escapes are skipped correctly). */
 #define UNET_JSON_MAX_DEPTH 32
 gboolean         unet_json_depth_ok            (const gchar *text, gssize len);
+/* TRUE when `len` bytes of `text` (-1: NUL-terminated) are one strict RFC 8259
+ * JSON value, as the reference safetensors reader (serde_json) requires: UTF-8,
+ * no NUL, double-quoted strings with valid escapes (no escaped NUL, no lone
+ * surrogate), decimal numbers only, no duplicate key in an object, nothing but
+ * whitespace after the value, nesting at most UNET_JSON_MAX_DEPTH. Otherwise
+ * an UNET_ERROR_MODEL saying what and at which byte. */
+gboolean         unet_json_check               (const gchar *text, gssize len,
+                                                GError **error);
 
 /* ---- writer ---- */
 

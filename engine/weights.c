@@ -35,8 +35,8 @@ check_json_kind (const gchar *key, const gchar *json, gboolean want_string_array
 {
   g_autoptr (JsonParser) parser = json_parser_new ();
   g_autoptr (GError) err = NULL;
-  if (!unet_json_depth_ok (json, -1) || !json_parser_load_from_data (parser, json,
-          -1, &err)) {
+  if (!unet_json_check (json, -1, &err) || !json_parser_load_from_data (parser,
+          json, -1, &err)) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL,
         "metadata \"%s\" is not valid JSON%s%s", key, err ? ": " : "",
         err ? err->message : "");

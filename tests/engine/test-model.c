@@ -709,7 +709,60 @@ test_load_errors (void)
           "{\"__metadata__\":{\"unet.classes\":\"[1,2]\",", 0, "unet.classes"},
     {"bad training", "{\"__metadata__\":{",
           "{\"__metadata__\":{\"unet.training\":\"[]\",", 0, "unet.training"},
+    /* what the reference reader (strict JSON, contiguous data) refuses and
+     * json-glib alone accepted */
+    {"hexadecimal number", "\"data_offsets\":[0,36]", "\"data_offsets\":[0x0,36]",
+        0, "hexadecimal"},
+    {"leading zero", "\"data_offsets\":[0,36]", "\"data_offsets\":[00,36]", 0,
+        "leading zero"},
+    {"plus sign", "\"data_offsets\":[0,36]", "\"data_offsets\":[0,+36]", 0,
+        "not a JSON value"},
+    {"single-quoted key", "\"head.bias\":", "'head.bias':", 0, "string"},
+    {"comment", "\"head.bias\":", "/**/\"head.bias\":", 0, "string"},
+    {"duplicate tensor", "\"head.bias\":{\"dtype\":\"F32\",\"shape\":[1],"
+          "\"data_offsets\":[468,472]}", "\"head.bias\":{\"dtype\":\"F32\","
+          "\"shape\":[1],\"data_offsets\":[468,472]},\"head.bias\":{\"dtype\":"
+          "\"F32\",\"shape\":[1],\"data_offsets\":[468,472]}", 0, "duplicate"},
+    {"duplicate by escape", "\"head.bias\":{\"dtype\":\"F32\",\"shape\":[1],"
+          "\"data_offsets\":[468,472]}", "\"head.bias\":{\"dtype\":\"F32\","
+          "\"shape\":[1],\"data_offsets\":[468,472]},\"head.bi\\u0061s\":{"
+          "\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[472,476]}", 4,
+        "duplicate"},
+    {"duplicate field", "\"head.bias\":{\"dtype\":\"F32\"",
+          "\"head.bias\":{\"dtype\":\"F16\",\"dtype\":\"F32\"", 0, "duplicate"},
+    {"duplicate metadata", "{\"__metadata__\":{",
+          "{\"__metadata__\":{\"unet.config\":\"{}\",", 0, "duplicate"},
+    {"escaped NUL in a name", "\"head.bias\":", "\"head.bias\\u0000x\":", 0,
+        "NUL"},
+    {"lone surrogate", "\"head.bias\":", "\"head.bias\\ud800\":", 0, "surrogate"},
+    {"control character", "\"head.bias\":", "\"head.\tbias\":", 0, "control"},
+    {"NaN literal", "\"data_offsets\":[0,36]", "\"data_offsets\":[NaN,36]", 0,
+        "not a JSON value"},
+    {"gap before a tensor", "\"data_offsets\":[468,472]", "\"data_offsets\":[472,476]",
+        4, "head.bias"},
+    {"trailing data", "\"data_offsets\":[468,472]", "\"data_offsets\":[468,472]", 4,
+        "after the data of the last tensor"},
+    {"data not from 0", "\"data_offsets\":[0,36]", "\"data_offsets\":[4,40]", 4,
+        "enc.0.conv1.weight"},
   };
+  /* text after the header object (a second object), and a trailing comma */
+  {
+    g_autofree gchar *h2 = g_strconcat (good, "{}", NULL);
+    g_autofree guint8 *zeros = g_malloc0 (len);
+    g_autoptr (GBytes) f = make_file (h2, zeros, len);
+    expect_model_error ("object after the header", f, "text after");
+    g_autofree gchar *h3 = g_strdup (good);
+    h3[strlen (h3) - 1] = ',';
+    g_autofree gchar *h4 = g_strconcat (h3, "}", NULL);
+    g_autoptr (GBytes) f2 = make_file (h4, zeros, len);
+    expect_model_error ("trailing comma", f2, "string");
+    /* whitespace padding (what writers add for alignment) is fine */
+    g_autofree gchar *h5 = g_strconcat (good, " \n\t\r   ", NULL);
+    g_autoptr (GBytes) f3 = make_file (h5, zeros, len);
+    g_autoptr (UnetModel) padded = unet_model_load_from_data (g_bytes_get_data (f3,
+            NULL), g_bytes_get_size (f3), &err);
+    g_assert_no_error (err);
+  }
   for (guint i = 0; i < G_N_ELEMENTS (cases); i++) {
     g_autofree gchar *to = NULL;
     GString *t = g_string_new (cases[i].to);

@@ -78,6 +78,27 @@ def main():
     files["deep"] = struct.pack("<Q", 20008) + b'{"a":' + b"[" * 20003
     files["nul"] = struct.pack("<Q", 4) + b'{\x00}}'
     files["bad-utf8"] = struct.pack("<Q", 8) + b'{"\xff":1}'
+    # what the reference reader refuses (strict JSON, contiguous data)
+    (n,) = struct.unpack("<Q", good[:8])
+    header, data = good[8:8 + n].rstrip(b" "), good[8 + n:]
+
+    def raw(h, d=data):
+        return struct.pack("<Q", len(h)) + h + d
+
+    last = json.loads(header)["head.bias"]["data_offsets"]
+    bias = ('"head.bias":' + json.dumps(json.loads(header)["head.bias"],
+                                        separators=(",", ":"))).encode()
+    files["hex-number"] = raw(header.replace(b"[0,", b"[0x0,", 1))
+    files["single-quotes"] = raw(header.replace(b'"head.bias"', b"'head.bias'", 1))
+    files["trailing-object"] = raw(header + b"{}")
+    files["duplicate-key"] = raw(header[:-1] + b"," + bias + b"}")
+    files["duplicate-escaped"] = raw(header[:-1] + b"," + bias.replace(
+        b"head.bias", b"head.bi\\u0061s") + b"}")
+    files["escaped-nul"] = raw(header.replace(b'"head.bias"', b'"head.bias\\u0000x"', 1))
+    files["lone-surrogate"] = raw(header.replace(b'"head.bias"', b'"head.bias\\ud800"', 1))
+    files["gap"] = with_header(good + b"\0" * 4, lambda h: h["head.bias"].__setitem__(
+        "data_offsets", [last[0] + 4, last[1] + 4]))
+    files["trailing-bytes"] = good + b"\0" * 4
     for name, data in files.items():
         with open(os.path.join(out, name + ".safetensors"), "wb") as f:
             f.write(data)
