@@ -479,6 +479,24 @@ get_plan (UnetSegmenter *seg, gint h, gint w, UnetTilePlan *plan, GError **error
   return TRUE;
 }
 
+/* The activations of a batch of the plan's tiles, and whether an automatic
+ * plan had to exceed the memory budget (no legal tile is smaller). */
+static void
+plan_budget (const UnetSegmenter *seg, const UnetTilePlan *plan,
+    UnetSegmentStats *stats)
+{
+  guint64 one = unet_tile_activation_bytes (&seg->cfg, plan->y.tile_in,
+      plan->x.tile_in);
+  guint64 budget = seg->opts.memory_budget ? seg->opts.memory_budget
+      : DEFAULT_MEMORY_BUDGET;
+  gint batch = MAX (seg->opts.batch_size, 1);
+
+  stats->activation_bytes = one > G_MAXUINT64 / (guint64) batch ? G_MAXUINT64 :
+      one * (guint64) batch;
+  stats->over_budget = seg->opts.tile_height == 0 && seg->opts.tile_width == 0
+      && stats->activation_bytes > budget;
+}
+
 /* Make the pending batch take tiles of the plan's shape. */
 static gboolean
 prepare_batch_shape (UnetSegmenter *seg, const UnetTilePlan *plan, GError **error)
@@ -732,6 +750,7 @@ unet_segmenter_push (UnetSegmenter *seg, UnetPixelFormat format, gconstpointer d
   t0 = now_s ();
   if (!get_plan (seg, height, width, &f->plan, error))
     goto failed;
+  plan_budget (seg, &f->plan, &r->stats);
   if (seg->dev != NULL && format != UNET_PIXEL_F32) {
     /* host tiles of earlier frames first: frames finish in push order */
     if (!run_batch (seg, error)) {

@@ -476,6 +476,10 @@ typedef struct
   /* Seconds. forward = this frame's share of its batches' forward passes. */
   gdouble time_normalize, time_extract, time_forward, time_stitch, time_post;
   gdouble time_total;           /* push to finished, excluding waits for other frames */
+  guint64 activation_bytes;     /* float32 activations of one batch of these tiles
+                                 * (unet_tile_activation_bytes x batch_size) */
+  gboolean over_budget;         /* automatic tile size, but even the smallest legal
+                                 * tile exceeds memory_budget: it is used anyway */
 } UnetSegmentStats;
 
 typedef struct

@@ -223,6 +223,7 @@ struct _GstUnetSegment
   GstClockTime ref_pts;         /* timestamp gaps: PTS of frame 0, or NONE */
   guint64 last_index;           /* ... and frame number of the last input */
   gint fps_n, fps_d;            /* caps frame rate, for timestamp gaps */
+  gint budget_warned_w, budget_warned_h;        /* frame size last warned about */
 };
 
 #define gst_unet_segment_parent_class parent_class
@@ -1294,6 +1295,7 @@ gst_unet_segment_start (GstBaseTransform * trans)
   self->qos_dropped = self->upstream_dropped = 0;
   self->last_offset = GST_BUFFER_OFFSET_NONE;
   self->ref_pts = GST_CLOCK_TIME_NONE;
+  self->budget_warned_w = self->budget_warned_h = 0;
   GST_OBJECT_LOCK (self);
   self->running = TRUE;
   GST_OBJECT_UNLOCK (self);
@@ -1606,6 +1608,26 @@ gst_unet_segment_generate_output (GstBaseTransform * trans,
       self->frames_out, r->stats.n_tiles, r->stats.time_normalize * 1e3,
       r->stats.time_extract * 1e3, r->stats.time_forward * 1e3,
       r->stats.time_stitch * 1e3, r->stats.time_post * 1e3);
+  if (r->stats.over_budget && (r->stats.width != self->budget_warned_w
+          || r->stats.height != self->budget_warned_h)) {
+    guint budget;
+    gint batch;
+
+    GST_OBJECT_LOCK (self);
+    budget = self->memory_budget;
+    batch = self->batch_size;
+    GST_OBJECT_UNLOCK (self);
+    self->budget_warned_w = r->stats.width;
+    self->budget_warned_h = r->stats.height;
+    GST_ELEMENT_WARNING (self, RESOURCE, SETTINGS,
+        ("memory-budget (%u MiB) is exceeded: the smallest tile this model "
+            "accepts (%dx%d) needs %" G_GUINT64_FORMAT " MiB of activations "
+            "per batch of %d tiles, and is used anyway. Raise memory-budget, "
+            "or lower batch-size.", budget, r->stats.tile_width,
+            r->stats.tile_height, (r->stats.activation_bytes + (1 << 20) - 1)
+            >> 20, batch),
+        ("frame %dx%d", r->stats.width, r->stats.height));
+  }
   if (self->active_post_messages)
     post_stats (self, rf->inbuf, &r->stats, self->frames_out);
   self->frames_out++;

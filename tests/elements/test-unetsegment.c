@@ -16,9 +16,10 @@ static gchar *tmpdir;
 static gchar *model_a, *model_b, *model_bad;
 
 static gchar *
-make_model_sized (const gchar *name, guint64 seed, gint classes, gint base)
+make_model_full (const gchar *name, guint64 seed, gint classes, gint depth,
+    gint base)
 {
-  UnetConfig cfg = { 1, classes, 2, base, UNET_PADDING_VALID, FALSE, 0.0 };
+  UnetConfig cfg = { 1, classes, depth, base, UNET_PADDING_VALID, FALSE, 0.0 };
   g_autoptr (UnetModel) m = unet_model_new (&cfg, NULL);
   gchar *path = g_build_filename (tmpdir, name, NULL);
 
@@ -29,6 +30,18 @@ make_model_sized (const gchar *name, guint64 seed, gint classes, gint base)
       "{\"mode\":\"range\",\"min\":0,\"max\":255}");
   fail_unless (unet_model_save (m, path, NULL));
   return path;
+}
+
+static gchar *
+make_model_sized (const gchar *name, guint64 seed, gint classes, gint base)
+{
+  return make_model_full (name, seed, classes, 2, base);
+}
+
+static gchar *
+make_model_depth (const gchar *name, gint depth)
+{
+  return make_model_full (name, 1, 2, depth, 4);
 }
 
 static gchar *
@@ -610,6 +623,55 @@ GST_START_TEST (test_model_rewritten_in_place)
 
 GST_END_TEST;
 
+/* A model whose smallest legal tile needs more activations than memory-budget:
+ * the tile is used (nothing smaller is legal), and a warning says so — once per
+ * frame size; with a budget that fits, no warning. */
+GST_START_TEST (test_memory_budget_exceeded)
+{
+  gchar *deep = make_model_depth ("deep.safetensors", 4);
+  gint budget;
+
+  for (budget = 1; budget <= 1024; budget += 1023) {
+    gchar *props = g_strdup_printf ("model=%s memory-budget=%d batch-size=2",
+        deep, budget);
+    GstHarness *hr = new_harness ("GRAY8", 24, 20, props);
+    GstBus *bus = gst_bus_new ();
+    GstMessage *msg;
+    gint i;
+
+    gst_element_set_bus (hr->element, bus);
+    for (i = 0; i < 2; i++) {
+      guint8 *dense;
+      GstBuffer *out = gst_harness_push_and_pull (hr,
+          make_frame (0, 24, 20, i, &dense));
+      fail_unless (out != NULL);
+      gst_buffer_unref (out);
+      g_free (dense);
+    }
+    msg = gst_bus_pop_filtered (bus, GST_MESSAGE_WARNING);
+    if (budget == 1) {
+      GError *err = NULL;
+      fail_unless (msg != NULL, "no warning for an exceeded memory-budget");
+      gst_message_parse_warning (msg, &err, NULL);
+      fail_unless (strstr (err->message, "memory-budget (1 MiB) is exceeded")
+          != NULL, "%s", err->message);
+      g_error_free (err);
+      gst_message_unref (msg);
+      /* once per frame size */
+      msg = gst_bus_pop_filtered (bus, GST_MESSAGE_WARNING);
+    }
+    fail_unless (msg == NULL);
+    gst_element_set_bus (hr->element, NULL);
+    gst_object_unref (bus);
+    gst_harness_teardown (hr);
+    g_free (props);
+  }
+  g_unlink (deep);
+  g_free (deep);
+}
+
+GST_END_TEST;
+
 /* A missing or corrupt model fails the state change with an error naming the
  * file; the element then works with a good model. */
 static void
@@ -786,6 +848,7 @@ unetsegment_suite (void)
   tcase_add_test (tc, test_output_change_while_playing);
   tcase_add_test (tc, test_many_classes);
   tcase_add_test (tc, test_model_rewritten_in_place);
+  tcase_add_test (tc, test_memory_budget_exceeded);
   tcase_add_test (tc, test_cuda_unavailable);
   suite_add_tcase (s, tc);
   return s;
