@@ -45,8 +45,13 @@
  * written in the file), "tiff-channels", "tiff-slices", "tiff-frames" (uint,
  * from ImageJ or OME), and "tiff-value-offset" for signed data.
  *
+ * Pages are indexed lazily: opening a stack reads its first page only, and the
+ * chain of directories (IFDs) is followed as frames are asked for; a duration
+ * or seeking query, a channel selection or a page range past what is known
+ * walks the rest of the chain (two small reads per page).
+ *
  * Bad input never crashes, hangs or allocates without bound: libtiff errors go
- * to a per-file handler, IFD loops are detected by libtiff, every size comes
+ * to a per-file handler, IFD loops are detected, every size comes
  * from libtiff and is checked against #GstTiffStackSrc:max-page-size (also
  * libtiff's single-allocation cap). A broken IFD chain (truncated file) streams
  * the pages before the break and then posts an error naming the first page
@@ -131,9 +136,18 @@ struct _GstTiffStackSrc
   GstTiffStackDiag diag;
   gchar *path;                  /* location as opened, for messages */
   guint64 file_size;
-  guint n_pages;                /* reachable IFDs */
+  /* The page index (index_lock: create() and queries from other threads). */
+  GMutex index_lock;
+  GArray *dir_offsets;          /* guint64 file offset of each page's IFD known */
+  guint64 index_next;           /* IFD offset after the last known one, 0: end */
+  gboolean index_done;          /* the chain has been followed to its end */
+  gboolean index_sorted;        /* offsets so far strictly increasing */
+  GHashTable *index_seen;       /* offsets, once they are not increasing */
+  guint n_pages;                /* reachable IFDs, once index_done */
   gchar *chain_error;           /* why the IFD chain ended early, or NULL */
   gboolean error_at_end;        /* the range runs into the broken chain */
+  gboolean range_known;         /* range_len is known (else G_MAXUINT) */
+  gboolean open_range;          /* the range ends with the chain (index_all) */
   GstTiffStackMeta meta;
   gint sel_channel;             /* channel selected, -1 for every page */
   guint sel_c, sel_z, sel_t;    /* hyperstack dimensions used for selection */
@@ -143,7 +157,6 @@ struct _GstTiffStackSrc
   gint cfg_fps_n, cfg_fps_d;
   guint64 next_frame;           /* output frame counter, monotonic when looping */
   guint cur_dir;                /* directory libtiff holds, G_MAXUINT if none */
-  GArray *dir_offsets;          /* guint64 file offset of each page's IFD */
   PageLayout layout;            /* layout of cur_dir */
   GstUnetLayout vinfo;     /* caps we offer / negotiated */
   gboolean have_info;
@@ -270,6 +283,7 @@ gst_tiff_stack_src_init (GstTiffStackSrc * self)
   self->max_page_size = DEFAULT_MAX_PAGE_SIZE;
   self->cur_dir = G_MAXUINT;
   self->diag.owner = GST_OBJECT (self);
+  g_mutex_init (&self->index_lock);
   gst_base_src_set_format (GST_BASE_SRC (self), GST_FORMAT_TIME);
 }
 
@@ -279,6 +293,7 @@ gst_tiff_stack_src_finalize (GObject * object)
   GstTiffStackSrc *self = GST_TIFF_STACK_SRC (object);
 
   g_free (self->location);
+  g_mutex_clear (&self->index_lock);
   G_OBJECT_CLASS (parent_class)->finalize (object);
 }
 
@@ -585,47 +600,7 @@ layout_info (GstTiffStackSrc * self, const PageLayout * L,
   return gst_unet_layout_set (info, L->format, L->width, L->height);
 }
 
-/* Makes @page libtiff's current directory and reads its layout. */
-static gboolean
-goto_page (GstTiffStackSrc * self, guint64 page)
-{
-  gchar *why = NULL;
-  int ok;
-
-  if (page == self->cur_dir)
-    return TRUE;
-  gst_tiff_stack_diag_clear (&self->diag);
-  if (page >= self->n_pages) {
-    post_page_error (self, page, self->chain_error ? self->chain_error :
-        "the file has fewer pages");
-    return FALSE;
-  }
-  /* Next page: follow the chain. Any other: jump to its IFD by offset
-   * (libtiff 4.5's TIFFSetDirectory walks the chain from the start, which
-   * made channel selection quadratic in the number of pages). */
-  if (self->cur_dir != G_MAXUINT && page == (guint64) self->cur_dir + 1)
-    ok = TIFFReadDirectory (self->tif);
-  else if (self->dir_offsets && page < self->dir_offsets->len)
-    ok = TIFFSetSubDirectory (self->tif, g_array_index (self->dir_offsets,
-            guint64, page));
-  else
-    ok = TIFFSetDirectory (self->tif, (tdir_t) page);
-  if (!ok) {
-    self->cur_dir = G_MAXUINT;
-    post_page_error (self, page, "its directory (IFD) is unreadable");
-    return FALSE;
-  }
-  self->cur_dir = page;
-  if (!page_layout (self, &self->layout, &why)) {
-    self->cur_dir = G_MAXUINT;
-    post_page_error (self, page, why);
-    g_free (why);
-    return FALSE;
-  }
-  return TRUE;
-}
-
-/* ---- start / stop -------------------------------------------------------- */
+/* ---- the page index ------------------------------------------------------ */
 
 static gboolean
 pread_all (int fd, guint8 * buf, gsize size, guint64 off)
@@ -663,45 +638,147 @@ get_uint (const guint8 * p, guint size, gboolean swap)
   }
 }
 
-/* File offsets of the main chain's IFDs, read with two small preads per page
- * (entry count, next pointer), from page 0 (libtiff's current directory)
- * until the end of the chain, a loop, or an offset outside the file. */
-static GArray *
-walk_chain (GstTiffStackSrc * self)
+/* Follows the main IFD chain by one page (two small preads: entry count and
+ * next pointer), from self->index_next. At the end of the chain, a loop, or
+ * an IFD outside the file, marks the index done (with chain_error for the
+ * last two). Loops cost nothing while the offsets increase (what writers
+ * produce); a set of the offsets seen is built only once they do not.
+ * Call with index_lock held. */
+static void
+index_step (GstTiffStackSrc * self)
 {
   TIFF *tif = self->tif;
   int fd = TIFFFileno (tif);
   gboolean big = TIFFIsBigTIFF (tif), swap = TIFFIsByteSwapped (tif);
   guint csize = big ? 8 : 2, esize = big ? 20 : 12, osize = big ? 8 : 4;
-  GArray *offs = g_array_new (FALSE, FALSE, sizeof (guint64));
-  GHashTable *seen = g_hash_table_new_full (g_int64_hash, g_int64_equal,
-      g_free, NULL);
-  guint64 off = TIFFCurrentDirOffset (tif);
+  guint64 off = self->index_next, n, next_pos, page = self->dir_offsets->len;
   guint8 buf[8];
+  const gchar *why = NULL;
 
-  while (off != 0 && !g_hash_table_contains (seen, &off)) {
-    guint64 n, next_pos;
-    gint64 *key;
-
-    if (off >= self->file_size || self->file_size - off < csize
-        || !pread_all (fd, buf, csize, off))
-      break;
-    n = get_uint (buf, csize, swap);
-    if (n == 0 || n > (self->file_size - off) / esize)
-      break;
-    next_pos = off + csize + n * esize;
-    if (next_pos > self->file_size || self->file_size - next_pos < osize
-        || !pread_all (fd, buf, osize, next_pos))
-      break;
-    key = g_new (gint64, 1);
-    *key = off;
-    g_hash_table_add (seen, key);
-    g_array_append_val (offs, off);
-    off = get_uint (buf, osize, swap);
+  if (off == 0) {
+    self->index_done = TRUE;
+    return;
   }
-  g_hash_table_unref (seen);
-  return offs;
+  if (self->index_sorted && page > 0
+      && off <= g_array_index (self->dir_offsets, guint64, page - 1)) {
+    self->index_sorted = FALSE;
+    self->index_seen = g_hash_table_new_full (g_int64_hash, g_int64_equal,
+        g_free, NULL);
+    for (guint i = 0; i < page; i++)
+      g_hash_table_add (self->index_seen, g_memdup2 (&g_array_index
+              (self->dir_offsets, guint64, i), sizeof (guint64)));
+  }
+  if (!self->index_sorted && g_hash_table_contains (self->index_seen, &off))
+    why = "IFD loop";
+  else if (off >= self->file_size || self->file_size - off < csize
+      || !pread_all (fd, buf, csize, off))
+    why = "directory offset outside the file";
+  else if ((n = get_uint (buf, csize, swap)) == 0
+      || n > (self->file_size - off) / esize)
+    why = "unreadable directory";
+  else if ((next_pos = off + csize + n * esize) > self->file_size
+      || self->file_size - next_pos < osize
+      || !pread_all (fd, buf, osize, next_pos))
+    why = "directory runs past the end of the file";
+  if (why) {
+    self->index_done = TRUE;
+    self->chain_error = g_strdup_printf ("the chain of pages breaks after "
+        "page %" G_GUINT64_FORMAT " (%s)", page - 1, why);
+    GST_WARNING_OBJECT (self, "%s", self->chain_error);
+    return;
+  }
+  if (!self->index_sorted)
+    g_hash_table_add (self->index_seen, g_memdup2 (&off, sizeof off));
+  g_array_append_val (self->dir_offsets, off);
+  self->index_next = get_uint (buf, osize, swap);
 }
+
+/* TRUE when @page exists (indexing up to it). Call with index_lock held. */
+static gboolean
+index_to (GstTiffStackSrc * self, guint64 page)
+{
+  while (!self->index_done && self->dir_offsets->len <= page
+      && self->dir_offsets->len < G_MAXUINT - 1)
+    index_step (self);
+  return page < self->dir_offsets->len;
+}
+
+/* Follows the chain to its end and fixes what depends on the page count.
+ * Call with index_lock held. */
+static void
+index_all (GstTiffStackSrc * self)
+{
+  index_to (self, G_MAXUINT - 1);
+  self->index_done = TRUE;
+  self->n_pages = self->dir_offsets->len;
+  if (self->range_known || !self->open_range)
+    return;
+  /* Only a range without stop-index and without channel selection is left
+   * open (see start()): it runs to the last page. */
+  self->n_sel = self->n_pages;
+  self->range_len = self->n_sel > self->first ? self->n_sel - self->first : 0;
+  self->error_at_end = self->chain_error != NULL;
+  self->range_known = TRUE;
+}
+
+/* The range length, indexing every page if @complete or it is unknown. */
+static guint
+range_len_locked (GstTiffStackSrc * self, gboolean complete)
+{
+  guint len;
+
+  g_mutex_lock (&self->index_lock);
+  if (complete && !self->range_known)
+    index_all (self);
+  len = self->range_len;
+  g_mutex_unlock (&self->index_lock);
+  return len;
+}
+
+/* Makes @page libtiff's current directory and reads its layout. */
+static gboolean
+goto_page (GstTiffStackSrc * self, guint64 page)
+{
+  gchar *why = NULL;
+  gboolean known;
+  guint64 offset;
+  int ok;
+
+  if (page == self->cur_dir)
+    return TRUE;
+  gst_tiff_stack_diag_clear (&self->diag);
+  g_mutex_lock (&self->index_lock);
+  known = index_to (self, page);
+  offset = known ? g_array_index (self->dir_offsets, guint64, page) : 0;
+  g_mutex_unlock (&self->index_lock);
+  if (!known) {
+    post_page_error (self, page, self->chain_error ? self->chain_error :
+        "the file has fewer pages");
+    return FALSE;
+  }
+  /* Next page: follow the chain. Any other: jump to its IFD by offset
+   * (libtiff 4.5's TIFFSetDirectory walks the chain from the start, which
+   * made channel selection quadratic in the number of pages). */
+  if (self->cur_dir != G_MAXUINT && page == (guint64) self->cur_dir + 1)
+    ok = TIFFReadDirectory (self->tif);
+  else
+    ok = TIFFSetSubDirectory (self->tif, offset);
+  if (!ok) {
+    self->cur_dir = G_MAXUINT;
+    post_page_error (self, page, "its directory (IFD) is unreadable");
+    return FALSE;
+  }
+  self->cur_dir = page;
+  if (!page_layout (self, &self->layout, &why)) {
+    self->cur_dir = G_MAXUINT;
+    post_page_error (self, page, why);
+    g_free (why);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* ---- start / stop -------------------------------------------------------- */
 
 static gboolean
 gst_tiff_stack_src_stop (GstBaseSrc * bsrc)
@@ -718,7 +795,16 @@ gst_tiff_stack_src_stop (GstBaseSrc * bsrc)
   g_clear_pointer (&self->chain_error, g_free);
   g_clear_pointer (&self->scratch, g_free);
   g_clear_pointer (&self->prefetch, g_free);
+  g_mutex_lock (&self->index_lock);
   g_clear_pointer (&self->dir_offsets, g_array_unref);
+  g_clear_pointer (&self->index_seen, g_hash_table_unref);
+  self->index_next = 0;
+  self->index_done = FALSE;
+  self->index_sorted = TRUE;
+  self->range_known = FALSE;
+  self->open_range = FALSE;
+  self->n_pages = 0;
+  g_mutex_unlock (&self->index_lock);
   self->scratch_size = 0;
   self->cur_dir = G_MAXUINT;
   self->have_info = FALSE;
@@ -829,45 +915,37 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
     goto fail;
   }
 
-  /* Walk the IFD chain once (a few bytes per page): page count for duration
-   * and seeking. libtiff stops at loops and at offsets outside the file. */
-  gst_tiff_stack_diag_clear (&self->diag);
-  self->n_pages = TIFFNumberOfDirectories (self->tif);
-  /* The count stops at a loop or an unreadable directory without failing:
-   * the last page counted must also be the last of the chain. */
-  if (self->n_pages > 0 && (!TIFFSetDirectory (self->tif, self->n_pages - 1)
-          || !TIFFLastDirectory (self->tif))) {
-    self->chain_error = g_strdup_printf ("the chain of pages breaks after "
-        "page %u (%s)", self->n_pages - 1,
-        gst_tiff_stack_diag_message (&self->diag,
-            "IFD loop or unreadable directory"));
-    GST_WARNING_OBJECT (self, "%s", self->chain_error);
-  }
-  if (self->n_pages == 0) {
+  /* The page index starts with page 0, which libtiff has just read; the rest
+   * of the chain is followed as far as needed (index_to). */
+  g_mutex_lock (&self->index_lock);
+  self->dir_offsets = g_array_new (FALSE, FALSE, sizeof (guint64));
+  self->index_sorted = TRUE;
+  self->index_done = FALSE;
+  self->range_known = self->open_range = FALSE;
+  self->index_next = TIFFCurrentDirOffset (self->tif);
+  if (!index_to (self, 0)) {
+    g_mutex_unlock (&self->index_lock);
     GST_ELEMENT_ERROR (self, STREAM, DECODE,
-        ("\"%s\" has no readable page.", self->path), ("libtiff: %s",
-            gst_tiff_stack_diag_message (&self->diag, "(no message)")));
+        ("\"%s\" has no readable page.", self->path), ("%s",
+            self->chain_error ? self->chain_error : "(no IFD)"));
     goto fail;
   }
-  if (!TIFFSetDirectory (self->tif, 0)) {
-    post_page_error (self, 0, "its directory (IFD) is unreadable");
-    goto fail;
-  }
-  self->dir_offsets = walk_chain (self);
   self->cur_dir = 0;
   gst_tiff_stack_meta_read (&self->meta, self->tif);
   if (!page_layout (self, &self->layout, &why)) {
+    g_mutex_unlock (&self->index_lock);
     self->cur_dir = G_MAXUINT;
     post_page_error (self, 0, why);
     g_free (why);
     goto fail;
   }
 
-  /* Channel selection. */
+  /* Channel selection (hyperstacks): every page is indexed. */
   self->sel_channel = -1;
   if (channel >= 0) {
     guint c = MAX (self->meta.channels, 1);
     if ((guint) channel >= c) {
+      g_mutex_unlock (&self->index_lock);
       GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
           ("channel=%d but \"%s\" has %u channel%s.", channel, self->path, c,
               c == 1 ? "" : "s"), (NULL));
@@ -880,40 +958,61 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
       self->sel_t = MAX (self->meta.frames, 1);
     }
   }
-  if (self->sel_channel < 0) {
-    self->n_sel = self->n_pages;
-  } else {
+  if (self->sel_channel >= 0) {
     /* Frames whose page exists (a truncated hyperstack ends early). */
     guint64 total = (guint64) self->sel_z * self->sel_t;
+    index_all (self);
     for (sel = 0; sel < total && sel_to_page (self, sel) < self->n_pages;)
       sel++;
     self->n_sel = sel;
     if (self->n_sel == 0) {
+      g_mutex_unlock (&self->index_lock);
       GST_ELEMENT_ERROR (self, STREAM, DECODE,
           ("\"%s\" has no page for channel %d.", self->path, channel), (NULL));
       goto fail;
     }
+  } else {
+    self->n_sel = G_MAXUINT;    /* not known yet */
   }
 
+  if (self->sel_channel < 0 && !index_to (self, start_index))
+    index_all (self);
+  if (self->index_done && self->sel_channel < 0)
+    self->n_sel = self->n_pages;
   if ((guint) start_index >= self->n_sel) {
+    g_mutex_unlock (&self->index_lock);
     GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
         ("start-index=%d is past the last frame of \"%s\" (%u frames).",
             start_index, self->path, self->n_sel), (NULL));
     goto fail;
   }
-  last = self->n_sel - 1;
-  if (stop_index >= 0 && (guint64) stop_index < last)
-    last = stop_index;
-  if (last < (guint64) start_index) {
+  if (stop_index >= 0 && stop_index < start_index) {
+    g_mutex_unlock (&self->index_lock);
     GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
         ("stop-index=%d is before start-index=%d.", stop_index, start_index),
         (NULL));
     goto fail;
   }
   self->first = start_index;
-  self->range_len = last - start_index + 1;
-  self->error_at_end = self->chain_error != NULL
-      && (stop_index < 0 || (guint64) stop_index >= self->n_sel);
+  if (stop_index >= 0 && self->sel_channel < 0 && !index_to (self, stop_index))
+    index_all (self);
+  if (self->index_done && self->sel_channel < 0)
+    self->n_sel = self->n_pages;
+  if (stop_index >= 0 || self->index_done) {
+    last = self->n_sel - 1;
+    if (stop_index >= 0 && (guint64) stop_index < last)
+      last = stop_index;
+    self->range_len = last - start_index + 1;
+    self->error_at_end = self->chain_error != NULL
+        && (stop_index < 0 || (guint64) stop_index >= self->n_sel);
+    self->range_known = TRUE;
+  } else {
+    /* Up to the end of the chain, found when it is reached (index_all). */
+    self->range_len = G_MAXUINT;
+    self->error_at_end = FALSE;
+    self->open_range = TRUE;
+  }
+  g_mutex_unlock (&self->index_lock);
   self->next_frame = 0;
   self->tags_sent = FALSE;
 
@@ -945,8 +1044,9 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
   }
   self->prefetch_page = self->cur_dir;
   self->have_info = TRUE;
-  GST_INFO_OBJECT (self, "%s: %u pages, %u frames selected from %u, "
-      "%s, first page %ux%u", self->path, self->n_pages, self->range_len,
+  GST_INFO_OBJECT (self, "%s: %u pages indexed, %u frames selected from %u, "
+      "%s, first page %ux%u", self->path, self->dir_offsets->len,
+      self->range_len,
       self->first, self->meta.is_imagej ? "ImageJ" : self->meta.is_ome ?
       "OME" : "plain", self->layout.width, self->layout.height);
   return TRUE;
@@ -1046,8 +1146,18 @@ gst_tiff_stack_src_do_seek (GstBaseSrc * bsrc, GstSegment * segment)
   if (self->cfg_fps_n <= 0)
     return FALSE;
   frame = time_to_frame (self, segment->start);
-  if (!self->do_loop && frame > self->range_len)
-    frame = self->range_len;
+  if (!self->do_loop) {
+    /* past the known pages: index up to the frame (never beyond) */
+    guint len;
+
+    g_mutex_lock (&self->index_lock);
+    if (!self->range_known && !index_to (self, (guint64) self->first + frame))
+      index_all (self);
+    len = self->range_len;
+    g_mutex_unlock (&self->index_lock);
+    if (frame > len)
+      frame = len;
+  }
   GST_DEBUG_OBJECT (self, "seek to %" GST_TIME_FORMAT " -> frame %"
       G_GUINT64_FORMAT, GST_TIME_ARGS (segment->start), frame);
   self->next_frame = frame;
@@ -1101,9 +1211,9 @@ gst_tiff_stack_src_query (GstBaseSrc * bsrc, GstQuery * query)
       if (self->do_loop)
         val = -1;
       else if (is_frames (fmt))
-        val = self->range_len;
+        val = range_len_locked (self, TRUE);
       else
-        val = frame_to_time (self, self->range_len);
+        val = frame_to_time (self, range_len_locked (self, TRUE));
       gst_query_set_duration (query, fmt, val);
       return TRUE;
     case GST_QUERY_CONVERT:
@@ -1121,9 +1231,9 @@ gst_tiff_stack_src_query (GstBaseSrc * bsrc, GstQuery * query)
       if (self->do_loop)
         val = -1;
       else if (is_frames (fmt))
-        val = self->range_len;
+        val = range_len_locked (self, TRUE);
       else
-        val = frame_to_time (self, self->range_len);
+        val = frame_to_time (self, range_len_locked (self, TRUE));
       gst_query_set_seeking (query, fmt, TRUE, 0, val);
       return TRUE;
     default:
@@ -1314,8 +1424,21 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
   GstClockTime pts, stop;
   GstFlowReturn ret;
   guint64 k = self->next_frame, page;
+  guint range_len;
 
-  if (!self->do_loop && k >= self->range_len) {
+  /* An open range ends where the chain does: index up to this frame. */
+  g_mutex_lock (&self->index_lock);
+  if (!self->range_known && !index_to (self, (guint64) self->first + k))
+    index_all (self);
+  range_len = self->range_len;
+  g_mutex_unlock (&self->index_lock);
+  if (range_len == 0) {
+    post_page_error (self, self->first, self->chain_error ?
+        self->chain_error : "the file has fewer pages");
+    return GST_FLOW_ERROR;
+  }
+
+  if (!self->do_loop && k >= range_len) {
     if (self->error_at_end) {
       post_page_error (self, self->n_pages, self->chain_error);
       return GST_FLOW_ERROR;
@@ -1329,11 +1452,11 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
   if (GST_CLOCK_TIME_IS_VALID (stop) && pts >= stop)
     return GST_FLOW_EOS;
 
-  if (self->do_loop && k > 0 && k % self->range_len == 0 && self->error_at_end) {
+  if (self->do_loop && k > 0 && k % range_len == 0 && self->error_at_end) {
     post_page_error (self, self->n_pages, self->chain_error);
     return GST_FLOW_ERROR;
   }
-  page = sel_to_page (self, self->first + k % self->range_len);
+  page = sel_to_page (self, self->first + k % range_len);
   if (!goto_page (self, page))
     return GST_FLOW_ERROR;
 

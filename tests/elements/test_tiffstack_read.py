@@ -219,4 +219,74 @@ check(abs(t.get("pixel size x", 0) - 0.65) < 1e-5, f"resolution in cm as tags {t
 rc, t = tags_of(path("i16.tif"))
 check(t.get("value offset") == -32768, f"signed data tag {t}")
 
+# Many pages, indexed lazily: the first frame of a 300,000-page stack costs
+# about what a one-page file costs. Opening used to walk the whole chain of
+# directories three times (libtiff's count, libtiff's walk to the last page,
+# our offsets): 0.77 s of CPU more here, growing with the page count. CPU time
+# of the gst-launch-1.0 process (not wall time: other tests share the cores),
+# with a bound far from both (the lazy open measured 0.01 s, as one page).
+def tiny_pages(name, n, order=None, next_of_last=0):
+    """A classic little-endian TIFF of n 1x1 8-bit pages (page i holds i % 256)
+    whose IFDs lie in the file in `order` (default: page order)."""
+    import struct
+    entries = 9
+    ifd = 2 + entries * 12 + 4
+    size = ifd + 4
+    order = list(range(n)) if order is None else order
+    slot = {page: k for k, page in enumerate(order)}
+    buf = bytearray(8 + n * size)
+    struct.pack_into("<2sHI", buf, 0, b"II", 42, 8 + slot[0] * size)
+    for page in range(n):
+        off = 8 + slot[page] * size
+        nxt = 8 + slot[page + 1] * size if page + 1 < n else next_of_last
+        e = [(256, 3, 1), (257, 3, 1), (258, 3, 8), (259, 3, 1), (262, 3, 1),
+             (273, 4, off + ifd), (277, 3, 1), (278, 3, 1), (279, 4, 1)]
+        struct.pack_into("<H", buf, off, entries)
+        for k, (tag, typ, val) in enumerate(e):
+            fmt = "<HHIHH" if typ == 3 else "<HHII"
+            struct.pack_into(fmt, buf, off + 2 + 12 * k, tag, typ, 1, val,
+                             *([0] if typ == 3 else []))
+        struct.pack_into("<I", buf, off + 2 + 12 * entries, nxt)
+        buf[off + ifd] = page % 256
+    p = path(name)
+    open(p, "wb").write(buf)
+    return p
+
+
+def first_frame_cost(p):
+    from tiffstack_util import gst_env
+    child = subprocess.Popen(["gst-launch-1.0", "-q", "tiffstacksrc", f"location={p}",
+                              "stop-index=0", "!", "fakesink"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=gst_env())
+    _, status, ru = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return child.returncode, ru.ru_utime + ru.ru_stime
+
+
+one = tiny_pages("one-page.tif", 1)
+many = tiny_pages("many-pages.tif", 300000)
+rc1, cpu1 = first_frame_cost(one)
+rc, cpu = first_frame_cost(many)
+print(f"first frame (CPU time): 1 page {cpu1:.2f} s, 300000 pages {cpu:.2f} s")
+check(rc1 == 0 and rc == 0 and cpu < cpu1 + 0.4,
+      "first frame of a 300000-page stack: pages indexed lazily")
+# ... and every page still streams, in order
+got = src_frames(tiny_pages("pages-2000.tif", 2000), "", 2000, 1, 1, np.uint8)
+check(got is not None and np.array_equal(got[:, 0, 0], np.arange(2000) % 256),
+      "2000 one-pixel pages, all in order")
+
+# Directories stored back to front (offsets decreasing: the index then keeps a
+# set of the offsets seen, for loop detection): every page, in order; and a
+# chain that loops back is an error after the pages before the loop.
+rev = tiny_pages("reversed.tif", 300, order=list(range(299, -1, -1)))
+got = src_frames(rev, "", 300, 1, 1, np.uint8)
+check(got is not None and np.array_equal(got[:, 0, 0], np.arange(300) % 256),
+      "IFDs stored in reverse order: every page, in order")
+looped = tiny_pages("reversed-loop.tif", 300, order=list(range(299, -1, -1)),
+                    next_of_last=8 + 299 * 130)     # last page -> page 0
+rc, log = gst(f"tiffstacksrc location={looped} ! fakesink")
+check(isinstance(rc, int) and rc > 0 and "loop" in log, "IFD loop in reverse order: error")
+rc, log = gst(f"tiffstacksrc location={looped} stop-index=299 ! fakesink")
+check(rc == 0, "IFD loop after the last requested page: no error")
+
 finish()
