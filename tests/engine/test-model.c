@@ -7,7 +7,10 @@
 #include <math.h>
 #include <string.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static UnetConfig
@@ -794,6 +797,93 @@ test_load_errors (void)
   (void) good;
 }
 
+/* A save that runs out of space (RLIMIT_FSIZE stands in for a full disk: the
+ * write fails with EFBIG as it would with ENOSPC) is an I/O error, leaves the
+ * previous file as it was and no temporary file beside it. */
+static void
+test_save_disk_full (void)
+{
+  UnetConfig c = small_config (2, 8, UNET_PADDING_VALID, FALSE);
+  g_autoptr (UnetModel) m = unet_model_new (&c, NULL);
+  g_autofree gchar *dir = g_dir_make_tmp ("unet-full-XXXXXX", NULL);
+  g_autofree gchar *path = g_build_filename (dir, "m.safetensors", NULL);
+  const gchar *old = "previous contents";
+  struct rlimit saved, small = { 4096, 4096 };
+  GError *err = NULL;
+
+  unet_model_init_weights (m, 1);
+  g_assert_true (g_file_set_contents (path, old, -1, NULL));
+  signal (SIGXFSZ, SIG_IGN);
+  g_assert_cmpint (getrlimit (RLIMIT_FSIZE, &saved), ==, 0);
+  small.rlim_max = saved.rlim_max;
+  g_assert_cmpint (setrlimit (RLIMIT_FSIZE, &small), ==, 0);
+  gboolean ok = unet_model_save (m, path, &err);
+  g_assert_cmpint (setrlimit (RLIMIT_FSIZE, &saved), ==, 0);
+  g_assert_false (ok);
+  g_assert_error (err, UNET_ERROR, UNET_ERROR_IO);
+  g_test_message ("%s", err->message);
+  g_clear_error (&err);
+
+  gchar *contents = NULL;
+  g_assert_true (g_file_get_contents (path, &contents, NULL, NULL));
+  g_assert_cmpstr (contents, ==, old);
+  g_free (contents);
+  GDir *d = g_dir_open (dir, 0, NULL);
+  const gchar *name;
+  guint n = 0;
+  while ((name = g_dir_read_name (d)) != NULL)
+    n++;
+  g_dir_close (d);
+  g_assert_cmpuint (n, ==, 1);
+  g_unlink (path);
+  g_rmdir (dir);
+}
+
+/* SIGKILL during saves: the model file is always the previous version or the
+ * new one, complete (temporary name, fsync, rename). The temporaries of killed
+ * saves are left (named NAME.tmp-XXXXXX); they are removed here. */
+static void
+test_save_killed (void)
+{
+  UnetConfig c = small_config (3, 16, UNET_PADDING_VALID, FALSE);
+  g_autoptr (UnetModel) a = unet_model_new (&c, NULL);
+  g_autoptr (UnetModel) b = unet_model_new (&c, NULL);
+  g_autofree gchar *dir = g_dir_make_tmp ("unet-kill-XXXXXX", NULL);
+  g_autofree gchar *path = g_build_filename (dir, "m.safetensors", NULL);
+  GRand *rng = g_rand_new_with_seed (14);
+
+  unet_model_init_weights (a, 1);
+  unet_model_init_weights (b, 2);
+  g_autoptr (GBytes) va = unet_model_serialize (a, NULL);
+  g_autoptr (GBytes) vb = unet_model_serialize (b, NULL);
+  g_assert_true (unet_model_save (a, path, NULL));
+  for (gint round = 0; round < 6; round++) {
+    pid_t pid = fork ();
+    g_assert_cmpint (pid, >=, 0);
+    if (pid == 0) {
+      for (guint i = 0;; i++)
+        unet_model_save (i % 2 ? a : b, path, NULL);
+    }
+    g_usleep (g_rand_int_range (rng, 2000, 60000));
+    kill (pid, SIGKILL);
+    waitpid (pid, NULL, 0);
+    GError *err = NULL;
+    g_autoptr (UnetModel) m = unet_model_load (path, &err);
+    g_assert_no_error (err);
+    g_autoptr (GBytes) got = unet_model_serialize (m, NULL);
+    g_assert_true (g_bytes_equal (got, va) || g_bytes_equal (got, vb));
+  }
+  g_rand_free (rng);
+  GDir *d = g_dir_open (dir, 0, NULL);
+  const gchar *name;
+  while ((name = g_dir_read_name (d)) != NULL) {
+    g_autofree gchar *f = g_build_filename (dir, name, NULL);
+    g_unlink (f);
+  }
+  g_dir_close (d);
+  g_rmdir (dir);
+}
+
 /* ------------------------------------------- rewritten while loading -- */
 
 /* Another process rewrites the model file in place (open with O_TRUNC, write,
@@ -903,5 +993,7 @@ main (int argc, char **argv)
   g_test_add_func ("/model/f16-bf16", test_f16_bf16);
   g_test_add_func ("/model/load-errors", test_load_errors);
   g_test_add_func ("/model/load-while-rewritten", test_load_while_rewritten);
+  g_test_add_func ("/model/save-disk-full", test_save_disk_full);
+  g_test_add_func ("/model/save-killed", test_save_killed);
   return g_test_run ();
 }
