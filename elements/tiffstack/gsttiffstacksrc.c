@@ -1491,8 +1491,12 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
         "TIFF", NULL);
     gst_tag_list_set_scope (tags, GST_TAG_SCOPE_GLOBAL);
     /* basesrc queues serialized events sent to the element and pushes them
-     * after the segment, before this buffer. */
-    gst_element_send_event (GST_ELEMENT (bsrc), gst_event_new_tag (tags));
+     * after the segment, before this buffer. Its send_event directly, not
+     * gst_element_send_event(): that takes the state lock, which a state change
+     * to NULL holds while it waits for this thread to stop (a deadlock seen
+     * when a pipeline was shut down as its first frame was made). */
+    GST_ELEMENT_CLASS (parent_class)->send_event (GST_ELEMENT (bsrc),
+        gst_event_new_tag (tags));
     self->tags_sent = TRUE;
   }
 
