@@ -6,6 +6,7 @@
  * changes anywhere. Any crash, sanitizer report, hang or abort() of the oracle
  * fails the test. */
 #include <glib.h>
+#include <glib/gstdio.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,6 +103,47 @@ run_path (const gchar *path, GRand *rng, gint trials)
   g_free (contents);
 }
 
+/* Writes the seeds with `python make_tiff_corpus.py DIR` into a new temporary
+ * directory; NULL on failure. */
+static gchar *
+generate_seeds (const gchar *python, const gchar *script)
+{
+  g_autoptr (GError) err = NULL;
+  gchar *dir = g_dir_make_tmp ("tiff-seeds-XXXXXX", &err);
+  gint status = -1;
+
+  if (dir == NULL) {
+    fprintf (stderr, "cannot make a temporary directory: %s\n", err->message);
+    return NULL;
+  }
+  const gchar *args[] = { python, script, dir, NULL };
+  if (!g_spawn_sync (NULL, (gchar **) args, NULL, G_SPAWN_CHILD_INHERITS_STDIN,
+          NULL, NULL, NULL, NULL, &status, &err)
+      || !g_spawn_check_wait_status (status, &err)) {
+    fprintf (stderr, "%s %s failed: %s\n", python, script, err->message);
+    g_free (dir);
+    return NULL;
+  }
+  return dir;
+}
+
+static void
+remove_dir (const gchar *dir)
+{
+  GDir *d = g_dir_open (dir, 0, NULL);
+  const gchar *name;
+  while (d && (name = g_dir_read_name (d)) != NULL) {
+    g_autofree gchar *f = g_build_filename (dir, name, NULL);
+    g_unlink (f);
+  }
+  if (d)
+    g_dir_close (d);
+  g_rmdir (dir);
+}
+
+/* fuzz-tiff-regress FILE_OR_DIR...
+ * fuzz-tiff-regress --generate PYTHON make_tiff_corpus.py (the test: seeds
+ * written into a temporary directory, removed afterwards) */
 int
 main (int argc, char **argv)
 {
@@ -109,10 +151,20 @@ main (int argc, char **argv)
   const gchar *env = g_getenv ("FUZZ_TRIALS");
   gint trials = env ? atoi (env) : 30;
   GRand *rng = g_rand_new_with_seed (20261206);
+  gchar *seeds = NULL;
 
   LLVMFuzzerInitialize (&argc, &argv);
-  for (gint i = 1; i < argc; i++)
-    run_path (argv[i], rng, trials);
+  if (argc == 4 && g_str_equal (argv[1], "--generate")) {
+    seeds = generate_seeds (argv[2], argv[3]);
+    if (seeds == NULL)
+      return 1;
+    run_path (seeds, rng, trials);
+    remove_dir (seeds);
+    g_free (seeds);
+  } else {
+    for (gint i = 1; i < argc; i++)
+      run_path (argv[i], rng, trials);
+  }
   g_rand_free (rng);
   printf ("%" G_GUINT64_FORMAT " inputs, no crash, hang or bad frame\n", n_inputs);
   return n_inputs > 0 ? 0 : 1;

@@ -6,9 +6,10 @@ of different sizes, ImageJ hyperstack and OME-XML descriptions, resolution tags.
 
     /usr/bin/python3 tests/fuzz/make_tiff_corpus.py OUT_DIR
 
-Deterministic. The fuzz-tiff-regress test writes the seeds into its build
-directory and runs the entry point over them and their mutations; libFuzzer
-takes the same directory as its seed corpus.
+Deterministic. The fuzz-tiff-regress test runs it into a temporary directory
+(`fuzz-tiff-regress --generate /usr/bin/python3 make_tiff_corpus.py`) and runs
+the entry point over the seeds and their mutations; libFuzzer takes the same
+directory as its seed corpus.
 """
 import os
 import shutil
