@@ -11,10 +11,10 @@
 #
 # Options:
 #   -i, --init FILE          fine-tune this model instead of starting from scratch
-#   -n, --iterations N       optimiser steps (default 2000)
+#   -n, --iterations N       optimiser steps (default 4000, unettrain's)
 #       --checkpoint N       save a checkpoint every N steps (default 500)
 #       --mask-mode MODE     binary | indexed | instances  (default binary)
-#       --optimizer OPT      sgd | adam | adamw  (default: unettrain's, SGD as the paper)
+#       --optimizer OPT      sgd | adam | adamw  (default: unettrain's, Adam; sgd = the paper's)
 #       --learning-rate X    (default: unettrain's default for its optimiser)
 #       --tile-size N        training tile edge (default: unettrain's, near 572)
 #       --depth D            poolings of a new network (default 4)
@@ -38,7 +38,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 init=""
-iterations=2000
+iterations=4000
 checkpoint=500
 mask_mode=binary
 lr=""
