@@ -54,6 +54,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
 
 import isbi_eval  # noqa: E402
+from bench_train import output_size  # noqa: E402
 
 
 def env_for(build):
@@ -128,18 +129,6 @@ def read_recipe(model):
 def percentile_norm(img, lo, hi):
     a, b = np.percentile(img.astype(np.float64), [lo, hi])
     return ((img - a) / (b - a if b > a else 1.0)).astype(np.float32)
-
-
-def output_size(depth, s):
-    for _ in range(depth):
-        s -= 4
-        if s <= 0 or s % 2:
-            return -1
-        s //= 2
-    s -= 4
-    for _ in range(depth):
-        s = s * 2 - 4
-    return s if s > 0 else -1
 
 
 def run_twin(args, seed, frames, labels, cfg, tr, norm):
