@@ -67,8 +67,9 @@ PY
 
 case "${1:-}" in
   help)
-    for s in segment-stack live-segment remote-acquire remote-gpu-server train; do
-      "$P/$s.sh" --help | grep -q '^Options:' || fail "$s.sh --help has no Options section"
+    for s in segment-stack segment-cluster live-segment remote-acquire remote-gpu-server train; do
+      "$P/$s.sh" --help > "$tmp/help" || fail "$s.sh --help failed"
+      grep -q '^Options:' "$tmp/help" || fail "$s.sh --help has no Options section"
       if "$P/$s.sh" --no-such-option >"$tmp/out" 2>&1; then
         fail "$s.sh accepted an unknown option"
       fi
