@@ -155,8 +155,8 @@ run_shard() {
   [ -n "$gpu" ] && seg+=("gpu-id=$gpu")
   seg+=("${PROPS[@]}")
   # threads: the CPUs Slurm gave the task, or this machine's share of a --jobs worker
-  if [ -z "${UNET_NUM_THREADS:-}" ] && [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then
-    export UNET_NUM_THREADS=$SLURM_CPUS_PER_TASK
+  if [ -z "${UNET_NUM_THREADS:-}" ] && [ -n "${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-}}" ]; then
+    export UNET_NUM_THREADS=${SLURM_CPUS_PER_TASK:-$SLURM_CPUS_ON_NODE}
   fi
   echo "$UNET_SCRIPT: shard $i: $s_input pages $s_start-$s_stop${gpu:+ on GPU $gpu} on $(hostname -s)" >&2
   log="$W/logs/shard-$i.gst.log"
@@ -250,40 +250,66 @@ sbatch_common() {
   SB+=("${SBATCH_ARGS[@]}")
 }
 
-# submit_round ROUND IDX...: array job of those shards + the dependent check/assemble job
+# Slurm's MaxArraySize: array indices must stay below it (1001 unless configured)
+max_array_size() {
+  local m
+  m=$(scontrol show config 2>/dev/null | awk '$1 == "MaxArraySize" { print $3 }')
+  [[ "$m" =~ ^[0-9]+$ ]] && [ "$m" -ge 1 ] && echo "$m" || echo 1001
+}
+
+# submit_round ROUND IDX...: array job(s) of those shards (shard = offset + array index,
+# one array per MaxArraySize block of shard indices) + the job that depends on them all
 submit_round() {
-  local round=$1 spec out jid fjid wrap
+  local round=$1 m out jid fjid wrap spec chunk offset x deps="" submitted=()
   shift
-  spec=$(array_spec "$@")
-  [ -n "$MAX_RUNNING" ] && spec+="%$MAX_RUNNING"
+  m=$(max_array_size)
+  local -a todo=("$@")
+  while [ ${#todo[@]} -gt 0 ]; do
+    chunk=$(( todo[0] / m ))
+    offset=$(( chunk * m ))
+    local -a idx=() rest=()
+    for x in "${todo[@]}"; do
+      if [ $((x / m)) -eq "$chunk" ]; then idx+=($((x - offset))); else rest+=("$x"); fi
+    done
+    todo=("${rest[@]}")
+    spec=$(array_spec "${idx[@]}")
+    [ -n "$MAX_RUNNING" ] && spec+="%$MAX_RUNNING"
+    sbatch_common
+    SB+=("--array=$spec" "--job-name=unet-shards" "--time=$TIME" --requeue
+         "--output=$W/logs/slurm-%A_%a.log")
+    [ -n "$GRES" ] && SB+=("--gres=$GRES")
+    [ -n "$CPUS" ] && SB+=("--cpus-per-task=$CPUS")
+    [ -n "$MEM" ] && SB+=("--mem=$MEM")
+    wrap="export UNET_BUILD_ROOT=$(printf %q "$UNET_BUILD"); exec $(printf %q "$SELF") --run-shard $(printf %q "$W") \$(($offset + SLURM_ARRAY_TASK_ID))"
+    out=$(sbatch "${SB[@]}" --wrap="$wrap") || {
+      [ ${#submitted[@]} -gt 0 ] && scancel "${submitted[@]}" 2>/dev/null
+      unet_die "sbatch refused the shard array (see above)"
+    }
+    jid=${out%%;*}
+    submitted+=("$jid")
+    deps+=":$jid"
+    printf '%s\tshards\t%s\t%s\n' "$round" "$jid" "$offset" >> "$W/jobs"
+    echo "$UNET_SCRIPT: round $round: shard array job $jid, shards $offset + ($spec)" >&2
+  done
   sbatch_common
-  SB+=("--array=$spec" "--job-name=unet-shards" "--time=$TIME" --requeue
-       "--output=$W/logs/shard-%a-%A.log")
-  [ -n "$GRES" ] && SB+=("--gres=$GRES")
-  [ -n "$CPUS" ] && SB+=("--cpus-per-task=$CPUS")
-  [ -n "$MEM" ] && SB+=("--mem=$MEM")
-  wrap="export UNET_BUILD_ROOT=$(printf %q "$UNET_BUILD"); exec $(printf %q "$SELF") --run-shard $(printf %q "$W") \"\$SLURM_ARRAY_TASK_ID\""
-  out=$(sbatch "${SB[@]}" --wrap="$wrap") || unet_die "sbatch refused the shard array (see above)"
-  jid=${out%%;*}
-  sbatch_common
-  SB+=("--dependency=afterany:$jid" --kill-on-invalid-dep=no "--job-name=unet-assemble"
+  SB+=("--dependency=afterany$deps" --kill-on-invalid-dep=no "--job-name=unet-assemble"
        "--time=$ASSEMBLE_TIME" "--output=$W/logs/assemble-round$round-%j.log")
   [ -n "$MEM" ] && SB+=("--mem=$MEM")
   wrap="export UNET_BUILD_ROOT=$(printf %q "$UNET_BUILD"); exec $(printf %q "$SELF") --finish $(printf %q "$W") $round"
   out=$(sbatch "${SB[@]}" --wrap="$wrap") || {
-    scancel "$jid" 2>/dev/null || true
+    scancel "${submitted[@]}" 2>/dev/null || true
     unet_die "sbatch refused the assembling job (see above)"
   }
   fjid=${out%%;*}
-  printf '%s\t%s\t%s\n' "$round" "$jid" "$fjid" >> "$W/jobs"
-  echo "$UNET_SCRIPT: round $round: shard array job $jid ($# task(s): $spec), assembling job $fjid" >&2
+  printf '%s\tassemble\t%s\t-\n' "$round" "$fjid" >> "$W/jobs"
+  echo "$UNET_SCRIPT: round $round: $# shard task(s), then assembling job $fjid" >&2
 }
 
 # jobs of this work directory that Slurm still knows as queued or running
 active_jobs() {
   local ids
   [ -f "$W/jobs" ] || return 0
-  ids=$(cut -f2,3 "$W/jobs" | tr '\t\n' ',,' | sed 's/,*$//')
+  ids=$(cut -f3 "$W/jobs" | tr '\n' ',' | sed 's/,*$//')
   [ -n "$ids" ] || return 0
   squeue -h -r -j "$ids" -o "%i %T" 2>/dev/null || true
 }
@@ -303,7 +329,7 @@ finish_slurm() {
 }
 
 print_status() {
-  local done=0 i line n_run=0 n_pend=0 state
+  local done=0 i line n_run=0 n_pend=0 state round arrays
   missing_shards
   done=$(( ${#PLAN[@]} - ${#MISSING[@]} ))
   echo "shards: $done/${#PLAN[@]} done"
@@ -313,10 +339,11 @@ print_status() {
       case "$state" in RUNNING|COMPLETING) n_run=$((n_run + 1)) ;; PENDING|CONFIGURING|REQUEUED) n_pend=$((n_pend + 1)) ;; esac
     done < <(active_jobs)
     echo "jobs: $n_run running, $n_pend pending (squeue: shard tasks and the assembling job)"
-    line=$(tail -n 1 "$W/jobs")
-    echo "latest round: $(cut -f1 <<< "$line"), shard array job $(cut -f2 <<< "$line"), assembling job $(cut -f3 <<< "$line")"
-    if command -v sacct >/dev/null && sacct -n -X -j "$(cut -f2 <<< "$line")" -o State >/dev/null 2>&1; then
-      echo "task states (sacct): $(sacct -n -X -j "$(cut -f2 <<< "$line")" -o State | sort | uniq -c | awk '{printf "%s%s %s", (NR>1?", ":""), $1, $2}')"
+    round=$(tail -n 1 "$W/jobs" | cut -f1)
+    arrays=$(awk -F'\t' -v r="$round" '$1 == r && $2 == "shards" { printf "%s%s", (n++ ? "," : ""), $3 }' "$W/jobs")
+    echo "latest round: $round, shard array job(s) $arrays, assembling job $(tail -n 1 "$W/jobs" | cut -f3)"
+    if command -v sacct >/dev/null && sacct -n -X -j "$arrays" -o State >/dev/null 2>&1; then
+      echo "task states (sacct): $(sacct -n -X -j "$arrays" -o State | sort | uniq -c | awk '{printf "%s%s %s", (NR>1?", ":""), $1, $2}')"
     fi
   fi
   if [ ${#MISSING[@]} -gt 0 ] && [ ${#MISSING[@]} -le 20 ]; then

@@ -71,8 +71,13 @@ free_port() {
 }
 
 # ---- the stack and the single-process reference ----------------------------------------
-FRAMES=18
-SIZE=384
+# CLUSTER_TEST_FRAMES/_SIZE/_SHARDS scale it up (e.g. 300 pages in 8 shards)
+FRAMES=${CLUSTER_TEST_FRAMES:-18}
+SIZE=${CLUSTER_TEST_SIZE:-384}
+NS=${CLUSTER_TEST_SHARDS:-3}
+# a small MaxArraySize makes the script split the shards over several array jobs, as it
+# must on a real cluster when there are more shards than MaxArraySize (1001 by default)
+MAXARRAY=${CLUSTER_TEST_MAXARRAY:-2}
 "$UNET_PYTHON" "$ROOT/samples/synth.py" --kind nuclei --frames $FRAMES --size ${SIZE}x${SIZE} --seed 21 \
   --out-image "$tmp/stack.tif" --out-mask "$tmp/masks.tif" >/dev/null
 "$P/segment-stack.sh" -q -d cpu "$tmp/stack.tif" "$tmp/direct.tif" 2>/dev/null ||
@@ -100,13 +105,13 @@ PY
 }
 
 check_stats() {  # check_stats CSV: one row per page, pages in order, one stack
-  "$UNET_PYTHON" - "$1" $FRAMES <<'PY' || fail "statistics $1"
+  "$UNET_PYTHON" - "$1" "$FRAMES" "$NS" <<'PY' || fail "statistics $1"
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 n = int(sys.argv[2])
 assert [int(r["frame-number"]) for r in rows] == list(range(n)), [r["frame-number"] for r in rows]
 assert len({r["stack"] for r in rows}) == 1
-assert {r["shard"] for r in rows} == {"0", "1", "2"}
+assert {r["shard"] for r in rows} == {str(k) for k in range(int(sys.argv[3]))}
 assert all(int(r["object-count"]) >= 0 and int(r["tiles"]) >= 1 for r in rows)
 print(f"{sys.argv[1]}: {len(rows)} rows")
 PY
@@ -149,7 +154,7 @@ kill_pipeline() {
 W="$tmp/work"
 OUT="$tmp/out/labels.tif"
 mkdir -p "$tmp/out"
-common=(-d cpu -n 3 -w "$W" -O "$OUT" "$tmp/stack.tif")
+common=(-d cpu -n "$NS" -w "$W" -O "$OUT" "$tmp/stack.tif")
 
 case "$CASE" in
   local)
@@ -169,11 +174,11 @@ case "$CASE" in
     before=$(stat -c %Y.%i "$OUT")
     "$P/segment-cluster.sh" --local --jobs 2 "${common[@]}" > "$tmp/run2.log" 2>&1 ||
       { cat "$tmp/run2.log"; fail "rerun failed"; }
-    grep -q "3 shard(s), 0 to run" "$tmp/run2.log" || { cat "$tmp/run2.log"; fail "rerun ran shards again"; }
+    grep -q "$NS shard(s), 0 to run" "$tmp/run2.log" || { cat "$tmp/run2.log"; fail "rerun ran shards again"; }
     [ "$(stat -c %Y.%i "$OUT")" = "$before" ] || fail "rerun rewrote the output"
     # other shards or settings in the same work directory are refused, not mixed
-    if "$P/segment-cluster.sh" --local -d cpu -n 2 -w "$W" -O "$OUT" "$tmp/stack.tif" 2> "$tmp/err"; then
-      fail "a work directory planned with 3 shards accepted 2"
+    if "$P/segment-cluster.sh" --local -d cpu -n $((NS + 1)) -w "$W" -O "$OUT" "$tmp/stack.tif" 2> "$tmp/err"; then
+      fail "a work directory planned with $NS shards accepted $((NS + 1))"
     fi
     grep -q "holds a run with other inputs, shards or settings" "$tmp/err" || { cat "$tmp/err"; fail "no message"; }
 
@@ -188,10 +193,10 @@ case "$CASE" in
     bg_pid=""
     [ ! -e "$OUT" ] || fail "a killed run left an output"
     "$P/segment-cluster.sh" --status "$W" | tee "$tmp/status.txt"
-    grep -q "shards: 1/3 done" "$tmp/status.txt" || fail "status after the kill"
+    grep -q "shards: 1/$NS done" "$tmp/status.txt" || fail "status after the kill"
     "$P/segment-cluster.sh" --local --jobs 1 "${common[@]}" > "$tmp/run4.log" 2>&1 ||
       { cat "$tmp/run4.log"; fail "run after the kill failed"; }
-    grep -q "3 shard(s), 2 to run" "$tmp/run4.log" || { cat "$tmp/run4.log"; fail "the complete shard ran again"; }
+    grep -q "$NS shard(s), $((NS - 1)) to run" "$tmp/run4.log" || { cat "$tmp/run4.log"; fail "the complete shard ran again"; }
     compare "$OUT"
     check_stats "$W/stats.csv"
     check_clean
@@ -208,8 +213,9 @@ case "$CASE" in
       --socket="$S/munge/munge.sock" --pid-file="$S/munge/munged.pid" \
       --log-file="$S/munge/munged.log" --seed-file="$S/munge/munged.seed" &
     daemons+=($!)
-    host=$(hostname -s)
-    node=$(env -u LD_PRELOAD slurmd -C | head -n 1 | sed 's/ RealMemory=[0-9]*//')
+    host=$(hostname -s 2>/dev/null || hostname)
+    node=$(env -u LD_PRELOAD slurmd -C | head -n 1 | sed -e 's/ RealMemory=[0-9]*//' -e "s/^NodeName=[^ ]*/NodeName=$host/")
+    [[ "$node" == NodeName=*CPUs=* ]] || fail "slurmd -C: '$node'"
     cat > "$S/slurm.conf" <<EOF
 ClusterName=unettest
 SlurmctldHost=$host(127.0.0.1)
@@ -239,6 +245,7 @@ SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
 MinJobAge=30
+MaxArraySize=$MAXARRAY
 KillWait=2
 $node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
@@ -267,15 +274,18 @@ EOF
     bg_pid=$!
     part=$(wait_page "$W/shards/stack-00000/shard-00001.tif.part-*")
     kill_pipeline "$part"
-    jid=$(head -n 1 "$W/jobs" | cut -f2)
     wait_page "$W/shards/stack-00000/shard-00002.tif.part-*" >/dev/null
-    scancel "${jid}_2"
-    echo "cancelled task ${jid}_2"
+    # the array holding shard 2 (arrays are split at MaxArraySize: shard = offset + index)
+    task=$(awk -F'\t' '$2 == "shards" && $4 <= 2 { t = $3 "_" (2 - $4) } END { print t }' "$W/jobs")
+    scancel "$task"
+    echo "cancelled task $task (shard 2)"
     "$P/segment-cluster.sh" --status "$W" || true
     wait "$bg_pid" || { cat "$tmp/run1.log"; tail -n 30 "$W"/logs/*.log; fail "the Slurm run did not finish"; }
     bg_pid=""
     cat "$tmp/run1.log"
-    [ "$(wc -l < "$W/jobs")" -eq 2 ] || { cat "$W/jobs"; fail "expected exactly one resubmission round"; }
+    [ "$(grep -c assemble "$W/jobs")" -eq 2 ] || { cat "$W/jobs"; fail "expected exactly one resubmission round"; }
+    [ "$(awk -F'\t' '$1 == 1 && $2 == "shards"' "$W/jobs" | wc -l)" -eq $(( (NS + MAXARRAY - 1) / MAXARRAY )) ] ||
+      { cat "$W/jobs"; fail "shards not split into arrays of MaxArraySize=$MAXARRAY"; }
     # the second round ran just the killed and the cancelled shard
     grep -q "2 shard(s) missing after round 1: 1 2" "$W"/logs/assemble-round1-*.log ||
       { cat "$W"/logs/assemble-round1-*.log; fail "round 2 did not resubmit shards 1 and 2"; }
@@ -283,14 +293,14 @@ EOF
     check_stats "$W/stats.csv"
     check_clean
     "$P/segment-cluster.sh" --status "$W" | tee "$tmp/status.txt"
-    grep -q "shards: 3/3 done" "$tmp/status.txt" || fail "status"
+    grep -q "shards: $NS/$NS done" "$tmp/status.txt" || fail "status"
 
     # a rerun submits nothing and leaves the output alone
     before=$(stat -c %Y.%i "$OUT")
     "$P/segment-cluster.sh" --slurm --wait "${common[@]}" > "$tmp/run2.log" 2>&1 ||
       { cat "$tmp/run2.log"; fail "rerun failed"; }
     grep -q "0 to run" "$tmp/run2.log" || fail "rerun submitted shards"
-    [ "$(wc -l < "$W/jobs")" -eq 2 ] || fail "rerun submitted jobs"
+    [ "$(grep -c assemble "$W/jobs")" -eq 2 ] || fail "rerun submitted jobs"
     [ "$(stat -c %Y.%i "$OUT")" = "$before" ] || fail "rerun rewrote the output"
     ;;
   *) fail "unknown case $CASE" ;;
