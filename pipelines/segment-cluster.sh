@@ -66,6 +66,8 @@
 #       --gpus LIST         one pipeline per GPU, e.g. 0,1,2,3 (device cuda, gpu-id)
 #       --jobs N            N CPU pipelines (default 1), each with cores/N threads
 #   -h, --help              this text
+# UNET_DRY_RUN=1 plans the work directory and prints each shard's pipeline (--local) or
+# the sbatch commands (--slurm) instead of running or submitting them.
 #
 # Examples:
 #   pipelines/segment-cluster.sh -m model.safetensors --gpu --time 2:00:00 -n 16 \
@@ -144,16 +146,19 @@ run_shard() {
   fi
   shard_fields "${PLAN[$i]}"
   csv=$(stats_file "$i")
-  # what an earlier attempt of this shard left half-written
-  rm -f -- "$s_file".part-* "$csv".part-*
   tmp="$s_file.part-$(hostname -s)-$$"
   stmp="$csv.part-$(hostname -s)-$$"
-
   seg=(unetsegment name=seg "model=$MODEL" "device=$DEVICE" "output=$MODE" "tile-size=$TILE"
        post-messages=true)
   [ -n "$BATCH" ] && seg+=("batch-size=$BATCH")
   [ -n "$gpu" ] && seg+=("gpu-id=$gpu")
   seg+=("${PROPS[@]}")
+  if [ -n "${UNET_DRY_RUN:-}" ]; then
+    echo "shard $i: gst-launch-1.0 tiffstacksrc location=$s_input start-index=$s_start stop-index=$s_stop ! ${seg[*]} ! tiffstacksink location=$tmp compression=$COMPRESSION"
+    return 0
+  fi
+  # what an earlier attempt of this shard left half-written
+  rm -f -- "$s_file".part-* "$csv".part-*
   # threads: the CPUs Slurm gave the task, or this machine's share of a --jobs worker
   if [ -z "${UNET_NUM_THREADS:-}" ] && [ -n "${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-}}" ]; then
     export UNET_NUM_THREADS=${SLURM_CPUS_PER_TASK:-$SLURM_CPUS_ON_NODE}
@@ -214,7 +219,7 @@ assemble_all() {
       rm -f -- "${shards[@]}"
     fi
   done
-  "$UNET_PYTHON" "$SHARDS_PY" merge-stats --out "$STATS" --expect "$total" "${items[@]}" ||
+  unet_with_runtime "$UNET_PYTHON" "$SHARDS_PY" merge-stats --out "$STATS" --expect "$total" "${items[@]}" ||
     unet_die "joining the statistics failed"
   rm -rf -- "$W/shards"/*/*.part-* 2>/dev/null || true
   echo "${#STACKS[@]} stacks, $total pages" > "$W/DONE"
@@ -281,6 +286,11 @@ submit_round() {
     [ -n "$CPUS" ] && SB+=("--cpus-per-task=$CPUS")
     [ -n "$MEM" ] && SB+=("--mem=$MEM")
     wrap="export UNET_BUILD_ROOT=$(printf %q "$UNET_BUILD"); exec $(printf %q "$SELF") --run-shard $(printf %q "$W") \$(($offset + SLURM_ARRAY_TASK_ID))"
+    if [ -n "${UNET_DRY_RUN:-}" ]; then
+      echo "sbatch ${SB[*]} --wrap='$wrap'"
+      deps+=":ARRAY_JOB_ID"
+      continue
+    fi
     out=$(sbatch "${SB[@]}" --wrap="$wrap") || {
       [ ${#submitted[@]} -gt 0 ] && scancel "${submitted[@]}" 2>/dev/null
       unet_die "sbatch refused the shard array (see above)"
@@ -296,6 +306,10 @@ submit_round() {
        "--time=$ASSEMBLE_TIME" "--output=$W/logs/assemble-round$round-%j.log")
   [ -n "$MEM" ] && SB+=("--mem=$MEM")
   wrap="export UNET_BUILD_ROOT=$(printf %q "$UNET_BUILD"); exec $(printf %q "$SELF") --finish $(printf %q "$W") $round"
+  if [ -n "${UNET_DRY_RUN:-}" ]; then
+    echo "sbatch ${SB[*]} --wrap='$wrap'"
+    return 0
+  fi
   out=$(sbatch "${SB[@]}" --wrap="$wrap") || {
     scancel "${submitted[@]}" 2>/dev/null || true
     unet_die "sbatch refused the assembling job (see above)"
@@ -357,14 +371,18 @@ print_status() {
 }
 
 wait_slurm() {
-  local last="" now
+  local last="" now idle=0
   while :; do
     [ -f "$W/DONE" ] && { echo "$UNET_SCRIPT: $(cat "$W/DONE"), statistics in $STATS" >&2; return 0; }
     [ -f "$W/FAILED" ] && unet_die "$(cat "$W/FAILED")"
+    # none of our jobs in squeue: the run ends with DONE or FAILED within moments, unless
+    # the jobs were cancelled (allow for a shared file system's caching and a busy
+    # controller not answering squeue for a while)
     if [ -z "$(active_jobs)" ]; then
-      sleep 1
-      [ -f "$W/DONE" ] || [ -f "$W/FAILED" ] && continue
-      unet_die "no job of $W is queued or running any more and the run did not finish (logs in $W/logs)"
+      idle=$((idle + 1))
+      [ "$idle" -lt 30 ] || unet_die "no job of $W is queued or running any more and the run did not finish (logs in $W/logs)"
+    else
+      idle=0
     fi
     now=$(print_status)
     now=$(sed -n '1,2p' <<< "$now" | tr '\n' ' ')
@@ -405,6 +423,7 @@ run_local() {
       pids+=($!)
     done
     for k in "${pids[@]}"; do wait "$k" || status=1; done
+    [ -n "${UNET_DRY_RUN:-}" ] && return 0
   done
   trap - INT TERM
   missing_shards
@@ -515,11 +534,11 @@ case "$compression" in none|lzw|deflate|zstd) ;; *) unet_die "--compression must
 if [ -z "$sched" ]; then
   if command -v sbatch >/dev/null; then sched=slurm; else sched=local; fi
 fi
-if [ "$sched" = slurm ]; then
+if [ "$sched" = slurm ] && [ -z "${UNET_DRY_RUN:-}" ]; then
   command -v sbatch >/dev/null && command -v squeue >/dev/null ||
     unet_die "--slurm needs sbatch and squeue (Slurm's client commands); use --local on one machine"
-  [ -n "$gpus" ] && unet_die "--gpus is for --local; on Slurm ask for --gpu (one per task)"
 fi
+[ "$sched" = slurm ] && [ -n "$gpus" ] && unet_die "--gpus is for --local; on Slurm ask for --gpu (one per task)"
 for p in "${props[@]}"; do
   case "$p" in *=*) ;; *) unet_die "--property wants P=V, not '$p'" ;; esac
   case "${p%%=*}" in model|device|output|tile-size|batch-size|post-messages|gpu-id|name)
@@ -637,7 +656,9 @@ if [ ${#MISSING[@]} -eq 0 ]; then
   exit 0
 fi
 submit_round 1 "${MISSING[@]}"
-if [ "$wait_end" -eq 1 ]; then
+if [ -n "${UNET_DRY_RUN:-}" ]; then
+  exit 0
+elif [ "$wait_end" -eq 1 ]; then
   wait_slurm
 else
   echo "$UNET_SCRIPT: progress: $SELF --status $W" >&2

@@ -25,6 +25,11 @@ ROOT=${UNET_SOURCE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 P="$ROOT/pipelines"
 CASE=${1:?usage: cluster-test.sh local|slurm}
 export UNET_TIMEOUT=${UNET_TIMEOUT:-120}
+# In the sanitizer build the test environment preloads the ASan/UBSan runtimes into every
+# process; here they go only where our instrumented plugins are loaded (lib.sh's
+# unet_with_runtime, which the scripts use): pgrep (procps) hangs with them preloaded,
+# and Slurm's daemons and commands are not ours to instrument.
+unset LD_PRELOAD
 
 skip() { echo "SKIP: $*"; exit 77; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -158,6 +163,22 @@ common=(-d cpu -n "$NS" -w "$W" -O "$OUT" "$tmp/stack.tif")
 
 case "$CASE" in
   local)
+    # 0. what would run (UNET_DRY_RUN): one pipeline per GPU, and the Slurm submission
+    UNET_DRY_RUN=1 "$P/segment-cluster.sh" --local --gpus 0,1 -n 3 -w "$tmp/dry" "$tmp/stack.tif" \
+      > "$tmp/dry.txt" 2>/dev/null || fail "dry run --local --gpus"
+    for k in 0 1 2; do
+      grep -q "^shard $k: .*start-index=$((k * FRAMES / 3)) stop-index=$(((k + 1) * FRAMES / 3 - 1)) .*device=cuda .*gpu-id=$((k % 2)) " "$tmp/dry.txt" ||
+        { cat "$tmp/dry.txt"; fail "shard $k: wrong range or GPU"; }
+    done
+    rm -rf "$tmp/dry"
+    UNET_DRY_RUN=1 "$P/segment-cluster.sh" --slurm --gpu --cpus 4 --time 0:30:00 --partition gpu \
+      --max-running 2 -n 3 -w "$tmp/dry" "$tmp/stack.tif" > "$tmp/dry.txt" 2>/dev/null || fail "dry run --slurm"
+    grep -q -- "^sbatch .*--partition=gpu --array=0-2%2 .*--time=0:30:00 --requeue .*--gres=gpu:1 --cpus-per-task=4 .*--run-shard" \
+      "$tmp/dry.txt" || { cat "$tmp/dry.txt"; fail "shard array submission"; }
+    grep -q -- "^sbatch .*--dependency=afterany:ARRAY_JOB_ID .*--finish" "$tmp/dry.txt" ||
+      { cat "$tmp/dry.txt"; fail "dependent job submission"; }
+    rm -rf "$tmp/dry"
+
     # 1. one shard killed mid-shard: the run itself runs it again
     setsid "$P/segment-cluster.sh" --local --jobs 2 --retries 1 "${common[@]}" > "$tmp/run1.log" 2>&1 &
     bg_pid=$!
@@ -208,13 +229,12 @@ case "$CASE" in
     chmod 700 "$S/munge"
     head -c 1024 /dev/urandom > "$S/munge/munge.key"
     chmod 400 "$S/munge/munge.key"
-    # the daemons are not ours to instrument: no sanitizer runtimes in them
-    env -u LD_PRELOAD munged --foreground --force --key-file="$S/munge/munge.key" \
+    munged --foreground --force --key-file="$S/munge/munge.key" \
       --socket="$S/munge/munge.sock" --pid-file="$S/munge/munged.pid" \
       --log-file="$S/munge/munged.log" --seed-file="$S/munge/munged.seed" &
     daemons+=($!)
     host=$(hostname -s 2>/dev/null || hostname)
-    node=$(env -u LD_PRELOAD slurmd -C | head -n 1 | sed -e 's/ RealMemory=[0-9]*//' -e "s/^NodeName=[^ ]*/NodeName=$host/")
+    node=$(slurmd -C | head -n 1 | sed -e 's/ RealMemory=[0-9]*//' -e "s/^NodeName=[^ ]*/NodeName=$host/")
     [[ "$node" == NodeName=*CPUs=* ]] || fail "slurmd -C: '$node'"
     cat > "$S/slurm.conf" <<EOF
 ClusterName=unettest
@@ -253,9 +273,9 @@ EOF
     export SLURM_CONF="$S/slurm.conf"
     for _ in $(seq 1 100); do [ -S "$S/munge/munge.sock" ] && break; sleep 0.1; done
     [ -S "$S/munge/munge.sock" ] || { cat "$S/munge/munged.log" >&2; fail "munged did not start"; }
-    env -u LD_PRELOAD slurmctld -D -i > "$S/logs/slurmctld.out" 2>&1 &
+    slurmctld -D -i > "$S/logs/slurmctld.out" 2>&1 &
     daemons+=($!)
-    env -u LD_PRELOAD slurmd -D -N "$host" > "$S/logs/slurmd.out" 2>&1 &
+    slurmd -D -N "$host" > "$S/logs/slurmd.out" 2>&1 &
     daemons+=($!)
     up=0
     for _ in $(seq 1 150); do
