@@ -138,13 +138,18 @@ missing_shards() {
 # ---- one shard ------------------------------------------------------------------------
 
 run_shard() {
-  local i=$1 gpu=${2:-} tmp stmp csv rows got seg status log
+  local i=$1 gpu=${2:-} tmp stmp csv rows got seg status log stop
   [[ "$i" =~ ^[0-9]+$ ]] && [ "$i" -lt "${#PLAN[@]}" ] || unet_die "no shard $i in $W"
   if shard_done "$i"; then
     echo "$UNET_SCRIPT: shard $i is already complete" >&2
     return 0
   fi
   shard_fields "${PLAN[$i]}"
+  stack_fields "${STACKS[$s_stack]}"
+  # the last shard reads to the end, as a single run does: a stack whose chain of pages
+  # breaks after its last readable page then fails here as it fails there
+  stop=$s_stop
+  [ $((s_stop + 1)) -eq "$k_frames" ] && stop=-1
   csv=$(stats_file "$i")
   tmp="$s_file.part-$(hostname -s)-$$"
   stmp="$csv.part-$(hostname -s)-$$"
@@ -154,7 +159,7 @@ run_shard() {
   [ -n "$gpu" ] && seg+=("gpu-id=$gpu")
   seg+=("${PROPS[@]}")
   if [ -n "${UNET_DRY_RUN:-}" ]; then
-    echo "shard $i: gst-launch-1.0 tiffstacksrc location=$s_input start-index=$s_start stop-index=$s_stop ! ${seg[*]} ! tiffstacksink location=$tmp compression=$COMPRESSION"
+    echo "shard $i: gst-launch-1.0 tiffstacksrc location=$s_input start-index=$s_start stop-index=$stop ! ${seg[*]} ! tiffstacksink location=$tmp compression=$COMPRESSION"
     return 0
   fi
   # what an earlier attempt of this shard left half-written
@@ -166,7 +171,7 @@ run_shard() {
   echo "$UNET_SCRIPT: shard $i: $s_input pages $s_start-$s_stop${gpu:+ on GPU $gpu} on $(hostname -s)" >&2
   log="$W/logs/shard-$i.gst.log"
   set +e
-  unet_gst_launch -m tiffstacksrc "location=$s_input" "start-index=$s_start" "stop-index=$s_stop" \
+  unet_gst_launch -m tiffstacksrc "location=$s_input" "start-index=$s_start" "stop-index=$stop" \
       ! "${seg[@]}" ! tiffstacksink "location=$tmp" "compression=$COMPRESSION" 2>&1 |
     "$UNET_PYTHON" "$UNET_ROOT/pipelines/trainlog.py" csv --quiet --message unetsegment-stats \
       > "$stmp" 2> "$log"
@@ -191,11 +196,24 @@ run_shard() {
 
 # ---- assembling -------------------------------------------------------------------
 
+# Assembles every stack whose shards are all complete and joins the statistics of those
+# stacks; when a stack still lacks shards (retries spent) the others are still finished,
+# and the run ends FAILED naming what is missing.
 assemble_all() {
-  local k i shards tmp items=() total=0
+  local k i shards tmp items=() total=0 done_stacks=0 incomplete=() lacking
   for k in "${!STACKS[@]}"; do
     stack_fields "${STACKS[$k]}"
+    lacking=()
+    for ((i = k_first; i < k_first + k_count; i++)); do
+      shard_done "$i" || lacking+=("$i")
+    done
+    stack_fields "${STACKS[$k]}"
+    if [ ${#lacking[@]} -gt 0 ]; then
+      incomplete+=("$k_input (shards ${lacking[*]})")
+      continue
+    fi
     total=$((total + k_frames))
+    done_stacks=$((done_stacks + 1))
     for ((i = k_first; i < k_first + k_count; i++)); do
       shard_fields "${PLAN[$i]}"
       items+=("$k_input" "$s_start" "$i" "$(stats_file "$i")")
@@ -211,7 +229,7 @@ assemble_all() {
       tmp="$k_output.part-$(hostname -s)-$$"
       echo "$UNET_SCRIPT: assembling $k_output from $k_count shards ($k_frames pages)" >&2
       unet_with_runtime "$UNET_PYTHON" "$SHARDS_PY" assemble --out "$tmp" --frames "$k_frames" \
-        --compression "$COMPRESSION" "${shards[@]}" || unet_die "assembling $k_output failed"
+        --compression "$COMPRESSION" "${shards[@]}" || fail_run "assembling $k_output failed (see above)"
       mv -f -- "$tmp" "$k_output"
     fi
     : > "$W/stats/stack-$k.ok"
@@ -219,8 +237,13 @@ assemble_all() {
       rm -f -- "${shards[@]}"
     fi
   done
-  unet_with_runtime "$UNET_PYTHON" "$SHARDS_PY" merge-stats --out "$STATS" --expect "$total" "${items[@]}" ||
-    unet_die "joining the statistics failed"
+  if [ "$done_stacks" -gt 0 ]; then
+    unet_with_runtime "$UNET_PYTHON" "$SHARDS_PY" merge-stats --out "$STATS" --expect "$total" "${items[@]}" ||
+      fail_run "joining the statistics failed"
+  fi
+  if [ ${#incomplete[@]} -gt 0 ]; then
+    fail_run "$done_stacks of ${#STACKS[@]} stack(s) written; ${#incomplete[@]} still lack shards after $((RETRIES + 1)) attempts: ${incomplete[*]} (logs in $W/logs)"
+  fi
   rm -rf -- "$W/shards"/*/*.part-* 2>/dev/null || true
   echo "${#STACKS[@]} stacks, $total pages" > "$W/DONE"
   rm -f -- "$W/FAILED"
@@ -228,6 +251,7 @@ assemble_all() {
 }
 
 fail_run() {
+  rm -f -- "$W/DONE"
   echo "$*" > "$W/FAILED"
   unet_die "$*"
 }
@@ -269,6 +293,7 @@ submit_round() {
   shift
   m=$(max_array_size)
   local -a todo=("$@")
+  rm -f -- "$W/DONE" "$W/FAILED"
   while [ ${#todo[@]} -gt 0 ]; do
     chunk=$(( todo[0] / m ))
     offset=$(( chunk * m ))
@@ -302,7 +327,8 @@ submit_round() {
     echo "$UNET_SCRIPT: round $round: shard array job $jid, shards $offset + ($spec)" >&2
   done
   sbatch_common
-  SB+=("--dependency=afterany$deps" --kill-on-invalid-dep=no "--job-name=unet-assemble"
+  [ -n "$deps" ] && SB+=("--dependency=afterany$deps" --kill-on-invalid-dep=no)
+  SB+=("--job-name=unet-assemble"
        "--time=$ASSEMBLE_TIME" "--output=$W/logs/assemble-round$round-%j.log")
   [ -n "$MEM" ] && SB+=("--mem=$MEM")
   wrap="export UNET_BUILD_ROOT=$(printf %q "$UNET_BUILD"); exec $(printf %q "$SELF") --finish $(printf %q "$W") $round"
@@ -337,7 +363,6 @@ finish_slurm() {
       submit_round $((round + 1)) "${MISSING[@]}"
       return 0
     fi
-    fail_run "${#MISSING[@]} shard(s) still missing after $((RETRIES + 1)) rounds: ${MISSING[*]} (logs in $W/logs)"
   fi
   assemble_all
 }
@@ -426,8 +451,6 @@ run_local() {
     [ -n "${UNET_DRY_RUN:-}" ] && return 0
   done
   trap - INT TERM
-  missing_shards
-  [ ${#MISSING[@]} -eq 0 ] || fail_run "${#MISSING[@]} shard(s) failed $((RETRIES + 1)) times: ${MISSING[*]}"
   assemble_all
 }
 
@@ -634,7 +657,6 @@ else
   mv -- "$new_plan" "$W/plan.tsv"
 fi
 trap - EXIT
-rm -f -- "$W/DONE" "$W/FAILED"
 
 {
   declare -p stats retries time_limit assemble_time gres cpus mem partition account qos max_running \
@@ -651,10 +673,11 @@ if [ "$sched" = local ]; then
   exit 0
 fi
 
-if [ ${#MISSING[@]} -eq 0 ]; then
-  assemble_all
+if [ ${#MISSING[@]} -eq 0 ] && [ -f "$W/DONE" ]; then
+  assemble_all     # every stack is written: this only joins the statistics again
   exit 0
 fi
+# (with no shard missing, only the assembling job is submitted)
 submit_round 1 "${MISSING[@]}"
 if [ -n "${UNET_DRY_RUN:-}" ]; then
   exit 0

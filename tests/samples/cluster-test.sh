@@ -11,7 +11,9 @@
 # no temporary or shard file is left behind.
 #
 #   local  --local --jobs 2 (no Slurm); then a run killed as a whole and run again, which
-#          must run only the shards the first run did not finish.
+#          must run only the shards the first run did not finish; then two stacks, one
+#          truncated: the good one is written, the run fails naming the bad one. Also
+#          checks what UNET_DRY_RUN prints (one pipeline per GPU, the sbatch options).
 #   slurm  starts its own single-node Slurm (munged, slurmctld, slurmd from Debian's
 #          munge and slurm-wlm, with a generated slurm.conf and key in a temporary
 #          directory, on free local ports; all stopped at the end in every case), submits
@@ -167,7 +169,9 @@ case "$CASE" in
     UNET_DRY_RUN=1 "$P/segment-cluster.sh" --local --gpus 0,1 -n 3 -w "$tmp/dry" "$tmp/stack.tif" \
       > "$tmp/dry.txt" 2>/dev/null || fail "dry run --local --gpus"
     for k in 0 1 2; do
-      grep -q "^shard $k: .*start-index=$((k * FRAMES / 3)) stop-index=$(((k + 1) * FRAMES / 3 - 1)) .*device=cuda .*gpu-id=$((k % 2)) " "$tmp/dry.txt" ||
+      stop=$(((k + 1) * FRAMES / 3 - 1))
+      [ $k -eq 2 ] && stop=-1   # the last shard reads to the end, as a single run does
+      grep -q "^shard $k: .*start-index=$((k * FRAMES / 3)) stop-index=$stop .*device=cuda .*gpu-id=$((k % 2)) " "$tmp/dry.txt" ||
         { cat "$tmp/dry.txt"; fail "shard $k: wrong range or GPU"; }
     done
     rm -rf "$tmp/dry"
@@ -221,6 +225,25 @@ case "$CASE" in
     compare "$OUT"
     check_stats "$W/stats.csv"
     check_clean
+
+    # 4. two stacks, one of them truncated (its page chain breaks before the end): the
+    #    good one is written, the bad one is not, the run fails naming it
+    head -c $(( $(stat -c %s "$tmp/direct.tif") - 100 )) "$tmp/direct.tif" > "$tmp/bad.tif"
+    if "$P/segment-cluster.sh" --local --jobs 2 --retries 0 -d cpu -n 2 -w "$tmp/work2" -D "$tmp/out2" \
+        "$tmp/stack.tif" "$tmp/bad.tif" > "$tmp/run5.log" 2>&1; then
+      cat "$tmp/run5.log"; fail "a run with a truncated stack succeeded"
+    fi
+    grep -q "1 of 2 stack(s) written; 1 still lack shards .*bad.tif" "$tmp/run5.log" ||
+      { cat "$tmp/run5.log"; fail "no message naming the truncated stack"; }
+    grep -q "chain of pages breaks" "$tmp/run5.log" || fail "tiffstacksrc's error not shown"
+    [ ! -e "$tmp/out2/bad-labels.tif" ] || fail "an output was written for the truncated stack"
+    cp "$tmp/out2/stack-labels.tif" "$tmp/good.tif"
+    compare "$tmp/good.tif"
+    [ -f "$tmp/work2/FAILED" ] && [ ! -f "$tmp/work2/DONE" ] || fail "work directory state after a failed run"
+    rm -f "$tmp/good.tif"
+    # the bad stack's complete shard stays for a rerun; nothing half-written stays
+    left=$(find "$tmp" -name '*.part-*' -print)
+    [ -z "$left" ] || fail "left behind: $left"
     ;;
 
   slurm)
@@ -231,7 +254,7 @@ case "$CASE" in
     chmod 400 "$S/munge/munge.key"
     munged --foreground --force --key-file="$S/munge/munge.key" \
       --socket="$S/munge/munge.sock" --pid-file="$S/munge/munged.pid" \
-      --log-file="$S/munge/munged.log" --seed-file="$S/munge/munged.seed" &
+      --log-file="$S/munge/munged.log" --seed-file="$S/munge/munged.seed" > "$S/logs/munged.out" 2>&1 &
     daemons+=($!)
     host=$(hostname -s 2>/dev/null || hostname)
     node=$(slurmd -C | head -n 1 | sed -e 's/ RealMemory=[0-9]*//' -e "s/^NodeName=[^ ]*/NodeName=$host/")
