@@ -172,7 +172,7 @@ run_shard() {
   log="$W/logs/shard-$i.gst.log"
   set +e
   unet_gst_launch -m tiffstacksrc "location=$s_input" "start-index=$s_start" "stop-index=$stop" \
-      ! "${seg[@]}" ! tiffstacksink "location=$tmp" "compression=$COMPRESSION" 2>&1 |
+      ! "${seg[@]}" ! tiffstacksink "location=$tmp" "compression=$COMPRESSION" 2>&1 9>&- |
     "$UNET_PYTHON" "$UNET_ROOT/pipelines/trainlog.py" csv --quiet --message unetsegment-stats \
       > "$stmp" 2> "$log"
   status=("${PIPESTATUS[@]}")
@@ -586,6 +586,10 @@ for f in "${inputs[@]}"; do
 done
 mapfile -t abs_inputs < <(for f in "${inputs[@]}"; do abspath "$f"; done)
 
+# one front end per work directory at a time (a local run holds it to the end, a Slurm
+# submission while it plans, submits and --waits)
+exec 9> "$W/.lock"
+flock -n 9 || unet_die "another segment-cluster.sh is running on $W"
 new_plan=$(mktemp "$W/.plan.XXXXXX")
 new_stacks=$(mktemp "$W/.stacks.XXXXXX")
 new_conf=$(mktemp "$W/.conf.XXXXXX")

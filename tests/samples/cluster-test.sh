@@ -201,6 +201,14 @@ case "$CASE" in
       { cat "$tmp/run2.log"; fail "rerun failed"; }
     grep -q "$NS shard(s), 0 to run" "$tmp/run2.log" || { cat "$tmp/run2.log"; fail "rerun ran shards again"; }
     [ "$(stat -c %Y.%i "$OUT")" = "$before" ] || fail "rerun rewrote the output"
+    # a second front end on a work directory in use is refused (the lock held here)
+    exec 8> "$W/.lock"
+    flock -n 8 || fail "cannot take the work directory's lock"
+    if "$P/segment-cluster.sh" --local --jobs 2 "${common[@]}" > "$tmp/second.log" 2>&1; then
+      fail "a second run on a busy work directory was accepted"
+    fi
+    grep -q "another segment-cluster.sh is running on" "$tmp/second.log" || { cat "$tmp/second.log"; fail "no message"; }
+    exec 8>&-
     # other shards or settings in the same work directory are refused, not mixed
     if "$P/segment-cluster.sh" --local -d cpu -n $((NS + 1)) -w "$W" -O "$OUT" "$tmp/stack.tif" 2> "$tmp/err"; then
       fail "a work directory planned with $NS shards accepted $((NS + 1))"
