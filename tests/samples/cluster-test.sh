@@ -87,6 +87,13 @@ NS=${CLUSTER_TEST_SHARDS:-3}
 MAXARRAY=${CLUSTER_TEST_MAXARRAY:-2}
 "$UNET_PYTHON" "$ROOT/samples/synth.py" --kind nuclei --frames $FRAMES --size ${SIZE}x${SIZE} --seed 21 \
   --out-image "$tmp/stack.tif" --out-mask "$tmp/masks.tif" >/dev/null
+# a calibrated stack (0.65 um pixels, 2 um z spacing): the metadata must survive sharding
+"$UNET_PYTHON" - "$tmp/stack.tif" <<'PY'
+import sys, tifffile
+a = tifffile.imread(sys.argv[1])
+tifffile.imwrite(sys.argv[1], a, imagej=True, resolution=(1 / 0.65, 1 / 0.65),
+                 metadata={"axes": "ZYX", "spacing": 2.0, "unit": "micron"})
+PY
 "$P/segment-stack.sh" -q -d cpu "$tmp/stack.tif" "$tmp/direct.tif" 2>/dev/null ||
   fail "the single-process run failed"
 
@@ -102,6 +109,9 @@ with tifffile.TiffFile(ref) as a, tifffile.TiffFile(got) as b:
         assert x.dtype == y.dtype and x.shape == y.shape, f"page {k}: {y.dtype}{y.shape} vs {x.dtype}{x.shape}"
         assert x.tobytes() == y.tobytes(), f"page {k}: {np.count_nonzero(x != y)} pixels differ"
     assert a.pages[0].description == b.pages[0].description, "ImageJ description differs"
+    assert "spacing=2" in a.pages[0].description, a.pages[0].description
+    for tag in ("XResolution", "YResolution", "ResolutionUnit"):
+        assert a.pages[0].tags[tag].value == b.pages[0].tags[tag].value, f"{tag} differs"
     assert a.is_bigtiff == b.is_bigtiff, "classic TIFF / BigTIFF choice differs"
     n = len(a.pages)
     labels = a.asarray(key=range(n))
