@@ -34,7 +34,10 @@
 #   -O, --out FILE          output of the single INPUT (default INPUT-MODE.tif beside it)
 #   -D, --output-dir DIR    outputs of several inputs: DIR/NAME-MODE.tif
 #   -L, --list FILE         inputs, one path per line (in addition to the arguments)
-#   -w, --work-dir DIR      shards, statistics, logs, state (default ./unet-cluster-work)
+#   -w, --work-dir DIR      shards, statistics, logs, state; on a file system all nodes share
+#                           (default: segment-cluster-HASH beside the first output, HASH
+#                           from the inputs, page ranges, model and settings, so the same
+#                           command finds it again)
 #   -s, --stats FILE.csv    per-frame statistics of the whole run (default WORKDIR/stats.csv):
 #                           stack, frame-number (page), shard, then unetsegment-stats fields
 #   -n, --shards N          split each stack into N page ranges (default 1: whole stacks)
@@ -474,7 +477,7 @@ props=()
 out=""
 outdir=""
 lists=()
-workdir="$PWD/unet-cluster-work"
+workdir=""
 stats=""
 nshards=1
 pages_per=""
@@ -570,10 +573,6 @@ done
 
 abspath() { realpath -m -- "$1"; }
 model=$(abspath "$model")
-mkdir -p -- "$workdir" || unet_die "cannot create work directory '$workdir'"
-W=$(abspath "$workdir")
-[ -n "$stats" ] || stats="$W/stats.csv"
-stats=$(abspath "$stats")
 [ -n "$outdir" ] && { mkdir -p -- "$outdir" || unet_die "cannot create '$outdir'"; }
 
 unet_ensure_build
@@ -586,14 +585,15 @@ for f in "${inputs[@]}"; do
 done
 mapfile -t abs_inputs < <(for f in "${inputs[@]}"; do abspath "$f"; done)
 
-# one front end per work directory at a time (a local run holds it to the end, a Slurm
-# submission while it plans, submits and --waits)
-exec 9> "$W/.lock"
-flock -n 9 || unet_die "another segment-cluster.sh is running on $W"
-new_plan=$(mktemp "$W/.plan.XXXXXX")
-new_stacks=$(mktemp "$W/.stacks.XXXXXX")
-new_conf=$(mktemp "$W/.conf.XXXXXX")
-trap 'rm -f -- "$new_plan" "$new_stacks" "$new_conf"' EXIT
+# the plan is made in a scratch directory with @WORKDIR@ for the work directory, whose
+# default name depends on the plan
+scratch=$(mktemp -d)
+trap 'rm -rf -- "$scratch"' EXIT
+new_plan="$scratch/plan.tsv"
+new_stacks="$scratch/stacks.tsv"
+new_conf="$scratch/job.conf"
+: > "$new_plan"
+: > "$new_stacks"
 
 # frame counts as tiffstacksrc sees them (one process for all inputs)
 mapfile -t counts < <(unet_with_runtime "$UNET_PYTHON" "$SHARDS_PY" count "${abs_inputs[@]}")
@@ -625,7 +625,7 @@ for k in "${!abs_inputs[@]}"; do
     if [ "$count" -eq 1 ]; then
       sf=$o          # a whole stack is written to its output directly
     else
-      sf=$(printf '%s/shards/stack-%05d/shard-%05d.tif' "$W" "$k" "$idx")
+      sf=$(printf '@WORKDIR@/shards/stack-%05d/shard-%05d.tif' "$k" "$idx")
     fi
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$idx" "$k" "$f" "$a" "$b" "$((b - a + 1))" "$sf" >> "$new_plan"
     idx=$((idx + 1))
@@ -639,6 +639,27 @@ done
   echo "MODEL_ID=$(stat -c '%s-%Y' -- "$model")"
 } > "$new_conf"
 
+# Work directory: --work-dir, or beside the first output, named after the plan (inputs,
+# outputs, page ranges, model, settings): the same command finds the same directory
+# again, another plan gets its own
+if [ -n "$workdir" ]; then
+  W=$(abspath "$workdir")
+else
+  first_out=$(head -n 1 "$new_stacks" | cut -f3)
+  W="$(dirname -- "$first_out")/segment-cluster-$(cat "$new_plan" "$new_stacks" "$new_conf" | sha256sum | cut -c1-12)"
+fi
+case "$W" in *@WORKDIR@*|*$'\t'*|*$'\n'*) unet_die "unusable work directory name '$W'" ;; esac
+mkdir -p -- "$W" || unet_die "cannot create work directory '$W'"
+# one front end per work directory at a time (a local run holds it to the end, a Slurm
+# submission while it plans, submits and --waits)
+exec 9> "$W/.lock"
+flock -n 9 || unet_die "another segment-cluster.sh is running on $W"
+[ -n "$stats" ] || stats="$W/stats.csv"
+stats=$(abspath "$stats")
+while IFS= read -r line; do
+  printf '%s\n' "${line//@WORKDIR@/"$W"}"
+done < "$new_plan" > "$scratch/plan.w" && mv -- "$scratch/plan.w" "$new_plan"
+
 if [ -f "$W/plan.tsv" ]; then
   if ! cmp -s "$new_plan" "$W/plan.tsv" || ! cmp -s "$new_stacks" "$W/stacks.tsv" ||
      ! cmp -s "$new_conf" "$W/job.conf"; then
@@ -648,7 +669,6 @@ if [ -f "$W/plan.tsv" ]; then
   if [ "$sched" = slurm ] && [ -n "$(active_jobs)" ]; then
     unet_die "jobs of $W are still queued or running (see --status $W, or scancel them)"
   fi
-  rm -f -- "$new_plan" "$new_stacks" "$new_conf"
 else
   mkdir -p -- "$W/stats" "$W/logs" "$W/shards"
   for k in "${!abs_inputs[@]}"; do
@@ -656,10 +676,11 @@ else
       mkdir -p -- "$(printf '%s/shards/stack-%05d' "$W" "$k")"
     fi
   done
-  mv -- "$new_conf" "$W/job.conf"
-  mv -- "$new_stacks" "$W/stacks.tsv"
-  mv -- "$new_plan" "$W/plan.tsv"
+  cp -- "$new_conf" "$W/job.conf"
+  cp -- "$new_stacks" "$W/stacks.tsv"
+  cp -- "$new_plan" "$W/plan.tsv"
 fi
+rm -rf -- "$scratch"
 trap - EXIT
 
 {

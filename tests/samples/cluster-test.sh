@@ -192,6 +192,14 @@ case "$CASE" in
     grep -q -- "^sbatch .*--dependency=afterany:ARRAY_JOB_ID .*--finish" "$tmp/dry.txt" ||
       { cat "$tmp/dry.txt"; fail "dependent job submission"; }
     rm -rf "$tmp/dry"
+    # without --work-dir: one beside the output, named after the plan (same command, same
+    # directory; other shards, another one)
+    wd() { UNET_DRY_RUN=1 "$P/segment-cluster.sh" --local "$@" -O "$tmp/dry/x.tif" "$tmp/stack.tif" 2>&1 |
+             sed -n 's/.*work directory //p'; }
+    a=$(wd -n 3); b=$(wd -n 3); c=$(wd -n 2)
+    [[ "$a" == "$tmp/dry/segment-cluster-"* ]] && [ "$a" = "$b" ] && [ "$a" != "$c" ] ||
+      fail "default work directories: '$a' '$b' '$c'"
+    rm -rf "$tmp/dry"
 
     # 1. one shard killed mid-shard: the run itself runs it again
     setsid "$P/segment-cluster.sh" --local --jobs 2 --retries 1 "${common[@]}" > "$tmp/run1.log" 2>&1 &
