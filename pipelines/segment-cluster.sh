@@ -574,6 +574,7 @@ done
 abspath() { realpath -m -- "$1"; }
 model=$(abspath "$model")
 [ -n "$outdir" ] && { mkdir -p -- "$outdir" || unet_die "cannot create '$outdir'"; }
+[ -n "$out" ] && { mkdir -p -- "$(dirname -- "$(abspath "$out")")" || unet_die "cannot create the directory of '$out'"; }
 
 unet_ensure_build
 unet_require_element tiffstacksrc tiffstacksink unetsegment concat
