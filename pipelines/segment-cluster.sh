@@ -89,7 +89,9 @@ SHARDS_PY="$UNET_ROOT/pipelines/shards.py"
 # WORKDIR/stacks.tsv  one line per stack: stack input output frames first-shard shards
 # WORKDIR/job.conf    settings that decide the shards' content (a rerun must match)
 # WORKDIR/sched.conf  scheduling settings of the latest submission
-# WORKDIR/jobs        one line per Slurm round: round array-job-id assemble-job-id
+# WORKDIR/jobs        Slurm jobs, one line each: round, "shards" or "assemble", job id,
+#                     offset (shard = offset + array index)
+# WORKDIR/.lock       held by the front end (flock)
 # WORKDIR/stats/      per-shard statistics; WORKDIR/shards/ shard stacks; WORKDIR/logs/
 # WORKDIR/DONE, WORKDIR/FAILED   written when the run has ended
 
@@ -99,7 +101,6 @@ load_workdir() {
     unet_die "'$W' is not a work directory of this script (no job.conf/plan.tsv)"
   # shellcheck disable=SC1091
   . "$W/job.conf"
-  # shellcheck disable=SC1091
   if [ -f "$W/sched.conf" ]; then
     # shellcheck disable=SC1091
     . "$W/sched.conf"
@@ -110,7 +111,7 @@ load_workdir() {
   mapfile -t STACKS < "$W/stacks.tsv"
 }
 
-# shard_field LINE N: field N (1-based) of a tab-separated line
+# shard_fields LINE / stack_fields LINE: a plan.tsv / stacks.tsv line into s_* / k_*
 shard_fields() {
   IFS=$'\t' read -r s_idx s_stack s_input s_start s_stop s_frames s_file <<< "$1"
 }
