@@ -113,7 +113,7 @@ load_workdir() {
 
 # shard_fields LINE / stack_fields LINE: a plan.tsv / stacks.tsv line into s_* / k_*
 shard_fields() {
-  IFS=$'\t' read -r s_idx s_stack s_input s_start s_stop s_frames s_file <<< "$1"
+  IFS=$'\t' read -r _ s_stack s_input s_start s_stop s_frames s_file <<< "$1"
 }
 stack_fields() {
   IFS=$'\t' read -r k_idx k_input k_output k_frames k_first k_count <<< "$1"
@@ -301,12 +301,12 @@ submit_round() {
   while [ ${#todo[@]} -gt 0 ]; do
     chunk=$(( todo[0] / m ))
     offset=$(( chunk * m ))
-    local -a idx=() rest=()
+    local -a tasks=() rest=()
     for x in "${todo[@]}"; do
-      if [ $((x / m)) -eq "$chunk" ]; then idx+=($((x - offset))); else rest+=("$x"); fi
+      if [ $((x / m)) -eq "$chunk" ]; then tasks+=($((x - offset))); else rest+=("$x"); fi
     done
     todo=("${rest[@]}")
-    spec=$(array_spec "${idx[@]}")
+    spec=$(array_spec "${tasks[@]}")
     [ -n "$MAX_RUNNING" ] && spec+="%$MAX_RUNNING"
     sbatch_common
     SB+=("--array=$spec" "--job-name=unet-shards" "--time=$TIME" --requeue
@@ -424,7 +424,7 @@ wait_slurm() {
 # ---- this machine ---------------------------------------------------------------------
 
 run_local() {
-  local round workers=() k pids=() n i status=0 threads
+  local round workers=() k pids=() n i threads
   if [ -n "$GPUS" ]; then
     IFS=, read -r -a workers <<< "$GPUS"
   else
@@ -451,7 +451,7 @@ run_local() {
       ) &
       pids+=($!)
     done
-    for k in "${pids[@]}"; do wait "$k" || status=1; done
+    for k in "${pids[@]}"; do wait "$k" || true; done
     [ -n "${UNET_DRY_RUN:-}" ] && return 0
   done
   trap - INT TERM
