@@ -19,7 +19,7 @@ PACKAGES=(
   python3-skimage
   libaravis-0.8-0 aravis-tools gstreamer1.0-plugins-bad iproute2
   valgrind
-  slurm-wlm munge
+  slurm-wlm munge procps
   python3-gi gir1.2-gstreamer-1.0
 )
 
