@@ -332,7 +332,7 @@ submit_round() {
   done
   sbatch_common
   [ -n "$deps" ] && SB+=("--dependency=afterany$deps" --kill-on-invalid-dep=no)
-  SB+=("--job-name=unet-assemble"
+  SB+=("--job-name=unet-assemble" --requeue
        "--time=$ASSEMBLE_TIME" "--output=$W/logs/assemble-round$round-%j.log")
   [ -n "$MEM" ] && SB+=("--mem=$MEM")
   wrap="export UNET_BUILD_ROOT=$(printf %q "$UNET_BUILD"); exec $(printf %q "$SELF") --finish $(printf %q "$W") $round"
