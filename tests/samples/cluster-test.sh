@@ -86,15 +86,19 @@ NS=${CLUSTER_TEST_SHARDS:-3}
 # a small MaxArraySize makes the script split the shards over several array jobs, as it
 # must on a real cluster when there are more shards than MaxArraySize (1001 by default)
 MAXARRAY=${CLUSTER_TEST_MAXARRAY:-2}
-"$UNET_PYTHON" "$ROOT/samples/synth.py" --kind nuclei --frames $FRAMES --size ${SIZE}x${SIZE} --seed 21 \
-  --out-image "$tmp/stack.tif" --out-mask "$tmp/masks.tif" >/dev/null
-# a calibrated stack (0.65 um pixels, 2 um z spacing): the metadata must survive sharding
-"$UNET_PYTHON" - "$tmp/stack.tif" <<'PY'
+# make_stack FILE FRAMES WxH SEED: synthetic nuclei, calibrated (0.65 um pixels, 2 um z
+# spacing: the metadata must survive sharding)
+make_stack() {
+  "$UNET_PYTHON" "$ROOT/samples/synth.py" --kind nuclei --frames "$2" --size "$3" --seed "$4" \
+    --out-image "$1" --out-mask "$tmp/masks.tif" >/dev/null
+  "$UNET_PYTHON" - "$1" <<'PY'
 import sys, tifffile
 a = tifffile.imread(sys.argv[1])
 tifffile.imwrite(sys.argv[1], a, imagej=True, resolution=(1 / 0.65, 1 / 0.65),
                  metadata={"axes": "ZYX", "spacing": 2.0, "unit": "micron"})
 PY
+}
+make_stack "$tmp/stack.tif" "$FRAMES" "${SIZE}x${SIZE}" 21
 "$P/segment-stack.sh" -q -d cpu "$tmp/stack.tif" "$tmp/direct.tif" 2>/dev/null ||
   fail "the single-process run failed"
 
@@ -254,30 +258,35 @@ case "$CASE" in
     check_clean
 
     # 4. two stacks, one of them truncated (its page chain breaks before the end): the
-    #    good one is written, the bad one is not, the run fails naming it
-    head -c $(( $(stat -c %s "$tmp/direct.tif") - 100 )) "$tmp/direct.tif" > "$tmp/bad.tif"
+    #    good one is written, the bad one is not, the run fails naming it (a smaller stack
+    #    from here on: no kill to time)
+    make_stack "$tmp/small.tif" 12 200x152 22
+    "$P/segment-stack.sh" -q -d cpu "$tmp/small.tif" "$tmp/small-direct.tif" 2>/dev/null ||
+      fail "the single-process run of small.tif failed"
+    head -c $(( $(stat -c %s "$tmp/small-direct.tif") - 100 )) "$tmp/small-direct.tif" > "$tmp/bad.tif"
     if "$P/segment-cluster.sh" --local --jobs 2 --retries 0 -d cpu -n 2 -w "$tmp/work2" -D "$tmp/out2" \
-        "$tmp/stack.tif" "$tmp/bad.tif" > "$tmp/run5.log" 2>&1; then
+        "$tmp/small.tif" "$tmp/bad.tif" > "$tmp/run5.log" 2>&1; then
       cat "$tmp/run5.log"; fail "a run with a truncated stack succeeded"
     fi
     grep -q "1 of 2 stack(s) written; 1 still lack shards .*bad.tif" "$tmp/run5.log" ||
       { cat "$tmp/run5.log"; fail "no message naming the truncated stack"; }
     grep -q "chain of pages breaks" "$tmp/run5.log" || fail "tiffstacksrc's error not shown"
     [ ! -e "$tmp/out2/bad-labels.tif" ] || fail "an output was written for the truncated stack"
-    cp "$tmp/out2/stack-labels.tif" "$tmp/good.tif"
-    compare "$tmp/good.tif"
+    compare "$tmp/out2/small-labels.tif" "$tmp/small-direct.tif"
     [ -f "$tmp/work2/FAILED" ] && [ ! -f "$tmp/work2/DONE" ] || fail "work directory state after a failed run"
-    rm -f "$tmp/good.tif"
     # the bad stack's complete shard stays for a rerun; nothing half-written stays
     left=$(find "$tmp" -name '*.part-*' -print)
     [ -z "$left" ] || fail "left behind: $left"
 
     # 5. float output (probabilities), where any change in how tiles are batched or summed
-    #    would show: shards with 1 thread each == one run with all threads
-    "$P/segment-stack.sh" -q -d cpu -o probabilities "$tmp/stack.tif" "$tmp/direct-prob.tif" 2>/dev/null ||
+    #    would show: shards with 1 thread each == one run with all threads; small tiles,
+    #    so that every frame has several and batches mix tiles of neighbouring frames
+    "$P/segment-stack.sh" -q -d cpu -t 188 -o probabilities "$tmp/small.tif" "$tmp/direct-prob.tif" 2>/dev/null ||
       fail "the single-process probabilities run failed"
-    "$P/segment-cluster.sh" --local --jobs 2 -d cpu -o probabilities -n 3 -w "$tmp/work3" \
-      -O "$tmp/out3/prob.tif" "$tmp/stack.tif" > "$tmp/run6.log" 2>&1 || { cat "$tmp/run6.log"; fail "probabilities run"; }
+    "$P/segment-cluster.sh" --local --jobs 2 -d cpu -t 188 -o probabilities -n 3 -w "$tmp/work3" \
+      -O "$tmp/out3/prob.tif" "$tmp/small.tif" > "$tmp/run6.log" 2>&1 || { cat "$tmp/run6.log"; fail "probabilities run"; }
+    "$UNET_PYTHON" -c 'import csv, sys; t = {int(r["tiles"]) for r in csv.DictReader(open(sys.argv[1]))}; assert min(t) > 1, t' \
+      "$tmp/work3/stats.csv" || fail "frames were not split into several tiles"
     compare "$tmp/out3/prob.tif" "$tmp/direct-prob.tif"
     ;;
 
