@@ -95,9 +95,10 @@ PY
 }
 
 writer initial
-# 8 s of stream (400 frames at 50 fps); the writer needs ~20 frames and 4 loads of a
-# tiny model, so it is done long before, even on a loaded machine
-unet_gst_launch -m -e videotestsrc is-live=true pattern=snow num-buffers=400 \
+# 30 s of stream (1500 frames at 50 fps); the writer needs ~20 frames and 4 loads of a
+# tiny model after importing PyTorch, which alone took over 8 s on a loaded 2-core
+# machine (the stream was 8 s long then, and ended before the first checkpoint)
+unet_gst_launch -m -e videotestsrc is-live=true pattern=snow num-buffers=1500 \
   ! video/x-raw,format=GRAY8,width=48,height=40,framerate=50/1 \
   ! queue leaky=downstream max-size-buffers=1 \
   ! unetsegment name=seg "model=$tmp/model.safetensors" watch-model=true threads=1 \
