@@ -21,6 +21,7 @@ PACKAGES=(
   valgrind
   slurm-wlm munge procps
   python3-gi gir1.2-gstreamer-1.0
+  imagej xvfb xauth
 )
 
 missing=()

@@ -7,8 +7,9 @@
  *
  * Writes every frame (GRAY8, GRAY16_LE, GRAY32F or RGB, any stride) as one page
  * of a multi-page TIFF, with optional LZW, Deflate or ZSTD compression
- * (horizontal predictor for integer data; float data is compressed without
- * predictor so that every reader decodes it). Frames of different sizes or
+ * (horizontal predictor for integer data with LZW and ZSTD; float data and
+ * Deflate are compressed without predictor so that every reader, ImageJ 1.53t
+ * included, decodes them; ImageJ 1.53t has no ZSTD decoder). Frames of different sizes or
  * formats become pages of different sizes.
  *
  * Nothing is lost when the pipeline dies: a page's pixel data, tag data and
@@ -54,7 +55,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <glib/gstdio.h>
 
 #include <gst/video/video.h>
 
@@ -123,6 +127,12 @@ typedef struct
   int err;                      /* errno of the first failed write */
   const gchar *desc;            /* description to look for, with its NUL */
   guint64 desc_off;             /* where it was written, G_MAXUINT64 if not */
+  /* While a page's directory is written into the slot reserved for it in
+   * front of its pixel data: [slot_lo, slot_hi). A write past slot_hi (and
+   * outside the held-back links) fails instead of overwriting pixels. */
+  gboolean in_slot;
+  guint64 slot_lo, slot_hi;
+  gboolean slot_overflow;
 } WriterIo;
 
 struct _GstTiffStackSink
@@ -144,6 +154,8 @@ struct _GstTiffStackSink
   TIFF *tif;
   gboolean is_bigtiff;
   gboolean failed;
+  gboolean created;             /* the file did not exist before start() */
+  gboolean replaced;            /* an existing file was truncated by us */
   GstTiffStackDiag diag;
   GstUnetLayout vinfo;
   gboolean have_info;
@@ -167,8 +179,10 @@ compression_get_type (void)
     {COMPRESS_NONE, "No compression (fastest, ImageJ reads it natively)",
         "none"},
     {COMPRESS_LZW, "LZW with horizontal predictor", "lzw"},
-    {COMPRESS_DEFLATE, "Deflate (zlib) with horizontal predictor", "deflate"},
-    {COMPRESS_ZSTD, "Zstandard with horizontal predictor", "zstd"},
+    {COMPRESS_DEFLATE, "Deflate (zlib), no predictor (ImageJ reads it)",
+        "deflate"},
+    {COMPRESS_ZSTD, "Zstandard with horizontal predictor (not read by "
+          "ImageJ 1.53t)", "zstd"},
     {0, NULL, NULL},
   };
 
@@ -372,6 +386,10 @@ io_write (thandle_t h, void *buf, tmsize_t size)
   if (io->deferring && io->pos < io->committed) {
     Patch patch = { io->pos, g_bytes_new (buf, size) };
     g_array_append_val (io->patches, patch);
+  } else if (io->in_slot && (io->pos < io->slot_lo
+          || io->pos + (guint64) size > io->slot_hi)) {
+    io->slot_overflow = TRUE;
+    return -1;
   } else {
     if (io->desc && io->desc_off == G_MAXUINT64 && size == DESC_BYTES
         && memcmp (buf, io->desc, DESC_BYTES) == 0)
@@ -546,6 +564,13 @@ gst_tiff_stack_sink_stop (GstBaseSink * bsink)
       fdatasync (self->io.fd);
     close (self->io.fd);
     self->io.fd = -1;
+    /* No page: no file. One we created, or emptied, holding no complete page
+     * (upstream failed or sent nothing) is removed rather than left as a
+     * 0-byte or header-only .tif; a file that was there before and that we
+     * never touched keeps its content. */
+    if (self->pages == 0 && (self->created || self->replaced)
+        && self->path && g_unlink (self->path) == 0)
+      GST_INFO_OBJECT (self, "no page written: removed \"%s\"", self->path);
   }
   if (self->io.patches) {
     g_array_unref (self->io.patches);
@@ -592,9 +617,15 @@ gst_tiff_stack_sink_start (GstBaseSink * bsink)
     goto fail;
   }
   /* Open now, so an unwritable path fails the state change; the TIFF header
-   * follows with the first frame, once BigTIFF or not is decided. */
-  self->io.fd = open (self->path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC,
-      0666);
+   * follows with the first frame, once BigTIFF or not is decided. An existing
+   * file is only emptied then (open_tiff()), so a run that fails before its
+   * first frame leaves it as it was. */
+  self->created = self->replaced = FALSE;
+  self->io.fd = open (self->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (self->io.fd >= 0)
+    self->created = TRUE;
+  else if (errno == EEXIST)
+    self->io.fd = open (self->path, O_RDWR | O_CLOEXEC);
   if (self->io.fd < 0) {
     GST_ELEMENT_ERROR (self, RESOURCE, OPEN_WRITE,
         ("Could not open file \"%s\" for writing: %s.", self->path,
@@ -655,6 +686,19 @@ open_tiff (GstTiffStackSink * self)
   }
   self->is_bigtiff = big;
 
+  if (!self->created) {
+    struct stat st;
+    /* Devices and pipes are written as they are; a regular file is emptied. */
+    if (fstat (self->io.fd, &st) == 0 && S_ISREG (st.st_mode)) {
+      if (ftruncate (self->io.fd, 0) < 0) {
+        self->io.err = errno;
+        post_write_error (self, "emptying the existing file");
+        return FALSE;
+      }
+      self->replaced = TRUE;
+    }
+  }
+
   opts = gst_tiff_stack_open_options (&self->diag, G_MAXSSIZE);
   gst_tiff_stack_diag_clear (&self->diag);
   self->tif = TIFFClientOpenExt (self->path, big ? "w8" : "w",
@@ -691,6 +735,11 @@ gst_tiff_stack_sink_event (GstBaseSink * bsink, GstEvent * event)
 {
   GstTiffStackSink *self = GST_TIFF_STACK_SINK (bsink);
 
+  if (GST_EVENT_TYPE (event) == GST_EVENT_EOS && self->pages == 0
+      && !self->failed)
+    GST_ELEMENT_WARNING (self, STREAM, FAILED,
+        ("The stream ended before its first frame: \"%s\" is not written.",
+            self->path), (NULL));
   if (GST_EVENT_TYPE (event) == GST_EVENT_TAG) {
     GstTagList *tags;
     gdouble v;
@@ -711,6 +760,18 @@ gst_tiff_stack_sink_event (GstBaseSink * bsink, GstEvent * event)
 
 /* ---- writing ------------------------------------------------------------- */
 
+/* An upper bound of a page's directory and its out-of-line tag data: at most
+ * 32 entries (about 20 are set) of 20 bytes (BigTIFF) plus count and next
+ * pointer; the strip offset and byte count arrays (8 bytes per value in
+ * BigTIFF); the ImageJ description slot, software string, two rationals and
+ * per-sample arrays; 2 bytes of word alignment after each item. */
+static guint64
+dir_slot_bytes (guint32 strips)
+{
+  return 32 * 20 + 16 + (guint64) strips * 2 * 8 + DESC_BYTES + 64 + 16
+      + 4 * 8 + 8 * 2;
+}
+
 static gboolean
 write_page (GstTiffStackSink * self, GstUnetFrame * frame)
 {
@@ -729,6 +790,7 @@ write_page (GstTiffStackSink * self, GstUnetFrame * frame)
   gboolean compressed = self->cfg_compression != COMPRESS_NONE;
   gboolean is_float = fmt == GST_UNET_FORMAT_GRAY32F;
   guint32 rps, row0, r, strip;
+  guint64 slot_lo, data_start, data_end;
   gsize target;
   gboolean ok;
 
@@ -744,7 +806,9 @@ write_page (GstTiffStackSink * self, GstUnetFrame * frame)
       PHOTOMETRIC_RGB : PHOTOMETRIC_MINISBLACK);
   TIFFSetField (tif, TIFFTAG_PLANARCONFIG, PLANARCONFIG_CONTIG);
   TIFFSetField (tif, TIFFTAG_COMPRESSION, codecs[self->cfg_compression]);
-  if (compressed && !is_float)
+  /* No predictor for Deflate: ImageJ 1.53t decodes Deflate pages with a
+   * horizontal predictor wrongly (LZW ones right). */
+  if (compressed && !is_float && self->cfg_compression != COMPRESS_DEFLATE)
     TIFFSetField (tif, TIFFTAG_PREDICTOR, PREDICTOR_HORIZONTAL);
   target = compressed ? STRIP_TARGET_COMPRESSED : STRIP_TARGET_RAW;
   rps = CLAMP (target / MAX (row_bytes, 1), 1, height);
@@ -776,6 +840,22 @@ write_page (GstTiffStackSink * self, GstUnetFrame * frame)
       }
     }
   }
+  /* Layout of a page: [directory + tag data][pixel data], the directory in a
+   * slot reserved in front of the pixels (see dir_slot_bytes()). With
+   * uncompressed pages this puts page k+1's directory right after page k's
+   * pixels, never further than the pixels of one page: tifffile (and
+   * everything built on it) then sees from the ImageJ description and the
+   * second directory's offset that pages are not one contiguous block, and
+   * reads page by page. (With the directory after the pixels, a 2-page stack,
+   * or any stack of pages smaller than a directory, looked contiguous and
+   * read wrong.) The pixels of an odd-sized page start at an odd offset so
+   * that the next directory, which must be word aligned, follows them without
+   * a gap byte that a contiguous read would take for pixel data. */
+  slot_lo = self->io.size;
+  data_start = slot_lo + dir_slot_bytes ((height + rps - 1) / rps);
+  if ((data_start ^ ((guint64) row_bytes * height)) & 1)
+    data_start++;
+  self->io.size = data_start;
   gst_tiff_stack_diag_clear (&self->diag);
   for (row0 = 0, strip = 0; row0 < height; row0 += rps, strip++) {
     guint32 rows = MIN (rps, height - row0);
@@ -795,13 +875,24 @@ write_page (GstTiffStackSink * self, GstUnetFrame * frame)
 
   /* Directory and tag data are appended; the link into the chain is held
    * back (see WriterIo) and written last, so the page appears atomically. */
-  self->io.committed = self->io.size;
+  data_end = self->io.size;
+  self->io.committed = slot_lo;
   self->io.deferring = TRUE;
+  /* libtiff puts a new directory at the end of the file: make that the slot. */
+  self->io.size = slot_lo;
+  self->io.slot_lo = slot_lo;
+  self->io.slot_hi = data_start;
+  self->io.slot_overflow = FALSE;
+  self->io.in_slot = TRUE;
   ok = TIFFWriteDirectory (tif);
+  self->io.in_slot = FALSE;
   self->io.deferring = FALSE;
+  self->io.size = MAX (self->io.size, data_end);
   if (!ok) {
     g_array_set_size (self->io.patches, 0);
-    post_write_error (self, "writing the page directory");
+    post_write_error (self, self->io.slot_overflow ?
+        "the page directory did not fit the slot reserved for it" :
+        "writing the page directory");
     return FALSE;
   }
   if (!io_apply_patches (&self->io)) {

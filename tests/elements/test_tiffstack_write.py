@@ -101,6 +101,26 @@ check(rc == 0 and len(pages) == 5 and all(np.array_equal(pages[i], a[i]) for i i
       and all(np.array_equal(pages[2 + i], b[i]) for i in range(3)),
       "frames of different sizes become pages of different sizes")
 
+# A failed run leaves no empty or header-only file behind, and does not
+# destroy a file that was at the location before it failed.
+trunc = path("truncated-src.tif")
+tifffile.imwrite(trunc, rng.integers(0, 65536, (3, 64, 64), dtype=np.uint16))
+with open(trunc, "r+b") as f:
+    f.truncate(2000)                   # page 0's pixels are cut: reading fails
+for label, src in (("source that fails to start", f"tiffstacksrc location={path('missing.tif')}"),
+                   ("source that fails on its first page", f"tiffstacksrc location={trunc}"),
+                   ("stream without frames",
+                    "videotestsrc num-buffers=0 ! video/x-raw,format=GRAY8")):
+    out = path("failed.tif")
+    rc, log = gst(f"{src} ! tiffstacksink location={out}")
+    check(not os.path.exists(out), f"{label}: no file left (rc {rc})")
+    keep = path("kept.tif")
+    with open(keep, "wb") as f:
+        f.write(b"previous result")
+    rc, log = gst(f"{src} ! tiffstacksink location={keep}")
+    with open(keep, "rb") as f:
+        check(f.read() == b"previous result", f"{label}: an existing file is left as it was")
+
 # Errors, not crashes.
 rc, log = gst(f"videotestsrc num-buffers=2 ! video/x-raw,format=GRAY8 ! "
               f"tiffstacksink location=/nonexistent-dir/x.tif")
