@@ -14,7 +14,7 @@ uf_find (guint32 *parent, guint32 x)
 
 guint
 unet_label_components (const guint8 *mask, guint8 value, gint width, gint height,
-    guint16 *instances, guint64 *area)
+    guint32 *instances, guint64 *area)
 {
   /* Two passes: provisional labels with union-find (the smaller root wins, so a
    * root is the first provisional label of its component in raster order), then
@@ -63,8 +63,7 @@ unet_label_components (const guint8 *mask, guint8 value, gint width, gint height
   }
   if (instances) {
     for (i = 0; i < n; i++) {
-      guint32 v = lab[i] ? final[uf_find (par, lab[i])] : 0;
-      instances[i] = (guint16) MIN (v, G_MAXUINT16);
+      instances[i] = lab[i] ? final[uf_find (par, lab[i])] : 0;
     }
   }
   g_free (final);

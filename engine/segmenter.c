@@ -325,7 +325,7 @@ frame_finish (UnetSegmenter *seg, Frame *f, GError **error)
   if (outs & (UNET_SEGMENT_INSTANCES | UNET_SEGMENT_STATS)) {
     guint64 area = 0;
     if (outs & UNET_SEGMENT_INSTANCES) {
-      r->instances = try_alloc (n, sizeof (guint16), FALSE, error);
+      r->instances = try_alloc (n, sizeof (guint32), FALSE, error);
       if (!r->instances) {
         g_free (labels);
         return FALSE;
@@ -578,7 +578,7 @@ device_finish (UnetSegmenter *seg, Frame *f, GError **error)
   if (outs & (UNET_SEGMENT_INSTANCES | UNET_SEGMENT_STATS)) {
     guint64 area = 0;
     if (outs & UNET_SEGMENT_INSTANCES) {
-      r->instances = try_alloc (n, sizeof (guint16), FALSE, error);
+      r->instances = try_alloc (n, sizeof (guint32), FALSE, error);
       if (!r->instances)
         return FALSE;
     }

@@ -489,7 +489,7 @@ typedef struct
   guint8 *labels;               /* (H,W) dense, or NULL when not asked for */
   gfloat *probability;          /* (H,W) of probability_class, or NULL */
   gfloat *probabilities;        /* (K,H,W), or NULL */
-  guint16 *instances;           /* (H,W), or NULL */
+  guint32 *instances;           /* (H,W) ids 1.. (0 = background), or NULL */
   UnetSegmentStats stats;
 } UnetSegmentResult;
 
@@ -525,11 +525,12 @@ UnetSegmentResult *unet_segmenter_process (UnetSegmenter *seg, UnetPixelFormat f
 void         unet_segment_result_free   (UnetSegmentResult *result);
 
 /* Connected components (4-connectivity) of `mask` (pixels equal to `value`):
- * instances (H,W) numbered 1.. in raster order (saturating at 65535; 0 = background),
- * may be NULL; returns the number of components, `*area` the foreground pixel count. */
+ * instances (H,W) numbered 1.. in raster order (0 = background; a frame has fewer
+ * than 2^32 pixels, so ids never saturate), may be NULL; returns the number of
+ * components (= the largest id), `*area` the foreground pixel count. */
 guint        unet_label_components      (const guint8 *mask, guint8 value,
                                          gint width, gint height,
-                                         guint16 *instances, guint64 *area);
+                                         guint32 *instances, guint64 *area);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetModel, unet_model_free)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetNet, unet_net_free)

@@ -1,7 +1,8 @@
 /* gst-unet — raw video caps and frames shared by the gst-unet elements
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
- * GStreamer 1.22's GstVideoFormat has no GRAY32F, so the elements cannot use
+ * GStreamer 1.22's GstVideoFormat has no GRAY32F and no 32-bit unsigned gray
+ * (named here GRAY32_LE, after GRAY16_LE), so the elements cannot use
  * GstVideoInfo / GstVideoFrame and parse `video/x-raw` caps themselves. Frames
  * have one plane whose rows are at the default stride (width × bytes per pixel
  * rounded up to 4, as GStreamer's) unless a GstVideoMeta on the buffer gives
@@ -23,6 +24,7 @@ typedef enum
   GST_UNET_FORMAT_GRAY32F,
   GST_UNET_FORMAT_RGB,
   GST_UNET_FORMAT_RGBA,
+  GST_UNET_FORMAT_GRAY32_LE,    /* 32-bit unsigned gray (instance ids) */
   GST_UNET_FORMAT_UNKNOWN,
 } GstUnetFormat;
 

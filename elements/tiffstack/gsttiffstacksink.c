@@ -5,7 +5,8 @@
  * SECTION:element-tiffstacksink
  * @title: tiffstacksink
  *
- * Writes every frame (GRAY8, GRAY16_LE, GRAY32F or RGB, any stride) as one page
+ * Writes every frame (GRAY8, GRAY16_LE, GRAY32_LE, GRAY32F or RGB, any stride)
+ * as one page
  * of a multi-page TIFF, with optional LZW, Deflate or ZSTD compression
  * (horizontal predictor for integer data with LZW and ZSTD; float data and
  * Deflate are compressed without predictor so that every reader, ImageJ 1.53t

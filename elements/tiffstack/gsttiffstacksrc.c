@@ -12,13 +12,14 @@
  *
  * Output formats:
  * - 8-bit gray → GRAY8, 16-bit gray → GRAY16_LE (big-endian files are swapped),
+ *   32-bit unsigned → GRAY32_LE (e.g. instance ids written by tiffstacksink),
  *   32-bit float → GRAY32F, 64-bit float → GRAY32F (rounded to float),
  *   8-bit RGB (contiguous or planar, JPEG YCbCr decoded to RGB) → RGB.
  * - Signed 8/16-bit samples are converted like ImageJ does: 2^(bits-1) is
  *   added (-32768 → 0, 0 → 32768), so order is kept; the tag
  *   "tiff-value-offset" (-128 or -32768) says what to add to get the stored
  *   value back.
- * - Everything else (1-bit, 32-bit integer, 16-bit RGB, CMYK, more than three
+ * - Everything else (1-bit, 32-bit signed, 16-bit RGB, CMYK, more than three
  *   samples, YCbCr that is not JPEG) ends in an error naming file and page.
  * - MinIsWhite and palette pages are passed through as stored (not inverted,
  *   not looked up).
@@ -505,13 +506,15 @@ page_layout (GstTiffStackSrc * self, PageLayout * L, gchar ** why)
           L->format = GST_UNET_FORMAT_GRAY8;
         else if (L->bps == 16)
           L->format = GST_UNET_FORMAT_GRAY16_LE;
+        else if (L->bps == 32 && !L->flip_sign)
+          L->format = GST_UNET_FORMAT_GRAY32_LE;
         break;
       default:
         break;
     }
     if (L->format == GST_UNET_FORMAT_UNKNOWN) {
       *why = g_strdup_printf ("%u-bit %s samples are not supported (8/16-bit "
-          "integer and 32/64-bit float are)", L->bps,
+          "integer, 32-bit unsigned and 32/64-bit float are)", L->bps,
           L->sample_format == SAMPLEFORMAT_IEEEFP ? "float" :
           L->sample_format == SAMPLEFORMAT_INT ? "signed" :
           L->sample_format == SAMPLEFORMAT_UINT ? "unsigned" : "complex");

@@ -150,7 +150,7 @@ static guint signals[LAST_SIGNAL];
 #define DEFAULT_WATCH_MODEL FALSE
 
 #define SINK_CAPS GST_VIDEO_CAPS_MAKE ("{ GRAY8, GRAY16_LE, GRAY32F }")
-#define SRC_CAPS GST_VIDEO_CAPS_MAKE ("{ GRAY8, GRAY32F, RGBA, GRAY16_LE }")
+#define SRC_CAPS GST_VIDEO_CAPS_MAKE ("{ GRAY8, GRAY32F, RGBA, GRAY32_LE, GRAY16_LE }")
 
 static GstStaticPadTemplate sink_template = GST_STATIC_PAD_TEMPLATE ("sink",
     GST_PAD_SINK, GST_PAD_ALWAYS, GST_STATIC_CAPS (SINK_CAPS));
@@ -241,8 +241,9 @@ gst_unet_segment_output_get_type (void)
         "probabilities"},
     {OUTPUT_OVERLAY, "RGBA: the input in gray with classes in colour", "overlay"},
     {OUTPUT_INSTANCES,
-        "GRAY16_LE connected components (4-connected) of foreground-class",
-        "instances"},
+        "Ids of the connected components (4-connected) of foreground-class: "
+          "GRAY32_LE, or GRAY16_LE where downstream only takes that (a frame "
+          "with more than 65535 objects is then an error)", "instances"},
     {0, NULL, NULL}
   };
 
@@ -1141,7 +1142,7 @@ output_format_name (GstUnetSegmentOutput output)
     case OUTPUT_OVERLAY:
       return "RGBA";
     case OUTPUT_INSTANCES:
-      return "GRAY16_LE";
+      return "GRAY32_LE";       /* or GRAY16_LE: see transform_caps */
   }
   return "GRAY8";
 }
@@ -1167,7 +1168,20 @@ gst_unet_segment_transform_caps (GstBaseTransform * trans,
 
     gst_structure_remove_fields (s, "format", "colorimetry", "chroma-site",
         NULL);
-    if (direction == GST_PAD_SINK) {
+    if (direction == GST_PAD_SINK && output == OUTPUT_INSTANCES) {
+      /* 32-bit ids first: a frame can hold more than 65535 objects. 16-bit
+       * ids remain for downstream elements that only take GRAY16_LE. */
+      GValue list = G_VALUE_INIT, v = G_VALUE_INIT;
+
+      g_value_init (&list, GST_TYPE_LIST);
+      g_value_init (&v, G_TYPE_STRING);
+      g_value_set_static_string (&v, "GRAY32_LE");
+      gst_value_list_append_value (&list, &v);
+      g_value_set_static_string (&v, "GRAY16_LE");
+      gst_value_list_append_value (&list, &v);
+      gst_structure_take_value (s, "format", &list);
+      g_value_unset (&v);
+    } else if (direction == GST_PAD_SINK) {
       gst_structure_set (s, "format", G_TYPE_STRING,
           output_format_name (output), NULL);
     } else {
@@ -1585,9 +1599,34 @@ gst_unet_segment_generate_output (GstBaseTransform * trans,
             r->probability + (gsize) y * w, (gsize) w * sizeof (gfloat));
       break;
     case OUTPUT_INSTANCES:
-      for (y = 0; y < h; y++)
-        memcpy (of.data + (gsize) y * of.stride,
-            r->instances + (gsize) y * w, (gsize) w * sizeof (guint16));
+      if (self->out_layout.format == GST_UNET_FORMAT_GRAY32_LE) {
+        for (y = 0; y < h; y++)
+          memcpy (of.data + (gsize) y * of.stride,
+              r->instances + (gsize) y * w, (gsize) w * sizeof (guint32));
+        break;
+      }
+      /* GRAY16_LE: ids are 1..object-count; never merge objects silently. */
+      if (r->stats.object_count > G_MAXUINT16) {
+        guint count = r->stats.object_count;
+        gst_unet_frame_unmap (&of);
+        gst_buffer_unref (out);
+        ready_frame_free (rf);
+        GST_ELEMENT_ERROR (self, STREAM, FAILED,
+            ("Frame %" G_GUINT64_FORMAT " has %u objects, more than the 65535 "
+                "ids of GRAY16_LE output. Let unetsegment output GRAY32_LE "
+                "(e.g. \"unetsegment output=instances ! "
+                "video/x-raw,format=GRAY32_LE ! tiffstacksink ...\"; "
+                "tiffstacksink writes 32-bit TIFF).", self->frames_out,
+                count), (NULL));
+        return GST_FLOW_ERROR;
+      }
+      for (y = 0; y < h; y++) {
+        guint16 *o = (guint16 *) (of.data + (gsize) y * of.stride);
+        const guint32 *ids = r->instances + (gsize) y * w;
+        gint x;
+        for (x = 0; x < w; x++)
+          o[x] = (guint16) ids[x];
+      }
       break;
     case OUTPUT_OVERLAY:
       GST_OBJECT_LOCK (self);

@@ -79,8 +79,8 @@ static const gchar *formats[] = { "GRAY8", "GRAY16_LE", "GRAY32F" };
 static const gint bpps[] = { 1, 2, 4 };
 static const UnetPixelFormat pixfmts[] = { UNET_PIXEL_U8, UNET_PIXEL_U16, UNET_PIXEL_F32 };
 static const gchar *outputs[] = { "labels", "probabilities", "overlay", "instances" };
-static const gchar *out_formats[] = { "GRAY8", "GRAY32F", "RGBA", "GRAY16_LE" };
-static const gint out_bpps[] = { 1, 4, 4, 2 };
+static const gchar *out_formats[] = { "GRAY8", "GRAY32F", "RGBA", "GRAY32_LE" };
+static const gint out_bpps[] = { 1, 4, 4, 4 };
 
 /* A frame with GStreamer's default stride (rows rounded up to 4 bytes). */
 static GstBuffer *
@@ -192,7 +192,7 @@ GST_START_TEST (test_formats_and_outputs)
         else if (oi == 1)
           fail_unless (memcmp (row, r->probability + o, w * 4) == 0);
         else if (oi == 3)
-          fail_unless (memcmp (row, r->instances + o, w * 2) == 0);
+          fail_unless (memcmp (row, r->instances + o, w * 4) == 0);
         else {
           gint x;
           for (x = 0; x < w; x++) {

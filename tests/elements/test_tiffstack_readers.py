@@ -24,6 +24,7 @@ rng = np.random.default_rng(2026)
 FORMATS = {
     "gray8": (np.uint8, 1, "unsigned integer", 8),
     "gray16": (np.uint16, 1, "unsigned integer", 16),
+    "gray32": (np.uint32, 1, "unsigned integer", 32),
     "gray32f": (np.float32, 1, "IEEE floating point", 32),
     "rgb": (np.uint8, 3, "unsigned integer", 24),
 }
@@ -34,8 +35,9 @@ def make(dtype, spp, n, h, w):
     shape = (n, h, w) + ((spp,) if spp > 1 else ())
     if dtype == np.float32:
         return rng.standard_normal(shape).astype(np.float32)
-    info = np.iinfo(dtype)
-    return rng.integers(0, int(info.max) + 1, shape, dtype=dtype)
+    # ImageJ holds 32-bit integer pages as float: ids below 2^24 stay exact.
+    top = 1 << 24 if dtype == np.uint32 else int(np.iinfo(dtype).max) + 1
+    return rng.integers(0, top, shape, dtype=dtype)
 
 
 def ij_value(data, page, y, x):

@@ -316,12 +316,12 @@ test_gaussian (void)
 
 /* Flood fill reference for 4-connected components. */
 static guint
-flood_count (const guint8 *m, gint w, gint h, guint16 *out)
+flood_count (const guint8 *m, gint w, gint h, guint32 *out)
 {
   gint *stack = g_new (gint, w * h * 4 + 1), sp, p;
   guint count = 0;
 
-  memset (out, 0, sizeof (guint16) * w * h);
+  memset (out, 0, sizeof (guint32) * w * h);
   for (p = 0; p < w * h; p++) {
     if (!m[p] || out[p])
       continue;
@@ -356,7 +356,7 @@ test_components (void)
   /* Diagonal neighbours are separate objects under 4-connectivity; a U shape is one. */
   const guint8 diag[9] = { 1, 0, 0, 0, 1, 0, 0, 0, 1 };
   const guint8 u[12] = { 1, 0, 1, 1, 0, 1, 1, 1, 1, 0, 0, 0 };
-  guint16 inst[64 * 64], ref[64 * 64];
+  guint32 inst[64 * 64], ref[64 * 64];
   guint64 area;
 
   g_assert_cmpuint (unet_label_components (diag, 1, 3, 3, inst, &area), ==, 3);
@@ -377,9 +377,36 @@ test_components (void)
       m[p] = m[p] == 2;
     g_assert_cmpuint (n, ==, flood_count (m, w, h, ref));
     /* Flood fill also numbers in raster order of first pixels. */
-    g_assert_cmpmem (inst, w * h * 2, ref, w * h * 2);
+    g_assert_cmpmem (inst, w * h * 4, ref, w * h * 4);
   }
   g_rand_free (rand);
+}
+
+/* More objects than 16 bits can number (the issue: 132238 objects came out as
+ * 1.4 M pixels of id 65535): a 600x600 checkerboard has 180000 single-pixel
+ * components, each with its own id, numbered in raster order. */
+static void
+test_components_many (void)
+{
+  const gint w = 600, h = 600;
+  guint8 *m = g_new (guint8, w * h);
+  guint32 *inst = g_new (guint32, w * h), next = 0;
+  gint p;
+  guint64 area;
+
+  for (p = 0; p < w * h; p++)
+    m[p] = ((p % w) + (p / w)) % 2 == 0;
+  g_assert_cmpuint (unet_label_components (m, 1, w, h, inst, &area), ==,
+      w * h / 2);
+  g_assert_cmpuint (area, ==, w * h / 2);
+  for (p = 0; p < w * h; p++) {
+    if (m[p])
+      g_assert_cmpuint (inst[p], ==, ++next);
+    else
+      g_assert_cmpuint (inst[p], ==, 0);
+  }
+  g_free (m);
+  g_free (inst);
 }
 
 int
@@ -395,5 +422,6 @@ main (int argc, char **argv)
   g_test_add_func ("/tiling/stitch", test_stitch);
   g_test_add_func ("/tiling/gaussian", test_gaussian);
   g_test_add_func ("/tiling/components", test_components);
+  g_test_add_func ("/tiling/components-many", test_components_many);
   return g_test_run ();
 }
