@@ -21,15 +21,19 @@
  * every page whose link was written. #GstTiffStackSink:fsync also makes each
  * page survive a power failure.
  *
- * BigTIFF (#GstTiffStackSink:bigtiff): classic TIFF cannot pass 4 GiB and the
- * format cannot be switched once the file is started. In `auto` mode the
- * element asks upstream for the duration (in frames, or in time with the
- * frame rate) before the first page; when the estimated file size (page size ×
- * pages, × 2 for LZW which may expand incompressible data, plus directories)
- * stays below 4 GiB it writes classic TIFF (readable everywhere), otherwise or
- * when the length is unknown (live sources) it writes BigTIFF (Fiji reads it
- * through Bio-Formats). `never` fails cleanly with an error when the file would
- * pass 4 GiB.
+ * BigTIFF (#GstTiffStackSink:bigtiff): classic TIFF cannot pass 4 GiB, and
+ * plain ImageJ cannot open BigTIFF. In `auto` mode (the default) the element
+ * writes classic TIFF, and when the next page could take the file past 4 GiB
+ * (or #GstTiffStackSink:max-file-size) the stack continues in numbered files,
+ * as Micro-Manager does: `run.tif`, `run_1.tif`, `run_2.tif`, … (`x.ome.tif`
+ * → `x_1.ome.tif`), each a complete stack with its own ImageJ description; a
+ * "tiffstacksink-file" element message (location, index, first-frame) is posted
+ * for every file started after the first. Whether a page fits is decided from
+ * a bound of its size (pixels, × 2 for LZW which may expand incompressible
+ * data, plus its directory), so the length of the stream needs not be known
+ * (live recordings). `always` writes one BigTIFF (Fiji reads it through
+ * Bio-Formats); `never` writes one classic TIFF and fails cleanly with an
+ * error when it would pass 4 GiB.
  *
  * Fiji/ImageJ: page 0 carries an ImageJ description
  * (`ImageJ=`, `images=`, `slices=`, `unit=micron`, `spacing=`, `loop=false`)
@@ -91,11 +95,13 @@ enum
   PROP_COMPRESSION,
   PROP_BIGTIFF,
   PROP_FSYNC,
+  PROP_MAX_FILE_SIZE,
 };
 
 #define DEFAULT_COMPRESSION COMPRESS_NONE
 #define DEFAULT_BIGTIFF BIGTIFF_AUTO
 #define DEFAULT_FSYNC FALSE
+#define DEFAULT_MAX_FILE_SIZE 0
 
 /* Room for the ImageJ description; rewritten in place, padded with '\n'. */
 #define DESC_BYTES 256
@@ -145,9 +151,14 @@ struct _GstTiffStackSink
   Compress compression;
   BigTiffMode bigtiff;
   gboolean fsync;
+  guint64 max_file_size;
 
   /* between start() and stop() */
-  gchar *path;
+  gchar *location_cfg;          /* the location; files 1.. are numbered */
+  guint file_index;             /* 0 for the location itself */
+  guint64 total_pages;          /* over all files */
+  guint64 cfg_max_file_size;
+  gchar *path;                  /* the file being written */
   Compress cfg_compression;
   BigTiffMode cfg_bigtiff;
   gboolean cfg_fsync;
@@ -199,10 +210,10 @@ bigtiff_get_type (void)
 {
   static GType type = 0;
   static const GEnumValue values[] = {
-    {BIGTIFF_AUTO, "Classic TIFF when upstream's length says the file stays "
-          "under 4 GiB, else BigTIFF", "auto"},
-    {BIGTIFF_ALWAYS, "Always BigTIFF", "always"},
-    {BIGTIFF_NEVER, "Always classic TIFF (error at 4 GiB)", "never"},
+    {BIGTIFF_AUTO, "Classic TIFF, continued in numbered files (NAME_1.tif, "
+          "...) past 4 GiB", "auto"},
+    {BIGTIFF_ALWAYS, "One BigTIFF file", "always"},
+    {BIGTIFF_NEVER, "One classic TIFF file (error at 4 GiB)", "never"},
     {0, NULL, NULL},
   };
 
@@ -258,6 +269,14 @@ gst_tiff_stack_sink_class_init (GstTiffStackSinkClass * klass)
           "Write BigTIFF (64-bit offsets, files over 4 GiB): auto decides "
           "before the first page from upstream's duration (BigTIFF when "
           "unknown)", bigtiff_get_type (), DEFAULT_BIGTIFF,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS |
+          GST_PARAM_MUTABLE_READY));
+  g_object_class_install_property (gobject_class, PROP_MAX_FILE_SIZE,
+      g_param_spec_uint64 ("max-file-size", "Maximum file size",
+          "Continue the stack in a new numbered file (NAME_1.tif, ...) when "
+          "the next page could make the current one larger than this many "
+          "bytes (0: only at the 4 GiB limit of classic TIFF); a file holds at "
+          "least one page", 0, G_MAXUINT64, DEFAULT_MAX_FILE_SIZE,
           G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS |
           GST_PARAM_MUTABLE_READY));
   g_object_class_install_property (gobject_class, PROP_FSYNC,
@@ -322,6 +341,9 @@ gst_tiff_stack_sink_set_property (GObject * object, guint prop_id,
     case PROP_FSYNC:
       self->fsync = g_value_get_boolean (value);
       break;
+    case PROP_MAX_FILE_SIZE:
+      self->max_file_size = g_value_get_uint64 (value);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
       break;
@@ -348,6 +370,9 @@ gst_tiff_stack_sink_get_property (GObject * object, guint prop_id,
       break;
     case PROP_FSYNC:
       g_value_set_boolean (value, self->fsync);
+      break;
+    case PROP_MAX_FILE_SIZE:
+      g_value_set_uint64 (value, self->max_file_size);
       break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
@@ -512,17 +537,17 @@ post_write_error (GstTiffStackSink * self, const gchar * what)
   if (self->io.err == ENOSPC || self->io.err == EDQUOT)
     GST_ELEMENT_ERROR (self, RESOURCE, NO_SPACE_LEFT,
         ("No space left on the device while writing \"%s\" (%" G_GUINT64_FORMAT
-            " pages were complete).", self->path, self->pages),
+            " pages were complete).", self->path, self->total_pages),
         ("%s; libtiff: %s", what, tiff_msg));
   else if (self->io.err != 0)
     GST_ELEMENT_ERROR (self, RESOURCE, WRITE,
         ("Could not write to \"%s\": %s (%" G_GUINT64_FORMAT
             " pages were complete).", self->path, g_strerror (self->io.err),
-            self->pages), ("%s; libtiff: %s", what, tiff_msg));
+            self->total_pages), ("%s; libtiff: %s", what, tiff_msg));
   else
     GST_ELEMENT_ERROR (self, RESOURCE, WRITE,
         ("Could not write page %" G_GUINT64_FORMAT " of \"%s\": %s.",
-            self->pages, self->path, tiff_msg), ("%s", what));
+            self->total_pages, self->path, tiff_msg), ("%s", what));
 }
 
 /* ---- start / stop -------------------------------------------------------- */
@@ -548,11 +573,10 @@ update_description (GstTiffStackSink * self, guint64 images)
   g_string_free (s, TRUE);
 }
 
-static gboolean
-gst_tiff_stack_sink_stop (GstBaseSink * bsink)
+/* Closes the file being written (every complete page is in it already). */
+static void
+close_file (GstTiffStackSink * self)
 {
-  GstTiffStackSink *self = GST_TIFF_STACK_SINK (bsink);
-
   if (self->tif) {
     /* Every complete page is already linked; nothing may be written now (a
      * half-set next directory would otherwise be flushed by TIFFClose). */
@@ -573,12 +597,21 @@ gst_tiff_stack_sink_stop (GstBaseSink * bsink)
         && self->path && g_unlink (self->path) == 0)
       GST_INFO_OBJECT (self, "no page written: removed \"%s\"", self->path);
   }
+}
+
+static gboolean
+gst_tiff_stack_sink_stop (GstBaseSink * bsink)
+{
+  GstTiffStackSink *self = GST_TIFF_STACK_SINK (bsink);
+
+  close_file (self);
   if (self->io.patches) {
     g_array_unref (self->io.patches);
     self->io.patches = NULL;
   }
   gst_tiff_stack_diag_clear (&self->diag);
   g_clear_pointer (&self->path, g_free);
+  g_clear_pointer (&self->location_cfg, g_free);
   g_clear_pointer (&self->strip, g_free);
   self->strip_size = 0;
   self->have_info = FALSE;
@@ -595,6 +628,8 @@ gst_tiff_stack_sink_start (GstBaseSink * bsink)
 
   GST_OBJECT_LOCK (self);
   self->path = g_strdup (self->location);
+  self->location_cfg = g_strdup (self->location);
+  self->cfg_max_file_size = self->max_file_size;
   self->cfg_compression = self->compression;
   self->cfg_bigtiff = self->bigtiff;
   self->cfg_fsync = self->fsync;
@@ -602,6 +637,8 @@ gst_tiff_stack_sink_start (GstBaseSink * bsink)
 
   self->failed = FALSE;
   self->pages = 0;
+  self->total_pages = 0;
+  self->file_index = 0;
   self->size_x_um = self->size_y_um = self->size_z_um = 0.0;
   memset (&self->io, 0, sizeof (self->io));
   self->io.fd = -1;
@@ -642,22 +679,6 @@ fail:
   return FALSE;
 }
 
-/* Pages upstream will send, or -1 when it does not say. */
-static gint64
-upstream_pages (GstTiffStackSink * self)
-{
-  GstPad *pad = GST_BASE_SINK_PAD (self);
-  gint64 v;
-
-  if (gst_pad_peer_query_duration (pad, GST_FORMAT_DEFAULT, &v) && v > 0)
-    return v;
-  if (gst_pad_peer_query_duration (pad, GST_FORMAT_TIME, &v) && v > 0
-      && self->vinfo.fps_n > 0 && self->vinfo.fps_d > 0)
-    return gst_util_uint64_scale_ceil (v, self->vinfo.fps_n,
-        (guint64) self->vinfo.fps_d * GST_SECOND);
-  return -1;
-}
-
 static gboolean
 open_tiff (GstTiffStackSink * self)
 {
@@ -668,22 +689,9 @@ open_tiff (GstTiffStackSink * self)
     case BIGTIFF_ALWAYS:
       big = TRUE;
       break;
-    case BIGTIFF_NEVER:
+    default:
       big = FALSE;
       break;
-    default:{
-      gint64 pages = upstream_pages (self);
-      /* Per page: pixels (LZW may expand incompressible data by up to ~1.4x;
-       * 2x is a safe bound), plus directory and tag data (< 4 KiB). */
-      guint64 per_page = self->vinfo.size
-          * (self->cfg_compression == COMPRESS_LZW ? 2 : 1) + 4096;
-      guint64 total;
-      big = pages < 0 || !g_uint64_checked_mul (&total, per_page, pages)
-          || total + (1u << 20) > CLASSIC_LIMIT;
-      GST_INFO_OBJECT (self, "upstream length %" G_GINT64_FORMAT " pages, "
-          "writing %s", pages, big ? "BigTIFF" : "classic TIFF");
-      break;
-    }
   }
   self->is_bigtiff = big;
 
@@ -736,7 +744,7 @@ gst_tiff_stack_sink_event (GstBaseSink * bsink, GstEvent * event)
 {
   GstTiffStackSink *self = GST_TIFF_STACK_SINK (bsink);
 
-  if (GST_EVENT_TYPE (event) == GST_EVENT_EOS && self->pages == 0
+  if (GST_EVENT_TYPE (event) == GST_EVENT_EOS && self->total_pages == 0
       && !self->failed)
     GST_ELEMENT_WARNING (self, STREAM, FAILED,
         ("The stream ended before its first frame: \"%s\" is not written.",
@@ -901,6 +909,7 @@ write_page (GstTiffStackSink * self, GstUnetFrame * frame)
     return FALSE;
   }
   self->pages++;
+  self->total_pages++;
 
   if (self->io.desc_off != G_MAXUINT64) {
     update_description (self, self->pages);
@@ -918,6 +927,117 @@ write_page (GstTiffStackSink * self, GstUnetFrame * frame)
   return TRUE;
 }
 
+/* File @index of the stack: the location itself for 0, else the location with
+ * "_<index>" before its extension (before ".ome.tif" for OME-TIFF names). */
+static gchar *
+numbered_path (const gchar * location, guint index)
+{
+  const gchar *base = strrchr (location, '/');
+  const gchar *ext;
+  gchar *lower;
+  gsize pos;
+
+  if (index == 0)
+    return g_strdup (location);
+  base = base ? base + 1 : location;
+  lower = g_ascii_strdown (base, -1);
+  if (g_str_has_suffix (lower, ".ome.tif"))
+    ext = base + strlen (base) - 8;
+  else if (g_str_has_suffix (lower, ".ome.tiff"))
+    ext = base + strlen (base) - 9;
+  else if ((ext = strrchr (base, '.')) == NULL || ext == base)
+    ext = base + strlen (base);
+  g_free (lower);
+  pos = ext - location;
+  return g_strdup_printf ("%.*s_%u%s", (int) pos, location, index, ext);
+}
+
+/* Bytes the next page may add to the file, at most: its directory slot and
+ * pixels (LZW may expand incompressible data by up to ~1.4x, 2x bounds it;
+ * Deflate and ZSTD by a fraction of a percent plus block headers). */
+static guint64
+page_bound (GstTiffStackSink * self)
+{
+  guint64 pixels = (guint64) self->vinfo.height * self->vinfo.width
+      * self->vinfo.bpp;
+  guint32 strips = self->vinfo.height;  /* at most one strip per row */
+
+  switch (self->cfg_compression) {
+    case COMPRESS_LZW:
+      pixels *= 2;
+      break;
+    case COMPRESS_DEFLATE:
+    case COMPRESS_ZSTD:
+      pixels += pixels / 8 + 4096;
+      break;
+    default:
+      break;
+  }
+  return pixels + dir_slot_bytes (strips) + 2;
+}
+
+/* Starts the next numbered file of the stack. */
+static gboolean
+open_next_file (GstTiffStackSink * self)
+{
+  GArray *patches = self->io.patches;
+
+  close_file (self);
+  self->file_index++;
+  g_free (self->path);
+  self->path = numbered_path (self->location_cfg, self->file_index);
+  memset (&self->io, 0, sizeof (self->io));
+  self->io.patches = patches;
+  self->io.fd = -1;
+  self->io.desc_off = G_MAXUINT64;
+  self->pages = 0;
+  self->created = self->replaced = FALSE;
+  self->io.fd = open (self->path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  if (self->io.fd < 0) {
+    self->failed = TRUE;
+    GST_ELEMENT_ERROR (self, RESOURCE, OPEN_WRITE,
+        ("Could not open file \"%s\" for writing the continuation of the "
+            "stack: %s.", self->path, g_strerror (errno)), (NULL));
+    return FALSE;
+  }
+  self->created = TRUE;
+  GST_INFO_OBJECT (self, "continuing the stack in \"%s\" from frame %"
+      G_GUINT64_FORMAT, self->path, self->total_pages);
+  gst_element_post_message (GST_ELEMENT (self),
+      gst_message_new_element (GST_OBJECT (self),
+          gst_structure_new ("tiffstacksink-file", "location", G_TYPE_STRING,
+              self->path, "index", G_TYPE_UINT, self->file_index,
+              "first-frame", G_TYPE_UINT64, self->total_pages, NULL)));
+  return open_tiff (self);
+}
+
+/* Before a page: does it fit the current file? Continue in a new file, or fail
+ * (bigtiff=never at the classic limit). */
+static gboolean
+ensure_room (GstTiffStackSink * self)
+{
+  guint64 limit = self->cfg_max_file_size;
+  guint64 need = page_bound (self);
+
+  if (self->pages == 0)
+    return TRUE;
+  if (!self->is_bigtiff && (limit == 0 || limit > CLASSIC_LIMIT))
+    limit = CLASSIC_LIMIT;
+  if (limit == 0 || self->io.size + need <= limit)
+    return TRUE;
+  if (!self->is_bigtiff && self->cfg_bigtiff == BIGTIFF_NEVER
+      && limit == CLASSIC_LIMIT) {
+    self->failed = TRUE;
+    GST_ELEMENT_ERROR (self, RESOURCE, NO_SPACE_LEFT,
+        ("Frame %" G_GUINT64_FORMAT " would take \"%s\" past the 4 GiB limit "
+            "of classic TIFF (bigtiff=never); %" G_GUINT64_FORMAT " pages are "
+            "complete. Use bigtiff=auto (numbered files) or bigtiff=always.",
+            self->total_pages, self->path, self->total_pages), (NULL));
+    return FALSE;
+  }
+  return open_next_file (self);
+}
+
 static GstFlowReturn
 gst_tiff_stack_sink_render (GstBaseSink * bsink, GstBuffer * buf)
 {
@@ -933,6 +1053,8 @@ gst_tiff_stack_sink_render (GstBaseSink * bsink, GstBuffer * buf)
     return GST_FLOW_NOT_NEGOTIATED;
   }
   if (self->tif == NULL && !open_tiff (self))
+    return GST_FLOW_ERROR;
+  if (!ensure_room (self))
     return GST_FLOW_ERROR;
   if (!gst_unet_frame_map (&frame, &self->vinfo, buf, GST_MAP_READ)) {
     GST_ELEMENT_ERROR (self, STREAM, FAILED,

@@ -243,7 +243,9 @@ answer_duration (GstPad * pad, GstObject * parent, GstQuery * query)
   return gst_pad_query_default (pad, parent, query);
 }
 
-/* bigtiff=auto: decided from upstream's length before the first page. */
+/* bigtiff=auto: classic TIFF whatever upstream's length says (an 8 GB stack
+ * continues in numbered files once the first reaches 4 GiB), so that plain
+ * ImageJ, which has no BigTIFF reader, opens every file. */
 GST_START_TEST (test_sink_bigtiff_auto)
 {
   guint i;
@@ -267,7 +269,7 @@ GST_START_TEST (test_sink_bigtiff_auto)
     gst_harness_teardown (h);
     tif = TIFFOpen (path, "r");
     fail_unless (tif != NULL);
-    fail_unless_equals_int (TIFFIsBigTIFF (tif) ? 1 : 0, pages[i] > 100);
+    fail_unless_equals_int (TIFFIsBigTIFF (tif) ? 1 : 0, 0);
     TIFFClose (tif);
     g_unlink (path);
     g_free (path);

@@ -8,7 +8,8 @@ import subprocess
 import numpy as np
 import tifffile
 
-from tiffstack_util import check, finish, gst, read_raw, src_frames, workdir
+from tiffstack_util import (check, finish, gst, have_imagej, imagej_read, read_raw,
+                            src_frames, workdir)
 
 wd = workdir()
 rng = np.random.default_rng(11)
@@ -73,9 +74,10 @@ for name, data in stacks.items():
         check(back is not None and np.array_equal(back, data),
               f"{name} {comp}: read back by tiffstacksrc")
 
-# BigTIFF modes. A looping source has no length: auto picks BigTIFF.
+# BigTIFF modes. A looping source has no length (a live recording): auto still
+# writes classic TIFF, which plain ImageJ opens (it has no BigTIFF reader).
 g16 = path("gray16.tif")
-for mode, src, expect in (("auto", f"tiffstacksrc location={g16} loop=true num-buffers=3", True),
+for mode, src, expect in (("auto", f"tiffstacksrc location={g16} loop=true num-buffers=3", False),
                           ("auto", "videotestsrc num-buffers=3", False),
                           ("always", f"tiffstacksrc location={path('gray16.tif')}", True),
                           ("never", "videotestsrc num-buffers=3", False),
@@ -86,6 +88,40 @@ for mode, src, expect in (("auto", f"tiffstacksrc location={g16} loop=true num-b
     with tifffile.TiffFile(out) as t:
         ok = rc == 0 and t.is_bigtiff == expect and len(t.pages) >= 3
     check(ok, f"bigtiff={mode} from {src.split()[0]} -> {'BigTIFF' if expect else 'classic'}")
+
+# Past the size limit the stack continues in numbered files (as Micro-Manager
+# does), each a classic TIFF with its own ImageJ description. max-file-size
+# stands in for 4 GiB: 64x48 GRAY16 pages (6 KiB + a directory slot of < 2 KiB)
+# give 2 pages per 20000-byte file.
+frames = rng.integers(0, 65536, (7, 48, 64), dtype=np.uint16)
+seven = path("seven.tif")
+tifffile.imwrite(seven, frames, photometric="minisblack")
+for loop in ("", " loop=true num-buffers=7"):
+    out = path("split.ome.tif" if loop else "split.tif")
+    rc, log = gst(f"tiffstacksrc location={seven}{loop} ! tiffstacksink location={out} "
+                  f"max-file-size=20000")
+    names = [out] + [out.replace(".ome.tif" if loop else ".tif",
+                                 f"_{i}" + (".ome.tif" if loop else ".tif")) for i in (1, 2, 3)]
+    got, sizes, ok = [], [], rc == 0
+    for n in names:
+        ok = ok and os.path.exists(n)
+        if ok:
+            sizes.append(os.path.getsize(n))
+            with tifffile.TiffFile(n) as t:
+                ok = ok and not t.is_bigtiff and t.imagej_metadata.get("images") == len(t.pages)
+                got += [p.asarray() for p in t.pages]
+            ok = ok and np.array_equal(tifffile.imread(n).reshape(-1, 48, 64),
+                                       np.stack(got[-len(t.pages):]))
+    ok = ok and not os.path.exists(names[-1].replace("_3", "_4"))
+    check(ok and len(got) == 7 and np.array_equal(np.stack(got), frames)
+          and all(s <= 20000 for s in sizes),
+          f"max-file-size{loop}: 7 frames in 4 classic files {[os.path.basename(n) for n in names]} "
+          f"of {sizes} bytes (rc {rc})")
+    if loop == "" and have_imagej():
+        ij = imagej_read(names) or {}
+        check(all(isinstance(ij.get(n), dict) for n in names)
+              and [ij[n]["nslices"] for n in names] == [2, 2, 2, 1],
+              f"ImageJ opens every numbered file: {[ij.get(n, {}).get('nslices') for n in names]}")
 
 # Pages of different sizes stay pages of different sizes.
 mixed = path("mixed.tif")
