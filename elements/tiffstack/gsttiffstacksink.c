@@ -172,6 +172,9 @@ struct _GstTiffStackSink
   GstUnetLayout vinfo;
   gboolean have_info;
   gdouble size_x_um, size_y_um, size_z_um;
+  guint axis_c, axis_z, axis_t;  /* stream axes from tags, 0 = not given */
+  gdouble frame_interval_s;     /* from the tag, 0 = not given */
+  gboolean upstream_live;
   guint64 pages;
   gchar desc[DESC_BYTES];
   guint8 *strip;
@@ -552,21 +555,76 @@ post_write_error (GstTiffStackSink * self, const gchar * what)
 
 /* ---- start / stop -------------------------------------------------------- */
 
+/* Channels, slices and time points of the @images pages of the file, in
+ * ImageJ's order (channels fastest, then z, then t). From the stream's axes
+ * (tags, e.g. from tiffstacksrc) when they describe the pages, with the number
+ * of time points (or of slices for a z-stack) following the pages actually
+ * written (a recording still running, a page range); without axes a stream
+ * with a frame rate, or from a live source, is a time-lapse (camera, video),
+ * anything else a z-stack. */
+static void
+stack_axes (GstTiffStackSink * self, guint64 images, guint64 * c,
+    guint64 * z, guint64 * t)
+{
+  gboolean have = self->axis_c || self->axis_z || self->axis_t;
+
+  *c = MAX (self->axis_c, 1);
+  *z = MAX (self->axis_z, 1);
+  *t = MAX (self->axis_t, 1);
+  if (have && *c * *z * *t == images)
+    return;
+  if (have && *t > 1 && images % (*c * *z) == 0) {
+    *t = images / (*c * *z);
+    return;
+  }
+  if (have && *t == 1 && images % *c == 0) {
+    *z = images / *c;
+    return;
+  }
+  *c = 1;
+  if (!have && (self->vinfo.fps_n > 0 || self->upstream_live)) {
+    *z = 1;
+    *t = images;
+  } else {
+    *z = images;
+    *t = 1;
+  }
+}
+
 static void
 update_description (GstTiffStackSink * self, guint64 images)
 {
   GString *s = g_string_new ("ImageJ=\n");
   gchar num[G_ASCII_DTOSTR_BUF_SIZE];
+  guint64 c, z, t;
+  gdouble finterval = self->frame_interval_s;
 
+  stack_axes (self, images, &c, &z, &t);
+  if (finterval <= 0.0 && self->vinfo.fps_n > 0 && self->vinfo.fps_d > 0
+      && !(self->axis_c || self->axis_z || self->axis_t))
+    finterval = (gdouble) self->vinfo.fps_d / self->vinfo.fps_n;
   g_string_append_printf (s, "images=%" G_GUINT64_FORMAT "\n", images);
-  g_string_append_printf (s, "slices=%" G_GUINT64_FORMAT "\n", images);
+  if (c > 1)
+    g_string_append_printf (s, "channels=%" G_GUINT64_FORMAT "\n", c);
+  if (z > 1)
+    g_string_append_printf (s, "slices=%" G_GUINT64_FORMAT "\n", z);
+  if (t > 1)
+    g_string_append_printf (s, "frames=%" G_GUINT64_FORMAT "\n", t);
+  if (c > 1 || t > 1)
+    g_string_append (s, "hyperstack=true\n");
+  if (c > 1)
+    g_string_append (s, "mode=grayscale\n");
   if (self->size_x_um > 0.0)
     g_string_append (s, "unit=micron\n");
   if (self->size_z_um > 0.0)
     g_string_append_printf (s, "spacing=%s\n",
         g_ascii_formatd (num, sizeof (num), "%.10g", self->size_z_um));
+  if (finterval > 0.0 && t > 1)
+    g_string_append_printf (s, "finterval=%s\n",
+        g_ascii_formatd (num, sizeof (num), "%.10g", finterval));
   g_string_append (s, "loop=false\n");
-  /* The slot is fixed: pad with blank lines, which readers skip. */
+  /* The slot is fixed: pad with blank lines, which readers skip. At most
+   * about 200 bytes are used (10 lines of at most 21 bytes). */
   memset (self->desc, '\n', DESC_BYTES - 1);
   memcpy (self->desc, s->str, MIN (s->len, DESC_BYTES - 1));
   self->desc[DESC_BYTES - 1] = '\0';
@@ -640,6 +698,9 @@ gst_tiff_stack_sink_start (GstBaseSink * bsink)
   self->total_pages = 0;
   self->file_index = 0;
   self->size_x_um = self->size_y_um = self->size_z_um = 0.0;
+  self->axis_c = self->axis_z = self->axis_t = 0;
+  self->frame_interval_s = 0.0;
+  self->upstream_live = FALSE;
   memset (&self->io, 0, sizeof (self->io));
   self->io.fd = -1;
   self->io.desc_off = G_MAXUINT64;
@@ -694,6 +755,12 @@ open_tiff (GstTiffStackSink * self)
       break;
   }
   self->is_bigtiff = big;
+  if (self->file_index == 0) {
+    GstClockTime min_lat, max_lat;
+    gboolean live;
+    gst_base_sink_query_latency (GST_BASE_SINK (self), &live,
+        &self->upstream_live, &min_lat, &max_lat);
+  }
 
   if (!self->created) {
     struct stat st;
@@ -763,6 +830,18 @@ gst_tiff_stack_sink_event (GstBaseSink * bsink, GstEvent * event)
     if (gst_tag_list_get_double (tags, GST_TIFF_STACK_TAG_PIXEL_SIZE_Z, &v)
         && v > 0.0)
       self->size_z_um = v;
+    if (gst_tag_list_get_double (tags, GST_TIFF_STACK_TAG_FRAME_INTERVAL, &v)
+        && v > 0.0)
+      self->frame_interval_s = v;
+    {
+      guint n;
+      if (gst_tag_list_get_uint (tags, GST_TIFF_STACK_TAG_CHANNELS, &n))
+        self->axis_c = n;
+      if (gst_tag_list_get_uint (tags, GST_TIFF_STACK_TAG_SLICES, &n))
+        self->axis_z = n;
+      if (gst_tag_list_get_uint (tags, GST_TIFF_STACK_TAG_FRAMES, &n))
+        self->axis_t = n;
+    }
   }
   return GST_BASE_SINK_CLASS (parent_class)->event (bsink, event);
 }

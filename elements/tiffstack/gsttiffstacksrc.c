@@ -43,8 +43,12 @@
  * "tiff-pixel-size-x", "tiff-pixel-size-y", "tiff-pixel-size-z" (double,
  * micrometres; from XResolution/YResolution + ResolutionUnit, ImageJ
  * `unit`/`spacing`, or OME `PhysicalSizeX/Y/Z`), "tiff-pixel-unit" (the unit as
- * written in the file), "tiff-channels", "tiff-slices", "tiff-frames" (uint,
- * from ImageJ or OME), and "tiff-value-offset" for signed data.
+ * written in the file), "tiff-channels", "tiff-slices", "tiff-frames" (uint:
+ * the axes of the frames as they leave the element, channels fastest, then z,
+ * then t; with #GstTiffStackSrc:channel one channel over z and t; a plain
+ * multi-page TIFF is z slices), "tiff-frame-interval" (double, seconds, from
+ * ImageJ `finterval`/`tunit` or OME `TimeIncrement`), and "tiff-value-offset"
+ * for signed data.
  *
  * Pages are indexed lazily: opening a stack reads its first page only, and the
  * chain of directories (IFDs) is followed as frames are asked for; a duration
@@ -422,6 +426,43 @@ sel_to_page (GstTiffStackSrc * self, guint64 sel)
     stride *= size[i];
   }
   return page;
+}
+
+/* The axes of the stream as it leaves the element (channels fastest, then z,
+ * then t, ImageJ's order), for the tags: one channel of a hyperstack runs over
+ * z and t; every page of a hyperstack whose non-singleton axes are in that
+ * order keeps the file's axes; anything else (a plain multi-page TIFF, an OME
+ * order such as XYZCT with several channels and slices) is a stack of z
+ * slices, as ImageJ shows it. */
+static void
+stream_axes (GstTiffStackSrc * self, guint * c, guint * z, guint * t)
+{
+  const GstTiffStackMeta *m = &self->meta;
+  gint i, last = -1;
+  gboolean in_order = TRUE;
+
+  if (self->sel_channel >= 0) {
+    *c = 1;
+    *z = self->sel_z;
+    *t = self->sel_t;
+    return;
+  }
+  *c = MAX (m->channels, 1);
+  *z = MAX (m->slices, 1);
+  *t = MAX (m->frames, 1);
+  for (i = 2; i < 5 && m->dim_order[0]; i++) {
+    gchar a = m->dim_order[i];
+    guint n = a == 'C' ? *c : a == 'Z' ? *z : *t;
+    gint rank = a == 'C' ? 0 : a == 'Z' ? 1 : 2;
+    if (n > 1) {
+      in_order = in_order && rank > last;
+      last = rank;
+    }
+  }
+  if (!(m->channels || m->slices || m->frames) || !in_order) {
+    *c = *t = 1;
+    *z = self->n_pages;
+  }
 }
 
 static void
@@ -1486,6 +1527,11 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
 
   if (!self->tags_sent) {
     GstTagList *tags = gst_tiff_stack_meta_to_tags (&self->meta);
+    guint c, z, t;
+
+    stream_axes (self, &c, &z, &t);
+    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE, GST_TIFF_STACK_TAG_CHANNELS,
+        c, GST_TIFF_STACK_TAG_SLICES, z, GST_TIFF_STACK_TAG_FRAMES, t, NULL);
     if (self->layout.flip_sign)
       gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
           GST_TIFF_STACK_TAG_VALUE_OFFSET,

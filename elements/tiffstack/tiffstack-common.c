@@ -43,14 +43,19 @@ gst_tiff_stack_register_tags (void)
       "Length unit as written in the file (sizes are converted to micrometres)",
       gst_tag_merge_use_first);
   gst_tag_register (GST_TIFF_STACK_TAG_CHANNELS, GST_TAG_FLAG_META,
-      G_TYPE_UINT, "channels", "Channels of the hyperstack in the file",
+      G_TYPE_UINT, "channels", "Channels of the stream's frames (frames run "
+      "over channels fastest, then z, then t, as in ImageJ)",
       gst_tag_merge_use_first);
   gst_tag_register (GST_TIFF_STACK_TAG_SLICES, GST_TAG_FLAG_META,
-      G_TYPE_UINT, "slices", "Z slices of the hyperstack in the file",
+      G_TYPE_UINT, "slices", "Z slices of the stream's frames",
       gst_tag_merge_use_first);
   gst_tag_register (GST_TIFF_STACK_TAG_FRAMES, GST_TAG_FLAG_META,
-      G_TYPE_UINT, "frames", "Time points of the hyperstack in the file",
+      G_TYPE_UINT, "frames", "Time points of the stream's frames",
       gst_tag_merge_use_first);
+  gst_tag_register (GST_TIFF_STACK_TAG_FRAME_INTERVAL, GST_TAG_FLAG_META,
+      G_TYPE_DOUBLE, "frame interval",
+      "Time between consecutive time points in seconds (ImageJ finterval, OME "
+      "TimeIncrement)", gst_tag_merge_use_first);
   gst_tag_register (GST_TIFF_STACK_TAG_VALUE_OFFSET, GST_TAG_FLAG_META,
       G_TYPE_DOUBLE, "value offset",
       "Add to a pixel value to get the value stored in the file "
@@ -191,10 +196,41 @@ parse_length (const gchar * s)
   return v;
 }
 
+/* Seconds per time unit as ImageJ (`tunit`) and OME (`TimeIncrementUnit`)
+ * write them; 0 for a unit that is not a time. */
+static gdouble
+time_unit_to_s (const gchar * unit)
+{
+  static const struct
+  {
+    const gchar *name;
+    gdouble s;
+  } units[] = {
+    {"", 1.0}, {"s", 1.0}, {"sec", 1.0}, {"second", 1.0}, {"seconds", 1.0},
+    {"ms", 1e-3}, {"msec", 1e-3}, {"\xc2\xb5s", 1e-6}, {"\xce\xbcs", 1e-6},
+    {"us", 1e-6}, {"ns", 1e-9}, {"min", 60.0}, {"minute", 60.0},
+    {"minutes", 60.0}, {"h", 3600.0}, {"hr", 3600.0}, {"hour", 3600.0},
+    {"hours", 3600.0},
+  };
+  gchar *u = g_strstrip (g_strdup (unit ? unit : ""));
+  gdouble s = 0.0;
+  guint i;
+
+  for (i = 0; i < G_N_ELEMENTS (units); i++)
+    if (g_ascii_strcasecmp (u, units[i].name) == 0 || !strcmp (u,
+            units[i].name)) {
+      s = units[i].s;
+      break;
+    }
+  g_free (u);
+  return s;
+}
+
 static void
 parse_imagej (GstTiffStackMeta * meta, const gchar * desc, gdouble * spacing)
 {
   gchar **lines = g_strsplit (desc, "\n", -1);
+  gchar tunit[32] = "";
   guint i;
 
   meta->is_imagej = TRUE;
@@ -218,8 +254,14 @@ parse_imagej (GstTiffStackMeta * meta, const gchar * desc, gdouble * spacing)
       meta->unit = g_strstrip (g_strdup (val));
     } else if (!strcmp (lines[i], "spacing"))
       *spacing = parse_length (val);
+    else if (!strcmp (lines[i], "finterval"))
+      meta->frame_interval_s = parse_length (val);
+    else if (!strcmp (lines[i], "tunit"))
+      g_strlcpy (tunit, val, sizeof (tunit));
   }
   g_strfreev (lines);
+  if (meta->frame_interval_s > 0.0)
+    meta->frame_interval_s *= time_unit_to_s (tunit);
 }
 
 typedef struct
@@ -295,6 +337,17 @@ ome_start (GMarkupParseContext * ctx, const gchar * element,
     meta->size_y_um = v;
   if ((v = ome_size_um (names, values, "PhysicalSizeZ")) > 0.0)
     meta->size_z_um = v;
+  {
+    const gchar *inc = NULL, *unit = "s";
+    for (i = 0; names[i]; i++) {
+      if (!strcmp (names[i], "TimeIncrement"))
+        inc = values[i];
+      else if (!strcmp (names[i], "TimeIncrementUnit"))
+        unit = values[i];
+    }
+    if (inc && (v = parse_length (inc)) > 0.0)
+      meta->frame_interval_s = v * time_unit_to_s (unit);
+  }
   if (meta->size_x_um > 0.0) {
     g_free (meta->unit);
     meta->unit = g_strdup ("\xc2\xb5m");
@@ -396,6 +449,9 @@ gst_tiff_stack_meta_to_tags (const GstTiffStackMeta * meta)
   if (meta->frames)
     gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
         GST_TIFF_STACK_TAG_FRAMES, meta->frames, NULL);
+  if (meta->frame_interval_s > 0.0)
+    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
+        GST_TIFF_STACK_TAG_FRAME_INTERVAL, meta->frame_interval_s, NULL);
   if (meta->description && meta->description[0])
     gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE, GST_TAG_DESCRIPTION,
         meta->description, NULL);

@@ -25,6 +25,7 @@ G_BEGIN_DECLS
 #define GST_TIFF_STACK_TAG_SLICES       "tiff-slices"
 #define GST_TIFF_STACK_TAG_FRAMES       "tiff-frames"
 #define GST_TIFF_STACK_TAG_VALUE_OFFSET "tiff-value-offset"
+#define GST_TIFF_STACK_TAG_FRAME_INTERVAL "tiff-frame-interval"
 
 void gst_tiff_stack_register_tags (void);
 
@@ -53,6 +54,7 @@ typedef struct
   gchar *description;           /* ImageDescription of page 0, or NULL */
   gboolean is_imagej, is_ome;
   guint channels, slices, frames;       /* 0 when unknown */
+  gdouble frame_interval_s;     /* time between time points, 0 when unknown */
   gchar dim_order[6];           /* "XYCZT" (ImageJ) or OME DimensionOrder */
 } GstTiffStackMeta;
 

@@ -166,7 +166,7 @@ def tags_of(p, props=""):
     rc, log = gst(f"tiffstacksrc location={p} {props} ! fakesink", tags=True)
     found = {}
     for key in ("pixel size x", "pixel size y", "pixel size z", "channels",
-                "slices", "frames", "value offset"):
+                "slices", "frames", "value offset", "frame interval"):
         m = re.search(rf"{key}: ([-0-9.e+]+)", log)
         if m:
             found[key] = float(m.group(1))
@@ -188,10 +188,14 @@ check(got is not None and np.array_equal(got, hs[:, :, 1].reshape(6, H, W)[2:5])
 got = src_frames(p, "", 12, H, W, np.uint16)
 check(got is not None and np.array_equal(got, hs.reshape(12, H, W)),
       "ImageJ hyperstack, every page")
+# The axes tags describe the frames as they leave the element.
 rc, t = tags_of(p, "channel=1")
 check(abs(t.get("pixel size x", 0) - 0.25) < 1e-6 and abs(t.get("pixel size z", 0) - 1.5) < 1e-9
-      and t.get("channels") == 2 and t.get("slices") == 3 and t.get("frames") == 2,
-      f"ImageJ metadata as tags {t}")
+      and t.get("channels") == 1 and t.get("slices") == 3 and t.get("frames") == 2,
+      f"ImageJ metadata as tags, one channel over z and t {t}")
+rc, t = tags_of(p)
+check(t.get("channels") == 2 and t.get("slices") == 3 and t.get("frames") == 2,
+      f"ImageJ hyperstack, every page: the file's axes as tags {t}")
 rc, log = gst(f"tiffstacksrc location={p} channel=2 ! fakesink")
 check(isinstance(rc, int) and rc > 0 and "channel=2" in log, "channel out of range is an error")
 
@@ -206,8 +210,16 @@ for c in (0, 2):
           f"OME-TIFF channel={c}")
 rc, t = tags_of(p)
 check(abs(t.get("pixel size x", 0) - 0.3) < 1e-9 and abs(t.get("pixel size y", 0) - 0.4) < 1e-9
-      and abs(t.get("pixel size z", 0) - 1.2) < 1e-9 and t.get("channels") == 3,
+      and abs(t.get("pixel size z", 0) - 1.2) < 1e-9,
       f"OME metadata as tags {t}")
+# Every page of XYZCT with 3 channels and 2 slices is not in ImageJ's
+# (channels fastest) order: a plain stack of 12 slices; one channel runs over
+# z and t.
+check(t.get("channels") == 1 and t.get("slices") == 12 and t.get("frames") == 1,
+      f"OME XYZCT, every page: axes tags of a plain stack {t}")
+rc, t = tags_of(p, "channel=2")
+check(t.get("channels") == 1 and t.get("slices") == 2 and t.get("frames") == 2,
+      f"OME channel=2: axes tags {t}")
 
 # Resolution tags in centimetres; signed data announces its offset.
 p = path("res-cm.tif")

@@ -41,7 +41,7 @@ for name, data in stacks.items():
     tifffile.imwrite(src, data, photometric="rgb" if rgb else "minisblack",
                      imagej=not rgb and data.dtype != np.uint8 or None,
                      resolution=(1 / 0.5, 1 / 0.5),
-                     metadata={"spacing": 2.5, "unit": "um"} if not rgb else {})
+                     metadata={"spacing": 2.5, "unit": "um", "axes": "ZYX"} if not rgb else {})
     for comp in ("none", "lzw", "deflate", "zstd"):
         out = path(f"{name}-{comp}.tif")
         rc, log = gst(f"tiffstacksrc location={src} ! tiffstacksink location={out} "
