@@ -526,3 +526,62 @@ unet_normalize_frame (const UnetNormalization *norm, UnetPixelFormat format,
   }
   return TRUE;
 }
+
+gsize
+unet_pixel_format_bytes (UnetPixelFormat format)
+{
+  switch (format) {
+    case UNET_PIXEL_U8:
+      return 1;
+    case UNET_PIXEL_U16:
+      return 2;
+    case UNET_PIXEL_F32:
+      return 4;
+  }
+  return 0;
+}
+
+gboolean
+unet_normalize_channels (const UnetNormalization *norm, UnetPixelFormat format,
+    gconstpointer data, gint width, gint height, gsize stride,
+    const UnetChannelLayout *layout, gfloat *out, GError **error)
+{
+  gsize bpp = unet_pixel_format_bytes (format);
+  gsize plane = (gsize) width * height, row = (gsize) width * bpp;
+  const guint8 *bytes = data;
+  g_autofree guint8 *dense = NULL;
+
+  if (layout == NULL || layout->channels < 1 || bpp == 0
+      || layout->pixel_step < bpp || width <= 0 || height <= 0 || data == NULL
+      || (layout->channels > 1 && layout->channel_step < bpp)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "bad multi-channel frame layout");
+    return FALSE;
+  }
+  if (layout->channels == 1 && layout->pixel_step == bpp)
+    return unet_normalize_frame (norm, format, data, width, height, stride, out,
+        error);
+  /* Gather each channel into a dense plane, then normalise it like a gray
+   * frame: one code path for every normalisation mode. */
+  dense = g_try_malloc (plane * bpp);
+  if (dense == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+        "cannot allocate a %dx%d channel plane", width, height);
+    return FALSE;
+  }
+  for (gint c = 0; c < layout->channels; c++) {
+    for (gint y = 0; y < height; y++) {
+      const guint8 *src = bytes + (gsize) y * stride + c * layout->channel_step;
+      guint8 *dst = dense + (gsize) y * row;
+      if (layout->pixel_step == bpp)
+        memcpy (dst, src, row);
+      else
+        for (gint x = 0; x < width; x++)
+          memcpy (dst + (gsize) x * bpp, src + (gsize) x * layout->pixel_step, bpp);
+    }
+    if (!unet_normalize_frame (norm, format, dense, width, height, row,
+            out + (gsize) c * plane, error))
+      return FALSE;
+  }
+  return TRUE;
+}

@@ -723,6 +723,17 @@ gboolean
 unet_segmenter_push (UnetSegmenter *seg, UnetPixelFormat format, gconstpointer data,
     gint width, gint height, gsize stride, gpointer user_data, GError **error)
 {
+  UnetChannelLayout gray = { 1, unet_pixel_format_bytes (format), 0 };
+
+  return unet_segmenter_push_channels (seg, format, data, width, height, stride,
+      &gray, user_data, error);
+}
+
+gboolean
+unet_segmenter_push_channels (UnetSegmenter *seg, UnetPixelFormat format,
+    gconstpointer data, gint width, gint height, gsize stride,
+    const UnetChannelLayout *layout, gpointer user_data, GError **error)
+{
   Frame *f;
   UnetSegmentResult *r;
   gsize n;
@@ -733,6 +744,12 @@ unet_segmenter_push (UnetSegmenter *seg, UnetPixelFormat format, gconstpointer d
   if (width < 1 || height < 1 || !data) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
         "frame %dx%d is empty", width, height);
+    return FALSE;
+  }
+  if (layout == NULL || layout->channels != c) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "the model takes %d input channel%s but the frame has %d", c,
+        c == 1 ? "" : "s", layout ? layout->channels : 0);
     return FALSE;
   }
   n = (gsize) width * height;
@@ -751,7 +768,8 @@ unet_segmenter_push (UnetSegmenter *seg, UnetPixelFormat format, gconstpointer d
   if (!get_plan (seg, height, width, &f->plan, error))
     goto failed;
   plan_budget (seg, &f->plan, &r->stats);
-  if (seg->dev != NULL && format != UNET_PIXEL_F32) {
+  if (seg->dev != NULL && format != UNET_PIXEL_F32
+      && layout->pixel_step == unet_pixel_format_bytes (format)) {
     /* host tiles of earlier frames first: frames finish in push order */
     if (!run_batch (seg, error)) {
       frame_free (f);
@@ -767,7 +785,7 @@ unet_segmenter_push (UnetSegmenter *seg, UnetPixelFormat format, gconstpointer d
       goto failed_queued;
     return TRUE;
   }
-  f->norm = try_alloc (n, sizeof (gfloat), FALSE, error);
+  f->norm = try_alloc ((gsize) c * n, sizeof (gfloat), FALSE, error);
   if (!f->norm)
     goto failed;
   f->acc = try_alloc ((gsize) seg->cfg.classes * n, sizeof (gfloat), f->plan.blend,
@@ -779,8 +797,8 @@ unet_segmenter_push (UnetSegmenter *seg, UnetPixelFormat format, gconstpointer d
     if (!f->wsum)
       goto failed;
   }
-  if (!unet_normalize_frame (&seg->norm, format, data, width, height, stride, f->norm,
-          error))
+  if (!unet_normalize_channels (&seg->norm, format, data, width, height, stride,
+          layout, f->norm, error))
     goto failed;
   if (!prepare_batch_shape (seg, &f->plan, error)) {
     frame_free (f);
@@ -800,8 +818,11 @@ unet_segmenter_push (UnetSegmenter *seg, UnetPixelFormat format, gconstpointer d
     gdouble te = now_s ();
 
     unet_tile_plan_get_tile (&f->plan, i, &t);
-    unet_tile_extract (f->norm, height, width, t.in_y, t.in_x, seg->batch_th,
-        seg->batch_tw, c, seg->in_buf + seg->batch_n * tile_elems);
+    for (gint k = 0; k < c; k++)
+      unet_tile_extract (f->norm + (gsize) k * n, height, width, t.in_y, t.in_x,
+          seg->batch_th, seg->batch_tw, 1,
+          seg->in_buf + seg->batch_n * tile_elems + (gsize) k * seg->batch_th
+          * seg->batch_tw);
     seg->slots[seg->batch_n].frame = f;
     seg->slots[seg->batch_n].tile = i;
     seg->batch_n++;

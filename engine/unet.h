@@ -120,6 +120,27 @@ gboolean unet_normalize_frame           (const UnetNormalization *norm,
                                          gint width, gint height, gsize stride,
                                          gfloat *out, GError **error);
 
+/* Where the samples of a multi-channel frame are: sample c of pixel (x, y) is at
+ * byte y * stride + x * pixel_step + c * channel_step. Gray: {1, bpp, 0};
+ * interleaved RGB 8-bit: {3, 3, 1}; RGBA (alpha not used): {3, 4, 1}; C planes of
+ * plane_bytes each: {C, bpp, plane_bytes}. */
+typedef struct
+{
+  gint channels;
+  gsize pixel_step;
+  gsize channel_step;
+} UnetChannelLayout;
+
+/* Bytes per sample of `format` (0 for an unknown format). */
+gsize    unet_pixel_format_bytes        (UnetPixelFormat format);
+/* Raw multi-channel frame -> float (C,H,W), dense; each channel is normalised on
+ * its own (a percentile or frame-mean-std mode takes each channel's statistics). */
+gboolean unet_normalize_channels        (const UnetNormalization *norm,
+                                         UnetPixelFormat format, gconstpointer data,
+                                         gint width, gint height, gsize stride,
+                                         const UnetChannelLayout *layout,
+                                         gfloat *out, GError **error);
+
 /* ------------------------------------------------------------------ model -- */
 
 /* A model: config, every parameter tensor of the naming contract (DESIGN.md,
@@ -511,6 +532,13 @@ void         unet_segmenter_get_normalization (const UnetSegmenter *seg,
 gboolean     unet_segmenter_push        (UnetSegmenter *seg, UnetPixelFormat format,
                                          gconstpointer data, gint width, gint height,
                                          gsize stride, gpointer user_data, GError **error);
+/* The same for a frame of several channels (see UnetChannelLayout): their number
+ * must be the model's in_channels (an error naming both otherwise; a gray frame
+ * is never copied into the channels of a colour model). */
+gboolean     unet_segmenter_push_channels (UnetSegmenter *seg, UnetPixelFormat format,
+                                         gconstpointer data, gint width, gint height,
+                                         gsize stride, const UnetChannelLayout *layout,
+                                         gpointer user_data, GError **error);
 /* Run every pending tile (a partial batch). */
 gboolean     unet_segmenter_flush       (UnetSegmenter *seg, GError **error);
 /* The oldest finished frame, or NULL. Free with unet_segment_result_free. */

@@ -1,12 +1,13 @@
-/* gst-unet — unetsegment: overlap-tile U-Net segmentation of gray frames.
+/* gst-unet — unetsegment: overlap-tile U-Net segmentation of gray and RGB frames.
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */
 /**
  * SECTION:element-unetsegment
  * @title: unetsegment
  *
- * Segments GRAY8 / GRAY16_LE / GRAY32F frames of any size (1x1 and up) with a U-Net
- * model file (.safetensors), using the U-Net paper's mirror-extended overlap-tile
+ * Segments GRAY8 / GRAY16_LE / GRAY32F frames (1-channel models) or RGB / RGBA
+ * frames (3-channel models, e.g. H&E; alpha is ignored) of any size (1x1 and
+ * up) with a U-Net model file (.safetensors), using the U-Net paper's mirror-extended overlap-tile
  * strategy: for valid-padded models the output equals one forward pass over the
  * whole mirror-extended frame. The output has the input's size; its content is
  * chosen by #GstUnetSegment:output.
@@ -149,7 +150,7 @@ static guint signals[LAST_SIGNAL];
 #define DEFAULT_POST_MESSAGES FALSE
 #define DEFAULT_WATCH_MODEL FALSE
 
-#define SINK_CAPS GST_VIDEO_CAPS_MAKE ("{ GRAY8, GRAY16_LE, GRAY32F }")
+#define SINK_CAPS GST_VIDEO_CAPS_MAKE ("{ GRAY8, GRAY16_LE, GRAY32F, RGB, RGBA }")
 #define SRC_CAPS GST_VIDEO_CAPS_MAKE ("{ GRAY8, GRAY32F, RGBA, GRAY32_LE, GRAY16_LE }")
 
 static GstStaticPadTemplate sink_template = GST_STATIC_PAD_TEMPLATE ("sink",
@@ -208,6 +209,7 @@ struct _GstUnetSegment
   guint active_probability_class;
   gboolean active_post_messages;
   GstUnetLayout in_layout, out_layout;
+  gint model_channels;          /* in_channels of the model in use (atomic), 0 before start */
   gboolean live;
   GQueue inflight;              /* GstBuffer*, pushed to seg, in push order */
   GQueue ready;                 /* ReadyFrame*, finished, in push order */
@@ -657,6 +659,8 @@ maybe_swap_model (GstUnetSegment * self, GError ** error)
   ok = flush_segmenter (self, self->seg, error);
   unet_segmenter_free (self->seg);
   self->seg = next;
+  g_atomic_int_set (&self->model_channels,
+      unet_segmenter_get_config (self->seg)->in_channels);
   self->model_frames = 0;
   GST_INFO_OBJECT (self, "switched to model %s", path);
   /* Frames still in the ready queue were made by the old model. */
@@ -1131,6 +1135,19 @@ gst_unet_segment_get_property (GObject * object, guint prop_id,
 
 /* ------------------------------------------------------------------ caps -- */
 
+/* The channels of a frame: RGB and RGBA are three 8-bit channels (alpha is not
+ * used), the gray formats one. */
+static void
+frame_channels (const GstUnetLayout * l, UnetChannelLayout * c)
+{
+  gboolean rgb = l->format == GST_UNET_FORMAT_RGB
+      || l->format == GST_UNET_FORMAT_RGBA;
+
+  c->channels = rgb ? 3 : 1;
+  c->pixel_step = l->bpp;
+  c->channel_step = rgb ? 1 : 0;
+}
+
 static const gchar *
 output_format_name (GstUnetSegmentOutput output)
 {
@@ -1186,12 +1203,22 @@ gst_unet_segment_transform_caps (GstBaseTransform * trans,
           output_format_name (output), NULL);
     } else {
       GValue list = G_VALUE_INIT, v = G_VALUE_INIT;
-      const gchar *fmts[] = { "GRAY8", "GRAY16_LE", "GRAY32F" };
+      const gchar *gray_first[] = { "GRAY8", "GRAY16_LE", "GRAY32F", "RGB",
+        "RGBA"
+      };
+      const gchar *rgb_first[] = { "RGB", "RGBA", "GRAY8", "GRAY16_LE",
+        "GRAY32F"
+      };
+      /* The model's kind of frame first. The others stay acceptable so that a
+       * mismatch ends in set_caps' error naming both channel counts, not in
+       * a bare not-negotiated. */
+      const gchar **fmts = g_atomic_int_get (&self->model_channels) == 3 ?
+          rgb_first : gray_first;
       guint f;
 
       g_value_init (&list, GST_TYPE_LIST);
       g_value_init (&v, G_TYPE_STRING);
-      for (f = 0; f < G_N_ELEMENTS (fmts); f++) {
+      for (f = 0; f < G_N_ELEMENTS (gray_first); f++) {
         g_value_set_static_string (&v, fmts[f]);
         gst_value_list_append_value (&list, &v);
       }
@@ -1228,6 +1255,21 @@ gst_unet_segment_set_caps (GstBaseTransform * trans, GstCaps * incaps,
         ("Invalid caps: %" GST_PTR_FORMAT " -> %" GST_PTR_FORMAT, incaps,
             outcaps), (NULL));
     return FALSE;
+  }
+  if (self->seg) {
+    UnetChannelLayout ch;
+    gint want = unet_segmenter_get_config (self->seg)->in_channels;
+    frame_channels (&self->in_layout, &ch);
+    if (ch.channels != want) {
+      GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
+          ("The model takes %d input channel%s but the input frames (%s) have "
+              "%d: %s.", want, want == 1 ? "" : "s",
+              gst_unet_format_name (self->in_layout.format), ch.channels,
+              want == 3 ? "give it RGB or RGBA frames" : want == 1 ?
+              "give it GRAY8, GRAY16_LE or GRAY32F frames" :
+              "no frame format has that many channels"), (NULL));
+      return FALSE;
+    }
   }
   if (!gst_structure_get_fraction (gst_caps_get_structure (incaps, 0),
           "framerate", &self->fps_n, &self->fps_d))
@@ -1300,6 +1342,8 @@ gst_unet_segment_start (GstBaseTransform * trans)
     g_free (path);
     return FALSE;
   }
+  g_atomic_int_set (&self->model_channels,
+      unet_segmenter_get_config (self->seg)->in_channels);
   GST_INFO_OBJECT (self, "model %s on %s", path,
       unet_device_name (unet_segmenter_get_device (self->seg)));
   self->frames_out = 0;
@@ -1337,6 +1381,7 @@ gst_unet_segment_stop (GstBaseTransform * trans)
   unet_segmenter_free (pending);
   drop_all (self);
   g_clear_pointer (&self->seg, unet_segmenter_free);
+  g_atomic_int_set (&self->model_channels, 0);
   g_queue_clear_full (&self->inflight, (GDestroyNotify) gst_buffer_unref);
   return TRUE;
 }
@@ -1423,9 +1468,13 @@ gst_unet_segment_submit_input_buffer (GstBaseTransform * trans,
         ("Input buffer is smaller than its caps say."), (NULL));
     return GST_FLOW_ERROR;
   }
-  ok = unet_segmenter_push (self->seg, pixel_format (self->in_layout.format),
-      vf.data, self->in_layout.width, self->in_layout.height, vf.stride, NULL,
-      &err);
+  {
+    UnetChannelLayout channels;
+    frame_channels (&self->in_layout, &channels);
+    ok = unet_segmenter_push_channels (self->seg,
+        pixel_format (self->in_layout.format), vf.data, self->in_layout.width,
+        self->in_layout.height, vf.stride, &channels, NULL, &err);
+  }
   gst_unet_frame_unmap (&vf);
   if (ok)
     g_queue_push_tail (&self->inflight, buf);
@@ -1467,6 +1516,10 @@ fill_overlay (const GstUnetLayout * il, GstUnetFrame * in,
 
 #define PIX(row, x) (f == GST_UNET_FORMAT_GRAY8 ? (gdouble) (row)[x] : \
     f == GST_UNET_FORMAT_GRAY16_LE ? (gdouble) ((const guint16 *) (row))[x] : \
+    f == GST_UNET_FORMAT_RGB ? ((row)[3 * (x)] + (row)[3 * (x) + 1] + \
+        (row)[3 * (x) + 2]) / 3.0 : \
+    f == GST_UNET_FORMAT_RGBA ? ((row)[4 * (x)] + (row)[4 * (x) + 1] + \
+        (row)[4 * (x) + 2]) / 3.0 : \
     (gdouble) ((const gfloat *) (row))[x])
   for (y = 0; y < h; y++) {
     const guint8 *row = ip + (gsize) y * istride;

@@ -91,8 +91,8 @@ def check_numpy_reflect():
 
 
 def reference(model, cfg, frame):
-    """Whole-frame float64 probabilities (K,H,W) of a gray frame."""
-    h, w = frame.shape
+    """Whole-frame float64 probabilities (K,H,W) of a gray (H,W) or (C,H,W) frame."""
+    h, w = frame.shape[-2:]
     if cfg["padding"] == "valid":
         lh, lw = input_for_output(cfg, h), input_for_output(cfg, w)
         b = (lh - out_size(cfg, lh)) // 2
@@ -101,8 +101,9 @@ def reference(model, cfg, frame):
         step = 1 << cfg["depth"]
         lh, lw = -(-h // step) * step, -(-w // step) * step
         pad = ((0, lh - h), (0, lw - w))
-    x = np.pad(frame.astype(np.float64), pad, mode="reflect")
-    x = np.repeat(x[None, None], cfg["in_channels"], axis=1)
+    planes = frame.reshape(-1, h, w)
+    assert planes.shape[0] == cfg["in_channels"]
+    x = np.stack([np.pad(p.astype(np.float64), pad, mode="reflect") for p in planes])[None]
     p = unet_ref.probabilities(model, x)[0]
     return p[:, :h, :w]
 
@@ -145,13 +146,15 @@ def blended_reference(model, cfg, frame, th, tw):
 
 
 def run_tool(tool, model_path, frame, specs, tmp, frames=1):
-    h, w = frame.shape
+    h, w = frame.shape[-2:]
+    channels = frame.size // (h * w)
     fpath = os.path.join(tmp, "frame.f32")
     frame.astype("<f4").tofile(fpath)
     out = os.path.join(tmp, "out")
     # One thread: the test checks geometry, not speed, and OpenMP barriers of many
     # tiny forwards are slow on a busy 2-core machine.
-    cmd = [tool, "--threads", "1", "--frames", str(frames), model_path, fpath, str(w), str(h), "f32", out]
+    cmd = [tool, "--threads", "1", "--frames", str(frames), "--channels", str(channels),
+           model_path, fpath, str(w), str(h), "f32", out]
     cmd += ["%d,%d,%d" % s for s in specs]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
@@ -192,7 +195,9 @@ def main():
             unet_ref.save_model(model, mpath)
             step = 1 << cfg["depth"]
             for (h, w) in frames:
-                frame = rng.random((h, w), dtype=np.float32) * 2 - 0.5
+                # A 3-channel model gets 3 different planes (not a gray copy).
+                shape = (h, w) if cfg["in_channels"] == 1 else (cfg["in_channels"], h, w)
+                frame = rng.random(shape, dtype=np.float32) * 2 - 0.5
                 ref = reference(model, cfg, frame)
                 lh, lw = input_for_output(cfg, h), input_for_output(cfg, w)
                 big = (lh + 3 * step, lw + 5 * step)

@@ -9,7 +9,8 @@
  * "index tile_h tile_w n_tiles" goes to stdout. --norm none|model (default none:
  * the network sees the raw values, so tiling is tested on its own). --frames N
  * pushes the frame N times before one flush (batching across frames) and checks
- * every copy is identical. */
+ * every copy is identical. --channels C: FRAME holds C planes (C,H,W), for a model
+ * with C input channels. */
 #include "unet.h"
 
 #include <stdio.h>
@@ -19,11 +20,13 @@
 static gchar *norm_opt = NULL;
 static gint n_frames = 1;
 static gint threads = 0;
+static gint channels = 1;
 
 static GOptionEntry entries[] = {
   {"norm", 0, 0, G_OPTION_ARG_STRING, &norm_opt, "none (default) or model", "MODE"},
   {"frames", 0, 0, G_OPTION_ARG_INT, &n_frames, "push the frame N times", "N"},
   {"threads", 0, 0, G_OPTION_ARG_INT, &threads, "CPU threads", "N"},
+  {"channels", 0, 0, G_OPTION_ARG_INT, &channels, "planes in FRAME (C,H,W)", "C"},
   {NULL}
 };
 
@@ -77,9 +80,10 @@ main (int argc, char **argv)
     return fail (err);
   if (!g_file_get_contents (argv[2], &data, &len, &err))
     return fail (err);
-  if (w < 1 || h < 1 || len != (gsize) w * h * bpp) {
-    fprintf (stderr, "frame file has %" G_GSIZE_FORMAT " bytes, not %dx%dx%d\n",
-        len, w, h, bpp);
+  if (w < 1 || h < 1 || channels < 1
+      || len != (gsize) w * h * bpp * channels) {
+    fprintf (stderr, "frame file has %" G_GSIZE_FORMAT " bytes, not %dx%dx%dx%d\n",
+        len, channels, w, h, bpp);
     return 2;
   }
   if (argc > 7) {
@@ -115,9 +119,12 @@ main (int argc, char **argv)
     seg = unet_segmenter_new (model, &opts, &err);
     if (!seg)
       return fail (err);
-    for (k = 0; k < n_frames; k++)
-      if (!unet_segmenter_push (seg, fmt, data, w, h, (gsize) w * bpp, NULL, &err))
+    for (k = 0; k < n_frames; k++) {
+      UnetChannelLayout planes = { channels, bpp, (gsize) w * h * bpp };
+      if (!unet_segmenter_push_channels (seg, fmt, data, w, h, (gsize) w * bpp,
+              &planes, NULL, &err))
         return fail (err);
+    }
     if (!unet_segmenter_flush (seg, &err))
       return fail (err);
     for (k = 0; k < n_frames; k++) {
