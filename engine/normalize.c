@@ -326,6 +326,8 @@ pixel_at (UnetPixelFormat format, const guint8 *row, gint x)
       memcpy (&v, row + 4 * (gsize) x, 4);
       return v;
     }
+    default:                   /* multi-channel formats are split first */
+      break;
   }
   return 0.0;
 }
@@ -537,8 +539,36 @@ unet_pixel_format_bytes (UnetPixelFormat format)
       return 2;
     case UNET_PIXEL_F32:
       return 4;
+    case UNET_PIXEL_RGB8:
+      return 3;
+    case UNET_PIXEL_RGBA8:
+      return 4;
   }
   return 0;
+}
+
+gboolean
+unet_pixel_format_channels (UnetPixelFormat format, UnetPixelFormat *sample,
+    UnetChannelLayout *layout)
+{
+  switch (format) {
+    case UNET_PIXEL_U8:
+    case UNET_PIXEL_U16:
+    case UNET_PIXEL_F32:
+      *sample = format;
+      layout->channels = 1;
+      layout->pixel_step = unet_pixel_format_bytes (format);
+      layout->channel_step = 0;
+      return TRUE;
+    case UNET_PIXEL_RGB8:
+    case UNET_PIXEL_RGBA8:
+      *sample = UNET_PIXEL_U8;
+      layout->channels = 3;
+      layout->pixel_step = unet_pixel_format_bytes (format);
+      layout->channel_step = 1;
+      return TRUE;
+  }
+  return FALSE;
 }
 
 gboolean
@@ -546,7 +576,7 @@ unet_normalize_channels (const UnetNormalization *norm, UnetPixelFormat format,
     gconstpointer data, gint width, gint height, gsize stride,
     const UnetChannelLayout *layout, gfloat *out, GError **error)
 {
-  gsize bpp = unet_pixel_format_bytes (format);
+  gsize bpp = format <= UNET_PIXEL_F32 ? unet_pixel_format_bytes (format) : 0;
   gsize plane = (gsize) width * height, row = (gsize) width * bpp;
   const guint8 *bytes = data;
   g_autofree guint8 *dense = NULL;

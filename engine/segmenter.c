@@ -723,10 +723,16 @@ gboolean
 unet_segmenter_push (UnetSegmenter *seg, UnetPixelFormat format, gconstpointer data,
     gint width, gint height, gsize stride, gpointer user_data, GError **error)
 {
-  UnetChannelLayout gray = { 1, unet_pixel_format_bytes (format), 0 };
+  UnetChannelLayout layout;
+  UnetPixelFormat sample;
 
-  return unet_segmenter_push_channels (seg, format, data, width, height, stride,
-      &gray, user_data, error);
+  if (!unet_pixel_format_channels (format, &sample, &layout)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "unknown pixel format %d", (gint) format);
+    return FALSE;
+  }
+  return unet_segmenter_push_channels (seg, sample, data, width, height, stride,
+      &layout, user_data, error);
 }
 
 gboolean

@@ -479,24 +479,32 @@ unet_trainer_get_n_pairs (const UnetTrainer *t, guint *n_validation)
 
 /* --------------------------------------------------------------- pairs -- */
 
-/* Raw frame -> normalised (C,H,W): a gray frame is repeated over the channels. */
+/* Raw frame -> normalised (C,H,W), each channel on its own. The frame must have
+ * the model's channels: a gray frame is not copied into a colour model's. */
 static gfloat *
 normalize_image (UnetTrainer *t, UnetPixelFormat format, gconstpointer data,
     gsize stride, gint width, gint height, GError **error)
 {
   gsize plane = (gsize) width * height;
   gint c = t->cfg.in_channels;
+  UnetPixelFormat sample;
+  UnetChannelLayout layout = { 0, 0, 0 };
+  if (!unet_pixel_format_channels (format, &sample, &layout)
+      || layout.channels != c) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "the model takes %d input channel%s but the image has %d", c,
+        c == 1 ? "" : "s", layout.channels);
+    return NULL;
+  }
   g_autofree gfloat *img = g_try_new (gfloat, plane * c);
   if (img == NULL) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
         "cannot allocate a %dx%d frame", width, height);
     return NULL;
   }
-  if (!unet_normalize_frame (&t->opts.normalization, format, data, width,
-          height, stride, img, error))
+  if (!unet_normalize_channels (&t->opts.normalization, sample, data, width,
+          height, stride, &layout, img, error))
     return NULL;
-  for (gint k = 1; k < c; k++)
-    memcpy (img + k * plane, img, plane * sizeof (gfloat));
   return g_steal_pointer (&img);
 }
 
@@ -532,6 +540,10 @@ pixel_bytes (UnetPixelFormat f)
       return 2;
     case UNET_PIXEL_F32:
       return 4;
+    case UNET_PIXEL_RGB8:
+      return 3;
+    case UNET_PIXEL_RGBA8:
+      return 4;
   }
   return 1;
 }
@@ -544,9 +556,9 @@ unet_trainer_add_pair (UnetTrainer *t, UnetPixelFormat image_format,
 {
   g_return_val_if_fail (t != NULL && image != NULL && mask != NULL, FALSE);
 
-  if (mask_format == UNET_PIXEL_F32) {
+  if (mask_format != UNET_PIXEL_U8 && mask_format != UNET_PIXEL_U16) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
-        "masks must be integer labels (8 or 16 bit), not float");
+        "masks must be integer labels (8 or 16 bit gray)");
     return FALSE;
   }
   if (!check_frame (width, height, image_stride, pixel_bytes (image_format),

@@ -108,6 +108,8 @@ typedef enum
   UNET_PIXEL_U8,
   UNET_PIXEL_U16,
   UNET_PIXEL_F32,
+  UNET_PIXEL_RGB8,              /* 3 channels, 8-bit, interleaved */
+  UNET_PIXEL_RGBA8,             /* RGB8 with a 4th byte per pixel, not used */
 } UnetPixelFormat;
 
 /* Default when a model carries none: percentile 1 .. 99.8. */
@@ -131,8 +133,13 @@ typedef struct
   gsize channel_step;
 } UnetChannelLayout;
 
-/* Bytes per sample of `format` (0 for an unknown format). */
+/* Bytes per pixel of `format` (0 for an unknown format). */
 gsize    unet_pixel_format_bytes        (UnetPixelFormat format);
+/* The sample format (U8/U16/F32) and channel layout of a pixel format: gray
+ * formats {1, bpp, 0}, RGB8 {3, 3, 1}, RGBA8 {3, 4, 1}. */
+gboolean unet_pixel_format_channels     (UnetPixelFormat format,
+                                         UnetPixelFormat *sample,
+                                         UnetChannelLayout *layout);
 /* Raw multi-channel frame -> float (C,H,W), dense; each channel is normalised on
  * its own (a percentile or frame-mean-std mode takes each channel's statistics). */
 gboolean unet_normalize_channels        (const UnetNormalization *norm,
@@ -402,7 +409,9 @@ gint64       unet_trainer_get_iteration (const UnetTrainer *trainer);
 /* Pairs held: training (return value) and validation (`n_validation`, may be NULL). */
 guint        unet_trainer_get_n_pairs   (const UnetTrainer *trainer, guint *n_validation);
 
-/* Adds one pair. image: raw gray pixels (normalised here); mask: U8 or U16 raw
+/* Adds one pair. image: raw pixels (normalised here), gray or RGB8/RGBA8 with as
+ * many channels as the model's in_channels (an error naming both otherwise);
+ * mask: U8 or U16 raw
  * labels interpreted by opts->mask_mode, same width and height. Invalid mask values
  * are an UNET_ERROR_INVALID_ARGUMENT naming the value and position. */
 gboolean     unet_trainer_add_pair      (UnetTrainer *trainer,

@@ -94,6 +94,7 @@ enum
   PROP_PREVIEW,
   PROP_TIMESTAMP_TOLERANCE,
   PROP_DEPTH,
+  PROP_IN_CHANNELS,
   PROP_BASE_FILTERS,
   PROP_PADDING,
   PROP_BATCH_NORM,
@@ -191,7 +192,7 @@ struct _GstUnetTrain
 
 static GstStaticPadTemplate image_template = GST_STATIC_PAD_TEMPLATE ("image",
     GST_PAD_SINK, GST_PAD_ALWAYS,
-    GST_STATIC_CAPS (GST_VIDEO_CAPS_MAKE ("{ GRAY8, GRAY16_LE }")));
+    GST_STATIC_CAPS (GST_VIDEO_CAPS_MAKE ("{ GRAY8, GRAY16_LE, RGB, RGBA }")));
 
 /* Colour formats are accepted so that a mask saved as a colour picture (a common
  * mistake) fails with a message naming both streams, not a bare not-negotiated. */
@@ -310,6 +311,24 @@ video_format_to_pixel (GstVideoFormat f, UnetPixelFormat *out)
       return TRUE;
     default:
       return FALSE;
+  }
+}
+
+/* Image frames: gray for 1-channel models, RGB / RGBA (alpha not used) for
+ * 3-channel ones; the trainer refuses a frame whose channels are not the
+ * model's, naming both counts. */
+static gboolean
+image_format_to_pixel (GstVideoFormat f, UnetPixelFormat *out)
+{
+  switch (f) {
+    case GST_VIDEO_FORMAT_RGB:
+      *out = UNET_PIXEL_RGB8;
+      return TRUE;
+    case GST_VIDEO_FORMAT_RGBA:
+      *out = UNET_PIXEL_RGBA8;
+      return TRUE;
+    default:
+      return video_format_to_pixel (f, out);
   }
 }
 
@@ -557,7 +576,7 @@ push_preview (GstUnetTrain *self, GstVideoFrame *image, GstBuffer *inbuf)
     return GST_FLOW_ERROR;
   }
   UnetPixelFormat fmt = UNET_PIXEL_U8;
-  video_format_to_pixel (GST_VIDEO_INFO_FORMAT (in), &fmt);
+  image_format_to_pixel (GST_VIDEO_INFO_FORMAT (in), &fmt);
   gboolean ok = unet_trainer_predict (self->trainer, fmt,
       GST_VIDEO_FRAME_PLANE_DATA (image, 0),
       GST_VIDEO_FRAME_PLANE_STRIDE (image, 0), GST_VIDEO_INFO_WIDTH (in),
@@ -601,7 +620,7 @@ process_pair (GstUnetTrain *self, GstBuffer *ibuf, GstBuffer *mbuf)
     return GST_FLOW_ERROR;
   }
   UnetPixelFormat ipf, mpf;
-  if (!video_format_to_pixel (GST_VIDEO_INFO_FORMAT (&ii), &ipf)
+  if (!image_format_to_pixel (GST_VIDEO_INFO_FORMAT (&ii), &ipf)
       || !video_format_to_pixel (GST_VIDEO_INFO_FORMAT (&mi), &mpf)) {
     GST_ELEMENT_ERROR (self, STREAM, FORMAT,
         ("Unusable mask format: image is %s, mask is %s; masks must hold "
@@ -1082,6 +1101,9 @@ gst_unet_train_set_property (GObject *object, guint prop_id,
     case PROP_DEPTH:
       o->architecture.depth = g_value_get_int (value);
       break;
+    case PROP_IN_CHANNELS:
+      o->architecture.in_channels = g_value_get_int (value);
+      break;
     case PROP_BASE_FILTERS:
       o->architecture.base_filters = g_value_get_int (value);
       break;
@@ -1233,6 +1255,9 @@ gst_unet_train_get_property (GObject *object, guint prop_id, GValue *value,
       break;
     case PROP_DEPTH:
       g_value_set_int (value, o->architecture.depth);
+      break;
+    case PROP_IN_CHANNELS:
+      g_value_set_int (value, o->architecture.in_channels);
       break;
     case PROP_BASE_FILTERS:
       g_value_set_int (value, o->architecture.base_filters);
@@ -1439,6 +1464,10 @@ gst_unet_train_class_init (GstUnetTrainClass *klass)
   g_object_class_install_property (gobject_class, PROP_DEPTH,
       g_param_spec_int ("depth", "Depth",
           "Poolings of a new network (no model)", 1, 8, DEFAULT_DEPTH, RW));
+  g_object_class_install_property (gobject_class, PROP_IN_CHANNELS,
+      g_param_spec_int ("in-channels", "Input channels",
+          "Channels of a new network's input (no model): 1 for gray images, "
+          "3 for RGB/RGBA ones", 1, 3, 1, RW));
   g_object_class_install_property (gobject_class, PROP_BASE_FILTERS,
       g_param_spec_int ("base-filters", "Base filters",
           "Filters at full resolution of a new network", 1, 1024,
