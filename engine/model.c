@@ -46,9 +46,10 @@ unet_config_validate (const UnetConfig *cfg, GError **error)
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT, "no config given");
     return FALSE;
   }
-  if (cfg->in_channels != 1 && cfg->in_channels != 3) {
+  if (cfg->in_channels < 1 || cfg->in_channels > UNET_MAX_IN_CHANNELS) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
-        "in_channels must be 1 or 3, not %d", cfg->in_channels);
+        "in_channels must be 1..%d (gray 1, RGB 3, or fluorescence channels), "
+        "not %d", UNET_MAX_IN_CHANNELS, cfg->in_channels);
     return FALSE;
   }
   if (cfg->classes < 1 || cfg->classes > MAX_CLASSES) {

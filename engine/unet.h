@@ -40,9 +40,13 @@ typedef enum
 
 /* The architecture. Level i (0 = full resolution) has F_i = base_filters << i
  * filters; `depth` is the number of 2x2 poolings (the bottom level is F_depth). */
+/* Input channels a model may have: gray, RGB, or up to 8 fluorescence channels
+ * (as multi-channel frames carry them, see elements/common/gstunetcaps.h). */
+#define UNET_MAX_IN_CHANNELS 8
+
 typedef struct
 {
-  gint in_channels;             /* 1 or 3 */
+  gint in_channels;             /* 1 (gray), 3 (RGB) or 2..UNET_MAX_IN_CHANNELS planes */
   gint classes;                 /* 1 (sigmoid foreground) or >= 2 (softmax) */
   gint depth;                   /* >= 1 */
   gint base_filters;            /* >= 1 */

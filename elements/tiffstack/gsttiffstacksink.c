@@ -1123,6 +1123,7 @@ gst_tiff_stack_sink_render (GstBaseSink * bsink, GstBuffer * buf)
   GstTiffStackSink *self = GST_TIFF_STACK_SINK (bsink);
   GstUnetFrame frame;
   gboolean ok;
+  guint c;
 
   if (self->failed)
     return GST_FLOW_ERROR;
@@ -1133,15 +1134,20 @@ gst_tiff_stack_sink_render (GstBaseSink * bsink, GstBuffer * buf)
   }
   if (self->tif == NULL && !open_tiff (self))
     return GST_FLOW_ERROR;
-  if (!ensure_room (self))
-    return GST_FLOW_ERROR;
   if (!gst_unet_frame_map (&frame, &self->vinfo, buf, GST_MAP_READ)) {
     GST_ELEMENT_ERROR (self, STREAM, FAILED,
         ("Buffer of %" G_GSIZE_FORMAT " bytes is too small for the caps.",
             gst_buffer_get_size (buf)), (NULL));
     return GST_FLOW_ERROR;
   }
-  ok = write_page (self, &frame);
+  /* A multi-channel frame is one page per channel, channels fastest as in
+   * an ImageJ hyperstack (its axes tags say channels=C). */
+  ok = TRUE;
+  for (c = 0; ok && c < MAX (self->vinfo.channels, 1); c++) {
+    GstUnetFrame plane = frame;
+    plane.data = frame.data + (gsize) c * frame.stride * self->vinfo.height;
+    ok = ensure_room (self) && write_page (self, &plane);
+  }
   gst_unet_frame_unmap (&frame);
   return ok ? GST_FLOW_OK : GST_FLOW_ERROR;
 }

@@ -95,6 +95,7 @@ enum
   PROP_LOOP,
   PROP_FRAMERATE,
   PROP_CHANNEL,
+  PROP_MERGE_CHANNELS,
   PROP_MAX_PAGE_SIZE,
 };
 
@@ -134,6 +135,7 @@ struct _GstTiffStackSrc
   gboolean loop;
   gint fps_n, fps_d;
   gint channel;
+  gboolean merge_channels;
   guint64 max_page_size;
 
   /* between start() and stop() */
@@ -157,6 +159,7 @@ struct _GstTiffStackSrc
   gint sel_channel;             /* channel selected, -1 for every page */
   guint sel_c, sel_z, sel_t;    /* hyperstack dimensions used for selection */
   guint n_sel;                  /* frames after channel selection */
+  guint merge_c;                /* channels per frame (merge-channels), else 1 */
   guint first, range_len;       /* selected range, in frames */
   gboolean do_loop;
   gint cfg_fps_n, cfg_fps_d;
@@ -250,6 +253,14 @@ gst_tiff_stack_src_class_init (GstTiffStackSrcClass * klass)
           DEFAULT_CHANNEL,
           G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS |
           GST_PARAM_MUTABLE_READY));
+  g_object_class_install_property (gobject_class, PROP_MERGE_CHANNELS,
+      g_param_spec_boolean ("merge-channels", "Merge channels",
+          "Every frame holds all channels (at most 8) of one z/t position of an "
+          "ImageJ hyperstack or OME-TIFF, as planes (caps format e.g. "
+          "GRAY16_LE_C2), for models with several input channels; frames run "
+          "over z and t", FALSE,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS |
+          GST_PARAM_MUTABLE_READY));
   g_object_class_install_property (gobject_class, PROP_MAX_PAGE_SIZE,
       g_param_spec_uint64 ("max-page-size", "Maximum page size",
           "Largest decoded page, strip or tile accepted, in bytes; larger "
@@ -330,6 +341,9 @@ gst_tiff_stack_src_set_property (GObject * object, guint prop_id,
     case PROP_CHANNEL:
       self->channel = g_value_get_int (value);
       break;
+    case PROP_MERGE_CHANNELS:
+      self->merge_channels = g_value_get_boolean (value);
+      break;
     case PROP_MAX_PAGE_SIZE:
       self->max_page_size = g_value_get_uint64 (value);
       break;
@@ -365,6 +379,9 @@ gst_tiff_stack_src_get_property (GObject * object, guint prop_id,
       break;
     case PROP_CHANNEL:
       g_value_set_int (value, self->channel);
+      break;
+    case PROP_MERGE_CHANNELS:
+      g_value_set_boolean (value, self->merge_channels);
       break;
     case PROP_MAX_PAGE_SIZE:
       g_value_set_uint64 (value, self->max_page_size);
@@ -442,7 +459,7 @@ stream_axes (GstTiffStackSrc * self, guint * c, guint * z, guint * t)
   gboolean in_order = TRUE;
 
   if (self->sel_channel >= 0) {
-    *c = 1;
+    *c = MAX (self->merge_c, 1);
     *z = self->sel_z;
     *t = self->sel_t;
     return;
@@ -641,7 +658,8 @@ layout_info (GstTiffStackSrc * self, const PageLayout * L,
       info->par_d = d;
     }
   }
-  return gst_unet_layout_set (info, L->format, L->width, L->height);
+  return gst_unet_layout_set_planes (info, L->format, MAX (self->merge_c, 1),
+      L->width, L->height);
 }
 
 /* ---- the page index ------------------------------------------------------ */
@@ -901,6 +919,7 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
   TIFFOpenOptions *opts;
   struct stat st;
   gint start_index, stop_index, channel;
+  gboolean merge;
   guint64 max_page_size, last, sel;
   gchar *why = NULL;
   int fd;
@@ -910,6 +929,7 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
   start_index = self->start_index;
   stop_index = self->stop_index;
   channel = self->channel;
+  merge = self->merge_channels;
   max_page_size = self->max_page_size;
   self->do_loop = self->loop;
   self->cfg_fps_n = self->fps_n;
@@ -1000,6 +1020,34 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
       self->sel_c = c;
       self->sel_z = MAX (self->meta.slices, 1);
       self->sel_t = MAX (self->meta.frames, 1);
+    }
+  }
+  /* merge-channels: frames over z and t as for channel 0, each read with the
+   * pages of every channel. */
+  self->merge_c = 1;
+  if (merge) {
+    guint c = MAX (self->meta.channels, 1);
+    if (channel >= 0) {
+      g_mutex_unlock (&self->index_lock);
+      GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
+          ("channel=%d and merge-channels=true exclude each other.", channel),
+          (NULL));
+      goto fail;
+    }
+    if (c > GST_UNET_MAX_CHANNELS) {
+      g_mutex_unlock (&self->index_lock);
+      GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
+          ("\"%s\" has %u channels; merge-channels takes at most %d (select "
+              "one with channel=N).", self->path, c, GST_UNET_MAX_CHANNELS),
+          (NULL));
+      goto fail;
+    }
+    if (c > 1) {
+      self->sel_channel = 0;
+      self->sel_c = c;
+      self->sel_z = MAX (self->meta.slices, 1);
+      self->sel_t = MAX (self->meta.frames, 1);
+      self->merge_c = c;
     }
   }
   if (self->sel_channel >= 0) {
@@ -1457,6 +1505,38 @@ failed:
 
 /* ---- streaming ----------------------------------------------------------- */
 
+/* merge-channels: planes 1.. of frame @k from the pages of channels 1.. (plane
+ * 0, channel 0, is read by the caller); every page must match channel 0's.
+ * @range_len: the range's length as create() read it under index_lock. */
+static gboolean
+read_other_channels (GstTiffStackSrc * self, GstUnetFrame * frame, guint64 k,
+    guint range_len)
+{
+  PageLayout first = self->layout;
+  guint c;
+  gboolean ok = TRUE;
+
+  for (c = 1; ok && c < self->merge_c; c++) {
+    GstUnetFrame plane = *frame;
+    guint64 page;
+
+    self->sel_channel = c;
+    page = sel_to_page (self, self->first + k % range_len);
+    self->sel_channel = 0;
+    ok = goto_page (self, page);
+    if (ok && (self->layout.width != first.width
+            || self->layout.height != first.height
+            || self->layout.format != first.format)) {
+      post_page_error (self, page, "merge-channels needs every channel's page "
+          "to have the size and format of channel 0's");
+      ok = FALSE;
+    }
+    plane.data = frame->data + (gsize) c * frame->stride * self->vinfo.height;
+    ok = ok && read_page (self, &plane, page);
+  }
+  return ok;
+}
+
 static GstFlowReturn
 gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
 {
@@ -1577,6 +1657,11 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
     return GST_FLOW_ERROR;
   }
   g_clear_pointer (&self->prefetch, g_free);
+  if (self->merge_c > 1 && !read_other_channels (self, &frame, k, range_len)) {
+    gst_unet_frame_unmap (&frame);
+    gst_buffer_unref (buf);
+    return GST_FLOW_ERROR;
+  }
   gst_unet_frame_unmap (&frame);
 
   GST_BUFFER_PTS (buf) = pts;

@@ -73,7 +73,8 @@ gboolean gst_tiff_stack_unit_to_um (const gchar * unit, gdouble * um_per_unit);
 
 /* Frame formats (parsed with the shared gstunetcaps helpers). */
 #define GST_TIFF_STACK_CAPS \
-  GST_VIDEO_CAPS_MAKE ("{ GRAY8, GRAY16_LE, GRAY32_LE, GRAY32F, RGB }")
+  GST_VIDEO_CAPS_MAKE ("{ GRAY8, GRAY16_LE, GRAY32_LE, GRAY32F, RGB, " \
+      GST_UNET_MULTI_CHANNEL_FORMATS " }")
 
 G_END_DECLS
 

@@ -150,7 +150,8 @@ static guint signals[LAST_SIGNAL];
 #define DEFAULT_POST_MESSAGES FALSE
 #define DEFAULT_WATCH_MODEL FALSE
 
-#define SINK_CAPS GST_VIDEO_CAPS_MAKE ("{ GRAY8, GRAY16_LE, GRAY32F, RGB, RGBA }")
+#define SINK_CAPS GST_VIDEO_CAPS_MAKE ("{ GRAY8, GRAY16_LE, GRAY32F, RGB, RGBA, " \
+    GST_UNET_MULTI_CHANNEL_FORMATS " }")
 #define SRC_CAPS GST_VIDEO_CAPS_MAKE ("{ GRAY8, GRAY32F, RGBA, GRAY32_LE, GRAY16_LE }")
 
 static GstStaticPadTemplate sink_template = GST_STATIC_PAD_TEMPLATE ("sink",
@@ -1136,16 +1137,67 @@ gst_unet_segment_get_property (GObject * object, guint prop_id,
 /* ------------------------------------------------------------------ caps -- */
 
 /* The channels of a frame: RGB and RGBA are three 8-bit channels (alpha is not
- * used), the gray formats one. */
+ * used), the gray formats one, the _C<n> formats n planes of @stride × height
+ * bytes. */
 static void
-frame_channels (const GstUnetLayout * l, UnetChannelLayout * c)
+frame_channels (const GstUnetLayout * l, gsize stride, UnetChannelLayout * c)
 {
   gboolean rgb = l->format == GST_UNET_FORMAT_RGB
       || l->format == GST_UNET_FORMAT_RGBA;
 
-  c->channels = rgb ? 3 : 1;
+  c->channels = rgb ? 3 : (gint) MAX (l->channels, 1);
   c->pixel_step = l->bpp;
-  c->channel_step = rgb ? 1 : 0;
+  c->channel_step = rgb ? 1 : stride * l->height;
+}
+
+/* Channels of a caps format name: RGB/RGBA 3, "<gray>_C<n>" n, gray 1. */
+static gint
+format_name_channels (const gchar * name)
+{
+  const gchar *suffix = strrchr (name, '_');
+
+  if (!strcmp (name, "RGB") || !strcmp (name, "RGBA"))
+    return 3;
+  if (suffix && suffix[1] == 'C' && g_ascii_isdigit (suffix[2]))
+    return suffix[2] - '0';
+  return 1;
+}
+
+static gint
+layout_channels (const GstUnetLayout * l)
+{
+  UnetChannelLayout ch;
+  frame_channels (l, l->stride, &ch);
+  return ch.channels;
+}
+
+static void
+post_channel_error (GstUnetSegment * self, const GstUnetLayout * l, gint want)
+{
+  g_autofree gchar *fmt = gst_unet_layout_format_name (l);
+
+  GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
+      ("The model takes %d input channel%s but the input frames (%s) have "
+          "%d: %s.", want, want == 1 ? "" : "s", fmt, layout_channels (l),
+          want == 3 ? "give it RGB or RGBA frames, or 3 fluorescence "
+          "channels (tiffstacksrc merge-channels=true)" : want == 1 ?
+          "give it GRAY8, GRAY16_LE or GRAY32F frames (tiffstacksrc "
+          "channel=N selects one channel of a hyperstack)" :
+          "give it frames of that many channels (tiffstacksrc "
+          "merge-channels=true on a hyperstack or OME-TIFF)"), (NULL));
+}
+
+/* Frames must have the model's channels (the caps only offer those, but the
+ * model may have been swapped since negotiation). */
+static gboolean
+check_channels (GstUnetSegment * self)
+{
+  gint want = unet_segmenter_get_config (self->seg)->in_channels;
+
+  if (layout_channels (&self->in_layout) == want)
+    return TRUE;
+  post_channel_error (self, &self->in_layout, want);
+  return FALSE;
 }
 
 static const gchar *
@@ -1203,22 +1255,24 @@ gst_unet_segment_transform_caps (GstBaseTransform * trans,
           output_format_name (output), NULL);
     } else {
       GValue list = G_VALUE_INIT, v = G_VALUE_INIT;
-      const gchar *gray_first[] = { "GRAY8", "GRAY16_LE", "GRAY32F", "RGB",
-        "RGBA"
+      static const gchar *fmts[] = { "GRAY8", "GRAY16_LE", "GRAY32F", "RGB",
+        "RGBA", "GRAY8_C2", "GRAY8_C3", "GRAY8_C4", "GRAY8_C5", "GRAY8_C6",
+        "GRAY8_C7", "GRAY8_C8", "GRAY16_LE_C2", "GRAY16_LE_C3", "GRAY16_LE_C4",
+        "GRAY16_LE_C5", "GRAY16_LE_C6", "GRAY16_LE_C7", "GRAY16_LE_C8",
+        "GRAY32F_C2", "GRAY32F_C3", "GRAY32F_C4", "GRAY32F_C5", "GRAY32F_C6",
+        "GRAY32F_C7", "GRAY32F_C8"
       };
-      const gchar *rgb_first[] = { "RGB", "RGBA", "GRAY8", "GRAY16_LE",
-        "GRAY32F"
-      };
-      /* The model's kind of frame first. The others stay acceptable so that a
-       * mismatch ends in set_caps' error naming both channel counts, not in
-       * a bare not-negotiated. */
-      const gchar **fmts = g_atomic_int_get (&self->model_channels) == 3 ?
-          rgb_first : gray_first;
+      /* With a model loaded, only frames of its number of channels: then a
+       * mismatch fails negotiation, synchronously for sources that check
+       * their caps in start() (see the error posted below). */
+      gint want = g_atomic_int_get (&self->model_channels);
       guint f;
 
       g_value_init (&list, GST_TYPE_LIST);
       g_value_init (&v, G_TYPE_STRING);
-      for (f = 0; f < G_N_ELEMENTS (gray_first); f++) {
+      for (f = 0; f < G_N_ELEMENTS (fmts); f++) {
+        if (want > 0 && format_name_channels (fmts[f]) != want)
+          continue;
         g_value_set_static_string (&v, fmts[f]);
         gst_value_list_append_value (&list, &v);
       }
@@ -1232,6 +1286,16 @@ gst_unet_segment_transform_caps (GstBaseTransform * trans,
         GST_CAPS_INTERSECT_FIRST);
     gst_caps_unref (ret);
     ret = tmp;
+  }
+  /* Upstream asking with its one fixed format, which the model cannot take:
+   * negotiation is going to fail, so say why (with both channel counts) rather
+   * than leave the user with "not-negotiated". */
+  if (direction == GST_PAD_SRC && filter && gst_caps_is_empty (ret)
+      && gst_caps_is_fixed (filter) && g_atomic_int_get (&self->model_channels)) {
+    GstUnetLayout l;
+    if (gst_unet_layout_from_caps (&l, filter)
+        && layout_channels (&l) != g_atomic_int_get (&self->model_channels))
+      post_channel_error (self, &l, g_atomic_int_get (&self->model_channels));
   }
   GST_DEBUG_OBJECT (self, "%s caps %" GST_PTR_FORMAT " -> %" GST_PTR_FORMAT,
       direction == GST_PAD_SINK ? "sink" : "src", caps, ret);
@@ -1255,21 +1319,6 @@ gst_unet_segment_set_caps (GstBaseTransform * trans, GstCaps * incaps,
         ("Invalid caps: %" GST_PTR_FORMAT " -> %" GST_PTR_FORMAT, incaps,
             outcaps), (NULL));
     return FALSE;
-  }
-  if (self->seg) {
-    UnetChannelLayout ch;
-    gint want = unet_segmenter_get_config (self->seg)->in_channels;
-    frame_channels (&self->in_layout, &ch);
-    if (ch.channels != want) {
-      GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
-          ("The model takes %d input channel%s but the input frames (%s) have "
-              "%d: %s.", want, want == 1 ? "" : "s",
-              gst_unet_format_name (self->in_layout.format), ch.channels,
-              want == 3 ? "give it RGB or RGBA frames" : want == 1 ?
-              "give it GRAY8, GRAY16_LE or GRAY32F frames" :
-              "no frame format has that many channels"), (NULL));
-      return FALSE;
-    }
   }
   if (!gst_structure_get_fraction (gst_caps_get_structure (incaps, 0),
           "framerate", &self->fps_n, &self->fps_d))
@@ -1462,6 +1511,10 @@ gst_unet_segment_submit_input_buffer (GstBaseTransform * trans,
 
   if (!maybe_swap_model (self, &err))
     goto failed;
+  if (!check_channels (self)) {
+    gst_buffer_unref (buf);
+    return GST_FLOW_ERROR;
+  }
   if (!gst_unet_frame_map (&vf, &self->in_layout, buf, GST_MAP_READ)) {
     gst_buffer_unref (buf);
     GST_ELEMENT_ERROR (self, STREAM, FAILED,
@@ -1470,7 +1523,7 @@ gst_unet_segment_submit_input_buffer (GstBaseTransform * trans,
   }
   {
     UnetChannelLayout channels;
-    frame_channels (&self->in_layout, &channels);
+    frame_channels (&self->in_layout, vf.stride, &channels);
     ok = unet_segmenter_push_channels (self->seg,
         pixel_format (self->in_layout.format), vf.data, self->in_layout.width,
         self->in_layout.height, vf.stride, &channels, NULL, &err);
@@ -1794,8 +1847,22 @@ gst_unet_segment_sink_event (GstBaseTransform * trans, GstEvent * event)
       self->last_offset = GST_BUFFER_OFFSET_NONE;
       self->ref_pts = GST_CLOCK_TIME_NONE;
       break;
-    case GST_EVENT_TAG:
+    case GST_EVENT_TAG:{
+      GstTagList *tags;
+      guint channels;
+      /* Output frames have one channel: the stream axes tag of tiffstacksrc
+       * ("tiff-channels") must say so downstream. */
+      gst_event_parse_tag (event, &tags);
+      if (gst_tag_list_get_uint (tags, "tiff-channels", &channels)
+          && channels != 1) {
+        GstTagList *copy = gst_tag_list_copy (tags);
+        gst_tag_list_add (copy, GST_TAG_MERGE_REPLACE, "tiff-channels", 1u,
+            NULL);
+        gst_event_unref (event);
+        event = gst_event_new_tag (copy);
+      }
       break;
+    }
     default:
       /* Frames queued for batching go out before any serialized event (caps,
        * segment, gap, EOS ...), keeping the stream order. */

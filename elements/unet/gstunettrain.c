@@ -1309,6 +1309,48 @@ gst_unet_train_finalize (GObject *object)
 
 #define RW (G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | GST_PARAM_MUTABLE_READY)
 
+/* The image pad offers only frames with the model's channels (gray for 1, RGB
+ * and RGBA for 3), so a mismatch fails negotiation, synchronously for sources
+ * that check their caps before streaming, with an error naming both counts
+ * (an error from the streaming thread could leave gst-launch-1.0 1.22 hanging
+ * after a preroll). */
+static gboolean
+gst_unet_train_sink_query (GstAggregator *agg, GstAggregatorPad *pad,
+    GstQuery *query)
+{
+  GstUnetTrain *self = GST_UNET_TRAIN (agg);
+
+  if (GST_QUERY_TYPE (query) == GST_QUERY_CAPS && pad == self->image_pad
+      && self->trainer != NULL) {
+    gint want = unet_trainer_get_config (self->trainer)->in_channels;
+    GstCaps *filter, *caps, *res;
+    gst_query_parse_caps (query, &filter);
+    caps = gst_caps_from_string (want == 3 ?
+        GST_VIDEO_CAPS_MAKE ("{ RGB, RGBA }") :
+        GST_VIDEO_CAPS_MAKE ("{ GRAY8, GRAY16_LE }"));
+    res = filter ? gst_caps_intersect_full (filter, caps,
+        GST_CAPS_INTERSECT_FIRST) : gst_caps_ref (caps);
+    if (filter && gst_caps_is_empty (res) && gst_caps_is_fixed (filter)) {
+      GstVideoInfo info;
+      if (gst_video_info_from_caps (&info, filter)) {
+        gint have = GST_VIDEO_INFO_N_COMPONENTS (&info) >= 3 ? 3 : 1;
+        if (have != want)
+          GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
+              ("The model takes %d input channel%s but the image frames (%s) "
+                  "have %d: give it %s frames.", want, want == 1 ? "" : "s",
+                  gst_video_format_to_string (GST_VIDEO_INFO_FORMAT (&info)),
+                  have, want == 3 ? "RGB or RGBA" : "GRAY8 or GRAY16_LE"),
+              (NULL));
+      }
+    }
+    gst_query_set_caps_result (query, res);
+    gst_caps_unref (res);
+    gst_caps_unref (caps);
+    return TRUE;
+  }
+  return GST_AGGREGATOR_CLASS (parent_class)->sink_query (agg, pad, query);
+}
+
 static void
 gst_unet_train_class_init (GstUnetTrainClass *klass)
 {
@@ -1522,6 +1564,7 @@ gst_unet_train_class_init (GstUnetTrainClass *klass)
   agg_class->start = GST_DEBUG_FUNCPTR (gst_unet_train_start);
   agg_class->stop = GST_DEBUG_FUNCPTR (gst_unet_train_stop);
   agg_class->sink_event = GST_DEBUG_FUNCPTR (gst_unet_train_sink_event);
+  agg_class->sink_query = GST_DEBUG_FUNCPTR (gst_unet_train_sink_query);
   agg_class->get_next_time = gst_aggregator_simple_get_next_time;
   agg_class->update_src_caps =
       GST_DEBUG_FUNCPTR (gst_unet_train_update_src_caps);

@@ -137,7 +137,8 @@ test_config_validate (void)
     g_assert_error (err, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT); \
     g_assert_nonnull (strstr (err->message, needle)); \
     g_clear_error (&err); } while (0)
-  BAD (c.in_channels = 2, "in_channels");
+  BAD (c.in_channels = 0, "in_channels");
+  BAD (c.in_channels = UNET_MAX_IN_CHANNELS + 1, "in_channels");
   BAD (c.classes = 0, "classes");
   BAD (c.depth = 0, "depth");
   BAD (c.depth = 40, "depth");
@@ -191,7 +192,7 @@ test_config_json (void)
           "\"padding\":\"valid\",\"batch_norm\":1}", "batch_norm"},
     {"{\"in_channels\":1,\"classes\":2,\"depth\":99999999999,\"base_filters\":64,"
           "\"padding\":\"valid\"}", "depth"},
-    {"{\"in_channels\":2,\"classes\":2,\"depth\":4,\"base_filters\":64,"
+    {"{\"in_channels\":9,\"classes\":2,\"depth\":4,\"base_filters\":64,"
           "\"padding\":\"valid\"}", "in_channels"},
   };
   for (guint i = 0; i < G_N_ELEMENTS (bad); i++) {
