@@ -262,6 +262,64 @@ test_large_sorted (void)
   }
 }
 
+/* Multi-channel frames: each channel is normalised as that channel alone would be
+ * as a gray frame (percentile statistics per channel), whatever the layout:
+ * interleaved RGB, RGBA (4th byte ignored), planes with a padded stride. */
+static void
+test_channels (void)
+{
+  const gint w = 13, h = 7, c = 3;
+  gsize plane = (gsize) w * h, stride = 16;
+  guint8 *rgba = g_malloc (plane * 4), *planes = g_malloc (stride * h * c);
+  guint8 *gray = g_malloc (plane);
+  gfloat *want = g_malloc (plane * sizeof (gfloat) * c);
+  gfloat *got = g_malloc (plane * sizeof (gfloat) * c);
+  UnetNormalization norm = { UNET_NORM_PERCENTILE, 1.0, 99.8 };
+  UnetChannelLayout interleaved = { 3, 4, 1 }, planar = { 3, 1, stride * h };
+  UnetChannelLayout bad = { 3, 0, 1 };
+  UnetPixelFormat sample;
+  UnetChannelLayout l;
+  GError *err = NULL;
+  GRand *rand = g_rand_new_with_seed (5);
+
+  for (gsize p = 0; p < plane; p++)
+    for (gint k = 0; k < 4; k++)
+      rgba[p * 4 + k] = g_rand_int_range (rand, 0, 256) / (k + 1);
+  memset (planes, 0xaa, stride * h * c);
+  for (gint k = 0; k < c; k++) {
+    for (gsize p = 0; p < plane; p++)
+      gray[p] = rgba[p * 4 + k];
+    g_assert_true (unet_normalize_frame (&norm, UNET_PIXEL_U8, gray, w, h, w,
+            want + k * plane, &err));
+    for (gint y = 0; y < h; y++)
+      memcpy (planes + k * stride * h + y * stride, gray + y * w, w);
+  }
+  g_assert_true (unet_normalize_channels (&norm, UNET_PIXEL_U8, rgba, w, h,
+          (gsize) w * 4, &interleaved, got, &err));
+  g_assert_cmpmem (got, plane * c * sizeof (gfloat), want,
+      plane * c * sizeof (gfloat));
+  memset (got, 0, plane * c * sizeof (gfloat));
+  g_assert_true (unet_normalize_channels (&norm, UNET_PIXEL_U8, planes, w, h,
+          stride, &planar, got, &err));
+  g_assert_cmpmem (got, plane * c * sizeof (gfloat), want,
+      plane * c * sizeof (gfloat));
+  g_assert_false (unet_normalize_channels (&norm, UNET_PIXEL_U8, rgba, w, h,
+          (gsize) w * 4, &bad, got, &err));
+  g_assert_error (err, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
+  g_clear_error (&err);
+  g_assert_true (unet_pixel_format_channels (UNET_PIXEL_RGBA8, &sample, &l));
+  g_assert_cmpint (sample, ==, UNET_PIXEL_U8);
+  g_assert_cmpint (l.channels, ==, 3);
+  g_assert_cmpuint (l.pixel_step, ==, 4);
+  g_assert_cmpuint (l.channel_step, ==, 1);
+  g_rand_free (rand);
+  g_free (rgba);
+  g_free (planes);
+  g_free (gray);
+  g_free (want);
+  g_free (got);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -271,5 +329,6 @@ main (int argc, char **argv)
   g_test_add_func ("/normalize/known-values", test_known_values);
   g_test_add_func ("/normalize/nan-and-errors", test_nan_and_errors);
   g_test_add_func ("/normalize/large-sorted", test_large_sorted);
+  g_test_add_func ("/normalize/channels", test_channels);
   return g_test_run ();
 }
