@@ -46,7 +46,8 @@
  * written in the file), "tiff-channels", "tiff-slices", "tiff-frames" (uint:
  * the axes of the frames as they leave the element, channels fastest, then z,
  * then t; with #GstTiffStackSrc:channel one channel over z and t; a plain
- * multi-page TIFF is z slices), "tiff-frame-interval" (double, seconds, from
+ * multi-page TIFF is z slices, its "tiff-slices" left out while the page count
+ * is not known yet, see below), "tiff-frame-interval" (double, seconds, from
  * ImageJ `finterval`/`tunit` or OME `TimeIncrement`), and "tiff-value-offset"
  * for signed data.
  *
@@ -477,8 +478,26 @@ stream_axes (GstTiffStackSrc * self, guint * c, guint * z, guint * t)
     }
   }
   if (!(m->channels || m->slices || m->frames) || !in_order) {
+    /* Every page a z slice. The page count is known once the chain has been
+     * indexed; before that (pages are indexed lazily, see start()) a file
+     * with axes metadata gives it, and a plain TIFF leaves it out (0 here):
+     * walking a long chain for a tag would cost what lazy indexing saves. A
+     * sink counts the pages it writes anyway. */
+    gboolean done;
+    guint n_pages;
+
+    g_mutex_lock (&self->index_lock);
+    done = self->index_done;
+    n_pages = self->n_pages;
+    g_mutex_unlock (&self->index_lock);
     *c = *t = 1;
-    *z = self->n_pages;
+    if (done)
+      *z = n_pages;
+    else if (m->channels || m->slices || m->frames)
+      *z = (guint) MIN ((guint64) MAX (m->channels, 1) * MAX (m->slices, 1)
+          * MAX (m->frames, 1), G_MAXUINT);
+    else
+      *z = 0;
   }
 }
 
@@ -1611,7 +1630,12 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
 
     stream_axes (self, &c, &z, &t);
     gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE, GST_TIFF_STACK_TAG_CHANNELS,
-        c, GST_TIFF_STACK_TAG_SLICES, z, GST_TIFF_STACK_TAG_FRAMES, t, NULL);
+        c, GST_TIFF_STACK_TAG_FRAMES, t, NULL);
+    if (z > 0)
+      gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
+          GST_TIFF_STACK_TAG_SLICES, z, NULL);
+    else
+      gst_tag_list_remove_tag (tags, GST_TIFF_STACK_TAG_SLICES);
     if (self->layout.flip_sign)
       gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
           GST_TIFF_STACK_TAG_VALUE_OFFSET,

@@ -221,6 +221,15 @@ rc, t = tags_of(p, "channel=2")
 check(t.get("channels") == 1 and t.get("slices") == 2 and t.get("frames") == 2,
       f"OME channel=2: axes tags {t}")
 
+# A plain multi-page TIFF is a stack of z slices: one channel, one time point.
+# Its page count is not known at the first frame (pages are indexed lazily), so
+# tiff-slices is left out rather than wrong (it read 0 when the lazy index and
+# the axes tags first met).
+rc, t = tags_of(path("u16-classic-le.tif"))
+check(rc == 0 and t.get("channels") == 1 and t.get("frames") == 1
+      and t.get("slices", N) == N,
+      f"plain TIFF: axes tags of z slices {t}")
+
 # Resolution tags in centimetres; signed data announces its offset.
 p = path("res-cm.tif")
 tifffile.imwrite(p, u16, resolution=(1e4 / 0.65, 1e4 / 0.65), resolutionunit="CENTIMETER",
