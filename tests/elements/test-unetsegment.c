@@ -413,7 +413,7 @@ GST_START_TEST (test_output_change_while_playing)
           else if (from == 1)
             fail_unless (memcmp (row, r->probability + o, w * 4) == 0);
           else
-            fail_unless (memcmp (row, r->instances + o, w * 2) == 0);
+            fail_unless (memcmp (row, r->instances + o, w * 4) == 0);
         }
         gst_buffer_unmap (out, &map);
         gst_buffer_unref (out);
