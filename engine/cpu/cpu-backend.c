@@ -632,15 +632,21 @@ cpu_try_pd (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *smd,
  * holds no data yet) with deterministic pseudo-random input, in alternating
  * rounds; the fastest whose output stays within CPU_CONV_REL_TOL of the first
  * direct implementation's is kept. The choice is cached per shape, layout, data
- * type, padding, ReLU and thread count for the life of the process, so other
- * plans, nets and element instances with the same shape do not measure again.
- * The batch size is not part of the key: the first plan decides for every batch
- * size, so an image gives bit-identical results whatever it is batched with
- * (Winograd tiles start at each image's origin; the overlap-tile tests compare
- * frames processed in different batches bit for bit). */
+ * type, padding and ReLU for the life of the process, so other plans, nets and
+ * element instances with the same shape do not measure again. It is measured with
+ * the thread count and batch size of the first net that builds the shape and
+ * reused for every other thread count and batch size, so an image's result is
+ * bit-identical whatever the threads or what it is batched with (the candidates
+ * are each invariant to both; the element and overlap-tile tests check it bit for
+ * bit). */
 
 #define CPU_CONV_MAX_CAND 8
-#define CPU_CONV_ROUNDS 2       /* timed runs per candidate after one warm-up; min */
+/* Timed runs per candidate after the first (untimed, output check) run; the
+ * minimum counts. Convolutions whose first run took over CPU_CONV_QUICK_MS get one
+ * timed run: their differences are large next to the noise, and the whole
+ * measurement then costs about two forwards per candidate at plan build. */
+#define CPU_CONV_ROUNDS 3
+#define CPU_CONV_QUICK_MS 5.0
 /* Largest accepted max|y - y_direct| / max|y_direct| of one convolution in f32.
  * The conformance contract is 1e-4 on probabilities (tests/engine/
  * conformance_forward.py), i.e. ~1e-4 on logits; a depth-4 U-Net chains at most
@@ -685,14 +691,14 @@ cpu_conv_key (const CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_
   GString *k = g_string_new (NULL);
   const dnnl_memory_desc_t *mds[2] = { smd, dmd };
 
-  g_string_append_printf (k, "threads %d k %d pad %d relu %d", ctx->threads,
-      ctx->layers[desc->layer].k, desc->pad, desc->relu ? 1 : 0);
+  g_string_append_printf (k, "k %d pad %d relu %d", ctx->layers[desc->layer].k,
+      desc->pad, desc->relu ? 1 : 0);
   for (gint i = 0; i < 2; i++) {
     const dnnl_memory_desc_t *m = mds[i];
     const dnnl_blocking_desc_t *b = &m->format_desc.blocking;
     g_string_append_printf (k, " | dt %d off %" G_GINT64_FORMAT, m->data_type,
         (gint64) m->offset0);
-    for (gint d = 1; d < m->ndims; d++)
+    for (gint d = 1; d < m->ndims; d++)        /* not N: see above */
       g_string_append_printf (k, " %" G_GINT64_FORMAT "/%" G_GINT64_FORMAT,
           (gint64) m->dims[d], (gint64) b->strides[d]);
     for (gint d = 0; d < b->inner_nblks; d++)
@@ -702,8 +708,15 @@ cpu_conv_key (const CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_
   return g_string_free (k, FALSE);
 }
 
-/* Every non-reference implementation of the convolution on (smd, dmd), direct
- * first, then Winograd; returns how many were stored in `cand`. */
+/* The candidates for the convolution on (smd, dmd): oneDNN's first (fastest by
+ * its own ranking) non-reference direct implementation, which is what
+ * UNET_CPU_CONV_ALGO=direct runs, then every Winograd implementation; returns how
+ * many were stored in `cand`. Left out, because an image's result must not
+ * depend on the thread count or on what it is batched with: other direct
+ * implementations (gemm-based ones for plain layouts split their sums by thread),
+ * and oneDNN 2.6's F(2x2,3x3) "jit_fp32_wino_2x3", whose output changed with the
+ * thread count and the batch size in our checks (F(4x4,3x3) "jit_wino_4x3"
+ * did not, nor did the direct kernel beyond what direct itself does). */
 static gint
 cpu_conv_candidates (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *smd,
     const dnnl_memory_desc_t *dmd, dnnl_primitive_attr_t attr, CpuConvCand *cand)
@@ -723,9 +736,12 @@ cpu_conv_candidates (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc
       const char *impl = NULL;
       gboolean keep = pd != NULL && n < CPU_CONV_MAX_CAND
           && dnnl_primitive_desc_query (pd, dnnl_query_impl_info_str, 0,
-          &impl) == dnnl_success && impl != NULL && !g_str_has_prefix (impl, "ref");
+          &impl) == dnnl_success && impl != NULL && !g_str_has_prefix (impl, "ref")
+          && strstr (impl, "wino_2x3") == NULL;
       for (gint j = 0; keep && j < n; j++)
-        keep = !(cand[j].alg == algs[a] && strcmp (cand[j].impl, impl) == 0);
+        keep = !(cand[j].alg == algs[a] && strcmp (cand[j].impl, impl) == 0)
+            && !(cand[j].alg == dnnl_convolution_direct
+            && algs[a] == dnnl_convolution_direct);
       if (keep)
         cand[n++] = (CpuConvCand) { pd, algs[a], impl, G_MAXDOUBLE, 0.0 };
       else if (pd != NULL)
@@ -799,10 +815,12 @@ cpu_conv_measure (CpuCtx *ctx, CpuLayer *l, CpuConvCand *cand, gint n,
       goto fail;
     if ((scratch[c] = cpu_alloc (dnnl_memory_desc_get_size (scr), error)) == NULL)
       goto fail;
+    /* fault the pages in now: the first run must not pay for them alone */
+    memset (scratch[c], 0, dnnl_memory_desc_get_size (scr));
     DNNL_TRY (dnnl_memory_create (&mem[c][3], scr, ctx->engine, scratch[c]));
   }
   /* round 0: warm-up and the output check; then timed rounds, alternating */
-  for (gint r = 0; r <= CPU_CONV_ROUNDS; r++) {
+  for (gint r = 0, rounds = CPU_CONV_ROUNDS; r <= rounds; r++) {
     for (gint c = 0; c < n; c++) {
       dnnl_exec_arg_t args[5] = {
         {DNNL_ARG_SRC, mem[c][0]}, {DNNL_ARG_DST, mem[c][1]},
@@ -810,11 +828,15 @@ cpu_conv_measure (CpuCtx *ctx, CpuLayer *l, CpuConvCand *cand, gint n,
         {DNNL_ARG_SCRATCHPAD, mem[c][3]},
       };
       gint64 t0 = g_get_monotonic_time ();
+      gdouble ms;
       DNNL_TRY (dnnl_primitive_execute (prim[c], ctx->stream, 5, args));
       DNNL_TRY (dnnl_stream_wait (ctx->stream));
+      ms = (g_get_monotonic_time () - t0) / 1000.0;
       if (r > 0) {
-        cand[c].ms = MIN (cand[c].ms, (g_get_monotonic_time () - t0) / 1000.0);
+        cand[c].ms = MIN (cand[c].ms, ms);
       } else if (c == 0) {
+        if (ms > CPU_CONV_QUICK_MS)
+          rounds = 1;
         for (gsize i = 0; i < n_dst; i++) {
           ref[i] = cpu_elt (dst, i, dbf);
           ref_max = MAX (ref_max, fabs (ref[i]));
@@ -873,9 +895,11 @@ cpu_conv_choose (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *
   n = cpu_conv_candidates (ctx, desc, smd, dmd, attr, cand);
   if (n == 0)
     return TRUE;
-  /* a strided view (bf16 nhwc halves of a concat buffer) is not measured:
-   * oneDNN's first choice */
-  if (n > 1 && cpu_md_dense (smd) && cpu_md_dense (dmd)) {
+  /* Only f32 is measured. bf16 (nhwc, possibly strided views of a concat
+   * buffer) keeps oneDNN's first choice, as before: bf16 is only worth using with
+   * AMX, where oneDNN's first choice is its AMX kernel. */
+  if (n > 1 && smd->data_type == dnnl_f32 && dmd->data_type == dnnl_f32
+      && cpu_md_dense (smd) && cpu_md_dense (dmd)) {
     key = cpu_conv_key (ctx, desc, smd, dmd);
     g_mutex_lock (&cpu_choice_lock);
     if (cpu_choice_cache != NULL) {
@@ -1394,23 +1418,26 @@ cpu_default_threads (void)
   return (gint) g_get_num_processors ();
 }
 
+/* bf16 without AMX: oneDNN 2.6 then runs bf16 convolutions on its AVX512_BF16
+ * (jit_bf16 / brgconv) or plain AVX-512 kernels, and on a Xeon with AVX512_BF16 but
+ * AMX not exposed they measured ~2x slower than fp32 (base-32 U-Net, 572x572 tile,
+ * 2 threads: 1649 ms nhwc and 2883 ms nChw16c vs 868 ms fp32; tests/bench/
+ * RESULTS.md), so fp32 is faster in every layout this backend could pick. */
 gchar *
 unet_cpu_precision_slower (UnetPrecision precision)
 {
   const dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa ();
-  /* the ISA values are bit sets: each includes the bits of what it extends */
-  const gboolean amx = (isa & dnnl_cpu_isa_avx512_core_amx) == dnnl_cpu_isa_avx512_core_amx;
-  const gboolean bf16 = (isa & dnnl_cpu_isa_avx512_core_bf16) == dnnl_cpu_isa_avx512_core_bf16;
+  /* the ISA values are bit sets: each includes the bits of the ISAs it extends */
+  const gboolean amx =
+      (isa & dnnl_cpu_isa_avx512_core_amx) == dnnl_cpu_isa_avx512_core_amx;
 
   if (precision != UNET_PRECISION_BF16 || amx)
     return NULL;
-  return g_strdup_printf ("precision=bf16 is slower than fp32 on this CPU (oneDNN ISA "
-      "%s): it %s AMX, and without AMX tiles oneDNN's bf16 convolutions %s; bf16 only "
-      "pays off on CPUs with AMX (Sapphire Rapids and later). Use precision=fp32.",
-      dnnl_cpu_isa2str (isa), "has no",
-      bf16 ? "run on AVX512_BF16 dot products, which do fewer multiply-adds per "
-      "cycle than the fp32 FMA kernels once the conversions are counted"
-      : "convert every element to fp32 and back (no bf16 instructions at all)");
+  return g_strdup_printf ("precision=bf16 is slower than fp32 on this CPU: it has no "
+      "AMX (oneDNN uses %s), and oneDNN's bf16 convolutions without AMX tiles run "
+      "about 2x slower than its fp32 ones (measured on AVX512_BF16). bf16 only pays "
+      "off on CPUs with AMX (Xeon Sapphire Rapids and later); use precision=fp32.",
+      dnnl_cpu_isa2str (isa));
 }
 
 UnetBackend *
