@@ -21,8 +21,10 @@
  *
  * Precision: FP32, or BF16 (activations in bf16 where the layout is blocked,
  * weights bf16, biases and accumulation f32; needs AVX512_BF16 for speed).
- * Convolution algorithm: direct, or Winograd where oneDNN accepts it, chosen with
- * $UNET_CPU_CONV_ALGO = direct (default) | winograd | auto; see the README.
+ * Convolution algorithm: measured per shape at plan build (cpu_conv_choose:
+ * oneDNN's direct kernel or its Winograd F(4x4,3x3)), or forced with
+ * $UNET_CPU_CONV_ALGO = measure (default) | direct | winograd | auto; see the README.
+ * $UNET_CPU_PROFILE=1 prints every op's mean time when its plan is freed.
  */
 #include "config.h"
 
