@@ -20,7 +20,8 @@
  * buffers — slower but always correct; the classic nets never take that path.
  *
  * Precision: FP32, or BF16 (activations in bf16 where the layout is blocked,
- * weights bf16, biases and accumulation f32; needs AVX512_BF16 for speed).
+ * weights bf16, biases and accumulation f32; faster than fp32 only with AMX, see
+ * unet_cpu_precision_slower()).
  * Convolution algorithm: measured per shape at plan build (cpu_conv_choose:
  * oneDNN's direct kernel or its Winograd F(4x4,3x3)), or forced with
  * $UNET_CPU_CONV_ALGO = measure (default) | direct | winograd | auto; see the README.
@@ -583,9 +584,6 @@ cpu_op_desc_init (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t 
   return dnnl_invalid_arguments;
 }
 
-/* Tries to create the primitive descriptor for `desc` with src/dst mds. Unless
- * `allow_ref`, a descriptor whose best implementation is oneDNN's reference (slow,
- * scalar) code is refused, so the caller tries layouts a fast kernel takes. */
 static dnnl_alg_kind_t
 cpu_conv_alg (const CpuCtx *ctx)
 {
@@ -601,6 +599,9 @@ cpu_conv_alg (const CpuCtx *ctx)
   return dnnl_convolution_direct;
 }
 
+/* Tries to create the primitive descriptor for `desc` with src/dst mds. Unless
+ * `allow_ref`, a descriptor whose best implementation is oneDNN's reference (slow,
+ * scalar) code is refused, so the caller tries layouts a fast kernel takes. */
 static dnnl_primitive_desc_t
 cpu_try_pd (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *smd,
     const dnnl_memory_desc_t *dmd, dnnl_primitive_attr_t attr, gboolean allow_ref)
