@@ -15,8 +15,8 @@ burst of load from elsewhere hits all alike); the table shows medians, GFLOP/s
 every peer) and the max |probability - float64 reference| (PyTorch float64 of the
 same model and input: the contract's reference, tolerance 1e-4).
 
-Contenders: ours (the default: per-convolution algorithm measured at plan build),
-ours with UNET_CPU_CONV_ALGO=direct (the old default), ours bf16 with --bf16;
+Contenders: ours with UNET_CPU_CONV_ALGO=measure (per-convolution algorithm measured
+at plan build), ours by default (direct convolutions), ours bf16 with --bf16;
 PyTorch (Debian 1.13) NCHW and channels_last; ONNX Runtime and OpenVINO from PyPI
 (installed into --venv by this script; skipped with a note when they cannot be);
 PyTorch 2.x from PyPI with --pypi-torch (see tests/bench/peers.py). The load average
@@ -134,8 +134,8 @@ def bench_base(args, tmp, base, ours_exe, peer_defs):
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "passive")   # every OpenMP engine alike
     defs = []
-    ours = [("ours (measured conv algorithms)", [], {}),
-            ("ours UNET_CPU_CONV_ALGO=direct", [], {"UNET_CPU_CONV_ALGO": "direct"})]
+    ours = [("ours UNET_CPU_CONV_ALGO=measure", [], {"UNET_CPU_CONV_ALGO": "measure"}),
+            ("ours (default: direct)", [], {"UNET_CPU_CONV_ALGO": "direct"})]
     if args.bf16:
         ours.append(("ours bf16", ["--precision", "bf16"], {}))
     for i, (label, extra, env_add) in enumerate(ours):
