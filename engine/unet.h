@@ -218,6 +218,10 @@ typedef struct
 
 void         unet_net_options_init      (UnetNetOptions *opts);
 const gchar *unet_device_name           (UnetDevice device);
+/* NULL when `precision` runs at full speed on this machine's CPU; otherwise a
+ * sentence (g_free it) saying that it is slower than fp32 here and why, e.g. bf16
+ * on a CPU without AMX. For a warning before a CPU net is built. */
+gchar       *unet_cpu_precision_slower  (UnetPrecision precision);
 
 /* A model instantiated on a backend for inference. Primitives are created once per
  * input shape and reused; the model is copied, so it may be freed afterwards. */

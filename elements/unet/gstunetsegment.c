@@ -1395,6 +1395,12 @@ gst_unet_segment_start (GstBaseTransform * trans)
       unet_segmenter_get_config (self->seg)->in_channels);
   GST_INFO_OBJECT (self, "model %s on %s", path,
       unet_device_name (unet_segmenter_get_device (self->seg)));
+  if (unet_segmenter_get_device (self->seg) == UNET_DEVICE_CPU) {
+    gchar *slower = unet_cpu_precision_slower (opts.net.precision);
+    if (slower != NULL)
+      GST_ELEMENT_WARNING (self, RESOURCE, SETTINGS, ("%s", slower), (NULL));
+    g_free (slower);
+  }
   self->frames_out = 0;
   self->max_processing = 0;
   self->model_frames = 0;

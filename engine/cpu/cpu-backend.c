@@ -20,9 +20,12 @@
  * buffers — slower but always correct; the classic nets never take that path.
  *
  * Precision: FP32, or BF16 (activations in bf16 where the layout is blocked,
- * weights bf16, biases and accumulation f32; needs AVX512_BF16 for speed).
- * Convolution algorithm: direct, or Winograd where oneDNN accepts it, chosen with
- * $UNET_CPU_CONV_ALGO = direct (default) | winograd | auto; see the README.
+ * weights bf16, biases and accumulation f32; faster than fp32 only with AMX, see
+ * unet_cpu_precision_slower()).
+ * Convolution algorithm: measured per shape at plan build (cpu_conv_choose:
+ * oneDNN's direct kernel or its Winograd F(4x4,3x3)), or forced with
+ * $UNET_CPU_CONV_ALGO = direct (default) | measure | winograd | auto; see the README.
+ * $UNET_CPU_PROFILE=1 prints every op's mean time when its plan is freed.
  */
 #include "config.h"
 
@@ -37,6 +40,15 @@
 #endif
 
 typedef struct _CpuCtx CpuCtx;
+
+/* $UNET_CPU_CONV_ALGO: how each convolution's algorithm/implementation is chosen. */
+typedef enum
+{
+  CPU_CONV_MEASURE,             /* time every candidate once per shape */
+  CPU_CONV_DIRECT,              /* default */
+  CPU_CONV_WINOGRAD,            /* Winograd where oneDNN has it, else direct */
+  CPU_CONV_AUTO,                /* oneDNN's own heuristic (convolution_auto) */
+} CpuConvMode;
 
 typedef struct
 {
@@ -60,7 +72,8 @@ struct _CpuCtx
   dnnl_stream_t stream;
   gint threads;
   gboolean bf16;
-  dnnl_alg_kind_t conv_alg;
+  CpuConvMode conv_mode;
+  gboolean profile;             /* $UNET_CPU_PROFILE: per-op times at op_free */
   CpuLayer *layers;
   gint n_layers;
   gpointer scratch;             /* shared by every op; grown by op_new */
@@ -105,6 +118,10 @@ struct _UnetBackendOp
   guint8 *src_base, *dst_base;
   gsize src_stride, dst_stride;
   UnetDims dims;                /* plain C ops (prim == NULL, no reorder): src dims */
+  /* $UNET_CPU_PROFILE */
+  gchar *label;
+  gint64 prof_us;
+  gint prof_calls;
 };
 
 #define ALIGN 64
@@ -489,6 +506,10 @@ cpu_op_free (UnetBackendOp *op)
 {
   if (op == NULL)
     return;
+  if (op->label != NULL && op->prof_calls > 0)
+    g_printerr ("unet-cpu profile: %s: %.3f ms/call (%d calls)\n", op->label,
+        op->prof_us / 1000.0 / op->prof_calls, op->prof_calls);
+  g_free (op->label);
   if (op->prim)
     dnnl_primitive_destroy (op->prim);
   if (op->src)
@@ -563,6 +584,21 @@ cpu_op_desc_init (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t 
   return dnnl_invalid_arguments;
 }
 
+static dnnl_alg_kind_t
+cpu_conv_alg (const CpuCtx *ctx)
+{
+  switch (ctx->conv_mode) {
+    case CPU_CONV_WINOGRAD:
+      return dnnl_convolution_winograd;
+    case CPU_CONV_AUTO:
+      return dnnl_convolution_auto;
+    case CPU_CONV_MEASURE:     /* cpu_conv_choose() ran first; this is the fallback */
+    case CPU_CONV_DIRECT:
+      break;
+  }
+  return dnnl_convolution_direct;
+}
+
 /* Tries to create the primitive descriptor for `desc` with src/dst mds. Unless
  * `allow_ref`, a descriptor whose best implementation is oneDNN's reference (slow,
  * scalar) code is refused, so the caller tries layouts a fast kernel takes. */
@@ -572,7 +608,7 @@ cpu_try_pd (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *smd,
 {
   CpuOpDesc od;
   dnnl_primitive_desc_t pd = NULL;
-  dnnl_alg_kind_t algs[2] = { ctx->conv_alg, dnnl_convolution_direct };
+  dnnl_alg_kind_t algs[2] = { cpu_conv_alg (ctx), dnnl_convolution_direct };
 
   for (gint a = 0; a < (desc->kind == UNET_OP_CONV ? 2 : 1); a++) {
     const char *impl = NULL;
@@ -588,6 +624,333 @@ cpu_try_pd (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *smd,
     dnnl_primitive_desc_destroy (pd);
   }
   return NULL;
+}
+
+/* ------------------------------------------ per-shape convolution choice -- */
+
+/* $UNET_CPU_CONV_ALGO=measure, as cuDNN's "find": when a plan is
+ * built, every fast oneDNN implementation of the convolution that takes the
+ * tensors' own layouts (direct: jit/brgemm kernels; Winograd F(4x4,3x3) where the
+ * ISA has one) is run on the op's own src/dst memory (the plan's arena, which
+ * holds no data yet) with deterministic pseudo-random input, in alternating
+ * rounds; the fastest whose output stays within CPU_CONV_REL_TOL of the first
+ * direct implementation's is kept. The choice is cached per shape, layout, data
+ * type, padding and ReLU for the life of the process, so other plans, nets and
+ * element instances with the same shape do not measure again. It is measured with
+ * the thread count and batch size of the first net that builds the shape and
+ * reused for every other thread count and batch size, so an image's result is
+ * bit-identical whatever the threads or what it is batched with (the candidates
+ * are each invariant to both; the element and overlap-tile tests check it bit for
+ * bit). */
+
+#define CPU_CONV_MAX_CAND 8
+/* Timed runs per candidate after the first (untimed, output check) run; the
+ * minimum counts. Convolutions whose first run took over CPU_CONV_QUICK_MS get one
+ * timed run: their differences are large next to the noise, and the whole
+ * measurement then costs about two forwards per candidate at plan build. */
+#define CPU_CONV_ROUNDS 3
+#define CPU_CONV_QUICK_MS 5.0
+/* Largest accepted max|y - y_direct| / max|y_direct| of one convolution in f32.
+ * The conformance contract is 1e-4 on probabilities (tests/engine/
+ * conformance_forward.py), i.e. ~1e-4 on logits; a depth-4 U-Net chains at most
+ * 10 convolutions from input to output, and errors of that size add at most
+ * linearly, so 1e-5 per layer keeps the chain within it. Direct implementations
+ * differ only in summation order (~1e-7); oneDNN's fp32 Winograd measures
+ * ~1e-6 on random data. In bf16 the output itself is rounded to 2^-8, so two
+ * implementations may differ by one bf16 unit: 2^-7 relative. */
+#define CPU_CONV_REL_TOL 1e-5
+#define CPU_CONV_REL_TOL_BF16 (1.0 / 128)
+
+typedef struct
+{
+  dnnl_primitive_desc_t pd;
+  dnnl_alg_kind_t alg;
+  const char *impl;             /* owned by pd */
+  gdouble ms;                   /* best of the timed runs */
+  gdouble dev;                  /* relative deviation from candidate 0 */
+} CpuConvCand;
+
+typedef struct
+{
+  dnnl_alg_kind_t alg;
+  gchar *impl;
+} CpuConvChoice;
+
+static GMutex cpu_choice_lock;
+static GHashTable *cpu_choice_cache;    /* key -> CpuConvChoice */
+
+static void
+cpu_choice_free (gpointer p)
+{
+  CpuConvChoice *c = p;
+  g_free (c->impl);
+  g_free (c);
+}
+
+static gchar *
+cpu_conv_key (const CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *smd,
+    const dnnl_memory_desc_t *dmd)
+{
+  GString *k = g_string_new (NULL);
+  const dnnl_memory_desc_t *mds[2] = { smd, dmd };
+
+  g_string_append_printf (k, "k %d pad %d relu %d", ctx->layers[desc->layer].k,
+      desc->pad, desc->relu ? 1 : 0);
+  for (gint i = 0; i < 2; i++) {
+    const dnnl_memory_desc_t *m = mds[i];
+    const dnnl_blocking_desc_t *b = &m->format_desc.blocking;
+    g_string_append_printf (k, " | dt %d off %" G_GINT64_FORMAT, m->data_type,
+        (gint64) m->offset0);
+    for (gint d = 1; d < m->ndims; d++)        /* not N: see above */
+      g_string_append_printf (k, " %" G_GINT64_FORMAT "/%" G_GINT64_FORMAT,
+          (gint64) m->dims[d], (gint64) b->strides[d]);
+    for (gint d = 0; d < b->inner_nblks; d++)
+      g_string_append_printf (k, " b%d:%" G_GINT64_FORMAT, (gint) b->inner_idxs[d],
+          (gint64) b->inner_blks[d]);
+  }
+  return g_string_free (k, FALSE);
+}
+
+/* The candidates for the convolution on (smd, dmd): oneDNN's first (fastest by
+ * its own ranking) non-reference direct implementation, which is what
+ * UNET_CPU_CONV_ALGO=direct runs, then every Winograd implementation; returns how
+ * many were stored in `cand`. Left out, because an image's result must not
+ * depend on the thread count or on what it is batched with: other direct
+ * implementations (gemm-based ones for plain layouts split their sums by thread),
+ * and oneDNN 2.6's F(2x2,3x3) "jit_fp32_wino_2x3", whose output changed with the
+ * thread count and the batch size in our checks (F(4x4,3x3) "jit_wino_4x3"
+ * did not, nor did the direct kernel beyond what direct itself does). */
+static gint
+cpu_conv_candidates (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *smd,
+    const dnnl_memory_desc_t *dmd, dnnl_primitive_attr_t attr, CpuConvCand *cand)
+{
+  const dnnl_alg_kind_t algs[2] = { dnnl_convolution_direct, dnnl_convolution_winograd };
+  gint n = 0;
+
+  for (gint a = 0; a < 2; a++) {
+    CpuOpDesc od;
+    dnnl_primitive_desc_iterator_t it = NULL;
+    if (cpu_op_desc_init (ctx, desc, smd, dmd, algs[a], &od) != dnnl_success
+        || dnnl_primitive_desc_iterator_create (&it, &od, attr, ctx->engine,
+            NULL) != dnnl_success)
+      continue;
+    do {
+      dnnl_primitive_desc_t pd = dnnl_primitive_desc_iterator_fetch (it);
+      const char *impl = NULL;
+      gboolean keep = pd != NULL && n < CPU_CONV_MAX_CAND
+          && dnnl_primitive_desc_query (pd, dnnl_query_impl_info_str, 0,
+          &impl) == dnnl_success && impl != NULL && !g_str_has_prefix (impl, "ref")
+          && strstr (impl, "wino_2x3") == NULL;
+      for (gint j = 0; keep && j < n; j++)
+        keep = !(cand[j].alg == algs[a] && strcmp (cand[j].impl, impl) == 0)
+            && !(cand[j].alg == dnnl_convolution_direct
+            && algs[a] == dnnl_convolution_direct);
+      if (keep)
+        cand[n++] = (CpuConvCand) { pd, algs[a], impl, G_MAXDOUBLE, 0.0 };
+      else if (pd != NULL)
+        dnnl_primitive_desc_destroy (pd);
+    } while (dnnl_primitive_desc_iterator_next (it) == dnnl_success);
+    dnnl_primitive_desc_iterator_destroy (it);
+  }
+  return n;
+}
+
+static gfloat
+cpu_elt (const guint8 *p, gsize i, gboolean bf16)
+{
+  if (bf16) {
+    guint32 u = (guint32) ((const guint16 *) p)[i] << 16;
+    gfloat f;
+    memcpy (&f, &u, sizeof f);
+    return f;
+  }
+  return ((const gfloat *) p)[i];
+}
+
+/* Times every candidate on src -> dst (one image, mds smd/dmd) and sets its ms and
+ * dev. Overwrites src and dst. */
+static gboolean
+cpu_conv_measure (CpuCtx *ctx, CpuLayer *l, CpuConvCand *cand, gint n,
+    const dnnl_memory_desc_t *smd, guint8 *src, const dnnl_memory_desc_t *dmd,
+    guint8 *dst, GError **error)
+{
+  dnnl_primitive_t prim[CPU_CONV_MAX_CAND] = { 0 };
+  dnnl_memory_t mem[CPU_CONV_MAX_CAND][4] = { {0} };    /* src, dst, weights, scratch */
+  gpointer scratch[CPU_CONV_MAX_CAND] = { 0 };
+  const gboolean sbf = smd->data_type == dnnl_bf16, dbf = dmd->data_type == dnnl_bf16;
+  const gsize n_src = dnnl_memory_desc_get_size (smd) / (sbf ? 2 : 4);
+  const gsize n_dst = dnnl_memory_desc_get_size (dmd) / (dbf ? 2 : 4);
+  gfloat *ref = NULL;
+  gdouble ref_max = 0.0;
+  guint32 rng = 0x9e3779b9u;
+  gboolean ok = FALSE;
+
+  /* input in [-1, 1): no denormals or NaNs from an uninitialised arena */
+  for (gsize i = 0; i < n_src; i++) {
+    gfloat v;
+    rng ^= rng << 13;
+    rng ^= rng >> 17;
+    rng ^= rng << 5;
+    v = (gfloat) ((rng >> 8) * (2.0 / 16777216.0) - 1.0);
+    if (sbf) {
+      guint32 u;
+      memcpy (&u, &v, sizeof u);
+      ((guint16 *) src)[i] = (guint16) (u >> 16);
+    } else {
+      ((gfloat *) src)[i] = v;
+    }
+  }
+  if ((ref = g_try_new (gfloat, n_dst)) == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+        "cannot allocate %" G_GSIZE_FORMAT " floats to compare convolutions", n_dst);
+    goto fail;
+  }
+  for (gint c = 0; c < n; c++) {
+    const dnnl_memory_desc_t *wmd =
+        dnnl_primitive_desc_query_md (cand[c].pd, dnnl_query_weights_md, 0);
+    const dnnl_memory_desc_t *scr =
+        dnnl_primitive_desc_query_md (cand[c].pd, dnnl_query_scratchpad_md, 0);
+    DNNL_TRY (dnnl_primitive_create (&prim[c], cand[c].pd));
+    DNNL_TRY (dnnl_memory_create (&mem[c][0], smd, ctx->engine, src));
+    DNNL_TRY (dnnl_memory_create (&mem[c][1], dmd, ctx->engine, dst));
+    DNNL_TRY (dnnl_memory_create (&mem[c][2], wmd, ctx->engine, DNNL_MEMORY_ALLOCATE));
+    if (!cpu_reorder_now (ctx, l->w_user, mem[c][2], error))
+      goto fail;
+    if ((scratch[c] = cpu_alloc (dnnl_memory_desc_get_size (scr), error)) == NULL)
+      goto fail;
+    /* fault the pages in now: the first run must not pay for them alone */
+    memset (scratch[c], 0, dnnl_memory_desc_get_size (scr));
+    DNNL_TRY (dnnl_memory_create (&mem[c][3], scr, ctx->engine, scratch[c]));
+  }
+  /* round 0: warm-up and the output check; then timed rounds, alternating */
+  for (gint r = 0, rounds = CPU_CONV_ROUNDS; r <= rounds; r++) {
+    for (gint c = 0; c < n; c++) {
+      dnnl_exec_arg_t args[5] = {
+        {DNNL_ARG_SRC, mem[c][0]}, {DNNL_ARG_DST, mem[c][1]},
+        {DNNL_ARG_WEIGHTS, mem[c][2]}, {DNNL_ARG_BIAS, l->bias},
+        {DNNL_ARG_SCRATCHPAD, mem[c][3]},
+      };
+      gint64 t0 = g_get_monotonic_time ();
+      gdouble ms;
+      DNNL_TRY (dnnl_primitive_execute (prim[c], ctx->stream, 5, args));
+      DNNL_TRY (dnnl_stream_wait (ctx->stream));
+      ms = (g_get_monotonic_time () - t0) / 1000.0;
+      if (r > 0) {
+        cand[c].ms = MIN (cand[c].ms, ms);
+      } else if (c == 0) {
+        if (ms > CPU_CONV_QUICK_MS)
+          rounds = 1;
+        for (gsize i = 0; i < n_dst; i++) {
+          ref[i] = cpu_elt (dst, i, dbf);
+          ref_max = MAX (ref_max, fabs (ref[i]));
+        }
+      } else {
+        gdouble dev = 0.0;
+        for (gsize i = 0; i < n_dst; i++) {
+          gdouble d = fabs (cpu_elt (dst, i, dbf) - ref[i]);
+          dev = (d > dev || isnan (d)) ? d : dev;
+        }
+        cand[c].dev = dev / MAX (ref_max, 1e-30);
+      }
+    }
+  }
+  ok = TRUE;
+fail:
+  for (gint c = 0; c < n; c++) {
+    if (prim[c])
+      dnnl_primitive_destroy (prim[c]);
+    for (gint m = 0; m < 4; m++)
+      if (mem[c][m])
+        dnnl_memory_destroy (mem[c][m]);
+    free (scratch[c]);
+  }
+  g_free (ref);
+  return ok;
+}
+
+/* md covers exactly its own elements from its handle (no offset, no padding, no
+ * strided view), so the measurement may fill and read it as one array. */
+static gboolean
+cpu_md_dense (const dnnl_memory_desc_t *md)
+{
+  gsize elems = 1;
+  for (gint d = 0; d < md->ndims; d++)
+    elems *= (gsize) md->dims[d];
+  return md->offset0 == 0 && dnnl_memory_desc_get_size (md)
+      == elems * (md->data_type == dnnl_bf16 ? 2 : 4);
+}
+
+/* The primitive descriptor of the convolution `desc` on (smd, dmd): measured, or
+ * taken from the cache. *out NULL (and TRUE) when no fast implementation takes
+ * these layouts: the caller falls back to cpu_try_pd(). */
+static gboolean
+cpu_conv_choose (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *smd,
+    guint8 *src, const dnnl_memory_desc_t *dmd, guint8 *dst, dnnl_primitive_attr_t attr,
+    dnnl_primitive_desc_t *out, GError **error)
+{
+  CpuConvCand cand[CPU_CONV_MAX_CAND];
+  gint n, pick = -1;
+  gchar *key = NULL;
+  const gdouble tol = dmd->data_type == dnnl_bf16 ? CPU_CONV_REL_TOL_BF16
+      : CPU_CONV_REL_TOL;
+
+  *out = NULL;
+  n = cpu_conv_candidates (ctx, desc, smd, dmd, attr, cand);
+  if (n == 0)
+    return TRUE;
+  /* Only f32 is measured. bf16 (nhwc, possibly strided views of a concat
+   * buffer) keeps oneDNN's first choice, as before: bf16 is only worth using with
+   * AMX, where oneDNN's first choice is its AMX kernel. */
+  if (n > 1 && smd->data_type == dnnl_f32 && dmd->data_type == dnnl_f32
+      && cpu_md_dense (smd) && cpu_md_dense (dmd)) {
+    key = cpu_conv_key (ctx, desc, smd, dmd);
+    g_mutex_lock (&cpu_choice_lock);
+    if (cpu_choice_cache != NULL) {
+      CpuConvChoice *ch = g_hash_table_lookup (cpu_choice_cache, key);
+      for (gint c = 0; ch != NULL && c < n; c++)
+        if (cand[c].alg == ch->alg && strcmp (cand[c].impl, ch->impl) == 0)
+          pick = c;
+    }
+    g_mutex_unlock (&cpu_choice_lock);
+  }
+  if (key != NULL && pick < 0) {
+    CpuConvChoice *ch;
+    if (!cpu_conv_measure (ctx, &ctx->layers[desc->layer], cand, n, smd, src, dmd,
+            dst, error)) {
+      for (gint c = 0; c < n; c++)
+        dnnl_primitive_desc_destroy (cand[c].pd);
+      g_free (key);
+      return FALSE;
+    }
+    pick = 0;
+    for (gint c = 1; c < n; c++)
+      if (cand[c].dev <= tol && cand[c].ms < cand[pick].ms)
+        pick = c;
+    if (g_getenv ("UNET_CPU_VERBOSE"))
+      for (gint c = 0; c < n; c++)
+        g_printerr ("unet-cpu: conv layer %d %s %s: %.3f ms, rel. dev %.1e%s%s\n",
+            desc->layer, cand[c].alg == dnnl_convolution_winograd ? "winograd" : "direct",
+            cand[c].impl, cand[c].ms, cand[c].dev, cand[c].dev > tol ? " (rejected)" : "",
+            c == pick ? " <- chosen" : "");
+    ch = g_new (CpuConvChoice, 1);
+    ch->alg = cand[pick].alg;
+    ch->impl = g_strdup (cand[pick].impl);
+    g_mutex_lock (&cpu_choice_lock);
+    if (cpu_choice_cache == NULL)
+      cpu_choice_cache = g_hash_table_new_full (g_str_hash, g_str_equal, g_free,
+          cpu_choice_free);
+    g_hash_table_replace (cpu_choice_cache, key, ch);
+    g_mutex_unlock (&cpu_choice_lock);
+    key = NULL;
+  }
+  g_free (key);
+  if (pick < 0)
+    pick = 0;
+  for (gint c = 0; c < n; c++)
+    if (c != pick)
+      dnnl_primitive_desc_destroy (cand[c].pd);
+  *out = cand[pick].pd;
+  return TRUE;
 }
 
 static void
@@ -700,7 +1063,7 @@ fail:
 }
 
 static UnetBackendOp *
-cpu_op_new (UnetBackend *be, const UnetOpDesc *desc, GError **error)
+cpu_op_new_impl (UnetBackend *be, const UnetOpDesc *desc, GError **error)
 {
   CpuCtx *ctx = be->priv;
   UnetBackendOp *op;
@@ -759,7 +1122,12 @@ cpu_op_new (UnetBackend *be, const UnetOpDesc *desc, GError **error)
    * tensors' data types (+ reorders); 3: the same in f32 (e.g. an op without bf16
    * support) -- each only with a fast implementation; 4: the tensors' own layouts
    * with whatever oneDNN has (its reference code is slow but always exists). */
-  pd = cpu_try_pd (ctx, desc, &smd, &dmd, attr, FALSE);
+  if (desc->kind == UNET_OP_CONV && ctx->conv_mode == CPU_CONV_MEASURE
+      && !cpu_conv_choose (ctx, desc, &smd, op->src_base, &dmd, op->dst_base, attr,
+          &pd, error))
+    goto fail;
+  if (pd == NULL)
+    pd = cpu_try_pd (ctx, desc, &smd, &dmd, attr, FALSE);
   for (gint step = 2; pd == NULL && step <= 3; step++) {
     fallback = TRUE;
     cpu_any_md (&smd, step == 2 ? smd.data_type : dnnl_f32, &sany);
@@ -826,6 +1194,11 @@ cpu_op_new (UnetBackend *be, const UnetOpDesc *desc, GError **error)
   DNNL_TRY (dnnl_memory_create (&op->scratch, pscr, ctx->engine, DNNL_MEMORY_NONE));
   DNNL_TRY (dnnl_primitive_create (&op->prim, pd));
 
+  if (ctx->profile) {
+    const char *impl = NULL;
+    dnnl_primitive_desc_query (pd, dnnl_query_impl_info_str, 0, &impl);
+    op->label = g_strdup_printf ("%s", impl != NULL ? impl : "?");
+  }
   if (g_getenv ("UNET_CPU_VERBOSE")) {
     const char *impl = NULL;
     dnnl_primitive_desc_query (pd, dnnl_query_impl_info_str, 0, &impl);
@@ -852,8 +1225,56 @@ fail:
   return NULL;
 }
 
+static const gchar *const cpu_op_names[] = {
+  [UNET_OP_CONV] = "conv", [UNET_OP_MAXPOOL2] = "maxpool", [UNET_OP_UPCONV2] = "upconv",
+  [UNET_OP_CROP_COPY] = "crop", [UNET_OP_SOFTMAX] = "softmax",
+  [UNET_OP_SIGMOID] = "sigmoid",
+};
+
+static UnetBackendOp *
+cpu_op_new (UnetBackend *be, const UnetOpDesc *desc, GError **error)
+{
+  CpuCtx *ctx = be->priv;
+  UnetBackendOp *op = cpu_op_new_impl (be, desc, error);
+
+  if (op != NULL && ctx->profile) {
+    /* "<kind> [layer L] NxCxHxW -> NxCxHxW <implementation>" */
+    gchar *impl = op->label;
+    const UnetDims *s = &desc->src->dims, *d = &desc->dst->dims;
+    gchar *layer = desc->kind == UNET_OP_CONV || desc->kind == UNET_OP_UPCONV2
+        ? g_strdup_printf (" layer %2d", desc->layer) : g_strdup ("         ");
+    op->label = g_strdup_printf ("%-7s%s %dx%dx%dx%d -> %dx%dx%dx%d %s", cpu_op_names[desc->kind],
+        layer, s->n, s->c, s->h, s->w, d->n, d->c, d->h, d->w,
+        impl != NULL ? impl : op->prim == NULL && op->pre.prim != NULL ? "reorder"
+        : "plain C");
+    g_free (layer);
+    g_free (impl);
+  }
+  return op;
+}
+
+static gboolean
+cpu_op_forward_impl (UnetBackendOp *op, GError **error);
+
+/* $UNET_CPU_PROFILE=1: the wall time of every op (oneDNN's CPU stream runs the
+ * primitive before execute returns), printed per op when the plan is freed. */
 static gboolean
 cpu_op_forward (UnetBackendOp *op, GError **error)
+{
+  gint64 t0;
+  gboolean ok;
+
+  if (op->label == NULL)
+    return cpu_op_forward_impl (op, error);
+  t0 = g_get_monotonic_time ();
+  ok = cpu_op_forward_impl (op, error);
+  op->prof_us += g_get_monotonic_time () - t0;
+  op->prof_calls++;
+  return ok;
+}
+
+static gboolean
+cpu_op_forward_impl (UnetBackendOp *op, GError **error)
 {
   CpuCtx *ctx = op->ctx;
   dnnl_exec_arg_t args[5];
@@ -1000,6 +1421,28 @@ cpu_default_threads (void)
   return (gint) g_get_num_processors ();
 }
 
+/* bf16 without AMX: oneDNN 2.6 then runs bf16 convolutions on its AVX512_BF16
+ * (jit_bf16 / brgconv) or plain AVX-512 kernels, and on a Xeon with AVX512_BF16 but
+ * AMX not exposed they measured ~2x slower than fp32 (base-32 U-Net, 572x572 tile,
+ * 2 threads: 1649 ms nhwc and 2883 ms nChw16c vs 868 ms fp32; tests/bench/
+ * RESULTS.md), so fp32 is faster in every layout this backend could pick. */
+gchar *
+unet_cpu_precision_slower (UnetPrecision precision)
+{
+  const dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa ();
+  /* the ISA values are bit sets: each includes the bits of the ISAs it extends */
+  const gboolean amx =
+      (isa & dnnl_cpu_isa_avx512_core_amx) == dnnl_cpu_isa_avx512_core_amx;
+
+  if (precision != UNET_PRECISION_BF16 || amx)
+    return NULL;
+  return g_strdup_printf ("precision=bf16 is slower than fp32 on this CPU: it has no "
+      "AMX (oneDNN uses %s), and oneDNN's bf16 convolutions without AMX tiles run "
+      "about 2x slower than its fp32 ones (measured on AVX512_BF16). bf16 only pays "
+      "off on CPUs with AMX (Xeon Sapphire Rapids and later); use precision=fp32.",
+      dnnl_cpu_isa2str (isa));
+}
+
 UnetBackend *
 unet_backend_cpu_new (const UnetNetOptions *opts, GError **error)
 {
@@ -1024,14 +1467,23 @@ unet_backend_cpu_new (const UnetNetOptions *opts, GError **error)
   be->priv = ctx;
   ctx->threads = opts->threads > 0 ? opts->threads : cpu_default_threads ();
   ctx->bf16 = opts->precision == UNET_PRECISION_BF16;
-  ctx->conv_alg = dnnl_convolution_direct;
-  if (alg != NULL && g_strcmp0 (alg, "winograd") == 0)
-    ctx->conv_alg = dnnl_convolution_winograd;
-  else if (alg != NULL && g_strcmp0 (alg, "auto") == 0)
-    ctx->conv_alg = dnnl_convolution_auto;
-  else if (alg != NULL && g_strcmp0 (alg, "direct") != 0) {
+  ctx->profile = g_strcmp0 (g_getenv ("UNET_CPU_PROFILE"), "1") == 0;
+  /* direct stays the default: a measured choice may differ in the last bits
+   * between thread counts (the README says why), which the element tests compare
+   * bit for bit */
+  ctx->conv_mode = CPU_CONV_DIRECT;
+  if (alg == NULL || g_strcmp0 (alg, "") == 0 || g_strcmp0 (alg, "direct") == 0)
+    ctx->conv_mode = CPU_CONV_DIRECT;
+  else if (g_strcmp0 (alg, "measure") == 0)
+    ctx->conv_mode = CPU_CONV_MEASURE;
+  else if (g_strcmp0 (alg, "winograd") == 0)
+    ctx->conv_mode = CPU_CONV_WINOGRAD;
+  else if (g_strcmp0 (alg, "auto") == 0)
+    ctx->conv_mode = CPU_CONV_AUTO;
+  else {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
-        "UNET_CPU_CONV_ALGO must be direct, winograd or auto, not \"%s\"", alg);
+        "UNET_CPU_CONV_ALGO must be direct (default), measure, winograd or auto, "
+        "not \"%s\"", alg);
     goto fail;
   }
   DNNL_TRY (dnnl_engine_create (&ctx->engine, dnnl_cpu, 0));

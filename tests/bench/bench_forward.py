@@ -1,27 +1,33 @@
 #!/usr/bin/env python3
-"""CPU forward benchmark: gst-unet's oneDNN backend vs PyTorch, side by side.
+"""CPU forward benchmark: gst-unet's oneDNN backend vs the engines a user would pick
+instead, side by side in one run.
 
-Same machine, same weights (one random contract model per config, written with
-tests/reference/unet_ref.py), same 572x572 tile, same thread count, same run.
-Each contender runs in its own process (so peak RSS is its own), does one warm-up
-forward and then --runs timed forwards; the table shows the median ms per tile,
-GFLOP/s (2 per multiply-add, convolutions + transposed convolutions + head), the
-speed ratio (PyTorch ms / ours ms) and peak resident memory (ru_maxrss of the
-process, from os.wait4).
+Same weights (one random contract model per base, written with
+tests/reference/unet_ref.py and exported to ONNX with Debian's PyTorch for ONNX
+Runtime and OpenVINO), same valid U-Net (depth 4, 1 input channel, 2 classes), same
+input tile (--size, default 572x572), same thread count, probabilities out (softmax
+included in every engine's time). Each contender is its own process (peak RSS is its
+own: VmHWM), warmed up once (our plan build, which measures the convolution
+algorithms, and the peers' graph compilation happen before the first timed run);
+then --rounds rounds, each running every contender once in turn (alternating, so a
+burst of load from elsewhere hits all alike); the table shows medians, GFLOP/s
+(2 per multiply-add), the ratio (fastest peer ms / contender ms: > 1 = faster than
+every peer) and the max |probability - float64 reference| (PyTorch float64 of the
+same model and input: the contract's reference, tolerance 1e-4).
 
-PyTorch: torch.set_num_threads(threads), eval(), no_grad, fp32, both contiguous
-(NCHW) and channels_last; the faster of the two is PyTorch's number.
-Ours: tests/tools/unet-forward --repeat N (fp32 direct convolution, the default),
-plus the bf16 mode and the Winograd algorithm ($UNET_CPU_CONV_ALGO=winograd), each
-with its max |difference| of probabilities from our fp32 output (which the
-conformance test ties to float64 PyTorch within 1e-4).
+Contenders: ours with UNET_CPU_CONV_ALGO=measure (per-convolution algorithm measured
+at plan build), ours by default (direct convolutions), ours bf16 with --bf16;
+PyTorch (Debian 1.13) NCHW and channels_last; ONNX Runtime and OpenVINO from PyPI
+(installed into --venv by this script; skipped with a note when they cannot be);
+PyTorch 2.x from PyPI with --pypi-torch (see tests/bench/peers.py). The load average
+is printed before and after: quote the figures with it.
 
-Usage: bench_forward.py [--threads 2] [--runs 3] [--size 572] [--bases 64,32]
-       [--build DIR]   (run it on an otherwise idle machine; numbers are medians)
+Usage: bench_forward.py [--threads 2] [--rounds 5] [--size 572] [--bases 64,32,16]
+       [--build DIR] [--bf16] [--venv DIR] [--no-install] [--pypi-torch]
 """
 import argparse
-import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,28 +36,9 @@ import numpy as np
 
 SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 sys.path.insert(0, os.path.join(SRC, "tests", "reference"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # noqa: E402
 import unet_ref  # noqa: E402
-
-TORCH_CHILD = r"""
-import json, sys, time, resource
-import numpy as np, torch
-sys.path.insert(0, sys.argv[1])
-import unet_ref
-path, xpath, size, threads, runs, fmt = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
-torch.set_num_threads(threads)
-m, _ = unet_ref.load_model(path, dtype=torch.float32)
-m.eval()
-x = torch.from_numpy(np.fromfile(xpath, dtype="<f4").reshape(1, -1, size, size))
-if fmt == "channels_last":
-    m = m.to(memory_format=torch.channels_last)
-    x = x.contiguous(memory_format=torch.channels_last)
-ts = []
-with torch.no_grad():
-    m(x)
-    for _ in range(runs):
-        t = time.perf_counter(); m(x); ts.append((time.perf_counter() - t) * 1e3)
-print(json.dumps({"ms": sorted(ts)[len(ts) // 2]}))
-"""
 
 
 def flops(cfg, s):
@@ -83,92 +70,148 @@ def flops(cfg, s):
     return total
 
 
-def run_measured(cmd, stdout_path, env=None):
-    """Runs cmd in its own process with stdout to a file: (exit code, peak RSS MiB)."""
-    pid = os.fork()
-    if pid == 0:
+class Child:
+    """A contender process speaking the ready/run/quit protocol."""
+
+    def __init__(self, label, cmd, env, out):
+        self.label, self.out, self.ms, self.version = label, out, [], ""
+        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env)
+        line = self.p.stdout.readline()
+        if not line.startswith("ready"):
+            err = self.p.communicate()[1]
+            self.p = None
+            raise RuntimeError("%s did not start: %s" % (label, err.strip()[-800:]))
+        self.version = line[5:].strip().strip('"')
+
+    def run(self):
+        self.p.stdin.write("run\n")
+        self.p.stdin.flush()
+        line = self.p.stdout.readline()
         try:
-            fd = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.dup2(fd, 1)
-            if env is not None:
-                os.execve(cmd[0], cmd, env)
-            os.execv(cmd[0], cmd)
-        finally:
-            os._exit(127)
-    _, status, ru = os.wait4(pid, 0)
-    return os.waitstatus_to_exitcode(status), ru.ru_maxrss / 1024.0
+            self.ms.append(float(line))
+        except ValueError:
+            raise RuntimeError("%s failed: %s %s" % (self.label, line,
+                                                     self.p.stderr.read()[-800:]))
+
+    def finish(self):
+        """Ends the child: (probabilities, peak RSS MiB). The peak is VmHWM of the
+        child's own image (ru_maxrss would carry the forking parent's over exec)."""
+        hwm = float("nan")
+        with open("/proc/%d/status" % self.p.pid) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1]) / 1024.0
+        self.p.stdin.write("quit\n")
+        self.p.stdin.close()
+        _, status, _ = os.wait4(self.p.pid, 0)
+        self.p.stdout.close()
+        self.p.stderr.close()
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError("%s exited with %d" % (self.label, status))
+        return np.fromfile(self.out, dtype="<f4"), hwm
+
+
+def loadavg():
+    return "%.2f %.2f %.2f" % os.getloadavg()
+
+
+def bench_base(args, tmp, base, ours_exe, peer_defs):
+    s = args.size
+    cfg = unet_ref.make_config(1, 2, 4, base, "valid", False, 0.0)
+    model64 = unet_ref.random_model(cfg, 1234 + base)
+    path = os.path.join(tmp, "b%d.safetensors" % base)
+    unet_ref.save_model(model64, path)
+    onnx = os.path.join(tmp, "b%d.onnx" % base)
+    onnx_ok = peers.export_onnx(path, onnx, s)
+    x = np.random.default_rng(5).standard_normal((1, 1, s, s)).astype("<f4")
+    xpath = os.path.join(tmp, "x.raw")
+    x.tofile(xpath)
+    import torch
+    ref = unet_ref.probabilities(model64, torch.from_numpy(x.astype(np.float64)))
+    gf = flops(cfg, s) / 1e9
+
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "passive")   # every OpenMP engine alike
+    defs = []
+    ours = [("ours UNET_CPU_CONV_ALGO=measure", [], {"UNET_CPU_CONV_ALGO": "measure"}),
+            ("ours (default: direct)", [], {"UNET_CPU_CONV_ALGO": "direct"})]
+    if args.bf16:
+        ours.append(("ours bf16", ["--precision", "bf16"], {}))
+    for i, (label, extra, env_add) in enumerate(ours):
+        out = os.path.join(tmp, "ours%d.raw" % i)
+        defs.append((label, [ours_exe, "-m", path, "-i", xpath, "-o", out, "-H", str(s),
+                             "-W", str(s), "-t", str(args.threads), "--serve"] + extra,
+                     dict(env, **env_add), out, True))
+    for i, (label, py, engine) in enumerate(peer_defs):
+        if engine in ("onnxruntime", "openvino") and not onnx_ok:
+            continue
+        out = os.path.join(tmp, "peer%d.raw" % i)
+        model = onnx if engine in ("onnxruntime", "openvino") else path
+        defs.append((label, [py, "-c", peers.SERVE_CHILD, engine, model, xpath,
+                             "1,1,%d,%d" % (s, s), str(args.threads), out,
+                             os.path.join(SRC, "tests", "reference")], env, out, False))
+
+    children = []
+    for label, cmd, cenv, out, is_ours in defs:
+        try:
+            children.append((Child(label, cmd, cenv, out), is_ours))
+        except RuntimeError as e:
+            peers.note(str(e))
+    for _ in range(args.rounds):
+        for c, _ in children:
+            c.run()
+    rows = []
+    for c, is_ours in children:
+        y, rss = c.finish()
+        dev = float(np.abs(y.reshape(ref.shape) - ref).max()) if y.size == ref.size \
+            else float("nan")
+        rows.append((c.label, c.version, statistics.median(c.ms), min(c.ms), rss, dev,
+                     is_ours))
+    peer_ms = [r[2] for r in rows if not r[6]]
+    best_peer = min(peer_ms) if peer_ms else None
+    print("\nbase %d: depth 4, valid, 1 tile %dx%d, %d threads, %d alternating rounds, "
+          "%.1f GFLOP/forward" % (base, s, s, args.threads, args.rounds, gf))
+    print("%-36s %9s %9s %8s %12s %9s %10s" % ("contender", "median ms", "min ms",
+                                              "GFLOP/s", "vs best peer", "peak RSS",
+                                              "max|dp64|"))
+    for label, version, med, mn, rss, dev, _ in rows:
+        ratio = best_peer / med if best_peer else float("nan")
+        print("%-36s %9.1f %9.1f %8.1f %11.2fx %7.0fMB %10.1e" % (
+            label, med, mn, gf / med * 1e3, ratio, rss, dev))
+    print("versions: " + "; ".join(sorted({v for _, v, *_ in rows if v})))
+    return rows
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--size", type=int, default=572)
-    ap.add_argument("--bases", default="64,32")
+    ap.add_argument("--bases", default="64,32,16")
+    ap.add_argument("--bf16", action="store_true", help="also ours in bf16")
     ap.add_argument("--build", default=os.environ.get("UNET_BUILD_ROOT",
                                                       os.path.join(SRC, "build")))
+    peers.add_args(ap)
     args = ap.parse_args()
     exe = os.path.join(args.build, "tests", "tools", "unet-forward")
-    py = "/usr/bin/python3"
-    rows = []
+    print("load average at start: " + loadavg())
     with tempfile.TemporaryDirectory() as tmp:
+        onnx_probe = peers.export_onnx(*(lambda p: (p, p + ".onnx", 60))(
+            _probe_model(tmp)))
+        peer_defs, _ = peers.peer_list(args, onnx_probe)
         for base in [int(b) for b in args.bases.split(",")]:
-            cfg = unet_ref.make_config(1, 2, 4, base, "valid", False, 0.0)
-            path = os.path.join(tmp, f"b{base}.safetensors")
-            unet_ref.save_model(unet_ref.random_model(cfg, 1234 + base), path)
-            xpath = os.path.join(tmp, "x.raw")
-            s = args.size
-            np.random.default_rng(5).standard_normal((1, 1, s, s)).astype("<f4").tofile(xpath)
-            gf = flops(cfg, s) / 1e9
-
-            torch_best = None
-            for fmt in ("contiguous", "channels_last"):
-                res = os.path.join(tmp, "torch.json")
-                cmd = [py, "-c", TORCH_CHILD, os.path.join(SRC, "tests", "reference"),
-                       path, xpath, str(s), str(args.threads), str(args.runs), fmt]
-                rc, rss = run_measured(cmd, res)
-                if rc != 0:
-                    print(f"PyTorch ({fmt}) failed with {rc}", file=sys.stderr)
-                    continue
-                ms = json.load(open(res))["ms"]
-                rows.append((base, f"PyTorch fp32 {fmt}", ms, gf, rss, None))
-                if torch_best is None or ms < torch_best:
-                    torch_best = ms
-
-            outs = {}
-            for label, extra, env_add in (
-                    ("ours fp32 (direct)", [], {}),
-                    ("ours fp32 winograd", [], {"UNET_CPU_CONV_ALGO": "winograd"}),
-                    ("ours bf16", ["--precision", "bf16"], {})):
-                res = os.path.join(tmp, "ours.txt")
-                ypath = os.path.join(tmp, f"y{len(outs)}.raw")
-                env = dict(os.environ, **env_add)
-                cmd = [exe, "-m", path, "-i", xpath, "-o", ypath, "-H", str(s),
-                       "-W", str(s), "-t", str(args.threads), "--repeat", str(args.runs)]
-                rc, rss = run_measured(cmd + extra, res, env)
-                if rc != 0:
-                    print(f"{label} failed with {rc}", file=sys.stderr)
-                    continue
-                ms = float(open(res).read().split()[2])
-                outs[label] = np.fromfile(ypath, dtype="<f4")
-                dev = None
-                if label != "ours fp32 (direct)" and "ours fp32 (direct)" in outs:
-                    dev = float(np.abs(outs[label] - outs["ours fp32 (direct)"]).max())
-                rows.append((base, label, ms, gf, rss, dev))
-            rows.append((base, "PyTorch best", torch_best, gf, None, None))
-
-    print(f"\nU-Net forward, 1 tile {args.size}x{args.size}, depth 4, valid, "
-          f"{args.threads} threads, median of {args.runs}")
-    print(f"{'base':>4}  {'contender':<26} {'ms/tile':>9} {'GFLOP/s':>8} "
-          f"{'vs PyTorch':>10} {'peak RSS':>9}  max|dp| vs fp32")
-    best = {b: ms for b, l, ms, *_ in rows if l == "PyTorch best"}
-    for base, label, ms, gf, rss, dev in rows:
-        if label == "PyTorch best" or ms is None:
-            continue
-        ratio = best[base] / ms if best.get(base) else float("nan")
-        print(f"{base:>4}  {label:<26} {ms:9.1f} {gf / ms * 1e3:8.1f} {ratio:9.2f}x "
-              f"{rss:7.0f}MB  {'' if dev is None else f'{dev:.1e}'}")
+            bench_base(args, tmp, base, exe, peer_defs)
+    print("load average at end: " + loadavg())
     return 0
+
+
+def _probe_model(tmp):
+    """A tiny model, to learn whether the ONNX export works before installing."""
+    cfg = unet_ref.make_config(1, 2, 2, 4, "valid", False, 0.0)
+    p = os.path.join(tmp, "probe.safetensors")
+    unet_ref.save_model(unet_ref.random_model(cfg, 1), p)
+    return p
 
 
 if __name__ == "__main__":

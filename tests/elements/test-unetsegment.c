@@ -830,6 +830,50 @@ GST_START_TEST (test_cuda_unavailable)
 
 GST_END_TEST;
 
+/* precision=bf16 on the CPU: a warning saying it is slower and why exactly when the
+ * engine says so for this CPU (no AMX); none for fp32. */
+GST_START_TEST (test_cpu_precision_warning)
+{
+  const gchar *precisions[2] = { "fp32", "bf16" };
+  gchar *slower = unet_cpu_precision_slower (UNET_PRECISION_BF16);
+  gchar *fp32 = unet_cpu_precision_slower (UNET_PRECISION_FP32);
+
+  fail_unless (fp32 == NULL);
+  for (gint i = 0; i < 2; i++) {
+    GstElement *e = gst_element_factory_make ("unetsegment", NULL);
+    GstBus *bus = gst_bus_new ();
+    GstMessage *msg;
+
+    gst_element_set_bus (e, bus);
+    gst_util_set_object_arg (G_OBJECT (e), "device", "cpu");
+    gst_util_set_object_arg (G_OBJECT (e), "precision", precisions[i]);
+    g_object_set (e, "model", model_a, NULL);
+    fail_unless (gst_element_set_state (e, GST_STATE_PAUSED)
+        != GST_STATE_CHANGE_FAILURE);
+    msg = gst_bus_pop_filtered (bus, GST_MESSAGE_WARNING);
+    if (i == 1 && slower != NULL) {
+      GError *err = NULL;
+      fail_unless (msg != NULL);
+      gst_message_parse_warning (msg, &err, NULL);
+      fail_unless_equals_string (err->message, slower);
+      fail_unless (strstr (err->message, "slower than fp32") != NULL
+          && strstr (err->message, "AMX") != NULL, "%s", err->message);
+      g_error_free (err);
+    } else {
+      fail_unless (msg == NULL);
+    }
+    if (msg != NULL)
+      gst_message_unref (msg);
+    gst_element_set_state (e, GST_STATE_NULL);
+    gst_element_set_bus (e, NULL);
+    gst_object_unref (bus);
+    gst_object_unref (e);
+  }
+  g_free (slower);
+}
+
+GST_END_TEST;
+
 static Suite *
 unetsegment_suite (void)
 {
@@ -850,6 +894,7 @@ unetsegment_suite (void)
   tcase_add_test (tc, test_model_rewritten_in_place);
   tcase_add_test (tc, test_memory_budget_exceeded);
   tcase_add_test (tc, test_cuda_unavailable);
+  tcase_add_test (tc, test_cpu_precision_warning);
   suite_add_tcase (s, tc);
   return s;
 }

@@ -9,7 +9,8 @@
  * classes, or the sigmoid foreground probability for one class).
  * The B images are run in chunks of --batch-size (default: all at once).
  * --repeat N runs the whole input N more times after the first (warm-up) run and
- * prints "ms/run median min" on stdout — used by tests/bench/bench_forward.py.
+ * prints "ms/run median min" on stdout; --serve times one run per "run" line on
+ * stdin (tests/bench/bench_forward.py alternates engines round by round with it).
  * The PyTorch conformance test (tests/engine/conformance_forward.py) drives it.
  */
 #include <stdio.h>
@@ -44,6 +45,7 @@ main (int argc, char **argv)
   gchar *model_path = NULL, *in_path = NULL, *out_path = NULL;
   gchar *precision = NULL, *device = NULL;
   gint n = 1, h = 0, w = 0, threads = 0, chunk = 0, repeat = 0;
+  gboolean serve = FALSE;
   GOptionEntry entries[] = {
     {"model", 'm', 0, G_OPTION_ARG_FILENAME, &model_path, "model (.safetensors)", "FILE"},
     {"input", 'i', 0, G_OPTION_ARG_FILENAME, &in_path, "raw float32 (B,C,H,W)", "FILE"},
@@ -60,6 +62,9 @@ main (int argc, char **argv)
     {"device", 'd', 0, G_OPTION_ARG_STRING, &device, "cpu (default), cuda or auto",
         "D"},
     {"repeat", 'r', 0, G_OPTION_ARG_INT, &repeat, "timed runs after a warm-up", "N"},
+    {"serve", 0, 0, G_OPTION_ARG_NONE, &serve,
+        "after the warm-up print \"ready\", then one timed run per \"run\" line on "
+        "stdin (prints its ms); any other line or EOF ends", NULL},
     {NULL}
   };
   g_autoptr (GOptionContext) octx = g_option_context_new ("- U-Net forward on raw data");
@@ -122,6 +127,11 @@ main (int argc, char **argv)
   }
   if ((net = unet_net_new (model, &opts, &error)) == NULL)
     goto fail;
+  if (unet_net_get_device (net) == UNET_DEVICE_CPU) {
+    g_autofree gchar *slower = unet_cpu_precision_slower (opts.precision);
+    if (slower != NULL)
+      g_printerr ("unet-forward: warning: %s\n", slower);
+  }
   /* the net holds its own copy of the parameters */
   g_clear_pointer (&model, unet_model_free);
   cfg = unet_net_get_config (net);
@@ -147,6 +157,19 @@ main (int argc, char **argv)
     }
     qsort (ms, repeat, sizeof (gdouble), cmp_double);
     g_print ("ms/run median %.2f min %.2f\n", ms[repeat / 2], ms[0]);
+  }
+  if (serve) {
+    gchar line[64];
+    g_print ("ready\n");
+    fflush (stdout);
+    while (fgets (line, sizeof line, stdin) != NULL && strcmp (line, "run\n") == 0) {
+      gint64 t0 = g_get_monotonic_time ();
+      if (!run_all (net, (const gfloat *) in_data, out, n, chunk, h, w, in_per,
+              out_per, &error))
+        goto fail;
+      g_print ("%.3f\n", (g_get_monotonic_time () - t0) / 1000.0);
+      fflush (stdout);
+    }
   }
   if (out_path != NULL && !g_file_set_contents (out_path, (const gchar *) out,
           out_per * n * sizeof (gfloat), &error))
