@@ -530,24 +530,6 @@ check_frame (gint width, gint height, gsize stride, gsize bpp,
   return TRUE;
 }
 
-static gsize
-pixel_bytes (UnetPixelFormat f)
-{
-  switch (f) {
-    case UNET_PIXEL_U8:
-      return 1;
-    case UNET_PIXEL_U16:
-      return 2;
-    case UNET_PIXEL_F32:
-      return 4;
-    case UNET_PIXEL_RGB8:
-      return 3;
-    case UNET_PIXEL_RGBA8:
-      return 4;
-  }
-  return 1;
-}
-
 gboolean
 unet_trainer_add_pair (UnetTrainer *t, UnetPixelFormat image_format,
     gconstpointer image, gsize image_stride, UnetPixelFormat mask_format,
@@ -561,9 +543,9 @@ unet_trainer_add_pair (UnetTrainer *t, UnetPixelFormat image_format,
         "masks must be integer labels (8 or 16 bit gray)");
     return FALSE;
   }
-  if (!check_frame (width, height, image_stride, pixel_bytes (image_format),
+  if (!check_frame (width, height, image_stride, unet_pixel_format_bytes (image_format),
           "image", error)
-      || !check_frame (width, height, mask_stride, pixel_bytes (mask_format),
+      || !check_frame (width, height, mask_stride, unet_pixel_format_bytes (mask_format),
           "mask", error))
     return FALSE;
 
@@ -1068,7 +1050,7 @@ unet_trainer_predict (UnetTrainer *t, UnetPixelFormat format,
     guint8 *labels, gsize labels_stride, GError **error)
 {
   g_return_val_if_fail (t != NULL && image != NULL && labels != NULL, FALSE);
-  if (!check_frame (width, height, stride, pixel_bytes (format), "image",
+  if (!check_frame (width, height, stride, unet_pixel_format_bytes (format), "image",
           error))
     return FALSE;
   const gint K = t->cfg.classes;
