@@ -77,17 +77,42 @@ typedef enum
   UNET_OP_CROP_COPY,            /* dst = src[:, :, y0:y0+dst.h, x0:x0+dst.w] */
   UNET_OP_SOFTMAX,              /* softmax over channels */
   UNET_OP_SIGMOID,              /* elementwise logistic */
+  UNET_OP_BATCHNORM,            /* training graphs only: dst = [relu] (BatchNorm2d in
+                                   training mode (src)): batch statistics (biased
+                                   variance) normalise, eps 1e-5; the running mean and
+                                   (unbiased) variance in the parameter slab move by
+                                   momentum 0.1. Inference graphs fold it into CONV. */
+  UNET_OP_DROPOUT,              /* training graphs only: inverted dropout, drop
+                                   probability `dropout`, mask drawn from the seed of
+                                   op_forward_training. Not in inference graphs. */
 } UnetOpKind;
 
 typedef struct
 {
   UnetOpKind kind;
-  gint layer;                   /* CONV, UPCONV2: index into the uploaded layers */
+  gint layer;                   /* inference CONV, UPCONV2: index into the uploaded
+                                   layers; -1 in training graphs */
+  gint k;                       /* CONV: kernel edge (3 or 1); UPCONV2: 2 */
   gint pad;                     /* CONV: zero padding on every side (0 or 1) */
-  gboolean relu;                /* CONV: fused ReLU */
+  gboolean relu;                /* CONV, BATCHNORM: fused ReLU */
   gint crop_y, crop_x;          /* CROP_COPY: top-left corner of the window in src */
   UnetBackendTensor *src;
   UnetBackendTensor *dst;       /* may be a view */
+
+  /* ---- training graphs (training TRUE): built for op_forward_training and
+   * op_backward. Parameters are read from, and gradients added to, the backend's
+   * parameter and gradient slabs (params_set) at these float offsets. */
+  gboolean training;
+  gint weight, bias;            /* CONV, UPCONV2 */
+  gint bn[4];                   /* BATCHNORM: gamma, beta, running_mean, running_var */
+  gdouble dropout;              /* DROPOUT: drop probability in [0, 1) */
+  UnetBackendTensor *diff_dst;  /* dL/d dst, shaped as dst (may be a view) */
+  UnetBackendTensor *diff_src;  /* dL/d src, shaped as src (may be a view); NULL
+                                   when nothing needs it (the net input) */
+  gboolean accumulate;          /* diff_src += this op's contribution (src has a
+                                   later reader whose backward ran first); else
+                                   diff_src is written whole (CROP_COPY: zero
+                                   outside the window) */
 } UnetOpDesc;
 
 /* ------------------------------------------------------------ interface -- */
@@ -127,16 +152,35 @@ typedef struct
   /* Waits for queued work (asynchronous backends); may be NULL. */
   gboolean (*synchronize) (UnetBackend *be, GError **error);
 
-  /* ---- training (optional, NULL until implemented) ----
-   * op_forward_training: as op_forward, keeping what backward needs;
-   * op_backward_data: diff_src from diff_dst; op_backward_weights: accumulates
-   * the layer's weight/bias gradients. Batch norm in training mode and dropout
-   * will be added as op kinds with these slots. */
-  gboolean (*op_forward_training) (UnetBackendOp *op, GError **error);
-  gboolean (*op_backward_data) (UnetBackendOp *op, UnetBackendTensor *diff_dst,
-                                UnetBackendTensor *diff_src, GError **error);
-  gboolean (*op_backward_weights) (UnetBackendOp *op, UnetBackendTensor *diff_dst,
-                                   GError **error);
+  /* ---- training (optional: NULL = the backend does not train) ----
+   * The parameter slab (engine/model-private.h's layout, f32) lives on the backend,
+   * with a gradient slab of the same size. Per step the training executor
+   * (engine/net-train.c) runs op_forward_training over the forward nodes in order,
+   * then op_backward over them in reverse; it never copies parameters, gradients
+   * or activations to the host on the way.
+   *   params_set          host -> backend parameters (allocates both slabs on the
+   *                       first call; the size never changes afterwards)
+   *   params_get          backend -> host (checkpoints, export, inference refold)
+   *   grads_zero          gradient slab = 0
+   *   grads_get           backend -> host gradients (tests, gradient checks)
+   *   params_host         the parameter / gradient slab itself when it is host
+   *                       memory the caller may read and write in place (CPU), else
+   *                       NULL (may itself be NULL)
+   *   op_forward_training as op_forward, keeping what op_backward needs (batch-norm
+   *                       statistics, pooling argmax, dropout mask); `seed` draws
+   *                       the dropout mask
+   *   op_backward         from diff_dst: diff_src (written or accumulated, see
+   *                       UnetOpDesc) and the op's parameter gradients (always
+   *                       added to the gradient slab). May overwrite diff_dst (a
+   *                       fused ReLU masks it in place): nothing reads it after. */
+  gboolean (*params_set) (UnetBackend *be, const gfloat *host, gsize numel,
+                          GError **error);
+  gboolean (*params_get) (UnetBackend *be, gfloat *host, GError **error);
+  gboolean (*grads_zero) (UnetBackend *be, GError **error);
+  gboolean (*grads_get) (UnetBackend *be, gfloat *host, GError **error);
+  gfloat *(*params_host) (UnetBackend *be, gboolean gradients);
+  gboolean (*op_forward_training) (UnetBackendOp *op, guint64 seed, GError **error);
+  gboolean (*op_backward) (UnetBackendOp *op, GError **error);
 
   /* ---- on-device tiling (optional: NULL = the segmenter tiles on the host) ----
    * A ring of `depth` frame slots, each with pinned staging for one raw frame and
@@ -197,8 +241,8 @@ UnetBackend *unet_backend_cuda_new      (const UnetNetOptions *opts, GError **er
 static inline gboolean
 unet_backend_can_train (const UnetBackend *be)
 {
-  return be->iface->op_forward_training != NULL && be->iface->op_backward_data != NULL
-      && be->iface->op_backward_weights != NULL;
+  return be->iface->params_set != NULL && be->iface->op_forward_training != NULL
+      && be->iface->op_backward != NULL;
 }
 
 static inline gboolean
