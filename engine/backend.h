@@ -236,6 +236,10 @@ struct _UnetBackend
 UnetBackend *unet_backend_cpu_new       (const UnetNetOptions *opts, GError **error);
 /* Built only when HAVE_CUDA; UNET_ERROR_NO_DEVICE when no usable GPU exists. */
 UnetBackend *unet_backend_cuda_new      (const UnetNetOptions *opts, GError **error);
+/* The backend for opts->device (AUTO: CUDA when built and usable, else CPU), the
+ * device it runs on in *device — the one place that chooses (backend.c). */
+UnetBackend *unet_backend_new           (const UnetNetOptions *opts, UnetDevice *device,
+                                         GError **error);
 
 /* Optional-slot checks, in one place. */
 static inline gboolean

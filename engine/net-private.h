@@ -1,9 +1,6 @@
-/* gst-unet engine — what net-train.c needs from a UnetNet (internal).
- *
- * A UnetNet keeps a host copy of its model (the parameter slab in the layout of
- * engine/model-private.h). Training updates that copy; the inference layers on the
- * backend (batch norm folded) are rebuilt from it lazily, at the next
- * unet_net_forward after unet_net_mark_parameters_dirty().
+/* gst-unet engine — what the segmenter and the tests need from a UnetNet
+ * (internal): its backend, a forward pass whose tensors stay on the backend, and a
+ * test hook on backend creation.
  */
 #pragma once
 
@@ -11,18 +8,6 @@
 #include "unet.h"
 
 G_BEGIN_DECLS
-
-/* The net's host model (owned by the net). */
-UnetModel   *unet_net_get_host_model    (UnetNet *net);
-/* Re-fold and re-upload the inference layers from the host model before the next
- * forward. */
-void         unet_net_mark_parameters_dirty (UnetNet *net);
-/* The options the net was created with (net-train.c: precision, gpu-id). */
-const UnetNetOptions *unet_net_get_options (const UnetNet *net);
-/* Slot for net-train.c's state; freed with unet_net_train_state_free by
- * unet_net_free. */
-gpointer    *unet_net_get_train_slot    (UnetNet *net);
-void         unet_net_train_state_free  (gpointer state);
 
 /* The net's backend (the segmenter's on-device tiling talks to it directly). */
 UnetBackend *unet_net_get_backend       (UnetNet *net);

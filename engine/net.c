@@ -8,9 +8,27 @@
  * one backend op per node (primitive creation) — all once. A forward then only
  * uploads the input, runs the ops in order and downloads the output.
  */
+/* gst-unet engine — UnetNet (unet.h): a model on a backend, for inference and
+ * training.
+ *
+ * Owns the backend, the inference layers (batch norm folded into the
+ * convolutions), a small cache of inference executions of the graph (graph.c,
+ * graph-exec.c), one per input shape (batch, height, width), and for training one
+ * training execution plus the host copy of the parameters.
+ *
+ * Parameters. The host model (net->host) is what inference layers are folded
+ * from and what export/checkpoints read. Training reads and writes the backend's
+ * parameter slab (params_set / params_get). Two flags keep them in step lazily:
+ * `backend_stale` (the host changed: upload before the next training forward) and
+ * `host_stale` (the backend changed — an optimiser step on a host-memory slab, or
+ * batch-norm running statistics — : download before folding or exporting). On the
+ * CPU the backend's slab is host memory the trainer's optimiser writes in place
+ * (params_host), so a step copies no parameters at all.
+ */
 #include "config.h"
 
 #include "backend.h"
+#include "graph-exec.h"
 #include "graph.h"
 #include "model-private.h"
 #include "net-private.h"
@@ -20,20 +38,6 @@
 #include <string.h>
 
 #define NET_MAX_PLANS 2         /* shapes kept: full tiles + a last partial batch */
-#define NET_ARENA_ALIGN 4096
-
-typedef struct
-{
-  gint batch, height, width;
-  UnetBackend *be;
-  UnetBackendTensor **tensors;  /* per graph tensor */
-  gint n_tensors;
-  UnetBackendOp **ops;
-  gint n_ops;
-  UnetBackendArena *arena;
-  gsize arena_bytes;
-  gint input, output, logits;
-} NetPlan;
 
 struct _UnetNet
 {
@@ -41,123 +45,47 @@ struct _UnetNet
   UnetDevice device;
   UnetNetOptions opts;          /* as given (device: the one asked for) */
   UnetBackend *be;
-  GList *plans;                 /* NetPlan, most recently used first */
+  GList *plans;                 /* UnetGraphExec (inference), most recently used first */
   GPtrArray *folded;            /* BN-folded layer weights the backend uses */
-  /* Training (net-private.h, net-train.c): the host copy of the parameters the
-   * layers were folded from, a flag to rebuild them, net-train.c's state. */
-  UnetModel *host;
-  gboolean host_dirty;
-  gpointer train;
+  UnetModel *host;              /* the parameters, on the host */
+  gboolean layers_stale;        /* fold and upload the inference layers again */
+  /* training */
+  UnetGraphExec *train;         /* the training graph for the last shape */
+  gboolean backend_params;      /* the backend holds a parameter slab */
+  gboolean backend_stale;       /* ... older than the host's */
+  gboolean host_stale;          /* the host's older than the backend's */
+  gfloat *grads;                /* host copy of the gradients (backends without
+                                   params_host) */
 };
 
 /* ----------------------------------------------------------------- plans -- */
 
-static void
-net_plan_free (NetPlan *p)
-{
-  if (p == NULL)
-    return;
-  for (gint i = 0; i < p->n_ops; i++)
-    if (p->ops[i])
-      p->be->iface->op_free (p->ops[i]);
-  /* views before their parents */
-  for (gint i = p->n_tensors - 1; i >= 0; i--)
-    if (p->tensors[i])
-      p->be->iface->tensor_free (p->tensors[i]);
-  if (p->arena)
-    p->be->iface->arena_free (p->arena);
-  g_free (p->ops);
-  g_free (p->tensors);
-  g_free (p);
-}
-
-static NetPlan *
-net_plan_new (UnetNet *net, gint batch, gint height, gint width, GError **error)
-{
-  const UnetBackendIface *be = net->be->iface;
-  g_autoptr (UnetGraph) g = unet_graph_new (&net->cfg, NULL, UNET_GRAPH_INFERENCE,
-      batch, height, width, error);
-  NetPlan *p;
-
-  if (g == NULL)
-    return NULL;
-  p = g_new0 (NetPlan, 1);
-  p->be = net->be;
-  p->batch = batch;
-  p->height = height;
-  p->width = width;
-  p->n_tensors = (gint) g->tensors->len;
-  p->tensors = g_new0 (UnetBackendTensor *, p->n_tensors);
-  p->n_ops = unet_graph_n_nodes (g);
-  p->ops = g_new0 (UnetBackendOp *, p->n_ops);
-  p->input = g->input;
-  p->output = g->output;
-  p->logits = g->logits;
-
-  for (gint i = 0; i < p->n_tensors; i++) {
-    UnetGraphTensor *t = unet_graph_tensor (g, i);
-    if (t->parent >= 0)
-      continue;
-    if ((p->tensors[i] = be->tensor_new (net->be, &t->dims, error)) == NULL)
-      goto fail;
-    t->bytes = (be->tensor_bytes (p->tensors[i]) + NET_ARENA_ALIGN - 1)
-        / NET_ARENA_ALIGN * NET_ARENA_ALIGN;
-  }
-  p->arena_bytes = unet_graph_pack (g, NET_ARENA_ALIGN);
-  if ((p->arena = be->arena_new (net->be, p->arena_bytes, error)) == NULL)
-    goto fail;
-  for (gint i = 0; i < p->n_tensors; i++) {
-    UnetGraphTensor *t = unet_graph_tensor (g, i);
-    if (t->parent >= 0) {
-      p->tensors[i] = be->tensor_view (net->be, p->tensors[t->parent], t->c_offset,
-          t->dims.c, error);
-      if (p->tensors[i] == NULL)
-        goto fail;
-    } else {
-      be->tensor_bind (p->tensors[i], p->arena, t->offset);
-    }
-  }
-  for (gint k = 0; k < p->n_ops; k++) {
-    const UnetGraphNode *n = unet_graph_node (g, k);
-    UnetOpDesc d = {
-      .kind = n->kind, .layer = n->layer, .k = n->k, .pad = n->pad, .relu = n->relu,
-      .crop_y = n->crop_y, .crop_x = n->crop_x,
-      .src = p->tensors[n->src], .dst = p->tensors[n->dst],
-      .weight = -1, .bias = -1, .bn = {-1, -1, -1, -1},
-    };
-    if ((p->ops[k] = be->op_new (net->be, &d, error)) == NULL)
-      goto fail;
-  }
-  return p;
-
-fail:
-  net_plan_free (p);
-  return NULL;
-}
-
-static NetPlan *
+static UnetGraphExec *
 net_get_plan (UnetNet *net, gint batch, gint height, gint width, GError **error)
 {
-  NetPlan *p;
+  UnetGraphExec *x;
+  UnetGraph *g;
   for (GList *l = net->plans; l != NULL; l = l->next) {
-    p = l->data;
-    if (p->batch == batch && p->height == height && p->width == width) {
+    const UnetGraph *pg = unet_graph_exec_get_graph (l->data);
+    if (pg->batch == batch && pg->height == height && pg->width == width) {
       net->plans = g_list_remove_link (net->plans, l);
       net->plans = g_list_concat (l, net->plans);
-      return p;
+      return l->data;
     }
   }
   /* drop the least recently used plan first, so two arenas never coexist
    * needlessly with a third */
   if (g_list_length (net->plans) >= NET_MAX_PLANS) {
     GList *last = g_list_last (net->plans);
-    net_plan_free (last->data);
+    unet_graph_exec_free (last->data);
     net->plans = g_list_delete_link (net->plans, last);
   }
-  p = net_plan_new (net, batch, height, width, error);
-  if (p != NULL)
-    net->plans = g_list_prepend (net->plans, p);
-  return p;
+  g = unet_graph_new (&net->cfg, NULL, UNET_GRAPH_INFERENCE, batch, height, width,
+      error);
+  if (g == NULL || (x = unet_graph_exec_new (net->be, g, error)) == NULL)
+    return NULL;
+  net->plans = g_list_prepend (net->plans, x);
+  return x;
 }
 
 /* ---------------------------------------------------------------- layers -- */
@@ -262,31 +190,7 @@ unet_net_new (const UnetModel *model, const UnetNetOptions *opts, GError **error
   if (!unet_config_validate (&net->cfg, error) || net->cfg.depth > 30)
     goto fail_cfg;
 
-  switch (opts->device) {
-    case UNET_DEVICE_CUDA:
-#if HAVE_CUDA_BACKEND
-      net->be = unet_backend_cuda_new (opts, error);
-      net->device = UNET_DEVICE_CUDA;
-      break;
-#else
-      g_set_error (error, UNET_ERROR, UNET_ERROR_NO_DEVICE,
-          "device cuda requested but gst-unet was built without CUDA; use device cpu");
-      goto fail;
-#endif
-    case UNET_DEVICE_AUTO:
-#if HAVE_CUDA_BACKEND
-      net->be = unet_backend_cuda_new (opts, NULL);
-      net->device = UNET_DEVICE_CUDA;
-      if (net->be != NULL)
-        break;
-#endif
-      /* fall through */
-    case UNET_DEVICE_CPU:
-    default:
-      net->be = unet_backend_cpu_new (opts, error);
-      net->device = UNET_DEVICE_CPU;
-      break;
-  }
+  net->be = unet_backend_new (opts, &net->device, error);
   if (net->be != NULL && backend_hook != NULL)
     backend_hook (net->be, backend_hook_user);
   if (net->be == NULL || net->host == NULL
@@ -308,11 +212,12 @@ unet_net_free (UnetNet *net)
 {
   if (net == NULL)
     return;
-  g_list_free_full (net->plans, (GDestroyNotify) net_plan_free);
-  unet_net_train_state_free (net->train);
+  g_list_free_full (net->plans, (GDestroyNotify) unet_graph_exec_free);
+  unet_graph_exec_free (net->train);
   unet_model_free (net->host);
   unet_backend_free (net->be);
   g_clear_pointer (&net->folded, g_ptr_array_unref);
+  g_free (net->grads);
   g_free (net);
 }
 
@@ -328,44 +233,60 @@ unet_net_get_config (const UnetNet *net)
   return &net->cfg;
 }
 
-/* ---------------------------------------------------------------- training hooks -- */
+/* ------------------------------------------------------------ parameters -- */
 
-/* Parameters changed on the host (training): drop the plans (their primitives hold
- * weights reordered from the old layers) and fold/upload the layers again. */
+/* The host parameters, brought up to date with the backend's. */
 static gboolean
-net_reload_layers (UnetNet *net, GError **error)
+net_sync_host (UnetNet *net, GError **error)
 {
-  g_list_free_full (net->plans, (GDestroyNotify) net_plan_free);
-  net->plans = NULL;
-  if (!net_upload_layers (net, net->host, error))
+  if (!net->host_stale)
+    return TRUE;
+  if (!net->be->iface->params_get (net->be, unet_model_get_slab (net->host), error))
     return FALSE;
-  net->host_dirty = FALSE;
+  net->host_stale = FALSE;
   return TRUE;
 }
 
-UnetModel *
-unet_net_get_host_model (UnetNet *net)
+/* The inference layers, folded again from the current parameters: drop the plans
+ * (their primitives hold weights reordered from the old layers) and upload. */
+static gboolean
+net_refresh_layers (UnetNet *net, GError **error)
 {
-  return net->host;
+  if (!net->layers_stale && !net->host_stale)
+    return TRUE;
+  if (!net_sync_host (net, error))
+    return FALSE;
+  g_list_free_full (net->plans, (GDestroyNotify) unet_graph_exec_free);
+  net->plans = NULL;
+  if (!net_upload_layers (net, net->host, error))
+    return FALSE;
+  net->layers_stale = FALSE;
+  return TRUE;
 }
 
-void
-unet_net_mark_parameters_dirty (UnetNet *net)
+/* The backend's parameter slab, created or brought up to date with the host's. */
+static gboolean
+net_sync_backend (UnetNet *net, GError **error)
 {
-  net->host_dirty = TRUE;
+  const UnetLayout *layout = unet_model_get_layout (net->host);
+  if (net->backend_params && !net->backend_stale)
+    return TRUE;
+  if (!unet_backend_can_train (net->be)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_NO_DEVICE,
+        "the %s backend cannot train", net->be->iface->name);
+    return FALSE;
+  }
+  if (!net->be->iface->params_set (net->be, unet_model_peek_slab (net->host),
+          layout->slab_numel, error))
+    return FALSE;
+  if (!net->backend_params && !net->be->iface->grads_zero (net->be, error))
+    return FALSE;
+  net->backend_params = TRUE;
+  net->backend_stale = FALSE;
+  return TRUE;
 }
 
-const UnetNetOptions *
-unet_net_get_options (const UnetNet *net)
-{
-  return &net->opts;
-}
-
-gpointer *
-unet_net_get_train_slot (UnetNet *net)
-{
-  return &net->train;
-}
+/* ------------------------------------------------------------------- API -- */
 
 /* Checks shared by the forward entry points. */
 static gboolean
@@ -400,21 +321,19 @@ gboolean
 unet_net_forward_tensors (UnetNet *net, gint batch, gint height, gint width,
     UnetNetTensorFunc fill, UnetNetTensorFunc use, gpointer user, GError **error)
 {
-  const UnetBackendIface *be = net->be->iface;
-  NetPlan *p;
+  UnetGraphExec *x;
+  const UnetGraph *g;
 
-  if (!net_check_shape (net, batch, height, width, error))
+  if (!net_check_shape (net, batch, height, width, error)
+      || !net_refresh_layers (net, error))
     return FALSE;
-  if (net->host_dirty && !net_reload_layers (net, error))
+  if ((x = net_get_plan (net, batch, height, width, error)) == NULL)
     return FALSE;
-  if ((p = net_get_plan (net, batch, height, width, error)) == NULL
-      || !fill (p->tensors[p->input], user, error))
-    return FALSE;
+  g = unet_graph_exec_get_graph (x);
   /* every op but the final softmax/sigmoid: the caller reads the logits */
-  for (gint k = 0; k < p->n_ops - 1; k++)
-    if (!be->op_forward (p->ops[k], error))
-      return FALSE;
-  return use (p->tensors[p->logits], user, error);
+  return fill (unet_graph_exec_tensor (x, g->input), user, error)
+      && unet_graph_exec_forward (x, unet_graph_n_nodes (g) - 1, error)
+      && use (unet_graph_exec_tensor (x, g->logits), user, error);
 }
 
 gboolean
@@ -422,21 +341,162 @@ unet_net_forward (UnetNet *net, const gfloat *input, gint batch, gint height,
     gint width, gfloat *output, GError **error)
 {
   const UnetBackendIface *be;
-  NetPlan *p;
+  UnetGraphExec *x;
+  const UnetGraph *g;
 
   g_return_val_if_fail (net != NULL && input != NULL && output != NULL, FALSE);
   be = net->be->iface;
-  if (!net_check_shape (net, batch, height, width, error))
+  if (!net_check_shape (net, batch, height, width, error)
+      || !net_refresh_layers (net, error))
     return FALSE;
-  if (net->host_dirty && !net_reload_layers (net, error))
+  if ((x = net_get_plan (net, batch, height, width, error)) == NULL)
     return FALSE;
-  if ((p = net_get_plan (net, batch, height, width, error)) == NULL)
-    return FALSE;
-  if (!be->upload (p->tensors[p->input], input, error))
-    return FALSE;
-  for (gint k = 0; k < p->n_ops; k++)
-    if (!be->op_forward (p->ops[k], error))
-      return FALSE;
-  return be->download (p->tensors[p->output], output, error)
+  g = unet_graph_exec_get_graph (x);
+  return be->upload (unet_graph_exec_tensor (x, g->input), input, error)
+      && unet_graph_exec_forward (x, -1, error)
+      && be->download (unet_graph_exec_tensor (x, g->output), output, error)
       && unet_backend_synchronize (net->be, error);
+}
+
+/* -------------------------------------------------------------- training -- */
+
+gboolean
+unet_net_train_forward (UnetNet *net, const gfloat *input, gint batch, gint height,
+    gint width, guint64 seed, gfloat *logits, GError **error)
+{
+  const UnetBackendIface *be;
+  const UnetGraph *g = net->train ? unet_graph_exec_get_graph (net->train) : NULL;
+
+  g_return_val_if_fail (net != NULL && input != NULL && logits != NULL, FALSE);
+  be = net->be->iface;
+  if (unet_config_output_size (&net->cfg, height) < 1
+      || unet_config_output_size (&net->cfg, width) < 1) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "training tile %dx%d is not a legal size for this network: try %dx%d", width,
+        height, unet_config_legal_input_at_least (&net->cfg, width),
+        unet_config_legal_input_at_least (&net->cfg, height));
+    return FALSE;
+  }
+  if (!net_check_shape (net, batch, height, width, error)
+      || !net_sync_backend (net, error))
+    return FALSE;
+  if (g == NULL || g->batch != batch || g->height != height || g->width != width) {
+    UnetGraph *ng;
+    g_clear_pointer (&net->train, unet_graph_exec_free);
+    ng = unet_graph_new (&net->cfg, unet_model_get_layout (net->host),
+        UNET_GRAPH_TRAINING, batch, height, width, error);
+    if (ng == NULL || (net->train = unet_graph_exec_new (net->be, ng, error)) == NULL)
+      return FALSE;
+    g = unet_graph_exec_get_graph (net->train);
+  }
+  if (!be->upload (unet_graph_exec_tensor (net->train, g->input), input, error)
+      || !unet_graph_exec_forward_training (net->train, seed, error))
+    return FALSE;
+  /* batch norm's running statistics moved on the backend */
+  if (net->cfg.batch_norm)
+    net->host_stale = net->layers_stale = TRUE;
+  return be->download (unet_graph_exec_tensor (net->train, g->logits), logits, error)
+      && unet_backend_synchronize (net->be, error);
+}
+
+gboolean
+unet_net_train_backward (UnetNet *net, const gfloat *grad_logits, GError **error)
+{
+  const UnetGraph *g;
+
+  g_return_val_if_fail (net != NULL && grad_logits != NULL, FALSE);
+  if (net->train == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
+        "backward pass without a training forward pass before it");
+    return FALSE;
+  }
+  g = unet_graph_exec_get_graph (net->train);
+  return net->be->iface->upload (unet_graph_exec_tensor (net->train, g->diff_logits),
+      grad_logits, error)
+      && unet_graph_exec_backward (net->train, error);
+}
+
+gboolean
+unet_net_zero_gradients (UnetNet *net, GError **error)
+{
+  g_return_val_if_fail (net != NULL, FALSE);
+  return net_sync_backend (net, error) && net->be->iface->grads_zero (net->be, error);
+}
+
+gfloat *
+unet_net_get_parameters (UnetNet *net, gsize *n, GError **error)
+{
+  const UnetLayout *layout = unet_model_get_layout (net->host);
+  gfloat *slab;
+
+  g_return_val_if_fail (net != NULL, NULL);
+  if (n != NULL)
+    *n = layout->slab_numel;
+  /* a host-memory backend slab is the parameters themselves: the caller's writes
+   * go straight to the backend */
+  if (unet_backend_can_train (net->be) && net->be->iface->params_host != NULL) {
+    if (!net_sync_backend (net, error))
+      return NULL;
+    if ((slab = net->be->iface->params_host (net->be, FALSE)) != NULL) {
+      net->host_stale = TRUE;
+      return slab;
+    }
+  }
+  if (!net_sync_host (net, error))
+    return NULL;
+  return unet_model_get_slab (net->host);
+}
+
+const gfloat *
+unet_net_get_gradients (UnetNet *net, gsize *n, GError **error)
+{
+  const UnetLayout *layout = unet_model_get_layout (net->host);
+  const UnetBackendIface *be;
+  gfloat *slab;
+
+  g_return_val_if_fail (net != NULL, NULL);
+  be = net->be->iface;
+  if (n != NULL)
+    *n = layout->slab_numel;
+  if (!net_sync_backend (net, error))
+    return NULL;
+  if (be->params_host != NULL && (slab = be->params_host (net->be, TRUE)) != NULL)
+    return slab;
+  if (net->grads == NULL
+      && (net->grads = unet_slab_alloc0 (layout->slab_numel, error)) == NULL)
+    return NULL;
+  if (!be->grads_get (net->be, net->grads, error))
+    return NULL;
+  return net->grads;
+}
+
+gboolean
+unet_net_parameters_changed (UnetNet *net, GError **error)
+{
+  g_return_val_if_fail (net != NULL, FALSE);
+  net->layers_stale = TRUE;
+  /* where the caller wrote: the backend's own slab (get_parameters handed it out
+   * and set host_stale), or the host's, which the backend must then receive */
+  if (!net->host_stale && net->backend_params)
+    net->backend_stale = TRUE;
+  (void) error;
+  return TRUE;
+}
+
+gboolean
+unet_net_export_model (UnetNet *net, UnetModel *model, GError **error)
+{
+  const UnetConfig *a = &net->cfg, *b = unet_model_get_config (model);
+  if (a->in_channels != b->in_channels || a->classes != b->classes ||
+      a->depth != b->depth || a->base_filters != b->base_filters ||
+      a->padding != b->padding || a->batch_norm != b->batch_norm) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "cannot export the network's parameters into a model of another architecture");
+    return FALSE;
+  }
+  if (!net_sync_host (net, error))
+    return FALSE;
+  memcpy (unet_model_get_slab (model), unet_model_peek_slab (net->host),
+      sizeof (gfloat) * unet_model_get_layout (net->host)->slab_numel);
+  return TRUE;
 }

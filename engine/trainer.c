@@ -366,9 +366,11 @@ trainer_setup (UnetTrainer *t, GError **error)
   t->net = unet_net_new (t->model, &t->opts.net, error);
   if (t->net == NULL)
     return FALSE;
-  t->params = unet_net_get_parameters (t->net, &t->n_params);
+  t->params = unet_net_get_parameters (t->net, &t->n_params, error);
   const UnetLayout *layout = unet_model_get_layout (t->model);
-  if (t->params == NULL || t->n_params != layout->slab_numel) {
+  if (t->params == NULL)
+    return FALSE;
+  if (t->n_params != layout->slab_numel) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND,
         "the network's parameter slab has %" G_GSIZE_FORMAT
         " floats, the model layout %" G_GSIZE_FORMAT, t->n_params,
@@ -872,13 +874,15 @@ unet_trainer_step (UnetTrainer *t, UnetTrainStats *stats, GError **error)
           error))
     return FALSE;
 
-  unet_net_zero_gradients (t->net);
-  if (!unet_net_train_backward (t->net, t->grad, error))
+  if (!unet_net_zero_gradients (t->net, error)
+      || !unet_net_train_backward (t->net, t->grad, error))
     return FALSE;
   gsize n_grad = 0;
-  const gfloat *grads = unet_net_get_gradients (t->net, &n_grad);
-  t->params = unet_net_get_parameters (t->net, &t->n_params);
-  if (grads == NULL || n_grad != t->n_params) {
+  const gfloat *grads = unet_net_get_gradients (t->net, &n_grad, error);
+  if (grads == NULL
+      || (t->params = unet_net_get_parameters (t->net, &t->n_params, error)) == NULL)
+    return FALSE;
+  if (n_grad != t->n_params) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND,
         "the network's gradient slab does not match its parameters");
     return FALSE;
@@ -1165,8 +1169,10 @@ unet_trainer_save_checkpoint (UnetTrainer *t, const gchar *path,
   g_return_val_if_fail (t != NULL && path != NULL, FALSE);
   /* Never replace a good checkpoint with a diverged one. */
   gsize n_params = 0;
-  const gfloat *params = unet_net_get_parameters (t->net, &n_params);
-  if (params == NULL || !all_finite (params, n_params)) {
+  const gfloat *params = unet_net_get_parameters (t->net, &n_params, error);
+  if (params == NULL)
+    return FALSE;
+  if (!all_finite (params, n_params)) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
         "not writing \"%s\" at iteration %" G_GINT64_FORMAT ": the weights are "
         "not finite (training diverged); the file already there is kept", path,

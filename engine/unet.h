@@ -241,9 +241,11 @@ gboolean     unet_net_forward           (UnetNet *net, const gfloat *input,
                                          gfloat *output, GError **error);
 
 /* ------------------------------------------------------- training (net) -- */
-/* Training on a UnetNet (implemented with the backend's backward passes). The
- * parameter and gradient slabs use the model's canonical tensor order (see
- * engine/model-private.h), so host-side optimisers work on flat arrays.
+/* Training on a UnetNet: the network's training graph (engine/graph.c) run on the
+ * net's backend, forward in training mode and backward, with the parameters and
+ * gradients on the backend. The parameter and gradient slabs use the model's
+ * canonical tensor order (see engine/model-private.h), so optimisers work on flat
+ * arrays.
  *
  * One step:  unet_net_train_forward -> host loss and dL/dlogits ->
  *            unet_net_train_backward (gradients *accumulate*; zero them first) ->
@@ -259,11 +261,15 @@ gboolean     unet_net_train_forward     (UnetNet *net, const gfloat *input,
 /* grad_logits (B, classes, out_h, out_w) = dL/dlogits of the last train_forward. */
 gboolean     unet_net_train_backward    (UnetNet *net, const gfloat *grad_logits,
                                          GError **error);
-void         unet_net_zero_gradients    (UnetNet *net);
-/* Host views of the flat parameter / gradient slabs (n elements each). */
-gfloat      *unet_net_get_parameters    (UnetNet *net, gsize *n);
-const gfloat *unet_net_get_gradients    (UnetNet *net, gsize *n);
-/* After the parameters were changed on the host: re-upload / re-fold them. */
+gboolean     unet_net_zero_gradients    (UnetNet *net, GError **error);
+/* Host views of the flat parameter / gradient slabs (n elements each), valid until
+ * the next call on the net. On a backend whose slabs are host memory (the CPU)
+ * these are the backend's own slabs, so no parameters are copied; on a GPU they
+ * are host copies, read back for this call. NULL with `error` set on failure. */
+gfloat      *unet_net_get_parameters    (UnetNet *net, gsize *n, GError **error);
+const gfloat *unet_net_get_gradients    (UnetNet *net, gsize *n, GError **error);
+/* After the parameters from unet_net_get_parameters were changed: re-upload /
+ * re-fold them (lazily, at the next forward). */
 gboolean     unet_net_parameters_changed (UnetNet *net, GError **error);
 /* Copy the current parameters (incl. batch-norm running statistics) into `model`,
  * which must have the same config. */

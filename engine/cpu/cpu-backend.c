@@ -29,117 +29,15 @@
  */
 #include "config.h"
 
-#include "backend.h"
+#include "cpu-private.h"
 
-#include <oneapi/dnnl/dnnl.h>
-#include <oneapi/dnnl/dnnl_debug.h>
 #include <math.h>
 #include <string.h>
 #if HAVE_OPENMP
 #include <omp.h>
 #endif
 
-typedef struct _CpuCtx CpuCtx;
-
-/* $UNET_CPU_CONV_ALGO: how each convolution's algorithm/implementation is chosen. */
-typedef enum
-{
-  CPU_CONV_MEASURE,             /* time every candidate once per shape */
-  CPU_CONV_DIRECT,              /* default */
-  CPU_CONV_WINOGRAD,            /* Winograd where oneDNN has it, else direct */
-  CPU_CONV_AUTO,                /* oneDNN's own heuristic (convolution_auto) */
-} CpuConvMode;
-
-typedef struct
-{
-  dnnl_memory_desc_t md;
-  dnnl_memory_t mem;
-} CpuPrepared;
-
-typedef struct
-{
-  UnetLayerKind kind;
-  gint cin, cout, k;
-  dnnl_memory_desc_t w_user_md;  /* oihw (conv) or iohw (upconv), f32 */
-  dnnl_memory_t w_user;
-  dnnl_memory_t bias;           /* x, f32 */
-  GArray *prepared;             /* CpuPrepared: weights in primitive layouts */
-} CpuLayer;
-
-struct _CpuCtx
-{
-  dnnl_engine_t engine;
-  dnnl_stream_t stream;
-  gint threads;
-  gboolean bf16;
-  CpuConvMode conv_mode;
-  gboolean profile;             /* $UNET_CPU_PROFILE: per-op times at op_free */
-  CpuLayer *layers;
-  gint n_layers;
-  gpointer scratch;             /* shared by every op; grown by op_new */
-  gsize scratch_bytes;
-};
-
-struct _UnetBackendArena
-{
-  gpointer data;
-  gsize bytes;
-};
-
-struct _UnetBackendTensor
-{
-  CpuCtx *ctx;
-  UnetDims dims;
-  dnnl_memory_desc_t md;        /* views: submemory of the parent's md */
-  UnetBackendTensor *parent;
-  gsize bytes;
-  guint8 *data;                 /* views: the parent's data (offset is in md) */
-};
-
-/* A reorder between two memories (used for fallbacks, crops and transfers). */
-typedef struct
-{
-  dnnl_primitive_t prim;
-  dnnl_memory_t src, dst;
-} CpuReorder;
-
-struct _UnetBackendOp
-{
-  CpuCtx *ctx;
-  UnetOpKind kind;
-  dnnl_primitive_t prim;
-  dnnl_memory_t src, dst, weights, bias, scratch;
-  gsize scratch_bytes;
-  CpuReorder pre, post;         /* fallback reorders (prim NULL when unused) */
-  gpointer tmp_src, tmp_dst;    /* fallback buffers */
-  /* Where src/dst live: image b at base + b * stride. Ops touching a view run
-   * once per image (n_images = N) on a dense N=1 descriptor, see cpu_image(). */
-  gint n_images;
-  guint8 *src_base, *dst_base;
-  gsize src_stride, dst_stride;
-  UnetDims dims;                /* plain C ops (prim == NULL, no reorder): src dims */
-  /* $UNET_CPU_PROFILE */
-  gchar *label;
-  gint64 prof_us;
-  gint prof_calls;
-};
-
-#define ALIGN 64
-
-/* Checked oneDNN call: on failure sets `error` (with the call site) and jumps to
- * the function's `fail` label. */
-#define DNNL_TRY(call)                                                        \
-  G_STMT_START {                                                              \
-    dnnl_status_t st_ = (call);                                               \
-    if (st_ != dnnl_success) {                                                \
-      g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND,                     \
-          "oneDNN: %s failed: %s (%s:%d)", #call, dnnl_status2str (st_),      \
-          __FILE__, __LINE__);                                                \
-      goto fail;                                                              \
-    }                                                                         \
-  } G_STMT_END
-
-static void
+void
 cpu_set_threads (CpuCtx *ctx)
 {
 #if HAVE_OPENMP
@@ -147,7 +45,7 @@ cpu_set_threads (CpuCtx *ctx)
 #endif
 }
 
-static gpointer
+gpointer
 cpu_alloc (gsize bytes, GError **error)
 {
   gpointer p = NULL;
@@ -406,10 +304,17 @@ cpu_tensor_bind (UnetBackendTensor *t, UnetBackendArena *arena, gsize offset)
   t->data = (guint8 *) arena->data + offset;
 }
 
-static guint8 *
+guint8 *
 cpu_tensor_data (UnetBackendTensor *t)
 {
   return t->parent ? t->parent->data : t->data;
+}
+
+gint
+cpu_tensor_block (const UnetBackendTensor *t)
+{
+  const UnetBackendTensor *root = t->parent ? t->parent : t;
+  return root->md.format_desc.blocking.inner_nblks > 0 ? 16 : 1;
 }
 
 /* Image-at-a-time addressing of a tensor. Image b of a channel view [c0, c0+c)
@@ -418,7 +323,7 @@ cpu_tensor_data (UnetBackendTensor *t)
  * (nchw) and 16-channel blocks (nChw16c) are contiguous within an image. oneDNN's
  * fast convolutions reject strided submemory descriptors but take these, so a
  * transposed convolution writes into half of a concat buffer with no copy. */
-static gboolean
+gboolean
 cpu_image (UnetBackendTensor *t, dnnl_memory_desc_t *md, guint8 **base, gsize *stride,
     GError **error)
 {
@@ -510,6 +415,7 @@ cpu_op_free (UnetBackendOp *op)
     g_printerr ("unet-cpu profile: %s: %.3f ms/call (%d calls)\n", op->label,
         op->prof_us / 1000.0 / op->prof_calls, op->prof_calls);
   g_free (op->label);
+  cpu_train_op_free (op->train);
   if (op->prim)
     dnnl_primitive_destroy (op->prim);
   if (op->src)
@@ -579,6 +485,8 @@ cpu_op_desc_init (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t 
       return dnnl_eltwise_forward_desc_init (&od->u.eltwise, dnnl_forward_inference,
           dnnl_eltwise_logistic, smd, 0.f, 0.f);
     case UNET_OP_CROP_COPY:
+    case UNET_OP_BATCHNORM:     /* training graphs only (cpu-train.c) */
+    case UNET_OP_DROPOUT:
       break;
   }
   return dnnl_invalid_arguments;
@@ -1074,6 +982,16 @@ cpu_op_new_impl (UnetBackend *be, const UnetOpDesc *desc, GError **error)
   dnnl_memory_desc_t smd, dmd, sany, dany;
   gboolean fallback = FALSE;
 
+  if (desc->training) {
+    op = g_new0 (UnetBackendOp, 1);
+    op->ctx = ctx;
+    op->kind = desc->kind;
+    if ((op->train = cpu_train_op_new (ctx, desc, error)) == NULL) {
+      g_free (op);
+      return NULL;
+    }
+    return op;
+  }
   if ((desc->kind == UNET_OP_CONV || desc->kind == UNET_OP_UPCONV2)
       && (desc->layer < 0 || desc->layer >= ctx->n_layers)) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
@@ -1228,7 +1146,8 @@ fail:
 static const gchar *const cpu_op_names[] = {
   [UNET_OP_CONV] = "conv", [UNET_OP_MAXPOOL2] = "maxpool", [UNET_OP_UPCONV2] = "upconv",
   [UNET_OP_CROP_COPY] = "crop", [UNET_OP_SOFTMAX] = "softmax",
-  [UNET_OP_SIGMOID] = "sigmoid",
+  [UNET_OP_SIGMOID] = "sigmoid", [UNET_OP_BATCHNORM] = "bnorm",
+  [UNET_OP_DROPOUT] = "dropout",
 };
 
 static UnetBackendOp *
@@ -1256,6 +1175,28 @@ cpu_op_new (UnetBackend *be, const UnetOpDesc *desc, GError **error)
 static gboolean
 cpu_op_forward_impl (UnetBackendOp *op, GError **error);
 
+static gboolean
+cpu_op_forward_training (UnetBackendOp *op, guint64 seed, GError **error)
+{
+  if (op->train == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "CPU backend: op_forward_training on an op built for inference");
+    return FALSE;
+  }
+  return cpu_train_op_forward (op->train, seed, error);
+}
+
+static gboolean
+cpu_op_backward (UnetBackendOp *op, GError **error)
+{
+  if (op->train == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "CPU backend: op_backward on an op built for inference");
+    return FALSE;
+  }
+  return cpu_train_op_backward (op->train, error);
+}
+
 /* $UNET_CPU_PROFILE=1: the wall time of every op (oneDNN's CPU stream runs the
  * primitive before execute returns), printed per op when the plan is freed. */
 static gboolean
@@ -1281,6 +1222,8 @@ cpu_op_forward_impl (UnetBackendOp *op, GError **error)
   int n = 0;
 
   cpu_set_threads (ctx);
+  if (op->train != NULL)
+    return cpu_train_op_forward (op->train, 0, error);
   if (op->prim == NULL && op->pre.prim != NULL)  /* CROP_COPY: one reorder */
     return cpu_reorder_run (ctx, &op->pre, error);
   if (op->prim == NULL) {
@@ -1382,6 +1325,8 @@ cpu_free (UnetBackend *be)
   CpuCtx *ctx = be->priv;
   cpu_clear_layers (ctx);
   free (ctx->scratch);
+  free (ctx->params);
+  free (ctx->grads);
   if (ctx->stream)
     dnnl_stream_destroy (ctx->stream);
   if (ctx->engine)
@@ -1407,6 +1352,13 @@ static const UnetBackendIface cpu_iface = {
   .upload = cpu_upload,
   .download = cpu_download,
   .synchronize = cpu_synchronize,
+  .params_set = cpu_params_set,
+  .params_get = cpu_params_get,
+  .grads_zero = cpu_grads_zero,
+  .grads_get = cpu_grads_get,
+  .params_host = cpu_params_host,
+  .op_forward_training = cpu_op_forward_training,
+  .op_backward = cpu_op_backward,
 };
 
 static gint

@@ -1,30 +1,28 @@
-/* gst-unet engine — CPU training executor: forward in training mode and backward
- * of the U-Net (network.md), on host memory.
+/* gst-unet engine — the CPU backend's training ops: forward in training mode and
+ * backward of every op kind of a training graph (graph.h), on the backend's
+ * tensors, plus the parameter and gradient slabs (backend.h's training slots).
  *
- * Memory: one activation set per input shape, kept from forward to backward (every
- * conv output z, its batch-norm output and post-ReLU output a, pool outputs with
- * their argmax, concat buffers, the dropout mask) plus one gradient buffer per
- * activation; nothing allocates in forward/backward once the shape is planned.
- * Parameters and gradients live in the model's slab layout, so the optimiser and
- * the checkpoint code see flat arrays. See cpu-train.h for the op contracts.
+ * Nothing here knows the network: the training executor (graph-exec.c) walks the
+ * graph and calls op_forward_training / op_backward per node. Each op keeps what
+ * its backward needs (batch statistics, pooling argmax, dropout mask); the graph
+ * keeps the activations it reads alive.
  *
- * Speed: between layers the activations stay in the channel-blocked layouts oneDNN's
- * AVX-512/AVX2 convolutions read and write (nChw16c / nChw8c, act_block), so no
- * activation is reordered around a convolution; only the (small) weights are. The
- * ReLU after a convolution without batch norm is the forward primitive's post-op;
- * its backward masks the gradient by the stored output. The 2x2 up-convolution is a
- * oneDNN deconvolution writing straight into its concat buffer (batch 1). Pooling,
- * batch norm and crop/concat work on the blocked layouts in C; loops over little
- * data run on the calling thread (PAR_MIN).
+ * Speed: activations stay in the backend's layouts (nChw16c where the channel count
+ * allows, what oneDNN's AVX-512 convolutions read and write), so no activation is
+ * reordered around a convolution; only the (small) weights are, from the slab's
+ * PyTorch layout. The ReLU after a convolution without batch norm is the forward
+ * primitive's post-op; its backward masks the gradient by the stored output. The
+ * 2x2 up-convolution is a oneDNN deconvolution writing straight into its half of
+ * the concat buffer, image by image. Pooling, batch norm and crop work on the
+ * blocked layouts in C; loops over little data run on the calling thread (PAR_MIN).
  */
 #include "config.h"
 
+#include "cpu-private.h"
 #include "cpu-train.h"
 #include "rng.h"
 
 #include <math.h>
-#include <oneapi/dnnl/dnnl.h>
-#include <oneapi/dnnl/dnnl_debug.h>
 #include <string.h>
 
 #if HAVE_OPENMP
@@ -39,16 +37,6 @@
  * about as long as a fork/join on a busy machine). */
 #define PAR_MIN_REORDER 262144
 
-#define DNNL_TRY(call)                                                        \
-  G_STMT_START {                                                              \
-    dnnl_status_t st_ = (call);                                               \
-    if (st_ != dnnl_success) {                                                \
-      g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND,                     \
-          "oneDNN: %s failed: %s (%s:%d)", #call, dnnl_status2str (st_),      \
-          __FILE__, __LINE__);                                                \
-      goto fail;                                                              \
-    }                                                                         \
-  } G_STMT_END
 
 /* ------------------------------------------------------------ pooling -- */
 
@@ -526,22 +514,6 @@ unet_cpu_dropout_backward (const gfloat *ddst, const guint8 *mask, gsize count,
 
 /* -------------------------------------------------------- convolution -- */
 
-static dnnl_engine_t
-cpu_train_engine (GError **error)
-{
-  static gsize once = 0;
-  static dnnl_engine_t engine = NULL;
-  if (g_once_init_enter (&once)) {
-    if (dnnl_engine_create (&engine, dnnl_cpu, 0) != dnnl_success)
-      engine = NULL;
-    g_once_init_leave (&once, 1);
-  }
-  if (engine == NULL)
-    g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND,
-        "oneDNN: cannot create the CPU engine");
-  return engine;
-}
-
 /* One argument of a primitive: the user's plain memory (nchw / oihw / x, data
  * handle set per call) and, when the primitive prefers another layout (blocked
  * nChw16c / OIhw16i16o on AVX-512), its own buffer plus the reorder between them. */
@@ -660,7 +632,7 @@ enum
 struct _UnetCpuConv
 {
   gint n, cin, cout, k, pad, h, w, oh, ow;
-  dnnl_stream_t stream;
+  dnnl_stream_t stream;         /* the backend's (borrowed) */
   dnnl_primitive_t fwd, bwd_data, bwd_weights;
   Port ports[N_PORTS];
   gfloat *dw_tmp, *db_tmp;      /* backward_weights output, added into the slab */
@@ -677,8 +649,6 @@ unet_cpu_conv_free (UnetCpuConv *c)
       dnnl_primitive_destroy (prims[i]);
   for (gint i = 0; i < N_PORTS; i++)
     port_clear (&c->ports[i]);
-  if (c->stream)
-    dnnl_stream_destroy (c->stream);
   g_free (c->dw_tmp);
   g_free (c->db_tmp);
   g_free (c);
@@ -701,10 +671,11 @@ act_tag (gint bs)
  * or, transposed, [cin,cout,k,k] (iohw, as PyTorch's ConvTranspose2d). relu: the
  * forward output is max(0, conv) (a oneDNN post-op). */
 static UnetCpuConv *
-conv_new_full (gboolean deconv, gint n, gint cin, gint h, gint w, gint cout, gint k,
-    gint stride, gint pad, gint src_bs, gint dst_bs, gboolean relu, GError **error)
+conv_new_full (CpuCtx *ctx, gboolean deconv, gint n, gint cin, gint h, gint w, gint cout,
+    gint k, gint stride, gint pad, gint src_bs, gint dst_bs, gboolean relu,
+    GError **error)
 {
-  dnnl_engine_t engine = cpu_train_engine (error);
+  dnnl_engine_t engine = ctx->engine;
   UnetCpuConv *c;
   dnnl_memory_desc_t smd, wmd, bmd, dmd, sany, wany, dany;
   dnnl_convolution_desc_t fd, bdd, bwd;
@@ -713,9 +684,8 @@ conv_new_full (gboolean deconv, gint n, gint cin, gint h, gint w, gint cout, gin
   dnnl_post_ops_t po = NULL;
   dnnl_dims_t strides = { stride, stride }, padding = { pad, pad };
 
-  if (engine == NULL)
-    return NULL;
   c = g_new0 (UnetCpuConv, 1);
+  c->stream = ctx->stream;
   c->n = n;
   c->cin = cin;
   c->cout = cout;
@@ -798,7 +768,6 @@ conv_new_full (gboolean deconv, gint n, gint cin, gint h, gint w, gint cout, gin
   DNNL_TRY (dnnl_primitive_create (&c->fwd, fpd));
   DNNL_TRY (dnnl_primitive_create (&c->bwd_data, bdpd));
   DNNL_TRY (dnnl_primitive_create (&c->bwd_weights, bwpd));
-  DNNL_TRY (dnnl_stream_create (&c->stream, engine, dnnl_stream_default_flags));
   {
     struct
     {
@@ -849,10 +818,12 @@ fail:
 }
 
 UnetCpuConv *
-unet_cpu_conv_new (gint n, gint cin, gint h, gint w, gint cout, gint k, gint pad,
-    GError **error)
+unet_cpu_conv_new (UnetBackend *be, gint n, gint cin, gint h, gint w, gint cout, gint k,
+    gint pad, GError **error)
 {
-  return conv_new_full (FALSE, n, cin, h, w, cout, k, 1, pad, 1, 1, FALSE, error);
+  g_return_val_if_fail (be != NULL && g_strcmp0 (be->iface->name, "cpu") == 0, NULL);
+  return conv_new_full (be->priv, FALSE, n, cin, h, w, cout, k, 1, pad, 1, 1, FALSE,
+      error);
 }
 
 /* Sets the user handles of `ports`, reorders the inputs, runs `prim` with `args`,
@@ -927,560 +898,466 @@ unet_cpu_conv_backward (UnetCpuConv *c, const gfloat *src, const gfloat *weight,
   }
 }
 
-/* ---------------------------------------------------------- whole net -- */
+/* ------------------------------------------------ training graph ops -- */
 
-/* Activation layout of a c-channel tensor between layers: channel blocks of 16 (or
- * 8) as oneDNN's AVX-512 (AVX2) convolutions read and write them, so no activation
- * is reordered; plain NCHW when c has no such factor. */
-static gint
-act_block (gint c)
+/* An op of a training graph on the backend's tensors (backend.h, UnetOpDesc).
+ * Activations are f32 in the backend's layouts (nChw16c when the channel count is
+ * a multiple of 16, else nchw: cpu_tensor_block), the same for a tensor and its
+ * gradient. Ops touching a channel view (the halves of a concat buffer) run once
+ * per image on dense N=1 images (cpu_image). */
+struct _CpuTrainOp
 {
-  return c % 16 == 0 ? 16 : c % 8 == 0 ? 8 : 1;
-}
-
-/* One convolution with what follows it: conv (+ bias) [-> batch norm] [-> ReLU].
- * Without batch norm the ReLU is the convolution's post-op (z == a). */
-typedef struct
-{
-  UnetCpuConv *conv;
-  gint w_off, b_off;            /* slab offsets of weight and bias */
-  gint bn_off[4];               /* gamma, beta, running_mean, running_var; -1 none */
-  gboolean relu;
-  gint cout, bs;                /* output channels and their layout (act_block) */
-  gsize hw, numel;              /* output plane and n·cout·plane */
-  const gfloat *src;            /* input activation (not owned) */
-  gfloat *dsrc;                 /* its gradient (not owned); NULL = not needed */
-  gfloat *z;                    /* conv output */
-  gfloat *a;                    /* output: z itself without batch norm */
-  gfloat *da;                   /* d/da, turned into d/dz in place by backward */
-  gfloat *mean, *invstd;        /* batch norm */
-} Unit;
-
-typedef struct
-{
-  gint batch, height, width, depth;
-  Unit *units;                  /* enc.0.c1, enc.0.c2, ..., bottom, dec.D-1 .. dec.0, head */
-  gint n_units;
-  gfloat *input;                /* copy of the forward input */
-  gfloat **pool, **dpool;       /* per level (n, F_i, eh/2, ew/2), layout lbs */
-  guint8 **arg;
-  gint *lbs;                    /* per level: layout of F_i (and 2F_i) channel tensors */
-  gint *eh, *ew, *uh, *uw;      /* per level: encoder output and upsampled sizes */
-  gfloat **cat, **dcat;         /* per level (n, 2F_i, uh, uw): [crop(e_i), up] */
-  UnetCpuConv **up;             /* per level: the transposed conv */
-  gfloat **upbuf;               /* per level, batch > 1: its output (n, F_i, uh, uw) and
-                                 * then gradient; batch 1 uses the concat buffer */
-  gint *up_w, *up_b;            /* slab offsets of dec.i.up.weight/.bias */
-  gfloat *drop, *ddrop;         /* bottom dropout output / gradient (NULL without) */
-  guint8 *mask;
-  gsize drop_numel;
-  GPtrArray *allocs;
-  gsize bytes;
+  CpuCtx *ctx;
+  UnetOpKind kind;
+  gboolean relu, accumulate;
+  UnetDims sd, dd;              /* src and dst dimensions */
+  gint bs;                      /* channel block of src (and of dst: equal for the
+                                   C kernels) */
+  /* image b of src, dst, diff_src, diff_dst at base + b * stride; n_images 1
+   * (whole tensors) or N (views) */
+  gint n_images;
+  guint8 *src, *dst, *dsrc, *ddst;
+  gsize src_stride, dst_stride;
+  UnetCpuConv *conv;            /* CONV, UPCONV2 */
+  gint weight, bias, bn[4];     /* parameter slab offsets */
+  gfloat *mean, *invstd;        /* BATCHNORM: batch statistics */
+  guint8 *saved;                /* MAXPOOL2: argmax; DROPOUT: mask */
+  gdouble dropout;
+  gint crop_y, crop_x;
   gboolean have_forward;
-} Plan;
-
-struct _UnetCpuTrain
-{
-  UnetConfig cfg;
-  const UnetLayout *layout;
-  Plan *plan;
 };
 
-static gint
-slab_offset (const UnetLayout *layout, const gchar *name)
+void
+cpu_train_op_free (CpuTrainOp *op)
 {
-  gint i = unet_layout_find (layout, name);
-  return i < 0 ? -1 : (gint) layout->tensors[i].offset;
-}
-
-static void
-plan_free (Plan *p)
-{
-  if (p == NULL)
+  if (op == NULL)
     return;
-  for (gint i = 0; i < p->n_units; i++)
-    unet_cpu_conv_free (p->units[i].conv);
-  for (gint i = 0; p->up != NULL && i < p->depth; i++)
-    unet_cpu_conv_free (p->up[i]);
-  g_free (p->units);
-  g_ptr_array_unref (p->allocs);
-  g_free (p);
+  unet_cpu_conv_free (op->conv);
+  g_free (op->mean);
+  g_free (op->invstd);
+  g_free (op->saved);
+  g_free (op);
 }
 
-/* Not zeroed: every buffer is written before it is read (forward outputs, and
- * gradients written by the op that produces them). */
-static gpointer
-plan_alloc (Plan *p, gsize bytes, GError **error)
-{
-  gpointer m = g_try_malloc (MAX (bytes, 1));
-  if (m == NULL) {
-    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
-        "cannot allocate %" G_GSIZE_FORMAT " bytes of training activations", bytes);
-    return NULL;
-  }
-  g_ptr_array_add (p->allocs, m);
-  p->bytes += bytes;
-  return m;
-}
-
-#define PLAN_ALLOC(ptr, count)                                                \
-  G_STMT_START {                                                              \
-    if (((ptr) = plan_alloc (p, sizeof (*(ptr)) * (count), error)) == NULL)   \
-      goto fail;                                                              \
-  } G_STMT_END
-
-/* Sets up unit u for `prefix` (e.g. "enc.0.conv1"), input (n,cin,h,w) in layout
- * src_bs, output in layout dst_bs. */
 static gboolean
-unit_init (UnetCpuTrain *tr, Plan *p, Unit *u, const gchar *layer, const gchar *bn,
-    gint cin, gint h, gint w, gint cout, gint k, gint pad, gboolean relu, gint src_bs,
-    gint dst_bs, GError **error)
+train_check_tensor (UnetBackendTensor *t, const gchar *what, GError **error)
 {
-  g_autofree gchar *wn = g_strdup_printf ("%s.weight", layer);
-  g_autofree gchar *bname = g_strdup_printf ("%s.bias", layer);
-  gint n = p->batch;
-
-  u->w_off = slab_offset (tr->layout, wn);
-  u->b_off = slab_offset (tr->layout, bname);
-  if (u->w_off < 0 || u->b_off < 0) {
-    g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL, "layout has no %s", wn);
+  UnetBackendTensor *root = t->parent ? t->parent : t;
+  if (root->md.data_type != dnnl_f32) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "CPU training computes in fp32: the %s tensor is %s (precision=bf16 is "
+        "for inference)", what, dnnl_dt2str (root->md.data_type));
     return FALSE;
   }
-  for (gint q = 0; q < 4; q++)
-    u->bn_off[q] = -1;
-  if (bn != NULL) {
-    const gchar *parts[4] = { "weight", "bias", "running_mean", "running_var" };
-    for (gint q = 0; q < 4; q++) {
-      g_autofree gchar *name = g_strdup_printf ("%s.%s", bn, parts[q]);
-      if ((u->bn_off[q] = slab_offset (tr->layout, name)) < 0) {
-        g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL, "layout has no %s", name);
-        return FALSE;
-      }
-    }
-  }
-  u->conv = conv_new_full (FALSE, n, cin, h, w, cout, k, 1, pad, src_bs, dst_bs,
-      relu && bn == NULL, error);
-  if (u->conv == NULL)
+  if (cpu_tensor_data (t) == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
+        "CPU backend: the %s tensor is used before it was bound to an arena", what);
     return FALSE;
-  u->relu = relu;
-  u->cout = cout;
-  u->bs = dst_bs;
-  u->hw = (gsize) (h + 2 * pad - k + 1) * (w + 2 * pad - k + 1);
-  u->numel = (gsize) n * cout * u->hw;
-  PLAN_ALLOC (u->z, u->numel);
-  if (bn != NULL) {
-    PLAN_ALLOC (u->a, u->numel);
-    PLAN_ALLOC (u->mean, cout);
-    PLAN_ALLOC (u->invstd, cout);
-  } else {
-    u->a = u->z;
   }
-  PLAN_ALLOC (u->da, u->numel);
   return TRUE;
-fail:
-  return FALSE;
 }
 
-static Plan *
-plan_new (UnetCpuTrain *tr, gint batch, gint height, gint width, GError **error)
+static gboolean
+same_dims (const UnetDims *a, const UnetDims *b)
 {
-  const UnetConfig *cfg = &tr->cfg;
-  const gint D = cfg->depth;
-  const gboolean valid = cfg->padding == UNET_PADDING_VALID;
-  const gint pad = valid ? 0 : 1, shrink = valid ? 2 : 0;
-  Plan *p = g_new0 (Plan, 1);
-  gint h = height, w = width, u = 0;
-  gint cbs = 1;                 /* layout of the current activation */
+  return a->n == b->n && a->c == b->c && a->h == b->h && a->w == b->w;
+}
 
-  p->batch = batch;
-  p->height = height;
-  p->width = width;
-  p->allocs = g_ptr_array_new_with_free_func (g_free);
-  p->n_units = 4 * D + 3;
-  p->depth = D;
-  p->units = g_new0 (Unit, p->n_units);
-  p->up = g_new0 (UnetCpuConv *, D);
-  p->upbuf = g_new0 (gfloat *, D);
-  p->pool = g_new0 (gfloat *, D);
-  p->dpool = g_new0 (gfloat *, D);
-  p->arg = g_new0 (guint8 *, D);
-  p->cat = g_new0 (gfloat *, D);
-  p->dcat = g_new0 (gfloat *, D);
-  p->lbs = g_new0 (gint, D);
-  p->eh = g_new0 (gint, D);
-  p->ew = g_new0 (gint, D);
-  p->uh = g_new0 (gint, D);
-  p->uw = g_new0 (gint, D);
-  p->up_w = g_new0 (gint, D);
-  p->up_b = g_new0 (gint, D);
-  /* The per-level arrays are freed with the plan (p->up by plan_free's loop). */
-  g_ptr_array_add (p->allocs, p->up);
-  g_ptr_array_add (p->allocs, p->upbuf);
-  g_ptr_array_add (p->allocs, p->pool);
-  g_ptr_array_add (p->allocs, p->dpool);
-  g_ptr_array_add (p->allocs, p->arg);
-  g_ptr_array_add (p->allocs, p->cat);
-  g_ptr_array_add (p->allocs, p->dcat);
-  g_ptr_array_add (p->allocs, p->lbs);
-  g_ptr_array_add (p->allocs, p->eh);
-  g_ptr_array_add (p->allocs, p->ew);
-  g_ptr_array_add (p->allocs, p->uh);
-  g_ptr_array_add (p->allocs, p->uw);
-  g_ptr_array_add (p->allocs, p->up_w);
-  g_ptr_array_add (p->allocs, p->up_b);
+CpuTrainOp *
+cpu_train_op_new (CpuCtx *ctx, const UnetOpDesc *desc, GError **error)
+{
+  CpuTrainOp *op = g_new0 (CpuTrainOp, 1);
+  UnetBackendTensor *ts[4] = { desc->src, desc->dst, desc->diff_src, desc->diff_dst };
+  const gchar *names[4] = { "source", "destination", "source gradient",
+    "destination gradient" };
+  gboolean views = FALSE;
+  dnnl_memory_desc_t md;
+  gsize stride;
 
-  PLAN_ALLOC (p->input, (gsize) batch * cfg->in_channels * height * width);
-  gint cin = cfg->in_channels;
-  for (gint i = 0; i < D; i++) {
-    gint f = cfg->base_filters << i;
-    gchar l1[32], l2[32], b1[32], b2[32];
-    p->lbs[i] = act_block (f);
-    g_snprintf (l1, sizeof l1, "enc.%d.conv1", i);
-    g_snprintf (l2, sizeof l2, "enc.%d.conv2", i);
-    g_snprintf (b1, sizeof b1, "enc.%d.bn1", i);
-    g_snprintf (b2, sizeof b2, "enc.%d.bn2", i);
-    if (!unit_init (tr, p, &p->units[u++], l1, cfg->batch_norm ? b1 : NULL, cin, h, w,
-            f, 3, pad, TRUE, cbs, p->lbs[i], error))
-      goto fail;
-    h -= shrink;
-    w -= shrink;
-    if (!unit_init (tr, p, &p->units[u++], l2, cfg->batch_norm ? b2 : NULL, f, h, w,
-            f, 3, pad, TRUE, p->lbs[i], p->lbs[i], error))
-      goto fail;
-    h -= shrink;
-    w -= shrink;
-    if (h < 2 || w < 2 || h % 2 || w % 2)
-      goto illegal;
-    p->eh[i] = h;
-    p->ew[i] = w;
-    h /= 2;
-    w /= 2;
-    PLAN_ALLOC (p->pool[i], (gsize) batch * f * h * w);
-    PLAN_ALLOC (p->dpool[i], (gsize) batch * f * h * w);
-    PLAN_ALLOC (p->arg[i], (gsize) batch * f * h * w);
-    cin = f;
-    cbs = p->lbs[i];
-  }
-  {
-    gint f = cfg->base_filters << D;
-    gint bbs = act_block (f);
-    if (h - 2 * shrink < 1 || w - 2 * shrink < 1)
-      goto illegal;
-    if (!unit_init (tr, p, &p->units[u++], "bottom.conv1",
-            cfg->batch_norm ? "bottom.bn1" : NULL, cin, h, w, f, 3, pad, TRUE, cbs, bbs,
-            error))
-      goto fail;
-    h -= shrink;
-    w -= shrink;
-    if (!unit_init (tr, p, &p->units[u++], "bottom.conv2",
-            cfg->batch_norm ? "bottom.bn2" : NULL, f, h, w, f, 3, pad, TRUE, bbs, bbs,
-            error))
-      goto fail;
-    h -= shrink;
-    w -= shrink;
-    cin = f;
-    cbs = bbs;
-    if (cfg->dropout > 0.0) {
-      p->drop_numel = (gsize) batch * f * h * w;
-      PLAN_ALLOC (p->drop, p->drop_numel);
-      PLAN_ALLOC (p->ddrop, p->drop_numel);
-      PLAN_ALLOC (p->mask, p->drop_numel);
-    }
-  }
-  for (gint i = D - 1; i >= 0; i--) {
-    gint f = cfg->base_filters << i;
-    gchar name[32], l1[32], l2[32], b1[32], b2[32];
-    p->up[i] = conv_new_full (TRUE, batch, cin, h, w, f, 2, 2, 0, cbs, p->lbs[i],
-        FALSE, error);
-    if (p->up[i] == NULL)
-      goto fail;
-    h *= 2;
-    w *= 2;
-    if (h > p->eh[i] || w > p->ew[i] || h - 2 * shrink < 1 || w - 2 * shrink < 1)
-      goto illegal;
-    p->uh[i] = h;
-    p->uw[i] = w;
-    g_snprintf (name, sizeof name, "dec.%d.up.weight", i);
-    p->up_w[i] = slab_offset (tr->layout, name);
-    g_snprintf (name, sizeof name, "dec.%d.up.bias", i);
-    p->up_b[i] = slab_offset (tr->layout, name);
-    if (p->up_w[i] < 0 || p->up_b[i] < 0) {
-      g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL, "layout has no dec.%d.up", i);
-      goto fail;
-    }
-    PLAN_ALLOC (p->cat[i], (gsize) batch * 2 * f * h * w);
-    if (batch > 1)
-      PLAN_ALLOC (p->upbuf[i], (gsize) batch * f * h * w);
-    PLAN_ALLOC (p->dcat[i], (gsize) batch * 2 * f * h * w);
-    g_snprintf (l1, sizeof l1, "dec.%d.conv1", i);
-    g_snprintf (l2, sizeof l2, "dec.%d.conv2", i);
-    g_snprintf (b1, sizeof b1, "dec.%d.bn1", i);
-    g_snprintf (b2, sizeof b2, "dec.%d.bn2", i);
-    if (!unit_init (tr, p, &p->units[u++], l1, cfg->batch_norm ? b1 : NULL, 2 * f, h,
-            w, f, 3, pad, TRUE, p->lbs[i], p->lbs[i], error))
-      goto fail;
-    h -= shrink;
-    w -= shrink;
-    if (!unit_init (tr, p, &p->units[u++], l2, cfg->batch_norm ? b2 : NULL, f, h, w,
-            f, 3, pad, TRUE, p->lbs[i], p->lbs[i], error))
-      goto fail;
-    h -= shrink;
-    w -= shrink;
-    cin = f;
-    cbs = p->lbs[i];
-  }
-  if (!unit_init (tr, p, &p->units[u++], "head", NULL, cin, h, w, cfg->classes, 1, 0,
-          FALSE, cbs, 1, error))
+  op->ctx = ctx;
+  op->kind = desc->kind;
+  op->relu = desc->relu;
+  op->accumulate = desc->accumulate;
+  op->weight = desc->weight;
+  op->bias = desc->bias;
+  memcpy (op->bn, desc->bn, sizeof op->bn);
+  op->dropout = desc->dropout;
+  op->crop_y = desc->crop_y;
+  op->crop_x = desc->crop_x;
+  if (desc->src == NULL || desc->dst == NULL || desc->diff_dst == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "training op without its source, destination or destination gradient");
     goto fail;
-  g_assert (u == p->n_units);
-
-  /* Wire sources and source gradients. */
-  {
-    Unit *U = p->units;
-    for (gint i = 0; i < D; i++) {
-      U[2 * i].src = i == 0 ? p->input : p->pool[i - 1];
-      U[2 * i].dsrc = i == 0 ? NULL : p->dpool[i - 1];
-      U[2 * i + 1].src = U[2 * i].a;
-      U[2 * i + 1].dsrc = U[2 * i].da;
-    }
-    U[2 * D].src = p->pool[D - 1];
-    U[2 * D].dsrc = p->dpool[D - 1];
-    U[2 * D + 1].src = U[2 * D].a;
-    U[2 * D + 1].dsrc = U[2 * D].da;
-    for (gint i = D - 1; i >= 0; i--) {
-      gint k = 2 * D + 2 + 2 * (D - 1 - i);
-      U[k].src = p->cat[i];
-      U[k].dsrc = p->dcat[i];
-      U[k + 1].src = U[k].a;
-      U[k + 1].dsrc = U[k].da;
-    }
-    U[4 * D + 2].src = U[4 * D + 1].a;
-    U[4 * D + 2].dsrc = U[4 * D + 1].da;
   }
-  return p;
+  op->sd = desc->src->dims;
+  op->dd = desc->dst->dims;
+  if ((desc->diff_src != NULL && !same_dims (&desc->diff_src->dims, &op->sd))
+      || !same_dims (&desc->diff_dst->dims, &op->dd)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "a gradient tensor's dimensions differ from its tensor's");
+    goto fail;
+  }
+  for (gint i = 0; i < 4; i++) {
+    if (ts[i] == NULL)
+      continue;
+    if (!train_check_tensor (ts[i], names[i], error))
+      goto fail;
+    views |= ts[i]->parent != NULL;
+  }
+  /* the gradient of a tensor has the tensor's layout (both made by tensor_new
+   * from the same dimensions, views from equal offsets) */
+  if (cpu_tensor_block (desc->src) != (desc->diff_src ? cpu_tensor_block (desc->diff_src)
+          : cpu_tensor_block (desc->src))
+      || cpu_tensor_block (desc->dst) != cpu_tensor_block (desc->diff_dst)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "a gradient tensor's layout differs from its tensor's");
+    goto fail;
+  }
+  if (desc->accumulate && (desc->kind == UNET_OP_CONV || desc->kind == UNET_OP_UPCONV2
+          || desc->kind == UNET_OP_BATCHNORM)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "the CPU backend writes the source gradient of a convolution or batch norm "
+        "whole; it cannot add it to another reader's");
+    goto fail;
+  }
+  op->n_images = views ? op->sd.n : 1;
+  if (!cpu_image (desc->src, &md, &op->src, &op->src_stride, error)
+      || !cpu_image (desc->dst, &md, &op->dst, &op->dst_stride, error)
+      || !cpu_image (desc->diff_dst, &md, &op->ddst, &stride, error)
+      || (desc->diff_src != NULL
+          && !cpu_image (desc->diff_src, &md, &op->dsrc, &stride, error)))
+    goto fail;
+  op->bs = cpu_tensor_block (desc->src);
 
-illegal:
-  g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
-      "input %dx%d is not a legal size for this network", width, height);
+  switch (desc->kind) {
+    case UNET_OP_CONV:
+    case UNET_OP_UPCONV2:{
+      const gboolean up = desc->kind == UNET_OP_UPCONV2;
+      if (desc->weight < 0 || desc->bias < 0 || desc->k < 1) {
+        g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+            "training convolution without parameters or kernel size");
+        goto fail;
+      }
+      if (desc->relu && (desc->dst->parent != NULL || desc->diff_dst->parent != NULL)) {
+        g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+            "a convolution with a fused ReLU must write a whole tensor");
+        goto fail;
+      }
+      op->conv = conv_new_full (ctx, up, views ? 1 : op->sd.n, op->sd.c, op->sd.h,
+          op->sd.w, op->dd.c, desc->k, up ? 2 : 1, up ? 0 : desc->pad, op->bs,
+          cpu_tensor_block (desc->dst), desc->relu, error);
+      if (op->conv == NULL)
+        goto fail;
+      if (op->conv->oh != op->dd.h || op->conv->ow != op->dd.w) {
+        g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+            "convolution output %dx%d does not match its destination %dx%d",
+            op->conv->ow, op->conv->oh, op->dd.w, op->dd.h);
+        goto fail;
+      }
+      break;
+    }
+    case UNET_OP_BATCHNORM:
+      for (gint q = 0; q < 4; q++)
+        if (desc->bn[q] < 0) {
+          g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+              "training batch norm without its parameters");
+          goto fail;
+        }
+      /* elementwise shape rules: */
+      G_GNUC_FALLTHROUGH;
+    case UNET_OP_DROPOUT:
+      if (!same_dims (&op->sd, &op->dd) || views
+          || cpu_tensor_block (desc->src) != cpu_tensor_block (desc->dst)) {
+        g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+            "batch norm / dropout: src and dst must be whole tensors of one shape "
+            "and layout");
+        goto fail;
+      }
+      if (desc->kind == UNET_OP_BATCHNORM) {
+        op->mean = g_new (gfloat, op->sd.c);
+        op->invstd = g_new (gfloat, op->sd.c);
+      } else if (desc->dropout < 0.0 || desc->dropout >= 1.0) {
+        g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+            "dropout %g must be in [0, 1)", desc->dropout);
+        goto fail;
+      } else {
+        op->saved = g_try_malloc ((gsize) op->sd.n * op->sd.c * op->sd.h * op->sd.w);
+      }
+      break;
+    case UNET_OP_MAXPOOL2:
+      if (views || op->sd.h % 2 || op->sd.w % 2 || op->dd.h != op->sd.h / 2
+          || op->dd.w != op->sd.w / 2 || op->dd.c != op->sd.c
+          || cpu_tensor_block (desc->src) != cpu_tensor_block (desc->dst)) {
+        g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+            "max-pool: dst must be a whole tensor of half src's even size");
+        goto fail;
+      }
+      op->saved = g_try_malloc ((gsize) op->dd.n * op->dd.c * op->dd.h * op->dd.w);
+      break;
+    case UNET_OP_CROP_COPY:
+      if (op->sd.n != op->dd.n || op->sd.c != op->dd.c || desc->crop_y < 0
+          || desc->crop_x < 0 || desc->crop_y + op->dd.h > op->sd.h
+          || desc->crop_x + op->dd.w > op->sd.w
+          || cpu_tensor_block (desc->src) != cpu_tensor_block (desc->dst)) {
+        g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+            "crop window (%d,%d)+%dx%d outside a %dx%d tensor, or layouts differ",
+            desc->crop_y, desc->crop_x, op->dd.h, op->dd.w, op->sd.h, op->sd.w);
+        goto fail;
+      }
+      break;
+    case UNET_OP_SOFTMAX:
+    case UNET_OP_SIGMOID:
+    default:
+      g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+          "op kind %d has no training form on the CPU backend (training graphs end "
+          "at the logits)", desc->kind);
+      goto fail;
+  }
+  if ((desc->kind == UNET_OP_MAXPOOL2 || desc->kind == UNET_OP_DROPOUT)
+      && op->saved == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+        "cannot allocate the saved state of a training op");
+    goto fail;
+  }
+  return op;
+
 fail:
-  plan_free (p);
+  cpu_train_op_free (op);
   return NULL;
 }
 
-UnetCpuTrain *
-unet_cpu_train_new (const UnetConfig *cfg, const UnetLayout *layout, GError **error)
-{
-  if (!unet_config_validate (cfg, error))
-    return NULL;
-  if (cfg->dropout < 0.0 || cfg->dropout >= 1.0) {
-    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
-        "dropout %g must be in [0, 1)", cfg->dropout);
-    return NULL;
-  }
-  UnetCpuTrain *tr = g_new0 (UnetCpuTrain, 1);
-  tr->cfg = *cfg;
-  tr->layout = layout;
-  return tr;
-}
-
-void
-unet_cpu_train_free (UnetCpuTrain *tr)
-{
-  if (tr == NULL)
-    return;
-  plan_free (tr->plan);
-  g_free (tr);
-}
-
-gsize
-unet_cpu_train_get_bytes (const UnetCpuTrain *tr)
-{
-  return tr->plan ? tr->plan->bytes : 0;
-}
-
 static gboolean
-unit_forward (Unit *u, gfloat *params, gint batch, GError **error)
+have_params (CpuCtx *ctx, GError **error)
 {
-  if (!unet_cpu_conv_forward (u->conv, u->src, params + u->w_off, params + u->b_off,
-          u->z, error))
+  if (ctx->params == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "CPU backend: training op run before params_set");
     return FALSE;
-  if (u->bn_off[0] >= 0)
-    bn_forward_train (u->z, batch, u->cout, u->hw, u->bs, params + u->bn_off[0],
-        params + u->bn_off[1], u->a, u->mean, u->invstd, params + u->bn_off[2],
-        params + u->bn_off[3], u->relu);
+  }
   return TRUE;
 }
 
-static gboolean
-unit_backward (Unit *u, const gfloat *params, gfloat *grads, gint batch,
-    GError **error)
-{
-  gfloat *da = u->da;
-  if (u->bn_off[0] >= 0) {
-    bn_backward (u->z, da, batch, u->cout, u->hw, u->bs, params + u->bn_off[0],
-        u->mean, u->invstd, u->relu ? u->a : NULL, da, grads + u->bn_off[0],
-        grads + u->bn_off[1]);
-  } else if (u->relu) {
-    const gfloat *a = u->a;
-    const gsize numel = u->numel;
-#pragma omp parallel for simd schedule(static) if (numel > PAR_MIN)
-    for (gsize i = 0; i < numel; i++)
-      da[i] = a[i] > 0.0f ? da[i] : 0.0f;
-  }
-  return unet_cpu_conv_backward (u->conv, u->src, params + u->w_off, da, u->dsrc,
-      grads + u->w_off, grads + u->b_off, error);
-}
-
-/* cat[:, :F] = e[:, :, y0:y0+uh, x0:x0+uw]  (backward: de[window] += dcat[:, :F]);
- * e (n, f, eh, ew) and cat (n, 2f, uh, uw) in layout bs (f a multiple of bs). */
+/* The crop window of each image of e (n, c, eh, ew) to or from v (n, c, vh, vw),
+ * both in channel blocks of bs, image b at base + b * stride. forward: v = window;
+ * backward: window of e (+)= v, and (write) zero outside it. */
 static void
-crop_copy (gfloat *e, gint n, gint f, gint eh, gint ew, gint bs, gfloat *cat,
-    gint uh, gint uw, gboolean backward)
+crop_window (guint8 *e, gsize e_stride, guint8 *v, gsize v_stride, gint n,
+    gint n_images, const UnetDims *ed, const UnetDims *vd, gint bs, gint y0, gint x0,
+    gboolean backward, gboolean accumulate)
 {
-  const gint y0 = (eh - uh) / 2, x0 = (ew - uw) / 2, fb = f / bs;
-#pragma omp parallel for schedule(static) if ((gsize) n * f * uh * uw > PAR_MIN)
-  for (gint q = 0; q < n * fb * uh; q++) {
-    const gint p = q / uh, y = q % uh;
-    gint b = p / fb, c = p % fb;
-    gfloat *ep = e + (gsize) p * eh * ew * bs;
-    gfloat *cp = cat + ((gsize) b * 2 * fb + c) * uh * uw * bs;
-    gfloat *er = ep + ((gsize) (y + y0) * ew + x0) * bs;
-    gfloat *cr = cp + (gsize) y * uw * bs;
+  const gint cb = ed->c / bs, per = n / n_images;
+  const gint total = n * cb * vd->h;
+  if (backward && !accumulate)
+    for (gint b = 0; b < n_images; b++)
+      memset (e + b * e_stride, 0, sizeof (gfloat) * per * ed->c * ed->h * ed->w);
+#pragma omp parallel for schedule(static) if ((gsize) total * vd->w * bs > PAR_MIN)
+  for (gint q = 0; q < total; q++) {
+    const gint y = q % vd->h, p = q / vd->h;    /* p: plane of blocks over n */
+    const gint img = p / cb, c = p % cb;
+    /* image img lives in memory image img / per, sample img % per within it */
+    const gint mi = img / per, si = img % per;
+    gfloat *ep = (gfloat *) (e + mi * e_stride) + ((gsize) si * cb + c) * ed->h * ed->w * bs;
+    gfloat *vp = (gfloat *) (v + mi * v_stride) + ((gsize) si * cb + c) * vd->h * vd->w * bs;
+    gfloat *er = ep + ((gsize) (y + y0) * ed->w + x0) * bs;
+    gfloat *vr = vp + (gsize) y * vd->w * bs;
     if (backward)
 #pragma omp simd
-      for (gint x = 0; x < uw * bs; x++)
-        er[x] += cr[x];
+      for (gint x = 0; x < vd->w * bs; x++)
+        er[x] += vr[x];
     else
-      memcpy (cr, er, sizeof (gfloat) * uw * bs);
+      memcpy (vr, er, sizeof (gfloat) * vd->w * bs);
   }
 }
 
 gboolean
-unet_cpu_train_forward (UnetCpuTrain *tr, gfloat *params, const gfloat *input,
-    gint batch, gint height, gint width, guint64 seed, gfloat *logits,
-    GError **error)
+cpu_train_op_forward (CpuTrainOp *op, guint64 seed, GError **error)
 {
-  const UnetConfig *cfg = &tr->cfg;
-  const gint D = cfg->depth;
-  Plan *p = tr->plan;
+  CpuCtx *ctx = op->ctx;
+  gfloat *P = ctx->params;
+  const gsize numel = (gsize) op->sd.n * op->sd.c * op->sd.h * op->sd.w;
 
-  if (batch < 1 || batch > 65536 || height < 1 || width < 1) {
-    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
-        "training batch %d of %dx%d is not usable", batch, width, height);
-    return FALSE;
+  cpu_set_threads (ctx);
+  op->have_forward = FALSE;
+  switch (op->kind) {
+    case UNET_OP_CONV:
+    case UNET_OP_UPCONV2:
+      if (!have_params (ctx, error))
+        return FALSE;
+      for (gint b = 0; b < op->n_images; b++)
+        if (!unet_cpu_conv_forward (op->conv,
+                (const gfloat *) (op->src + b * op->src_stride), P + op->weight,
+                P + op->bias, (gfloat *) (op->dst + b * op->dst_stride), error))
+          return FALSE;
+      break;
+    case UNET_OP_BATCHNORM:
+      if (!have_params (ctx, error))
+        return FALSE;
+      bn_forward_train ((const gfloat *) op->src, op->sd.n, op->sd.c,
+          (gsize) op->sd.h * op->sd.w, op->bs, P + op->bn[0], P + op->bn[1],
+          (gfloat *) op->dst, op->mean, op->invstd, P + op->bn[2], P + op->bn[3],
+          op->relu);
+      break;
+    case UNET_OP_DROPOUT:
+      unet_cpu_dropout_forward ((const gfloat *) op->src, numel, op->dropout, seed,
+          op->saved, (gfloat *) op->dst);
+      break;
+    case UNET_OP_MAXPOOL2:
+      maxpool2_forward ((const gfloat *) op->src, op->sd.n, op->sd.c, op->sd.h,
+          op->sd.w, op->bs, (gfloat *) op->dst, op->saved);
+      break;
+    case UNET_OP_CROP_COPY:
+      crop_window (op->src, op->src_stride, op->dst, op->dst_stride, op->sd.n,
+          op->n_images, &op->sd, &op->dd, op->bs, op->crop_y, op->crop_x, FALSE, FALSE);
+      break;
+    default:
+      g_assert_not_reached ();
   }
-  if (p == NULL || p->batch != batch || p->height != height || p->width != width) {
-    plan_free (tr->plan);
-    tr->plan = NULL;
-    if ((p = plan_new (tr, batch, height, width, error)) == NULL)
-      return FALSE;
-    tr->plan = p;
-  }
-  p->have_forward = FALSE;
-  Unit *U = p->units;
-  memcpy (p->input, input, sizeof (gfloat) * batch * cfg->in_channels * height * width);
-  for (gint i = 0; i < D; i++) {
-    gint f = cfg->base_filters << i;
-    if (!unit_forward (&U[2 * i], params, batch, error) ||
-        !unit_forward (&U[2 * i + 1], params, batch, error))
-      return FALSE;
-    maxpool2_forward (U[2 * i + 1].a, batch, f, p->eh[i], p->ew[i], p->lbs[i],
-        p->pool[i], p->arg[i]);
-  }
-  if (!unit_forward (&U[2 * D], params, batch, error) ||
-      !unit_forward (&U[2 * D + 1], params, batch, error))
-    return FALSE;
-  const gfloat *y = U[2 * D + 1].a;
-  if (p->drop != NULL) {
-    unet_cpu_dropout_forward (y, p->drop_numel, cfg->dropout, seed, p->mask, p->drop);
-    y = p->drop;
-  }
-  for (gint i = D - 1; i >= 0; i--) {
-    gint f = cfg->base_filters << i;
-    gint k = 2 * D + 2 + 2 * (D - 1 - i);
-    gsize plane = (gsize) p->uh[i] * p->uw[i];
-    crop_copy (U[2 * i + 1].a, batch, f, p->eh[i], p->ew[i], p->lbs[i], p->cat[i],
-        p->uh[i], p->uw[i], FALSE);
-    /* The up-conv's output is the second half of each sample's concat block. */
-    if (!unet_cpu_conv_forward (p->up[i], y, params + p->up_w[i], params + p->up_b[i],
-            batch > 1 ? p->upbuf[i] : p->cat[i] + f * plane, error))
-      return FALSE;
-    for (gint b = 0; batch > 1 && b < batch; b++)
-      memcpy (p->cat[i] + (2 * b + 1) * f * plane, p->upbuf[i] + b * f * plane,
-          sizeof (gfloat) * f * plane);
-    if (!unit_forward (&U[k], params, batch, error) ||
-        !unit_forward (&U[k + 1], params, batch, error))
-      return FALSE;
-    y = U[k + 1].a;
-  }
-  Unit *head = &U[4 * D + 2];
-  if (!unit_forward (head, params, batch, error))
-    return FALSE;
-  memcpy (logits, head->z, sizeof (gfloat) * head->numel);
-  p->have_forward = TRUE;
+  op->have_forward = TRUE;
   return TRUE;
 }
 
-gboolean
-unet_cpu_train_backward (UnetCpuTrain *tr, const gfloat *params,
-    const gfloat *grad_logits, gfloat *grads, GError **error)
+/* diff_dst *= (dst > 0), in place: the backward of a fused ReLU. */
+static void
+relu_mask (gfloat *ddst, const gfloat *dst, gsize numel)
 {
-  const UnetConfig *cfg = &tr->cfg;
-  const gint D = cfg->depth;
-  Plan *p = tr->plan;
+#pragma omp parallel for simd schedule(static) if (numel > PAR_MIN)
+  for (gsize i = 0; i < numel; i++)
+    ddst[i] = dst[i] > 0.0f ? ddst[i] : 0.0f;
+}
 
-  if (p == NULL || !p->have_forward) {
+gboolean
+cpu_train_op_backward (CpuTrainOp *op, GError **error)
+{
+  CpuCtx *ctx = op->ctx;
+  const gfloat *P = ctx->params;
+  gfloat *G = ctx->grads;
+  const gsize numel = (gsize) op->sd.n * op->sd.c * op->sd.h * op->sd.w;
+
+  if (!op->have_forward) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
-        "backward pass without a training forward pass before it");
+        "backward pass of an op without a training forward pass before it");
     return FALSE;
   }
-  Unit *U = p->units;
-  Unit *head = &U[4 * D + 2];
-  memcpy (head->da, grad_logits, sizeof (gfloat) * head->numel);
-  if (!unit_backward (head, params, grads, p->batch, error))
-    return FALSE;
-  for (gint i = 0; i < D; i++) {
-    gint f = cfg->base_filters << i;
-    gint k = 2 * D + 2 + 2 * (D - 1 - i);
-    gsize plane = (gsize) p->uh[i] * p->uw[i];
-    if (!unit_backward (&U[k + 1], params, grads, p->batch, error) ||
-        !unit_backward (&U[k], params, grads, p->batch, error))
-      return FALSE;
-    /* The up-conv's input: the previous decoder level, or the bottom. */
-    const gfloat *ysrc;
-    gfloat *dy;
-    if (i == D - 1) {
-      ysrc = p->drop ? p->drop : U[2 * D + 1].a;
-      dy = p->drop ? p->ddrop : U[2 * D + 1].da;
-    } else {
-      gint kn = 2 * D + 2 + 2 * (D - 2 - i);
-      ysrc = U[kn + 1].a;
-      dy = U[kn + 1].da;
-    }
-    for (gint b = 0; p->batch > 1 && b < p->batch; b++)
-      memcpy (p->upbuf[i] + b * f * plane, p->dcat[i] + (2 * b + 1) * f * plane,
-          sizeof (gfloat) * f * plane);
-    if (!unet_cpu_conv_backward (p->up[i], ysrc, params + p->up_w[i],
-            p->batch > 1 ? p->upbuf[i] : p->dcat[i] + f * plane, dy, grads + p->up_w[i],
-            grads + p->up_b[i], error))
-      return FALSE;
-  }
-  if (p->drop != NULL)
-    unet_cpu_dropout_backward (p->ddrop, p->mask, p->drop_numel, cfg->dropout,
-        U[2 * D + 1].da);
-  if (!unit_backward (&U[2 * D + 1], params, grads, p->batch, error) ||
-      !unit_backward (&U[2 * D], params, grads, p->batch, error))
-    return FALSE;
-  /* Encoder outputs: the pool gradient (written everywhere), plus the skip's. */
-  for (gint i = D - 1; i >= 0; i--) {
-    gint f = cfg->base_filters << i;
-    maxpool2_backward (p->dpool[i], p->arg[i], p->batch, f, p->eh[i], p->ew[i],
-        p->lbs[i], U[2 * i + 1].da, FALSE);
-    crop_copy (U[2 * i + 1].da, p->batch, f, p->eh[i], p->ew[i], p->lbs[i],
-        p->dcat[i], p->uh[i], p->uw[i], TRUE);
-    if (!unit_backward (&U[2 * i + 1], params, grads, p->batch, error) ||
-        !unit_backward (&U[2 * i], params, grads, p->batch, error))
-      return FALSE;
+  cpu_set_threads (ctx);
+  switch (op->kind) {
+    case UNET_OP_CONV:
+    case UNET_OP_UPCONV2:
+      if (!have_params (ctx, error))
+        return FALSE;
+      if (op->relu)
+        relu_mask ((gfloat *) op->ddst, (const gfloat *) op->dst,
+            (gsize) op->dd.n * op->dd.c * op->dd.h * op->dd.w);
+      for (gint b = 0; b < op->n_images; b++)
+        if (!unet_cpu_conv_backward (op->conv,
+                (const gfloat *) (op->src + b * op->src_stride), P + op->weight,
+                (const gfloat *) (op->ddst + b * op->dst_stride),
+                op->dsrc ? (gfloat *) (op->dsrc + b * op->src_stride) : NULL,
+                G + op->weight, G + op->bias, error))
+          return FALSE;
+      break;
+    case UNET_OP_BATCHNORM:
+      if (!have_params (ctx, error))
+        return FALSE;
+      bn_backward ((const gfloat *) op->src, (const gfloat *) op->ddst, op->sd.n,
+          op->sd.c, (gsize) op->sd.h * op->sd.w, op->bs, P + op->bn[0], op->mean,
+          op->invstd, op->relu ? (const gfloat *) op->dst : NULL,
+          op->dsrc ? (gfloat *) op->dsrc : (gfloat *) op->ddst, G + op->bn[0],
+          G + op->bn[1]);
+      break;
+    case UNET_OP_DROPOUT:
+      if (op->dsrc == NULL)
+        break;
+      if (op->accumulate) {
+        const gfloat scale = (gfloat) (1.0 / (1.0 - op->dropout));
+        gfloat *ds = (gfloat *) op->dsrc;
+        const gfloat *dd = (const gfloat *) op->ddst;
+        for (gsize i = 0; i < numel; i++)
+          ds[i] += op->saved[i] ? dd[i] * scale : 0.0f;
+      } else {
+        unet_cpu_dropout_backward ((const gfloat *) op->ddst, op->saved, numel,
+            op->dropout, (gfloat *) op->dsrc);
+      }
+      break;
+    case UNET_OP_MAXPOOL2:
+      if (op->dsrc != NULL)
+        maxpool2_backward ((const gfloat *) op->ddst, op->saved, op->sd.n, op->sd.c,
+            op->sd.h, op->sd.w, op->bs, (gfloat *) op->dsrc, op->accumulate);
+      break;
+    case UNET_OP_CROP_COPY:
+      if (op->dsrc != NULL)
+        crop_window (op->dsrc, op->src_stride, op->ddst, op->dst_stride, op->sd.n,
+            op->n_images, &op->sd, &op->dd, op->bs, op->crop_y, op->crop_x, TRUE,
+            op->accumulate);
+      break;
+    default:
+      g_assert_not_reached ();
   }
   return TRUE;
+}
+
+/* ------------------------------------------------------ parameter slab -- */
+
+gboolean
+cpu_params_set (UnetBackend *be, const gfloat *host, gsize numel, GError **error)
+{
+  CpuCtx *ctx = be->priv;
+  if (ctx->params != NULL && numel != ctx->n_params) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "parameter slab of %" G_GSIZE_FORMAT " floats, the backend holds %"
+        G_GSIZE_FORMAT, numel, ctx->n_params);
+    return FALSE;
+  }
+  if (ctx->params == NULL) {
+    if ((ctx->params = cpu_alloc (numel * sizeof (gfloat), error)) == NULL)
+      return FALSE;
+    if ((ctx->grads = cpu_alloc (numel * sizeof (gfloat), error)) == NULL) {
+      free (ctx->params);
+      ctx->params = NULL;
+      return FALSE;
+    }
+    memset (ctx->grads, 0, numel * sizeof (gfloat));
+    ctx->n_params = numel;
+  }
+  if (host != ctx->params)
+    memcpy (ctx->params, host, numel * sizeof (gfloat));
+  return TRUE;
+}
+
+gboolean
+cpu_params_get (UnetBackend *be, gfloat *host, GError **error)
+{
+  CpuCtx *ctx = be->priv;
+  if (!have_params (ctx, error))
+    return FALSE;
+  if (host != ctx->params)
+    memcpy (host, ctx->params, ctx->n_params * sizeof (gfloat));
+  return TRUE;
+}
+
+gboolean
+cpu_grads_zero (UnetBackend *be, GError **error)
+{
+  CpuCtx *ctx = be->priv;
+  if (!have_params (ctx, error))
+    return FALSE;
+  memset (ctx->grads, 0, ctx->n_params * sizeof (gfloat));
+  return TRUE;
+}
+
+gboolean
+cpu_grads_get (UnetBackend *be, gfloat *host, GError **error)
+{
+  CpuCtx *ctx = be->priv;
+  if (!have_params (ctx, error))
+    return FALSE;
+  if (host != ctx->grads)
+    memcpy (host, ctx->grads, ctx->n_params * sizeof (gfloat));
+  return TRUE;
+}
+
+gfloat *
+cpu_params_host (UnetBackend *be, gboolean gradients)
+{
+  CpuCtx *ctx = be->priv;
+  return gradients ? ctx->grads : ctx->params;
 }

@@ -1,20 +1,18 @@
-/* gst-unet engine — CPU training executor (internal).
+/* gst-unet engine — the CPU backend's training kernels (internal).
  *
- * Forward in training mode and backward of the whole U-Net on host memory,
- * float32 activations in oneDNN's channel-blocked layouts (nChw16c / nChw8c, plain
- * NCHW for the input and the logits), parameters and gradients in the model's slab
- * layout (engine/model-private.h). Convolutions and the 2x2 transposed convolution
- * use oneDNN's forward_training / backward_data / backward_weights primitives;
- * max-pool, batch norm, ReLU backward, dropout and crop+concat are C with OpenMP.
- * The ops below are the plain-NCHW forms of the executor's ops, exported for the
- * per-op finite-difference tests (tests/engine/test-train-ops.c); the standalone
+ * The CPU backend runs training graphs (graph.h) with the ops of cpu-train.c:
+ * convolutions and the 2x2 transposed convolution on oneDNN's forward_training /
+ * backward_data / backward_weights primitives, max-pool, batch norm, dropout and
+ * crop on the backend's (channel-blocked) layouts in C with OpenMP. The functions
+ * below are the plain-NCHW forms of those kernels, exported for the per-op
+ * finite-difference tests (tests/engine/test-train-ops.c); the standalone
  * transposed convolution is four GEMMs (dnnl_sgemm).
  *
  * Shapes are written beside each argument; "acc" marks outputs that are ADDED to.
  */
 #pragma once
 
-#include "model-private.h"
+#include "backend.h"
 
 G_BEGIN_DECLS
 
@@ -66,8 +64,10 @@ void     unet_cpu_dropout_backward      (const gfloat *ddst, const guint8 *mask,
 /* 3x3 / 1x1 convolution + bias (stride 1, zero padding `pad`) on oneDNN. */
 typedef struct _UnetCpuConv UnetCpuConv;
 
-UnetCpuConv *unet_cpu_conv_new          (gint n, gint cin, gint h, gint w, gint cout, gint k,
-                                         gint pad, GError **error);
+/* `be`: a CPU backend (unet_backend_cpu_new), whose oneDNN engine and stream
+ * the convolution uses; it must outlive the convolution. */
+UnetCpuConv *unet_cpu_conv_new          (UnetBackend *be, gint n, gint cin, gint h, gint w,
+                                         gint cout, gint k, gint pad, GError **error);
 void     unet_cpu_conv_free             (UnetCpuConv *conv);
 /* src (n,cin,h,w); weight [cout,cin,k,k]; bias [cout]; dst (n,cout,h+2pad-k+1,..) */
 gboolean unet_cpu_conv_forward          (UnetCpuConv *conv, const gfloat *src,
@@ -79,28 +79,6 @@ gboolean unet_cpu_conv_backward         (UnetCpuConv *conv, const gfloat *src,
                                          gfloat *dsrc, gfloat *dweight, gfloat *dbias,
                                          GError **error);
 
-/* -------------------------------------------------------- whole net -- */
-
-typedef struct _UnetCpuTrain UnetCpuTrain;
-
-/* `layout` must outlive the executor. */
-UnetCpuTrain *unet_cpu_train_new        (const UnetConfig *cfg, const UnetLayout *layout,
-                                         GError **error);
-void     unet_cpu_train_free            (UnetCpuTrain *tr);
-/* params: the slab (batch-norm running statistics are updated in it).
- * input (batch, in_channels, height, width); logits (batch, classes, oh, ow). */
-gboolean unet_cpu_train_forward         (UnetCpuTrain *tr, gfloat *params,
-                                         const gfloat *input, gint batch, gint height,
-                                         gint width, guint64 seed, gfloat *logits,
-                                         GError **error);
-/* Gradients of the last forward: grads (slab layout) acc += dL/dparams. */
-gboolean unet_cpu_train_backward        (UnetCpuTrain *tr, const gfloat *params,
-                                         const gfloat *grad_logits, gfloat *grads,
-                                         GError **error);
-/* Bytes of activation memory held for the current shape. */
-gsize    unet_cpu_train_get_bytes       (const UnetCpuTrain *tr);
-
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetCpuConv, unet_cpu_conv_free)
-G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetCpuTrain, unet_cpu_train_free)
 
 G_END_DECLS

@@ -911,6 +911,9 @@ cuda_op_forward (UnetBackendOp *op, GError **error)
     case UNET_OP_SIGMOID:
       return KERNEL_CHECK (unet_cuda_softmax (tensor_data (src), tensor_data (dst),
               ctx->dtype, tensor_pixels (src), src->dims.c, ctx->stream), error);
+    case UNET_OP_BATCHNORM:
+    case UNET_OP_DROPOUT:
+      break;                    /* training graphs only */
   }
   g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT, "unknown op %d", op->d.kind);
   return FALSE;

@@ -303,6 +303,21 @@ test_dropout (void)
 
 /* -------------------------------------------------------- convolution -- */
 
+/* The convolutions run on a CPU backend's oneDNN engine and stream. */
+typedef UnetBackend UnetBackendHandle;
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetBackendHandle, unet_backend_free)
+
+static UnetBackend *
+cpu_backend (void)
+{
+  UnetNetOptions opts;
+  g_autoptr (GError) error = NULL;
+  unet_net_options_init (&opts);
+  UnetBackend *be = unet_backend_cpu_new (&opts, &error);
+  g_assert_no_error (error);
+  return be;
+}
+
 typedef struct
 {
   UnetCpuConv *conv;
@@ -324,7 +339,8 @@ check_conv (gint n, gint cin, gint h, gint w, gint cout, gint k, gint pad, guint
   g_autoptr (GRand) r = g_rand_new_with_seed (seed);
   g_autoptr (GError) error = NULL;
   ConvCtx c = { 0 };
-  c.conv = unet_cpu_conv_new (n, cin, h, w, cout, k, pad, &error);
+  g_autoptr (UnetBackendHandle) be = cpu_backend ();
+  c.conv = unet_cpu_conv_new (be, n, cin, h, w, cout, k, pad, &error);
   g_assert_no_error (error);
   gint oh = h + 2 * pad - k + 1, ow = w + 2 * pad - k + 1;
   gsize nx = (gsize) n * cin * h * w, nw = (gsize) cout * cin * k * k;
@@ -368,7 +384,8 @@ test_conv (void)
   check_conv (2, 5, 4, 3, 2, 1, 0, 7);
   /* An output of nothing is an error, not a crash. */
   g_autoptr (GError) error = NULL;
-  g_assert_null (unet_cpu_conv_new (1, 1, 2, 2, 1, 3, 0, &error));
+  g_autoptr (UnetBackendHandle) be = cpu_backend ();
+  g_assert_null (unet_cpu_conv_new (be, 1, 1, 2, 2, 1, 3, 0, &error));
   g_assert_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
 }
 

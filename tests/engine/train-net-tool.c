@@ -46,12 +46,17 @@ main (int argc, char **argv)
   g_autofree gfloat *logits = g_new (gfloat, n_out);
   if (!unet_net_train_forward (net, (gfloat *) in, B, H, W, seed, logits, &error))
     g_error ("%s", error->message);
-  unet_net_zero_gradients (net);
+  if (!unet_net_zero_gradients (net, &error))
+    g_error ("%s", error->message);
   if (!unet_net_train_backward (net, (gfloat *) gl, &error))
     g_error ("%s", error->message);
   gsize n_grad, n_par;
-  const gfloat *grads = unet_net_get_gradients (net, &n_grad);
-  const gfloat *params = unet_net_get_parameters (net, &n_par);
+  const gfloat *grads = unet_net_get_gradients (net, &n_grad, &error);
+  if (grads == NULL)
+    g_error ("%s", error->message);
+  const gfloat *params = unet_net_get_parameters (net, &n_par, &error);
+  if (params == NULL)
+    g_error ("%s", error->message);
   g_assert (n_grad == n_par);
 
   const UnetLayout *layout = unet_model_get_layout (model);

@@ -101,7 +101,7 @@ step (UnetNet *net, const gfloat *in, const Case *c, gint size, const gfloat *dl
     gfloat *logits)
 {
   GError *error = NULL;
-  unet_net_zero_gradients (net);
+  g_assert_true (unet_net_zero_gradients (net, NULL));
   if (!unet_net_train_forward (net, in, c->batch, size, size, 7, logits, &error)
       || !unet_net_train_backward (net, dlogits, &error)) {
     fprintf (stderr, "FAIL %s on %s: %s\n", c->name,
@@ -162,16 +162,16 @@ run_case (const Case *c, UnetPrecision prec)
     gchar *l = g_strdup_printf ("%s logits", what);
     failures += check_rel_l2 (l, lg, lc, n_out, tol);
     g_free (l);
-    const gfloat *gc = unet_net_get_gradients (cpu, &n_cpu);
-    const gfloat *gg = unet_net_get_gradients (gpu, &n_gpu);
+    const gfloat *gc = unet_net_get_gradients (cpu, &n_cpu, NULL);
+    const gfloat *gg = unet_net_get_gradients (gpu, &n_gpu, NULL);
     g_assert (gg != NULL && n_cpu == n_gpu);
     gfloat *gc_copy = g_memdup2 (gc, n_cpu * sizeof (gfloat));
     gfloat *gg_copy = g_memdup2 (gg, n_gpu * sizeof (gfloat));
     compare_slabs (what, m, gg_copy, gc_copy, tol, FALSE);
     if (c->cfg.batch_norm) {
       gsize np;
-      gfloat *pc = unet_net_get_parameters (cpu, &np);
-      gfloat *pg = unet_net_get_parameters (gpu, &np);
+      gfloat *pc = unet_net_get_parameters (cpu, &np, NULL);
+      gfloat *pg = unet_net_get_parameters (gpu, &np, NULL);
       compare_slabs (what, m, pg, pc, prec == UNET_PRECISION_FP32 ? 1e-5 : tol, TRUE);
     }
 
@@ -182,14 +182,14 @@ run_case (const Case *c, UnetPrecision prec)
         g_clear_error (&error);
         failures++;
       } else {
-        const gfloat *g2 = unet_net_get_gradients (gpu, &n_gpu);
+        const gfloat *g2 = unet_net_get_gradients (gpu, &n_gpu, NULL);
         for (gsize i = 0; i < n_gpu; i++)
           gc_copy[i] = 2.0f * gg_copy[i];
         /* the same passes again: only the final addition rounds differently */
         failures += check_rel_l2 ("accumulated gradients", g2, gc_copy, n_gpu, 1e-6);
       }
-      unet_net_zero_gradients (gpu);
-      const gfloat *gz = unet_net_get_gradients (gpu, &n_gpu);
+      g_assert_true (unet_net_zero_gradients (gpu, NULL));
+      const gfloat *gz = unet_net_get_gradients (gpu, &n_gpu, NULL);
       for (gsize i = 0; i < n_gpu; i++)
         if (gz[i] != 0.0f) {
           fprintf (stderr, "FAIL %s: gradient %zu not zeroed\n", what, (size_t) i);
@@ -199,8 +199,8 @@ run_case (const Case *c, UnetPrecision prec)
 
       /* a host-side parameter change reaches the GPU executor */
       gsize np;
-      gfloat *pc = unet_net_get_parameters (cpu, &np);
-      gfloat *pg = unet_net_get_parameters (gpu, &np);
+      gfloat *pc = unet_net_get_parameters (cpu, &np, NULL);
+      gfloat *pg = unet_net_get_parameters (gpu, &np, NULL);
       for (gsize i = 0; i < np; i++) {
         pc[i] *= 0.5f;
         pg[i] = pc[i];

@@ -1,0 +1,152 @@
+/* gst-unet engine — what the CPU backend's files share (internal).
+ *
+ * The CPU backend is one execution context — one oneDNN engine and stream, one
+ * thread-count policy, one layout policy for activations — in two files:
+ * cpu-backend.c (tensors, arenas, inference ops, transfers) and cpu-train.c (the
+ * parameter slab and the ops of training graphs: forward in training mode and
+ * backward, oneDNN primitives and C kernels on the same tensors).
+ */
+#pragma once
+
+#include "backend.h"
+
+#include <oneapi/dnnl/dnnl.h>
+#include <oneapi/dnnl/dnnl_debug.h>
+
+G_BEGIN_DECLS
+
+typedef struct _CpuCtx CpuCtx;
+typedef struct _CpuTrainOp CpuTrainOp;
+
+/* $UNET_CPU_CONV_ALGO: how each convolution's algorithm/implementation is chosen. */
+typedef enum
+{
+  CPU_CONV_MEASURE,             /* time every candidate once per shape */
+  CPU_CONV_DIRECT,              /* default */
+  CPU_CONV_WINOGRAD,            /* Winograd where oneDNN has it, else direct */
+  CPU_CONV_AUTO,                /* oneDNN's own heuristic (convolution_auto) */
+} CpuConvMode;
+
+typedef struct
+{
+  dnnl_memory_desc_t md;
+  dnnl_memory_t mem;
+} CpuPrepared;
+
+typedef struct
+{
+  UnetLayerKind kind;
+  gint cin, cout, k;
+  dnnl_memory_desc_t w_user_md;  /* oihw (conv) or iohw (upconv), f32 */
+  dnnl_memory_t w_user;
+  dnnl_memory_t bias;           /* x, f32 */
+  GArray *prepared;             /* CpuPrepared: weights in primitive layouts */
+} CpuLayer;
+
+struct _CpuCtx
+{
+  dnnl_engine_t engine;
+  dnnl_stream_t stream;
+  gint threads;
+  gboolean bf16;
+  CpuConvMode conv_mode;
+  gboolean profile;             /* $UNET_CPU_PROFILE: per-op times at op_free */
+  CpuLayer *layers;
+  gint n_layers;
+  gpointer scratch;             /* shared by every op; grown by op_new */
+  gsize scratch_bytes;
+  /* training (cpu-train.c): the parameter slab and its gradients */
+  gfloat *params, *grads;
+  gsize n_params;
+};
+
+struct _UnetBackendArena
+{
+  gpointer data;
+  gsize bytes;
+};
+
+struct _UnetBackendTensor
+{
+  CpuCtx *ctx;
+  UnetDims dims;
+  dnnl_memory_desc_t md;        /* views: submemory of the parent's md */
+  UnetBackendTensor *parent;
+  gsize bytes;
+  guint8 *data;                 /* views: the parent's data (offset is in md) */
+};
+
+/* A reorder between two memories (used for fallbacks, crops and transfers). */
+typedef struct
+{
+  dnnl_primitive_t prim;
+  dnnl_memory_t src, dst;
+} CpuReorder;
+
+struct _UnetBackendOp
+{
+  CpuCtx *ctx;
+  UnetOpKind kind;
+  dnnl_primitive_t prim;
+  dnnl_memory_t src, dst, weights, bias, scratch;
+  gsize scratch_bytes;
+  CpuReorder pre, post;         /* fallback reorders (prim NULL when unused) */
+  gpointer tmp_src, tmp_dst;    /* fallback buffers */
+  /* Where src/dst live: image b at base + b * stride. Ops touching a view run
+   * once per image (n_images = N) on a dense N=1 descriptor, see cpu_image(). */
+  gint n_images;
+  guint8 *src_base, *dst_base;
+  gsize src_stride, dst_stride;
+  UnetDims dims;                /* plain C ops (prim == NULL, no reorder): src dims */
+  CpuTrainOp *train;            /* ops of training graphs (cpu-train.c) */
+  /* $UNET_CPU_PROFILE */
+  gchar *label;
+  gint64 prof_us;
+  gint prof_calls;
+};
+
+#define ALIGN 64
+
+
+/* Checked oneDNN call: on failure sets `error` (with the call site) and jumps to
+ * the function's `fail` label. */
+#define DNNL_TRY(call)                                                        \
+  G_STMT_START {                                                              \
+    dnnl_status_t st_ = (call);                                               \
+    if (st_ != dnnl_success) {                                                \
+      g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND,                     \
+          "oneDNN: %s failed: %s (%s:%d)", #call, dnnl_status2str (st_),      \
+          __FILE__, __LINE__);                                                \
+      goto fail;                                                              \
+    }                                                                         \
+  } G_STMT_END
+
+
+G_GNUC_INTERNAL void      cpu_set_threads     (CpuCtx *ctx);
+/* 4096-aligned; free() it */
+G_GNUC_INTERNAL gpointer  cpu_alloc           (gsize bytes, GError **error);
+G_GNUC_INTERNAL guint8   *cpu_tensor_data     (UnetBackendTensor *t);
+/* Channel-block size of a tensor's (root's) layout: 16 (nChw16c) or 1 (nchw). */
+G_GNUC_INTERNAL gint      cpu_tensor_block    (const UnetBackendTensor *t);
+/* Image b of `t` at *base + b * *stride, as a dense N=1 tensor of md. */
+G_GNUC_INTERNAL gboolean  cpu_image           (UnetBackendTensor *t, dnnl_memory_desc_t *md,
+                                               guint8 **base, gsize *stride,
+                                               GError **error);
+
+/* cpu-train.c: the training slots of the interface (backend.h) */
+G_GNUC_INTERNAL CpuTrainOp *cpu_train_op_new  (CpuCtx *ctx, const UnetOpDesc *desc,
+                                               GError **error);
+G_GNUC_INTERNAL void      cpu_train_op_free   (CpuTrainOp *op);
+G_GNUC_INTERNAL gboolean  cpu_train_op_forward (CpuTrainOp *op, guint64 seed,
+                                               GError **error);
+G_GNUC_INTERNAL gboolean  cpu_train_op_backward (CpuTrainOp *op, GError **error);
+G_GNUC_INTERNAL gboolean  cpu_params_set      (UnetBackend *be, const gfloat *host,
+                                               gsize numel, GError **error);
+G_GNUC_INTERNAL gboolean  cpu_params_get      (UnetBackend *be, gfloat *host,
+                                               GError **error);
+G_GNUC_INTERNAL gboolean  cpu_grads_zero      (UnetBackend *be, GError **error);
+G_GNUC_INTERNAL gboolean  cpu_grads_get       (UnetBackend *be, gfloat *host,
+                                               GError **error);
+G_GNUC_INTERNAL gfloat   *cpu_params_host     (UnetBackend *be, gboolean gradients);
+
+G_END_DECLS
