@@ -30,6 +30,7 @@
  */
 #pragma once
 
+#include "training.h"
 #include "unet.h"
 
 G_BEGIN_DECLS
@@ -181,6 +182,32 @@ typedef struct
   gfloat *(*params_host) (UnetBackend *be, gboolean gradients);
   gboolean (*op_forward_training) (UnetBackendOp *op, guint64 seed, GError **error);
   gboolean (*op_backward) (UnetBackendOp *op, GError **error);
+
+  /* ---- the rest of a training step on the backend (optional: NULL = the net
+   * does it on the host, with copies; engine/net.c) ----
+   *   loss              the weighted cross-entropy of `logits` (softmax over the
+   *                     channels; sigmoid BCE for one channel) against the batch's
+   *                     class map `labels` (UNET_LABEL_IGNORE: not counted) and pixel
+   *                     `weights` — host arrays (n, h, w) the backend uploads — as
+   *                     unet_loss_cross_entropy, plus dice_weight times
+   *                     unet_loss_soft_dice when dice_weight > 0. Writes dL/dlogits
+   *                     into `diff_logits`; only the scalars come back: the loss and
+   *                     the prediction's confusion matrix.
+   *   optimizer_update  the update `u` of the parameter slab from the gradient slab
+   *                     (unet_optim_update_host's arithmetic), with u->n_buffers
+   *                     state slabs kept on the backend (zero before the first
+   *                     update). Non-finite gradients: UNET_ERROR_FAILED, nothing
+   *                     changed. *finite: every parameter is finite afterwards.
+   *   optimizer_state   state slab `index` backend -> host, or host -> backend
+   *                     (`to_backend`): checkpoints and resume. */
+  gboolean (*loss) (UnetBackend *be, UnetBackendTensor *logits, const gint32 *labels,
+                    const gfloat *weights, gdouble dice_weight,
+                    UnetBackendTensor *diff_logits, gdouble *loss,
+                    UnetConfusion *confusion, GError **error);
+  gboolean (*optimizer_update) (UnetBackend *be, const UnetOptimUpdate *u,
+                                gboolean *finite, GError **error);
+  gboolean (*optimizer_state) (UnetBackend *be, guint index, gfloat *host,
+                               gboolean to_backend, GError **error);
 
   /* ---- on-device tiling (optional: NULL = the segmenter tiles on the host) ----
    * A ring of `depth` frame slots, each with pinned staging for one raw frame and

@@ -225,17 +225,23 @@ unet_dice_counts_init (UnetDiceCounts *counts, gint classes)
   counts->n_classes = CLAMP (MAX (classes, 2), 2, 16);
 }
 
+void
+unet_confusion_init (UnetConfusion *conf, gint classes)
+{
+  memset (conf, 0, sizeof (*conf));
+  conf->n_classes = CLAMP (MAX (classes, 2), 2, 16);
+}
+
 gboolean
-unet_dice_counts_add (UnetDiceCounts *counts, const gfloat *logits,
-    const gint32 *labels, gint batch, gint classes, gint height, gint width,
-    GError **error)
+unet_confusion_add (UnetConfusion *conf, const gfloat *logits, const gint32 *labels,
+    gint batch, gint classes, gint height, gint width, GError **error)
 {
   if (!check_shape (batch, classes, height, width, error))
     return FALSE;
-  if (MAX (classes, 2) != counts->n_classes || classes > 16) {
+  if (MAX (classes, 2) != conf->n_classes || classes > 16) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
-        "Dice counts for %d classes cannot take %d-class logits (at most 16)",
-        counts->n_classes, classes);
+        "a confusion matrix of %d classes cannot take %d-class logits (at most 16)",
+        conf->n_classes, classes);
     return FALSE;
   }
   const gsize hw = (gsize) width * height;
@@ -245,7 +251,7 @@ unet_dice_counts_add (UnetDiceCounts *counts, const gfloat *logits,
       gint32 l = labels[(gsize) b * hw + i];
       if (l == UNET_LABEL_IGNORE)
         continue;
-      if (l < 0 || l >= counts->n_classes)
+      if (l < 0 || l >= conf->n_classes)
         return label_error (l, classes, (gsize) b * hw + i, width, height, error);
       gint pred;
       if (classes == 1) {
@@ -256,15 +262,45 @@ unet_dice_counts_add (UnetDiceCounts *counts, const gfloat *logits,
           if (zb[(gsize) k * hw + i] > zb[(gsize) pred * hw + i])
             pred = k;
       }
-      counts->pred[pred]++;
-      counts->label[l]++;
-      if (pred == l)
-        counts->inter[l]++;
-      counts->fg_pred += pred != 0;
-      counts->fg_label += l != 0;
-      counts->fg_inter += pred != 0 && l != 0;
+      conf->n[l][pred]++;
     }
   }
+  return TRUE;
+}
+
+void
+unet_dice_counts_add_confusion (UnetDiceCounts *counts, const UnetConfusion *conf)
+{
+  g_return_if_fail (counts->n_classes == conf->n_classes);
+  for (gint l = 0; l < conf->n_classes; l++)
+    for (gint p = 0; p < conf->n_classes; p++) {
+      guint64 c = conf->n[l][p];
+      counts->pred[p] += c;
+      counts->label[l] += c;
+      if (p == l)
+        counts->inter[l] += c;
+      counts->fg_pred += p != 0 ? c : 0;
+      counts->fg_label += l != 0 ? c : 0;
+      counts->fg_inter += p != 0 && l != 0 ? c : 0;
+    }
+}
+
+gboolean
+unet_dice_counts_add (UnetDiceCounts *counts, const gfloat *logits,
+    const gint32 *labels, gint batch, gint classes, gint height, gint width,
+    GError **error)
+{
+  UnetConfusion conf;
+  if (MAX (classes, 2) != counts->n_classes || classes > 16) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "Dice counts for %d classes cannot take %d-class logits (at most 16)",
+        counts->n_classes, classes);
+    return FALSE;
+  }
+  unet_confusion_init (&conf, classes);
+  if (!unet_confusion_add (&conf, logits, labels, batch, classes, height, width, error))
+    return FALSE;
+  unet_dice_counts_add_confusion (counts, &conf);
   return TRUE;
 }
 

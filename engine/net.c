@@ -32,6 +32,7 @@
 #include "graph.h"
 #include "model-private.h"
 #include "net-private.h"
+#include "training.h"
 #include "unet.h"
 
 #include <math.h>
@@ -56,6 +57,9 @@ struct _UnetNet
   gboolean host_stale;          /* the host's older than the backend's */
   gfloat *grads;                /* host copy of the gradients (backends without
                                    params_host) */
+  gfloat *loss_z, *loss_g;      /* host logits / dL/dlogits (backends without a
+                                   loss slot) */
+  gsize loss_n;
 };
 
 /* ----------------------------------------------------------------- plans -- */
@@ -218,6 +222,8 @@ unet_net_free (UnetNet *net)
   unet_backend_free (net->be);
   g_clear_pointer (&net->folded, g_ptr_array_unref);
   g_free (net->grads);
+  g_free (net->loss_z);
+  g_free (net->loss_g);
   g_free (net);
 }
 
@@ -367,7 +373,7 @@ unet_net_train_forward (UnetNet *net, const gfloat *input, gint batch, gint heig
   const UnetBackendIface *be;
   const UnetGraph *g = net->train ? unet_graph_exec_get_graph (net->train) : NULL;
 
-  g_return_val_if_fail (net != NULL && input != NULL && logits != NULL, FALSE);
+  g_return_val_if_fail (net != NULL && input != NULL, FALSE);
   be = net->be->iface;
   if (unet_config_output_size (&net->cfg, height) < 1
       || unet_config_output_size (&net->cfg, width) < 1) {
@@ -395,8 +401,10 @@ unet_net_train_forward (UnetNet *net, const gfloat *input, gint batch, gint heig
   /* batch norm's running statistics moved on the backend */
   if (net->cfg.batch_norm)
     net->host_stale = net->layers_stale = TRUE;
-  return be->download (unet_graph_exec_tensor (net->train, g->logits), logits, error)
-      && unet_backend_synchronize (net->be, error);
+  if (logits != NULL
+      && !be->download (unet_graph_exec_tensor (net->train, g->logits), logits, error))
+    return FALSE;
+  return unet_backend_synchronize (net->be, error);
 }
 
 gboolean
@@ -404,16 +412,153 @@ unet_net_train_backward (UnetNet *net, const gfloat *grad_logits, GError **error
 {
   const UnetGraph *g;
 
-  g_return_val_if_fail (net != NULL && grad_logits != NULL, FALSE);
+  g_return_val_if_fail (net != NULL, FALSE);
   if (net->train == NULL) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
         "backward pass without a training forward pass before it");
     return FALSE;
   }
   g = unet_graph_exec_get_graph (net->train);
-  return net->be->iface->upload (unet_graph_exec_tensor (net->train, g->diff_logits),
-      grad_logits, error)
-      && unet_graph_exec_backward (net->train, error);
+  if (grad_logits != NULL
+      && !net->be->iface->upload (unet_graph_exec_tensor (net->train, g->diff_logits),
+          grad_logits, error))
+    return FALSE;
+  return unet_graph_exec_backward (net->train, error);
+}
+
+/* The loss on the host, for backends without a loss slot: logits down, dL/dlogits
+ * up. */
+static gboolean
+net_loss_host (UnetNet *net, UnetBackendTensor *logits, const gint32 *labels,
+    const gfloat *weights, gdouble dice_weight, UnetBackendTensor *diff_logits,
+    gdouble *loss, UnetConfusion *confusion, GError **error)
+{
+  const UnetBackendIface *be = net->be->iface;
+  const UnetGraph *g = unet_graph_exec_get_graph (net->train);
+  const UnetDims *d = &unet_graph_tensor (g, g->logits)->dims;
+  const gsize n = (gsize) d->n * d->c * d->h * d->w;
+  gdouble dl = 0.0;
+
+  if (n > net->loss_n) {
+    g_free (net->loss_z);
+    g_free (net->loss_g);
+    net->loss_z = g_try_new (gfloat, n);
+    net->loss_g = g_try_new (gfloat, n);
+    net->loss_n = net->loss_z && net->loss_g ? n : 0;
+    if (net->loss_n == 0) {
+      g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+          "cannot allocate the loss buffers of %" G_GSIZE_FORMAT " logits", n);
+      return FALSE;
+    }
+  }
+  if (!be->download (logits, net->loss_z, error)
+      || !unet_backend_synchronize (net->be, error)
+      || !unet_loss_cross_entropy (net->loss_z, labels, weights, d->n, d->c, d->h, d->w,
+          loss, net->loss_g, error))
+    return FALSE;
+  if (dice_weight > 0.0) {
+    if (!unet_loss_soft_dice (net->loss_z, labels, d->n, d->c, d->h, d->w, dice_weight,
+            &dl, net->loss_g, error))
+      return FALSE;
+    *loss += dice_weight * dl;
+  }
+  unet_confusion_init (confusion, d->c);
+  return unet_confusion_add (confusion, net->loss_z, labels, d->n, d->c, d->h, d->w,
+      error) && be->upload (diff_logits, net->loss_g, error);
+}
+
+gboolean
+unet_net_train_loss (UnetNet *net, const gint32 *labels, const gfloat *weights,
+    gdouble dice_weight, gdouble *loss, UnetConfusion *confusion, GError **error)
+{
+  const UnetBackendIface *be;
+  const UnetGraph *g;
+  UnetBackendTensor *z, *dz;
+
+  g_return_val_if_fail (net != NULL && labels != NULL && loss != NULL
+      && confusion != NULL, FALSE);
+  if (net->train == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
+        "loss without a training forward pass before it");
+    return FALSE;
+  }
+  be = net->be->iface;
+  g = unet_graph_exec_get_graph (net->train);
+  z = unet_graph_exec_tensor (net->train, g->logits);
+  dz = unet_graph_exec_tensor (net->train, g->diff_logits);
+  if (be->loss == NULL)
+    return net_loss_host (net, z, labels, weights, dice_weight, dz, loss, confusion,
+        error);
+  return be->loss (net->be, z, labels, weights, dice_weight, dz, loss, confusion, error);
+}
+
+static gboolean
+all_finite (const gfloat *v, gsize n)
+{
+  /* x - x is 0 for finite x, NaN otherwise */
+  gfloat acc = 0.0f;
+  for (gsize i = 0; i < n; i++)
+    acc += v[i] - v[i];
+  return acc == 0.0f;
+}
+
+gboolean
+unet_net_optimizer_step (UnetNet *net, UnetOptimizer *opt, gboolean *finite,
+    GError **error)
+{
+  const UnetBackendIface *be;
+  UnetOptimUpdate u;
+
+  g_return_val_if_fail (net != NULL && opt != NULL && finite != NULL, FALSE);
+  be = net->be->iface;
+  unet_optimizer_next_update (opt, &u);
+  if (u.n != unet_model_get_layout (net->host)->slab_numel) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "optimiser over %" G_GSIZE_FORMAT " floats for a network of %" G_GSIZE_FORMAT,
+        u.n, unet_model_get_layout (net->host)->slab_numel);
+    return FALSE;
+  }
+  if (!net_sync_backend (net, error))
+    return FALSE;
+  if (be->optimizer_update != NULL) {
+    if (!be->optimizer_update (net->be, &u, finite, error))
+      return FALSE;
+    /* the backend's parameters are the newest */
+    net->host_stale = net->layers_stale = TRUE;
+  } else {
+    /* on the host, with the optimiser's own state */
+    gfloat *buffers[2] = { unet_optimizer_get_buffer (opt, 0),
+      unet_optimizer_get_buffer (opt, 1) };
+    const gfloat *grads = unet_net_get_gradients (net, NULL, error);
+    gfloat *params = grads ? unet_net_get_parameters (net, NULL, error) : NULL;
+    if (params == NULL
+        || !unet_optim_update_host (&u, params, grads, buffers, error)
+        || !unet_net_parameters_changed (net, error))
+      return FALSE;
+    *finite = all_finite (params, u.n);
+  }
+  unet_optimizer_advance (opt);
+  return TRUE;
+}
+
+gboolean
+unet_net_optimizer_state (UnetNet *net, UnetOptimizer *opt, gboolean to_net,
+    GError **error)
+{
+  const UnetBackendIface *be;
+
+  g_return_val_if_fail (net != NULL && opt != NULL, FALSE);
+  be = net->be->iface;
+  /* without the slot the state never leaves the optimiser */
+  if (be->optimizer_state == NULL)
+    return TRUE;
+  if (!net_sync_backend (net, error))
+    return FALSE;
+  for (guint i = 0; i < unet_optimizer_get_n_buffers (opt); i++)
+    if (!be->optimizer_state (net->be, i, unet_optimizer_get_buffer (opt, i), to_net,
+            error))
+      return FALSE;
+  return TRUE;
 }
 
 gboolean

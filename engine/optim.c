@@ -242,37 +242,55 @@ unet_optimizer_get_buffer (UnetOptimizer *opt, guint index)
   return index < opt->n_buffers ? opt->buffers[index] : NULL;
 }
 
-gboolean
-unet_optimizer_step (UnetOptimizer *opt, gfloat *params, const gfloat *grads,
-    GError **error)
+void
+unet_optimizer_next_update (const UnetOptimizer *opt, UnetOptimUpdate *u)
 {
   const UnetOptimParams *p = &opt->p;
+  *u = (UnetOptimUpdate) {
+    .kind = p->kind, .lr = unet_optimizer_get_lr (opt), .momentum = p->momentum,
+    .beta1 = p->beta1, .beta2 = p->beta2, .eps = p->eps,
+    .weight_decay = p->weight_decay, .nesterov = p->nesterov, .t = opt->step + 1,
+    .ranges = opt->ranges, .n_ranges = opt->n_ranges, .n_buffers = opt->n_buffers,
+    .n = opt->n,
+  };
+}
 
-  for (guint r = 0; r < opt->n_ranges; r++) {
-    const gfloat *g = grads + opt->ranges[r].offset;
-    for (gsize i = 0; i < opt->ranges[r].numel; i++)
+void
+unet_optimizer_advance (UnetOptimizer *opt)
+{
+  opt->step++;
+}
+
+gboolean
+unet_optim_update_host (const UnetOptimUpdate *u, gfloat *params, const gfloat *grads,
+    gfloat *const *buffers, GError **error)
+{
+  for (guint r = 0; r < u->n_ranges; r++) {
+    const gfloat *g = grads + u->ranges[r].offset;
+    for (gsize i = 0; i < u->ranges[r].numel; i++)
       if (!isfinite (g[i])) {
         g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
             "non-finite gradient at parameter %" G_GSIZE_FORMAT
             " in step %" G_GINT64_FORMAT " (lower the learning rate?)",
-            opt->ranges[r].offset + i, opt->step + 1);
+            u->ranges[r].offset + i, u->t);
         return FALSE;
       }
   }
 
-  const gdouble lr = unet_optimizer_get_lr (opt);
-  const gint64 t = opt->step + 1;
-  const gboolean first = opt->step == 0;
+  const gdouble lr = u->lr;
+  const gint64 t = u->t;
+  const gboolean first = t == 1;
 
-  for (guint r = 0; r < opt->n_ranges; r++) {
-    const gsize off = opt->ranges[r].offset, len = opt->ranges[r].numel;
-    const gdouble wd = opt->ranges[r].decay ? p->weight_decay : 0.0;
+  for (guint r = 0; r < u->n_ranges; r++) {
+    const gsize off = u->ranges[r].offset, len = u->ranges[r].numel;
+    const gdouble wd = u->ranges[r].decay ? u->weight_decay : 0.0;
     gfloat *w = params + off;
     const gfloat *g = grads + off;
 
-    if (p->kind == UNET_OPTIM_SGD) {
-      const gdouble mu = p->momentum;
-      gfloat *buf = opt->n_buffers ? opt->buffers[0] + off : NULL;
+    if (u->kind == UNET_OPTIM_SGD) {
+      const gdouble mu = u->momentum;
+      const gboolean nesterov = u->nesterov;
+      gfloat *buf = u->n_buffers ? buffers[0] + off : NULL;
 #pragma omp parallel for if (len > 65536) schedule(static)
       for (gsize i = 0; i < len; i++) {
         gdouble gi = (gdouble) g[i] + wd * w[i];
@@ -282,17 +300,17 @@ unet_optimizer_step (UnetOptimizer *opt, gfloat *params, const gfloat *grads,
           /* PyTorch keeps the buffer in parameter precision (float32 here);
            * use the stored value so a resumed run matches exactly. */
           b = buf[i];
-          gi = p->nesterov ? gi + mu * b : b;
+          gi = nesterov ? gi + mu * b : b;
         }
         w[i] = (gfloat) (w[i] - lr * gi);
       }
     } else {
-      const gdouble b1 = p->beta1, b2 = p->beta2;
+      const gdouble b1 = u->beta1, b2 = u->beta2, eps = u->eps;
       const gdouble bc1 = 1.0 - pow (b1, (gdouble) t);
       const gdouble bc2_sqrt = sqrt (1.0 - pow (b2, (gdouble) t));
       const gdouble step_size = lr / bc1;
-      const gboolean decoupled = p->kind == UNET_OPTIM_ADAMW;
-      gfloat *m = opt->buffers[0] + off, *v = opt->buffers[1] + off;
+      const gboolean decoupled = u->kind == UNET_OPTIM_ADAMW;
+      gfloat *m = buffers[0] + off, *v = buffers[1] + off;
 #pragma omp parallel for if (len > 65536) schedule(static)
       for (gsize i = 0; i < len; i++) {
         gdouble wi = w[i], gi = g[i];
@@ -306,10 +324,21 @@ unet_optimizer_step (UnetOptimizer *opt, gfloat *params, const gfloat *grads,
         v[i] = (gfloat) vi;
         mi = m[i];
         vi = v[i];
-        w[i] = (gfloat) (wi - step_size * mi / (sqrt (vi) / bc2_sqrt + p->eps));
+        w[i] = (gfloat) (wi - step_size * mi / (sqrt (vi) / bc2_sqrt + eps));
       }
     }
   }
+  return TRUE;
+}
+
+gboolean
+unet_optimizer_step (UnetOptimizer *opt, gfloat *params, const gfloat *grads,
+    GError **error)
+{
+  UnetOptimUpdate u;
+  unet_optimizer_next_update (opt, &u);
+  if (!unet_optim_update_host (&u, params, grads, opt->buffers, error))
+    return FALSE;
   opt->step++;
   return TRUE;
 }

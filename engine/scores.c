@@ -97,6 +97,25 @@ frame_rand_error (const gint32 *pred, const gint32 *objects, gint width,
   return TRUE;
 }
 
+void
+unet_seg_scores_add_confusion (UnetSegScores *s, const UnetConfusion *conf)
+{
+  g_return_if_fail (s->n_classes == conf->n_classes);
+  for (gint y = 0; y < conf->n_classes; y++)
+    for (gint p = 0; p < conf->n_classes; p++) {
+      guint64 c = conf->n[y][p];
+      s->labelled += c;
+      s->wrong += p != y ? c : 0;
+      s->pred[p] += c;
+      s->label[y] += c;
+      s->inter[p] += p == y ? c : 0;
+      s->fg_pred += p != 0 ? c : 0;
+      s->fg_label += y != 0 ? c : 0;
+      s->fg_inter += p != 0 && y != 0 ? c : 0;
+    }
+  s->frames++;
+}
+
 gboolean
 unet_seg_scores_add_frame (UnetSegScores *s, const gint32 *pred,
     const gint32 *labels, const gint32 *objects, gint width, gint height,

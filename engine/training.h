@@ -181,6 +181,22 @@ gboolean unet_dice_counts_add           (UnetDiceCounts *counts, const gfloat *l
 gdouble  unet_dice_counts_class         (const UnetDiceCounts *counts, gint cls);
 gdouble  unet_dice_counts_foreground    (const UnetDiceCounts *counts);
 
+/* Confusion matrix of a batch's prediction (argmax, or z > 0 for K == 1) against
+ * its labels over the labelled pixels: n[label][prediction], classes 0..max(K,2)-1
+ * (K <= 16). A training step's statistics (Dice, the guard's counts) come from it,
+ * so a backend that computes the loss on its device reads back only this. */
+typedef struct
+{
+  gint n_classes;               /* max(K, 2) */
+  guint64 n[16][16];
+} UnetConfusion;
+
+void     unet_confusion_init            (UnetConfusion *conf, gint classes);
+gboolean unet_confusion_add             (UnetConfusion *conf, const gfloat *logits,
+                                         const gint32 *labels, gint batch, gint classes,
+                                         gint height, gint width, GError **error);
+void     unet_dice_counts_add_confusion (UnetDiceCounts *counts, const UnetConfusion *conf);
+
 /* ------------------------------------------------ held-out scores -- */
 
 /* Scores of predicted class maps against labelled frames, accumulated over frames
@@ -205,6 +221,8 @@ void     unet_seg_scores_init           (UnetSegScores *scores, gint classes);
 gboolean unet_seg_scores_add_frame      (UnetSegScores *scores, const gint32 *pred,
                                          const gint32 *labels, const gint32 *objects,
                                          gint width, gint height, GError **error);
+/* Counts of a batch without objects (no Rand error), e.g. a training step's. */
+void     unet_seg_scores_add_confusion  (UnetSegScores *scores, const UnetConfusion *conf);
 /* -1 when nothing was scored. */
 gdouble  unet_seg_scores_pixel_error    (const UnetSegScores *scores);
 gdouble  unet_seg_scores_rand_error     (const UnetSegScores *scores);
@@ -277,6 +295,33 @@ gdouble  unet_optimizer_get_lr          (const UnetOptimizer *opt);
 gboolean unet_optimizer_step            (UnetOptimizer *opt, gfloat *params,
                                          const gfloat *grads, GError **error);
 
+/* One step's update with the schedule applied: what a backend needs to run it on
+ * its own slabs (backend.h optimizer_update), and what unet_optim_update_host
+ * runs on host ones. */
+typedef struct
+{
+  UnetOptimKind kind;
+  gdouble lr;                   /* this step's, schedule and warm-up applied */
+  gdouble momentum, beta1, beta2, eps, weight_decay;
+  gboolean nesterov;
+  gint64 t;                     /* 1-based step number (Adam's bias correction;
+                                   SGD's momentum buffer starts at t == 1) */
+  const UnetOptimRange *ranges; /* the slices updated; weight decay per range */
+  guint n_ranges;
+  guint n_buffers;              /* state slabs: 0 or 1 (SGD), 2 (Adam/AdamW) */
+  gsize n;                      /* slab length */
+} UnetOptimUpdate;
+
+/* The next step's update (valid while `opt` lives). */
+void     unet_optimizer_next_update     (const UnetOptimizer *opt, UnetOptimUpdate *u);
+/* Counts a step whose update ran elsewhere (a backend). */
+void     unet_optimizer_advance         (UnetOptimizer *opt);
+/* The update on host slabs: params and the n_buffers state slabs (n floats each).
+ * Non-finite gradients in the updated ranges: UNET_ERROR_FAILED, nothing changed. */
+gboolean unet_optim_update_host         (const UnetOptimUpdate *u, gfloat *params,
+                                         const gfloat *grads, gfloat *const *buffers,
+                                         GError **error);
+
 /* State for checkpoints: named float32 buffers of n floats each
  * ("optim.momentum_buffer" for SGD with momentum; "optim.exp_avg",
  * "optim.exp_avg_sq" for Adam/AdamW) plus the step counter. */
@@ -287,5 +332,25 @@ gfloat  *unet_optimizer_get_buffer      (UnetOptimizer *opt, guint index);
 void     unet_optimizer_set_step        (UnetOptimizer *opt, gint64 step);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetOptimizer, unet_optimizer_free)
+
+/* ------------------------------------- a training step on a net (net.c) -- */
+/* After unet_net_train_forward: the loss of the batch's class map `labels` and
+ * pixel `weights` ((B, out_h, out_w) each) on the net's backend — the weighted
+ * cross-entropy of unet_loss_cross_entropy plus dice_weight times the soft Dice —
+ * with dL/dlogits left on the backend for unet_net_train_backward (grad_logits
+ * NULL). Only the loss and the confusion matrix come back. */
+gboolean unet_net_train_loss            (UnetNet *net, const gint32 *labels,
+                                         const gfloat *weights, gdouble dice_weight,
+                                         gdouble *loss, UnetConfusion *confusion,
+                                         GError **error);
+/* The optimiser's next step on the net's parameters from its gradients, on the
+ * backend (its state slabs live there); *finite: the parameters are all finite
+ * afterwards. Non-finite gradients: UNET_ERROR_FAILED, nothing changed. */
+gboolean unet_net_optimizer_step        (UnetNet *net, UnetOptimizer *opt,
+                                         gboolean *finite, GError **error);
+/* The optimiser's state slabs: backend -> opt's buffers (before a checkpoint is
+ * written), or opt's buffers -> backend (`to_net`, after a resume). */
+gboolean unet_net_optimizer_state       (UnetNet *net, UnetOptimizer *opt,
+                                         gboolean to_net, GError **error);
 
 G_END_DECLS

@@ -247,18 +247,25 @@ gboolean     unet_net_forward           (UnetNet *net, const gfloat *input,
  * canonical tensor order (see engine/model-private.h), so optimisers work on flat
  * arrays.
  *
- * One step:  unet_net_train_forward -> host loss and dL/dlogits ->
- *            unet_net_train_backward (gradients *accumulate*; zero them first) ->
- *            optimiser on unet_net_get_parameters() -> unet_net_parameters_changed. */
+ * One step on the backend (what the trainer does; training.h):
+ *            unet_net_train_forward (logits NULL) -> unet_net_train_loss ->
+ *            unet_net_zero_gradients -> unet_net_train_backward (NULL) ->
+ *            unet_net_optimizer_step.
+ * Or with host arrays (tests, gradient checks): unet_net_train_forward -> host
+ *            loss and dL/dlogits -> unet_net_train_backward (gradients
+ *            *accumulate*; zero them first) -> an optimiser on
+ *            unet_net_get_parameters() -> unet_net_parameters_changed. */
 
 /* Forward in training mode: batch norm uses batch statistics (and updates the running
  * statistics with momentum 0.1), dropout is active with a mask drawn from `seed`,
  * activations are kept for the backward pass. input (B, in_channels, H, W);
- * logits (B, classes, out_h, out_w) — raw scores, before softmax/sigmoid. */
+ * logits (B, classes, out_h, out_w) — raw scores, before softmax/sigmoid — or NULL
+ * to leave them on the backend (unet_net_train_loss, training.h). */
 gboolean     unet_net_train_forward     (UnetNet *net, const gfloat *input,
                                          gint batch, gint height, gint width,
                                          guint64 seed, gfloat *logits, GError **error);
-/* grad_logits (B, classes, out_h, out_w) = dL/dlogits of the last train_forward. */
+/* grad_logits (B, classes, out_h, out_w) = dL/dlogits of the last train_forward, or
+ * NULL: the one unet_net_train_loss left on the backend. */
 gboolean     unet_net_train_backward    (UnetNet *net, const gfloat *grad_logits,
                                          GError **error);
 gboolean     unet_net_zero_gradients    (UnetNet *net, GError **error);

@@ -1327,6 +1327,10 @@ cpu_free (UnetBackend *be)
   free (ctx->scratch);
   free (ctx->params);
   free (ctx->grads);
+  free (ctx->opt_state[0]);
+  free (ctx->opt_state[1]);
+  g_free (ctx->loss_z);
+  g_free (ctx->loss_g);
   if (ctx->stream)
     dnnl_stream_destroy (ctx->stream);
   if (ctx->engine)
@@ -1359,6 +1363,9 @@ static const UnetBackendIface cpu_iface = {
   .params_host = cpu_params_host,
   .op_forward_training = cpu_op_forward_training,
   .op_backward = cpu_op_backward,
+  .loss = cpu_loss,
+  .optimizer_update = cpu_optimizer_update,
+  .optimizer_state = cpu_optimizer_state,
 };
 
 static gint

@@ -58,6 +58,9 @@ struct _CpuCtx
   /* training (cpu-train.c): the parameter slab and its gradients */
   gfloat *params, *grads;
   gsize n_params;
+  gfloat *opt_state[2];         /* optimiser state slabs (n_params floats each) */
+  gfloat *loss_z, *loss_g;      /* host logits and dL/dlogits of the loss */
+  gsize loss_n;
 };
 
 struct _UnetBackendArena
@@ -148,5 +151,15 @@ G_GNUC_INTERNAL gboolean  cpu_grads_zero      (UnetBackend *be, GError **error);
 G_GNUC_INTERNAL gboolean  cpu_grads_get       (UnetBackend *be, gfloat *host,
                                                GError **error);
 G_GNUC_INTERNAL gfloat   *cpu_params_host     (UnetBackend *be, gboolean gradients);
+G_GNUC_INTERNAL gboolean  cpu_loss            (UnetBackend *be, UnetBackendTensor *logits,
+                                               const gint32 *labels, const gfloat *weights,
+                                               gdouble dice_weight,
+                                               UnetBackendTensor *diff_logits,
+                                               gdouble *loss, UnetConfusion *confusion,
+                                               GError **error);
+G_GNUC_INTERNAL gboolean  cpu_optimizer_update (UnetBackend *be, const UnetOptimUpdate *u,
+                                               gboolean *finite, GError **error);
+G_GNUC_INTERNAL gboolean  cpu_optimizer_state (UnetBackend *be, guint index, gfloat *host,
+                                               gboolean to_backend, GError **error);
 
 G_END_DECLS

@@ -1361,3 +1361,103 @@ cpu_params_host (UnetBackend *be, gboolean gradients)
   CpuCtx *ctx = be->priv;
   return gradients ? ctx->grads : ctx->params;
 }
+
+/* ------------------------------------------------- the rest of a step -- */
+
+gboolean
+cpu_loss (UnetBackend *be, UnetBackendTensor *logits, const gint32 *labels,
+    const gfloat *weights, gdouble dice_weight, UnetBackendTensor *diff_logits,
+    gdouble *loss, UnetConfusion *confusion, GError **error)
+{
+  CpuCtx *ctx = be->priv;
+  const UnetDims *d = &logits->dims;
+  const gsize n = (gsize) d->n * d->c * d->h * d->w;
+  gdouble dl = 0.0;
+
+  if (n > ctx->loss_n) {
+    g_free (ctx->loss_z);
+    g_free (ctx->loss_g);
+    ctx->loss_z = g_try_new (gfloat, n);
+    ctx->loss_g = g_try_new (gfloat, n);
+    ctx->loss_n = ctx->loss_z && ctx->loss_g ? n : 0;
+    if (ctx->loss_n == 0) {
+      g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+          "cannot allocate the loss buffers of %" G_GSIZE_FORMAT " logits", n);
+      return FALSE;
+    }
+  }
+  /* the logits as dense NCHW (a copy from the blocked layout, if any) */
+  if (!be->iface->download (logits, ctx->loss_z, error)
+      || !unet_loss_cross_entropy (ctx->loss_z, labels, weights, d->n, d->c, d->h, d->w,
+          loss, ctx->loss_g, error))
+    return FALSE;
+  if (dice_weight > 0.0) {
+    if (!unet_loss_soft_dice (ctx->loss_z, labels, d->n, d->c, d->h, d->w, dice_weight,
+            &dl, ctx->loss_g, error))
+      return FALSE;
+    *loss += dice_weight * dl;
+  }
+  unet_confusion_init (confusion, d->c);
+  return unet_confusion_add (confusion, ctx->loss_z, labels, d->n, d->c, d->h, d->w,
+      error) && be->iface->upload (diff_logits, ctx->loss_g, error);
+}
+
+static gboolean
+cpu_state_slabs (CpuCtx *ctx, guint n_buffers, GError **error)
+{
+  if (!have_params (ctx, error))
+    return FALSE;
+  for (guint b = 0; b < n_buffers && b < 2; b++)
+    if (ctx->opt_state[b] == NULL) {
+      if ((ctx->opt_state[b] = cpu_alloc (ctx->n_params * sizeof (gfloat), error)) == NULL)
+        return FALSE;
+      memset (ctx->opt_state[b], 0, ctx->n_params * sizeof (gfloat));
+    }
+  return TRUE;
+}
+
+gboolean
+cpu_optimizer_update (UnetBackend *be, const UnetOptimUpdate *u, gboolean *finite,
+    GError **error)
+{
+  CpuCtx *ctx = be->priv;
+  const gfloat *p;
+  gfloat acc = 0.0f;
+
+  if (u->n != ctx->n_params || u->n_buffers > 2) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "optimiser update of %" G_GSIZE_FORMAT " floats with %u state slabs, the "
+        "backend holds %" G_GSIZE_FORMAT, u->n, u->n_buffers, ctx->n_params);
+    return FALSE;
+  }
+  if (!cpu_state_slabs (ctx, u->n_buffers, error))
+    return FALSE;
+  cpu_set_threads (ctx);
+  if (!unet_optim_update_host (u, ctx->params, ctx->grads, ctx->opt_state, error))
+    return FALSE;
+  /* x - x is 0 for finite x, NaN otherwise */
+  p = ctx->params;
+  for (gsize i = 0; i < ctx->n_params; i++)
+    acc += p[i] - p[i];
+  *finite = acc == 0.0f;
+  return TRUE;
+}
+
+gboolean
+cpu_optimizer_state (UnetBackend *be, guint index, gfloat *host, gboolean to_backend,
+    GError **error)
+{
+  CpuCtx *ctx = be->priv;
+  if (index >= 2) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "optimiser state slab %u of 2", index);
+    return FALSE;
+  }
+  if (!cpu_state_slabs (ctx, index + 1, error))
+    return FALSE;
+  if (to_backend)
+    memcpy (ctx->opt_state[index], host, ctx->n_params * sizeof (gfloat));
+  else
+    memcpy (host, ctx->opt_state[index], ctx->n_params * sizeof (gfloat));
+  return TRUE;
+}
