@@ -325,3 +325,41 @@ unet_dice_counts_foreground (const UnetDiceCounts *counts)
 {
   return dice_of (counts->fg_inter, counts->fg_pred, counts->fg_label);
 }
+
+gboolean
+unet_loss_batch (const gfloat *logits, const gint32 *labels, const gfloat *weights,
+    gint batch, gint classes, gint height, gint width, gdouble dice_weight,
+    gdouble *loss, gfloat *grad_logits, UnetConfusion *confusion, GError **error)
+{
+  gdouble dl = 0.0;
+  if (!unet_loss_cross_entropy (logits, labels, weights, batch, classes, height, width,
+          loss, grad_logits, error))
+    return FALSE;
+  if (dice_weight > 0.0) {
+    if (!unet_loss_soft_dice (logits, labels, batch, classes, height, width,
+            dice_weight, &dl, grad_logits, error))
+      return FALSE;
+    *loss += dice_weight * dl;
+  }
+  unet_confusion_init (confusion, classes);
+  return unet_confusion_add (confusion, logits, labels, batch, classes, height, width,
+      error);
+}
+
+gboolean
+unet_loss_buffers (gfloat **logits, gfloat **grad, gsize *have, gsize n, GError **error)
+{
+  if (n <= *have)
+    return TRUE;
+  g_free (*logits);
+  g_free (*grad);
+  *logits = g_try_new (gfloat, n);
+  *grad = g_try_new (gfloat, n);
+  *have = *logits != NULL && *grad != NULL ? n : 0;
+  if (*have == 0) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+        "cannot allocate the loss buffers of %" G_GSIZE_FORMAT " logits", n);
+    return FALSE;
+  }
+  return TRUE;
+}

@@ -323,6 +323,16 @@ unet_net_get_backend (UnetNet *net)
   return net->be;
 }
 
+/* The inference plan of a shape, with the current parameters. */
+static UnetGraphExec *
+net_inference (UnetNet *net, gint batch, gint height, gint width, GError **error)
+{
+  if (!net_check_shape (net, batch, height, width, error)
+      || !net_refresh_layers (net, error))
+    return NULL;
+  return net_get_plan (net, batch, height, width, error);
+}
+
 gboolean
 unet_net_forward_tensors (UnetNet *net, gint batch, gint height, gint width,
     UnetNetTensorFunc fill, UnetNetTensorFunc use, gpointer user, GError **error)
@@ -330,10 +340,7 @@ unet_net_forward_tensors (UnetNet *net, gint batch, gint height, gint width,
   UnetGraphExec *x;
   const UnetGraph *g;
 
-  if (!net_check_shape (net, batch, height, width, error)
-      || !net_refresh_layers (net, error))
-    return FALSE;
-  if ((x = net_get_plan (net, batch, height, width, error)) == NULL)
+  if ((x = net_inference (net, batch, height, width, error)) == NULL)
     return FALSE;
   g = unet_graph_exec_get_graph (x);
   /* every op but the final softmax/sigmoid: the caller reads the logits */
@@ -352,10 +359,7 @@ unet_net_forward (UnetNet *net, const gfloat *input, gint batch, gint height,
 
   g_return_val_if_fail (net != NULL && input != NULL && output != NULL, FALSE);
   be = net->be->iface;
-  if (!net_check_shape (net, batch, height, width, error)
-      || !net_refresh_layers (net, error))
-    return FALSE;
-  if ((x = net_get_plan (net, batch, height, width, error)) == NULL)
+  if ((x = net_inference (net, batch, height, width, error)) == NULL)
     return FALSE;
   g = unet_graph_exec_get_graph (x);
   return be->upload (unet_graph_exec_tensor (x, g->input), input, error)
@@ -437,34 +441,13 @@ net_loss_host (UnetNet *net, UnetBackendTensor *logits, const gint32 *labels,
   const UnetGraph *g = unet_graph_exec_get_graph (net->train);
   const UnetDims *d = &unet_graph_tensor (g, g->logits)->dims;
   const gsize n = (gsize) d->n * d->c * d->h * d->w;
-  gdouble dl = 0.0;
 
-  if (n > net->loss_n) {
-    g_free (net->loss_z);
-    g_free (net->loss_g);
-    net->loss_z = g_try_new (gfloat, n);
-    net->loss_g = g_try_new (gfloat, n);
-    net->loss_n = net->loss_z && net->loss_g ? n : 0;
-    if (net->loss_n == 0) {
-      g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
-          "cannot allocate the loss buffers of %" G_GSIZE_FORMAT " logits", n);
-      return FALSE;
-    }
-  }
-  if (!be->download (logits, net->loss_z, error)
-      || !unet_backend_synchronize (net->be, error)
-      || !unet_loss_cross_entropy (net->loss_z, labels, weights, d->n, d->c, d->h, d->w,
-          loss, net->loss_g, error))
-    return FALSE;
-  if (dice_weight > 0.0) {
-    if (!unet_loss_soft_dice (net->loss_z, labels, d->n, d->c, d->h, d->w, dice_weight,
-            &dl, net->loss_g, error))
-      return FALSE;
-    *loss += dice_weight * dl;
-  }
-  unet_confusion_init (confusion, d->c);
-  return unet_confusion_add (confusion, net->loss_z, labels, d->n, d->c, d->h, d->w,
-      error) && be->upload (diff_logits, net->loss_g, error);
+  return unet_loss_buffers (&net->loss_z, &net->loss_g, &net->loss_n, n, error)
+      && be->download (logits, net->loss_z, error)
+      && unet_backend_synchronize (net->be, error)
+      && unet_loss_batch (net->loss_z, labels, weights, d->n, d->c, d->h, d->w,
+          dice_weight, loss, net->loss_g, confusion, error)
+      && be->upload (diff_logits, net->loss_g, error);
 }
 
 gboolean

@@ -197,6 +197,19 @@ gboolean unet_confusion_add             (UnetConfusion *conf, const gfloat *logi
                                          gint height, gint width, GError **error);
 void     unet_dice_counts_add_confusion (UnetDiceCounts *counts, const UnetConfusion *conf);
 
+/* A training batch's loss on host arrays: unet_loss_cross_entropy plus
+ * dice_weight times unet_loss_soft_dice (when > 0), grad_logits written, and the
+ * prediction's confusion matrix. */
+gboolean unet_loss_batch                (const gfloat *logits, const gint32 *labels,
+                                         const gfloat *weights, gint batch, gint classes,
+                                         gint height, gint width, gdouble dice_weight,
+                                         gdouble *loss, gfloat *grad_logits,
+                                         UnetConfusion *confusion, GError **error);
+/* (Re)allocates the two float buffers of unet_loss_batch (logits and gradient) to
+ * hold at least n each; *have is their size. */
+gboolean unet_loss_buffers              (gfloat **logits, gfloat **grad, gsize *have,
+                                         gsize n, GError **error);
+
 /* ------------------------------------------------ held-out scores -- */
 
 /* Scores of predicted class maps against labelled frames, accumulated over frames

@@ -1323,15 +1323,22 @@ cpu_params_set (UnetBackend *be, const gfloat *host, gsize numel, GError **error
   return TRUE;
 }
 
+/* backend slab -> host */
+static gboolean
+slab_read (CpuCtx *ctx, const gfloat *slab, gfloat *host, GError **error)
+{
+  if (!have_params (ctx, error))
+    return FALSE;
+  if (host != slab)
+    memcpy (host, slab, ctx->n_params * sizeof (gfloat));
+  return TRUE;
+}
+
 gboolean
 cpu_params_get (UnetBackend *be, gfloat *host, GError **error)
 {
   CpuCtx *ctx = be->priv;
-  if (!have_params (ctx, error))
-    return FALSE;
-  if (host != ctx->params)
-    memcpy (host, ctx->params, ctx->n_params * sizeof (gfloat));
-  return TRUE;
+  return slab_read (ctx, ctx->params, host, error);
 }
 
 gboolean
@@ -1348,11 +1355,7 @@ gboolean
 cpu_grads_get (UnetBackend *be, gfloat *host, GError **error)
 {
   CpuCtx *ctx = be->priv;
-  if (!have_params (ctx, error))
-    return FALSE;
-  if (host != ctx->grads)
-    memcpy (host, ctx->grads, ctx->n_params * sizeof (gfloat));
-  return TRUE;
+  return slab_read (ctx, ctx->grads, host, error);
 }
 
 gfloat *
@@ -1372,34 +1375,14 @@ cpu_loss (UnetBackend *be, UnetBackendTensor *logits, const gint32 *labels,
   CpuCtx *ctx = be->priv;
   const UnetDims *d = &logits->dims;
   const gsize n = (gsize) d->n * d->c * d->h * d->w;
-  gdouble dl = 0.0;
 
-  if (n > ctx->loss_n) {
-    g_free (ctx->loss_z);
-    g_free (ctx->loss_g);
-    ctx->loss_z = g_try_new (gfloat, n);
-    ctx->loss_g = g_try_new (gfloat, n);
-    ctx->loss_n = ctx->loss_z && ctx->loss_g ? n : 0;
-    if (ctx->loss_n == 0) {
-      g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
-          "cannot allocate the loss buffers of %" G_GSIZE_FORMAT " logits", n);
-      return FALSE;
-    }
-  }
-  /* the logits as dense NCHW (a copy from the blocked layout, if any) */
-  if (!be->iface->download (logits, ctx->loss_z, error)
-      || !unet_loss_cross_entropy (ctx->loss_z, labels, weights, d->n, d->c, d->h, d->w,
-          loss, ctx->loss_g, error))
+  if (!unet_loss_buffers (&ctx->loss_z, &ctx->loss_g, &ctx->loss_n, n, error))
     return FALSE;
-  if (dice_weight > 0.0) {
-    if (!unet_loss_soft_dice (ctx->loss_z, labels, d->n, d->c, d->h, d->w, dice_weight,
-            &dl, ctx->loss_g, error))
-      return FALSE;
-    *loss += dice_weight * dl;
-  }
-  unet_confusion_init (confusion, d->c);
-  return unet_confusion_add (confusion, ctx->loss_z, labels, d->n, d->c, d->h, d->w,
-      error) && be->iface->upload (diff_logits, ctx->loss_g, error);
+  /* the logits as dense NCHW (a copy from the blocked layout, if any) */
+  return be->iface->download (logits, ctx->loss_z, error)
+      && unet_loss_batch (ctx->loss_z, labels, weights, d->n, d->c, d->h, d->w,
+          dice_weight, loss, ctx->loss_g, confusion, error)
+      && be->iface->upload (diff_logits, ctx->loss_g, error);
 }
 
 static gboolean
