@@ -12,6 +12,7 @@
  * state resumes bit-identically. tests/engine/train_torch_check.py runs several
  * steps against torch.optim in float64.
  */
+#include "optim-elem.h"
 #include "training.h"
 
 #include <math.h>
@@ -292,40 +293,19 @@ unet_optim_update_host (const UnetOptimUpdate *u, gfloat *params, const gfloat *
       const gboolean nesterov = u->nesterov;
       gfloat *buf = u->n_buffers ? buffers[0] + off : NULL;
 #pragma omp parallel for if (len > 65536) schedule(static)
-      for (gsize i = 0; i < len; i++) {
-        gdouble gi = (gdouble) g[i] + wd * w[i];
-        if (buf) {
-          gdouble b = first ? gi : mu * buf[i] + gi;
-          buf[i] = (gfloat) b;
-          /* PyTorch keeps the buffer in parameter precision (float32 here);
-           * use the stored value so a resumed run matches exactly. */
-          b = buf[i];
-          gi = nesterov ? gi + mu * b : b;
-        }
-        w[i] = (gfloat) (w[i] - lr * gi);
-      }
+      for (gsize i = 0; i < len; i++)
+        unet_optim_sgd_elem (w + i, g[i], buf ? buf + i : NULL, lr, mu, wd, nesterov,
+            first);
     } else {
       const gdouble b1 = u->beta1, b2 = u->beta2, eps = u->eps;
-      const gdouble bc1 = 1.0 - pow (b1, (gdouble) t);
+      const gdouble step_size = lr / (1.0 - pow (b1, (gdouble) t));
       const gdouble bc2_sqrt = sqrt (1.0 - pow (b2, (gdouble) t));
-      const gdouble step_size = lr / bc1;
       const gboolean decoupled = u->kind == UNET_OPTIM_ADAMW;
       gfloat *m = buffers[0] + off, *v = buffers[1] + off;
 #pragma omp parallel for if (len > 65536) schedule(static)
-      for (gsize i = 0; i < len; i++) {
-        gdouble wi = w[i], gi = g[i];
-        if (decoupled)
-          wi *= 1.0 - lr * wd;
-        else
-          gi += wd * wi;
-        gdouble mi = b1 * m[i] + (1.0 - b1) * gi;
-        gdouble vi = b2 * v[i] + (1.0 - b2) * gi * gi;
-        m[i] = (gfloat) mi;
-        v[i] = (gfloat) vi;
-        mi = m[i];
-        vi = v[i];
-        w[i] = (gfloat) (wi - step_size * mi / (sqrt (vi) / bc2_sqrt + eps));
-      }
+      for (gsize i = 0; i < len; i++)
+        unet_optim_adam_elem (w + i, g[i], m + i, v + i, lr, b1, b2, eps, wd, decoupled,
+            step_size, bc2_sqrt);
     }
   }
   return TRUE;
