@@ -523,10 +523,10 @@ typedef struct
   dnnl_memory_t prim;           /* == user when no reorder is needed */
   dnnl_primitive_t reorder;     /* user -> prim (inputs) or prim -> user (outputs) */
   gboolean small;               /* reorder on the calling thread (PAR_MIN) */
-} Port;
+} ConvArg;
 
 static void
-port_clear (Port *p)
+conv_arg_clear (ConvArg *p)
 {
   if (p->reorder)
     dnnl_primitive_destroy (p->reorder);
@@ -538,7 +538,7 @@ port_clear (Port *p)
 }
 
 static gboolean
-port_init (Port *p, dnnl_engine_t engine, const dnnl_memory_desc_t *user_md,
+conv_arg_init (ConvArg *p, dnnl_engine_t engine, const dnnl_memory_desc_t *user_md,
     const dnnl_memory_desc_t *prim_md, gboolean input, gboolean accumulate,
     GError **error)
 {
@@ -584,7 +584,7 @@ fail:
 }
 
 static gboolean
-port_set (Port *p, const void *data, GError **error)
+conv_arg_set (ConvArg *p, const void *data, GError **error)
 {
   DNNL_TRY (dnnl_memory_set_data_handle (p->user, (void *) data));
   return TRUE;
@@ -593,7 +593,7 @@ fail:
 }
 
 static gboolean
-port_reorder (Port *p, dnnl_stream_t stream, gboolean input, GError **error)
+conv_arg_reorder (ConvArg *p, dnnl_stream_t stream, gboolean input, GError **error)
 {
   if (p->reorder == NULL)
     return TRUE;
@@ -626,7 +626,7 @@ enum
   F_SRC, F_WEI, F_BIAS, F_DST,          /* forward */
   D_DDST, D_WEI, D_DSRC,                /* backward data */
   W_SRC, W_DDST, W_DWEI, W_DBIAS,       /* backward weights */
-  N_PORTS
+  N_CONV_ARGS
 };
 
 struct _UnetCpuConv
@@ -634,7 +634,7 @@ struct _UnetCpuConv
   gint n, cin, cout, k, pad, h, w, oh, ow;
   dnnl_stream_t stream;         /* the backend's (borrowed) */
   dnnl_primitive_t fwd, bwd_data, bwd_weights;
-  Port ports[N_PORTS];
+  ConvArg args[N_CONV_ARGS];
   gfloat *dw_tmp, *db_tmp;      /* backward_weights output, added into the slab */
 };
 
@@ -647,8 +647,8 @@ unet_cpu_conv_free (UnetCpuConv *c)
   for (gint i = 0; i < 3; i++)
     if (prims[i])
       dnnl_primitive_destroy (prims[i]);
-  for (gint i = 0; i < N_PORTS; i++)
-    port_clear (&c->ports[i]);
+  for (gint i = 0; i < N_CONV_ARGS; i++)
+    conv_arg_clear (&c->args[i]);
   g_free (c->dw_tmp);
   g_free (c->db_tmp);
   g_free (c);
@@ -715,7 +715,7 @@ conv_new_full (CpuCtx *ctx, gboolean deconv, gint n, gint cin, gint h, gint w, g
     DNNL_TRY (dnnl_memory_desc_init_by_tag (&bmd, 1, bd, dnnl_f32, dnnl_x));
     DNNL_TRY (dnnl_memory_desc_init_by_tag (&dmd, 4, dd, dnnl_f32, act_tag (dst_bs)));
     /* Let oneDNN pick the layouts its fastest kernels want; the activations are
-     * kept in blocked layouts that these normally are, so the ports reorder only
+     * kept in blocked layouts that these normally are, so the args reorder only
      * the weights (and the odd activation whose layout the primitive won't take). */
     /* Equally blocked activations are asked for as they are: with "any" AVX-512
      * kernels would take 8 channels padded to 16 and every nChw8c tensor would be
@@ -776,7 +776,7 @@ conv_new_full (CpuCtx *ctx, gboolean deconv, gint n, gint cin, gint h, gint w, g
       dnnl_primitive_desc_t pd;
       dnnl_query_t q;
       gboolean input;
-    } spec[N_PORTS] = {
+    } spec[N_CONV_ARGS] = {
       {F_SRC, &smd, fpd, dnnl_query_src_md, TRUE},
       {F_WEI, &wmd, fpd, dnnl_query_weights_md, TRUE},
       {F_BIAS, &bmd, NULL, 0, TRUE},
@@ -789,8 +789,8 @@ conv_new_full (CpuCtx *ctx, gboolean deconv, gint n, gint cin, gint h, gint w, g
       {W_DWEI, &wmd, bwpd, dnnl_query_diff_weights_md, FALSE},
       {W_DBIAS, &bmd, NULL, 0, FALSE},
     };
-    for (gint i = 0; i < N_PORTS; i++)
-      if (!port_init (&c->ports[spec[i].port], engine, spec[i].user,
+    for (gint i = 0; i < N_CONV_ARGS; i++)
+      if (!conv_arg_init (&c->args[spec[i].port], engine, spec[i].user,
               spec[i].pd ? pd_md (spec[i].pd, spec[i].q) : spec[i].user,
               spec[i].input, spec[i].port == W_DWEI, error))
         goto fail;
@@ -826,25 +826,25 @@ unet_cpu_conv_new (UnetBackend *be, gint n, gint cin, gint h, gint w, gint cout,
       error);
 }
 
-/* Sets the user handles of `ports`, reorders the inputs, runs `prim` with `args`,
+/* Sets the user handles of the arguments `which`, reorders the inputs, runs `prim`,
  * reorders the outputs and waits. */
 static gboolean
-conv_run (UnetCpuConv *c, dnnl_primitive_t prim, const gint *ports,
+conv_run (UnetCpuConv *c, dnnl_primitive_t prim, const gint *which,
     const gint *arg_ids, const void *const *data, const gboolean *input, gint n,
     GError **error)
 {
   dnnl_exec_arg_t args[4];
   for (gint i = 0; i < n; i++) {
-    Port *p = &c->ports[ports[i]];
-    if (!port_set (p, data[i], error))
+    ConvArg *p = &c->args[which[i]];
+    if (!conv_arg_set (p, data[i], error))
       return FALSE;
-    if (input[i] && !port_reorder (p, c->stream, TRUE, error))
+    if (input[i] && !conv_arg_reorder (p, c->stream, TRUE, error))
       return FALSE;
     args[i] = (dnnl_exec_arg_t) { arg_ids[i], p->prim };
   }
   DNNL_TRY (dnnl_primitive_execute (prim, c->stream, n, args));
   for (gint i = 0; i < n; i++)
-    if (!input[i] && !port_reorder (&c->ports[ports[i]], c->stream, FALSE, error))
+    if (!input[i] && !conv_arg_reorder (&c->args[which[i]], c->stream, FALSE, error))
       return FALSE;
   DNNL_TRY (dnnl_stream_wait (c->stream));
   return TRUE;
@@ -856,11 +856,11 @@ gboolean
 unet_cpu_conv_forward (UnetCpuConv *c, const gfloat *src, const gfloat *weight,
     const gfloat *bias, gfloat *dst, GError **error)
 {
-  const gint ports[4] = { F_SRC, F_WEI, F_BIAS, F_DST };
+  const gint args[4] = { F_SRC, F_WEI, F_BIAS, F_DST };
   const gint ids[4] = { DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_BIAS, DNNL_ARG_DST };
   const void *data[4] = { src, weight, bias, dst };
   const gboolean input[4] = { TRUE, TRUE, TRUE, FALSE };
-  return conv_run (c, c->fwd, ports, ids, data, input, 4, error);
+  return conv_run (c, c->fwd, args, ids, data, input, 4, error);
 }
 
 gboolean
@@ -869,15 +869,15 @@ unet_cpu_conv_backward (UnetCpuConv *c, const gfloat *src, const gfloat *weight,
 {
   const gsize nw = (gsize) c->cout * c->cin * c->k * c->k;
   {
-    const gint ports[4] = { W_SRC, W_DDST, W_DWEI, W_DBIAS };
+    const gint args[4] = { W_SRC, W_DDST, W_DWEI, W_DBIAS };
     const gint ids[4] = { DNNL_ARG_SRC, DNNL_ARG_DIFF_DST, DNNL_ARG_DIFF_WEIGHTS,
       DNNL_ARG_DIFF_BIAS
     };
     /* With a reorder from the primitive's layout, the reorder adds into dweight. */
-    const gboolean direct = c->ports[W_DWEI].reorder != NULL;
+    const gboolean direct = c->args[W_DWEI].reorder != NULL;
     const void *data[4] = { src, ddst, direct ? dweight : c->dw_tmp, c->db_tmp };
     const gboolean input[4] = { TRUE, TRUE, FALSE, FALSE };
-    if (!conv_run (c, c->bwd_weights, ports, ids, data, input, 4, error))
+    if (!conv_run (c, c->bwd_weights, args, ids, data, input, 4, error))
       return FALSE;
     if (!direct) {
 #pragma omp parallel for schedule(static) if (nw > PAR_MIN)
@@ -890,11 +890,11 @@ unet_cpu_conv_backward (UnetCpuConv *c, const gfloat *src, const gfloat *weight,
   if (dsrc == NULL)
     return TRUE;
   {
-    const gint ports[3] = { D_DDST, D_WEI, D_DSRC };
+    const gint args[3] = { D_DDST, D_WEI, D_DSRC };
     const gint ids[3] = { DNNL_ARG_DIFF_DST, DNNL_ARG_WEIGHTS, DNNL_ARG_DIFF_SRC };
     const void *data[3] = { ddst, weight, dsrc };
     const gboolean input[3] = { TRUE, TRUE, FALSE };
-    return conv_run (c, c->bwd_data, ports, ids, data, input, 3, error);
+    return conv_run (c, c->bwd_data, args, ids, data, input, 3, error);
   }
 }
 
