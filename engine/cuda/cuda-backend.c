@@ -26,122 +26,25 @@
  */
 #include "config.h"
 
-#include "backend.h"
 #include "normalize-private.h"
 #include "cuda-backend.h"
-#include "cuda-check.h"
-#include "cuda-kernels.h"
+#include "cuda-private.h"
 
-#include <cuda_runtime_api.h>
-#include <cudnn.h>
 #include <string.h>
-
-#define CUDA_ALIGN 256
-#define DEFAULT_WORKSPACE_MIB 512
-
-typedef struct _CudaCtx CudaCtx;
-
-typedef struct
-{
-  UnetLayerKind kind;
-  gint cin, cout, k;
-  void *weight;                 /* KRSC (conv: [cout,k,k,cin]; upconv: [cin,2,2,cout]) */
-  float *bias;                  /* [cout] f32 */
-  void *bias_lp;                /* [cout] in the activation type (cuDNN's fused op) */
-  const gfloat *host_weight;    /* PyTorch layout, valid until the next upload (net.c) */
-  float *weight_f32;            /* KRSC f32, uploaded when an op falls back to f32 */
-} CudaLayer;
-
-struct _CudaCtx
-{
-  gint device;
-  gchar name[256];
-  cudaStream_t stream;          /* every op, in order */
-  cudaStream_t copy_stream;     /* host-to-device uploads */
-  cudaEvent_t upload_done;      /* copy_stream -> stream */
-  cudaEvent_t staging_free;     /* stream -> copy_stream: the staging was consumed */
-  cudnnHandle_t cudnn;
-  UnetPrecision precision;
-  UnetCudaDType dtype;
-  cudnnDataType_t cudnn_dtype;
-  cudnnMathType_t math;
-  gboolean find;                /* benchmark algorithms (cudnnFind*Ex) */
-  CudaLayer *layers;
-  gint n_layers;
-  void *workspace;
-  gsize workspace_bytes;
-  gboolean workspace_done;
-  void *scratch;
-  gsize scratch_bytes;
-  float *scratch32;             /* f32 input + output of convolutions run in f32 */
-  gsize scratch32_bytes;
-  float *staging_dev;
-  gsize staging_dev_bytes;
-  float *staging_host;          /* pinned */
-  gsize staging_host_bytes;
-};
-
-struct _UnetBackendArena
-{
-  void *data;
-  gsize bytes;
-};
-
-struct _UnetBackendTensor
-{
-  CudaCtx *ctx;
-  UnetDims dims;
-  UnetBackendTensor *parent;
-  gint c_offset;
-  UnetBackendArena *arena;
-  gsize offset;
-  gsize bytes;
-};
-
-struct _UnetBackendOp
-{
-  CudaCtx *ctx;
-  UnetOpDesc d;
-  cudnnTensorDescriptor_t x_desc, y_desc, bias_desc;
-  cudnnFilterDescriptor_t w_desc;
-  cudnnConvolutionDescriptor_t conv_desc;
-  cudnnActivationDescriptor_t act_desc;
-  gint algo;                    /* cudnnConvolutionFwdAlgo_t / BwdDataAlgo_t */
-  gsize ws_bytes;
-  gboolean fused;               /* conv + bias + ReLU in one cuDNN call */
-  gboolean via_scratch;         /* dst is a view: compute densely into ctx->scratch */
-  gboolean f32;                 /* 16-bit net, but cuDNN has no NHWC algorithm for this
-                                 * shape (1 or odd channels): run it in f32 */
-};
-
-static CudaCtx *
-ctx_of (UnetBackend *be)
-{
-  return be->priv;
-}
-
-static gsize
-esize (const CudaCtx *ctx)
-{
-  return unet_cuda_dtype_size (ctx->dtype);
-}
-
-/* Kernel launchers return a cudaError_t as int. */
-#define KERNEL_CHECK(call, error) CUDA_CHECK (call, error)
 
 /* The CUDA runtime's current device is per host thread, and GStreamer calls the
  * backend from whatever thread streams: every entry point that touches the device
  * selects ours first (cheap: a thread-local store when it is already current), or
  * gpu-id != 0 would silently run on device 0. */
-static gboolean
-use_device (const CudaCtx *ctx, GError **error)
+gboolean
+cuda_use_device (const CudaCtx *ctx, GError **error)
 {
   return CUDA_CHECK (cudaSetDevice (ctx->device), error);
 }
 
 /* ------------------------------------------------------------ memory -- */
 
-static gboolean
+gboolean
 cuda_alloc (void **ptr, gsize bytes, const gchar *what, GError **error)
 {
   cudaError_t err = cudaMalloc (ptr, bytes > 0 ? bytes : 1);
@@ -162,8 +65,8 @@ cuda_alloc (void **ptr, gsize bytes, const gchar *what, GError **error)
 
 /* Grows a device buffer (never shrinks); only called while planning or on the
  * first frame of a shape, never in the steady state. */
-static gboolean
-grow_device (void **buf, gsize *have, gsize need, const gchar *what, GError **error)
+gboolean
+cuda_grow_device (void **buf, gsize *have, gsize need, const gchar *what, GError **error)
 {
   if (need <= *have)
     return TRUE;
@@ -241,7 +144,7 @@ upload_converted (CudaCtx *ctx, const gfloat *host, gsize n, UnetCudaDType dtype
     return CUDA_CHECK (cudaMemcpyAsync (*out, host, n * sizeof (gfloat),
             cudaMemcpyHostToDevice, ctx->stream), error)
         && CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error);
-  if (!grow_device ((void **) &ctx->staging_dev, &ctx->staging_dev_bytes, n * sizeof (gfloat),
+  if (!cuda_grow_device ((void **) &ctx->staging_dev, &ctx->staging_dev_bytes, n * sizeof (gfloat),
           "staging", error)
       || !CUDA_CHECK (cudaMemcpyAsync (ctx->staging_dev, host, n * sizeof (gfloat),
               cudaMemcpyHostToDevice, ctx->stream), error)
@@ -256,9 +159,9 @@ static gboolean
 cuda_upload_layers (UnetBackend *be, const UnetLayerParams *layers, gint n_layers,
     GError **error)
 {
-  CudaCtx *ctx = ctx_of (be);
+  CudaCtx *ctx = cuda_ctx_of (be);
 
-  if (!use_device (ctx, error))
+  if (!cuda_use_device (ctx, error))
     return FALSE;
   /* a forward pass may still read the old layers */
   if (ctx->n_layers > 0 && !CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error))
@@ -302,7 +205,7 @@ cuda_upload_layers (UnetBackend *be, const UnetLayerParams *layers, gint n_layer
 static UnetBackendTensor *
 cuda_tensor_new (UnetBackend *be, const UnetDims *dims, GError **error)
 {
-  CudaCtx *ctx = ctx_of (be);
+  CudaCtx *ctx = cuda_ctx_of (be);
   UnetBackendTensor *t;
   guint64 elems;
 
@@ -312,7 +215,7 @@ cuda_tensor_new (UnetBackend *be, const UnetDims *dims, GError **error)
     return NULL;
   }
   elems = (guint64) dims->n * dims->c * dims->h * dims->w;
-  /* cuDNN's legacy tensor descriptors take int dims and strides (set_nhwc_desc): an
+  /* cuDNN's legacy tensor descriptors take int dims and strides (cuda_set_nhwc_desc): an
    * activation of 2^31 elements or more cannot be described. OUT_OF_MEMORY, so the
    * segmenter halves its batch and an explicit tile size gets an actionable error. */
   if (elems > (guint64) G_MAXINT32) {
@@ -325,7 +228,7 @@ cuda_tensor_new (UnetBackend *be, const UnetDims *dims, GError **error)
   t = g_new0 (UnetBackendTensor, 1);
   t->ctx = ctx;
   t->dims = *dims;
-  t->bytes = (elems * esize (ctx) + CUDA_ALIGN - 1) / CUDA_ALIGN * CUDA_ALIGN;
+  t->bytes = (elems * cuda_esize (ctx) + CUDA_ALIGN - 1) / CUDA_ALIGN * CUDA_ALIGN;
   return t;
 }
 
@@ -372,23 +275,23 @@ cuda_tensor_bind (UnetBackendTensor *t, UnetBackendArena *arena, gsize offset)
 }
 
 /* Start of the tensor's first channel (views: the parent's memory + offset). */
-static void *
-tensor_data (const UnetBackendTensor *t)
+void *
+cuda_tensor_data (const UnetBackendTensor *t)
 {
   if (t->parent != NULL)
-    return (guint8 *) tensor_data (t->parent) + (gsize) t->c_offset * esize (t->ctx);
+    return (guint8 *) cuda_tensor_data (t->parent) + (gsize) t->c_offset * cuda_esize (t->ctx);
   return t->arena != NULL ? (guint8 *) t->arena->data + t->offset : NULL;
 }
 
 /* Elements between neighbouring pixels. */
-static gint
-tensor_stride (const UnetBackendTensor *t)
+gint
+cuda_tensor_stride (const UnetBackendTensor *t)
 {
   return t->parent != NULL ? t->parent->dims.c : t->dims.c;
 }
 
-static gsize
-tensor_pixels (const UnetBackendTensor *t)
+gsize
+cuda_tensor_pixels (const UnetBackendTensor *t)
 {
   return (gsize) t->dims.n * t->dims.h * t->dims.w;
 }
@@ -398,7 +301,7 @@ cuda_arena_new (UnetBackend *be, gsize bytes, GError **error)
 {
   UnetBackendArena *a;
 
-  if (!use_device (ctx_of (be), error))
+  if (!cuda_use_device (cuda_ctx_of (be), error))
     return NULL;
   a = g_new0 (UnetBackendArena, 1);
   if (!cuda_alloc (&a->data, bytes, "activations", error)) {
@@ -420,8 +323,8 @@ cuda_arena_free (UnetBackendArena *arena)
 
 /* ---------------------------------------------------------------- ops -- */
 
-static gboolean
-set_nhwc_desc (CudaCtx *ctx, cudnnTensorDescriptor_t desc, const UnetDims *dims, gint stride,
+gboolean
+cuda_set_nhwc_desc (CudaCtx *ctx, cudnnTensorDescriptor_t desc, const UnetDims *dims, gint stride,
     GError **error)
 {
   /* NHWC with a pixel stride of `stride` elements (== c when dense); the strides are
@@ -441,6 +344,10 @@ cuda_op_free (UnetBackendOp *op)
 {
   if (op == NULL)
     return;
+  if (op->train != NULL) {
+    cuda_train_op_free (op);
+    return;
+  }
   if (op->x_desc)
     cudnnDestroyTensorDescriptor (op->x_desc);
   if (op->y_desc)
@@ -459,8 +366,8 @@ cuda_op_free (UnetBackendOp *op)
 /* The workspace is allocated once, at the first convolution, with
  * $UNET_CUDA_WORKSPACE_MB (default 512 MiB) or a quarter of the free memory,
  * whichever is smaller; algorithms needing more are not chosen. */
-static gboolean
-ensure_workspace (CudaCtx *ctx, GError **error)
+gboolean
+cuda_ensure_workspace (CudaCtx *ctx, GError **error)
 {
   gsize want = (gsize) DEFAULT_WORKSPACE_MIB << 20, free_b = 0, total_b = 0;
   const gchar *env = g_getenv ("UNET_CUDA_WORKSPACE_MB");
@@ -550,7 +457,7 @@ choose_bwd_data_algo (CudaCtx *ctx, UnetBackendOp *op, const void *w, const void
 static void *
 op_dense_out (UnetBackendOp *op)
 {
-  return op->via_scratch ? op->ctx->scratch : tensor_data (op->d.dst);
+  return op->via_scratch ? op->ctx->scratch : cuda_tensor_data (op->d.dst);
 }
 
 /* Sets the op's descriptors for data type `dt` and math `math`. */
@@ -566,10 +473,10 @@ conv_describe (CudaCtx *ctx, UnetBackendOp *op, cudnnDataType_t dt, cudnnMathTyp
   cudnnDataType_t keep = ctx->cudnn_dtype;
   gboolean ok;
 
-  ctx->cudnn_dtype = dt;        /* set_nhwc_desc reads it */
-  ok = set_nhwc_desc (ctx, op->x_desc, &d->src->dims,
-      op->f32 ? d->src->dims.c : tensor_stride (d->src), error)
-      && set_nhwc_desc (ctx, op->y_desc, &dense, dense.c, error);
+  ctx->cudnn_dtype = dt;        /* cuda_set_nhwc_desc reads it */
+  ok = cuda_set_nhwc_desc (ctx, op->x_desc, &d->src->dims,
+      op->f32 ? d->src->dims.c : cuda_tensor_stride (d->src), error)
+      && cuda_set_nhwc_desc (ctx, op->y_desc, &dense, dense.c, error);
   ctx->cudnn_dtype = keep;
   return ok
       && CUDNN_CHECK (cudnnSetTensor4dDescriptor (op->bias_desc, CUDNN_TENSOR_NHWC, dt, 1,
@@ -602,7 +509,7 @@ static gboolean
 conv_choose_algo (CudaCtx *ctx, UnetBackendOp *op, GError **error)
 {
   const CudaLayer *l = &ctx->layers[op->d.layer];
-  const void *x = op->f32 ? (const void *) op_x32 (op) : tensor_data (op->d.src);
+  const void *x = op->f32 ? (const void *) op_x32 (op) : cuda_tensor_data (op->d.src);
   const void *w = op->f32 ? (const void *) l->weight_f32 : l->weight;
   void *y = op->f32 ? (void *) op_y32 (op) : op_dense_out (op);
 
@@ -651,7 +558,7 @@ conv_use_f32 (CudaCtx *ctx, UnetBackendOp *op, GError **error)
   op->fused = FALSE;
   if (!ensure_weight_f32 (ctx, l, error))
     return FALSE;
-  return grow_device ((void **) &ctx->scratch32, &ctx->scratch32_bytes,
+  return cuda_grow_device ((void **) &ctx->scratch32, &ctx->scratch32_bytes,
       ((x_elems + 63) / 64 * 64 + y_elems) * sizeof (float), "f32 scratch", error)
       && conv_describe (ctx, op, CUDNN_DATA_FLOAT, CUDNN_FMA_MATH, error)
       && conv_choose_algo (ctx, op, error);
@@ -685,10 +592,10 @@ conv_op_init (CudaCtx *ctx, UnetBackendOp *op, GError **error)
   }
   op->via_scratch = d->dst->parent != NULL;
   if (op->via_scratch
-      && !grow_device (&ctx->scratch, &ctx->scratch_bytes,
-          (gsize) dense.n * dense.c * dense.h * dense.w * esize (ctx), "scratch", error))
+      && !cuda_grow_device (&ctx->scratch, &ctx->scratch_bytes,
+          (gsize) dense.n * dense.c * dense.h * dense.w * cuda_esize (ctx), "scratch", error))
     return FALSE;
-  if (!ensure_workspace (ctx, error)
+  if (!cuda_ensure_workspace (ctx, error)
       || !CUDNN_CHECK (cudnnCreateTensorDescriptor (&op->x_desc), error)
       || !CUDNN_CHECK (cudnnCreateTensorDescriptor (&op->y_desc), error)
       || !CUDNN_CHECK (cudnnCreateTensorDescriptor (&op->bias_desc), error)
@@ -718,14 +625,24 @@ conv_op_init (CudaCtx *ctx, UnetBackendOp *op, GError **error)
 static UnetBackendOp *
 cuda_op_new (UnetBackend *be, const UnetOpDesc *desc, GError **error)
 {
-  CudaCtx *ctx = ctx_of (be);
-  UnetBackendOp *op = g_new0 (UnetBackendOp, 1);
-  const UnetDims *s = &desc->src->dims, *t = &desc->dst->dims;
+  CudaCtx *ctx = cuda_ctx_of (be);
+  UnetBackendOp *op;
+  const UnetDims *s, *t;
   gboolean ok = TRUE;
 
+  if (desc->src == NULL || desc->dst == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT, "op %d without src or dst",
+        desc->kind);
+    return NULL;
+  }
+  if (desc->training)
+    return cuda_train_op_new (ctx, desc, error);
+  op = g_new0 (UnetBackendOp, 1);
+  s = &desc->src->dims;
+  t = &desc->dst->dims;
   op->ctx = ctx;
   op->d = *desc;
-  if (!use_device (ctx, error))
+  if (!cuda_use_device (ctx, error))
     goto fail;
   switch (desc->kind) {
     case UNET_OP_CONV:
@@ -782,12 +699,12 @@ conv_forward_f32 (UnetBackendOp *op, GError **error)
   CudaCtx *ctx = op->ctx;
   CudaLayer *l = &ctx->layers[op->d.layer];
   const UnetBackendTensor *src = op->d.src, *dst = op->d.dst;
-  gsize x_elems = tensor_pixels (src) * src->dims.c;
-  gsize count = tensor_pixels (dst) * dst->dims.c;
+  gsize x_elems = cuda_tensor_pixels (src) * src->dims.c;
+  gsize count = cuda_tensor_pixels (dst) * dst->dims.c;
   float *x32 = op_x32 (op), *y32 = op_y32 (op);
 
   if (!ensure_weight_f32 (ctx, l, error)
-      || !KERNEL_CHECK (unet_cuda_cast_to_f32 (tensor_data (src), ctx->dtype, x32, x_elems,
+      || !KERNEL_CHECK (unet_cuda_cast_to_f32 (cuda_tensor_data (src), ctx->dtype, x32, x_elems,
               ctx->stream), error))
     return FALSE;
   if (op->d.kind == UNET_OP_UPCONV2) {
@@ -804,12 +721,12 @@ conv_forward_f32 (UnetBackendOp *op, GError **error)
               dst->dims.c, op->d.relu, ctx->stream), error))
     return FALSE;
   if (!op->via_scratch)
-    return KERNEL_CHECK (unet_cuda_cast_from_f32 (y32, tensor_data (dst), ctx->dtype, count,
+    return KERNEL_CHECK (unet_cuda_cast_from_f32 (y32, cuda_tensor_data (dst), ctx->dtype, count,
             ctx->stream), error);
   return KERNEL_CHECK (unet_cuda_cast_from_f32 (y32, ctx->scratch, ctx->dtype, count,
           ctx->stream), error)
       && KERNEL_CHECK (unet_cuda_copy_window (ctx->scratch, dst->dims.h, dst->dims.w,
-          dst->dims.c, 0, 0, 0, tensor_data (dst), tensor_stride (dst), 0, dst->dims.n,
+          dst->dims.c, 0, 0, 0, cuda_tensor_data (dst), cuda_tensor_stride (dst), 0, dst->dims.n,
           dst->dims.h, dst->dims.w, dst->dims.c, NULL, ctx->dtype, ctx->stream), error);
 }
 
@@ -833,7 +750,7 @@ conv_forward (UnetBackendOp *op, GError **error)
   const CudaLayer *l = &ctx->layers[op->d.layer];
   const UnetBackendTensor *dst = op->d.dst;
   void *out = op_dense_out (op);
-  gsize count = tensor_pixels (dst) * dst->dims.c;
+  gsize count = cuda_tensor_pixels (dst) * dst->dims.c;
   gboolean bias_done = FALSE;
   cudnnStatus_t st;
 
@@ -841,13 +758,13 @@ conv_forward (UnetBackendOp *op, GError **error)
     return conv_forward_f32 (op, error);
   if (op->d.kind == UNET_OP_UPCONV2) {
     st = cudnnConvolutionBackwardData (ctx->cudnn, &one_f, op->w_desc, l->weight,
-        op->x_desc, tensor_data (op->d.src), op->conv_desc, op->algo, ctx->workspace,
+        op->x_desc, cuda_tensor_data (op->d.src), op->conv_desc, op->algo, ctx->workspace,
         op->ws_bytes, &zero_f, op->y_desc, out);
     if (st != CUDNN_STATUS_SUCCESS)
       return conv_unsupported (op, st, error);
   } else if (op->fused) {
     st = cudnnConvolutionBiasActivationForward (ctx->cudnn, &one_f, op->x_desc,
-        tensor_data (op->d.src), op->w_desc, l->weight, op->conv_desc, op->algo,
+        cuda_tensor_data (op->d.src), op->w_desc, l->weight, op->conv_desc, op->algo,
         ctx->workspace, op->ws_bytes, &zero_f, op->y_desc, out, op->bias_desc, l->bias_lp,
         op->act_desc, op->y_desc, out);
     /* cuDNN 9 reports sub-codes (3000 + n) of the NOT_SUPPORTED category */
@@ -863,7 +780,7 @@ conv_forward (UnetBackendOp *op, GError **error)
       return FALSE;
     bias_done = TRUE;
   } else {
-    st = cudnnConvolutionForward (ctx->cudnn, &one_f, op->x_desc, tensor_data (op->d.src),
+    st = cudnnConvolutionForward (ctx->cudnn, &one_f, op->x_desc, cuda_tensor_data (op->d.src),
         op->w_desc, l->weight, op->conv_desc, op->algo, ctx->workspace, op->ws_bytes,
         &zero_f, op->y_desc, out);
     if (st != CUDNN_STATUS_SUCCESS)
@@ -876,7 +793,7 @@ conv_forward (UnetBackendOp *op, GError **error)
                 dst->dims.c, TRUE, ctx->stream), error))
       return FALSE;
     return KERNEL_CHECK (unet_cuda_copy_window (out, dst->dims.h, dst->dims.w, dst->dims.c, 0,
-            0, 0, tensor_data (dst), tensor_stride (dst), 0, dst->dims.n, dst->dims.h,
+            0, 0, cuda_tensor_data (dst), cuda_tensor_stride (dst), 0, dst->dims.n, dst->dims.h,
             dst->dims.w, dst->dims.c, bias_done || op->d.relu ? NULL : l->bias, ctx->dtype,
             ctx->stream), error);
   }
@@ -892,28 +809,33 @@ cuda_op_forward (UnetBackendOp *op, GError **error)
   CudaCtx *ctx = op->ctx;
   const UnetBackendTensor *src = op->d.src, *dst = op->d.dst;
 
-  if (!use_device (ctx, error))
+  if (op->train != NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "op %d was built for training: run it with op_forward_training", op->d.kind);
+    return FALSE;
+  }
+  if (!cuda_use_device (ctx, error))
     return FALSE;
   switch (op->d.kind) {
     case UNET_OP_CONV:
     case UNET_OP_UPCONV2:
       return conv_forward (op, error);
     case UNET_OP_MAXPOOL2:
-      return KERNEL_CHECK (unet_cuda_maxpool_forward (tensor_data (src), tensor_data (dst),
+      return KERNEL_CHECK (unet_cuda_maxpool_forward (cuda_tensor_data (src), cuda_tensor_data (dst),
               NULL, ctx->dtype, src->dims.n, src->dims.h, src->dims.w, src->dims.c,
               ctx->stream), error);
     case UNET_OP_CROP_COPY:
-      return KERNEL_CHECK (unet_cuda_copy_window (tensor_data (src), src->dims.h, src->dims.w,
-              tensor_stride (src), 0, op->d.crop_y, op->d.crop_x, tensor_data (dst),
-              tensor_stride (dst), 0, dst->dims.n, dst->dims.h, dst->dims.w, dst->dims.c,
+      return KERNEL_CHECK (unet_cuda_copy_window (cuda_tensor_data (src), src->dims.h, src->dims.w,
+              cuda_tensor_stride (src), 0, op->d.crop_y, op->d.crop_x, cuda_tensor_data (dst),
+              cuda_tensor_stride (dst), 0, dst->dims.n, dst->dims.h, dst->dims.w, dst->dims.c,
               NULL, ctx->dtype, ctx->stream), error);
     case UNET_OP_SOFTMAX:
     case UNET_OP_SIGMOID:
-      return KERNEL_CHECK (unet_cuda_softmax (tensor_data (src), tensor_data (dst),
-              ctx->dtype, tensor_pixels (src), src->dims.c, ctx->stream), error);
-    case UNET_OP_BATCHNORM:
+      return KERNEL_CHECK (unet_cuda_softmax (cuda_tensor_data (src), cuda_tensor_data (dst),
+              ctx->dtype, cuda_tensor_pixels (src), src->dims.c, ctx->stream), error);
+    case UNET_OP_BATCHNORM:       /* training ops only (op_new refuses them here) */
     case UNET_OP_DROPOUT:
-      break;                    /* training graphs only */
+      break;
   }
   g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT, "unknown op %d", op->d.kind);
   return FALSE;
@@ -924,7 +846,7 @@ cuda_op_forward (UnetBackendOp *op, GError **error)
 static gboolean
 check_dense (const UnetBackendTensor *t, GError **error)
 {
-  if (t->parent != NULL || tensor_data (t) == NULL) {
+  if (t->parent != NULL || cuda_tensor_data (t) == NULL) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
         "upload/download needs a dense tensor bound to an arena");
     return FALSE;
@@ -937,24 +859,32 @@ static gboolean
 cuda_upload (UnetBackendTensor *t, const gfloat *host, GError **error)
 {
   CudaCtx *ctx = t->ctx;
-  gsize bytes = tensor_pixels (t) * t->dims.c * sizeof (gfloat);
+  gsize bytes = cuda_tensor_pixels (t) * t->dims.c * sizeof (gfloat);
+  gfloat scale;
 
   if (!check_dense (t, error)
-      || !use_device (ctx, error)
+      || !cuda_use_device (ctx, error)
       || !grow_pinned (ctx, bytes, error)
-      || !grow_device ((void **) &ctx->staging_dev, &ctx->staging_dev_bytes, bytes, "staging",
+      || !cuda_grow_device ((void **) &ctx->staging_dev, &ctx->staging_dev_bytes, bytes, "staging",
           error)
       /* the previous upload's H2D copy must be done before the pinned buffer is
        * rewritten */
       || !CUDA_CHECK (cudaStreamSynchronize (ctx->copy_stream), error))
     return FALSE;
-  memcpy (ctx->staging_host, host, bytes);
+  scale = cuda_train_seed_scale (t);
+  if (scale == 1.0f) {
+    memcpy (ctx->staging_host, host, bytes);
+  } else {
+    /* fp16 training: dL/dlogits times the loss scale before it is rounded to 16 bit */
+    for (gsize i = 0; i < bytes / sizeof (gfloat); i++)
+      ctx->staging_host[i] = host[i] * scale;
+  }
   return CUDA_CHECK (cudaStreamWaitEvent (ctx->copy_stream, ctx->staging_free, 0), error)
       && CUDA_CHECK (cudaMemcpyAsync (ctx->staging_dev, ctx->staging_host, bytes,
           cudaMemcpyHostToDevice, ctx->copy_stream), error)
       && CUDA_CHECK (cudaEventRecord (ctx->upload_done, ctx->copy_stream), error)
       && CUDA_CHECK (cudaStreamWaitEvent (ctx->stream, ctx->upload_done, 0), error)
-      && KERNEL_CHECK (unet_cuda_nchw_to_nhwc (ctx->staging_dev, tensor_data (t), ctx->dtype,
+      && KERNEL_CHECK (unet_cuda_nchw_to_nhwc (ctx->staging_dev, cuda_tensor_data (t), ctx->dtype,
           t->dims.n, t->dims.c, t->dims.h, t->dims.w, ctx->stream), error)
       && CUDA_CHECK (cudaEventRecord (ctx->staging_free, ctx->stream), error);
 }
@@ -965,14 +895,14 @@ static gboolean
 cuda_download (UnetBackendTensor *t, gfloat *host, GError **error)
 {
   CudaCtx *ctx = t->ctx;
-  gsize bytes = tensor_pixels (t) * t->dims.c * sizeof (gfloat);
+  gsize bytes = cuda_tensor_pixels (t) * t->dims.c * sizeof (gfloat);
 
   if (!check_dense (t, error)
-      || !use_device (ctx, error)
+      || !cuda_use_device (ctx, error)
       || !grow_pinned (ctx, bytes, error)
-      || !grow_device ((void **) &ctx->staging_dev, &ctx->staging_dev_bytes, bytes, "staging",
+      || !cuda_grow_device ((void **) &ctx->staging_dev, &ctx->staging_dev_bytes, bytes, "staging",
           error)
-      || !KERNEL_CHECK (unet_cuda_nhwc_to_nchw (tensor_data (t), ctx->dtype, ctx->staging_dev,
+      || !KERNEL_CHECK (unet_cuda_nhwc_to_nchw (cuda_tensor_data (t), ctx->dtype, ctx->staging_dev,
               t->dims.n, t->dims.c, t->dims.h, t->dims.w, ctx->stream), error)
       || !CUDA_CHECK (cudaMemcpyAsync (ctx->staging_host, ctx->staging_dev, bytes,
               cudaMemcpyDeviceToHost, ctx->stream), error)
@@ -986,8 +916,8 @@ cuda_download (UnetBackendTensor *t, gfloat *host, GError **error)
 static gboolean
 cuda_synchronize (UnetBackend *be, GError **error)
 {
-  CudaCtx *ctx = ctx_of (be);
-  return use_device (ctx, error)
+  CudaCtx *ctx = cuda_ctx_of (be);
+  return cuda_use_device (ctx, error)
       && CUDA_CHECK (cudaStreamSynchronize (ctx->copy_stream), error)
       && CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error);
 }
@@ -1087,13 +1017,13 @@ cuda_frames_free (UnetBackendFrames *fr)
 static UnetBackendFrames *
 cuda_frames_new (UnetBackend *be, gint depth, GError **error)
 {
-  CudaCtx *ctx = ctx_of (be);
+  CudaCtx *ctx = cuda_ctx_of (be);
   UnetBackendFrames *fr = g_new0 (UnetBackendFrames, 1);
 
   fr->ctx = ctx;
   fr->depth = CLAMP (depth, 1, 8);
   fr->slots = g_new0 (FrameSlot, fr->depth);
-  if (!use_device (ctx, error)
+  if (!cuda_use_device (ctx, error)
       || !CUDA_CHECK (cudaStreamCreateWithFlags (&fr->d2h, cudaStreamNonBlocking), error)
       || !CUDA_CHECK (cudaEventCreateWithFlags (&fr->computed, cudaEventDisableTiming), error)
       || !cuda_alloc ((void **) &fr->dev_hist, 65536 * sizeof (guint32), "histograms", error)
@@ -1126,7 +1056,7 @@ frame_slot (UnetBackendFrames *fr, gint slot, GError **error)
         fr->depth);
     return NULL;
   }
-  if (!use_device (fr->ctx, error))
+  if (!cuda_use_device (fr->ctx, error))
     return NULL;
   return &fr->slots[slot];
 }
@@ -1166,7 +1096,7 @@ cuda_frame_upload (UnetBackendFrames *fr, gint slot, UnetPixelFormat format,
   if (!grow_pinned_buf ((void **) &s->host_in, &s->host_in_cap, bytes, error)
       /* the compute stream may still read the device copy of this slot's last frame */
       || (bytes > s->dev_in_cap && !CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error))
-      || !grow_device (&s->dev_in, &s->dev_in_cap, bytes, "frames", error))
+      || !cuda_grow_device (&s->dev_in, &s->dev_in_cap, bytes, "frames", error))
     return FALSE;
   for (gint y = 0; y < height; y++)
     memcpy (s->host_in + (gsize) y * row, (const guint8 *) data + (gsize) y * stride, row);
@@ -1238,7 +1168,7 @@ grow_output (CudaCtx *ctx, void **buf, gsize *cap, gsize need, GError **error)
   if (need <= *cap)
     return TRUE;
   return CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error)
-      && grow_device (buf, cap, need, "frame outputs", error);
+      && cuda_grow_device (buf, cap, need, "frame outputs", error);
 }
 
 static gboolean
@@ -1294,7 +1224,7 @@ cuda_frame_extract (UnetBackendFrames *fr, gint slot, const gint *origin_x,
 
   if (s == NULL)
     return FALSE;
-  if (input->parent != NULL || tensor_data (input) == NULL || d->c != 1 || b0 < 0 || n < 1
+  if (input->parent != NULL || cuda_tensor_data (input) == NULL || d->c != 1 || b0 < 0 || n < 1
       || b0 + n > d->n) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
         "tiles [%d, %d) do not fit a %dx%dx%dx%d input tensor", b0, b0 + n, d->n, d->c,
@@ -1305,7 +1235,7 @@ cuda_frame_extract (UnetBackendFrames *fr, gint slot, const gint *origin_x,
   return KERNEL_CHECK (unet_cuda_extract_tiles_params (s->dev_in, (UnetCudaPixel) s->format,
           s->width, s->height, s->row_bytes, 1, origin_x, origin_y, n, d->w, d->h, s->lo,
           s->scale, s->dev_norm ? s->dev_params : NULL,
-          (guint8 *) tensor_data (input) + (gsize) b0 * per_tile * esize (ctx), ctx->dtype,
+          (guint8 *) cuda_tensor_data (input) + (gsize) b0 * per_tile * cuda_esize (ctx), ctx->dtype,
           ctx->stream), error);
 }
 
@@ -1322,7 +1252,7 @@ cuda_frame_stitch (UnetBackendFrames *fr, gint slot, UnetBackendTensor *logits, 
 
   if (s == NULL)
     return FALSE;
-  if (logits->parent != NULL || tensor_data (logits) == NULL || d->c != s->classes || b0 < 0
+  if (logits->parent != NULL || cuda_tensor_data (logits) == NULL || d->c != s->classes || b0 < 0
       || n < 1 || b0 + n > d->n || blend != s->blend) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
         "tiles [%d, %d) do not fit a %dx%dx%dx%d logits tensor", b0, b0 + n, d->n, d->c,
@@ -1342,7 +1272,7 @@ cuda_frame_stitch (UnetBackendFrames *fr, gint slot, UnetBackendTensor *logits, 
       return FALSE;
     }
   }
-  z = (const guint8 *) tensor_data (logits) + (gsize) b0 * per_tile * esize (ctx);
+  z = (const guint8 *) cuda_tensor_data (logits) + (gsize) b0 * per_tile * cuda_esize (ctx);
   if (blend)
     return KERNEL_CHECK (unet_cuda_accumulate_blocks (z, ctx->dtype, n, d->h, d->w, d->c, bl,
             0.125f, s->dev_acc, s->dev_wsum, s->width, s->height, ctx->stream), error);
@@ -1417,7 +1347,7 @@ cuda_frame_wait (UnetBackendFrames *fr, gint slot, GError **error)
 static void
 cuda_free (UnetBackend *be)
 {
-  CudaCtx *ctx = ctx_of (be);
+  CudaCtx *ctx = cuda_ctx_of (be);
 
   if (ctx != NULL) {
     cudaSetDevice (ctx->device);
@@ -1426,6 +1356,7 @@ cuda_free (UnetBackend *be)
     if (ctx->copy_stream != NULL)
       cudaStreamSynchronize (ctx->copy_stream);
     free_layers (ctx);
+    cuda_train_ctx_free (ctx);
     cudaFree (ctx->workspace);
     cudaFree (ctx->scratch);
     cudaFree (ctx->scratch32);
@@ -1464,6 +1395,13 @@ static const UnetBackendIface cuda_iface = {
   .upload = cuda_upload,
   .download = cuda_download,
   .synchronize = cuda_synchronize,
+  .params_set = cuda_params_set,
+  .params_get = cuda_params_get,
+  .grads_zero = cuda_grads_zero,
+  .grads_get = cuda_grads_get,
+  .params_host = NULL,          /* the slabs live on the device */
+  .op_forward_training = cuda_op_forward_training,
+  .op_backward = cuda_op_backward,
   .frames_new = cuda_frames_new,
   .frames_free = cuda_frames_free,
   .frame_upload = cuda_frame_upload,
@@ -1531,6 +1469,7 @@ unet_backend_cuda_new (const UnetNetOptions *opts, GError **error)
   ctx->device = opts->gpu_id;
   g_strlcpy (ctx->name, name, sizeof ctx->name);
   ctx->precision = opts->precision;
+  ctx->loss_scale = 1.0;
   ctx->find = find == NULL || g_strcmp0 (find, "0") != 0;
   unet_cuda_precision_types (opts->precision, &ctx->dtype, &ctx->cudnn_dtype, &ctx->math);
   if (!CUDA_CHECK (cudaSetDevice (ctx->device), error)

@@ -210,6 +210,13 @@ int unet_cuda_copy_window (const void *src, int src_h, int src_w, int src_stride
                            int y0, int x0, void *dst, int dst_stride, int dst_off, int n,
                            int h, int w, int c, const float *bias, UnetCudaDType dtype,
                            UnetCudaStream stream);
+/* The backward of copy_window: dst window [y0, y0 + h) x [x0, x0 + w) of (n, dst_h, dst_w,
+ * .) channels [dst_off, dst_off + c) (pixel stride dst_stride) += src (n, h, w, .)
+ * channels [src_off, src_off + c) (pixel stride src_stride). The gradient of a crop:
+ * zero dst first for a written (not accumulated) gradient. */
+int unet_cuda_window_add (const void *src, int src_stride, int src_off, void *dst, int dst_h,
+                          int dst_w, int dst_stride, int dst_off, int y0, int x0, int n,
+                          int h, int w, int c, UnetCudaDType dtype, UnetCudaStream stream);
 /* y (pixels, classes) = softmax over classes (classes >= 2) or sigmoid (classes == 1),
  * computed in f32; in place allowed. */
 int unet_cuda_softmax (const void *x, void *y, UnetCudaDType dtype, size_t pixels,

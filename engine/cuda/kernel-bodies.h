@@ -634,6 +634,26 @@ kb_crop_concat_backward_elem (const T *dout, T *da, int ha, int wa, int ca, int 
   }
 }
 
+/* Element i of src (n, h, w, c), channels [src_off, src_off + c) of a src_stride-channel
+ * tensor, added into dst pixel (y + y0, x + x0) of (n, dst_h, dst_w, .), channel
+ * dst_off + ch of a dst_stride-channel tensor: the backward of copy_window (the
+ * gradient of a crop lands in its window). Distinct i touch distinct dst elements. */
+template <typename T>
+static UNET_HD void
+kb_window_add_elem (const T *src, int src_stride, int src_off, T *dst, int dst_h, int dst_w,
+                    int dst_stride, int dst_off, int y0, int x0, int h, int w, int c,
+                    size_t i)
+{
+  const int ch = (int) (i % c);
+  const size_t pix = i / c;
+  const int x = (int) (pix % w);
+  size_t r = pix / w;
+  const int y = (int) (r % h);
+  const int b = (int) (r / h);
+  T *p = dst + (((size_t) b * dst_h + y + y0) * dst_w + x + x0) * dst_stride + dst_off + ch;
+  *p = from_f32<T> (to_f32 (*p) + to_f32 (src[pix * src_stride + src_off + ch]));
+}
+
 /* ------------------------------------------------------------------ loss -- */
 
 /* Pixel i of the weighted cross-entropy: adds w * loss and w to *loss_sum /

@@ -96,3 +96,30 @@ unet_cuda_crop_concat_backward (const void *dout, void *da, int ha, int wa, int 
       off_y, off_x, (T *) db, cb, n, h, w));
   return launch_status ();
 }
+
+/* dst window += src: one thread per element of src (the window maps one-to-one). */
+template <typename T>
+static __global__ void
+window_add_kernel (const T *src, int src_stride, int src_off, T *dst, int dst_h, int dst_w,
+                   int dst_stride, int dst_off, int y0, int x0, int n, int h, int w, int c)
+{
+  UNET_GRID_LOOP (i, (size_t) n * h * w * c)
+    kb_window_add_elem (src, src_stride, src_off, dst, dst_h, dst_w, dst_stride, dst_off, y0,
+        x0, h, w, c, i);
+}
+
+extern "C" int
+unet_cuda_window_add (const void *src, int src_stride, int src_off, void *dst, int dst_h,
+                      int dst_w, int dst_stride, int dst_off, int y0, int x0, int n, int h,
+                      int w, int c, UnetCudaDType dtype, UnetCudaStream stream)
+{
+  if (y0 < 0 || x0 < 0 || y0 + h > dst_h || x0 + w > dst_w || n < 1 || h < 1 || w < 1
+      || c < 1 || src_off < 0 || dst_off < 0 || src_off + c > src_stride
+      || dst_off + c > dst_stride)
+    return (int) cudaErrorInvalidValue;
+  const size_t total = (size_t) n * h * w * c;
+  UNET_CUDA_DISPATCH (dtype, window_add_kernel<T><<<grid_for (total), UNET_CUDA_THREADS, 0,
+      (cudaStream_t) stream>>> ((const T *) src, src_stride, src_off, (T *) dst, dst_h, dst_w,
+      dst_stride, dst_off, y0, x0, n, h, w, c));
+  return launch_status ();
+}

@@ -593,6 +593,30 @@ test_copy_window (void)
   assert_close ("copy window", dst.data (), want.data (), dst.size (), 0, 0);
 }
 
+static void
+test_window_add (void)
+{
+  /* the transpose of test_copy_window: src (n, h, w, src_stride) channels [off, off + c)
+   * added into the window at (y0, x0) of dst (n, dh, dw, dst_stride) channels
+   * [doff, doff + c); everything outside the window and those channels stays */
+  const int n = 2, h = 5, w = 7, src_stride = 5, src_off = 1, c = 3, y0 = 3, x0 = 5;
+  const int dh = 9, dw = 13, dst_stride = 7, dst_off = 2;
+  std::vector<float> src = random_floats ((size_t) n * h * w * src_stride, 82);
+  std::vector<float> dst = random_floats ((size_t) n * dh * dw * dst_stride, 83), want (dst);
+  for (int b = 0; b < n; b++)
+    for (int y = 0; y < h; y++)
+      for (int x = 0; x < w; x++)
+        for (int k = 0; k < c; k++)
+          want[(((size_t) b * dh + y + y0) * dw + x + x0) * dst_stride + dst_off + k] +=
+              src[(((size_t) b * h + y) * w + x) * src_stride + src_off + k];
+  grid ((size_t) n * h * w * c, [&] (size_t i) {
+    kb_window_add_elem (src.data (), src_stride, src_off, dst.data (), dh, dw, dst_stride,
+        dst_off, y0, x0, h, w, c, i);
+  });
+  /* one f32 addition per element, the same one the reference does */
+  assert_close ("window add", dst.data (), want.data (), dst.size (), 0, 0);
+}
+
 /* ---------------------------------------------------- pool and concat -- */
 
 static void
@@ -990,6 +1014,7 @@ main (int argc, char **argv)
   g_test_add_func ("/cuda-bodies/batchnorm", test_batchnorm);
   g_test_add_func ("/cuda-bodies/dropout", test_dropout);
   g_test_add_func ("/cuda-bodies/copy-window", test_copy_window);
+  g_test_add_func ("/cuda-bodies/window-add", test_window_add);
   g_test_add_func ("/cuda-bodies/maxpool", test_maxpool);
   g_test_add_func ("/cuda-bodies/crop-concat", test_crop_concat);
   g_test_add_func ("/cuda-bodies/cross-entropy", test_xent);

@@ -614,6 +614,14 @@ unet_cuda_copy_window (const void *src, int src_h, int src_w, int src_stride, in
 }
 
 int
+unet_cuda_window_add (const void *src, int src_stride, int src_off, void *dst, int dst_h,
+    int dst_w, int dst_stride, int dst_off, int y0, int x0, int n, int h, int w, int c,
+    UnetCudaDType dtype, UnetCudaStream stream)
+{
+  return mock_launch ("window_add", stream);
+}
+
+int
 unet_cuda_softmax (const void *x, void *y, UnetCudaDType dtype, size_t pixels, int classes,
     UnetCudaStream stream)
 {

@@ -1,0 +1,176 @@
+/* gst-unet engine — the CUDA backend's context, tensors and ops, shared by its
+ * inference half (cuda-backend.c) and its training half (cuda-train-ops.c); internal
+ * to engine/cuda. One CudaCtx per backend is THE execution context of the device:
+ * one compute stream (every kernel and cuDNN call), one copy stream (uploads), one
+ * cuDNN handle, one workspace, one scratch and one allocator (cuda_alloc), used by
+ * inference and training alike.
+ */
+#pragma once
+
+#include "backend.h"
+#include "cuda-check.h"
+#include "cuda-kernels.h"
+
+#include <cuda_runtime_api.h>
+#include <cudnn.h>
+
+G_BEGIN_DECLS
+
+typedef struct _CudaCtx CudaCtx;
+typedef struct _CudaTrainOp CudaTrainOp;
+
+#define CUDA_ALIGN 256
+#define DEFAULT_WORKSPACE_MIB 512
+
+typedef struct _CudaCtx CudaCtx;
+
+typedef struct
+{
+  UnetLayerKind kind;
+  gint cin, cout, k;
+  void *weight;                 /* KRSC (conv: [cout,k,k,cin]; upconv: [cin,2,2,cout]) */
+  float *bias;                  /* [cout] f32 */
+  void *bias_lp;                /* [cout] in the activation type (cuDNN's fused op) */
+  const gfloat *host_weight;    /* PyTorch layout, valid until the next upload (net.c) */
+  float *weight_f32;            /* KRSC f32, uploaded when an op falls back to f32 */
+} CudaLayer;
+
+struct _CudaCtx
+{
+  gint device;
+  gchar name[256];
+  cudaStream_t stream;          /* every op, in order */
+  cudaStream_t copy_stream;     /* host-to-device uploads */
+  cudaEvent_t upload_done;      /* copy_stream -> stream */
+  cudaEvent_t staging_free;     /* stream -> copy_stream: the staging was consumed */
+  cudnnHandle_t cudnn;
+  UnetPrecision precision;
+  UnetCudaDType dtype;
+  cudnnDataType_t cudnn_dtype;
+  cudnnMathType_t math;
+  gboolean find;                /* benchmark algorithms (cudnnFind*Ex) */
+  CudaLayer *layers;
+  gint n_layers;
+  void *workspace;
+  gsize workspace_bytes;
+  gboolean workspace_done;
+  void *scratch;
+  gsize scratch_bytes;
+  float *scratch32;             /* f32 input + output of convolutions run in f32 */
+  gsize scratch32_bytes;
+  float *staging_dev;
+  gsize staging_dev_bytes;
+  float *staging_host;          /* pinned */
+  gsize staging_host_bytes;
+
+  /* ---- training (cuda-train-ops.c): slabs in the layout of model-private.h ---- */
+  gsize slab_numel;             /* 0 until the first params_set */
+  float *params;                /* f32 master parameters (+ batch-norm running stats) */
+  float *grads;                 /* f32 gradients, unscaled, accumulated */
+  float *step_grads;            /* fp16 only: one backward pass's gradients, scaled by
+                                   loss_scale, folded into grads (fold_pass) */
+  void *work;                   /* working weights: KRSC, activation type, slab offsets */
+  guint64 params_version;       /* bumped by params_set; ops re-derive their weights */
+  void *dw;                     /* one filter gradient (cuDNN KRSC, activation type);
+                                   also the weight stand-in while algorithms are chosen */
+  gsize dw_bytes;
+  double *partials;             /* per-channel reduction scratch (cuda-kernels.h) */
+  gsize partials_bytes;
+  int *flag;                    /* device: non-finite gradient seen */
+  gdouble loss_scale;           /* fp16: dynamic loss scale; else 1 */
+  gint64 clean_passes;
+  gboolean pass_open;           /* fp16: step_grads holds a pass not folded yet */
+};
+
+struct _UnetBackendArena
+{
+  void *data;
+  gsize bytes;
+};
+
+struct _UnetBackendTensor
+{
+  CudaCtx *ctx;
+  UnetDims dims;
+  UnetBackendTensor *parent;
+  gint c_offset;
+  UnetBackendArena *arena;
+  gsize offset;
+  gsize bytes;
+  /* training: a gradient seed (some training op's diff_dst and no op's diff_src, i.e.
+   * dL/dlogits): fp16 uploads into it are multiplied by the loss scale */
+  gboolean is_diff_dst, is_diff_src;
+};
+
+struct _UnetBackendOp
+{
+  CudaCtx *ctx;
+  UnetOpDesc d;
+  cudnnTensorDescriptor_t x_desc, y_desc, bias_desc;
+  cudnnFilterDescriptor_t w_desc;
+  cudnnConvolutionDescriptor_t conv_desc;
+  cudnnActivationDescriptor_t act_desc;
+  gint algo;                    /* cudnnConvolutionFwdAlgo_t / BwdDataAlgo_t */
+  gsize ws_bytes;
+  gboolean fused;               /* conv + bias + ReLU in one cuDNN call */
+  gboolean via_scratch;         /* dst is a view: compute densely into ctx->scratch */
+  gboolean f32;                 /* 16-bit net, but cuDNN has no NHWC algorithm for this
+                                 * shape (1 or odd channels): run it in f32 */
+  CudaTrainOp *train;           /* a training op (desc.training): cuda-train-ops.c */
+};
+
+static inline CudaCtx *
+cuda_ctx_of (UnetBackend *be)
+{
+  return be->priv;
+}
+
+static inline gsize
+cuda_esize (const CudaCtx *ctx)
+{
+  return unet_cuda_dtype_size (ctx->dtype);
+}
+
+/* Kernel launchers return a cudaError_t as int. */
+#define KERNEL_CHECK(call, error) CUDA_CHECK (call, error)
+
+/* ---- cuda-backend.c ---- */
+
+/* Makes the backend's device current on the calling thread. */
+gboolean     cuda_use_device            (const CudaCtx *ctx, GError **error);
+/* cudaMalloc with an actionable out-of-memory error naming `what`. */
+gboolean     cuda_alloc                 (void **ptr, gsize bytes, const gchar *what,
+                                         GError **error);
+/* Grows a device buffer to `need` bytes (never shrinks; contents are lost). */
+gboolean     cuda_grow_device           (void **buf, gsize *have, gsize need,
+                                         const gchar *what, GError **error);
+/* The convolution workspace, allocated once. */
+gboolean     cuda_ensure_workspace      (CudaCtx *ctx, GError **error);
+/* NHWC descriptor of `dims` with a pixel stride of `stride` elements, in
+ * ctx->cudnn_dtype. */
+gboolean     cuda_set_nhwc_desc         (CudaCtx *ctx, cudnnTensorDescriptor_t desc,
+                                         const UnetDims *dims, gint stride, GError **error);
+/* Start of the tensor's first channel (views: inside the parent's memory), its pixel
+ * stride in elements, its pixel count n * h * w. */
+void        *cuda_tensor_data           (const UnetBackendTensor *t);
+gint         cuda_tensor_stride         (const UnetBackendTensor *t);
+gsize        cuda_tensor_pixels         (const UnetBackendTensor *t);
+
+/* ---- cuda-train-ops.c: the training slots of backend.h ---- */
+
+UnetBackendOp *cuda_train_op_new        (CudaCtx *ctx, const UnetOpDesc *desc,
+                                         GError **error);
+void         cuda_train_op_free         (UnetBackendOp *op);
+/* Frees the training slabs and scratch of the context. */
+void         cuda_train_ctx_free        (CudaCtx *ctx);
+/* The loss scale a gradient seed upload applies (1 but in fp16 training). */
+gfloat       cuda_train_seed_scale      (const UnetBackendTensor *t);
+gboolean     cuda_params_set            (UnetBackend *be, const gfloat *host, gsize numel,
+                                         GError **error);
+gboolean     cuda_params_get            (UnetBackend *be, gfloat *host, GError **error);
+gboolean     cuda_grads_zero            (UnetBackend *be, GError **error);
+gboolean     cuda_grads_get             (UnetBackend *be, gfloat *host, GError **error);
+gboolean     cuda_op_forward_training   (UnetBackendOp *op, guint64 seed, GError **error);
+gboolean     cuda_op_backward           (UnetBackendOp *op, GError **error);
+
+G_END_DECLS
