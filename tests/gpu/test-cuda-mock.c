@@ -21,11 +21,29 @@
  *      mean/std normalisation included);
  *   7. a bf16 / fp16 net whose first convolution has 1 input channel, for which the
  *      mock cuDNN (like cuDNN's legacy API may) offers no NHWC 16-bit algorithm, runs
- *      that convolution in f32: conversion kernels around an f32 convolution. */
+ *      that convolution in f32: conversion kernels around an f32 convolution.
+ *
+ * Checked (issue 15), a training step of a CUDA net (unet_net_zero_gradients +
+ * unet_net_train_forward + unet_net_train_backward: the graph executor over the
+ * backend's training ops) of a U-Net with every training op (convolutions, batch
+ * norm, pooling, transposed convolutions, crops into concat views, dropout):
+ *   8. one execution context: every kernel, memset and cuDNN call of the step runs
+ *      on the backend's compute stream with its one cuDNN handle, on its device
+ *      (gpu-id 1, from a thread that is on device 0); the step creates no stream,
+ *      handle or event and allocates nothing (no second workspace);
+ *   9. no parameter or gradient crosses between host and device: the step's only
+ *      copies are the input upload, the logits download and the dL/dlogits upload
+ *      (the loss still runs on the host; moving it to the device is a later step of
+ *      issue 15), each exactly the size of that tensor; fp16 adds one 4-byte read of
+ *      the finite flag of its dynamic loss scaling, uploads dL/dlogits multiplied by
+ *      the loss scale (65536) and folds the pass into the gradients divided by it;
+ *  10. the ops of every kind are built and run forward and backward (the launch log
+ *      has each op's kernels). */
 #include "config.h"
 
 #include "backend.h"
 #include "cuda-kernels.h"
+#include "model-private.h"
 
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
@@ -44,6 +62,21 @@ static gsize last_pinned_bytes;
 static GArray *device_allocs;           /* gsize, every cudaMalloc */
 static GArray *pinned_allocs;           /* gsize, every cudaMallocHost */
 static GString *launch_log;             /* launcher names, space separated */
+/* one execution context (issue 15): the handle and the stream it was set to */
+static cudnnHandle_t the_handle;
+static cudaStream_t the_stream;
+static int n_handles, n_streams, n_events;
+static int step_on;                     /* inside a training step: log and check */
+static int step_wrong_stream, step_wrong_handle, step_mallocs;
+static float last_scale_add;            /* scale of the last unet_cuda_scale_add_f32 */
+typedef struct
+{
+  gsize bytes;
+  enum cudaMemcpyKind kind;
+  cudaStream_t stream;
+  float first;                          /* first float of an H2D copy */
+} Copy;
+static GArray *step_copies;             /* Copy */
 
 static void
 on_device (const char *what)
@@ -61,10 +94,32 @@ fail_with (cudaError_t err)
   return err;
 }
 
+static void
+on_stream (const char *what, cudaStream_t stream)
+{
+  if (step_on && stream != the_stream) {
+    step_wrong_stream++;
+    g_printerr ("%s ran on stream %p, not the backend's %p\n", what, (void *) stream,
+        (void *) the_stream);
+  }
+}
+
+static void
+on_handle (const char *what, cudnnHandle_t h)
+{
+  on_device (what);
+  if (step_on && h != the_handle) {
+    step_wrong_handle++;
+    g_printerr ("%s used cuDNN handle %p, not the backend's %p\n", what, (void *) h,
+        (void *) the_handle);
+  }
+}
+
 static int
 mock_launch (const char *what, UnetCudaStream stream)
 {
   on_device (what);
+  on_stream (what, (cudaStream_t) stream);
   launches++;
   g_string_append_printf (launch_log, "%s ", what);
   (void) stream;
@@ -133,6 +188,7 @@ cudaError_t
 cudaStreamCreateWithFlags (cudaStream_t *stream, unsigned int flags)
 {
   on_device ("cudaStreamCreateWithFlags");
+  n_streams++;
   *stream = (cudaStream_t) g_malloc0 (16);
   return cudaSuccess;
 }
@@ -163,6 +219,7 @@ cudaError_t
 cudaEventCreateWithFlags (cudaEvent_t *event, unsigned int flags)
 {
   on_device ("cudaEventCreateWithFlags");
+  n_events++;
   *event = (cudaEvent_t) g_malloc0 (16);
   return cudaSuccess;
 }
@@ -191,6 +248,7 @@ cudaError_t
 cudaMalloc (void **ptr, size_t bytes)
 {
   on_device ("cudaMalloc");
+  step_mallocs += step_on;
   *ptr = g_malloc0 (bytes);
   g_array_append_val (device_allocs, bytes);
   return cudaSuccess;
@@ -242,6 +300,12 @@ cudaMemcpyAsync (void *dst, const void *src, size_t bytes, enum cudaMemcpyKind k
   if (stream == NULL)
     null_stream_copies++;
   memcpy (dst, src, bytes);
+  if (step_on) {
+    Copy c = { bytes, kind, stream, 0.0f };
+    if (kind == cudaMemcpyHostToDevice && bytes >= sizeof (float))
+      memcpy (&c.first, dst, sizeof (float));
+    g_array_append_val (step_copies, c);
+  }
   return cudaSuccess;
 }
 
@@ -249,6 +313,7 @@ cudaError_t
 cudaMemsetAsync (void *ptr, int value, size_t bytes, cudaStream_t stream)
 {
   on_device ("cudaMemsetAsync");
+  on_stream ("cudaMemsetAsync", stream);
   memset (ptr, value, bytes);
   return cudaSuccess;
 }
@@ -288,7 +353,9 @@ cudnnStatus_t
 cudnnCreate (cudnnHandle_t *h)
 {
   on_device ("cudnnCreate");
+  n_handles++;
   *h = (cudnnHandle_t) g_malloc0 (16);
+  the_handle = *h;
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -302,6 +369,7 @@ cudnnDestroy (cudnnHandle_t h)
 cudnnStatus_t
 cudnnSetStream (cudnnHandle_t h, cudaStream_t s)
 {
+  the_stream = s;
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -393,7 +461,7 @@ cudnnConvolutionBiasActivationForward (cudnnHandle_t h, const void *a1,
     const cudnnTensorDescriptor_t b, const void *bp, const cudnnActivationDescriptor_t act,
     const cudnnTensorDescriptor_t y, void *yp)
 {
-  on_device ("cudnnConvolutionBiasActivationForward");
+  on_handle ("cudnnConvolutionBiasActivationForward", h);
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -403,7 +471,74 @@ cudnnConvolutionForward (cudnnHandle_t h, const void *a1, const cudnnTensorDescr
     const cudnnConvolutionDescriptor_t c, cudnnConvolutionFwdAlgo_t algo, void *ws,
     size_t wsb, const void *a2, const cudnnTensorDescriptor_t y, void *yp)
 {
-  on_device ("cudnnConvolutionForward");
+  on_handle ("cudnnConvolutionForward", h);
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t
+cudnnConvolutionBackwardData (cudnnHandle_t h, const void *alpha,
+    const cudnnFilterDescriptor_t w, const void *wp, const cudnnTensorDescriptor_t dy,
+    const void *dyp, const cudnnConvolutionDescriptor_t c, cudnnConvolutionBwdDataAlgo_t algo,
+    void *ws, size_t wsb, const void *beta, const cudnnTensorDescriptor_t dx, void *dxp)
+{
+  on_handle ("cudnnConvolutionBackwardData", h);
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t
+cudnnConvolutionBackwardFilter (cudnnHandle_t h, const void *alpha,
+    const cudnnTensorDescriptor_t x, const void *xp, const cudnnTensorDescriptor_t dy,
+    const void *dyp, const cudnnConvolutionDescriptor_t c,
+    cudnnConvolutionBwdFilterAlgo_t algo, void *ws, size_t wsb, const void *beta,
+    const cudnnFilterDescriptor_t dw, void *dwp)
+{
+  on_handle ("cudnnConvolutionBackwardFilter", h);
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t
+cudnnFindConvolutionBackwardDataAlgorithmEx (cudnnHandle_t h,
+    const cudnnFilterDescriptor_t w, const void *wp, const cudnnTensorDescriptor_t dy,
+    const void *dyp, const cudnnConvolutionDescriptor_t c, const cudnnTensorDescriptor_t dx,
+    void *dxp, const int req, int *got, cudnnConvolutionBwdDataAlgoPerf_t *perf, void *ws,
+    size_t wsb)
+{
+  return CUDNN_STATUS_NOT_SUPPORTED;    /* the heuristics path below */
+}
+
+cudnnStatus_t
+cudnnFindConvolutionBackwardFilterAlgorithmEx (cudnnHandle_t h,
+    const cudnnTensorDescriptor_t x, const void *xp, const cudnnTensorDescriptor_t dy,
+    const void *dyp, const cudnnConvolutionDescriptor_t c, const cudnnFilterDescriptor_t dw,
+    void *dwp, const int req, int *got, cudnnConvolutionBwdFilterAlgoPerf_t *perf, void *ws,
+    size_t wsb)
+{
+  return CUDNN_STATUS_NOT_SUPPORTED;
+}
+
+cudnnStatus_t
+cudnnGetConvolutionBackwardDataAlgorithm_v7 (cudnnHandle_t h,
+    const cudnnFilterDescriptor_t w, const cudnnTensorDescriptor_t dy,
+    const cudnnConvolutionDescriptor_t c, const cudnnTensorDescriptor_t dx, const int req,
+    int *got, cudnnConvolutionBwdDataAlgoPerf_t *perf)
+{
+  memset (perf, 0, sizeof *perf);
+  perf[0].status = CUDNN_STATUS_SUCCESS;
+  perf[0].determinism = CUDNN_DETERMINISTIC;
+  *got = 1;
+  return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t
+cudnnGetConvolutionBackwardFilterAlgorithm_v7 (cudnnHandle_t h,
+    const cudnnTensorDescriptor_t x, const cudnnTensorDescriptor_t dy,
+    const cudnnConvolutionDescriptor_t c, const cudnnFilterDescriptor_t dw, const int req,
+    int *got, cudnnConvolutionBwdFilterAlgoPerf_t *perf)
+{
+  memset (perf, 0, sizeof *perf);
+  perf[0].status = CUDNN_STATUS_SUCCESS;
+  perf[0].determinism = CUDNN_DETERMINISTIC;
+  *got = 1;
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -687,6 +822,7 @@ int
 unet_cuda_scale_add_f32 (const float *x, float *y, size_t count, float scale,
     UnetCudaStream stream)
 {
+  last_scale_add = scale;
   return mock_launch ("scale_add_f32", stream);
 }
 
@@ -908,6 +1044,138 @@ test_bf16_one_channel (void)
   unet_backend_free (be);
 }
 
+/* 8-10. A training step of a CUDA net through the graph executor. */
+static gboolean
+train_step (UnetNet *net, const gfloat *in, gint batch, gint size, gfloat *logits,
+    const gfloat *dlogits, GError **error)
+{
+  return ON_OTHER_DEVICE (unet_net_zero_gradients (net, error))
+      && ON_OTHER_DEVICE (unet_net_train_forward (net, in, batch, size, size, 5, logits,
+          error))
+      && ON_OTHER_DEVICE (unet_net_train_backward (net, dlogits, error));
+}
+
+static void
+train_case (UnetPrecision precision, gint in_channels)
+{
+  /* every training op: conv (+bias), batch norm + ReLU, pooling, transposed conv into
+   * a concat view, crop into the other half, dropout at the bottom */
+  UnetConfig cfg = { in_channels, 2, 2, 8, UNET_PADDING_VALID, TRUE, 0.25 };
+  UnetNetOptions opts;
+  GError *error = NULL;
+  const gint batch = 2;
+  const gboolean fp16 = precision == UNET_PRECISION_FP16;
+  gint size, out, handles0 = n_handles, streams0 = n_streams, events0;
+  gsize n_in, n_out, n_params = 0;
+
+  UnetModel *model = unet_model_new (&cfg, &error);
+  g_assert_no_error (error);
+  unet_model_init_weights (model, 1);
+  size = unet_config_input_for_output (&cfg, 4);
+  out = unet_config_output_size (&cfg, size);
+  n_in = (gsize) batch * in_channels * size * size;
+  n_out = (gsize) batch * cfg.classes * out * out;
+  gfloat *in = g_new (gfloat, n_in), *logits = g_new (gfloat, n_out);
+  gfloat *dlogits = g_new (gfloat, n_out);
+  for (gsize i = 0; i < n_in; i++)
+    in[i] = 0.25f + (gfloat) (i % 7) * 0.125f;
+  for (gsize i = 0; i < n_out; i++)
+    dlogits[i] = 1e-3f;
+
+  unet_net_options_init (&opts);
+  opts.device = UNET_DEVICE_CUDA;
+  opts.gpu_id = 1;
+  opts.precision = precision;
+  g_setenv ("UNET_CUDNN_FIND", "0", TRUE);
+  UnetNet *net = unet_net_new (model, &opts, &error);
+  g_assert_no_error (error);
+  expect_dev = 1;
+  wrong_device = 0;
+
+  /* the first step builds the training graph and uploads the parameters */
+  g_assert_true (train_step (net, in, batch, size, logits, dlogits, &error));
+  g_assert_no_error (error);
+
+  /* the measured step */
+  events0 = n_events;
+  g_array_set_size (step_copies, 0);
+  g_string_truncate (launch_log, 0);
+  step_wrong_stream = step_wrong_handle = step_mallocs = 0;
+  last_scale_add = 0.0f;
+  step_on = 1;
+  g_assert_true (train_step (net, in, batch, size, logits, dlogits, &error));
+  step_on = 0;
+  g_assert_no_error (error);
+
+  /* 8. one device, one stream, one handle; nothing created or allocated */
+  g_assert_cmpint (wrong_device, ==, 0);
+  g_assert_cmpint (step_wrong_stream, ==, 0);
+  g_assert_cmpint (step_wrong_handle, ==, 0);
+  g_assert_cmpint (n_handles - handles0, ==, 1);
+  g_assert_cmpint (n_streams - streams0, ==, 2);        /* compute + upload */
+  g_assert_cmpint (n_events, ==, events0);
+  g_assert_cmpint (step_mallocs, ==, 0);
+
+  /* 9. the copies of the step, in order */
+  guint k = 0;
+  if (fp16) {
+    /* the fold of the previous pass reads its finite flag (grads_zero) */
+    Copy *c = &g_array_index (step_copies, Copy, k++);
+    g_assert_cmpuint (c->bytes, ==, sizeof (int));
+    g_assert_cmpint (c->kind, ==, cudaMemcpyDeviceToHost);
+    /* and adds the pass divided by the scale */
+    g_assert_cmpfloat (last_scale_add, ==, 1.0f / 65536.0f);
+  }
+  g_assert_cmpuint (step_copies->len, ==, k + 3);
+  Copy *up = &g_array_index (step_copies, Copy, k);
+  Copy *down = &g_array_index (step_copies, Copy, k + 1);
+  Copy *dl = &g_array_index (step_copies, Copy, k + 2);
+  g_assert_cmpuint (up->bytes, ==, n_in * sizeof (gfloat));
+  g_assert_cmpint (up->kind, ==, cudaMemcpyHostToDevice);
+  g_assert_cmpfloat (up->first, ==, in[0]);             /* the input is not scaled */
+  g_assert_cmpuint (down->bytes, ==, n_out * sizeof (gfloat));
+  g_assert_cmpint (down->kind, ==, cudaMemcpyDeviceToHost);
+  g_assert_cmpuint (dl->bytes, ==, n_out * sizeof (gfloat));
+  g_assert_cmpint (dl->kind, ==, cudaMemcpyHostToDevice);
+  g_assert_cmpfloat (dl->first, ==, fp16 ? 1e-3f * 65536.0f : 1e-3f);
+  for (guint i = 0; i < step_copies->len; i++)
+    g_assert_true (g_array_index (step_copies, Copy, i).stream != NULL);
+
+  /* 10. every op kind ran forward and backward on the device */
+  const gchar *kernels[] = { "bias_act", "batchnorm_forward_train", "maxpool_forward",
+    "dropout", "copy_window", "relu_backward", "batchnorm_backward", "bias_grad",
+    "filter_grad_accumulate", "maxpool_backward", "window_add" };
+  for (guint i = 0; i < G_N_ELEMENTS (kernels); i++)
+    if (strstr (launch_log->str, kernels[i]) == NULL)
+      g_error ("the training step launched no %s: %s", kernels[i], launch_log->str);
+
+  /* the slabs reach the host only when asked for */
+  const gfloat *grads = unet_net_get_gradients (net, &n_params, &error);
+  g_assert_no_error (error);
+  g_assert_nonnull (grads);
+  g_assert_cmpuint (n_params, ==, unet_model_get_layout (model)->slab_numel);
+  expect_dev = -1;
+  unet_net_free (net);
+  unet_model_free (model);
+  g_free (in);
+  g_free (logits);
+  g_free (dlogits);
+}
+
+static void
+test_train_step_fp32 (void)
+{
+  train_case (UNET_PRECISION_FP32, 1);
+}
+
+static void
+test_train_step_fp16 (void)
+{
+  /* 8 input channels: the mock, like cuDNN's legacy API may, has no 16-bit NHWC
+   * algorithm for one channel, and the training ops have no f32 fallback */
+  train_case (UNET_PRECISION_FP16, 8);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -915,11 +1183,15 @@ main (int argc, char **argv)
   device_allocs = g_array_new (FALSE, FALSE, sizeof (gsize));
   pinned_allocs = g_array_new (FALSE, FALSE, sizeof (gsize));
   launch_log = g_string_new (NULL);
+  step_copies = g_array_new (FALSE, FALSE, sizeof (Copy));
   g_test_add_func ("/cuda-mock/backend", test_backend);
   g_test_add_func ("/cuda-mock/bf16-one-channel", test_bf16_one_channel);
+  g_test_add_func ("/cuda-mock/train-step-fp32", test_train_step_fp32);
+  g_test_add_func ("/cuda-mock/train-step-fp16", test_train_step_fp16);
   int rc = g_test_run ();
   g_array_free (device_allocs, TRUE);
   g_array_free (pinned_allocs, TRUE);
   g_string_free (launch_log, TRUE);
+  g_array_free (step_copies, TRUE);
   return rc;
 }
