@@ -20,6 +20,9 @@
  * summation order), TF32 (f32 tensors, tensor-op math), BF16 and FP16 (activations
  * and weights in 16 bit, accumulation in f32).
  *
+ * Training: the same context (cuda-private.h) serves the training slots, whose ops
+ * and parameter slabs are in cuda-train-ops.c; op_new hands a training desc there.
+ *
  * The convolution calls are cuDNN's legacy API (cudnn_cnn.h), which cuDNN 9 marks
  * deprecated but still ships and supports; it is compiled without
  * CUDNN_WARN_DEPRECATED.

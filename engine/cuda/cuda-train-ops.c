@@ -248,6 +248,31 @@ cuda_train_seed_scale (const UnetBackendTensor *t)
   return (gfloat) ctx->loss_scale;
 }
 
+static void
+free_slabs (CudaCtx *ctx)
+{
+  cudaFree (ctx->params);
+  cudaFree (ctx->grads);
+  cudaFree (ctx->step_grads);
+  cudaFree (ctx->work);
+  cudaFree (ctx->flag);
+  ctx->params = ctx->grads = ctx->step_grads = NULL;
+  ctx->work = NULL;
+  ctx->flag = NULL;
+  ctx->slab_numel = 0;
+}
+
+void
+cuda_train_ctx_free (CudaCtx *ctx)
+{
+  free_slabs (ctx);
+  cudaFree (ctx->dw);
+  cudaFree (ctx->partials);
+  ctx->dw = NULL;
+  ctx->partials = NULL;
+  ctx->dw_bytes = ctx->partials_bytes = 0;
+}
+
 gboolean
 cuda_params_set (UnetBackend *be, const gfloat *host, gsize numel, GError **error)
 {
@@ -273,7 +298,7 @@ cuda_params_set (UnetBackend *be, const gfloat *host, gsize numel, GError **erro
             error)
         || (fp16 && !CUDA_CHECK (cudaMemsetAsync (ctx->step_grads, 0,
                     numel * sizeof (float), ctx->stream), error))) {
-      cuda_train_ctx_free (ctx);
+      free_slabs (ctx);
       return FALSE;
     }
     ctx->slab_numel = numel;
@@ -320,23 +345,6 @@ cuda_grads_get (UnetBackend *be, gfloat *host, GError **error)
       && CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error);
 }
 
-void
-cuda_train_ctx_free (CudaCtx *ctx)
-{
-  cudaFree (ctx->params);
-  cudaFree (ctx->grads);
-  cudaFree (ctx->step_grads);
-  cudaFree (ctx->work);
-  cudaFree (ctx->dw);
-  cudaFree (ctx->partials);
-  cudaFree (ctx->flag);
-  ctx->params = ctx->grads = ctx->step_grads = NULL;
-  ctx->work = ctx->dw = NULL;
-  ctx->partials = NULL;
-  ctx->flag = NULL;
-  ctx->dw_bytes = ctx->partials_bytes = 0;
-  ctx->slab_numel = 0;
-}
 
 /* ----------------------------------------------------------- algorithms -- */
 
@@ -770,7 +778,8 @@ cuda_op_forward_training (UnetBackendOp *op, guint64 seed, GError **error)
         return FALSE;
       break;
     case UNET_OP_BATCHNORM:
-      if (!dense_gather (ctx, &tr->src, error)
+      if (!check_desc (ctx, d, error)     /* the offsets against the slab's size */
+          || !dense_gather (ctx, &tr->src, error)
           || !KERNEL_CHECK (unet_cuda_batchnorm_forward_train (x, y, ctx->dtype, rows, c,
                   ctx->params + d->bn[0], ctx->params + d->bn[1], BN_EPS, BN_MOMENTUM,
                   ctx->params + d->bn[2], ctx->params + d->bn[3], tr->mean, tr->invstd,

@@ -38,7 +38,12 @@
  *      the finite flag of its dynamic loss scaling, uploads dL/dlogits multiplied by
  *      the loss scale (65536) and folds the pass into the gradients divided by it;
  *  10. the ops of every kind are built and run forward and backward (the launch log
- *      has each op's kernels). */
+ *      has each op's kernels);
+ *  11. the gradient paths a U-Net graph does not take, on hand-built ops: a diff_src
+ *      accumulated by an op whose kernel cannot add (dropout: result, then add), a
+ *      diff_src that is a channel view (written: result, then copied into the view;
+ *      accumulated: the view read, added, written back), a crop's diff_src written
+ *      whole (zeroed, then its window added), and a desc the backend must refuse. */
 #include "config.h"
 
 #include "backend.h"
@@ -61,7 +66,8 @@ static int fail_next_malloc_host;
 static gsize last_pinned_bytes;
 static GArray *device_allocs;           /* gsize, every cudaMalloc */
 static GArray *pinned_allocs;           /* gsize, every cudaMallocHost */
-static GString *launch_log;             /* launcher names, space separated */
+static GString *launch_log;             /* launcher names (and "memset"), space
+                                           separated */
 /* one execution context (issue 15): the handle and the stream it was set to */
 static cudnnHandle_t the_handle;
 static cudaStream_t the_stream;
@@ -314,6 +320,7 @@ cudaMemsetAsync (void *ptr, int value, size_t bytes, cudaStream_t stream)
 {
   on_device ("cudaMemsetAsync");
   on_stream ("cudaMemsetAsync", stream);
+  g_string_append (launch_log, "memset ");
   memset (ptr, value, bytes);
   return cudaSuccess;
 }
@@ -1176,6 +1183,130 @@ test_train_step_fp16 (void)
   train_case (UNET_PRECISION_FP16, 8);
 }
 
+/* 11. Hand-built training ops on one arena: the launches each backward makes. */
+static void
+test_train_gradient_paths (void)
+{
+  UnetNetOptions opts;
+  GError *error = NULL;
+  unet_net_options_init (&opts);
+  opts.device = UNET_DEVICE_CUDA;
+  g_setenv ("UNET_CUDNN_FIND", "0", TRUE);
+  UnetBackend *be = unet_backend_cuda_new (&opts, &error);
+  g_assert_no_error (error);
+  const UnetBackendIface *bi = be->iface;
+  gfloat *slab = g_new0 (gfloat, 1024);
+  g_assert_true (bi->params_set (be, slab, 1024, &error));
+  g_assert_no_error (error);
+  UnetBackendArena *arena = bi->arena_new (be, 1 << 20, &error);
+  g_assert_no_error (error);
+  /* x (2,4,6,6) -> y: dropout, and a crop of x's centre (2,4,4,4) into channels [4, 8) of
+   * an 8-channel cat; gradients dx, dy, dcat (+ its view) */
+  UnetDims xd = { 2, 4, 6, 6 }, cd = { 2, 8, 4, 4 }, sd = { 2, 8, 6, 6 };
+  UnetBackendTensor *x = bi->tensor_new (be, &xd, &error), *y = bi->tensor_new (be, &xd, &error);
+  UnetBackendTensor *dx = bi->tensor_new (be, &xd, &error), *dy = bi->tensor_new (be, &xd, &error);
+  UnetBackendTensor *cat = bi->tensor_new (be, &cd, &error);
+  UnetBackendTensor *dcat = bi->tensor_new (be, &cd, &error);
+  UnetBackendTensor *big = bi->tensor_new (be, &sd, &error);
+  UnetBackendTensor *dbig = bi->tensor_new (be, &sd, &error);
+  g_assert_no_error (error);
+  UnetBackendTensor *half = bi->tensor_view (be, cat, 4, 4, &error);
+  UnetBackendTensor *dhalf = bi->tensor_view (be, dcat, 4, 4, &error);
+  UnetBackendTensor *dbig_view = bi->tensor_view (be, dbig, 2, 4, &error);
+  g_assert_no_error (error);
+  UnetBackendTensor *all[] = { x, y, dx, dy, cat, dcat, big, dbig };
+  for (guint i = 0; i < G_N_ELEMENTS (all); i++)
+    bi->tensor_bind (all[i], arena, i * 65536);
+
+  /* dropout accumulating into dense dx: its kernel writes, so result then add */
+  UnetOpDesc drop = { .kind = UNET_OP_DROPOUT, .src = x, .dst = y, .training = TRUE,
+    .weight = -1, .bias = -1, .dropout = 0.5, .diff_dst = dy, .diff_src = dx,
+    .accumulate = TRUE };
+  UnetBackendOp *op = bi->op_new (be, &drop, &error);
+  g_assert_no_error (error);
+  g_assert_false (bi->op_backward (op, &error));      /* no forward yet */
+  g_assert_error (error, UNET_ERROR, UNET_ERROR_FAILED);
+  g_clear_error (&error);
+  g_assert_false (bi->op_forward (op, &error));       /* a training op */
+  g_assert_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
+  g_clear_error (&error);
+  g_assert_true (bi->op_forward_training (op, 3, &error));
+  g_string_truncate (launch_log, 0);
+  g_assert_true (bi->op_backward (op, &error));
+  g_assert_no_error (error);
+  g_assert_cmpstr (launch_log->str, ==, "dropout add ");
+  bi->op_free (op);
+
+  /* the same into a channel view of an 8-channel gradient: written, then accumulated */
+  UnetBackendTensor *big_view = bi->tensor_view (be, big, 2, 4, &error);
+  g_assert_no_error (error);
+  drop.src = big_view;
+  drop.diff_src = dbig_view;
+  for (gint acc = 0; acc < 2; acc++) {
+    drop.accumulate = acc;
+    op = bi->op_new (be, &drop, &error);
+    g_assert_no_error (error);
+    g_string_truncate (launch_log, 0);
+    g_assert_true (bi->op_forward_training (op, 3, &error));
+    /* the view is read through a dense copy */
+    g_assert_cmpstr (launch_log->str, ==, "copy_window dropout ");
+    g_string_truncate (launch_log, 0);
+    g_assert_true (bi->op_backward (op, &error));
+    g_assert_no_error (error);
+    g_assert_cmpstr (launch_log->str, ==,
+        acc ? "dropout copy_window add copy_window " : "dropout copy_window ");
+    bi->op_free (op);
+  }
+
+  /* a crop into the second half of cat; its gradient comes from dcat's half and is
+   * written whole into dx (zeroed first: the memset), or added */
+  UnetOpDesc crop = { .kind = UNET_OP_CROP_COPY, .crop_y = 1, .crop_x = 1, .src = x,
+    .dst = half, .training = TRUE, .weight = -1, .bias = -1, .diff_dst = dhalf,
+    .diff_src = dx };
+  for (gint acc = 0; acc < 2; acc++) {
+    crop.accumulate = acc;
+    op = bi->op_new (be, &crop, &error);
+    g_assert_no_error (error);
+    g_assert_true (bi->op_forward_training (op, 0, &error));
+    g_string_truncate (launch_log, 0);
+    g_assert_true (bi->op_backward (op, &error));
+    g_assert_no_error (error);
+    g_assert_cmpstr (launch_log->str, ==, acc ? "window_add " : "memset window_add ");
+    bi->op_free (op);
+  }
+
+  /* refused: a training softmax, a window outside src, a gradient of the wrong shape */
+  UnetOpDesc bad = crop;
+  bad.kind = UNET_OP_SOFTMAX;
+  g_assert_null (bi->op_new (be, &bad, &error));
+  g_assert_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
+  g_clear_error (&error);
+  bad = crop;
+  bad.crop_y = 3;
+  g_assert_null (bi->op_new (be, &bad, &error));
+  g_assert_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
+  g_clear_error (&error);
+  bad = crop;
+  bad.diff_src = dcat;
+  g_assert_null (bi->op_new (be, &bad, &error));
+  g_assert_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
+  g_clear_error (&error);
+  /* a slab of another size */
+  g_assert_false (bi->params_set (be, slab, 512, &error));
+  g_assert_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
+  g_clear_error (&error);
+
+  bi->tensor_free (half);
+  bi->tensor_free (dhalf);
+  bi->tensor_free (big_view);
+  bi->tensor_free (dbig_view);
+  for (guint i = 0; i < G_N_ELEMENTS (all); i++)
+    bi->tensor_free (all[i]);
+  bi->arena_free (arena);
+  g_free (slab);
+  unet_backend_free (be);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1188,6 +1319,7 @@ main (int argc, char **argv)
   g_test_add_func ("/cuda-mock/bf16-one-channel", test_bf16_one_channel);
   g_test_add_func ("/cuda-mock/train-step-fp32", test_train_step_fp32);
   g_test_add_func ("/cuda-mock/train-step-fp16", test_train_step_fp16);
+  g_test_add_func ("/cuda-mock/train-gradient-paths", test_train_gradient_paths);
   int rc = g_test_run ();
   g_array_free (device_allocs, TRUE);
   g_array_free (pinned_allocs, TRUE);
