@@ -79,6 +79,9 @@ struct _CudaTrainOp
   Dense src, dst, diff_dst, diff_src;
   gsize acc_off;                /* scratch for accumulating into a diff_src view */
   gboolean dsrc_native;         /* the backward can accumulate into diff_src itself */
+  gboolean f32;                 /* 16-bit net, but cuDNN has no 16-bit NHWC algorithm for
+                                   this convolution (1 or odd channels): it runs in f32 */
+  float *w32;                   /* f32: its working weight, KRSC */
   float *mean, *invstd;         /* BATCHNORM: the batch statistics of the last forward */
   guint8 *argmax;               /* MAXPOOL2 */
   guint64 seed;                 /* DROPOUT: the mask of the last forward */
@@ -381,15 +384,19 @@ no_algorithm (CudaCtx *ctx, UnetBackendOp *op, const gchar *direction, GError **
   return FALSE;
 }
 
-/* Chooses the three directions' algorithms of the relation on buffers x, y (dense, as
- * the descriptors say) with ctx->dw standing in for the weights and their gradient
- * (every output is overwritten: only called while ops are built). need_data: the
- * relation's data gradient (dx from dy) is needed. */
+/* Chooses the algorithms of the relation's directions the op needs, on buffers x, y
+ * (dense, as the descriptors say) with ctx->dw standing in for the weights and their
+ * gradient (every output is overwritten: called while ops are built, or when an op
+ * switches to f32 before it recomputes). */
 static gboolean
-choose_algos (CudaCtx *ctx, UnetBackendOp *op, void *x, void *y, gboolean need_data,
-    gboolean need_fwd, GError **error)
+choose_algos (CudaCtx *ctx, UnetBackendOp *op, void *x, void *y, GError **error)
 {
   CudaTrainOp *tr = op->train;
+  gboolean up = op->d.kind == UNET_OP_UPCONV2;
+  /* conv: forward always, data gradient for diff_src; upconv: its forward is the
+   * relation's data gradient, its diff_src the relation's forward */
+  gboolean need_data = up || op->d.diff_src != NULL;
+  gboolean need_fwd = !up || op->d.diff_src != NULL;
   cudnnConvolutionFwdAlgoPerf_t pf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
   cudnnConvolutionBwdDataAlgoPerf_t pd[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
   cudnnConvolutionBwdFilterAlgoPerf_t pw[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
@@ -449,6 +456,79 @@ choose_algos (CudaCtx *ctx, UnetBackendOp *op, void *x, void *y, gboolean need_d
   return TRUE;
 }
 
+/* The relation's descriptors in data type `dt` with math `math`. */
+static gboolean
+conv_describe (CudaCtx *ctx, UnetBackendOp *op, cudnnDataType_t dt, cudnnMathType_t math,
+    GError **error)
+{
+  CudaTrainOp *tr = op->train;
+  const UnetOpDesc *d = &op->d;
+  gboolean up = d->kind == UNET_OP_UPCONV2;
+  /* the relation's x and y sides: conv src -> dst, upconv dst -> src */
+  const UnetDims *xd = up ? &d->dst->dims : &d->src->dims;
+  const UnetDims *yd = up ? &d->src->dims : &d->dst->dims;
+  gint k = up ? 2 : d->k, pad = up ? 0 : d->pad, stride = up ? 2 : 1;
+  cudnnConvolutionDescriptor_t descs[3] = { tr->fwd, tr->bwd_data, tr->bwd_filter };
+  cudnnDataType_t keep = ctx->cudnn_dtype;
+  gboolean ok;
+
+  ctx->cudnn_dtype = dt;        /* cuda_set_nhwc_desc reads it */
+  ok = cuda_set_nhwc_desc (ctx, tr->x_desc, xd, xd->c, error)
+      && cuda_set_nhwc_desc (ctx, tr->y_desc, yd, yd->c, error);
+  ctx->cudnn_dtype = keep;
+  /* K = y channels, C = x channels */
+  if (!ok || !CUDNN_CHECK (cudnnSetFilter4dDescriptor (tr->w_desc, dt, CUDNN_TENSOR_NHWC,
+              yd->c, xd->c, k, k), error))
+    return FALSE;
+  for (gint i = 0; i < 3; i++)
+    if (!CUDNN_CHECK (cudnnSetConvolution2dDescriptor (descs[i], pad, pad, stride, stride, 1,
+                1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT), error)
+        || !CUDNN_CHECK (cudnnSetConvolutionMathType (descs[i], math), error))
+      return FALSE;
+  return TRUE;
+}
+
+/* f32 mode's buffers in ctx->scratch32: two of src's shape (A: src, B: d src), two of
+ * dst's (A: dst, B: d dst), dense NHWC. */
+static gsize
+aligned_elems (const UnetDims *d)
+{
+  return (dims_elems (d) + 63) / 64 * 64;
+}
+
+static float *
+f32_buf (UnetBackendOp *op, gboolean dst_side, gboolean b)
+{
+  gsize ns = aligned_elems (&op->d.src->dims), nd = aligned_elems (&op->d.dst->dims);
+  return op->ctx->scratch32 + (dst_side ? 2 * ns + (b ? nd : 0) : (b ? ns : 0));
+}
+
+/* From now on this op casts its operands to f32 and runs cuDNN in f32 (FMA math) with
+ * f32 working weights; its diff_src, cast back, is added through the stand-in. */
+static gboolean
+conv_use_f32 (CudaCtx *ctx, UnetBackendOp *op, GError **error)
+{
+  CudaTrainOp *tr = op->train;
+  gint k = op->d.kind == UNET_OP_UPCONV2 ? 2 : op->d.k;
+  gsize wn = (gsize) tr->a * tr->b * k * k;
+  gsize need = 2 * (aligned_elems (&op->d.src->dims) + aligned_elems (&op->d.dst->dims));
+
+  tr->f32 = TRUE;
+  tr->dsrc_native = FALSE;
+  tr->work_version = G_MAXUINT64;
+  if (!cuda_grow_device ((void **) &ctx->scratch32, &ctx->scratch32_bytes,
+          need * sizeof (float), "f32 scratch", error)
+      || !cuda_grow_device (&ctx->dw, &ctx->dw_bytes, wn * sizeof (float),
+          "filter gradients", error)
+      || (tr->w32 == NULL && !cuda_alloc ((void **) &tr->w32, wn * sizeof (float),
+              "f32 weights", error)))
+    return FALSE;
+  return conv_describe (ctx, op, CUDNN_DATA_FLOAT, CUDNN_FMA_MATH, error)
+      && choose_algos (ctx, op, op->d.kind == UNET_OP_UPCONV2 ? f32_buf (op, TRUE, FALSE)
+          : f32_buf (op, FALSE, FALSE), op->d.kind == UNET_OP_UPCONV2
+          ? f32_buf (op, FALSE, FALSE) : f32_buf (op, TRUE, FALSE), error);
+}
+
 static gboolean
 conv_init (CudaCtx *ctx, UnetBackendOp *op, GError **error)
 {
@@ -456,11 +536,7 @@ conv_init (CudaCtx *ctx, UnetBackendOp *op, GError **error)
   CudaTrainOp *tr = op->train;
   gboolean up = d->kind == UNET_OP_UPCONV2;
   const UnetDims *s = &d->src->dims, *t = &d->dst->dims;
-  /* the relation's x and y sides: conv src -> dst, upconv dst -> src */
-  const UnetDims *xd = up ? t : s, *yd = up ? s : t;
-  gint k = up ? 2 : d->k, pad = up ? 0 : d->pad, stride = up ? 2 : 1;
-  cudnnConvolutionDescriptor_t descs[3];
-  void *x, *y;
+  gint k = up ? 2 : d->k, pad = up ? 0 : d->pad;
 
   if (up ? (d->k != 2 || t->h != 2 * s->h || t->w != 2 * s->w)
       : ((d->k != 1 && d->k != 3) || d->pad < 0 || t->h != s->h + 2 * pad - k + 1
@@ -486,33 +562,28 @@ conv_init (CudaCtx *ctx, UnetBackendOp *op, GError **error)
       || !CUDNN_CHECK (cudnnCreateFilterDescriptor (&tr->w_desc), error)
       || !CUDNN_CHECK (cudnnCreateConvolutionDescriptor (&tr->fwd), error)
       || !CUDNN_CHECK (cudnnCreateConvolutionDescriptor (&tr->bwd_data), error)
-      || !CUDNN_CHECK (cudnnCreateConvolutionDescriptor (&tr->bwd_filter), error)
-      || !cuda_set_nhwc_desc (ctx, tr->x_desc, xd, xd->c, error)
-      || !cuda_set_nhwc_desc (ctx, tr->y_desc, yd, yd->c, error)
-      /* K = y channels, C = x channels */
-      || !CUDNN_CHECK (cudnnSetFilter4dDescriptor (tr->w_desc, ctx->cudnn_dtype,
-              CUDNN_TENSOR_NHWC, yd->c, xd->c, k, k), error))
+      || !CUDNN_CHECK (cudnnCreateConvolutionDescriptor (&tr->bwd_filter), error))
     return FALSE;
-  descs[0] = tr->fwd;
-  descs[1] = tr->bwd_data;
-  descs[2] = tr->bwd_filter;
-  for (gint i = 0; i < 3; i++)
-    if (!CUDNN_CHECK (cudnnSetConvolution2dDescriptor (descs[i], pad, pad, stride, stride, 1,
-                1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT), error)
-        || !CUDNN_CHECK (cudnnSetConvolutionMathType (descs[i], ctx->math), error))
-      return FALSE;
-  x = dense_ptr (ctx, up ? &tr->dst : &tr->src);
-  y = dense_ptr (ctx, up ? &tr->src : &tr->dst);
-  /* conv: forward always, data gradient for diff_src; upconv: its forward is the
-   * relation's data gradient, its diff_src the relation's forward */
-  return choose_algos (ctx, op, x, y, up || d->diff_src != NULL, !up || d->diff_src != NULL,
-      error);
+  if (conv_describe (ctx, op, ctx->cudnn_dtype, ctx->math, error)
+      && choose_algos (ctx, op, dense_ptr (ctx, up ? &tr->dst : &tr->src),
+          dense_ptr (ctx, up ? &tr->src : &tr->dst), error))
+    return TRUE;
+  if (ctx->dtype == UNET_CUDA_F32)
+    return FALSE;
+  /* as the inference ops do: this shape runs in f32, decided once, here */
+  g_debug ("cuda: training %s %d -> %d channels has no 16-bit NHWC algorithm (%s); "
+      "running it in f32", up ? "transposed convolution" : "convolution", s->c, t->c,
+      error != NULL && *error != NULL ? (*error)->message : "");
+  g_clear_error (error);
+  return conv_use_f32 (ctx, op, error);
 }
 
 /* The op's working weight, derived from the master weights after every params_set. */
 static void *
 working_weight (CudaCtx *ctx, UnetBackendOp *op)
 {
+  if (op->train->f32)
+    return op->train->w32;
   return (guint8 *) ctx->work + (gsize) op->d.weight * cuda_esize (ctx);
 }
 
@@ -537,7 +608,8 @@ ensure_working_weight (CudaCtx *ctx, UnetBackendOp *op, GError **error)
   }
   /* [a, b, k, k] -> [a, k, k, b] is NCHW -> NHWC of (n = a, c = b, h = k, w = k) */
   if (!KERNEL_CHECK (unet_cuda_nchw_to_nhwc (ctx->params + op->d.weight,
-              working_weight (ctx, op), ctx->dtype, tr->a, tr->b, k, k, ctx->stream), error))
+              working_weight (ctx, op), tr->f32 ? UNET_CUDA_F32 : ctx->dtype, tr->a, tr->b,
+              k, k, ctx->stream), error))
     return FALSE;
   tr->work_version = ctx->params_version;
   return TRUE;
@@ -569,6 +641,7 @@ cuda_train_op_free (UnetBackendOp *op)
     cudaFree (tr->mean);
     cudaFree (tr->invstd);
     cudaFree (tr->argmax);
+    cudaFree (tr->w32);
     g_free (tr);
   }
   g_free (op);
@@ -663,7 +736,10 @@ cuda_train_op_new (CudaCtx *ctx, const UnetOpDesc *desc, GError **error)
     tr->dsrc_native = native;
     tr->diff_src.t = desc->diff_src;
     tr->diff_src.view = desc->diff_src->parent != NULL;
-    if (tr->diff_src.view || (desc->accumulate && !native)) {
+    /* a 16-bit convolution may switch to f32 (conv_use_f32), which adds through it */
+    if (tr->diff_src.view || (desc->accumulate && !native)
+        || (desc->accumulate && ctx->dtype != UNET_CUDA_F32
+            && (desc->kind == UNET_OP_CONV || desc->kind == UNET_OP_UPCONV2))) {
       tr->diff_src.off = scratch;
       scratch += dense_bytes (ctx, desc->diff_src);
     }
@@ -719,6 +795,52 @@ fail:
 
 /* ------------------------------------------------------------- forward -- */
 
+/* cuDNN accepted the shape when the algorithms were chosen but has no 16-bit kernel
+ * for it now: the op switches to f32 for good (once per op, i.e. per shape). */
+static gboolean
+unsupported_16bit (UnetBackendOp *op, cudnnStatus_t st)
+{
+  return CUDNN_STATUS_CATEGORY (st) == CUDNN_STATUS_NOT_SUPPORTED && !op->train->f32
+      && op->ctx->dtype != UNET_CUDA_F32;
+}
+
+static gboolean
+switch_to_f32 (CudaCtx *ctx, UnetBackendOp *op, GError **error)
+{
+  g_debug ("cuda: training op %d not supported in 16 bit at run time; running it in f32",
+      op->d.kind);
+  return conv_use_f32 (ctx, op, error) && ensure_working_weight (ctx, op, error);
+}
+
+/* f32 mode: src -> f32, convolve, bias (+ ReLU), -> the activation type. */
+static gboolean
+conv_forward_f32 (CudaCtx *ctx, UnetBackendOp *op, GError **error)
+{
+  CudaTrainOp *tr = op->train;
+  const UnetOpDesc *d = &op->d;
+  float *s32 = f32_buf (op, FALSE, FALSE), *d32 = f32_buf (op, TRUE, FALSE);
+  gsize ns = dims_elems (&d->src->dims), nd = dims_elems (&d->dst->dims);
+
+  if (!KERNEL_CHECK (unet_cuda_cast_to_f32 (dense_ptr (ctx, &tr->src), ctx->dtype, s32, ns,
+              ctx->stream), error))
+    return FALSE;
+  if (d->kind == UNET_OP_UPCONV2) {
+    if (!CUDNN_CHECK (cudnnConvolutionBackwardData (ctx->cudnn, &one_f, tr->w_desc, tr->w32,
+                tr->y_desc, s32, tr->bwd_data, tr->algo_bwd_data, ctx->workspace,
+                tr->ws_bwd_data, &zero_f, tr->x_desc, d32), error))
+      return FALSE;
+  } else if (!CUDNN_CHECK (cudnnConvolutionForward (ctx->cudnn, &one_f, tr->x_desc, s32,
+              tr->w_desc, tr->w32, tr->fwd, tr->algo_fwd, ctx->workspace, tr->ws_fwd,
+              &zero_f, tr->y_desc, d32), error)) {
+    return FALSE;
+  }
+  return KERNEL_CHECK (unet_cuda_bias_act (d32, d32, UNET_CUDA_F32, ctx->params + d->bias,
+          nd, d->dst->dims.c, d->relu, ctx->stream), error)
+      && KERNEL_CHECK (unet_cuda_cast_from_f32 (d32, dense_ptr (ctx, &tr->dst), ctx->dtype,
+          nd, ctx->stream), error)
+      && dense_scatter (ctx, &tr->dst, NULL, error);
+}
+
 static gboolean
 conv_forward_training (CudaCtx *ctx, UnetBackendOp *op, GError **error)
 {
@@ -728,19 +850,24 @@ conv_forward_training (CudaCtx *ctx, UnetBackendOp *op, GError **error)
   const float *bias = ctx->params + d->bias;
   gsize count = dims_elems (&d->dst->dims);
   gboolean bias_in_copy = tr->dst.view && !d->relu;
+  cudnnStatus_t st;
 
   if (!ensure_working_weight (ctx, op, error) || !dense_gather (ctx, &tr->src, error))
     return FALSE;
-  if (d->kind == UNET_OP_UPCONV2) {
-    if (!CUDNN_CHECK (cudnnConvolutionBackwardData (ctx->cudnn, &one_f, tr->w_desc,
-                working_weight (ctx, op), tr->y_desc, x, tr->bwd_data, tr->algo_bwd_data,
-                ctx->workspace, tr->ws_bwd_data, &zero_f, tr->x_desc, y), error))
-      return FALSE;
-  } else if (!CUDNN_CHECK (cudnnConvolutionForward (ctx->cudnn, &one_f, tr->x_desc, x,
-              tr->w_desc, working_weight (ctx, op), tr->fwd, tr->algo_fwd, ctx->workspace,
-              tr->ws_fwd, &zero_f, tr->y_desc, y), error)) {
+  if (tr->f32)
+    return conv_forward_f32 (ctx, op, error);
+  if (d->kind == UNET_OP_UPCONV2)
+    st = cudnnConvolutionBackwardData (ctx->cudnn, &one_f, tr->w_desc,
+        working_weight (ctx, op), tr->y_desc, x, tr->bwd_data, tr->algo_bwd_data,
+        ctx->workspace, tr->ws_bwd_data, &zero_f, tr->x_desc, y);
+  else
+    st = cudnnConvolutionForward (ctx->cudnn, &one_f, tr->x_desc, x, tr->w_desc,
+        working_weight (ctx, op), tr->fwd, tr->algo_fwd, ctx->workspace, tr->ws_fwd,
+        &zero_f, tr->y_desc, y);
+  if (unsupported_16bit (op, st))
+    return switch_to_f32 (ctx, op, error) && conv_forward_f32 (ctx, op, error);
+  if (!CUDNN_CHECK (st, error))
     return FALSE;
-  }
   /* + bias (and ReLU); into a view the copy adds the bias on the way */
   if (!bias_in_copy
       && !KERNEL_CHECK (unet_cuda_bias_act (y, y, ctx->dtype, bias, count, d->dst->dims.c,
@@ -838,6 +965,51 @@ diff_dst_masked (CudaCtx *ctx, UnetBackendOp *op, GError **error)
   return dy;
 }
 
+/* f32 mode: dy (masked, activation type) and src -> f32; the filter gradient (when
+ * `filter`) and diff_src in f32, diff_src cast back. */
+static gboolean
+conv_backward_f32 (CudaCtx *ctx, UnetBackendOp *op, const void *dy, gboolean filter,
+    GError **error)
+{
+  CudaTrainOp *tr = op->train;
+  const UnetOpDesc *d = &op->d;
+  gboolean up = d->kind == UNET_OP_UPCONV2, acc;
+  float *s32 = f32_buf (op, FALSE, FALSE), *ds32 = f32_buf (op, FALSE, TRUE);
+  float *dy32 = f32_buf (op, TRUE, TRUE);
+  gsize ns = dims_elems (&d->src->dims), nd = dims_elems (&d->dst->dims);
+  void *out;
+
+  if (!KERNEL_CHECK (unet_cuda_cast_to_f32 (dy, ctx->dtype, dy32, nd, ctx->stream), error)
+      || !KERNEL_CHECK (unet_cuda_cast_to_f32 (dense_ptr (ctx, &tr->src), ctx->dtype, s32,
+              ns, ctx->stream), error))
+    return FALSE;
+  if (filter
+      && (!CUDNN_CHECK (cudnnConvolutionBackwardFilter (ctx->cudnn, &one_f, tr->x_desc,
+                  up ? dy32 : s32, tr->y_desc, up ? s32 : dy32, tr->bwd_filter,
+                  tr->algo_bwd_filter, ctx->workspace, tr->ws_bwd_filter, &zero_f, tr->w_desc,
+                  ctx->dw), error)
+          || !KERNEL_CHECK (unet_cuda_filter_grad_accumulate (ctx->dw, UNET_CUDA_F32,
+                  grad_slab (ctx) + d->weight, tr->a, tr->b, up ? 4 : d->k * d->k, 1.0f,
+                  ctx->stream), error)))
+    return FALSE;
+  if (d->diff_src == NULL)
+    return TRUE;
+  out = dsrc_begin (op, &acc);  /* acc is FALSE: f32 mode adds through the stand-in */
+  if (up) {
+    if (!CUDNN_CHECK (cudnnConvolutionForward (ctx->cudnn, &one_f, tr->x_desc, dy32,
+                tr->w_desc, tr->w32, tr->fwd, tr->algo_fwd, ctx->workspace, tr->ws_fwd,
+                &zero_f, tr->y_desc, ds32), error))
+      return FALSE;
+  } else if (!CUDNN_CHECK (cudnnConvolutionBackwardData (ctx->cudnn, &one_f, tr->w_desc,
+              tr->w32, tr->y_desc, dy32, tr->bwd_data, tr->algo_bwd_data, ctx->workspace,
+              tr->ws_bwd_data, &zero_f, tr->x_desc, ds32), error)) {
+    return FALSE;
+  }
+  return KERNEL_CHECK (unet_cuda_cast_from_f32 (ds32, out, ctx->dtype, ns, ctx->stream),
+      error)
+      && dsrc_end (op, out, error);
+}
+
 static gboolean
 conv_backward (CudaCtx *ctx, UnetBackendOp *op, GError **error)
 {
@@ -848,6 +1020,7 @@ conv_backward (CudaCtx *ctx, UnetBackendOp *op, GError **error)
   gint kk = up ? 4 : d->k * d->k;
   void *dy, *x, *out;
   gboolean acc;
+  cudnnStatus_t st;
 
   if ((dy = diff_dst_masked (ctx, op, error)) == NULL
       || !ensure_working_weight (ctx, op, error) || !dense_gather (ctx, &tr->src, error))
@@ -857,28 +1030,32 @@ conv_backward (CudaCtx *ctx, UnetBackendOp *op, GError **error)
   if (!KERNEL_CHECK (unet_cuda_bias_grad (dy, ctx->dtype, cuda_tensor_pixels (d->dst),
               d->dst->dims.c, g + d->bias, TRUE, ctx->partials, ctx->stream), error))
     return FALSE;
+  if (tr->f32)
+    return conv_backward_f32 (ctx, op, dy, TRUE, error);
   /* weights: relation x = src, y = dy (conv) or x = dy, y = src (upconv) */
-  if (!CUDNN_CHECK (cudnnConvolutionBackwardFilter (ctx->cudnn, &one_f, tr->x_desc,
-              up ? dy : x, tr->y_desc, up ? x : dy, tr->bwd_filter, tr->algo_bwd_filter,
-              ctx->workspace, tr->ws_bwd_filter, &zero_f, tr->w_desc, ctx->dw), error)
+  st = cudnnConvolutionBackwardFilter (ctx->cudnn, &one_f, tr->x_desc, up ? dy : x,
+      tr->y_desc, up ? x : dy, tr->bwd_filter, tr->algo_bwd_filter, ctx->workspace,
+      tr->ws_bwd_filter, &zero_f, tr->w_desc, ctx->dw);
+  if (unsupported_16bit (op, st))
+    return switch_to_f32 (ctx, op, error) && conv_backward_f32 (ctx, op, dy, TRUE, error);
+  if (!CUDNN_CHECK (st, error)
       || !KERNEL_CHECK (unet_cuda_filter_grad_accumulate (ctx->dw, ctx->dtype, g + d->weight,
               tr->a, tr->b, kk, 1.0f, ctx->stream), error))
     return FALSE;
   if (d->diff_src == NULL)
     return TRUE;
   out = dsrc_begin (op, &acc);
-  if (up) {
-    if (!CUDNN_CHECK (cudnnConvolutionForward (ctx->cudnn, &one_f, tr->x_desc, dy,
-                tr->w_desc, working_weight (ctx, op), tr->fwd, tr->algo_fwd, ctx->workspace,
-                tr->ws_fwd, acc ? &one_f : &zero_f, tr->y_desc, out), error))
-      return FALSE;
-  } else if (!CUDNN_CHECK (cudnnConvolutionBackwardData (ctx->cudnn, &one_f, tr->w_desc,
-              working_weight (ctx, op), tr->y_desc, dy, tr->bwd_data, tr->algo_bwd_data,
-              ctx->workspace, tr->ws_bwd_data, acc ? &one_f : &zero_f, tr->x_desc, out),
-          error)) {
-    return FALSE;
-  }
-  return dsrc_end (op, out, error);
+  if (up)
+    st = cudnnConvolutionForward (ctx->cudnn, &one_f, tr->x_desc, dy, tr->w_desc,
+        working_weight (ctx, op), tr->fwd, tr->algo_fwd, ctx->workspace, tr->ws_fwd,
+        acc ? &one_f : &zero_f, tr->y_desc, out);
+  else
+    st = cudnnConvolutionBackwardData (ctx->cudnn, &one_f, tr->w_desc,
+        working_weight (ctx, op), tr->y_desc, dy, tr->bwd_data, tr->algo_bwd_data,
+        ctx->workspace, tr->ws_bwd_data, acc ? &one_f : &zero_f, tr->x_desc, out);
+  if (unsupported_16bit (op, st))
+    return switch_to_f32 (ctx, op, error) && conv_backward_f32 (ctx, op, dy, FALSE, error);
+  return CUDNN_CHECK (st, error) && dsrc_end (op, out, error);
 }
 
 gboolean

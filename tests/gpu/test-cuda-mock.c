@@ -37,13 +37,17 @@
  *      issue 15), each exactly the size of that tensor; fp16 adds one 4-byte read of
  *      the finite flag of its dynamic loss scaling, uploads dL/dlogits multiplied by
  *      the loss scale (65536) and folds the pass into the gradients divided by it;
+ *      in 16 bit (fp16, bf16) the first convolution, 1 input channel, for which the
+ *      mock has no 16-bit algorithm, runs in f32 forward and backward (as 7.);
  *  10. the ops of every kind are built and run forward and backward (the launch log
  *      has each op's kernels);
  *  11. the gradient paths a U-Net graph does not take, on hand-built ops: a diff_src
  *      accumulated by an op whose kernel cannot add (dropout: result, then add), a
  *      diff_src that is a channel view (written: result, then copied into the view;
  *      accumulated: the view read, added, written back), a crop's diff_src written
- *      whole (zeroed, then its window added), and a desc the backend must refuse. */
+ *      whole (zeroed, then its window added), an fp16 convolution whose data
+ *      gradient cuDNN refuses at run time (switches to f32 and adds only what is
+ *      missing), and descs the backend must refuse. */
 #include "config.h"
 
 #include "backend.h"
@@ -75,6 +79,7 @@ static int n_handles, n_streams, n_events;
 static int step_on;                     /* inside a training step: log and check */
 static int step_wrong_stream, step_wrong_handle, step_mallocs;
 static float last_scale_add;            /* scale of the last unet_cuda_scale_add_f32 */
+static int data_not_supported;          /* > 0: BackwardData refuses that many calls */
 typedef struct
 {
   gsize bytes;
@@ -489,6 +494,10 @@ cudnnConvolutionBackwardData (cudnnHandle_t h, const void *alpha,
     void *ws, size_t wsb, const void *beta, const cudnnTensorDescriptor_t dx, void *dxp)
 {
   on_handle ("cudnnConvolutionBackwardData", h);
+  if (data_not_supported > 0) {
+    data_not_supported--;
+    return CUDNN_STATUS_NOT_SUPPORTED;
+  }
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -1155,6 +1164,17 @@ train_case (UnetPrecision precision, gint in_channels)
   for (guint i = 0; i < G_N_ELEMENTS (kernels); i++)
     if (strstr (launch_log->str, kernels[i]) == NULL)
       g_error ("the training step launched no %s: %s", kernels[i], launch_log->str);
+  /* 16 bit: the first convolution (1 input channel, no 16-bit algorithm in the mock)
+   * runs in f32, forward (src cast up, result cast down) and backward (diff_dst and
+   * src cast up for the filter gradient) */
+  if (precision != UNET_PRECISION_FP32) {
+    const gchar *f32 = strstr (launch_log->str, "cast_to_f32 bias_act cast_from_f32");
+    g_assert_nonnull (f32);
+    g_assert_nonnull (strstr (launch_log->str, "cast_to_f32 cast_to_f32 "
+            "filter_grad_accumulate"));
+  } else {
+    g_assert_null (strstr (launch_log->str, "cast_"));
+  }
 
   /* the slabs reach the host only when asked for */
   const gfloat *grads = unet_net_get_gradients (net, &n_params, &error);
@@ -1178,9 +1198,13 @@ test_train_step_fp32 (void)
 static void
 test_train_step_fp16 (void)
 {
-  /* 8 input channels: the mock, like cuDNN's legacy API may, has no 16-bit NHWC
-   * algorithm for one channel, and the training ops have no f32 fallback */
-  train_case (UNET_PRECISION_FP16, 8);
+  train_case (UNET_PRECISION_FP16, 1);
+}
+
+static void
+test_train_step_bf16 (void)
+{
+  train_case (UNET_PRECISION_BF16, 1);
 }
 
 /* 11. Hand-built training ops on one arena: the launches each backward makes. */
@@ -1296,6 +1320,52 @@ test_train_gradient_paths (void)
   g_assert_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
   g_clear_error (&error);
 
+  /* fp16: a convolution cuDNN accepted at algorithm choice refuses its data gradient
+   * at run time: the op switches to f32 and computes only what is still missing (the
+   * bias and filter gradients were added already), adding into dx */
+  UnetNetOptions o16 = opts;
+  o16.precision = UNET_PRECISION_FP16;
+  UnetBackend *be16 = unet_backend_cuda_new (&o16, &error);
+  g_assert_no_error (error);
+  const UnetBackendIface *b16 = be16->iface;
+  UnetDims c8 = { 2, 8, 6, 6 }, c8o = { 2, 8, 4, 4 };
+  UnetBackendArena *a16 = b16->arena_new (be16, 1 << 20, &error);
+  UnetBackendTensor *cx = b16->tensor_new (be16, &c8, &error);
+  UnetBackendTensor *cdx = b16->tensor_new (be16, &c8, &error);
+  UnetBackendTensor *cy = b16->tensor_new (be16, &c8o, &error);
+  UnetBackendTensor *cdy = b16->tensor_new (be16, &c8o, &error);
+  g_assert_no_error (error);
+  b16->tensor_bind (cx, a16, 0);
+  b16->tensor_bind (cdx, a16, 65536);
+  b16->tensor_bind (cy, a16, 131072);
+  b16->tensor_bind (cdy, a16, 196608);
+  g_assert_true (b16->params_set (be16, slab, 1024, &error));
+  UnetOpDesc conv = { .kind = UNET_OP_CONV, .k = 3, .pad = 0, .src = cx, .dst = cy,
+    .training = TRUE, .weight = 0, .bias = 640, .diff_dst = cdy, .diff_src = cdx,
+    .accumulate = TRUE };
+  op = b16->op_new (be16, &conv, &error);
+  g_assert_no_error (error);
+  g_assert_true (b16->op_forward_training (op, 0, &error));
+  g_string_truncate (launch_log, 0);
+  data_not_supported = 1;
+  g_assert_true (b16->op_backward (op, &error));
+  g_assert_no_error (error);
+  g_assert_cmpint (data_not_supported, ==, 0);
+  g_assert_cmpstr (launch_log->str, ==, "bias_grad filter_grad_accumulate nchw_to_nhwc "
+      "cast_to_f32 cast_to_f32 cast_from_f32 add ");
+  /* from now on in f32; the next forward first folds the fp16 pass (flag cleared,
+   * checked, the pass added unscaled, the pass slab cleared) */
+  g_string_truncate (launch_log, 0);
+  g_assert_true (b16->op_forward_training (op, 0, &error));
+  g_assert_cmpstr (launch_log->str, ==, "memset check_finite scale_add_f32 memset "
+      "cast_to_f32 bias_act cast_from_f32 ");
+  b16->op_free (op);
+  UnetBackendTensor *t16[] = { cx, cdx, cy, cdy };
+  for (guint i = 0; i < G_N_ELEMENTS (t16); i++)
+    b16->tensor_free (t16[i]);
+  b16->arena_free (a16);
+  unet_backend_free (be16);
+
   bi->tensor_free (half);
   bi->tensor_free (dhalf);
   bi->tensor_free (big_view);
@@ -1319,6 +1389,7 @@ main (int argc, char **argv)
   g_test_add_func ("/cuda-mock/bf16-one-channel", test_bf16_one_channel);
   g_test_add_func ("/cuda-mock/train-step-fp32", test_train_step_fp32);
   g_test_add_func ("/cuda-mock/train-step-fp16", test_train_step_fp16);
+  g_test_add_func ("/cuda-mock/train-step-bf16", test_train_step_bf16);
   g_test_add_func ("/cuda-mock/train-gradient-paths", test_train_gradient_paths);
   int rc = g_test_run ();
   g_array_free (device_allocs, TRUE);
