@@ -163,8 +163,12 @@ UnetBackendOp *cuda_train_op_new        (CudaCtx *ctx, const UnetOpDesc *desc,
 void         cuda_train_op_free         (UnetBackendOp *op);
 /* Frees the training slabs and scratch of the context. */
 void         cuda_train_ctx_free        (CudaCtx *ctx);
-/* The loss scale a gradient seed upload applies (1 but in fp16 training). */
+/* The loss scale a gradient seed upload applies (1 but in fp16 training): also the
+ * grad_scale a loss computed on the device must write dL/dlogits with. */
 gfloat       cuda_train_seed_scale      (const UnetBackendTensor *t);
+/* fp16: folds a pending backward pass into ctx->grads (cuda-train-ops.c); anything
+ * that reads ctx->grads (an optimiser step on the device) calls it first. */
+gboolean     cuda_train_grads_ready     (CudaCtx *ctx, GError **error);
 gboolean     cuda_params_set            (UnetBackend *be, const gfloat *host, gsize numel,
                                          GError **error);
 gboolean     cuda_params_get            (UnetBackend *be, gfloat *host, GError **error);

@@ -242,6 +242,12 @@ fold_pass (CudaCtx *ctx, GError **error)
           ctx->stream), error);
 }
 
+gboolean
+cuda_train_grads_ready (CudaCtx *ctx, GError **error)
+{
+  return check_slab (ctx, error) && cuda_use_device (ctx, error) && fold_pass (ctx, error);
+}
+
 gfloat
 cuda_train_seed_scale (const UnetBackendTensor *t)
 {
@@ -333,7 +339,7 @@ cuda_grads_zero (UnetBackend *be, GError **error)
 {
   CudaCtx *ctx = cuda_ctx_of (be);
   /* the fold of an open pass still moves the loss scale */
-  return check_slab (ctx, error) && cuda_use_device (ctx, error) && fold_pass (ctx, error)
+  return cuda_train_grads_ready (ctx, error)
       && CUDA_CHECK (cudaMemsetAsync (ctx->grads, 0, ctx->slab_numel * sizeof (float),
           ctx->stream), error);
 }
@@ -342,7 +348,7 @@ gboolean
 cuda_grads_get (UnetBackend *be, gfloat *host, GError **error)
 {
   CudaCtx *ctx = cuda_ctx_of (be);
-  return check_slab (ctx, error) && cuda_use_device (ctx, error) && fold_pass (ctx, error)
+  return cuda_train_grads_ready (ctx, error)
       && CUDA_CHECK (cudaMemcpyAsync (host, ctx->grads, ctx->slab_numel * sizeof (float),
           cudaMemcpyDeviceToHost, ctx->stream), error)
       && CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error);
