@@ -846,15 +846,35 @@ cuda_op_forward (UnetBackendOp *op, GError **error)
 
 /* ------------------------------------------------------ upload/download -- */
 
+/* The tensor is bound; a channel view goes through a dense NHWC copy in the scratch
+ * (grown here, the first time a view of this size is moved). */
 static gboolean
-check_dense (const UnetBackendTensor *t, GError **error)
+check_bound (const UnetBackendTensor *t, GError **error)
 {
-  if (t->parent != NULL || cuda_tensor_data (t) == NULL) {
+  CudaCtx *ctx = t->ctx;
+  if (cuda_tensor_data (t) == NULL) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
-        "upload/download needs a dense tensor bound to an arena");
+        "upload/download needs a tensor bound to an arena");
     return FALSE;
   }
-  return TRUE;
+  return t->parent == NULL
+      || cuda_grow_device (&ctx->scratch, &ctx->scratch_bytes,
+          cuda_tensor_pixels (t) * t->dims.c * cuda_esize (ctx), "scratch", error);
+}
+
+/* dense NHWC scratch <-> the view's channels */
+static gboolean
+view_copy (const UnetBackendTensor *t, gboolean to_view, GError **error)
+{
+  CudaCtx *ctx = t->ctx;
+  const UnetDims *d = &t->dims;
+  if (to_view)
+    return KERNEL_CHECK (unet_cuda_copy_window (ctx->scratch, d->h, d->w, d->c, 0, 0, 0,
+            cuda_tensor_data (t), cuda_tensor_stride (t), 0, d->n, d->h, d->w, d->c, NULL,
+            ctx->dtype, ctx->stream), error);
+  return KERNEL_CHECK (unet_cuda_copy_window (cuda_tensor_data (t), d->h, d->w,
+          cuda_tensor_stride (t), 0, 0, 0, ctx->scratch, d->c, 0, d->n, d->h, d->w, d->c,
+          NULL, ctx->dtype, ctx->stream), error);
 }
 
 /* host NCHW f32 -> pinned -> (copy stream) device staging -> (compute stream) NHWC. */
@@ -865,8 +885,8 @@ cuda_upload (UnetBackendTensor *t, const gfloat *host, GError **error)
   gsize bytes = cuda_tensor_pixels (t) * t->dims.c * sizeof (gfloat);
   gfloat scale;
 
-  if (!check_dense (t, error)
-      || !cuda_use_device (ctx, error)
+  if (!cuda_use_device (ctx, error)
+      || !check_bound (t, error)
       || !grow_pinned (ctx, bytes, error)
       || !cuda_grow_device ((void **) &ctx->staging_dev, &ctx->staging_dev_bytes, bytes, "staging",
           error)
@@ -887,8 +907,10 @@ cuda_upload (UnetBackendTensor *t, const gfloat *host, GError **error)
           cudaMemcpyHostToDevice, ctx->copy_stream), error)
       && CUDA_CHECK (cudaEventRecord (ctx->upload_done, ctx->copy_stream), error)
       && CUDA_CHECK (cudaStreamWaitEvent (ctx->stream, ctx->upload_done, 0), error)
-      && KERNEL_CHECK (unet_cuda_nchw_to_nhwc (ctx->staging_dev, cuda_tensor_data (t), ctx->dtype,
-          t->dims.n, t->dims.c, t->dims.h, t->dims.w, ctx->stream), error)
+      && KERNEL_CHECK (unet_cuda_nchw_to_nhwc (ctx->staging_dev,
+          t->parent != NULL ? ctx->scratch : cuda_tensor_data (t), ctx->dtype, t->dims.n,
+          t->dims.c, t->dims.h, t->dims.w, ctx->stream), error)
+      && (t->parent == NULL || view_copy (t, TRUE, error))
       && CUDA_CHECK (cudaEventRecord (ctx->staging_free, ctx->stream), error);
 }
 
@@ -900,13 +922,15 @@ cuda_download (UnetBackendTensor *t, gfloat *host, GError **error)
   CudaCtx *ctx = t->ctx;
   gsize bytes = cuda_tensor_pixels (t) * t->dims.c * sizeof (gfloat);
 
-  if (!check_dense (t, error)
-      || !cuda_use_device (ctx, error)
+  if (!cuda_use_device (ctx, error)
+      || !check_bound (t, error)
       || !grow_pinned (ctx, bytes, error)
       || !cuda_grow_device ((void **) &ctx->staging_dev, &ctx->staging_dev_bytes, bytes, "staging",
           error)
-      || !KERNEL_CHECK (unet_cuda_nhwc_to_nchw (cuda_tensor_data (t), ctx->dtype, ctx->staging_dev,
-              t->dims.n, t->dims.c, t->dims.h, t->dims.w, ctx->stream), error)
+      || (t->parent != NULL && !view_copy (t, FALSE, error))
+      || !KERNEL_CHECK (unet_cuda_nhwc_to_nchw (t->parent != NULL ? ctx->scratch
+              : cuda_tensor_data (t), ctx->dtype, ctx->staging_dev, t->dims.n, t->dims.c,
+              t->dims.h, t->dims.w, ctx->stream), error)
       || !CUDA_CHECK (cudaMemcpyAsync (ctx->staging_host, ctx->staging_dev, bytes,
               cudaMemcpyDeviceToHost, ctx->stream), error)
       || !CUDA_CHECK (cudaEventRecord (ctx->staging_free, ctx->stream), error)

@@ -252,7 +252,8 @@ gfloat
 cuda_train_seed_scale (const UnetBackendTensor *t)
 {
   const CudaCtx *ctx = t->ctx;
-  if (ctx->step_grads == NULL || !t->is_diff_dst || t->is_diff_src)
+  const UnetBackendTensor *root = t->parent != NULL ? t->parent : t;
+  if (ctx->step_grads == NULL || !root->is_diff_dst || root->is_diff_src)
     return 1.0f;
   return (gfloat) ctx->loss_scale;
 }

@@ -47,7 +47,8 @@
  *      accumulated: the view read, added, written back), a crop's diff_src written
  *      whole (zeroed, then its window added), an fp16 convolution whose data
  *      gradient cuDNN refuses at run time (switches to f32 and adds only what is
- *      missing), and descs the backend must refuse. */
+ *      missing), upload/download of channel views, and descs the backend must
+ *      refuse. */
 #include "config.h"
 
 #include "backend.h"
@@ -1298,6 +1299,16 @@ test_train_gradient_paths (void)
     g_assert_cmpstr (launch_log->str, ==, acc ? "window_add " : "memset window_add ");
     bi->op_free (op);
   }
+
+  /* upload into and download from a channel view (backend.h: host NCHW of the view's
+   * dims), through a dense copy */
+  gfloat *hv = g_new0 (gfloat, 2 * 4 * 4 * 4);
+  g_string_truncate (launch_log, 0);
+  g_assert_true (bi->upload (dhalf, hv, &error));
+  g_assert_true (bi->download (half, hv, &error));
+  g_assert_no_error (error);
+  g_assert_cmpstr (launch_log->str, ==, "nchw_to_nhwc copy_window copy_window nhwc_to_nchw ");
+  g_free (hv);
 
   /* refused: a training softmax, a window outside src, a gradient of the wrong shape */
   UnetOpDesc bad = crop;
