@@ -22,8 +22,6 @@ typedef struct _CudaTrainOp CudaTrainOp;
 #define CUDA_ALIGN 256
 #define DEFAULT_WORKSPACE_MIB 512
 
-typedef struct _CudaCtx CudaCtx;
-
 typedef struct
 {
   UnetLayerKind kind;
@@ -56,7 +54,7 @@ struct _CudaCtx
   gboolean workspace_done;
   void *scratch;
   gsize scratch_bytes;
-  float *scratch32;             /* f32 input + output of convolutions run in f32 */
+  float *scratch32;             /* f32 operands of convolutions run in f32 */
   gsize scratch32_bytes;
   float *staging_dev;
   gsize staging_dev_bytes;
