@@ -157,9 +157,14 @@ unet_graph_exec_backward (UnetGraphExec *x, GError **error)
   g_return_val_if_fail (x->g->mode == UNET_GRAPH_TRAINING, FALSE);
   if (!x->have_forward) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
-        "backward pass without a training forward pass before it");
+        "backward pass without a training forward pass before it (each forward "
+        "allows one backward)");
     return FALSE;
   }
+  /* one backward per forward: the arena lets gradients reuse the memory of
+   * activations whose backward has run, so a second pass would read them
+   * overwritten */
+  x->have_forward = FALSE;
   for (gint k = x->n_ops - 1; k >= 0; k--)
     if (!x->be->iface->op_backward (x->ops[k], error))
       return FALSE;

@@ -32,7 +32,9 @@ gboolean     unet_graph_exec_forward    (UnetGraphExec *x, gint n_nodes, GError 
 gboolean     unet_graph_exec_forward_training (UnetGraphExec *x, guint64 seed,
                                          GError **error);
 /* Training graphs: op_backward for every node in reverse, from d logits (the
- * caller's) to the parameter gradients (added to the backend's gradient slab). */
+ * caller's) to the parameter gradients (added to the backend's gradient slab).
+ * Once per forward pass: the arena reuses the memory of activations whose
+ * backward has run, so a second backward is refused (UNET_ERROR_FAILED). */
 gboolean     unet_graph_exec_backward   (UnetGraphExec *x, GError **error);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetGraphExec, unet_graph_exec_free)

@@ -486,9 +486,37 @@ static const Case cases[] = {
       FALSE, 0.3},
 };
 
+/* One backward per forward: the executor refuses a second one (the arena has
+ * reused the memory of activations the first backward was done with). */
+static void
+check_one_backward_per_forward (void)
+{
+  UnetConfig cfg;
+  g_autoptr (GError) error = NULL;
+  unet_config_init_classic (&cfg);
+  cfg.depth = 1;
+  cfg.base_filters = 2;
+  g_autoptr (UnetModel) model = unet_model_new (&cfg, &error);
+  g_assert_no_error (error);
+  UnetNetOptions opts;
+  unet_net_options_init (&opts);
+  opts.device = UNET_DEVICE_CPU;
+  g_autoptr (UnetNet) net = unet_net_new (model, &opts, &error);
+  g_assert_no_error (error);
+  gint s = unet_config_legal_input_at_least (&cfg, 16), o = unet_config_output_size (&cfg, s);
+  g_autofree gfloat *in = g_new0 (gfloat, (gsize) s * s);
+  g_autofree gfloat *dz = g_new0 (gfloat, (gsize) cfg.classes * o * o);
+  g_assert_true (unet_net_train_forward (net, in, 1, s, s, 1, NULL, &error));
+  g_assert_true (unet_net_train_backward (net, dz, &error));
+  g_assert_false (unet_net_train_backward (net, dz, &error));
+  g_assert_error (error, UNET_ERROR, UNET_ERROR_FAILED);
+  g_print ("ok a second backward without a forward is refused: %s\n", error->message);
+}
+
 int
 main (void)
 {
+  check_one_backward_per_forward ();
   const UnetDevice devices[] = { UNET_DEVICE_CPU, UNET_DEVICE_CUDA };
   gint ran = 0;
 
