@@ -8,10 +8,11 @@
  *
  * Layouts. A tensor's layout is fixed when it is created: channel counts that are
  * a multiple of 16 use oneDNN's blocked nChw16c in fp32 (what its AVX-512
- * convolutions choose themselves) and nhwc in bf16 (AMX kernels), everything else
+ * convolutions choose themselves; nChw8c for multiples of 8, its AVX2 kernels')
+ * and nhwc in bf16 (AMX kernels), everything else
  * (the input, the head output, tiny nets) plain nchw. So activations stay blocked from layer to layer and only upload and
  * download reorder. A concat buffer is an ordinary tensor; its halves are
- * submemory views (channel offset, a multiple of 16 in the blocked case), so the
+ * submemory views (channel offset, a multiple of the block in the blocked case), so the
  * transposed convolution writes straight into the second half and the crop of the
  * encoder output is one reorder from a spatial submemory into the first half.
  *
@@ -184,15 +185,24 @@ cpu_tensor_dt (CpuCtx *ctx, gint c)
   return (ctx->bf16 && c % 16 == 0) ? dnnl_bf16 : dnnl_f32;
 }
 
-/* fp32: nChw16c, what the AVX-512 direct convolutions run fastest on. bf16: nhwc,
- * the layout of oneDNN's AMX (brgemm) bf16 convolutions (~10x the AVX512_BF16
- * nChw16c kernels on a Sapphire Rapids core). Other channel counts: nchw. */
+/* fp32: channels in blocks of 16 (nChw16c, what the AVX-512 convolutions run
+ * fastest on), else of 8 (nChw8c, which oneDNN's AVX2 kernels read and write
+ * directly: an 8-channel tensor padded to 16 would be reordered around every
+ * convolution); bf16: nhwc, the layout of oneDNN's AMX (brgemm) bf16 convolutions
+ * (~10x the AVX512_BF16 nChw16c kernels on a Sapphire Rapids core). Other channel
+ * counts: nchw. One policy for inference and training. */
 static dnnl_format_tag_t
 cpu_tensor_tag (CpuCtx *ctx, gint c)
 {
-  if (c % 16 != 0)
-    return dnnl_abcd;
-  return ctx->bf16 ? dnnl_acdb : dnnl_aBcd16b;
+  if (ctx->bf16)
+    return c % 16 == 0 ? dnnl_acdb : dnnl_abcd;
+  return c % 16 == 0 ? dnnl_aBcd16b : c % 8 == 0 ? dnnl_aBcd8b : dnnl_abcd;
+}
+
+static dnnl_format_tag_t
+cpu_block_tag (gint bs)
+{
+  return bs == 16 ? dnnl_aBcd16b : bs == 8 ? dnnl_aBcd8b : dnnl_abcd;
 }
 
 static gboolean
@@ -243,13 +253,17 @@ cpu_tensor_view (UnetBackend *be, UnetBackendTensor *parent, gint c_offset, gint
         c_offset + c, pd->c);
     return NULL;
   }
-  if (parent->md.format_desc.blocking.inner_nblks > 0
-      && (c_offset % 16 != 0 || c % 16 != 0)) {
-    /* a split inside a 16-channel block: the parent becomes plain nchw, which
-     * never needs more bytes than the blocked layout it was sized for */
+  if (cpu_tensor_block (parent) > 1
+      && (c_offset % cpu_tensor_block (parent) != 0 || c % cpu_tensor_block (parent) != 0)) {
+    /* a split inside a channel block: the parent takes blocks of 8 when the
+     * split falls on them (f32: a 16-channel concat of two 8-channel halves, as
+     * its halves' producers have), else plain nchw; neither needs more bytes than
+     * the layout it was sized for */
     dnnl_dims_t pdims = { pd->n, pd->c, pd->h, pd->w };
+    gboolean eight = parent->md.data_type == dnnl_f32 && pd->c % 8 == 0
+        && c_offset % 8 == 0 && c % 8 == 0;
     DNNL_TRY (dnnl_memory_desc_init_by_tag (&parent->md, 4, pdims,
-            parent->md.data_type, dnnl_abcd));
+            parent->md.data_type, eight ? dnnl_aBcd8b : dnnl_abcd));
   }
   t = g_new0 (UnetBackendTensor, 1);
   t->ctx = parent->ctx;
@@ -314,13 +328,14 @@ gint
 cpu_tensor_block (const UnetBackendTensor *t)
 {
   const UnetBackendTensor *root = t->parent ? t->parent : t;
-  return root->md.format_desc.blocking.inner_nblks > 0 ? 16 : 1;
+  return root->md.format_desc.blocking.inner_nblks > 0
+      ? (gint) root->md.format_desc.blocking.inner_blks[0] : 1;
 }
 
 /* Image-at-a-time addressing of a tensor. Image b of a channel view [c0, c0+c)
- * of a nchw or nChw16c (c0 % 16 == 0) parent is itself a dense N=1 tensor of the
- * same layout starting c0*H*W elements into the parent's image b: channel planes
- * (nchw) and 16-channel blocks (nChw16c) are contiguous within an image. oneDNN's
+ * of a nchw or nChw{8,16}c (c0 a multiple of the block) parent is itself a dense
+ * N=1 tensor of the same layout starting c0*H*W elements into the parent's image
+ * b: channel planes (nchw) and channel blocks are contiguous within an image. oneDNN's
  * fast convolutions reject strided submemory descriptors but take these, so a
  * transposed convolution writes into half of a concat buffer with no copy. */
 gboolean
@@ -331,7 +346,6 @@ cpu_image (UnetBackendTensor *t, dnnl_memory_desc_t *md, guint8 **base, gsize *s
   dnnl_dims_t d = { 1, t->dims.c, t->dims.h, t->dims.w };
   gsize elt = root->md.data_type == dnnl_bf16 ? 2 : 4;
   gint c0 = t->parent ? (gint) t->md.offset0 / (t->dims.h * t->dims.w) : 0;
-  gboolean blocked = root->md.format_desc.blocking.inner_nblks > 0;
 
   if (cpu_tensor_data (t) == NULL) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
@@ -339,7 +353,7 @@ cpu_image (UnetBackendTensor *t, dnnl_memory_desc_t *md, guint8 **base, gsize *s
     return FALSE;
   }
   DNNL_TRY (dnnl_memory_desc_init_by_tag (md, 4, d, root->md.data_type,
-          blocked ? dnnl_aBcd16b : dnnl_abcd));
+          cpu_block_tag (cpu_tensor_block (t))));
   *stride = dnnl_memory_desc_get_size (&root->md) / root->dims.n;
   *base = cpu_tensor_data (t) + (gsize) c0 * t->dims.h * t->dims.w * elt;
   return TRUE;
