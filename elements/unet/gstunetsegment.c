@@ -68,9 +68,10 @@
 #include "gstunetsegment.h"
 #include "gstunetenums.h"
 #include "gstunetcaps.h"
+#include "model-watch.h"
+#include "overlay.h"
 #include "unet.h"
 
-#include <gio/gio.h>
 #include <gst/video/video.h>
 #include <string.h>
 
@@ -193,16 +194,11 @@ struct _GstUnetSegment
   UnetSegmenter *pending;
   GMutex load_lock;             /* serialises loads from concurrent set_property */
 
-  /* Model file watch (watch-model): a thread with its own main context runs a
-   * GFileMonitor on the model file, so it works without an application main loop;
-   * loads happen there, outside the streaming lock. */
+  /* Model file watch (watch-model), between start() and stop(); the pointer
+   * under GST_OBJECT_LOCK. Loads happen in its thread, outside the streaming
+   * lock. */
   gboolean watch_model;
-  GThread *watch_thread;
-  GMainContext *watch_ctx;
-  GMainLoop *watch_loop;
-  GFileMonitor *monitor;        /* watcher thread only */
-  gchar *watched_path;          /* watcher thread only */
-  GFileInfo *loaded_identity;   /* watcher thread only: file last (tried to be) loaded */
+  GstUnetModelWatch *watch;
 
   /* Streaming state. */
   UnetSegmenter *seg;
@@ -675,8 +671,6 @@ maybe_swap_model (GstUnetSegment * self, GError ** error)
   return ok;
 }
 
-static void watch_follow_path (GstUnetSegment * self);
-
 /* Load a new model while running (called from set_property, the reload signal
  * or the file watch, never the streaming thread). On failure the old model stays
  * and a warning is posted. Returns whether the new model was taken. */
@@ -713,8 +707,12 @@ reload_model (GstUnetSegment * self, const gchar * path)
         ("%s", err->message));
     g_error_free (err);
   }
-  if (taken)
-    watch_follow_path (self);
+  if (taken) {
+    GST_OBJECT_LOCK (self);
+    if (self->watch)
+      gst_unet_model_watch_follow (self->watch, path);
+    GST_OBJECT_UNLOCK (self);
+  }
   return taken;
 }
 
@@ -736,214 +734,30 @@ gst_unet_segment_reload (GstUnetSegment * self)
 
 /* ---------------------------------------------------------- model watch -- */
 
-#define IDENTITY_ATTRIBUTES G_FILE_ATTRIBUTE_UNIX_INODE "," \
-    G_FILE_ATTRIBUTE_STANDARD_SIZE "," G_FILE_ATTRIBUTE_TIME_MODIFIED "," \
-    G_FILE_ATTRIBUTE_TIME_MODIFIED_NSEC
-
-/* Inode, size and modification time of `path` (NULL if it cannot be read): a
- * rename onto the path or a rewrite changes it, the several events one write
- * produces do not, so each version of the file is loaded once. */
-static GFileInfo *
-file_identity (const gchar * path)
-{
-  GFile *f = g_file_new_for_path (path);
-  GFileInfo *info = g_file_query_info (f, IDENTITY_ATTRIBUTES,
-      G_FILE_QUERY_INFO_NONE, NULL, NULL);
-
-  g_object_unref (f);
-  return info;
-}
-
-static gboolean
-same_identity (GFileInfo * a, GFileInfo * b)
-{
-  static const gchar *const u64[] = { G_FILE_ATTRIBUTE_UNIX_INODE,
-    G_FILE_ATTRIBUTE_STANDARD_SIZE, G_FILE_ATTRIBUTE_TIME_MODIFIED
-  };
-  guint i;
-
-  if (!a || !b)
-    return FALSE;
-  for (i = 0; i < G_N_ELEMENTS (u64); i++)
-    if (g_file_info_get_attribute_uint64 (a, u64[i])
-        != g_file_info_get_attribute_uint64 (b, u64[i]))
-      return FALSE;
-  return g_file_info_get_attribute_uint32 (a,
-      G_FILE_ATTRIBUTE_TIME_MODIFIED_NSEC) ==
-      g_file_info_get_attribute_uint32 (b, G_FILE_ATTRIBUTE_TIME_MODIFIED_NSEC);
-}
-
-/* Watcher thread. A complete new version of the file shows up as a rename onto
- * it (created / renamed / moved-in) or as the end of a write (changes-done, i.e.
- * closed after writing); plain "changed" events come while a writer is still
- * busy and are ignored. */
+/* Watcher thread: a new version of the model file is complete. */
 static void
-on_model_file_changed (GFileMonitor * monitor, GFile * file, GFile * other,
-    GFileMonitorEvent event, gpointer user_data)
+on_model_replaced (const gchar * path, gpointer user_data)
 {
   GstUnetSegment *self = user_data;
-  GFileInfo *id;
 
-  switch (event) {
-    case G_FILE_MONITOR_EVENT_CHANGES_DONE_HINT:
-    case G_FILE_MONITOR_EVENT_CREATED:
-    case G_FILE_MONITOR_EVENT_RENAMED:
-    case G_FILE_MONITOR_EVENT_MOVED_IN:
-      break;
-    default:
-      return;
-  }
-  id = file_identity (self->watched_path);
-  if (!id || same_identity (id, self->loaded_identity)) {
-    g_clear_object (&id);
-    return;
-  }
-  g_clear_object (&self->loaded_identity);
-  self->loaded_identity = id;
-  GST_INFO_OBJECT (self, "model file %s was replaced, reloading",
-      self->watched_path);
-  reload_model (self, self->watched_path);
+  GST_INFO_OBJECT (self, "model file %s was replaced, reloading", path);
+  reload_model (self, path);
 }
 
-/* (Re)creates the monitor for `path` (taken); events are dispatched in the
- * thread-default main context, which must be watch_ctx. */
 static void
-watch_set_path (GstUnetSegment * self, gchar * path)
-{
-  GFile *file;
-  GError *err = NULL;
-
-  if (self->monitor) {
-    g_signal_handlers_disconnect_by_data (self->monitor, self);
-    g_file_monitor_cancel (self->monitor);
-    g_clear_object (&self->monitor);
-  }
-  g_free (self->watched_path);
-  self->watched_path = path;
-  file = g_file_new_for_path (path);
-  self->monitor = g_file_monitor_file (file, G_FILE_MONITOR_WATCH_MOVES, NULL,
-      &err);
-  g_object_unref (file);
-  if (!self->monitor) {
-    GST_ELEMENT_WARNING (self, RESOURCE, SETTINGS,
-        ("Cannot watch the model file \"%s\"; it will not be reloaded when it "
-            "changes.", path), ("%s", err->message));
-    g_error_free (err);
-    return;
-  }
-  g_signal_connect (self->monitor, "changed",
-      G_CALLBACK (on_model_file_changed), self);
-}
-
-/* Watcher thread: follow a model path set while running. */
-static gboolean
-watch_rewatch (gpointer user_data)
+on_model_cannot_watch (const gchar * path, const GError * error,
+    gpointer user_data)
 {
   GstUnetSegment *self = user_data;
-  gchar *path;
 
-  GST_OBJECT_LOCK (self);
-  path = g_strdup (self->model_path);
-  GST_OBJECT_UNLOCK (self);
-  if (path && g_strcmp0 (path, self->watched_path) != 0) {
-    g_clear_object (&self->loaded_identity);
-    self->loaded_identity = file_identity (path);
-    watch_set_path (self, path);
-  } else {
-    g_free (path);
-  }
-  return G_SOURCE_REMOVE;
+  GST_ELEMENT_WARNING (self, RESOURCE, SETTINGS,
+      ("Cannot watch the model file \"%s\"; it will not be reloaded when it "
+          "changes.", path), ("%s", error->message));
 }
 
-static void
-watch_follow_path (GstUnetSegment * self)
-{
-  GMainContext *ctx = NULL;
-  GSource *src;
-
-  GST_OBJECT_LOCK (self);
-  if (self->watch_ctx)
-    ctx = g_main_context_ref (self->watch_ctx);
-  GST_OBJECT_UNLOCK (self);
-  if (!ctx)
-    return;
-  /* Always deferred: this may run inside the monitor's own callback. */
-  src = g_idle_source_new ();
-  g_source_set_callback (src, watch_rewatch, self, NULL);
-  g_source_attach (src, ctx);
-  g_source_unref (src);
-  g_main_context_unref (ctx);
-}
-
-static gpointer
-watch_thread_func (gpointer user_data)
-{
-  GMainLoop *loop = user_data;
-  GMainContext *ctx = g_main_loop_get_context (loop);
-
-  g_main_context_push_thread_default (ctx);
-  g_main_loop_run (loop);
-  g_main_context_pop_thread_default (ctx);
-  return NULL;
-}
-
-/* Starts watching `path`, whose version `identity` (taken) is the one loaded. */
-static void
-watch_start (GstUnetSegment * self, const gchar * path, GFileInfo * identity)
-{
-  GMainContext *ctx = g_main_context_new ();
-
-  self->loaded_identity = identity;
-  self->watch_loop = g_main_loop_new (ctx, FALSE);
-  /* Created here, with the watcher's context as thread default, so that no
-   * replacement after start() returns can be missed. */
-  g_main_context_push_thread_default (ctx);
-  watch_set_path (self, g_strdup (path));
-  g_main_context_pop_thread_default (ctx);
-  GST_OBJECT_LOCK (self);
-  self->watch_ctx = ctx;
-  GST_OBJECT_UNLOCK (self);
-  self->watch_thread = g_thread_new ("unetsegment-watch", watch_thread_func,
-      self->watch_loop);
-}
-
-static gboolean
-watch_quit (gpointer user_data)
-{
-  g_main_loop_quit (user_data);
-  return G_SOURCE_REMOVE;
-}
-
-/* Idempotent; waits for a reload in progress in the watcher thread. */
-static void
-watch_stop (GstUnetSegment * self)
-{
-  GMainContext *ctx;
-  GSource *src;
-
-  GST_OBJECT_LOCK (self);
-  ctx = g_steal_pointer (&self->watch_ctx);
-  GST_OBJECT_UNLOCK (self);
-  if (self->watch_thread) {
-    /* A source rather than g_main_loop_quit(), which is lost if the thread has
-     * not entered g_main_loop_run() yet. */
-    src = g_idle_source_new ();
-    g_source_set_callback (src, watch_quit, self->watch_loop, NULL);
-    g_source_attach (src, ctx);
-    g_source_unref (src);
-    g_thread_join (g_steal_pointer (&self->watch_thread));
-  }
-  if (self->monitor) {
-    g_signal_handlers_disconnect_by_data (self->monitor, self);
-    g_file_monitor_cancel (self->monitor);
-    g_clear_object (&self->monitor);
-  }
-  g_clear_pointer (&self->watched_path, g_free);
-  g_clear_object (&self->loaded_identity);
-  g_clear_pointer (&self->watch_loop, g_main_loop_unref);
-  if (ctx)
-    g_main_context_unref (ctx);
-}
+static const GstUnetModelWatchCallbacks watch_callbacks = {
+  on_model_replaced, on_model_cannot_watch,
+};
 
 /* ------------------------------------------------------------ properties -- */
 
@@ -1353,7 +1167,7 @@ gst_unet_segment_start (GstBaseTransform * trans)
   gchar *path;
   GError *err = NULL;
   gboolean watch;
-  GFileInfo *identity = NULL;
+  GstUnetFileVersion *loaded = NULL;
 
   GST_OBJECT_LOCK (self);
   path = g_strdup (self->model_path);
@@ -1373,10 +1187,10 @@ gst_unet_segment_start (GstBaseTransform * trans)
   }
   /* Before loading: a version written during the load is then seen as new. */
   if (watch)
-    identity = file_identity (path);
+    loaded = gst_unet_file_version_of (path);
   self->seg = build_segmenter (path, &opts, &err);
   if (!self->seg) {
-    g_clear_object (&identity);
+    gst_unet_file_version_free (loaded);
     if (g_error_matches (err, UNET_ERROR, UNET_ERROR_NO_DEVICE))
       GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS, ("%s", err->message),
           ("device=%s gpu-id=%d", unet_device_name (opts.net.device),
@@ -1412,8 +1226,13 @@ gst_unet_segment_start (GstBaseTransform * trans)
   GST_OBJECT_LOCK (self);
   self->running = TRUE;
   GST_OBJECT_UNLOCK (self);
-  if (watch)
-    watch_start (self, path, identity);
+  if (watch) {
+    GstUnetModelWatch *w = gst_unet_model_watch_start (path, loaded,
+        &watch_callbacks, self);
+    GST_OBJECT_LOCK (self);
+    self->watch = w;
+    GST_OBJECT_UNLOCK (self);
+  }
   g_free (path);
   return TRUE;
 }
@@ -1423,8 +1242,13 @@ gst_unet_segment_stop (GstBaseTransform * trans)
 {
   GstUnetSegment *self = GST_UNET_SEGMENT (trans);
   UnetSegmenter *pending;
+  GstUnetModelWatch *watch;
 
-  watch_stop (self);
+  /* Waits for a reload in progress in the watcher thread. */
+  GST_OBJECT_LOCK (self);
+  watch = g_steal_pointer (&self->watch);
+  GST_OBJECT_UNLOCK (self);
+  gst_unet_model_watch_stop (watch);
   /* Wait for a load in progress, then refuse new ones. */
   g_mutex_lock (&self->load_lock);
   GST_OBJECT_LOCK (self);
@@ -1553,61 +1377,6 @@ failed_unref:
           err->message), (NULL));
   g_error_free (err);
   return GST_FLOW_ERROR;
-}
-
-/* Class colours of the overlay (class 0 = background stays gray). */
-static const guint8 class_colours[][3] = {
-  {0, 0, 0}, {255, 64, 64}, {64, 255, 64}, {64, 128, 255}, {255, 255, 0},
-  {255, 0, 255}, {0, 255, 255}, {255, 128, 0},
-};
-
-/* RGBA: input stretched to 0..255 by its min/max, classes blended in colour. */
-static void
-fill_overlay (const GstUnetLayout * il, GstUnetFrame * in,
-    GstUnetFrame * out, const guint8 * labels, gdouble alpha)
-{
-  gint w = il->width, h = il->height, x, y;
-  GstUnetFormat f = il->format;
-  gsize istride = in->stride, ostride = out->stride;
-  const guint8 *ip = in->data;
-  guint8 *op = out->data;
-  gdouble lo = G_MAXDOUBLE, hi = -G_MAXDOUBLE, scale;
-
-#define PIX(row, x) (f == GST_UNET_FORMAT_GRAY8 ? (gdouble) (row)[x] : \
-    f == GST_UNET_FORMAT_GRAY16_LE ? (gdouble) ((const guint16 *) (row))[x] : \
-    f == GST_UNET_FORMAT_RGB ? ((row)[3 * (x)] + (row)[3 * (x) + 1] + \
-        (row)[3 * (x) + 2]) / 3.0 : \
-    f == GST_UNET_FORMAT_RGBA ? ((row)[4 * (x)] + (row)[4 * (x) + 1] + \
-        (row)[4 * (x) + 2]) / 3.0 : \
-    (gdouble) ((const gfloat *) (row))[x])
-  for (y = 0; y < h; y++) {
-    const guint8 *row = ip + (gsize) y * istride;
-    for (x = 0; x < w; x++) {
-      gdouble v = PIX (row, x);
-      if (v == v) {
-        lo = MIN (lo, v);
-        hi = MAX (hi, v);
-      }
-    }
-  }
-  scale = hi > lo ? 255.0 / (hi - lo) : 0.0;
-  for (y = 0; y < h; y++) {
-    const guint8 *row = ip + (gsize) y * istride;
-    guint8 *o = op + (gsize) y * ostride;
-    for (x = 0; x < w; x++) {
-      gdouble v = PIX (row, x), g = v == v ? (v - lo) * scale : 0.0;
-      guint8 k = labels[(gsize) y * w + x];
-      gdouble a = k ? alpha : 0.0;
-      const guint8 *c = class_colours[k % G_N_ELEMENTS (class_colours)];
-      if (k && k % G_N_ELEMENTS (class_colours) == 0)
-        c = class_colours[1];
-      o[4 * x + 0] = (guint8) CLAMP ((1 - a) * g + a * c[0] + 0.5, 0, 255);
-      o[4 * x + 1] = (guint8) CLAMP ((1 - a) * g + a * c[1] + 0.5, 0, 255);
-      o[4 * x + 2] = (guint8) CLAMP ((1 - a) * g + a * c[2] + 0.5, 0, 255);
-      o[4 * x + 3] = 255;
-    }
-  }
-#undef PIX
 }
 
 /* Capture to now: the clock's running time minus the frame's (NONE without a
@@ -1746,7 +1515,9 @@ gst_unet_segment_generate_output (GstBaseTransform * trans,
       GST_OBJECT_UNLOCK (self);
       if (gst_unet_frame_map (&inf, &self->in_layout, rf->inbuf,
               GST_MAP_READ)) {
-        fill_overlay (&self->in_layout, &inf, &of, r->labels, alpha);
+        gst_unet_overlay_render (self->in_layout.format, inf.data, inf.stride,
+            self->in_layout.width, self->in_layout.height, r->labels, alpha,
+            of.data, of.stride);
         gst_unet_frame_unmap (&inf);
       }
       break;
