@@ -68,7 +68,8 @@
 #include <gst/video/video.h>
 
 #include "gsttiffstacksink.h"
-#include "tiffstack-common.h"
+#include "tiff-diag.h"
+#include "tiffstack-tags.h"
 
 GST_DEBUG_CATEGORY_STATIC (gst_tiff_stack_sink_debug);
 #define GST_CAT_DEFAULT gst_tiff_stack_sink_debug
@@ -168,7 +169,7 @@ struct _GstTiffStackSink
   gboolean failed;
   gboolean created;             /* the file did not exist before start() */
   gboolean replaced;            /* an existing file was truncated by us */
-  GstTiffStackDiag diag;
+  TiffDiag diag;
   GstUnetLayout vinfo;
   gboolean have_info;
   gdouble size_x_um, size_y_um, size_z_um;
@@ -309,7 +310,6 @@ gst_tiff_stack_sink_init (GstTiffStackSink * self)
   self->bigtiff = DEFAULT_BIGTIFF;
   self->fsync = DEFAULT_FSYNC;
   self->io.fd = -1;
-  self->diag.owner = GST_OBJECT (self);
   /* A file writer: no clock synchronisation, like filesink. */
   gst_base_sink_set_sync (GST_BASE_SINK (self), FALSE);
 }
@@ -532,7 +532,7 @@ io_apply_patches (WriterIo * io)
 static void
 post_write_error (GstTiffStackSink * self, const gchar * what)
 {
-  const gchar *tiff_msg = gst_tiff_stack_diag_message (&self->diag,
+  const gchar *tiff_msg = tiff_diag_message (&self->diag,
       "(no message)");
 
   self->failed = TRUE;
@@ -667,7 +667,7 @@ gst_tiff_stack_sink_stop (GstBaseSink * bsink)
     g_array_unref (self->io.patches);
     self->io.patches = NULL;
   }
-  gst_tiff_stack_diag_clear (&self->diag);
+  tiff_diag_clear (&self->diag);
   g_clear_pointer (&self->path, g_free);
   g_clear_pointer (&self->location_cfg, g_free);
   g_clear_pointer (&self->strip, g_free);
@@ -775,8 +775,8 @@ open_tiff (GstTiffStackSink * self)
     }
   }
 
-  opts = gst_tiff_stack_open_options (&self->diag, G_MAXSSIZE);
-  gst_tiff_stack_diag_clear (&self->diag);
+  opts = tiff_diag_open_options (&self->diag, G_MAXSSIZE);
+  tiff_diag_clear (&self->diag);
   self->tif = TIFFClientOpenExt (self->path, big ? "w8" : "w",
       (thandle_t) & self->io, io_read, io_write, io_seek, io_close, io_size,
       io_map, io_unmap, opts);
@@ -944,7 +944,7 @@ write_page (GstTiffStackSink * self, GstUnetFrame * frame)
   if ((data_start ^ ((guint64) row_bytes * height)) & 1)
     data_start++;
   self->io.size = data_start;
-  gst_tiff_stack_diag_clear (&self->diag);
+  tiff_diag_clear (&self->diag);
   for (row0 = 0, strip = 0; row0 < height; row0 += rps, strip++) {
     guint32 rows = MIN (rps, height - row0);
     const guint8 *data = src + row0 * stride;

@@ -72,17 +72,14 @@
 #include "config.h"
 #endif
 
-#include <errno.h>
-#include <fcntl.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <gst/video/video.h>
 
 #include "gsttiffstacksrc.h"
 #include "gsttiffstackpool.h"
-#include "tiffstack-common.h"
+#include "tiff-reader.h"
+#include "tiffstack-tags.h"
 
 GST_DEBUG_CATEGORY_STATIC (gst_tiff_stack_src_debug);
 #define GST_CAT_DEFAULT gst_tiff_stack_src_debug
@@ -111,21 +108,6 @@ enum
 static GstStaticPadTemplate src_template = GST_STATIC_PAD_TEMPLATE ("src",
     GST_PAD_SRC, GST_PAD_ALWAYS, GST_STATIC_CAPS (GST_TIFF_STACK_CAPS));
 
-/* How one page is stored and how it maps to an output frame. */
-typedef struct
-{
-  guint32 width, height;
-  guint16 bps, spp, sample_format, planar, photometric, compression;
-  gboolean tiled;
-  guint32 tile_w, tile_h, rows_per_strip;
-  GstUnetFormat format;
-  gboolean flip_sign;           /* signed -> unsigned by adding 2^(bits-1) */
-  gboolean f64;                 /* doubles narrowed to float */
-  gboolean separate;            /* planar RGB: one plane per sample */
-  guint64 chunk_bytes;          /* decoded bytes of one strip / tile */
-  guint64 chunk_row_bytes;      /* bytes of one row of a strip / tile */
-} PageLayout;
-
 struct _GstTiffStackSrc
 {
   GstPushSrc parent;
@@ -140,38 +122,26 @@ struct _GstTiffStackSrc
   guint64 max_page_size;
 
   /* between start() and stop() */
-  TIFF *tif;
-  GstTiffStackDiag diag;
+  TiffReader *reader;           /* the file, its page index, the current page */
   gchar *path;                  /* location as opened, for messages */
-  guint64 file_size;
-  /* The page index (index_lock: create() and queries from other threads). */
-  GMutex index_lock;
-  GArray *dir_offsets;          /* guint64 file offset of each page's IFD known */
-  guint64 index_next;           /* IFD offset after the last known one, 0: end */
-  gboolean index_done;          /* the chain has been followed to its end */
-  gboolean index_sorted;        /* offsets so far strictly increasing */
-  GHashTable *index_seen;       /* offsets, once they are not increasing */
-  guint n_pages;                /* reachable IFDs, once index_done */
-  gchar *chain_error;           /* why the IFD chain ended early, or NULL */
+  /* The selected range (range_lock: create() and queries from other threads;
+   * an open range is fixed once the page index reaches the end). */
+  GMutex range_lock;
+  guint n_pages;                /* reachable pages, once counted (index_all) */
   gboolean error_at_end;        /* the range runs into the broken chain */
   gboolean range_known;         /* range_len is known (else G_MAXUINT) */
   gboolean open_range;          /* the range ends with the chain (index_all) */
-  GstTiffStackMeta meta;
   gint sel_channel;             /* channel selected, -1 for every page */
-  guint sel_c, sel_z, sel_t;    /* hyperstack dimensions used for selection */
+  guint sel_z, sel_t;           /* hyperstack slices and time points */
   guint n_sel;                  /* frames after channel selection */
   guint merge_c;                /* channels per frame (merge-channels), else 1 */
   guint first, range_len;       /* selected range, in frames */
   gboolean do_loop;
   gint cfg_fps_n, cfg_fps_d;
   guint64 next_frame;           /* output frame counter, monotonic when looping */
-  guint cur_dir;                /* directory libtiff holds, G_MAXUINT if none */
-  PageLayout layout;            /* layout of cur_dir */
-  GstUnetLayout vinfo;     /* caps we offer / negotiated */
+  GstUnetLayout vinfo;          /* caps we offer / negotiated */
   gboolean have_info;
   gboolean tags_sent;
-  guint8 *scratch;
-  gsize scratch_size;
   guint8 *prefetch;             /* first frame, decoded in start() */
   guint64 prefetch_page;
 };
@@ -198,8 +168,6 @@ static gboolean gst_tiff_stack_src_do_seek (GstBaseSrc * bsrc,
 static gboolean gst_tiff_stack_src_query (GstBaseSrc * bsrc, GstQuery * query);
 static GstFlowReturn gst_tiff_stack_src_create (GstPushSrc * psrc,
     GstBuffer ** buf);
-static gboolean read_page (GstTiffStackSrc * self, GstUnetFrame * frame,
-    guint64 page);
 
 static void
 gst_tiff_stack_src_class_init (GstTiffStackSrcClass * klass)
@@ -298,9 +266,7 @@ gst_tiff_stack_src_init (GstTiffStackSrc * self)
   self->fps_d = DEFAULT_FPS_D;
   self->channel = DEFAULT_CHANNEL;
   self->max_page_size = DEFAULT_MAX_PAGE_SIZE;
-  self->cur_dir = G_MAXUINT;
-  self->diag.owner = GST_OBJECT (self);
-  g_mutex_init (&self->index_lock);
+  g_mutex_init (&self->range_lock);
   gst_base_src_set_format (GST_BASE_SRC (self), GST_FORMAT_TIME);
 }
 
@@ -310,7 +276,7 @@ gst_tiff_stack_src_finalize (GObject * object)
   GstTiffStackSrc *self = GST_TIFF_STACK_SRC (object);
 
   g_free (self->location);
-  g_mutex_clear (&self->index_lock);
+  g_mutex_clear (&self->range_lock);
   G_OBJECT_CLASS (parent_class)->finalize (object);
 }
 
@@ -410,40 +376,15 @@ time_to_frame (GstTiffStackSrc * self, GstClockTime t)
       (guint64) self->cfg_fps_d * GST_SECOND);
 }
 
-/* Page holding selected frame @sel (z fastest, then t) of the chosen channel,
- * following the stack's dimension order (ImageJ: XYCZT). */
+/* Page of the selected frame @sel (z fastest, then t) of channel @channel of a
+ * hyperstack; with every page selected, page @sel. */
 static guint64
-sel_to_page (GstTiffStackSrc * self, guint64 sel)
+frame_page (GstTiffStackSrc * self, guint64 sel, guint channel)
 {
-  guint64 idx[3], size[3], page = 0, stride = 1;
-  guint64 z, t;
-  gint i;
-
   if (self->sel_channel < 0)
     return sel;
-  z = sel % self->sel_z;
-  t = sel / self->sel_z;
-  for (i = 0; i < 3; i++) {
-    switch (self->meta.dim_order[2 + i]) {
-      case 'C':
-        idx[i] = self->sel_channel;
-        size[i] = self->sel_c;
-        break;
-      case 'Z':
-        idx[i] = z;
-        size[i] = self->sel_z;
-        break;
-      default:
-        idx[i] = t;
-        size[i] = self->sel_t;
-        break;
-    }
-  }
-  for (i = 0; i < 3; i++) {
-    page += idx[i] * stride;
-    stride *= size[i];
-  }
-  return page;
+  return tiff_reader_hyperstack_page (self->reader, channel,
+      (guint) (sel % self->sel_z), (guint) (sel / self->sel_z));
 }
 
 /* The axes of the stream as it leaves the element (channels fastest, then z,
@@ -455,7 +396,7 @@ sel_to_page (GstTiffStackSrc * self, guint64 sel)
 static void
 stream_axes (GstTiffStackSrc * self, guint * c, guint * z, guint * t)
 {
-  const GstTiffStackMeta *m = &self->meta;
+  const TiffStackMeta *m = tiff_reader_get_meta (self->reader);
   gint i, last = -1;
   gboolean in_order = TRUE;
 
@@ -483,15 +424,10 @@ stream_axes (GstTiffStackSrc * self, guint * c, guint * z, guint * t)
      * with axes metadata gives it, and a plain TIFF leaves it out (0 here):
      * walking a long chain for a tag would cost what lazy indexing saves. A
      * sink counts the pages it writes anyway. */
-    gboolean done;
     guint n_pages;
 
-    g_mutex_lock (&self->index_lock);
-    done = self->index_done;
-    n_pages = self->n_pages;
-    g_mutex_unlock (&self->index_lock);
     *c = *t = 1;
-    if (done)
+    if (tiff_reader_get_page_count (self->reader, &n_pages))
       *z = n_pages;
     else if (m->channels || m->slices || m->frames)
       *z = (guint) MIN ((guint64) MAX (m->channels, 1) * MAX (m->slices, 1)
@@ -506,299 +442,109 @@ post_page_error (GstTiffStackSrc * self, guint64 page, const gchar * what)
 {
   GST_ELEMENT_ERROR (self, STREAM, DECODE,
       ("Could not read page %" G_GUINT64_FORMAT " of \"%s\": %s", page,
-          self->path, what), ("libtiff: %s",
-          gst_tiff_stack_diag_message (&self->diag, "(no message)")));
+          self->path, what), ("libtiff: %s", self->reader ?
+          tiff_reader_get_libtiff_message (self->reader, "(no message)") :
+          "(no message)"));
 }
 
-/* Reads the tags of the current directory into @L; on refusal returns FALSE
- * with a sentence for the user in @why. */
-static gboolean
-page_layout (GstTiffStackSrc * self, PageLayout * L, gchar ** why)
+/* An error of the reader (its message names file and page) as the element's. */
+static void
+post_reader_error (GstTiffStackSrc * self, const GError * err)
 {
-  TIFF *tif = self->tif;
-  guint64 scanline, raw_page, out_size;
-  GstUnetLayout info = { 0, };
-  guint16 v16;
+  const gchar *tiff_msg = self->reader ?
+      tiff_reader_get_libtiff_message (self->reader, "(no message)") :
+      "(no message)";
 
-  memset (L, 0, sizeof (*L));
-  L->format = GST_UNET_FORMAT_UNKNOWN;
-  if (!TIFFGetField (tif, TIFFTAG_IMAGEWIDTH, &L->width)
-      || !TIFFGetField (tif, TIFFTAG_IMAGELENGTH, &L->height)
-      || L->width == 0 || L->height == 0) {
-    *why = g_strdup ("the page has no image size");
-    return FALSE;
+  switch (err->code) {
+    case TIFF_READER_ERROR_NOT_FOUND:
+      GST_ELEMENT_ERROR (self, RESOURCE, NOT_FOUND, ("%s", err->message),
+          (NULL));
+      break;
+    case TIFF_READER_ERROR_OPEN:
+      GST_ELEMENT_ERROR (self, RESOURCE, OPEN_READ, ("%s", err->message),
+          (NULL));
+      break;
+    case TIFF_READER_ERROR_NOT_TIFF:
+      GST_ELEMENT_ERROR (self, STREAM, WRONG_TYPE, ("%s", err->message),
+          (NULL));
+      break;
+    case TIFF_READER_ERROR_TOO_LARGE:
+      GST_ELEMENT_ERROR (self, STREAM, DECODE, ("%s (the limit is "
+              "max-page-size).", err->message), ("libtiff: %s", tiff_msg));
+      break;
+    default:
+      GST_ELEMENT_ERROR (self, STREAM, DECODE, ("%s", err->message),
+          ("libtiff: %s", tiff_msg));
+      break;
   }
-  if (L->width > G_MAXINT / 4 || L->height > G_MAXINT / 4) {
-    *why = g_strdup_printf ("absurd page size %u x %u", L->width, L->height);
-    return FALSE;
-  }
-  TIFFGetFieldDefaulted (tif, TIFFTAG_BITSPERSAMPLE, &L->bps);
-  TIFFGetFieldDefaulted (tif, TIFFTAG_SAMPLESPERPIXEL, &L->spp);
-  TIFFGetFieldDefaulted (tif, TIFFTAG_SAMPLEFORMAT, &L->sample_format);
-  TIFFGetFieldDefaulted (tif, TIFFTAG_PLANARCONFIG, &L->planar);
-  TIFFGetFieldDefaulted (tif, TIFFTAG_COMPRESSION, &L->compression);
-  if (TIFFGetField (tif, TIFFTAG_PHOTOMETRIC, &v16))
-    L->photometric = v16;
-  else
-    L->photometric = L->spp >= 3 ? PHOTOMETRIC_RGB : PHOTOMETRIC_MINISBLACK;
+}
 
-  if (!TIFFIsCODECConfigured (L->compression)) {
-    *why = g_strdup_printf ("compression scheme %u is not supported by this "
-        "libtiff", L->compression);
-    return FALSE;
+/* The caps format of what the reader reads out. 16-bit samples come in host
+ * order, which is little-endian on every platform this builds for. */
+G_STATIC_ASSERT (G_BYTE_ORDER == G_LITTLE_ENDIAN);
+static GstUnetFormat
+page_format (const TiffPageInfo * page)
+{
+  switch (page->format) {
+    case TIFF_READER_FORMAT_U8:
+      return GST_UNET_FORMAT_GRAY8;
+    case TIFF_READER_FORMAT_U16:
+      return GST_UNET_FORMAT_GRAY16_LE;
+    case TIFF_READER_FORMAT_U32:
+      return GST_UNET_FORMAT_GRAY32_LE;
+    case TIFF_READER_FORMAT_F32:
+      return GST_UNET_FORMAT_GRAY32F;
+    case TIFF_READER_FORMAT_RGB8:
+      return GST_UNET_FORMAT_RGB;
   }
-  if (L->photometric == PHOTOMETRIC_YCBCR) {
-    if (L->compression != COMPRESSION_JPEG) {
-      *why = g_strdup ("YCbCr pages are only supported JPEG-compressed");
-      return FALSE;
-    }
-    /* libtiff's JPEG codec converts to RGB; sizes below then describe RGB. */
-    TIFFSetField (tif, TIFFTAG_JPEGCOLORMODE, JPEGCOLORMODE_RGB);
-    L->photometric = PHOTOMETRIC_RGB;
-  }
+  return GST_UNET_FORMAT_UNKNOWN;
+}
 
-  if (L->spp == 1) {
-    if (L->photometric != PHOTOMETRIC_MINISBLACK
-        && L->photometric != PHOTOMETRIC_MINISWHITE
-        && L->photometric != PHOTOMETRIC_PALETTE) {
-      *why = g_strdup_printf ("photometric interpretation %u is not supported "
-          "for one sample per pixel", L->photometric);
-      return FALSE;
-    }
-    switch (L->sample_format) {
-      case SAMPLEFORMAT_IEEEFP:
-        if (L->bps == 32)
-          L->format = GST_UNET_FORMAT_GRAY32F;
-        else if (L->bps == 64) {
-          L->format = GST_UNET_FORMAT_GRAY32F;
-          L->f64 = TRUE;
-        }
-        break;
-      case SAMPLEFORMAT_INT:
-        L->flip_sign = TRUE;
-        /* fall through */
-      case SAMPLEFORMAT_UINT:
-      case SAMPLEFORMAT_VOID:
-        if (L->bps == 8)
-          L->format = GST_UNET_FORMAT_GRAY8;
-        else if (L->bps == 16)
-          L->format = GST_UNET_FORMAT_GRAY16_LE;
-        else if (L->bps == 32 && !L->flip_sign)
-          L->format = GST_UNET_FORMAT_GRAY32_LE;
-        break;
-      default:
-        break;
-    }
-    if (L->format == GST_UNET_FORMAT_UNKNOWN) {
-      *why = g_strdup_printf ("%u-bit %s samples are not supported (8/16-bit "
-          "integer, 32-bit unsigned and 32/64-bit float are)", L->bps,
-          L->sample_format == SAMPLEFORMAT_IEEEFP ? "float" :
-          L->sample_format == SAMPLEFORMAT_INT ? "signed" :
-          L->sample_format == SAMPLEFORMAT_UINT ? "unsigned" : "complex");
-      return FALSE;
-    }
-  } else if (L->spp == 3 && L->photometric == PHOTOMETRIC_RGB && L->bps == 8
-      && (L->sample_format == SAMPLEFORMAT_UINT
-          || L->sample_format == SAMPLEFORMAT_VOID)) {
-    L->format = GST_UNET_FORMAT_RGB;
-    L->separate = L->planar == PLANARCONFIG_SEPARATE;
-  } else {
-    *why = g_strdup_printf ("%u samples of %u bits per pixel (photometric %u) "
-        "are not supported: only gray (1 sample) and 8-bit RGB (3 samples)",
-        L->spp, L->bps, L->photometric);
-    return FALSE;
-  }
-
-  gst_tiff_stack_diag_clear (&self->diag);
-  scanline = TIFFScanlineSize64 (tif);
-  L->tiled = TIFFIsTiled (tif);
-  if (L->tiled) {
-    if (!TIFFGetField (tif, TIFFTAG_TILEWIDTH, &L->tile_w)
-        || !TIFFGetField (tif, TIFFTAG_TILELENGTH, &L->tile_h)
-        || L->tile_w == 0 || L->tile_h == 0) {
-      *why = g_strdup ("the page is tiled but has no tile size");
-      return FALSE;
-    }
-    L->chunk_bytes = TIFFTileSize64 (tif);
-    L->chunk_row_bytes = TIFFTileRowSize64 (tif);
-  } else {
-    TIFFGetFieldDefaulted (tif, TIFFTAG_ROWSPERSTRIP, &L->rows_per_strip);
-    L->rows_per_strip = CLAMP (L->rows_per_strip, 1, L->height);
-    L->chunk_bytes = TIFFStripSize64 (tif);
-    L->chunk_row_bytes = scanline;
-  }
-  if (scanline == 0 || L->chunk_bytes == 0 || L->chunk_row_bytes == 0) {
-    *why = g_strdup_printf ("invalid strip or tile size (%s)",
-        gst_tiff_stack_diag_message (&self->diag, "overflow"));
-    return FALSE;
-  }
-  if (!g_uint64_checked_mul (&raw_page, scanline, L->height)
-      || (L->separate && !g_uint64_checked_mul (&raw_page, raw_page, 3))) {
-    *why = g_strdup_printf ("absurd page size %u x %u", L->width, L->height);
-    return FALSE;
-  }
-  if (!gst_unet_layout_set (&info, L->format, L->width, L->height)) {
-    *why = g_strdup_printf ("absurd page size %u x %u", L->width, L->height);
-    return FALSE;
-  }
-  out_size = info.size;
-  if (MAX (raw_page, out_size) > self->max_page_size
-      || L->chunk_bytes > self->max_page_size) {
-    *why = g_strdup_printf ("the page is %u x %u pixels (%" G_GUINT64_FORMAT
-        " bytes), more than max-page-size (%" G_GUINT64_FORMAT " bytes); "
-        "the file is damaged or max-page-size must be raised", L->width,
-        L->height, MAX (raw_page, out_size), self->max_page_size);
-    return FALSE;
-  }
-  if (L->compression == COMPRESSION_NONE && raw_page > self->file_size) {
-    *why = g_strdup_printf ("the page needs %" G_GUINT64_FORMAT " bytes but "
-        "the file has only %" G_GUINT64_FORMAT " (truncated or damaged)",
-        raw_page, self->file_size);
-    return FALSE;
-  }
-  return TRUE;
+/* The current page. */
+static const TiffPageInfo *
+cur_page (GstTiffStackSrc * self)
+{
+  return tiff_reader_get_page_info (self->reader);
 }
 
 static gboolean
-layout_info (GstTiffStackSrc * self, const PageLayout * L,
+layout_info (GstTiffStackSrc * self, const TiffPageInfo * page,
     GstUnetLayout * info)
 {
+  const TiffStackMeta *meta = tiff_reader_get_meta (self->reader);
+
   memset (info, 0, sizeof (*info));
   info->fps_n = self->cfg_fps_n;
   info->fps_d = self->cfg_fps_d;
   /* Pixel aspect ratio = pixel width / pixel height. */
-  if (self->meta.size_x_um > 0.0 && self->meta.size_y_um > 0.0
-      && self->meta.size_x_um != self->meta.size_y_um) {
+  if (meta->size_x_um > 0.0 && meta->size_y_um > 0.0
+      && meta->size_x_um != meta->size_y_um) {
     gint n, d;
-    gst_util_double_to_fraction (self->meta.size_x_um / self->meta.size_y_um,
-        &n, &d);
+    gst_util_double_to_fraction (meta->size_x_um / meta->size_y_um, &n, &d);
     if (n > 0 && d > 0) {
       info->par_n = n;
       info->par_d = d;
     }
   }
-  return gst_unet_layout_set_planes (info, L->format, MAX (self->merge_c, 1),
-      L->width, L->height);
+  return gst_unet_layout_set_planes (info, page_format (page),
+      MAX (self->merge_c, 1), page->width, page->height);
 }
 
-/* ---- the page index ------------------------------------------------------ */
-
-static gboolean
-pread_all (int fd, guint8 * buf, gsize size, guint64 off)
-{
-  while (size > 0) {
-    ssize_t n = pread (fd, buf, size, off);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      return FALSE;
-    buf += n;
-    size -= n;
-    off += n;
-  }
-  return TRUE;
-}
-
-static guint64
-get_uint (const guint8 * p, guint size, gboolean swap)
-{
-  guint16 v16;
-  guint32 v32;
-  guint64 v64;
-
-  switch (size) {
-    case 2:
-      memcpy (&v16, p, 2);
-      return swap ? GUINT16_SWAP_LE_BE (v16) : v16;
-    case 4:
-      memcpy (&v32, p, 4);
-      return swap ? GUINT32_SWAP_LE_BE (v32) : v32;
-    default:
-      memcpy (&v64, p, 8);
-      return swap ? GUINT64_SWAP_LE_BE (v64) : v64;
-  }
-}
-
-/* Follows the main IFD chain by one page (two small preads: entry count and
- * next pointer), from self->index_next. At the end of the chain, a loop, or
- * an IFD outside the file, marks the index done (with chain_error for the
- * last two). Loops cost nothing while the offsets increase (what writers
- * produce); a set of the offsets seen is built only once they do not.
- * Call with index_lock held. */
-static void
-index_step (GstTiffStackSrc * self)
-{
-  TIFF *tif = self->tif;
-  int fd = TIFFFileno (tif);
-  gboolean big = TIFFIsBigTIFF (tif), swap = TIFFIsByteSwapped (tif);
-  guint csize = big ? 8 : 2, esize = big ? 20 : 12, osize = big ? 8 : 4;
-  guint64 off = self->index_next, n, next_pos, page = self->dir_offsets->len;
-  guint8 buf[8];
-  const gchar *why = NULL;
-
-  if (off == 0) {
-    self->index_done = TRUE;
-    return;
-  }
-  if (self->index_sorted && page > 0
-      && off <= g_array_index (self->dir_offsets, guint64, page - 1)) {
-    self->index_sorted = FALSE;
-    self->index_seen = g_hash_table_new_full (g_int64_hash, g_int64_equal,
-        g_free, NULL);
-    for (guint i = 0; i < page; i++)
-      g_hash_table_add (self->index_seen, g_memdup2 (&g_array_index
-              (self->dir_offsets, guint64, i), sizeof (guint64)));
-  }
-  if (!self->index_sorted && g_hash_table_contains (self->index_seen, &off))
-    why = "IFD loop";
-  else if (off >= self->file_size || self->file_size - off < csize
-      || !pread_all (fd, buf, csize, off))
-    why = "directory offset outside the file";
-  else if ((n = get_uint (buf, csize, swap)) == 0
-      || n > (self->file_size - off) / esize)
-    why = "unreadable directory";
-  else if ((next_pos = off + csize + n * esize) > self->file_size
-      || self->file_size - next_pos < osize
-      || !pread_all (fd, buf, osize, next_pos))
-    why = "directory runs past the end of the file";
-  if (why) {
-    self->index_done = TRUE;
-    self->chain_error = g_strdup_printf ("the chain of pages breaks after "
-        "page %" G_GUINT64_FORMAT " (%s)", page - 1, why);
-    GST_WARNING_OBJECT (self, "%s", self->chain_error);
-    return;
-  }
-  if (!self->index_sorted)
-    g_hash_table_add (self->index_seen, g_memdup2 (&off, sizeof off));
-  g_array_append_val (self->dir_offsets, off);
-  self->index_next = get_uint (buf, osize, swap);
-}
-
-/* TRUE when @page exists (indexing up to it). Call with index_lock held. */
-static gboolean
-index_to (GstTiffStackSrc * self, guint64 page)
-{
-  while (!self->index_done && self->dir_offsets->len <= page
-      && self->dir_offsets->len < G_MAXUINT - 1)
-    index_step (self);
-  return page < self->dir_offsets->len;
-}
+/* ---- the selected range ---------------------------------------------------- */
 
 /* Follows the chain to its end and fixes what depends on the page count.
- * Call with index_lock held. */
+ * Call with range_lock held. */
 static void
 index_all (GstTiffStackSrc * self)
 {
-  index_to (self, G_MAXUINT - 1);
-  self->index_done = TRUE;
-  self->n_pages = self->dir_offsets->len;
+  self->n_pages = tiff_reader_count_pages (self->reader);
   if (self->range_known || !self->open_range)
     return;
   /* Only a range without stop-index and without channel selection is left
    * open (see start()): it runs to the last page. */
   self->n_sel = self->n_pages;
   self->range_len = self->n_sel > self->first ? self->n_sel - self->first : 0;
-  self->error_at_end = self->chain_error != NULL;
+  self->error_at_end = tiff_reader_get_chain_error (self->reader) != NULL;
   self->range_known = TRUE;
 }
 
@@ -808,52 +554,37 @@ range_len_locked (GstTiffStackSrc * self, gboolean complete)
 {
   guint len;
 
-  g_mutex_lock (&self->index_lock);
+  g_mutex_lock (&self->range_lock);
   if (complete && !self->range_known)
     index_all (self);
   len = self->range_len;
-  g_mutex_unlock (&self->index_lock);
+  g_mutex_unlock (&self->range_lock);
   return len;
 }
 
-/* Makes @page libtiff's current directory and reads its layout. */
+/* Makes @page the reader's current page. */
 static gboolean
 goto_page (GstTiffStackSrc * self, guint64 page)
 {
-  gchar *why = NULL;
-  gboolean known;
-  guint64 offset;
-  int ok;
+  GError *err = NULL;
 
-  if (page == self->cur_dir)
-    return TRUE;
-  gst_tiff_stack_diag_clear (&self->diag);
-  g_mutex_lock (&self->index_lock);
-  known = index_to (self, page);
-  offset = known ? g_array_index (self->dir_offsets, guint64, page) : 0;
-  g_mutex_unlock (&self->index_lock);
-  if (!known) {
-    post_page_error (self, page, self->chain_error ? self->chain_error :
-        "the file has fewer pages");
+  if (!tiff_reader_select_page (self->reader, page, &err)) {
+    post_reader_error (self, err);
+    g_error_free (err);
     return FALSE;
   }
-  /* Next page: follow the chain. Any other: jump to its IFD by offset
-   * (libtiff 4.5's TIFFSetDirectory walks the chain from the start, which
-   * made channel selection quadratic in the number of pages). */
-  if (self->cur_dir != G_MAXUINT && page == (guint64) self->cur_dir + 1)
-    ok = TIFFReadDirectory (self->tif);
-  else
-    ok = TIFFSetSubDirectory (self->tif, offset);
-  if (!ok) {
-    self->cur_dir = G_MAXUINT;
-    post_page_error (self, page, "its directory (IFD) is unreadable");
-    return FALSE;
-  }
-  self->cur_dir = page;
-  if (!page_layout (self, &self->layout, &why)) {
-    self->cur_dir = G_MAXUINT;
-    post_page_error (self, page, why);
-    g_free (why);
+  return TRUE;
+}
+
+/* Reads the current page into @frame. */
+static gboolean
+read_page (GstTiffStackSrc * self, GstUnetFrame * frame)
+{
+  GError *err = NULL;
+
+  if (!tiff_reader_read_page (self->reader, frame->data, frame->stride, &err)) {
+    post_reader_error (self, err);
+    g_error_free (err);
     return FALSE;
   }
   return TRUE;
@@ -866,32 +597,17 @@ gst_tiff_stack_src_stop (GstBaseSrc * bsrc)
 {
   GstTiffStackSrc *self = GST_TIFF_STACK_SRC (bsrc);
 
-  if (self->tif) {
-    TIFFClose (self->tif);
-    self->tif = NULL;
-  }
-  gst_tiff_stack_diag_clear (&self->diag);
-  gst_tiff_stack_meta_clear (&self->meta);
+  g_clear_pointer (&self->reader, tiff_reader_free);
   g_clear_pointer (&self->path, g_free);
-  g_clear_pointer (&self->chain_error, g_free);
-  g_clear_pointer (&self->scratch, g_free);
   g_clear_pointer (&self->prefetch, g_free);
-  g_mutex_lock (&self->index_lock);
-  g_clear_pointer (&self->dir_offsets, g_array_unref);
-  g_clear_pointer (&self->index_seen, g_hash_table_unref);
-  self->index_next = 0;
-  self->index_done = FALSE;
-  self->index_sorted = TRUE;
+  g_mutex_lock (&self->range_lock);
   self->range_known = FALSE;
   self->open_range = FALSE;
   self->n_pages = 0;
-  g_mutex_unlock (&self->index_lock);
-  self->scratch_size = 0;
-  self->cur_dir = G_MAXUINT;
+  g_mutex_unlock (&self->range_lock);
   self->have_info = FALSE;
   self->tags_sent = FALSE;
   self->next_frame = 0;
-  self->n_pages = 0;
   return TRUE;
 }
 
@@ -921,9 +637,9 @@ downstream_accepts_first_page (GstTiffStackSrc * self)
     desc = gst_caps_to_string (caps);
     GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
         ("\"%s\" holds %ux%u %s frames and downstream does not accept that "
-            "format or size.", self->path, self->layout.width,
-            self->layout.height,
-            gst_unet_format_name (self->layout.format)),
+            "format or size.", self->path, cur_page (self)->width,
+            cur_page (self)->height,
+            gst_unet_format_name (page_format (cur_page (self)))),
         ("offered caps: %s", desc));
     g_free (desc);
   }
@@ -935,13 +651,11 @@ static gboolean
 gst_tiff_stack_src_start (GstBaseSrc * bsrc)
 {
   GstTiffStackSrc *self = GST_TIFF_STACK_SRC (bsrc);
-  TIFFOpenOptions *opts;
-  struct stat st;
+  const TiffStackMeta *meta;
   gint start_index, stop_index, channel;
   gboolean merge;
   guint64 max_page_size, last, sel;
-  gchar *why = NULL;
-  int fd;
+  GError *err = NULL;
 
   GST_OBJECT_LOCK (self);
   self->path = g_strdup (self->location);
@@ -960,75 +674,24 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
         ("No file name specified for reading."), (NULL));
     goto fail;
   }
-
-  /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused as
-   * not a regular file below); reads of a regular file ignore the flag. */
-  fd = open (self->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) {
-    if (errno == ENOENT)
-      GST_ELEMENT_ERROR (self, RESOURCE, NOT_FOUND,
-          ("File \"%s\" does not exist.", self->path), (NULL));
-    else
-      GST_ELEMENT_ERROR (self, RESOURCE, OPEN_READ,
-          ("Could not open file \"%s\" for reading: %s.", self->path,
-              g_strerror (errno)), (NULL));
+  /* Reads page 0 (its layout checked) and the metadata; the rest of the chain
+   * of pages is followed as far as needed. */
+  self->reader = tiff_reader_open (self->path, max_page_size, &err);
+  if (self->reader == NULL) {
+    post_reader_error (self, err);
+    g_error_free (err);
     goto fail;
   }
-  if (fstat (fd, &st) < 0 || !S_ISREG (st.st_mode)) {
-    close (fd);
-    GST_ELEMENT_ERROR (self, RESOURCE, OPEN_READ,
-        ("\"%s\" is not a regular file.", self->path), (NULL));
-    goto fail;
-  }
-  self->file_size = st.st_size;
-  /* Pages are read front to back: let the kernel read ahead. */
-  posix_fadvise (fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  meta = tiff_reader_get_meta (self->reader);
 
-  opts = gst_tiff_stack_open_options (&self->diag, max_page_size);
-  /* "m": no memory mapping, so resident memory stays one page whatever the
-   * file size (mapped pages would count as resident). */
-  self->tif = TIFFFdOpenExt (fd, self->path, "rm", opts);
-  TIFFOpenOptionsFree (opts);
-  if (self->tif == NULL) {
-    close (fd);
-    GST_ELEMENT_ERROR (self, STREAM, WRONG_TYPE,
-        ("\"%s\" is not a TIFF file or its first page is unreadable.",
-            self->path), ("libtiff: %s",
-            gst_tiff_stack_diag_message (&self->diag, "(no message)")));
-    goto fail;
-  }
-
-  /* The page index starts with page 0, which libtiff has just read; the rest
-   * of the chain is followed as far as needed (index_to). */
-  g_mutex_lock (&self->index_lock);
-  self->dir_offsets = g_array_new (FALSE, FALSE, sizeof (guint64));
-  self->index_sorted = TRUE;
-  self->index_done = FALSE;
+  g_mutex_lock (&self->range_lock);
   self->range_known = self->open_range = FALSE;
-  self->index_next = TIFFCurrentDirOffset (self->tif);
-  if (!index_to (self, 0)) {
-    g_mutex_unlock (&self->index_lock);
-    GST_ELEMENT_ERROR (self, STREAM, DECODE,
-        ("\"%s\" has no readable page.", self->path), ("%s",
-            self->chain_error ? self->chain_error : "(no IFD)"));
-    goto fail;
-  }
-  self->cur_dir = 0;
-  gst_tiff_stack_meta_read (&self->meta, self->tif);
-  if (!page_layout (self, &self->layout, &why)) {
-    g_mutex_unlock (&self->index_lock);
-    self->cur_dir = G_MAXUINT;
-    post_page_error (self, 0, why);
-    g_free (why);
-    goto fail;
-  }
-
   /* Channel selection (hyperstacks): every page is indexed. */
   self->sel_channel = -1;
   if (channel >= 0) {
-    guint c = MAX (self->meta.channels, 1);
+    guint c = MAX (meta->channels, 1);
     if ((guint) channel >= c) {
-      g_mutex_unlock (&self->index_lock);
+      g_mutex_unlock (&self->range_lock);
       GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
           ("channel=%d but \"%s\" has %u channel%s.", channel, self->path, c,
               c == 1 ? "" : "s"), (NULL));
@@ -1036,25 +699,24 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
     }
     if (c > 1) {
       self->sel_channel = channel;
-      self->sel_c = c;
-      self->sel_z = MAX (self->meta.slices, 1);
-      self->sel_t = MAX (self->meta.frames, 1);
+      self->sel_z = MAX (meta->slices, 1);
+      self->sel_t = MAX (meta->frames, 1);
     }
   }
   /* merge-channels: frames over z and t as for channel 0, each read with the
    * pages of every channel. */
   self->merge_c = 1;
   if (merge) {
-    guint c = MAX (self->meta.channels, 1);
+    guint c = MAX (meta->channels, 1);
     if (channel >= 0) {
-      g_mutex_unlock (&self->index_lock);
+      g_mutex_unlock (&self->range_lock);
       GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
           ("channel=%d and merge-channels=true exclude each other.", channel),
           (NULL));
       goto fail;
     }
     if (c > GST_UNET_MAX_CHANNELS) {
-      g_mutex_unlock (&self->index_lock);
+      g_mutex_unlock (&self->range_lock);
       GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
           ("\"%s\" has %u channels; merge-channels takes at most %d (select "
               "one with channel=N).", self->path, c, GST_UNET_MAX_CHANNELS),
@@ -1063,9 +725,8 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
     }
     if (c > 1) {
       self->sel_channel = 0;
-      self->sel_c = c;
-      self->sel_z = MAX (self->meta.slices, 1);
-      self->sel_t = MAX (self->meta.frames, 1);
+      self->sel_z = MAX (meta->slices, 1);
+      self->sel_t = MAX (meta->frames, 1);
       self->merge_c = c;
     }
   }
@@ -1073,11 +734,12 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
     /* Frames whose page exists (a truncated hyperstack ends early). */
     guint64 total = (guint64) self->sel_z * self->sel_t;
     index_all (self);
-    for (sel = 0; sel < total && sel_to_page (self, sel) < self->n_pages;)
+    for (sel = 0; sel < total
+        && frame_page (self, sel, self->sel_channel) < self->n_pages;)
       sel++;
     self->n_sel = sel;
     if (self->n_sel == 0) {
-      g_mutex_unlock (&self->index_lock);
+      g_mutex_unlock (&self->range_lock);
       GST_ELEMENT_ERROR (self, STREAM, DECODE,
           ("\"%s\" has no page for channel %d.", self->path, channel), (NULL));
       goto fail;
@@ -1086,35 +748,39 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
     self->n_sel = G_MAXUINT;    /* not known yet */
   }
 
-  if (self->sel_channel < 0 && !index_to (self, start_index))
+  if (self->sel_channel < 0
+      && !tiff_reader_has_page (self->reader, start_index))
     index_all (self);
-  if (self->index_done && self->sel_channel < 0)
+  if (self->sel_channel < 0
+      && tiff_reader_get_page_count (self->reader, &self->n_pages))
     self->n_sel = self->n_pages;
   if ((guint) start_index >= self->n_sel) {
-    g_mutex_unlock (&self->index_lock);
+    g_mutex_unlock (&self->range_lock);
     GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
         ("start-index=%d is past the last frame of \"%s\" (%u frames).",
             start_index, self->path, self->n_sel), (NULL));
     goto fail;
   }
   if (stop_index >= 0 && stop_index < start_index) {
-    g_mutex_unlock (&self->index_lock);
+    g_mutex_unlock (&self->range_lock);
     GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
         ("stop-index=%d is before start-index=%d.", stop_index, start_index),
         (NULL));
     goto fail;
   }
   self->first = start_index;
-  if (stop_index >= 0 && self->sel_channel < 0 && !index_to (self, stop_index))
+  if (stop_index >= 0 && self->sel_channel < 0
+      && !tiff_reader_has_page (self->reader, stop_index))
     index_all (self);
-  if (self->index_done && self->sel_channel < 0)
+  if (self->sel_channel < 0
+      && tiff_reader_get_page_count (self->reader, &self->n_pages))
     self->n_sel = self->n_pages;
-  if (stop_index >= 0 || self->index_done) {
+  if (stop_index >= 0 || self->n_sel != G_MAXUINT) {
     last = self->n_sel - 1;
     if (stop_index >= 0 && (guint64) stop_index < last)
       last = stop_index;
     self->range_len = last - start_index + 1;
-    self->error_at_end = self->chain_error != NULL
+    self->error_at_end = tiff_reader_get_chain_error (self->reader) != NULL
         && (stop_index < 0 || (guint64) stop_index >= self->n_sel);
     self->range_known = TRUE;
   } else {
@@ -1123,15 +789,16 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
     self->error_at_end = FALSE;
     self->open_range = TRUE;
   }
-  g_mutex_unlock (&self->index_lock);
+  g_mutex_unlock (&self->range_lock);
   self->next_frame = 0;
   self->tags_sent = FALSE;
 
   /* Caps of the first frame, so negotiation happens before create(). */
-  if (!goto_page (self, sel_to_page (self, self->first)))
+  if (!goto_page (self, frame_page (self, self->first, self->sel_channel)))
     goto fail;
-  if (!layout_info (self, &self->layout, &self->vinfo)) {
-    post_page_error (self, self->cur_dir, "unsupported page size");
+  if (!layout_info (self, cur_page (self), &self->vinfo)) {
+    post_page_error (self, tiff_reader_get_current_page (self->reader),
+        "unsupported page size");
     goto fail;
   }
   if (!downstream_accepts_first_page (self))
@@ -1143,23 +810,24 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
    * and becomes the first buffer. */
   self->prefetch = g_try_malloc (self->vinfo.size);
   if (self->prefetch == NULL) {
-    post_page_error (self, self->cur_dir, "out of memory");
+    post_page_error (self, tiff_reader_get_current_page (self->reader),
+        "out of memory");
     goto fail;
   }
   {
     GstUnetFrame frame = { NULL, };
     frame.data = self->prefetch;
     frame.stride = self->vinfo.stride;
-    if (!read_page (self, &frame, self->cur_dir))
+    if (!read_page (self, &frame))
       goto fail;
   }
-  self->prefetch_page = self->cur_dir;
+  self->prefetch_page = tiff_reader_get_current_page (self->reader);
   self->have_info = TRUE;
   GST_INFO_OBJECT (self, "%s: %u pages indexed, %u frames selected from %u, "
-      "%s, first page %ux%u", self->path, self->dir_offsets->len,
-      self->range_len,
-      self->first, self->meta.is_imagej ? "ImageJ" : self->meta.is_ome ?
-      "OME" : "plain", self->layout.width, self->layout.height);
+      "%s, first page %ux%u", self->path,
+      tiff_reader_get_pages_indexed (self->reader), self->range_len,
+      self->first, meta->is_imagej ? "ImageJ" : meta->is_ome ? "OME" :
+      "plain", cur_page (self)->width, cur_page (self)->height);
   return TRUE;
 
 fail:
@@ -1261,11 +929,12 @@ gst_tiff_stack_src_do_seek (GstBaseSrc * bsrc, GstSegment * segment)
     /* past the known pages: index up to the frame (never beyond) */
     guint len;
 
-    g_mutex_lock (&self->index_lock);
-    if (!self->range_known && !index_to (self, (guint64) self->first + frame))
+    g_mutex_lock (&self->range_lock);
+    if (!self->range_known
+        && !tiff_reader_has_page (self->reader, (guint64) self->first + frame))
       index_all (self);
     len = self->range_len;
-    g_mutex_unlock (&self->index_lock);
+    g_mutex_unlock (&self->range_lock);
     if (frame > len)
       frame = len;
   }
@@ -1353,205 +1022,33 @@ gst_tiff_stack_src_query (GstBaseSrc * bsrc, GstQuery * query)
   return GST_BASE_SRC_CLASS (parent_class)->query (bsrc, query);
 }
 
-/* ---- reading pixels ------------------------------------------------------ */
-
-/* Converts @n stored pixels (or samples of @plane for planar RGB) to the
- * output format. */
-static void
-convert_run (const PageLayout * L, const guint8 * src, guint8 * dst, gsize n,
-    guint plane)
-{
-  gsize i;
-
-  if (L->separate) {
-    for (i = 0; i < n; i++)
-      dst[i * 3 + plane] = src[i];
-  } else if (L->f64) {
-    for (i = 0; i < n; i++) {
-      gdouble d;
-      gfloat f;
-      memcpy (&d, src + i * 8, 8);
-      f = (gfloat) d;
-      memcpy (dst + i * 4, &f, 4);
-    }
-  } else if (L->flip_sign && L->bps == 8) {
-    for (i = 0; i < n; i++)
-      dst[i] = src[i] ^ 0x80;
-  } else if (L->flip_sign) {
-    /* libtiff delivers host-order int16; adding 32768 flips the sign bit. */
-    for (i = 0; i < n; i++) {
-      guint16 v;
-      memcpy (&v, src + i * 2, 2);
-      v ^= 0x8000;
-      memcpy (dst + i * 2, &v, 2);
-    }
-  } else {
-    memcpy (dst, src, n * (L->bps / 8) * L->spp);
-  }
-}
-
-static gboolean
-ensure_scratch (GstTiffStackSrc * self, guint64 size)
-{
-  if (self->scratch_size >= size)
-    return TRUE;
-  g_free (self->scratch);
-  self->scratch = g_try_malloc (size);
-  self->scratch_size = self->scratch ? size : 0;
-  return self->scratch != NULL;
-}
-
-/* Fast path for raw pages in native byte order whose strips lie back to
- * back in the file (what most writers produce): one pread of the whole page
- * straight into the frame instead of a seek and a read per strip. Returns
- * FALSE, having read nothing, whenever the layout does not allow it; libtiff
- * then reads the page the ordinary way (and reports any damage). */
-static gboolean
-read_contiguous (GstTiffStackSrc * self, guint8 * dst)
-{
-  const PageLayout *L = &self->layout;
-  TIFF *tif = self->tif;
-  guint32 nstrips = (L->height + L->rows_per_strip - 1) / L->rows_per_strip;
-  guint64 strip_bytes = (guint64) L->rows_per_strip * L->chunk_row_bytes;
-  guint64 total = (guint64) L->height * L->chunk_row_bytes, off0, done = 0;
-  guint16 fill = FILLORDER_MSB2LSB;
-  guint32 s;
-  int fd = TIFFFileno (tif);
-
-  TIFFGetFieldDefaulted (tif, TIFFTAG_FILLORDER, &fill);
-  if (L->compression != COMPRESSION_NONE || TIFFIsByteSwapped (tif)
-      || fill != FILLORDER_MSB2LSB || fd < 0
-      || TIFFNumberOfStrips (tif) != nstrips)
-    return FALSE;
-  off0 = TIFFGetStrileOffset (tif, 0);
-  for (s = 0; s < nstrips; s++) {
-    guint64 rows = MIN (L->rows_per_strip, L->height - s * L->rows_per_strip);
-    if (TIFFGetStrileOffset (tif, s) != off0 + s * strip_bytes
-        || TIFFGetStrileByteCount (tif, s) < rows * L->chunk_row_bytes)
-      return FALSE;
-  }
-  if (off0 == 0 || off0 > self->file_size || total > self->file_size - off0)
-    return FALSE;
-  while (done < total) {
-    ssize_t n = pread (fd, dst + done, total - done, off0 + done);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      return FALSE;
-    done += n;
-  }
-  return TRUE;
-}
-
-static gboolean
-read_page (GstTiffStackSrc * self, GstUnetFrame * frame, guint64 page)
-{
-  const PageLayout *L = &self->layout;
-  TIFF *tif = self->tif;
-  guint8 *dst = frame->data;
-  gsize stride = frame->stride;
-  gsize pstride = self->vinfo.bpp;
-  guint nplanes = L->separate ? 3 : 1, p;
-  gboolean direct = !L->tiled && !L->separate && !L->flip_sign && !L->f64
-      && stride == L->chunk_row_bytes;
-  gchar *why;
-
-  gst_tiff_stack_diag_clear (&self->diag);
-  if (direct && read_contiguous (self, dst))
-    return TRUE;
-  if (!direct && !ensure_scratch (self, L->chunk_bytes)) {
-    why = g_strdup_printf ("cannot allocate %" G_GUINT64_FORMAT " bytes",
-        L->chunk_bytes);
-    goto failed;
-  }
-
-  if (!L->tiled) {
-    guint32 per_plane = (L->height + L->rows_per_strip - 1) / L->rows_per_strip;
-    guint32 s, r;
-
-    if ((guint64) TIFFNumberOfStrips (tif) < (guint64) per_plane * nplanes) {
-      why = g_strdup ("the page has fewer strips than its size needs");
-      goto failed;
-    }
-    for (p = 0; p < nplanes; p++) {
-      for (s = 0; s < per_plane; s++) {
-        guint32 row0 = s * L->rows_per_strip;
-        guint32 rows = MIN (L->rows_per_strip, L->height - row0);
-        tmsize_t want = (tmsize_t) (rows * L->chunk_row_bytes);
-        guint8 *out = direct ? dst + row0 * stride : self->scratch;
-
-        if (TIFFReadEncodedStrip (tif, p * per_plane + s, out, want) != want) {
-          why = g_strdup_printf ("strip %u is damaged or truncated",
-              p * per_plane + s);
-          goto failed;
-        }
-        if (direct)
-          continue;
-        for (r = 0; r < rows; r++)
-          convert_run (L, self->scratch + r * L->chunk_row_bytes,
-              dst + (row0 + r) * stride, L->width, p);
-      }
-    }
-  } else {
-    guint32 x, y, r;
-
-    for (p = 0; p < nplanes; p++) {
-      for (y = 0; y < L->height; y += L->tile_h) {
-        for (x = 0; x < L->width; x += L->tile_w) {
-          guint32 tile = TIFFComputeTile (tif, x, y, 0, p);
-          guint32 cols = MIN (L->tile_w, L->width - x);
-          guint32 rows = MIN (L->tile_h, L->height - y);
-
-          if (TIFFReadEncodedTile (tif, tile, self->scratch,
-                  (tmsize_t) L->chunk_bytes) < 0) {
-            why = g_strdup_printf ("tile %u is damaged or truncated", tile);
-            goto failed;
-          }
-          for (r = 0; r < rows; r++)
-            convert_run (L, self->scratch + r * L->chunk_row_bytes,
-                dst + (y + r) * stride + x * pstride, cols, p);
-        }
-      }
-    }
-  }
-  return TRUE;
-
-failed:
-  post_page_error (self, page, why);
-  g_free (why);
-  return FALSE;
-}
-
 /* ---- streaming ----------------------------------------------------------- */
 
 /* merge-channels: planes 1.. of frame @k from the pages of channels 1.. (plane
  * 0, channel 0, is read by the caller); every page must match channel 0's.
- * @range_len: the range's length as create() read it under index_lock. */
+ * @range_len: the range's length as create() read it under range_lock. */
 static gboolean
 read_other_channels (GstTiffStackSrc * self, GstUnetFrame * frame, guint64 k,
     guint range_len)
 {
-  PageLayout first = self->layout;
+  TiffPageInfo first = *cur_page (self);
   guint c;
   gboolean ok = TRUE;
 
   for (c = 1; ok && c < self->merge_c; c++) {
     GstUnetFrame plane = *frame;
-    guint64 page;
+    guint64 page = frame_page (self, self->first + k % range_len, c);
 
-    self->sel_channel = c;
-    page = sel_to_page (self, self->first + k % range_len);
-    self->sel_channel = 0;
     ok = goto_page (self, page);
-    if (ok && (self->layout.width != first.width
-            || self->layout.height != first.height
-            || self->layout.format != first.format)) {
+    if (ok && (cur_page (self)->width != first.width
+            || cur_page (self)->height != first.height
+            || cur_page (self)->format != first.format)) {
       post_page_error (self, page, "merge-channels needs every channel's page "
           "to have the size and format of channel 0's");
       ok = FALSE;
     }
     plane.data = frame->data + (gsize) c * frame->stride * self->vinfo.height;
-    ok = ok && read_page (self, &plane, page);
+    ok = ok && read_page (self, &plane);
   }
   return ok;
 }
@@ -1568,22 +1065,26 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
   GstFlowReturn ret;
   guint64 k = self->next_frame, page;
   guint range_len;
+  const gchar *chain_error;
+  const TiffPageInfo *pinfo;
 
   /* An open range ends where the chain does: index up to this frame. */
-  g_mutex_lock (&self->index_lock);
-  if (!self->range_known && !index_to (self, (guint64) self->first + k))
+  g_mutex_lock (&self->range_lock);
+  if (!self->range_known
+      && !tiff_reader_has_page (self->reader, (guint64) self->first + k))
     index_all (self);
   range_len = self->range_len;
-  g_mutex_unlock (&self->index_lock);
+  g_mutex_unlock (&self->range_lock);
+  chain_error = tiff_reader_get_chain_error (self->reader);
   if (range_len == 0) {
-    post_page_error (self, self->first, self->chain_error ?
-        self->chain_error : "the file has fewer pages");
+    post_page_error (self, self->first, chain_error ? chain_error :
+        "the file has fewer pages");
     return GST_FLOW_ERROR;
   }
 
   if (!self->do_loop && k >= range_len) {
     if (self->error_at_end) {
-      post_page_error (self, self->n_pages, self->chain_error);
+      post_page_error (self, self->n_pages, chain_error);
       return GST_FLOW_ERROR;
     }
     return GST_FLOW_EOS;
@@ -1596,36 +1097,37 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
     return GST_FLOW_EOS;
 
   if (self->do_loop && k > 0 && k % range_len == 0 && self->error_at_end) {
-    post_page_error (self, self->n_pages, self->chain_error);
+    post_page_error (self, self->n_pages, chain_error);
     return GST_FLOW_ERROR;
   }
-  page = sel_to_page (self, self->first + k % range_len);
+  page = frame_page (self, self->first + k % range_len, self->sel_channel);
   if (!goto_page (self, page))
     return GST_FLOW_ERROR;
+  pinfo = cur_page (self);
 
-  if (!layout_info (self, &self->layout, &info)) {
+  if (!layout_info (self, pinfo, &info)) {
     post_page_error (self, page, "unsupported page size");
     return GST_FLOW_ERROR;
   }
   if (!gst_unet_layout_equal (&info, &self->vinfo)) {
     GST_INFO_OBJECT (self, "page %" G_GUINT64_FORMAT " is %ux%u %s: "
-        "renegotiating", page, self->layout.width, self->layout.height,
-        gst_unet_format_name (self->layout.format));
+        "renegotiating", page, pinfo->width, pinfo->height,
+        gst_unet_format_name (page_format (pinfo)));
     GST_OBJECT_LOCK (self);
     self->vinfo = info;
     GST_OBJECT_UNLOCK (self);
     if (!gst_base_src_negotiate (bsrc)) {
       GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
           ("Page %" G_GUINT64_FORMAT " of \"%s\" is %ux%u %s and downstream "
-              "does not accept that.", page, self->path, self->layout.width,
-              self->layout.height,
-              gst_unet_format_name (self->layout.format)), (NULL));
+              "does not accept that.", page, self->path, pinfo->width,
+              pinfo->height, gst_unet_format_name (page_format (pinfo))),
+          (NULL));
       return GST_FLOW_NOT_NEGOTIATED;
     }
   }
 
   if (!self->tags_sent) {
-    GstTagList *tags = gst_tiff_stack_meta_to_tags (&self->meta);
+    GstTagList *tags = gst_tiff_stack_meta_to_tags (tiff_reader_get_meta (self->reader));
     guint c, z, t;
 
     stream_axes (self, &c, &z, &t);
@@ -1636,10 +1138,9 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
           GST_TIFF_STACK_TAG_SLICES, z, NULL);
     else
       gst_tag_list_remove_tag (tags, GST_TIFF_STACK_TAG_SLICES);
-    if (self->layout.flip_sign)
+    if (pinfo->value_offset != 0)
       gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
-          GST_TIFF_STACK_TAG_VALUE_OFFSET,
-          self->layout.bps == 8 ? -128.0 : -32768.0, NULL);
+          GST_TIFF_STACK_TAG_VALUE_OFFSET, (gdouble) pinfo->value_offset, NULL);
     gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE, GST_TAG_CONTAINER_FORMAT,
         "TIFF", NULL);
     gst_tag_list_set_scope (tags, GST_TAG_SCOPE_GLOBAL);
@@ -1675,7 +1176,7 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
     for (r = 0; r < self->vinfo.height; r++)
       memcpy (frame.data + r * frame.stride,
           self->prefetch + r * self->vinfo.stride, row);
-  } else if (!read_page (self, &frame, page)) {
+  } else if (!read_page (self, &frame)) {
     gst_unet_frame_unmap (&frame);
     gst_buffer_unref (buf);
     return GST_FLOW_ERROR;

@@ -9,7 +9,7 @@
 
 #include "gsttiffstacksrc.h"
 #include "gsttiffstacksink.h"
-#include "tiffstack-common.h"
+#include "tiffstack-tags.h"
 
 static gboolean
 plugin_init (GstPlugin * plugin)

@@ -1,134 +1,27 @@
-/* gst-unet — shared helpers of the tiffstack plugin
+/* gst-unet — what a TIFF stack's first page says about the stack
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
- * Custom tags, per-file libtiff diagnostics and ImageJ / OME-XML metadata
- * parsing, used by tiffstacksrc and tiffstacksink.
+ * Physical pixel size, axes (channels, slices, frames, dimension order) and
+ * frame interval from the tags and the ImageJ or OME-XML ImageDescription of
+ * page 0 (see tiff-meta.h). Plain GLib + libtiff.
  */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
 
+#undef G_LOG_DOMAIN
+#define G_LOG_DOMAIN "tiffstack"
+
 #include <math.h>
 #include <string.h>
 #include <stdlib.h>
 
-#include "tiffstack-common.h"
-
-GST_DEBUG_CATEGORY_STATIC (tiff_stack_common_debug);
-#define GST_CAT_DEFAULT tiff_stack_common_debug
-
-void
-gst_tiff_stack_register_tags (void)
-{
-  static gsize once = 0;
-
-  if (!g_once_init_enter (&once))
-    return;
-
-  GST_DEBUG_CATEGORY_INIT (tiff_stack_common_debug, "tiffstack", 0,
-      "TIFF stack helpers");
-
-  gst_tag_register (GST_TIFF_STACK_TAG_PIXEL_SIZE_X, GST_TAG_FLAG_META,
-      G_TYPE_DOUBLE, "pixel size x",
-      "Physical width of one pixel in micrometres", gst_tag_merge_use_first);
-  gst_tag_register (GST_TIFF_STACK_TAG_PIXEL_SIZE_Y, GST_TAG_FLAG_META,
-      G_TYPE_DOUBLE, "pixel size y",
-      "Physical height of one pixel in micrometres", gst_tag_merge_use_first);
-  gst_tag_register (GST_TIFF_STACK_TAG_PIXEL_SIZE_Z, GST_TAG_FLAG_META,
-      G_TYPE_DOUBLE, "pixel size z",
-      "Distance between consecutive slices in micrometres",
-      gst_tag_merge_use_first);
-  gst_tag_register (GST_TIFF_STACK_TAG_PIXEL_UNIT, GST_TAG_FLAG_META,
-      G_TYPE_STRING, "pixel unit",
-      "Length unit as written in the file (sizes are converted to micrometres)",
-      gst_tag_merge_use_first);
-  gst_tag_register (GST_TIFF_STACK_TAG_CHANNELS, GST_TAG_FLAG_META,
-      G_TYPE_UINT, "channels", "Channels of the stream's frames (frames run "
-      "over channels fastest, then z, then t, as in ImageJ)",
-      gst_tag_merge_use_first);
-  gst_tag_register (GST_TIFF_STACK_TAG_SLICES, GST_TAG_FLAG_META,
-      G_TYPE_UINT, "slices", "Z slices of the stream's frames",
-      gst_tag_merge_use_first);
-  gst_tag_register (GST_TIFF_STACK_TAG_FRAMES, GST_TAG_FLAG_META,
-      G_TYPE_UINT, "frames", "Time points of the stream's frames",
-      gst_tag_merge_use_first);
-  gst_tag_register (GST_TIFF_STACK_TAG_FRAME_INTERVAL, GST_TAG_FLAG_META,
-      G_TYPE_DOUBLE, "frame interval",
-      "Time between consecutive time points in seconds (ImageJ finterval, OME "
-      "TimeIncrement)", gst_tag_merge_use_first);
-  gst_tag_register (GST_TIFF_STACK_TAG_VALUE_OFFSET, GST_TAG_FLAG_META,
-      G_TYPE_DOUBLE, "value offset",
-      "Add to a pixel value to get the value stored in the file "
-      "(signed samples are shifted into the unsigned range)",
-      gst_tag_merge_use_first);
-
-  g_once_init_leave (&once, 1);
-}
-
-/* ---- libtiff diagnostics ------------------------------------------------ */
-
-static int
-diag_error (TIFF * tif, void *user_data, const char *module, const char *fmt,
-    va_list ap)
-{
-  GstTiffStackDiag *diag = user_data;
-  gchar *msg = g_strdup_vprintf (fmt, ap);
-
-  g_free (diag->last_error);
-  diag->last_error = module ? g_strdup_printf ("%s: %s", module, msg) : msg;
-  if (module)
-    g_free (msg);
-  GST_CAT_WARNING_OBJECT (tiff_stack_common_debug, diag->owner,
-      "libtiff: %s", diag->last_error);
-  return 1;
-}
-
-static int
-diag_warning (TIFF * tif, void *user_data, const char *module,
-    const char *fmt, va_list ap)
-{
-  GstTiffStackDiag *diag = user_data;
-  gchar *msg = g_strdup_vprintf (fmt, ap);
-
-  GST_CAT_DEBUG_OBJECT (tiff_stack_common_debug, diag->owner,
-      "libtiff warning: %s: %s", module ? module : "", msg);
-  /* libtiff reports IFD loops as warnings: keep the message for errors. */
-  if (diag->last_error == NULL)
-    diag->last_error = g_strdup_printf ("warning: %s: %s", module ? module :
-        "", msg);
-  g_free (msg);
-  return 1;
-}
-
-void
-gst_tiff_stack_diag_clear (GstTiffStackDiag * diag)
-{
-  g_clear_pointer (&diag->last_error, g_free);
-}
-
-const gchar *
-gst_tiff_stack_diag_message (GstTiffStackDiag * diag, const gchar * fallback)
-{
-  return diag->last_error ? diag->last_error : fallback;
-}
-
-TIFFOpenOptions *
-gst_tiff_stack_open_options (GstTiffStackDiag * diag, guint64 max_single_alloc)
-{
-  TIFFOpenOptions *opts = TIFFOpenOptionsAlloc ();
-
-  gst_tiff_stack_register_tags ();
-  TIFFOpenOptionsSetErrorHandlerExtR (opts, diag_error, diag);
-  TIFFOpenOptionsSetWarningHandlerExtR (opts, diag_warning, diag);
-  TIFFOpenOptionsSetMaxSingleMemAlloc (opts,
-      (tmsize_t) MIN (max_single_alloc, (guint64) G_MAXSSIZE));
-  return opts;
-}
+#include "tiff-meta.h"
 
 /* ---- units --------------------------------------------------------------- */
 
 gboolean
-gst_tiff_stack_unit_to_um (const gchar * unit, gdouble * um_per_unit)
+tiff_stack_unit_to_um (const gchar * unit, gdouble * um_per_unit)
 {
   static const struct
   {
@@ -166,7 +59,7 @@ gst_tiff_stack_unit_to_um (const gchar * unit, gdouble * um_per_unit)
 /* ---- descriptions -------------------------------------------------------- */
 
 void
-gst_tiff_stack_meta_clear (GstTiffStackMeta * meta)
+tiff_stack_meta_clear (TiffStackMeta * meta)
 {
   g_free (meta->unit);
   g_free (meta->description);
@@ -227,7 +120,7 @@ time_unit_to_s (const gchar * unit)
 }
 
 static void
-parse_imagej (GstTiffStackMeta * meta, const gchar * desc, gdouble * spacing)
+parse_imagej (TiffStackMeta * meta, const gchar * desc, gdouble * spacing)
 {
   gchar **lines = g_strsplit (desc, "\n", -1);
   gchar tunit[32] = "";
@@ -266,7 +159,7 @@ parse_imagej (GstTiffStackMeta * meta, const gchar * desc, gdouble * spacing)
 
 typedef struct
 {
-  GstTiffStackMeta *meta;
+  TiffStackMeta *meta;
   gboolean done;
 } OmeParse;
 
@@ -295,7 +188,7 @@ ome_size_um (const gchar ** names, const gchar ** values, const gchar * attr)
   if (!value)
     return 0.0;
   v = parse_length (value);
-  if (unit && !gst_tiff_stack_unit_to_um (unit, &factor))
+  if (unit && !tiff_stack_unit_to_um (unit, &factor))
     return 0.0;
   return v * factor;
 }
@@ -306,7 +199,7 @@ ome_start (GMarkupParseContext * ctx, const gchar * element,
     GError ** error)
 {
   OmeParse *p = user_data;
-  GstTiffStackMeta *meta = p->meta;
+  TiffStackMeta *meta = p->meta;
   guint i;
   gdouble v;
 
@@ -355,7 +248,7 @@ ome_start (GMarkupParseContext * ctx, const gchar * element,
 }
 
 void
-gst_tiff_stack_meta_parse_description (GstTiffStackMeta * meta,
+tiff_stack_meta_parse_description (TiffStackMeta * meta,
     const gchar * desc)
 {
   if (desc == NULL)
@@ -365,7 +258,7 @@ gst_tiff_stack_meta_parse_description (GstTiffStackMeta * meta,
     gdouble spacing = 0.0, factor;
 
     parse_imagej (meta, desc, &spacing);
-    if (spacing > 0.0 && gst_tiff_stack_unit_to_um (meta->unit, &factor))
+    if (spacing > 0.0 && tiff_stack_unit_to_um (meta->unit, &factor))
       meta->size_z_um = spacing * factor;
   } else if (strstr (desc, "<OME") != NULL) {
     static const GMarkupParser parser = { ome_start, NULL, NULL, NULL, NULL };
@@ -378,25 +271,24 @@ gst_tiff_stack_meta_parse_description (GstTiffStackMeta * meta,
 
     /* Parse from the root element: GMarkup rejects some prologs (DOCTYPE). */
     if (!g_markup_parse_context_parse (ctx, start, -1, &err) && !p.done)
-      GST_CAT_INFO (tiff_stack_common_debug, "OME-XML not understood: %s",
-          err ? err->message : "?");
+      g_debug ("OME-XML not understood: %s", err ? err->message : "?");
     g_clear_error (&err);
     g_markup_parse_context_free (ctx);
   }
 }
 
 void
-gst_tiff_stack_meta_read (GstTiffStackMeta * meta, TIFF * tif)
+tiff_stack_meta_read (TiffStackMeta * meta, TIFF * tif)
 {
   const char *desc = NULL;
   float xres = 0.0f, yres = 0.0f;
   guint16 resunit = RESUNIT_INCH;
   gdouble factor;
 
-  gst_tiff_stack_meta_clear (meta);
+  tiff_stack_meta_clear (meta);
   if (TIFFGetField (tif, TIFFTAG_IMAGEDESCRIPTION, &desc) && desc) {
     meta->description = g_utf8_make_valid (desc, -1);
-    gst_tiff_stack_meta_parse_description (meta, meta->description);
+    tiff_stack_meta_parse_description (meta, meta->description);
   }
   if (meta->is_ome && meta->size_x_um > 0.0)
     return;
@@ -410,7 +302,7 @@ gst_tiff_stack_meta_read (GstTiffStackMeta * meta, TIFF * tif)
   TIFFGetFieldDefaulted (tif, TIFFTAG_RESOLUTIONUNIT, &resunit);
 
   /* ImageJ writes pixels per description unit with ResolutionUnit = none. */
-  if (meta->is_imagej && gst_tiff_stack_unit_to_um (meta->unit, &factor)) {
+  if (meta->is_imagej && tiff_stack_unit_to_um (meta->unit, &factor)) {
     meta->size_x_um = factor / xres;
     meta->size_y_um = factor / yres;
   } else if (resunit == RESUNIT_INCH || resunit == RESUNIT_CENTIMETER) {
@@ -420,40 +312,4 @@ gst_tiff_stack_meta_read (GstTiffStackMeta * meta, TIFF * tif)
     g_free (meta->unit);
     meta->unit = g_strdup (resunit == RESUNIT_INCH ? "inch" : "cm");
   }
-}
-
-GstTagList *
-gst_tiff_stack_meta_to_tags (const GstTiffStackMeta * meta)
-{
-  GstTagList *tags = gst_tag_list_new_empty ();
-
-  gst_tiff_stack_register_tags ();
-  if (meta->size_x_um > 0.0)
-    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
-        GST_TIFF_STACK_TAG_PIXEL_SIZE_X, meta->size_x_um, NULL);
-  if (meta->size_y_um > 0.0)
-    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
-        GST_TIFF_STACK_TAG_PIXEL_SIZE_Y, meta->size_y_um, NULL);
-  if (meta->size_z_um > 0.0)
-    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
-        GST_TIFF_STACK_TAG_PIXEL_SIZE_Z, meta->size_z_um, NULL);
-  if (meta->unit && g_utf8_validate (meta->unit, -1, NULL))
-    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
-        GST_TIFF_STACK_TAG_PIXEL_UNIT, meta->unit, NULL);
-  if (meta->channels)
-    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
-        GST_TIFF_STACK_TAG_CHANNELS, meta->channels, NULL);
-  if (meta->slices)
-    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
-        GST_TIFF_STACK_TAG_SLICES, meta->slices, NULL);
-  if (meta->frames)
-    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
-        GST_TIFF_STACK_TAG_FRAMES, meta->frames, NULL);
-  if (meta->frame_interval_s > 0.0)
-    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE,
-        GST_TIFF_STACK_TAG_FRAME_INTERVAL, meta->frame_interval_s, NULL);
-  if (meta->description && meta->description[0])
-    gst_tag_list_add (tags, GST_TAG_MERGE_REPLACE, GST_TAG_DESCRIPTION,
-        meta->description, NULL);
-  return tags;
 }
