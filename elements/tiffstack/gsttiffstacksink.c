@@ -170,7 +170,7 @@ struct _GstTiffStackSink
   gboolean created;             /* the file did not exist before start() */
   gboolean replaced;            /* an existing file was truncated by us */
   TiffDiag diag;
-  GstUnetLayout vinfo;
+  GstUnetLayout frame_layout;
   gboolean have_info;
   gdouble size_x_um, size_y_um, size_z_um;
   guint axis_c, axis_z, axis_t;  /* stream axes from tags, 0 = not given */
@@ -582,7 +582,7 @@ stack_axes (GstTiffStackSink * self, guint64 images, guint64 * c,
     return;
   }
   *c = 1;
-  if (!have && (self->vinfo.fps_n > 0 || self->upstream_live)) {
+  if (!have && (self->frame_layout.fps_n > 0 || self->upstream_live)) {
     *z = 1;
     *t = images;
   } else {
@@ -600,9 +600,9 @@ update_description (GstTiffStackSink * self, guint64 images)
   gdouble finterval = self->frame_interval_s;
 
   stack_axes (self, images, &c, &z, &t);
-  if (finterval <= 0.0 && self->vinfo.fps_n > 0 && self->vinfo.fps_d > 0
+  if (finterval <= 0.0 && self->frame_layout.fps_n > 0 && self->frame_layout.fps_d > 0
       && !(self->axis_c || self->axis_z || self->axis_t))
-    finterval = (gdouble) self->vinfo.fps_d / self->vinfo.fps_n;
+    finterval = (gdouble) self->frame_layout.fps_d / self->frame_layout.fps_n;
   g_string_append_printf (s, "images=%" G_GUINT64_FORMAT "\n", images);
   if (c > 1)
     g_string_append_printf (s, "channels=%" G_GUINT64_FORMAT "\n", c);
@@ -801,7 +801,7 @@ gst_tiff_stack_sink_set_caps (GstBaseSink * bsink, GstCaps * caps)
         ("Invalid caps for tiffstacksink."), ("%" GST_PTR_FORMAT, caps));
     return FALSE;
   }
-  self->vinfo = info;
+  self->frame_layout = info;
   self->have_info = TRUE;
   return TRUE;
 }
@@ -867,7 +867,7 @@ write_page (GstTiffStackSink * self, GstUnetFrame * frame)
     COMPRESSION_ADOBE_DEFLATE, COMPRESSION_ZSTD
   };
   TIFF *tif = self->tif;
-  const GstUnetLayout *info = &self->vinfo;
+  const GstUnetLayout *info = &self->frame_layout;
   GstUnetFormat fmt = info->format;
   guint32 width = info->width;
   guint32 height = info->height;
@@ -1037,9 +1037,9 @@ numbered_path (const gchar * location, guint index)
 static guint64
 page_bound (GstTiffStackSink * self)
 {
-  guint64 pixels = (guint64) self->vinfo.height * self->vinfo.width
-      * self->vinfo.bpp;
-  guint32 strips = self->vinfo.height;  /* at most one strip per row */
+  guint64 pixels = (guint64) self->frame_layout.height * self->frame_layout.width
+      * self->frame_layout.bpp;
+  guint32 strips = self->frame_layout.height;  /* at most one strip per row */
 
   switch (self->cfg_compression) {
     case COMPRESS_LZW:
@@ -1134,7 +1134,7 @@ gst_tiff_stack_sink_render (GstBaseSink * bsink, GstBuffer * buf)
   }
   if (self->tif == NULL && !open_tiff (self))
     return GST_FLOW_ERROR;
-  if (!gst_unet_frame_map (&frame, &self->vinfo, buf, GST_MAP_READ)) {
+  if (!gst_unet_frame_map (&frame, &self->frame_layout, buf, GST_MAP_READ)) {
     GST_ELEMENT_ERROR (self, STREAM, FAILED,
         ("Buffer of %" G_GSIZE_FORMAT " bytes is too small for the caps.",
             gst_buffer_get_size (buf)), (NULL));
@@ -1143,9 +1143,9 @@ gst_tiff_stack_sink_render (GstBaseSink * bsink, GstBuffer * buf)
   /* A multi-channel frame is one page per channel, channels fastest as in
    * an ImageJ hyperstack (its axes tags say channels=C). */
   ok = TRUE;
-  for (c = 0; ok && c < MAX (self->vinfo.channels, 1); c++) {
+  for (c = 0; ok && c < MAX (self->frame_layout.channels, 1); c++) {
     GstUnetFrame plane = frame;
-    plane.data = frame.data + (gsize) c * frame.stride * self->vinfo.height;
+    plane.data = frame.data + (gsize) c * frame.stride * self->frame_layout.height;
     ok = ensure_room (self) && write_page (self, &plane);
   }
   gst_unet_frame_unmap (&frame);

@@ -133,13 +133,13 @@ struct _GstTiffStackSrc
   gboolean open_range;          /* the range ends with the chain (index_all) */
   gint sel_channel;             /* channel selected, -1 for every page */
   guint sel_z, sel_t;           /* hyperstack slices and time points */
-  guint n_sel;                  /* frames after channel selection */
-  guint merge_c;                /* channels per frame (merge-channels), else 1 */
+  guint n_frames;               /* frames after channel selection */
+  guint merged_channels;        /* per frame (merge-channels), else 1 */
   guint first, range_len;       /* selected range, in frames */
   gboolean do_loop;
   gint cfg_fps_n, cfg_fps_d;
   guint64 next_frame;           /* output frame counter, monotonic when looping */
-  GstUnetLayout vinfo;          /* caps we offer / negotiated */
+  GstUnetLayout frame_layout;   /* caps we offer / negotiated */
   gboolean have_info;
   gboolean tags_sent;
   guint8 *prefetch;             /* first frame, decoded in start() */
@@ -401,7 +401,7 @@ stream_axes (GstTiffStackSrc * self, guint * c, guint * z, guint * t)
   gboolean in_order = TRUE;
 
   if (self->sel_channel >= 0) {
-    *c = MAX (self->merge_c, 1);
+    *c = MAX (self->merged_channels, 1);
     *z = self->sel_z;
     *t = self->sel_t;
     return;
@@ -527,7 +527,7 @@ layout_info (GstTiffStackSrc * self, const TiffPageInfo * page,
     }
   }
   return gst_unet_layout_set_planes (info, page_format (page),
-      MAX (self->merge_c, 1), page->width, page->height);
+      MAX (self->merged_channels, 1), page->width, page->height);
 }
 
 /* ---- the selected range ---------------------------------------------------- */
@@ -542,8 +542,8 @@ index_all (GstTiffStackSrc * self)
     return;
   /* Only a range without stop-index and without channel selection is left
    * open (see start()): it runs to the last page. */
-  self->n_sel = self->n_pages;
-  self->range_len = self->n_sel > self->first ? self->n_sel - self->first : 0;
+  self->n_frames = self->n_pages;
+  self->range_len = self->n_frames > self->first ? self->n_frames - self->first : 0;
   self->error_at_end = tiff_reader_get_chain_error (self->reader) != NULL;
   self->range_known = TRUE;
 }
@@ -629,7 +629,7 @@ downstream_accepts_first_page (GstTiffStackSrc * self)
 
   if (!gst_pad_is_linked (pad))
     return TRUE;
-  caps = gst_unet_layout_to_caps (&self->vinfo);
+  caps = gst_unet_layout_to_caps (&self->frame_layout);
   peer_caps = gst_pad_peer_query_caps (pad, caps);
   ok = !gst_caps_is_empty (peer_caps);
   gst_caps_unref (peer_caps);
@@ -705,7 +705,7 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
   }
   /* merge-channels: frames over z and t as for channel 0, each read with the
    * pages of every channel. */
-  self->merge_c = 1;
+  self->merged_channels = 1;
   if (merge) {
     guint c = MAX (meta->channels, 1);
     if (channel >= 0) {
@@ -727,7 +727,7 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
       self->sel_channel = 0;
       self->sel_z = MAX (meta->slices, 1);
       self->sel_t = MAX (meta->frames, 1);
-      self->merge_c = c;
+      self->merged_channels = c;
     }
   }
   if (self->sel_channel >= 0) {
@@ -737,15 +737,15 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
     for (sel = 0; sel < total
         && frame_page (self, sel, self->sel_channel) < self->n_pages;)
       sel++;
-    self->n_sel = sel;
-    if (self->n_sel == 0) {
+    self->n_frames = sel;
+    if (self->n_frames == 0) {
       g_mutex_unlock (&self->range_lock);
       GST_ELEMENT_ERROR (self, STREAM, DECODE,
           ("\"%s\" has no page for channel %d.", self->path, channel), (NULL));
       goto fail;
     }
   } else {
-    self->n_sel = G_MAXUINT;    /* not known yet */
+    self->n_frames = G_MAXUINT;    /* not known yet */
   }
 
   if (self->sel_channel < 0
@@ -753,12 +753,12 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
     index_all (self);
   if (self->sel_channel < 0
       && tiff_reader_get_page_count (self->reader, &self->n_pages))
-    self->n_sel = self->n_pages;
-  if ((guint) start_index >= self->n_sel) {
+    self->n_frames = self->n_pages;
+  if ((guint) start_index >= self->n_frames) {
     g_mutex_unlock (&self->range_lock);
     GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
         ("start-index=%d is past the last frame of \"%s\" (%u frames).",
-            start_index, self->path, self->n_sel), (NULL));
+            start_index, self->path, self->n_frames), (NULL));
     goto fail;
   }
   if (stop_index >= 0 && stop_index < start_index) {
@@ -774,14 +774,14 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
     index_all (self);
   if (self->sel_channel < 0
       && tiff_reader_get_page_count (self->reader, &self->n_pages))
-    self->n_sel = self->n_pages;
-  if (stop_index >= 0 || self->n_sel != G_MAXUINT) {
-    last = self->n_sel - 1;
+    self->n_frames = self->n_pages;
+  if (stop_index >= 0 || self->n_frames != G_MAXUINT) {
+    last = self->n_frames - 1;
     if (stop_index >= 0 && (guint64) stop_index < last)
       last = stop_index;
     self->range_len = last - start_index + 1;
     self->error_at_end = tiff_reader_get_chain_error (self->reader) != NULL
-        && (stop_index < 0 || (guint64) stop_index >= self->n_sel);
+        && (stop_index < 0 || (guint64) stop_index >= self->n_frames);
     self->range_known = TRUE;
   } else {
     /* Up to the end of the chain, found when it is reached (index_all). */
@@ -796,7 +796,7 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
   /* Caps of the first frame, so negotiation happens before create(). */
   if (!goto_page (self, frame_page (self, self->first, self->sel_channel)))
     goto fail;
-  if (!layout_info (self, cur_page (self), &self->vinfo)) {
+  if (!layout_info (self, cur_page (self), &self->frame_layout)) {
     post_page_error (self, tiff_reader_get_current_page (self->reader),
         "unsupported page size");
     goto fail;
@@ -808,7 +808,7 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
    * application's main loop from the streaming thread (gst-launch-1.0 1.22
    * can miss an error posted before its main loop runs). The frame is kept
    * and becomes the first buffer. */
-  self->prefetch = g_try_malloc (self->vinfo.size);
+  self->prefetch = g_try_malloc (self->frame_layout.size);
   if (self->prefetch == NULL) {
     post_page_error (self, tiff_reader_get_current_page (self->reader),
         "out of memory");
@@ -817,7 +817,7 @@ gst_tiff_stack_src_start (GstBaseSrc * bsrc)
   {
     GstUnetFrame frame = { NULL, };
     frame.data = self->prefetch;
-    frame.stride = self->vinfo.stride;
+    frame.stride = self->frame_layout.stride;
     if (!read_page (self, &frame))
       goto fail;
   }
@@ -845,7 +845,7 @@ gst_tiff_stack_src_get_caps (GstBaseSrc * bsrc, GstCaps * filter)
 
   GST_OBJECT_LOCK (self);
   if (self->have_info)
-    caps = gst_unet_layout_to_caps (&self->vinfo);
+    caps = gst_unet_layout_to_caps (&self->frame_layout);
   else
     caps = gst_pad_get_pad_template_caps (GST_BASE_SRC_PAD (bsrc));
   GST_OBJECT_UNLOCK (self);
@@ -1035,7 +1035,7 @@ read_other_channels (GstTiffStackSrc * self, GstUnetFrame * frame, guint64 k,
   guint c;
   gboolean ok = TRUE;
 
-  for (c = 1; ok && c < self->merge_c; c++) {
+  for (c = 1; ok && c < self->merged_channels; c++) {
     GstUnetFrame plane = *frame;
     guint64 page = frame_page (self, self->first + k % range_len, c);
 
@@ -1047,7 +1047,7 @@ read_other_channels (GstTiffStackSrc * self, GstUnetFrame * frame, guint64 k,
           "to have the size and format of channel 0's");
       ok = FALSE;
     }
-    plane.data = frame->data + (gsize) c * frame->stride * self->vinfo.height;
+    plane.data = frame->data + (gsize) c * frame->stride * self->frame_layout.height;
     ok = ok && read_page (self, &plane);
   }
   return ok;
@@ -1109,12 +1109,12 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
     post_page_error (self, page, "unsupported page size");
     return GST_FLOW_ERROR;
   }
-  if (!gst_unet_layout_equal (&info, &self->vinfo)) {
+  if (!gst_unet_layout_equal (&info, &self->frame_layout)) {
     GST_INFO_OBJECT (self, "page %" G_GUINT64_FORMAT " is %ux%u %s: "
         "renegotiating", page, pinfo->width, pinfo->height,
         gst_unet_format_name (page_format (pinfo)));
     GST_OBJECT_LOCK (self);
-    self->vinfo = info;
+    self->frame_layout = info;
     GST_OBJECT_UNLOCK (self);
     if (!gst_base_src_negotiate (bsrc)) {
       GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
@@ -1155,16 +1155,16 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
   }
 
   ret = GST_BASE_SRC_CLASS (parent_class)->alloc (bsrc, k,
-      self->vinfo.size, &buf);
+      self->frame_layout.size, &buf);
   if (ret == GST_FLOW_ERROR) {
     gchar *why = g_strdup_printf ("cannot allocate a frame of %" G_GSIZE_FORMAT
-        " bytes (out of memory)", self->vinfo.size);
+        " bytes (out of memory)", self->frame_layout.size);
     post_page_error (self, page, why);
     g_free (why);
   }
   if (ret != GST_FLOW_OK)
     return ret;
-  if (!gst_unet_frame_map (&frame, &self->vinfo, buf, GST_MAP_WRITE)) {
+  if (!gst_unet_frame_map (&frame, &self->frame_layout, buf, GST_MAP_WRITE)) {
     gst_buffer_unref (buf);
     GST_ELEMENT_ERROR (self, RESOURCE, FAILED,
         ("Could not map an output buffer."), (NULL));
@@ -1172,17 +1172,17 @@ gst_tiff_stack_src_create (GstPushSrc * psrc, GstBuffer ** outbuf)
   }
   if (self->prefetch && page == self->prefetch_page) {
     guint32 r;
-    gsize row = (gsize) self->vinfo.width * self->vinfo.bpp;
-    for (r = 0; r < self->vinfo.height; r++)
+    gsize row = (gsize) self->frame_layout.width * self->frame_layout.bpp;
+    for (r = 0; r < self->frame_layout.height; r++)
       memcpy (frame.data + r * frame.stride,
-          self->prefetch + r * self->vinfo.stride, row);
+          self->prefetch + r * self->frame_layout.stride, row);
   } else if (!read_page (self, &frame)) {
     gst_unet_frame_unmap (&frame);
     gst_buffer_unref (buf);
     return GST_FLOW_ERROR;
   }
   g_clear_pointer (&self->prefetch, g_free);
-  if (self->merge_c > 1 && !read_other_channels (self, &frame, k, range_len)) {
+  if (self->merged_channels > 1 && !read_other_channels (self, &frame, k, range_len)) {
     gst_unet_frame_unmap (&frame);
     gst_buffer_unref (buf);
     return GST_FLOW_ERROR;
