@@ -11,7 +11,9 @@
  * and damaged files (truncated at every 7th byte, an IFD loop, corrupt
  * compressed data, random byte changes, unsupported layouts, a page above the
  * limit), which must give a TIFF_READER_ERROR with a message, never a crash
- * (the test also runs under valgrind and ASan).
+ * (the test also runs under valgrind and ASan). Last, stacks written by
+ * tifffile (ImageJ hyperstack, big-endian OME BigTIFF, signed pages) read
+ * plane by plane against tifffile's own reading.
  */
 #include "tiff-reader.h"
 
@@ -637,11 +639,106 @@ test_refused (void)
   g_unlink (empty);
 }
 
+/* Stacks written by tifffile (tiff_reader_tifffile.py): an ImageJ hyperstack, a
+ * big-endian BigTIFF OME-TIFF in XYZCT order, big-endian int16 pages; every
+ * plane, found through tiff_reader_hyperstack_page(), must equal tifffile's
+ * own reading of it. Skipped without /usr/bin/python3 + tifffile (the script
+ * is given as arguments: --tifffile PYTHON SCRIPT). */
+static const gchar *tifffile_python, *tifffile_script;
+
+static void
+test_tifffile (void)
+{
+  g_autofree gchar *dir = g_build_filename (tmpdir, "tifffile", NULL);
+  g_autofree gchar *manifest_path = g_build_filename (dir, "manifest.txt",
+      NULL);
+  g_autofree gchar *manifest = NULL;
+  g_auto (GStrv) lines = NULL;
+  const gchar *argv[] = { tifffile_python, tifffile_script, dir, NULL };
+  GError *err = NULL;
+  gint status = -1;
+  guint files = 0;
+
+  if (tifffile_python == NULL
+      || !g_file_test (tifffile_python, G_FILE_TEST_IS_EXECUTABLE)) {
+    g_test_skip ("no --tifffile PYTHON SCRIPT (or no such python)");
+    return;
+  }
+  g_assert_cmpint (g_mkdir (dir, 0700), ==, 0);
+  g_assert_true (g_spawn_sync (NULL, (gchar **) argv, NULL,
+          G_SPAWN_DEFAULT, NULL, NULL, NULL, NULL, &status, &err));
+  g_assert_no_error (err);
+  g_assert_true (g_spawn_check_wait_status (status, &err));
+  g_assert_no_error (err);
+  g_assert_true (g_file_get_contents (manifest_path, &manifest, NULL, NULL));
+  lines = g_strsplit (manifest, "\n", -1);
+  for (guint i = 0; lines[i] && lines[i][0]; i++) {
+    gchar name[64];
+    guint C, Z, T, bpp;
+    g_autofree gchar *path = NULL;
+    g_autoptr (TiffReader) r = NULL;
+    const TiffStackMeta *m;
+
+    g_assert_cmpint (sscanf (lines[i], "%63s %u %u %u %u", name, &C, &Z, &T,
+            &bpp), ==, 5);
+    path = g_build_filename (dir, name, NULL);
+    r = tiff_reader_open (path, 1 << 20, &err);
+    g_assert_no_error (err);
+    m = tiff_reader_get_meta (r);
+    if (C * T > 1) {
+      g_assert_cmpuint (m->channels, ==, C);
+      g_assert_cmpuint (m->slices, ==, Z);
+      g_assert_cmpuint (MAX (m->frames, 1), ==, T);
+    }
+    for (guint t = 0; t < T; t++)
+      for (guint z = 0; z < Z; z++)
+        for (guint c = 0; c < C; c++) {
+          g_autofree gchar *raw_name = g_strdup_printf ("%s-c%u-z%u-t%u.raw",
+              name, c, z, t);
+          g_autofree gchar *raw_path = g_build_filename (dir, raw_name, NULL);
+          g_autofree gchar *want = NULL;
+          gsize want_size;
+          g_autofree guint8 *got = NULL;
+          const TiffPageInfo *info;
+
+          g_assert_true (g_file_get_contents (raw_path, &want, &want_size,
+                  NULL));
+          g_assert_true (tiff_reader_select_page (r,
+                  tiff_reader_hyperstack_page (r, c, z, t), &err));
+          g_assert_no_error (err);
+          info = tiff_reader_get_page_info (r);
+          g_assert_cmpuint (info->bytes_per_pixel, ==, bpp);
+          g_assert_cmpuint ((gsize) info->width * info->height * bpp, ==,
+              want_size);
+          got = g_malloc (want_size);
+          g_assert_true (tiff_reader_read_page (r, got,
+                  (gsize) info->width * bpp, &err));
+          g_assert_no_error (err);
+          if (memcmp (got, want, want_size) != 0)
+            g_error ("%s: channel %u, slice %u, time %u differs from tifffile",
+                name, c, z, t);
+          g_unlink (raw_path);
+        }
+    g_unlink (path);
+    files++;
+  }
+  g_assert_cmpuint (files, ==, 3);
+  g_unlink (manifest_path);
+  g_rmdir (dir);
+}
+
 int
 main (int argc, char **argv)
 {
   int ret;
 
+  if (argc >= 4 && g_str_equal (argv[1], "--tifffile")) {
+    tifffile_python = argv[2];
+    tifffile_script = argv[3];
+    argv[3] = argv[0];
+    argv += 3;
+    argc -= 3;
+  }
   g_test_init (&argc, &argv, NULL);
   /* libtiff's global handlers print to stderr; the reader installs its own
    * per file, the writer here needs none */
@@ -656,6 +753,7 @@ main (int argc, char **argv)
   g_test_add_func ("/tiff-reader/corrupt-data", test_corrupt_data);
   g_test_add_func ("/tiff-reader/random-damage", test_random_damage);
   g_test_add_func ("/tiff-reader/refused", test_refused);
+  g_test_add_func ("/tiff-reader/tifffile", test_tifffile);
   ret = g_test_run ();
   g_rmdir (tmpdir);
   g_free (tmpdir);
