@@ -1,12 +1,14 @@
-/* libFuzzer target: any byte sequence, as a file, into tiffstacksrc — the TIFF
- * reading code (libtiff behind our page index, layout checks, strip/tile
- * reading and conversion, the buffer pool, metadata parsing).
+/* libFuzzer target: any byte sequence, as a file, into tiffstacksrc — the
+ * element (range and channel selection, caps, tags, the buffer pool) over the
+ * TIFF reader (libtiff behind our page index, layout checks, strip/tile
+ * reading and conversion, metadata parsing).
  *
  * The element must never crash, hang or allocate without bound: every input
  * ends in EOS or in an ERROR message with a text, within a few seconds, and
- * every frame it sends has the size its caps say. The element's sources are
- * compiled into the target (registered statically), so libFuzzer sees their
- * coverage; fakesink comes from the installed GStreamer.
+ * every frame it sends has the size its caps say. The element's and the
+ * reader's sources are compiled into the target (the element registered
+ * statically), so libFuzzer sees their coverage; fakesink comes from the
+ * installed GStreamer.
  *
  *   CC=clang meson setup build-fuzz -Dfuzzing=true -Db_sanitize=address \
  *       -Db_lundef=false -Dcuda=disabled
