@@ -8,7 +8,6 @@ UnetBackend *
 unet_backend_new (const UnetNetOptions *opts, UnetDevice *device, GError **error)
 {
   const gboolean have_cuda = HAVE_CUDA_BACKEND;
-  UnetBackend *be = NULL;
 
   if (opts->device == UNET_DEVICE_CUDA && !have_cuda) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_NO_DEVICE,
@@ -18,7 +17,8 @@ unet_backend_new (const UnetNetOptions *opts, UnetDevice *device, GError **error
 #if HAVE_CUDA_BACKEND
   if (opts->device == UNET_DEVICE_CUDA || opts->device == UNET_DEVICE_AUTO) {
     /* AUTO: no usable GPU is not an error, the CPU takes over */
-    be = unet_backend_cuda_new (opts, opts->device == UNET_DEVICE_CUDA ? error : NULL);
+    UnetBackend *be = unet_backend_cuda_new (opts,
+        opts->device == UNET_DEVICE_CUDA ? error : NULL);
     *device = UNET_DEVICE_CUDA;
     if (be != NULL || opts->device == UNET_DEVICE_CUDA)
       return be;
