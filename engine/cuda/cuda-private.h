@@ -175,4 +175,25 @@ gboolean     cuda_grads_get             (UnetBackend *be, gfloat *host, GError *
 gboolean     cuda_op_forward_training   (UnetBackendOp *op, guint64 seed, GError **error);
 gboolean     cuda_op_backward           (UnetBackendOp *op, GError **error);
 
+/* ---- cuda-frames.c: the frame slots of backend.h (on-device tiling) ---- */
+UnetBackendFrames *cuda_frames_new (UnetBackend *be, gint depth, GError **error);
+void         cuda_frames_free (UnetBackendFrames *fr);
+gboolean     cuda_frame_upload (UnetBackendFrames *fr, gint slot, UnetPixelFormat format,
+                                gconstpointer data, gint width, gint height, gsize stride,
+                                GError **error);
+gboolean     cuda_frame_normalize (UnetBackendFrames *fr, gint slot,
+                                   const UnetNormalization *norm, GError **error);
+gboolean     cuda_frame_begin (UnetBackendFrames *fr, gint slot, gint classes,
+                               gboolean labels, gint prob_class, gboolean blend,
+                               GError **error);
+gboolean     cuda_frame_extract (UnetBackendFrames *fr, gint slot, const gint *origin_x,
+                                 const gint *origin_y, gint n, gint b0,
+                                 UnetBackendTensor *input, GError **error);
+gboolean     cuda_frame_stitch (UnetBackendFrames *fr, gint slot,
+                                UnetBackendTensor *logits, gint b0, gint n,
+                                const gint *blocks, gboolean blend, GError **error);
+gboolean     cuda_frame_download (UnetBackendFrames *fr, gint slot, guint8 *labels,
+                                  gfloat *probability, GError **error);
+gboolean     cuda_frame_wait (UnetBackendFrames *fr, gint slot, GError **error);
+
 G_END_DECLS
