@@ -15,12 +15,11 @@
  * on the CPU.
  */
 #include "unet.h"
+#include "checkpoint.h"
 #include "model-private.h"
-#include "safetensors.h"
 #include "tiling.h"
 #include "training.h"
 
-#include <json-glib/json-glib.h>
 #include <math.h>
 #include <string.h>
 
@@ -174,60 +173,6 @@ unet_trainer_options_init (UnetTrainerOptions *opts)
   opts->dataset_capacity = 1000;
   opts->seed = 0;
   unet_net_options_init (&opts->net);
-}
-
-static const gchar *
-optimizer_name (UnetTrainOptimizer o)
-{
-  switch (o) {
-    case UNET_TRAIN_SGD:
-      return "sgd";
-    case UNET_TRAIN_ADAM:
-      return "adam";
-    case UNET_TRAIN_ADAMW:
-      return "adamw";
-  }
-  return "sgd";
-}
-
-static gboolean
-optimizer_from_name (const gchar *name, UnetTrainOptimizer *o)
-{
-  for (gint i = UNET_TRAIN_SGD; i <= UNET_TRAIN_ADAMW; i++) {
-    if (g_strcmp0 (name, optimizer_name (i)) == 0) {
-      *o = i;
-      return TRUE;
-    }
-  }
-  return FALSE;
-}
-
-static const gchar *
-schedule_name (UnetTrainSchedule s)
-{
-  switch (s) {
-    case UNET_TRAIN_SCHEDULE_CONSTANT:
-      return "constant";
-    case UNET_TRAIN_SCHEDULE_COSINE:
-      return "cosine";
-    case UNET_TRAIN_SCHEDULE_POLY:
-      return "poly";
-  }
-  return "constant";
-}
-
-static const gchar *
-mask_mode_name (UnetTrainMaskMode m)
-{
-  switch (m) {
-    case UNET_TRAIN_MASK_BINARY:
-      return "binary";
-    case UNET_TRAIN_MASK_INDEXED:
-      return "indexed";
-    case UNET_TRAIN_MASK_INSTANCES:
-      return "instances";
-  }
-  return "binary";
 }
 
 static gboolean
@@ -698,14 +643,12 @@ ensure_step_buffers (UnetTrainer *t, gint tile_in, GError **error)
 
 /* --------------------------------------------------------------- guard -- */
 
+/* The step's divergence test is the checkpoint's: what it lets through can be
+ * saved. */
 static gboolean
 all_finite (const gfloat *v, gsize n)
 {
-  /* One pass with a sum-free test: x - x is 0 for finite x, NaN otherwise. */
-  gfloat acc = 0.0f;
-  for (gsize i = 0; i < n; i++)
-    acc += v[i] - v[i];
-  return acc == 0.0f;
+  return unet_checkpoint_all_finite (v, n);
 }
 
 /* Class map of logits (B,K,P) (sigmoid: logit > 0). */
@@ -1091,74 +1034,34 @@ unet_trainer_predict (UnetTrainer *t, UnetPixelFormat format,
 
 /* --------------------------------------------------------- checkpoints -- */
 
-static gchar *
-training_json (const UnetTrainer *t)
+/* Copies the net's parameters into t->model with a fresh "unet.training". */
+static gboolean
+sync_model (UnetTrainer *t, GError **error)
 {
+  if (!unet_net_export_model (t->net, t->model, error))
+    return FALSE;
   const UnetTrainerOptions *o = &t->opts;
-  g_autoptr (JsonBuilder) b = json_builder_new ();
-  json_builder_begin_object (b);
-#define KV_INT(k, v) json_builder_set_member_name (b, k); json_builder_add_int_value (b, v)
-#define KV_DBL(k, v) json_builder_set_member_name (b, k); json_builder_add_double_value (b, v)
-#define KV_STR(k, v) json_builder_set_member_name (b, k); json_builder_add_string_value (b, v)
-#define KV_BOOL(k, v) json_builder_set_member_name (b, k); json_builder_add_boolean_value (b, v)
-  KV_INT ("iteration", t->iteration);
-  /* A decimal string: JSON numbers lose 64-bit integers in many readers. */
-  g_autofree gchar *seed = g_strdup_printf ("%" G_GUINT64_FORMAT, o->seed);
-  KV_STR ("seed", seed);
-  KV_STR ("optimizer", optimizer_name (o->optimizer));
-  KV_DBL ("learning_rate", o->learning_rate > 0.0 ? o->learning_rate
-      : unet_trainer_default_learning_rate (o->optimizer));
-  KV_INT ("warmup", unet_trainer_warmup_steps (o));
-  KV_DBL ("momentum", o->momentum);
-  KV_BOOL ("nesterov", o->nesterov);
-  KV_DBL ("weight_decay", o->weight_decay);
-  KV_STR ("schedule", schedule_name (o->schedule));
-  KV_INT ("iterations", o->iterations);
-  KV_INT ("batch_size", o->batch_size);
-  KV_INT ("tile_size", t->tile_in > 0 ? t->tile_in : o->tile_size);
-  KV_BOOL ("elastic", o->elastic);
-  KV_INT ("elastic_grid", o->elastic_grid);
-  KV_DBL ("elastic_sigma", o->elastic_sigma);
-  KV_DBL ("rotation", o->rotation);
-  KV_BOOL ("flip", o->flip);
-  KV_DBL ("intensity_jitter", o->intensity_jitter);
-  KV_DBL ("border_weight", o->border_weight);
-  KV_DBL ("border_sigma", o->border_sigma);
-  KV_BOOL ("class_balance", o->class_balance);
-  KV_STR ("mask_mode", mask_mode_name (o->mask_mode));
-  KV_INT ("ignore_label", o->ignore_label);
-  KV_DBL ("dice_weight", o->dice_weight);
-  KV_DBL ("validation_fraction", o->validation_fraction);
-  KV_INT ("pairs_seen", (gint64) t->n_added);
-  if (t->iteration > 0) {
-    KV_DBL ("loss", t->last.loss);
-    KV_DBL ("dice", t->last.dice);
-  }
-  if (t->last_val.frames > 0) {
-    KV_INT ("validation_frames", t->last_val.frames);
-    KV_DBL ("validation_pixel_error", t->last_val.pixel_error);
-    if (t->last_val.rand_error >= 0.0) {
-      KV_DBL ("validation_rand_error", t->last_val.rand_error);
-    }
-    KV_DBL ("validation_dice", t->last_val.dice);
-  }
-#undef KV_INT
-#undef KV_DBL
-#undef KV_STR
-#undef KV_BOOL
-  json_builder_end_object (b);
-  g_autoptr (JsonNode) root = json_builder_get_root (b);
-  return json_to_string (root, FALSE);
+  UnetCheckpointState state = {
+    .iteration = t->iteration,
+    .learning_rate = o->learning_rate > 0.0 ? o->learning_rate
+        : unet_trainer_default_learning_rate (o->optimizer),
+    .warmup = unet_trainer_warmup_steps (o),
+    .tile_size = t->tile_in > 0 ? t->tile_in : o->tile_size,
+    .pairs_seen = t->n_added,
+    .last = &t->last,
+    .validation = &t->last_val,
+  };
+  g_autofree gchar *tj = unet_checkpoint_training_json (o, &state);
+  unet_model_set_metadata (t->model, "unet.training", tj);
+  return TRUE;
 }
 
 UnetModel *
 unet_trainer_export_model (UnetTrainer *t, GError **error)
 {
   g_return_val_if_fail (t != NULL, NULL);
-  if (!unet_net_export_model (t->net, t->model, error))
+  if (!sync_model (t, error))
     return NULL;
-  g_autofree gchar *tj = training_json (t);
-  unet_model_set_metadata (t->model, "unet.training", tj);
   return unet_model_copy (t->model);
 }
 
@@ -1170,77 +1073,11 @@ unet_trainer_save_checkpoint (UnetTrainer *t, const gchar *path,
   /* Never replace a good checkpoint with a diverged one. */
   gsize n_params = 0;
   const gfloat *params = unet_net_get_parameters (t->net, &n_params, error);
-  if (params == NULL)
-    return FALSE;
-  if (!all_finite (params, n_params)) {
-    g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
-        "not writing \"%s\" at iteration %" G_GINT64_FORMAT ": the weights are "
-        "not finite (training diverged); the file already there is kept", path,
-        t->iteration);
-    return FALSE;
-  }
-  for (guint i = 0; i < unet_optimizer_get_n_buffers (t->optim); i++)
-    if (!all_finite (unet_optimizer_get_buffer (t->optim, i), t->n_params)) {
-      g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
-          "not writing \"%s\" at iteration %" G_GINT64_FORMAT ": the optimiser "
-          "state \"%s\" is not finite (training diverged); the file already "
-          "there is kept", path, t->iteration,
-          unet_optimizer_get_buffer_name (t->optim, i));
-      return FALSE;
-    }
-  if (!unet_net_export_model (t->net, t->model, error))
-    return FALSE;
-  g_autofree gchar *tj = training_json (t);
-  unet_model_set_metadata (t->model, "unet.training", tj);
-
-  guint n = unet_optimizer_get_n_buffers (t->optim);
-  g_autofree UnetStTensorData *extra = g_new0 (UnetStTensorData, MAX (n, 1));
-  for (guint i = 0; i < n; i++) {
-    extra[i].name = unet_optimizer_get_buffer_name (t->optim, i);
-    extra[i].n_dims = 1;
-    extra[i].shape[0] = (gint) t->n_params;
-    extra[i].data = unet_optimizer_get_buffer (t->optim, i);
-  }
-  return unet_model_save_with_extra (t->model, path, extra, n, NULL, error);
-}
-
-static gboolean
-parse_training (const gchar *json, gint64 *iteration, guint64 *seed,
-    UnetTrainOptimizer *optimizer, GError **error)
-{
-  g_autoptr (JsonParser) parser = json_parser_new ();
-  if (json == NULL || !json_parser_load_from_data (parser, json, -1, NULL)
-      || !JSON_NODE_HOLDS_OBJECT (json_parser_get_root (parser)))
-    goto bad;
-  JsonObject *o = json_node_get_object (json_parser_get_root (parser));
-  /* Each member of the type we write: an iteration that is a string, an object
-   * or a float is a damaged checkpoint, not "iteration 0". */
-  JsonNode *it = json_object_get_member (o, "iteration");
-  JsonNode *sd = json_object_get_member (o, "seed");
-  JsonNode *op = json_object_get_member (o, "optimizer");
-  if (it == NULL || sd == NULL || op == NULL
-      || !JSON_NODE_HOLDS_VALUE (it) || json_node_get_value_type (it) != G_TYPE_INT64
-      || !JSON_NODE_HOLDS_VALUE (sd) || json_node_get_value_type (sd) != G_TYPE_STRING
-      || !JSON_NODE_HOLDS_VALUE (op) || json_node_get_value_type (op) != G_TYPE_STRING)
-    goto bad;
-  *iteration = json_node_get_int (it);
-  const gchar *s = json_node_get_string (sd);
-  gchar *end = NULL;
-  if (s == NULL)
-    goto bad;
-  *seed = g_ascii_strtoull (s, &end, 10);
-  if (end == s || *end != '\0' || *iteration < 0)
-    goto bad;
-  if (!optimizer_from_name (json_node_get_string (op), optimizer))
-    goto bad;
-  return TRUE;
-
-bad:
-  g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL,
-      "not a training checkpoint: the \"unet.training\" metadata is missing, "
-      "or its iteration (an integer >= 0), seed (a decimal string) or optimizer "
-      "(sgd, adam or adamw) is missing or of the wrong type");
-  return FALSE;
+  return params != NULL
+      && unet_checkpoint_check_finite (params, n_params, t->optim,
+      t->iteration, path, error)
+      && sync_model (t, error)
+      && unet_checkpoint_write (t->model, t->optim, t->n_params, path, error);
 }
 
 UnetTrainer *
@@ -1248,60 +1085,21 @@ unet_trainer_new_from_checkpoint (const UnetTrainerOptions *opts,
     const gchar *path, GError **error)
 {
   g_return_val_if_fail (opts != NULL && path != NULL, NULL);
-  g_autoptr (UnetSafetensors) st = unet_safetensors_open (path, error);
-  if (st == NULL)
-    return NULL;
-  UnetTrainerOptions o = *opts;
-  gint64 iteration = 0;
-  if (!parse_training (unet_safetensors_get_metadata_value (st,
-              "unet.training"), &iteration, &o.seed, &o.optimizer, error)) {
-    g_prefix_error (error, "%s: ", path);
-    return NULL;
+  UnetCheckpoint ck;
+  UnetTrainer *t = NULL;
+  if (unet_checkpoint_open (path, &ck, error)) {
+    UnetTrainerOptions o = *opts;
+    o.seed = ck.seed;
+    o.optimizer = ck.optimizer;
+    if (ck.has_normalization)
+      o.normalization = ck.normalization;
+    t = unet_trainer_new (&o, ck.model, error);
+    if (t != NULL && !unet_checkpoint_restore (&ck, t->optim, t->params,
+            t->n_params, error))
+      g_clear_pointer (&t, unet_trainer_free);
+    if (t != NULL)
+      t->iteration = ck.iteration;
   }
-  g_autoptr (UnetModel) model = unet_model_load_from_safetensors (st, error);
-  if (model == NULL)
-    return NULL;
-  const gchar *nj = unet_model_get_metadata (model, "unet.normalization");
-  if (nj != NULL && !unet_normalization_from_json (nj, &o.normalization, error))
-    return NULL;
-
-  UnetTrainer *t = unet_trainer_new (&o, model, error);
-  if (t == NULL)
-    return NULL;
-  guint n = unet_optimizer_get_n_buffers (t->optim);
-  for (guint i = 0; i < n && iteration > 0; i++) {
-    const gchar *name = unet_optimizer_get_buffer_name (t->optim, i);
-    const UnetStTensor *st_t = unet_safetensors_lookup (st, name);
-    if (st_t == NULL || st_t->numel != t->n_params) {
-      g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL,
-          "%s: optimiser state \"%s\" is missing or has %" G_GUINT64_FORMAT
-          " values instead of %" G_GSIZE_FORMAT, path, name,
-          st_t ? st_t->numel : 0, t->n_params);
-      unet_trainer_free (t);
-      return NULL;
-    }
-    if (!unet_safetensors_read_f32 (st_t, unet_optimizer_get_buffer (t->optim,
-                i), error)) {
-      unet_trainer_free (t);
-      return NULL;
-    }
-    if (!all_finite (unet_optimizer_get_buffer (t->optim, i), t->n_params)) {
-      g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL,
-          "%s: optimiser state \"%s\" holds non-finite values (saved by a run "
-          "that diverged); resume from an earlier checkpoint or start again",
-          path, name);
-      unet_trainer_free (t);
-      return NULL;
-    }
-  }
-  if (!all_finite (t->params, t->n_params)) {
-    g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL,
-        "%s: the weights hold non-finite values (saved by a run that "
-        "diverged); resume from an earlier checkpoint or start again", path);
-    unet_trainer_free (t);
-    return NULL;
-  }
-  unet_optimizer_set_step (t->optim, iteration);
-  t->iteration = iteration;
+  unet_checkpoint_clear (&ck);
   return t;
 }
