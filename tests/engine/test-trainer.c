@@ -1,7 +1,8 @@
 /* Trainer tests (suite 'trainer'): options and pair validation, the seeded
  * hold-out split and the dataset bound, atomic checkpoints that load as models,
  * bit-identical resume (N steps straight vs N/2 + checkpoint + resume + N/2),
- * prediction, and — with -m slow — a short training on synthetic
+ * prediction, preview and validation equal to the segmenter with unetsegment's
+ * defaults on the exported model, and — with -m slow — a short training on synthetic
  * blobs that must reach Dice >= 0.9 on frames it never saw. */
 #include "config.h"
 #include "unet.h"
