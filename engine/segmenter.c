@@ -24,6 +24,7 @@
  * push finishes its frame). Float frames, K-plane probability output and multi-
  * channel models take the host path. $UNET_HOST_TILING=1 forces the host path. */
 #include "net-private.h"
+#include "segmenter-private.h"
 #include "unet.h"
 #include "tiling.h"
 
@@ -56,6 +57,7 @@ typedef struct
 struct _UnetSegmenter
 {
   UnetNet *net;
+  gboolean owns_net;            /* FALSE: borrowed (unet_segmenter_new_for_net) */
   UnetConfig cfg;
   UnetSegmenterOptions opts;
   UnetNormalization norm;
@@ -126,30 +128,28 @@ try_alloc (gsize n_elems, gsize elem_size, gboolean zero, GError **error)
   return p;
 }
 
-UnetSegmenter *
-unet_segmenter_new (const UnetModel *model, const UnetSegmenterOptions *opts,
-    GError **error)
+/* The checks of unet_segmenter_new's options against a config. */
+static gboolean
+check_options (const UnetConfig *cfg, const UnetSegmenterOptions *opts, GError **error)
 {
-  UnetSegmenter *seg;
-  const UnetConfig *cfg = unet_model_get_config (model);
   gint n_labels = MAX (cfg->classes, 2);
 
   if (opts->batch_size < 1 || opts->batch_size > 4096) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
         "batch size %d is not in 1..4096", opts->batch_size);
-    return NULL;
+    return FALSE;
   }
   if (opts->tile_height < 0 || opts->tile_width < 0) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
         "tile size %dx%d is negative", opts->tile_width, opts->tile_height);
-    return NULL;
+    return FALSE;
   }
   if ((opts->outputs & UNET_SEGMENT_PROBABILITY)
       && (opts->probability_class < 0 || opts->probability_class >= n_labels)) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
         "probability class %d does not exist: the model has classes 0..%d",
         opts->probability_class, n_labels - 1);
-    return NULL;
+    return FALSE;
   }
   /* Class-index labels are 8-bit: a larger class index cannot be written (it
    * would wrap to another class). Instances and statistics need only "is the
@@ -159,32 +159,37 @@ unet_segmenter_new (const UnetModel *model, const UnetSegmenterOptions *opts,
         "the model has %d classes but class-index labels are 8-bit (at most %d "
         "classes): ask for the probability of one class, or instances of one "
         "class, instead", cfg->classes, UNET_MAX_LABEL_CLASSES);
-    return NULL;
+    return FALSE;
   }
   if ((opts->outputs & (UNET_SEGMENT_INSTANCES | UNET_SEGMENT_STATS))
       && (opts->foreground_class < 0 || opts->foreground_class >= n_labels)) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
         "foreground class %d does not exist: the model has classes 0..%d",
         opts->foreground_class, n_labels - 1);
-    return NULL;
+    return FALSE;
   }
+  return TRUE;
+}
+
+/* A segmenter on `net` (taken over when owns_net, else borrowed) with the
+ * normalisation `norm`; the options are checked. */
+static UnetSegmenter *
+segmenter_new (UnetNet *net, gboolean owns_net, const UnetNormalization *norm,
+    const UnetSegmenterOptions *opts, GError **error)
+{
+  UnetSegmenter *seg;
+  const UnetConfig *cfg = unet_net_get_config (net);
 
   seg = g_new0 (UnetSegmenter, 1);
   seg->cfg = *cfg;
   seg->opts = *opts;
-  seg->n_labels = n_labels;
-  if (opts->override_normalization)
-    seg->norm = opts->normalization;
-  else
-    unet_model_get_normalization (model, &seg->norm);
+  seg->n_labels = MAX (cfg->classes, 2);
+  seg->norm = *norm;
   g_queue_init (&seg->frames);
   seg->slots = g_new0 (Slot, opts->batch_size);
   seg->max_batch = opts->batch_size;
-  seg->net = unet_net_new (model, &opts->net, error);
-  if (!seg->net) {
-    unet_segmenter_free (seg);
-    return NULL;
-  }
+  seg->net = net;
+  seg->owns_net = owns_net;
   seg->be = unet_net_get_backend (seg->net);
   if (unet_backend_can_tile (seg->be) && cfg->in_channels == 1 && cfg->classes <= 255
       && !(opts->outputs & UNET_SEGMENT_PROBABILITIES)
@@ -199,6 +204,35 @@ unet_segmenter_new (const UnetModel *model, const UnetSegmenterOptions *opts,
     seg->dev_blocks = g_new (gint, 6 * opts->batch_size);
   }
   return seg;
+}
+
+UnetSegmenter *
+unet_segmenter_new (const UnetModel *model, const UnetSegmenterOptions *opts,
+    GError **error)
+{
+  UnetNormalization norm;
+  UnetNet *net;
+
+  if (!check_options (unet_model_get_config (model), opts, error))
+    return NULL;
+  if (opts->override_normalization)
+    norm = opts->normalization;
+  else
+    unet_model_get_normalization (model, &norm);
+  net = unet_net_new (model, &opts->net, error);
+  if (!net)
+    return NULL;
+  return segmenter_new (net, TRUE, &norm, opts, error);
+}
+
+UnetSegmenter *
+unet_segmenter_new_for_net (UnetNet *net, const UnetNormalization *norm,
+    const UnetSegmenterOptions *opts, GError **error)
+{
+  g_return_val_if_fail (net != NULL && norm != NULL && opts != NULL, NULL);
+  if (!check_options (unet_net_get_config (net), opts, error))
+    return NULL;
+  return segmenter_new (net, FALSE, norm, opts, error);
 }
 
 static void
@@ -222,7 +256,8 @@ unet_segmenter_free (UnetSegmenter *seg)
   if (seg->dev != NULL)
     seg->be->iface->frames_free (seg->dev);
   g_queue_clear_full (&seg->frames, (GDestroyNotify) frame_free);
-  unet_net_free (seg->net);
+  if (seg->owns_net)
+    unet_net_free (seg->net);
   g_free (seg->dev_ox);
   g_free (seg->dev_oy);
   g_free (seg->dev_blocks);

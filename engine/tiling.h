@@ -3,7 +3,7 @@
  * Pure geometry, shared by every backend: which input tile edges are legal, where
  * each tile sits in the frame, which output pixels each tile owns, how a frame is
  * mirror-extended, and how large the activations of a tile are. No pixels are touched
- * here; host-side extraction and stitching live in tilecopy.c (a GPU path replaces
+ * here; host-side extraction and stitching live in tile-extract-stitch.c (a GPU path replaces
  * those with kernels and keeps this planner).
  *
  * Coordinates: frame pixels, y down, x right, (0,0) top-left. A tile's input window may
@@ -92,7 +92,7 @@ guint64  unet_tile_activation_bytes     (const UnetConfig *cfg, gint in_h, gint 
 void     unet_tile_gaussian_window      (gint n, gfloat *w);
 
 /* ------------------------------------------------ host extraction/stitching --
- * Host implementations (tilecopy.c) of the pixel work around the planner. A GPU
+ * Host implementations (tile-extract-stitch.c) of the pixel work around the planner. A GPU
  * backend replaces these with kernels of the same shapes. */
 
 /* frame (height, width) normalised, one plane -> dst (channels, th, tw): the

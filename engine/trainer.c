@@ -1,11 +1,13 @@
-/* gst-unet engine — the trainer: pairs in -> optimiser steps, checkpoints, metrics.
+/* gst-unet engine — the trainer: the step loop, its learning-rate schedule and
+ * the guard that watches it.
  *
  * Owns one UnetNet in training mode, one UnetOptimizer over the net's flat
  * parameter slab (trainable tensors only: batch-norm running statistics and the
  * alignment padding are left to the forward pass), and two FIFO sets of pairs
- * (training, validation). A pair is stored ready to sample: the normalised image
- * (C,H,W), the class map (H,W) and the weight map (H,W) computed once from the
- * instance labels (the paper's w_c + w0·exp(-(d1+d2)²/2σ²)).
+ * (training, validation) built by dataset.c. Validation and previews run the net
+ * through a segmenter borrowing it (segmenter-private.h), so they are what
+ * unetsegment outputs with the exported model; checkpoint.c writes and reads the
+ * checkpoints.
  *
  * Determinism: step t draws everything (which pairs, tile positions, elastic
  * fields, rotations, flips, gray-value changes, the dropout mask) from generators
@@ -15,17 +17,15 @@
  * on the CPU.
  */
 #include "unet.h"
+#include "checkpoint.h"
+#include "dataset.h"
 #include "model-private.h"
-#include "safetensors.h"
-#include "tiling.h"
+#include "segmenter-private.h"
 #include "training.h"
 
-#include <json-glib/json-glib.h>
 #include <math.h>
 #include <string.h>
 
-#define MAX_FRAME_EDGE 65536
-#define MAX_FRAME_PIXELS (G_GINT64_CONSTANT (1) << 28)
 #define MAX_BATCH 256
 /* The paper's tile: the largest automatic input edge. */
 #define AUTO_TILE_CAP 572
@@ -36,14 +36,16 @@
 #define DEFAULT_ADAM_LR 1e-3
 #define DEFAULT_SGD_LR 1e-3
 
-typedef struct
-{
-  gint width, height;
-  gfloat *image;                /* (C,H,W) normalised */
-  gint32 *classes;              /* (H,W) 0..K-1 or UNET_LABEL_IGNORE */
-  gfloat *weights;              /* (H,W) */
-  gint32 *objects;              /* (H,W) object ids, validation pairs only */
-} Pair;
+/* A stored pair (dataset.h); the step samples training pairs. */
+typedef UnetPair Pair;
+
+/* Validation and preview segment frames as unetsegment does with its default
+ * properties (elements/unet/gstunetsegment.c: tile-size 0 = the automatic tile
+ * for a 1 GiB activation budget, batch-size 4, tiles of consecutive frames
+ * batched), so held-out scores and previews are what the exported model gives
+ * there. Not the training tile: that one is sized for the smallest training frame
+ * and a batch of backward passes, and would make the figures depend on it. */
+#define SEGMENT_BATCH_SIZE 4
 
 /* The guard's window: steps over which training-tile predictions and losses are
  * pooled before they are judged. */
@@ -81,7 +83,8 @@ struct _UnetTrainer
   gint32 *pred;                 /* (B,To,To) class map of the logits */
 
   UnetAugmentParams aug;
-  UnetWeightMapParams wmap;
+  UnetPairOptions pair_opts;
+  UnetSegmenter *seg;           /* on `net`, made at the first validation/preview */
 
   UnetTrainStats last;
   UnetTrainValidation last_val;
@@ -115,19 +118,6 @@ static guint64
 step_seed (guint64 seed, gint64 step, guint64 stream)
 {
   return mix64 (mix64 (seed, stream), (guint64) step);
-}
-
-static void
-pair_free (gpointer data)
-{
-  Pair *p = data;
-  if (p == NULL)
-    return;
-  g_free (p->image);
-  g_free (p->classes);
-  g_free (p->weights);
-  g_free (p->objects);
-  g_free (p);
 }
 
 static void
@@ -174,60 +164,6 @@ unet_trainer_options_init (UnetTrainerOptions *opts)
   opts->dataset_capacity = 1000;
   opts->seed = 0;
   unet_net_options_init (&opts->net);
-}
-
-static const gchar *
-optimizer_name (UnetTrainOptimizer o)
-{
-  switch (o) {
-    case UNET_TRAIN_SGD:
-      return "sgd";
-    case UNET_TRAIN_ADAM:
-      return "adam";
-    case UNET_TRAIN_ADAMW:
-      return "adamw";
-  }
-  return "sgd";
-}
-
-static gboolean
-optimizer_from_name (const gchar *name, UnetTrainOptimizer *o)
-{
-  for (gint i = UNET_TRAIN_SGD; i <= UNET_TRAIN_ADAMW; i++) {
-    if (g_strcmp0 (name, optimizer_name (i)) == 0) {
-      *o = i;
-      return TRUE;
-    }
-  }
-  return FALSE;
-}
-
-static const gchar *
-schedule_name (UnetTrainSchedule s)
-{
-  switch (s) {
-    case UNET_TRAIN_SCHEDULE_CONSTANT:
-      return "constant";
-    case UNET_TRAIN_SCHEDULE_COSINE:
-      return "cosine";
-    case UNET_TRAIN_SCHEDULE_POLY:
-      return "poly";
-  }
-  return "constant";
-}
-
-static const gchar *
-mask_mode_name (UnetTrainMaskMode m)
-{
-  switch (m) {
-    case UNET_TRAIN_MASK_BINARY:
-      return "binary";
-    case UNET_TRAIN_MASK_INDEXED:
-      return "indexed";
-    case UNET_TRAIN_MASK_INSTANCES:
-      return "instances";
-  }
-  return "binary";
 }
 
 static gboolean
@@ -297,10 +233,26 @@ setup_params (UnetTrainer *t)
   t->aug.brightness = 0.1 * o->intensity_jitter;
   t->aug.image_interp = UNET_INTERP_BICUBIC;
 
-  unet_weight_map_params_init (&t->wmap);
-  t->wmap.class_balance = o->class_balance;
-  t->wmap.border_weight = o->border_weight;
-  t->wmap.border_sigma = o->border_sigma;
+  UnetPairOptions *po = &t->pair_opts;
+  po->in_channels = t->cfg.in_channels;
+  po->classes = t->cfg.classes;
+  po->normalization = o->normalization;
+  switch (o->mask_mode) {
+    case UNET_TRAIN_MASK_BINARY:
+      po->mask_mode = UNET_MASK_BINARY;
+      break;
+    case UNET_TRAIN_MASK_INDEXED:
+      po->mask_mode = UNET_MASK_INDEXED;
+      break;
+    case UNET_TRAIN_MASK_INSTANCES:
+      po->mask_mode = UNET_MASK_INSTANCES;
+      break;
+  }
+  po->ignore_label = o->ignore_label;
+  unet_weight_map_params_init (&po->weight_map);
+  po->weight_map.class_balance = o->class_balance;
+  po->weight_map.border_weight = o->border_weight;
+  po->weight_map.border_sigma = o->border_sigma;
 }
 
 static UnetOptimizer *
@@ -430,8 +382,9 @@ unet_trainer_free (UnetTrainer *t)
 {
   if (t == NULL)
     return;
-  g_queue_clear_full (&t->train, pair_free);
-  g_queue_clear_full (&t->val, pair_free);
+  unet_segmenter_free (t->seg);
+  g_queue_clear_full (&t->train, unet_pair_free);
+  g_queue_clear_full (&t->val, unet_pair_free);
   free_step_buffers (t);
   unet_optimizer_free (t->optim);
   unet_net_free (t->net);
@@ -481,57 +434,6 @@ unet_trainer_get_n_pairs (const UnetTrainer *t, guint *n_validation)
 
 /* --------------------------------------------------------------- pairs -- */
 
-/* Raw frame -> normalised (C,H,W), each channel on its own. The frame must have
- * the model's channels: a gray frame is not copied into a colour model's. */
-static gfloat *
-normalize_image (UnetTrainer *t, UnetPixelFormat format, gconstpointer data,
-    gsize stride, gint width, gint height, GError **error)
-{
-  gsize plane = (gsize) width * height;
-  gint c = t->cfg.in_channels;
-  UnetPixelFormat sample;
-  UnetChannelLayout layout = { 0, 0, 0 };
-  if (!unet_pixel_format_channels (format, &sample, &layout)
-      || layout.channels != c) {
-    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
-        "the model takes %d input channel%s but the image has %d", c,
-        c == 1 ? "" : "s", layout.channels);
-    return NULL;
-  }
-  g_autofree gfloat *img = g_try_new (gfloat, plane * c);
-  if (img == NULL) {
-    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
-        "cannot allocate a %dx%d frame", width, height);
-    return NULL;
-  }
-  if (!unet_normalize_channels (&t->opts.normalization, sample, data, width,
-          height, stride, &layout, img, error))
-    return NULL;
-  return g_steal_pointer (&img);
-}
-
-static gboolean
-check_frame (gint width, gint height, gsize stride, gsize bpp,
-    const gchar *what, GError **error)
-{
-  if (width < 1 || height < 1 || width > MAX_FRAME_EDGE
-      || height > MAX_FRAME_EDGE
-      || (gint64) width * height > MAX_FRAME_PIXELS) {
-    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
-        "%s of %dx%d: frames must be 1..%d pixels per side and at most %"
-        G_GINT64_FORMAT " pixels", what, width, height, MAX_FRAME_EDGE,
-        MAX_FRAME_PIXELS);
-    return FALSE;
-  }
-  if (stride < (gsize) width * bpp) {
-    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
-        "%s stride %" G_GSIZE_FORMAT " is smaller than a row (%" G_GSIZE_FORMAT
-        " bytes)", what, stride, (gsize) width * bpp);
-    return FALSE;
-  }
-  return TRUE;
-}
-
 gboolean
 unet_trainer_add_pair (UnetTrainer *t, UnetPixelFormat image_format,
     gconstpointer image, gsize image_stride, UnetPixelFormat mask_format,
@@ -540,96 +442,21 @@ unet_trainer_add_pair (UnetTrainer *t, UnetPixelFormat image_format,
 {
   g_return_val_if_fail (t != NULL && image != NULL && mask != NULL, FALSE);
 
-  if (mask_format != UNET_PIXEL_U8 && mask_format != UNET_PIXEL_U16) {
-    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
-        "masks must be integer labels (8 or 16 bit gray)");
+  gboolean hold_out = unet_dataset_holds_out (t->n_added,
+      t->opts.validation_fraction, t->train.length);
+  Pair *p = unet_pair_new (&t->pair_opts, hold_out, image_format, image,
+      image_stride, mask_format, mask, mask_stride, width, height, error);
+  if (p == NULL)
     return FALSE;
-  }
-  if (!check_frame (width, height, image_stride, unet_pixel_format_bytes (image_format),
-          "image", error)
-      || !check_frame (width, height, mask_stride, unet_pixel_format_bytes (mask_format),
-          "mask", error))
-    return FALSE;
-
-  gsize plane = (gsize) width * height;
-  Pair *p = g_new0 (Pair, 1);
-  p->width = width;
-  p->height = height;
-  g_autofree gint32 *raw = g_try_new (gint32, plane);
-  g_autofree gint32 *instances = g_try_new (gint32, plane);
-  p->classes = g_try_new (gint32, plane);
-  p->weights = g_try_new (gfloat, plane);
-  if (raw == NULL || instances == NULL || p->classes == NULL
-      || p->weights == NULL) {
-    pair_free (p);
-    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
-        "cannot allocate the labels of a %dx%d pair", width, height);
-    return FALSE;
-  }
-  for (gint y = 0; y < height; y++) {
-    const guint8 *row = (const guint8 *) mask + (gsize) y * mask_stride;
-    gint32 *dst = raw + (gsize) y * width;
-    if (mask_format == UNET_PIXEL_U8) {
-      for (gint x = 0; x < width; x++)
-        dst[x] = row[x];
-    } else {
-      for (gint x = 0; x < width; x++) {
-        guint16 v;
-        memcpy (&v, row + 2 * x, 2);
-        dst[x] = GUINT16_FROM_LE (v);
-      }
-    }
-  }
-
-  UnetMaskMode mode = UNET_MASK_BINARY;
-  switch (t->opts.mask_mode) {
-    case UNET_TRAIN_MASK_BINARY:
-      mode = UNET_MASK_BINARY;
-      break;
-    case UNET_TRAIN_MASK_INDEXED:
-      mode = UNET_MASK_INDEXED;
-      break;
-    case UNET_TRAIN_MASK_INSTANCES:
-      mode = UNET_MASK_INSTANCES;
-      break;
-  }
-  gint n_instances = 0;
-  if (!unet_mask_to_labels (mode, raw, width, height, t->cfg.classes,
-          t->opts.ignore_label, p->classes, instances, &n_instances, error)
-      || !unet_weight_map_compute (&t->wmap, p->classes, instances, n_instances,
-          t->cfg.classes, width, height, p->weights, error)) {
-    pair_free (p);
-    return FALSE;
-  }
-  p->image = normalize_image (t, image_format, image, image_stride, width,
-      height, error);
-  if (p->image == NULL) {
-    pair_free (p);
-    return FALSE;
-  }
-
-  /* The split: every 1/f-th whole frame by arrival number, so it does not depend
-   * on timing or on the seed; the first pair always trains so that steps can
-   * start. (1e-9 absorbs the rounding of (i + 1)·f at exact multiples.) */
-  gdouble f = t->opts.validation_fraction;
-  gdouble i = (gdouble) t->n_added;
-  gboolean hold_out = t->train.length > 0
-      && floor ((i + 1.0) * f + 1e-9) > floor (i * f + 1e-9);
   t->n_added++;
-  if (hold_out)
-    p->objects = g_steal_pointer (&instances);
-
-  GQueue *q = hold_out ? &t->val : &t->train;
-  guint cap = hold_out ? t->val_capacity : (guint) t->opts.dataset_capacity;
-  while (q->length >= cap)
-    pair_free (g_queue_pop_head (q));
-  g_queue_push_tail (q, p);
-
-  if (!hold_out) {
-    gint edge = MIN (width, height);
-    if (t->min_edge == 0 || edge < t->min_edge)
-      t->min_edge = edge;
+  if (hold_out) {
+    unet_dataset_push (&t->val, t->val_capacity, p);
+    return TRUE;
   }
+  unet_dataset_push (&t->train, (guint) t->opts.dataset_capacity, p);
+  gint edge = MIN (width, height);
+  if (t->min_edge == 0 || edge < t->min_edge)
+    t->min_edge = edge;
   return TRUE;
 }
 
@@ -698,14 +525,12 @@ ensure_step_buffers (UnetTrainer *t, gint tile_in, GError **error)
 
 /* --------------------------------------------------------------- guard -- */
 
+/* The step's divergence test is the checkpoint's: what it lets through can be
+ * saved. */
 static gboolean
 all_finite (const gfloat *v, gsize n)
 {
-  /* One pass with a sum-free test: x - x is 0 for finite x, NaN otherwise. */
-  gfloat acc = 0.0f;
-  for (gsize i = 0; i < n; i++)
-    acc += v[i] - v[i];
-  return acc == 0.0f;
+  return unet_checkpoint_all_finite (v, n);
 }
 
 /* Class map of logits (B,K,P) (sigmoid: logit > 0). */
@@ -915,72 +740,74 @@ unet_trainer_step (UnetTrainer *t, UnetTrainStats *stats, GError **error)
 
 /* ----------------------------------------------------------- inference -- */
 
-/* Probabilities (K,H,W) of a normalised (C,H,W) frame: overlap tiles of the
- * training tile edge, mirror extension, each tile's owned block (valid) or a
- * Gaussian-blended window (same padding). */
+/* The segmenter on the trainer's net (see SEGMENT_BATCH_SIZE). It borrows the
+ * net, whose forward passes refold the parameters after every step, so it always
+ * runs the current weights. */
 static gboolean
-infer_frame (UnetTrainer *t, const gfloat *img, gint width, gint height,
-    gfloat *probs, GError **error)
+ensure_segmenter (UnetTrainer *t, GError **error)
 {
-  const gint C = t->cfg.in_channels, K = t->cfg.classes;
-  gint tile = t->tile_in > 0 ? t->tile_in : choose_tile (t);
-  UnetTilePlan plan;
-  if (!unet_tile_plan_init (&plan, &t->cfg, height, width, tile, tile, error))
-    return FALSE;
-  const gint ih = plan.y.tile_in, iw = plan.x.tile_in;
-  const gint oh = plan.y.tile_out, ow = plan.x.tile_out;
-  const gsize plane = (gsize) width * height;
-  g_autofree gfloat *in = g_try_new (gfloat, (gsize) C * ih * iw);
-  g_autofree gfloat *out = g_try_new (gfloat, (gsize) K * oh * ow);
-  g_autofree gfloat *acc = plan.blend ? g_try_new0 (gfloat, plane) : NULL;
-  g_autofree gfloat *wy = plan.blend ? g_new (gfloat, oh) : NULL;
-  g_autofree gfloat *wx = plan.blend ? g_new (gfloat, ow) : NULL;
-  if (in == NULL || out == NULL || (plan.blend && acc == NULL)) {
-    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
-        "cannot allocate the tiles of a %dx%d frame", width, height);
-    return FALSE;
-  }
-  if (plan.blend) {
-    unet_tile_gaussian_window (oh, wy);
-    unet_tile_gaussian_window (ow, wx);
-    memset (probs, 0, (gsize) K * plane * sizeof (gfloat));
-  }
+  if (t->seg != NULL)
+    return TRUE;
+  UnetSegmenterOptions so;
+  unet_segmenter_options_init (&so);
+  so.tile_height = so.tile_width = 0;
+  so.batch_size = SEGMENT_BATCH_SIZE;
+  so.memory_budget = 0;
+  so.batch_frames = TRUE;
+  so.outputs = UNET_SEGMENT_LABELS;
+  t->seg = unet_segmenter_new_for_net (t->net, &t->opts.normalization, &so,
+      error);
+  return t->seg != NULL;
+}
 
-  for (gint ti = 0; ti < plan.n_tiles; ti++) {
-    UnetTile tl;
-    unet_tile_plan_get_tile (&plan, ti, &tl);
-    for (gint c = 0; c < C; c++)
-      for (gint y = 0; y < ih; y++) {
-        const gfloat *src = img + (gsize) c * plane +
-            (gsize) unet_mirror_index (tl.in_y + y, height) * width;
-        gfloat *dst = in + ((gsize) c * ih + y) * iw;
-        for (gint x = 0; x < iw; x++)
-          dst[x] = src[unet_mirror_index (tl.in_x + x, width)];
-      }
-    if (!unet_net_forward (t->net, in, 1, ih, iw, out, error))
+/* Adds a segmented held-out frame (its pair is the result's user data). */
+static gboolean
+score_result (UnetSegScores *scores, const UnetSegmentResult *r,
+    GError **error)
+{
+  const Pair *p = r->user_data;
+  gsize plane = (gsize) p->width * p->height;
+  g_autofree gint32 *pred = g_try_new (gint32, plane);
+  if (pred == NULL) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
+        "cannot allocate the prediction of a %dx%d frame", p->width,
+        p->height);
+    return FALSE;
+  }
+  for (gsize i = 0; i < plane; i++)
+    pred[i] = r->labels[i];
+  return unet_seg_scores_add_frame (scores, pred, p->classes, p->objects,
+      p->width, p->height, error);
+}
+
+/* Pops every finished frame, scoring them while `scores` is not NULL (after a
+ * failure: dropping them, so that the next call starts on an empty queue). */
+static gboolean
+score_finished (UnetTrainer *t, UnetSegScores *scores, GError **error)
+{
+  gboolean ok = TRUE;
+  UnetSegmentResult *r;
+  while ((r = unet_segmenter_pop (t->seg)) != NULL) {
+    if (ok && scores != NULL && !score_result (scores, r, error))
+      ok = FALSE;
+    unet_segment_result_free (r);
+  }
+  return ok;
+}
+
+/* Every held-out frame through the segmenter, in set order. */
+static gboolean
+score_held_out (UnetTrainer *t, UnetSegScores *scores, GError **error)
+{
+  for (GList * l = t->val.head; l != NULL; l = l->next) {
+    const Pair *p = l->data;
+    if (!unet_segmenter_push (t->seg, p->raw_format, p->raw, p->width,
+            p->height, p->raw_stride, l->data, error)
+        || !score_finished (t, scores, error))
       return FALSE;
-    for (gint k = 0; k < K; k++)
-      for (gint y = tl.y0; y < tl.y1; y++) {
-        const gfloat *src = out + ((gsize) k * oh + (y - tl.out_y)) * ow;
-        gfloat *dst = probs + (gsize) k * plane + (gsize) y * width;
-        for (gint x = tl.x0; x < tl.x1; x++) {
-          if (plan.blend) {
-            gfloat w = wy[y - tl.out_y] * wx[x - tl.out_x];
-            dst[x] += w * src[x - tl.out_x];
-            if (k == 0)
-              acc[(gsize) y * width + x] += w;
-          } else {
-            dst[x] = src[x - tl.out_x];
-          }
-        }
-      }
   }
-  if (plan.blend) {
-    for (gint k = 0; k < K; k++)
-      for (gsize i = 0; i < plane; i++)
-        probs[(gsize) k * plane + i] /= MAX (acc[i], 1e-12f);
-  }
-  return TRUE;
+  return unet_segmenter_flush (t->seg, error) && score_finished (t, scores,
+      error);
 }
 
 gboolean
@@ -994,28 +821,14 @@ unet_trainer_validate (UnetTrainer *t, UnetTrainValidation *v, GError **error)
   const gint K = t->cfg.classes;
   UnetSegScores scores;
   unet_seg_scores_init (&scores, K);
-  for (GList * l = t->val.head; l != NULL; l = l->next) {
-    const Pair *p = l->data;
-    gsize plane = (gsize) p->width * p->height;
-    g_autofree gfloat *probs = g_try_new (gfloat, plane * K);
-    g_autofree gint32 *pred = g_try_new (gint32, plane);
-    if (probs == NULL || pred == NULL) {
-      g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
-          "cannot allocate the prediction of a %dx%d frame", p->width,
-          p->height);
-      return FALSE;
-    }
-    if (!infer_frame (t, p->image, p->width, p->height, probs, error))
-      return FALSE;
-    /* Probabilities: softmax keeps the logits' argmax; sigmoid p > 0.5 is
-     * logit > 0. */
-    if (K == 1)
-      for (gsize i = 0; i < plane; i++)
-        probs[i] -= 0.5f;
-    argmax_classes (probs, 1, K, plane, pred);
-    if (!unet_seg_scores_add_frame (&scores, pred, p->classes, p->objects,
-            p->width, p->height, error))
-      return FALSE;
+  if (!ensure_segmenter (t, error))
+    return FALSE;
+  if (!score_held_out (t, &scores, error)) {
+    /* frames of this call still queued (pushed, not failed) must not be
+     * scored by the next one */
+    (void) unet_segmenter_flush (t->seg, NULL);
+    (void) score_finished (t, NULL, NULL);
+    return FALSE;
   }
   v->frames = t->val.length;
   v->pixel_error = unet_seg_scores_pixel_error (&scores);
@@ -1054,111 +867,50 @@ unet_trainer_predict (UnetTrainer *t, UnetPixelFormat format,
     guint8 *labels, gsize labels_stride, GError **error)
 {
   g_return_val_if_fail (t != NULL && image != NULL && labels != NULL, FALSE);
-  if (!check_frame (width, height, stride, unet_pixel_format_bytes (format), "image",
-          error))
+  if (!unet_dataset_check_frame (width, height, stride,
+          unet_pixel_format_bytes (format), "image", error)
+      || !ensure_segmenter (t, error))
     return FALSE;
-  const gint K = t->cfg.classes;
-  gsize plane = (gsize) width * height;
-  g_autofree gfloat *img = normalize_image (t, format, image, stride, width,
-      height, error);
-  if (img == NULL)
+  g_autoptr (UnetSegmentResult) r = unet_segmenter_process (t->seg, format,
+      image, width, height, stride, error);
+  if (r == NULL)
     return FALSE;
-  g_autofree gfloat *probs = g_try_new (gfloat, plane * K);
-  if (probs == NULL) {
-    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
-        "cannot allocate the prediction of a %dx%d frame", width, height);
-    return FALSE;
-  }
-  if (!infer_frame (t, img, width, height, probs, error))
-    return FALSE;
-  for (gint y = 0; y < height; y++) {
-    guint8 *dst = labels + (gsize) y * labels_stride;
-    for (gint x = 0; x < width; x++) {
-      gsize i = (gsize) y * width + x;
-      if (K == 1) {
-        dst[x] = probs[i] >= 0.5f ? 1 : 0;
-        continue;
-      }
-      gint best = 0;
-      for (gint k = 1; k < K; k++)
-        if (probs[(gsize) k * plane + i] > probs[(gsize) best * plane + i])
-          best = k;
-      dst[x] = (guint8) best;
-    }
-  }
+  for (gint y = 0; y < height; y++)
+    memcpy (labels + (gsize) y * labels_stride, r->labels + (gsize) y * width,
+        width);
   return TRUE;
 }
 
 /* --------------------------------------------------------- checkpoints -- */
 
-static gchar *
-training_json (const UnetTrainer *t)
+/* Copies the net's parameters into t->model with a fresh "unet.training". */
+static gboolean
+sync_model (UnetTrainer *t, GError **error)
 {
+  if (!unet_net_export_model (t->net, t->model, error))
+    return FALSE;
   const UnetTrainerOptions *o = &t->opts;
-  g_autoptr (JsonBuilder) b = json_builder_new ();
-  json_builder_begin_object (b);
-#define KV_INT(k, v) json_builder_set_member_name (b, k); json_builder_add_int_value (b, v)
-#define KV_DBL(k, v) json_builder_set_member_name (b, k); json_builder_add_double_value (b, v)
-#define KV_STR(k, v) json_builder_set_member_name (b, k); json_builder_add_string_value (b, v)
-#define KV_BOOL(k, v) json_builder_set_member_name (b, k); json_builder_add_boolean_value (b, v)
-  KV_INT ("iteration", t->iteration);
-  /* A decimal string: JSON numbers lose 64-bit integers in many readers. */
-  g_autofree gchar *seed = g_strdup_printf ("%" G_GUINT64_FORMAT, o->seed);
-  KV_STR ("seed", seed);
-  KV_STR ("optimizer", optimizer_name (o->optimizer));
-  KV_DBL ("learning_rate", o->learning_rate > 0.0 ? o->learning_rate
-      : unet_trainer_default_learning_rate (o->optimizer));
-  KV_INT ("warmup", unet_trainer_warmup_steps (o));
-  KV_DBL ("momentum", o->momentum);
-  KV_BOOL ("nesterov", o->nesterov);
-  KV_DBL ("weight_decay", o->weight_decay);
-  KV_STR ("schedule", schedule_name (o->schedule));
-  KV_INT ("iterations", o->iterations);
-  KV_INT ("batch_size", o->batch_size);
-  KV_INT ("tile_size", t->tile_in > 0 ? t->tile_in : o->tile_size);
-  KV_BOOL ("elastic", o->elastic);
-  KV_INT ("elastic_grid", o->elastic_grid);
-  KV_DBL ("elastic_sigma", o->elastic_sigma);
-  KV_DBL ("rotation", o->rotation);
-  KV_BOOL ("flip", o->flip);
-  KV_DBL ("intensity_jitter", o->intensity_jitter);
-  KV_DBL ("border_weight", o->border_weight);
-  KV_DBL ("border_sigma", o->border_sigma);
-  KV_BOOL ("class_balance", o->class_balance);
-  KV_STR ("mask_mode", mask_mode_name (o->mask_mode));
-  KV_INT ("ignore_label", o->ignore_label);
-  KV_DBL ("dice_weight", o->dice_weight);
-  KV_DBL ("validation_fraction", o->validation_fraction);
-  KV_INT ("pairs_seen", (gint64) t->n_added);
-  if (t->iteration > 0) {
-    KV_DBL ("loss", t->last.loss);
-    KV_DBL ("dice", t->last.dice);
-  }
-  if (t->last_val.frames > 0) {
-    KV_INT ("validation_frames", t->last_val.frames);
-    KV_DBL ("validation_pixel_error", t->last_val.pixel_error);
-    if (t->last_val.rand_error >= 0.0) {
-      KV_DBL ("validation_rand_error", t->last_val.rand_error);
-    }
-    KV_DBL ("validation_dice", t->last_val.dice);
-  }
-#undef KV_INT
-#undef KV_DBL
-#undef KV_STR
-#undef KV_BOOL
-  json_builder_end_object (b);
-  g_autoptr (JsonNode) root = json_builder_get_root (b);
-  return json_to_string (root, FALSE);
+  UnetCheckpointState state = {
+    .iteration = t->iteration,
+    .learning_rate = o->learning_rate > 0.0 ? o->learning_rate
+        : unet_trainer_default_learning_rate (o->optimizer),
+    .warmup = unet_trainer_warmup_steps (o),
+    .tile_size = t->tile_in > 0 ? t->tile_in : o->tile_size,
+    .pairs_seen = t->n_added,
+    .last = &t->last,
+    .validation = &t->last_val,
+  };
+  g_autofree gchar *tj = unet_checkpoint_training_json (o, &state);
+  unet_model_set_metadata (t->model, "unet.training", tj);
+  return TRUE;
 }
 
 UnetModel *
 unet_trainer_export_model (UnetTrainer *t, GError **error)
 {
   g_return_val_if_fail (t != NULL, NULL);
-  if (!unet_net_export_model (t->net, t->model, error))
+  if (!sync_model (t, error))
     return NULL;
-  g_autofree gchar *tj = training_json (t);
-  unet_model_set_metadata (t->model, "unet.training", tj);
   return unet_model_copy (t->model);
 }
 
@@ -1170,77 +922,11 @@ unet_trainer_save_checkpoint (UnetTrainer *t, const gchar *path,
   /* Never replace a good checkpoint with a diverged one. */
   gsize n_params = 0;
   const gfloat *params = unet_net_get_parameters (t->net, &n_params, error);
-  if (params == NULL)
-    return FALSE;
-  if (!all_finite (params, n_params)) {
-    g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
-        "not writing \"%s\" at iteration %" G_GINT64_FORMAT ": the weights are "
-        "not finite (training diverged); the file already there is kept", path,
-        t->iteration);
-    return FALSE;
-  }
-  for (guint i = 0; i < unet_optimizer_get_n_buffers (t->optim); i++)
-    if (!all_finite (unet_optimizer_get_buffer (t->optim, i), t->n_params)) {
-      g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
-          "not writing \"%s\" at iteration %" G_GINT64_FORMAT ": the optimiser "
-          "state \"%s\" is not finite (training diverged); the file already "
-          "there is kept", path, t->iteration,
-          unet_optimizer_get_buffer_name (t->optim, i));
-      return FALSE;
-    }
-  if (!unet_net_export_model (t->net, t->model, error))
-    return FALSE;
-  g_autofree gchar *tj = training_json (t);
-  unet_model_set_metadata (t->model, "unet.training", tj);
-
-  guint n = unet_optimizer_get_n_buffers (t->optim);
-  g_autofree UnetStTensorData *extra = g_new0 (UnetStTensorData, MAX (n, 1));
-  for (guint i = 0; i < n; i++) {
-    extra[i].name = unet_optimizer_get_buffer_name (t->optim, i);
-    extra[i].n_dims = 1;
-    extra[i].shape[0] = (gint) t->n_params;
-    extra[i].data = unet_optimizer_get_buffer (t->optim, i);
-  }
-  return unet_model_save_with_extra (t->model, path, extra, n, NULL, error);
-}
-
-static gboolean
-parse_training (const gchar *json, gint64 *iteration, guint64 *seed,
-    UnetTrainOptimizer *optimizer, GError **error)
-{
-  g_autoptr (JsonParser) parser = json_parser_new ();
-  if (json == NULL || !json_parser_load_from_data (parser, json, -1, NULL)
-      || !JSON_NODE_HOLDS_OBJECT (json_parser_get_root (parser)))
-    goto bad;
-  JsonObject *o = json_node_get_object (json_parser_get_root (parser));
-  /* Each member of the type we write: an iteration that is a string, an object
-   * or a float is a damaged checkpoint, not "iteration 0". */
-  JsonNode *it = json_object_get_member (o, "iteration");
-  JsonNode *sd = json_object_get_member (o, "seed");
-  JsonNode *op = json_object_get_member (o, "optimizer");
-  if (it == NULL || sd == NULL || op == NULL
-      || !JSON_NODE_HOLDS_VALUE (it) || json_node_get_value_type (it) != G_TYPE_INT64
-      || !JSON_NODE_HOLDS_VALUE (sd) || json_node_get_value_type (sd) != G_TYPE_STRING
-      || !JSON_NODE_HOLDS_VALUE (op) || json_node_get_value_type (op) != G_TYPE_STRING)
-    goto bad;
-  *iteration = json_node_get_int (it);
-  const gchar *s = json_node_get_string (sd);
-  gchar *end = NULL;
-  if (s == NULL)
-    goto bad;
-  *seed = g_ascii_strtoull (s, &end, 10);
-  if (end == s || *end != '\0' || *iteration < 0)
-    goto bad;
-  if (!optimizer_from_name (json_node_get_string (op), optimizer))
-    goto bad;
-  return TRUE;
-
-bad:
-  g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL,
-      "not a training checkpoint: the \"unet.training\" metadata is missing, "
-      "or its iteration (an integer >= 0), seed (a decimal string) or optimizer "
-      "(sgd, adam or adamw) is missing or of the wrong type");
-  return FALSE;
+  return params != NULL
+      && unet_checkpoint_check_finite (params, n_params, t->optim,
+      t->iteration, path, error)
+      && sync_model (t, error)
+      && unet_checkpoint_write (t->model, t->optim, t->n_params, path, error);
 }
 
 UnetTrainer *
@@ -1248,60 +934,21 @@ unet_trainer_new_from_checkpoint (const UnetTrainerOptions *opts,
     const gchar *path, GError **error)
 {
   g_return_val_if_fail (opts != NULL && path != NULL, NULL);
-  g_autoptr (UnetSafetensors) st = unet_safetensors_open (path, error);
-  if (st == NULL)
-    return NULL;
-  UnetTrainerOptions o = *opts;
-  gint64 iteration = 0;
-  if (!parse_training (unet_safetensors_get_metadata_value (st,
-              "unet.training"), &iteration, &o.seed, &o.optimizer, error)) {
-    g_prefix_error (error, "%s: ", path);
-    return NULL;
+  UnetCheckpoint ck;
+  UnetTrainer *t = NULL;
+  if (unet_checkpoint_open (path, &ck, error)) {
+    UnetTrainerOptions o = *opts;
+    o.seed = ck.seed;
+    o.optimizer = ck.optimizer;
+    if (ck.has_normalization)
+      o.normalization = ck.normalization;
+    t = unet_trainer_new (&o, ck.model, error);
+    if (t != NULL && !unet_checkpoint_restore (&ck, t->optim, t->params,
+            t->n_params, error))
+      g_clear_pointer (&t, unet_trainer_free);
+    if (t != NULL)
+      t->iteration = ck.iteration;
   }
-  g_autoptr (UnetModel) model = unet_model_load_from_safetensors (st, error);
-  if (model == NULL)
-    return NULL;
-  const gchar *nj = unet_model_get_metadata (model, "unet.normalization");
-  if (nj != NULL && !unet_normalization_from_json (nj, &o.normalization, error))
-    return NULL;
-
-  UnetTrainer *t = unet_trainer_new (&o, model, error);
-  if (t == NULL)
-    return NULL;
-  guint n = unet_optimizer_get_n_buffers (t->optim);
-  for (guint i = 0; i < n && iteration > 0; i++) {
-    const gchar *name = unet_optimizer_get_buffer_name (t->optim, i);
-    const UnetStTensor *st_t = unet_safetensors_lookup (st, name);
-    if (st_t == NULL || st_t->numel != t->n_params) {
-      g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL,
-          "%s: optimiser state \"%s\" is missing or has %" G_GUINT64_FORMAT
-          " values instead of %" G_GSIZE_FORMAT, path, name,
-          st_t ? st_t->numel : 0, t->n_params);
-      unet_trainer_free (t);
-      return NULL;
-    }
-    if (!unet_safetensors_read_f32 (st_t, unet_optimizer_get_buffer (t->optim,
-                i), error)) {
-      unet_trainer_free (t);
-      return NULL;
-    }
-    if (!all_finite (unet_optimizer_get_buffer (t->optim, i), t->n_params)) {
-      g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL,
-          "%s: optimiser state \"%s\" holds non-finite values (saved by a run "
-          "that diverged); resume from an earlier checkpoint or start again",
-          path, name);
-      unet_trainer_free (t);
-      return NULL;
-    }
-  }
-  if (!all_finite (t->params, t->n_params)) {
-    g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL,
-        "%s: the weights hold non-finite values (saved by a run that "
-        "diverged); resume from an earlier checkpoint or start again", path);
-    unet_trainer_free (t);
-    return NULL;
-  }
-  unet_optimizer_set_step (t->optim, iteration);
-  t->iteration = iteration;
+  unet_checkpoint_clear (&ck);
   return t;
 }

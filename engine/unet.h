@@ -289,10 +289,14 @@ gboolean     unet_net_export_model      (UnetNet *net, UnetModel *model, GError 
 guint        unet_model_remove_stale_temporaries (const gchar *path);
 
 /* ---------------------------------------------------------------- trainer -- */
-/* Pairs in -> optimiser steps, checkpoints, metrics (engine/trainer.c).
+/* Pairs in -> optimiser steps, checkpoints, metrics (engine/trainer.c; the pairs
+ * in dataset.c, the checkpoint files in checkpoint.c).
  *
  * A trainer owns a network on a backend, an optimiser, and a dataset of pairs
- * (normalised image, class map, instance map, precomputed weight map). Pairs are
+ * (training: normalised image, class map, precomputed weight map; validation: raw
+ * image, class map, instance map). Validation and previews run the network
+ * through the segmenter with unetsegment's default properties, so they are what
+ * unetsegment outputs with the exported model. Pairs are
  * split on arrival into whole frames for training and for validation: pair number i
  * (counting every pair ever added, from 0) is held out when
  * floor((i + 1)·f) > floor(i·f) for f = validation_fraction, i.e. every 1/f-th
@@ -388,7 +392,7 @@ typedef struct
   const gchar *alert_message;
 } UnetTrainStats;
 
-/* Scores on the held-out frames (whole frames, overlap-tile inference). */
+/* Scores on the held-out frames (whole frames, segmented as unetsegment does). */
 typedef struct
 {
   guint frames;                 /* 0: no validation frames, the rest is -1 */
@@ -446,15 +450,19 @@ gboolean     unet_trainer_add_pair      (UnetTrainer *trainer,
  * least one training pair. */
 gboolean     unet_trainer_step          (UnetTrainer *trainer, UnetTrainStats *stats,
                                          GError **error);
-/* Scores of the validation pairs, whole frames (overlap-tile inference with mirror
- * extension); v->frames = 0 when there are none. */
+/* Scores of the validation pairs: whole frames segmented with the current weights
+ * as unetsegment segments them with its default properties and the exported
+ * model (automatic tile, batch 4, 1 GiB budget); v->frames = 0 when there are
+ * none. */
 gboolean     unet_trainer_validate      (UnetTrainer *trainer, UnetTrainValidation *v,
                                          GError **error);
 /* The warm-up a run uses: min (warmup, iterations / 4). */
 gint64       unet_trainer_warmup_steps  (const UnetTrainerOptions *opts);
 /* The learning rate `learning_rate = 0` means for an optimiser. */
 gdouble      unet_trainer_default_learning_rate (UnetTrainOptimizer optimizer);
-/* Class-index labels (H,W) of a raw frame with the current weights. */
+/* Class-index labels (H,W) of a raw frame with the current weights: byte for byte
+ * what unetsegment (default properties, same device) outputs with the model
+ * unet_trainer_export_model returns now. */
 gboolean     unet_trainer_predict       (UnetTrainer *trainer,
                                          UnetPixelFormat format, gconstpointer image,
                                          gsize stride, gint width, gint height,

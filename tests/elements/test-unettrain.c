@@ -2,7 +2,8 @@
  * (image + src, and mask), pairing by timestamp, unpaired buffers, size and format
  * mismatches naming both streams, progress/checkpoint messages, training on after
  * EOS until `iterations`, the model file it writes (loads, carries the training
- * normalisation), the CSV log, and a bad model failing the state change. */
+ * normalisation), the CSV log, a bad model failing the state change, and previews
+ * equal to what unetsegment outputs with the checkpoint of the same step. */
 #include <gst/check/gstcheck.h>
 #include <gst/check/gstharness.h>
 #include <gst/video/video.h>
@@ -686,6 +687,88 @@ GST_START_TEST (test_interrupt_and_resume)
 
 GST_END_TEST;
 
+/* (W,H) labels of `img` by unetsegment with the model file `path` and its
+ * default properties, on the trainer's device and thread count. */
+static guint8 *
+unetsegment_labels (const gchar *path, GstBuffer *img)
+{
+  GstElement *e = gst_element_factory_make ("unetsegment", NULL);
+  fail_unless (e != NULL);
+  gst_object_ref_sink (e);
+  g_object_set (e, "model", path, "device", 1 /* cpu */ , "threads", 1, NULL);
+  GstHarness *h = gst_harness_new_with_element (e, "sink", "src");
+  gchar *c = caps_str ("GRAY8", W, H);
+  gst_harness_set_src_caps_str (h, c);
+  g_free (c);
+  fail_unless_equals_int (gst_harness_push (h, img), GST_FLOW_OK);
+  GstBuffer *out = gst_harness_pull (h);
+  fail_unless (out != NULL);
+  guint8 *labels = g_malloc ((gsize) W * H);
+  /* GRAY8 of width 40: rows of 40 bytes, no padding */
+  fail_unless_equals_uint64 (gst_buffer_extract (out, 0, labels, (gsize) W * H),
+      (gsize) W * H);
+  gst_buffer_unref (out);
+  gst_harness_teardown (h);
+  gst_object_unref (e);
+  return labels;
+}
+
+/* The preview is what unetsegment outputs: after each pair the element takes one
+ * step, writes its checkpoint (checkpoint-interval 1) and pushes the preview of
+ * the pair's image; unetsegment given that file must output the same bytes for
+ * the same image. */
+GST_START_TEST (test_preview_equals_unetsegment)
+{
+  gchar *out = g_build_filename (tmpdir, "p.safetensors", NULL);
+  GstElement *e = make_trainer (out, 4);
+  g_object_set (e, "checkpoint-interval", 1, "learning-rate", 1e-2, NULL);
+  GstHarness *hi = gst_harness_new_with_element (e, "image", "src");
+  GstHarness *hm = gst_harness_new_with_element (e, "mask", NULL);
+  gchar *c = caps_str ("GRAY8", W, H);
+  gst_harness_set_src_caps_str (hi, c);
+  gst_harness_set_src_caps_str (hm, c);
+  g_free (c);
+
+  guint mixed = 0;
+  gchar *diff = NULL;           /* checked after the teardown: no hang on failure */
+  for (guint i = 0; i < 4; i++) {
+    fail_unless_equals_int (gst_harness_push (hi, frame (W, H, 1,
+                i * GST_SECOND, 50 + i, FALSE)), GST_FLOW_OK);
+    fail_unless_equals_int (gst_harness_push (hm, frame (W, H, 1,
+                i * GST_SECOND, 50 + i, TRUE)), GST_FLOW_OK);
+    GstBuffer *p = gst_harness_pull (hi);
+    fail_unless (p != NULL);
+    guint8 preview[W * H];
+    fail_unless_equals_uint64 (gst_buffer_extract (p, 0, preview, sizeof
+            (preview)), sizeof (preview));
+    gst_buffer_unref (p);
+    guint8 *want = unetsegment_labels (out, frame (W, H, 1, i * GST_SECOND,
+            50 + i, FALSE));
+    for (gsize k = 0; k < sizeof (preview) && diff == NULL; k++)
+      if (preview[k] != want[k])
+        diff = g_strdup_printf ("pair %u, pixel (%d, %d): preview %u, "
+            "unetsegment %u", i, (gint) (k % W), (gint) (k / W), preview[k],
+            want[k]);
+    gsize fg = 0;
+    for (gsize k = 0; k < sizeof (preview); k++)
+      fg += preview[k] != 0;
+    mixed += fg > 0 && fg < sizeof (preview);
+    g_free (want);
+  }
+  gst_harness_push_event (hi, gst_event_new_eos ());
+  gst_harness_push_event (hm, gst_event_new_eos ());
+  wait_eos (hi);
+  gst_harness_teardown (hm);
+  gst_harness_teardown (hi);
+  gst_object_unref (e);
+  g_free (out);
+  fail_unless (diff == NULL, "%s", diff);
+  /* labels with both classes: a comparison that could have failed */
+  fail_unless (mixed > 0);
+}
+
+GST_END_TEST;
+
 static Suite *
 unettrain_suite (void)
 {
@@ -704,6 +787,7 @@ unettrain_suite (void)
   tcase_add_test (tc, test_interrupt_and_resume);
   tcase_add_test (tc, test_validation_and_keep_best);
   tcase_add_test (tc, test_log_unwritable_and_keep_best_needs_validation);
+  tcase_add_test (tc, test_preview_equals_unetsegment);
   suite_add_tcase (s, tc);
   return s;
 }

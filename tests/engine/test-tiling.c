@@ -1,5 +1,5 @@
 /* Unit tests of the overlap-tile planner (engine/tiling.c), the host extraction and
- * stitching (engine/tilecopy.c) and the connected-component labelling. Everything is
+ * stitching (engine/tile-extract-stitch.c) and the connected-component labelling. Everything is
  * checked against brute-force definitions, over many configurations and frame sizes
  * including 1. */
 #include "tiling.h"

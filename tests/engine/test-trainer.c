@@ -1,11 +1,13 @@
 /* Trainer tests (suite 'trainer'): options and pair validation, the seeded
  * hold-out split and the dataset bound, atomic checkpoints that load as models,
  * bit-identical resume (N steps straight vs N/2 + checkpoint + resume + N/2),
- * prediction, and — with -m slow — a short training on synthetic
+ * prediction, preview and validation equal to the segmenter with unetsegment's
+ * defaults on the exported model, and — with -m slow — a short training on synthetic
  * blobs that must reach Dice >= 0.9 on frames it never saw. */
 #include "config.h"
 #include "unet.h"
 #include "model-private.h"
+#include "training.h"
 
 #include <glib/gstdio.h>
 #include <json-glib/json-glib.h>
@@ -451,6 +453,129 @@ test_predict_and_validate (void)
   }
 }
 
+/* What unetsegment runs with its default properties (tile-size 0, batch-size 4,
+ * memory-budget 1024 MiB, tiles of consecutive frames batched; see
+ * options_from_properties in elements/unet/gstunetsegment.c), on the trainer's
+ * device and thread count. */
+static UnetSegmenter *
+unetsegment_default (const UnetModel *m, const UnetTrainerOptions *o)
+{
+  g_autoptr (GError) err = NULL;
+  UnetSegmenterOptions so;
+  unet_segmenter_options_init (&so);
+  so.net = o->net;
+  so.tile_height = so.tile_width = 0;
+  so.batch_size = 4;
+  so.memory_budget = (guint64) 1024 << 20;
+  so.batch_frames = TRUE;
+  so.outputs = UNET_SEGMENT_LABELS;
+  UnetSegmenter *seg = unet_segmenter_new (m, &so, &err);
+  g_assert_no_error (err);
+  return seg;
+}
+
+/* (H,W) labels of a GRAY8 frame by the exported model, as unetsegment makes them. */
+static guint8 *
+segment_exported (UnetTrainer *t, const UnetTrainerOptions *o,
+    const guint8 *img, gint w, gint h)
+{
+  g_autoptr (GError) err = NULL;
+  g_autoptr (UnetModel) m = unet_trainer_export_model (t, &err);
+  g_assert_no_error (err);
+  g_autoptr (UnetSegmenter) seg = unetsegment_default (m, o);
+  g_autoptr (UnetSegmentResult) r = unet_segmenter_process (seg, UNET_PIXEL_U8,
+      img, w, h, w, &err);
+  g_assert_no_error (err);
+  return g_memdup2 (r->labels, (gsize) w * h);
+}
+
+static gboolean
+has_both_classes (const guint8 *lab, gsize n)
+{
+  gsize fg = 0;
+  for (gsize i = 0; i < n; i++)
+    fg += lab[i] != 0;
+  return fg > 0 && fg < n;
+}
+
+/* Preview and validation go through the segmenter: the trainer's labels of a
+ * frame are byte for byte what unetsegment's defaults give with the model the
+ * trainer exports at that step, and the validation scores are those of the
+ * exported model's labels of the held-out frames. Checked at two steps whose
+ * labels differ, so a preview made with the weights of an earlier step fails;
+ * with same padding too, where tiles are blended, so a preview tiled otherwise
+ * than unetsegment (e.g. with the training tile) fails. */
+static void
+test_preview_equals_segmenter (gconstpointer data)
+{
+  UnetTrainerOptions o;
+  g_autoptr (GError) err = NULL;
+  const gint W = 61, H = 53;    /* odd sizes: the tile is mirror-extended */
+  small_options (&o);
+  o.architecture.padding = GPOINTER_TO_INT (data);
+  o.learning_rate = 3e-3;
+  o.validation_fraction = 0.5;
+  g_autoptr (UnetTrainer) t = unet_trainer_new (&o, NULL, &err);
+  g_assert_no_error (err);
+  /* pairs 1, 3, 5 are held out (every second one, the first trains) */
+  for (gint i = 0; i < 6; i++)
+    g_assert_true (add_blob_pair (t, 200 + i, W, H, &err));
+  guint nv = 0;
+  unet_trainer_get_n_pairs (t, &nv);
+  g_assert_cmpuint (nv, ==, 3);
+
+  guint8 img[53 * 61], mask[53 * 61], first[53 * 61];
+  make_blobs (999, W, H, img, mask);
+  gdouble losses[10];
+  for (gint round = 0; round < 2; round++) {
+    run_steps (t, 10, losses);
+    guint8 preview[53 * 61];
+    g_assert_true (unet_trainer_predict (t, UNET_PIXEL_U8, img, W, W, H,
+            preview, W, &err));
+    g_assert_no_error (err);
+    g_autofree guint8 *want = segment_exported (t, &o, img, W, H);
+    g_assert_cmpmem (preview, sizeof (preview), want, (gsize) W * H);
+    /* labels that say something, and that changed between the two checks */
+    g_assert_true (has_both_classes (preview, sizeof (preview)));
+    if (round == 0)
+      memcpy (first, preview, sizeof (first));
+    else
+      g_assert_true (memcmp (first, preview, sizeof (first)) != 0);
+
+    /* The held-out scores from the exported model's labels. */
+    UnetSegScores want_scores;
+    unet_seg_scores_init (&want_scores, 2);
+    for (gint i = 1; i < 6; i += 2) {
+      guint8 vi[53 * 61], vm[53 * 61];
+      gint32 raw[53 * 61], classes[53 * 61], objects[53 * 61], pred[53 * 61];
+      gint n_obj = 0;
+      make_blobs (200 + i, W, H, vi, vm);
+      for (gint k = 0; k < W * H; k++)
+        raw[k] = vm[k];
+      g_assert_true (unet_mask_to_labels (UNET_MASK_BINARY, raw, W, H, 2, -1,
+              classes, objects, &n_obj, &err));
+      g_autofree guint8 *lab = segment_exported (t, &o, vi, W, H);
+      for (gint k = 0; k < W * H; k++)
+        pred[k] = lab[k];
+      g_assert_true (unet_seg_scores_add_frame (&want_scores, pred, classes,
+              objects, W, H, &err));
+    }
+    UnetTrainValidation v;
+    g_assert_true (unet_trainer_validate (t, &v, &err));
+    g_assert_no_error (err);
+    g_assert_cmpuint (v.frames, ==, 3);
+    /* the same labels through the same arithmetic: equal, not close */
+    g_assert_cmpfloat (v.pixel_error, ==,
+        unet_seg_scores_pixel_error (&want_scores));
+    g_assert_cmpfloat (v.rand_error, ==,
+        unet_seg_scores_rand_error (&want_scores));
+    g_assert_cmpfloat (v.dice, ==, unet_seg_scores_dice (&want_scores));
+    g_test_message ("step %" G_GINT64_FORMAT ": validation pixel error %.4f, "
+        "Rand error %.4f, Dice %.4f", unet_trainer_get_iteration (t),
+        v.pixel_error, v.rand_error, v.dice);
+  }
+}
+
 /* The end-to-end check: depth 2, 8 filters, Adam, the paper's augmentation,
  * 96x96 blob frames; Dice on 4 frames never trained on must reach 0.9. */
 static void
@@ -746,6 +871,10 @@ main (int argc, char **argv)
   g_test_add_func ("/trainer/resume-sgd", test_resume_sgd);
   g_test_add_func ("/trainer/resume-adamw-bn-dropout", test_resume_adam_bn);
   g_test_add_func ("/trainer/predict-validate", test_predict_and_validate);
+  g_test_add_data_func ("/trainer/preview-equals-segmenter/valid",
+      GINT_TO_POINTER (UNET_PADDING_VALID), test_preview_equals_segmenter);
+  g_test_add_data_func ("/trainer/preview-equals-segmenter/same",
+      GINT_TO_POINTER (UNET_PADDING_SAME), test_preview_equals_segmenter);
   g_test_add_func ("/trainer/guard-uniform", test_guard_uniform);
   g_test_add_func ("/trainer/guard-class-never-predicted",
       test_guard_class_never_predicted);
