@@ -78,9 +78,6 @@ struct _UnetTrainer
   gfloat *in;                   /* (B,C,Ti,Ti) */
   gint32 *labels;               /* (B,To,To) */
   gfloat *weights;              /* (B,To,To) */
-  gfloat *logits;               /* (B,K,To,To) */
-  gfloat *grad;                 /* (B,K,To,To) */
-  gint32 *pred;                 /* (B,To,To) class map of the logits */
 
   UnetAugmentParams aug;
   UnetPairOptions pair_opts;
@@ -126,9 +123,6 @@ free_step_buffers (UnetTrainer *t)
   g_clear_pointer (&t->in, g_free);
   g_clear_pointer (&t->labels, g_free);
   g_clear_pointer (&t->weights, g_free);
-  g_clear_pointer (&t->logits, g_free);
-  g_clear_pointer (&t->grad, g_free);
-  g_clear_pointer (&t->pred, g_free);
   t->tile_in = t->tile_out = 0;
 }
 
@@ -503,15 +497,10 @@ ensure_step_buffers (UnetTrainer *t, gint tile_in, GError **error)
   gsize b = t->opts.batch_size;
   gsize in_n = b * t->cfg.in_channels * tile_in * tile_in;
   gsize out_n = b * out * out;
-  gsize k = t->cfg.classes;
   t->in = g_try_new (gfloat, in_n);
   t->labels = g_try_new (gint32, out_n);
   t->weights = g_try_new (gfloat, out_n);
-  t->logits = g_try_new (gfloat, out_n * k);
-  t->grad = g_try_new (gfloat, out_n * k);
-  t->pred = g_try_new (gint32, out_n);
-  if (!t->in || !t->labels || !t->weights || !t->logits || !t->grad
-      || !t->pred) {
+  if (!t->in || !t->labels || !t->weights) {
     free_step_buffers (t);
     g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
         "cannot allocate the buffers of a batch of %d tiles of %d px",
@@ -524,36 +513,6 @@ ensure_step_buffers (UnetTrainer *t, gint tile_in, GError **error)
 }
 
 /* --------------------------------------------------------------- guard -- */
-
-/* The step's divergence test is the checkpoint's: what it lets through can be
- * saved. */
-static gboolean
-all_finite (const gfloat *v, gsize n)
-{
-  return unet_checkpoint_all_finite (v, n);
-}
-
-/* Class map of logits (B,K,P) (sigmoid: logit > 0). */
-static void
-argmax_classes (const gfloat *logits, gint batch, gint classes, gsize plane,
-    gint32 *pred)
-{
-  for (gint b = 0; b < batch; b++) {
-    const gfloat *z = logits + (gsize) b * classes * plane;
-    gint32 *dst = pred + (gsize) b * plane;
-    for (gsize i = 0; i < plane; i++) {
-      if (classes == 1) {
-        dst[i] = z[i] > 0.0f;
-        continue;
-      }
-      gint best = 0;
-      for (gint k = 1; k < classes; k++)
-        if (z[(gsize) k * plane + i] > z[(gsize) best * plane + i])
-          best = k;
-      dst[i] = best;
-    }
-  }
-}
 
 static void
 raise_alert (UnetTrainer *t, UnetTrainAlert alert, gchar *message,
@@ -578,21 +537,16 @@ class_name (const UnetTrainer *t, gint c, gchar *buf, gsize len)
 /* Pools the step's tile predictions into the window and judges a full window
  * (from the second window after warm-up on, when a network has had the steps to
  * leave its initial state). Sets t->last.alert on a new alert. */
-static gboolean
-guard_step (UnetTrainer *t, gdouble loss, GError **error)
+static void
+guard_step (UnetTrainer *t, gdouble loss, const UnetConfusion *conf)
 {
-  const gint B = t->opts.batch_size, K = t->cfg.classes, To = t->tile_out;
-  const gsize plane = (gsize) To * To;
+  const gint K = t->cfg.classes;
   t->last.alert = UNET_TRAIN_ALERT_NONE;
   t->last.alert_message = NULL;
-  argmax_classes (t->logits, B, K, plane, t->pred);
-  for (gint b = 0; b < B; b++)
-    if (!unet_seg_scores_add_frame (&t->window, t->pred + b * plane,
-            t->labels + b * plane, NULL, To, To, error))
-      return FALSE;
+  unet_seg_scores_add_confusion (&t->window, conf);
   t->window_loss += loss;
   if (++t->window_steps < GUARD_WINDOW)
-    return TRUE;
+    return;
 
   guint now = 0;
   gdouble mean = t->window_loss / t->window_steps;
@@ -636,7 +590,6 @@ guard_step (UnetTrainer *t, gdouble loss, GError **error)
   unet_seg_scores_init (&t->window, K);
   t->window_loss = 0.0;
   t->window_steps = 0;
-  return TRUE;
 }
 
 /* ---------------------------------------------------------------- step -- */
@@ -669,23 +622,18 @@ unet_trainer_step (UnetTrainer *t, UnetTrainStats *stats, GError **error)
       return FALSE;
   }
 
+  /* forward, loss, backward and the optimiser's step on the net's backend: the
+   * logits, their gradient, the gradients and the parameters stay there; the loss
+   * and the prediction's confusion matrix come back */
   gdouble lr = unet_optimizer_get_lr (t->optim);
-  if (!unet_net_train_forward (t->net, t->in, B, Ti, Ti,
-          step_seed (t->opts.seed, t->iteration, STREAM_DROPOUT), t->logits,
-          error))
-    return FALSE;
-
   gdouble loss = 0.0;
-  if (!unet_loss_cross_entropy (t->logits, t->labels, t->weights, B, K, To, To,
-          &loss, t->grad, error))
+  UnetConfusion conf;
+  gboolean finite = FALSE;
+  if (!unet_net_train_forward (t->net, t->in, B, Ti, Ti,
+          step_seed (t->opts.seed, t->iteration, STREAM_DROPOUT), NULL, error)
+      || !unet_net_train_loss (t->net, t->labels, t->weights, t->opts.dice_weight,
+          &loss, &conf, error))
     return FALSE;
-  if (t->opts.dice_weight > 0.0) {
-    gdouble dl = 0.0;
-    if (!unet_loss_soft_dice (t->logits, t->labels, B, K, To, To,
-            t->opts.dice_weight, &dl, t->grad, error))
-      return FALSE;
-    loss += t->opts.dice_weight * dl;
-  }
   if (!isfinite (loss)) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
         "the loss diverged (%g) at iteration %" G_GINT64_FORMAT
@@ -695,34 +643,19 @@ unet_trainer_step (UnetTrainer *t, UnetTrainStats *stats, GError **error)
   }
   UnetDiceCounts counts;
   unet_dice_counts_init (&counts, K);
-  if (!unet_dice_counts_add (&counts, t->logits, t->labels, B, K, To, To,
-          error))
-    return FALSE;
+  unet_dice_counts_add_confusion (&counts, &conf);
 
   if (!unet_net_zero_gradients (t->net, error)
-      || !unet_net_train_backward (t->net, t->grad, error))
+      || !unet_net_train_backward (t->net, NULL, error)
+      || !unet_net_optimizer_step (t->net, t->optim, &finite, error))
     return FALSE;
-  gsize n_grad = 0;
-  const gfloat *grads = unet_net_get_gradients (t->net, &n_grad, error);
-  if (grads == NULL
-      || (t->params = unet_net_get_parameters (t->net, &t->n_params, error)) == NULL)
-    return FALSE;
-  if (n_grad != t->n_params) {
-    g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND,
-        "the network's gradient slab does not match its parameters");
-    return FALSE;
-  }
-  if (!unet_optimizer_step (t->optim, t->params, grads, error))
-    return FALSE;
-  if (!all_finite (t->params, t->n_params)) {
+  if (!finite) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
         "the weights diverged (not finite) at iteration %" G_GINT64_FORMAT
         ": lower the learning rate or add warm-up; the last checkpoint is kept",
         t->iteration + 1);
     return FALSE;
   }
-  if (!unet_net_parameters_changed (t->net, error))
-    return FALSE;
 
   t->iteration++;
   gdouble secs = (g_get_monotonic_time () - t0) / 1e6;
@@ -731,8 +664,7 @@ unet_trainer_step (UnetTrainer *t, UnetTrainStats *stats, GError **error)
   t->last.dice = unet_dice_counts_foreground (&counts);
   t->last.learning_rate = lr;
   t->last.samples_per_second = secs > 0.0 ? B / secs : 0.0;
-  if (!guard_step (t, loss, error))
-    return FALSE;
+  guard_step (t, loss, &conf);
   if (stats)
     *stats = t->last;
   return TRUE;
@@ -922,7 +854,9 @@ unet_trainer_save_checkpoint (UnetTrainer *t, const gchar *path,
   /* Never replace a good checkpoint with a diverged one. */
   gsize n_params = 0;
   const gfloat *params = unet_net_get_parameters (t->net, &n_params, error);
+  /* the optimiser's state lives on the backend: into the optimiser's buffers */
   return params != NULL
+      && unet_net_optimizer_state (t->net, t->optim, FALSE, error)
       && unet_checkpoint_check_finite (params, n_params, t->optim,
       t->iteration, path, error)
       && sync_model (t, error)
@@ -943,8 +877,11 @@ unet_trainer_new_from_checkpoint (const UnetTrainerOptions *opts,
     if (ck.has_normalization)
       o.normalization = ck.normalization;
     t = unet_trainer_new (&o, ck.model, error);
-    if (t != NULL && !unet_checkpoint_restore (&ck, t->optim, t->params,
-            t->n_params, error))
+    /* the restored weights and optimiser state go to the backend */
+    if (t != NULL && (!unet_checkpoint_restore (&ck, t->optim, t->params,
+                t->n_params, error)
+            || !unet_net_parameters_changed (t->net, error)
+            || !unet_net_optimizer_state (t->net, t->optim, TRUE, error)))
       g_clear_pointer (&t, unet_trainer_free);
     if (t != NULL)
       t->iteration = ck.iteration;
