@@ -79,7 +79,8 @@ struct _UnetSegmenter
   /* Tiles per forward pass actually used: batch_size, halved for good after the
    * device ran out of memory (warned about once). */
   gint max_batch;
-  gboolean oom_warned;
+  gint batch_reduced;           /* out of memory: the batch was halved to this; reported
+                                 * in the next result's stats, then 0 */
 
   /* On-device path (NULL frames: host path only). */
   UnetBackend *be;
@@ -396,6 +397,8 @@ frame_finish (UnetSegmenter *seg, Frame *f, GError **error)
   r->stats.time_post += now_s () - t1;
   r->stats.time_total = r->stats.time_normalize + r->stats.time_extract
       + r->stats.time_forward + r->stats.time_stitch + r->stats.time_post;
+  r->stats.batch_reduced = seg->batch_reduced;
+  seg->batch_reduced = 0;
   f->finished = TRUE;
   return TRUE;
 }
@@ -438,11 +441,7 @@ forward_tiles (UnetSegmenter *seg, gint n, GError **error)
     }
     if (chunk > 1 && g_error_matches (local, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY)) {
       seg->max_batch = chunk / 2;
-      if (!seg->oom_warned)
-        g_warning ("out of %s memory with %d tiles of %dx%d per batch (%s); "
-            "continuing with %d per batch", unet_device_name (unet_net_get_device (seg->net)),
-            chunk, seg->batch_tw, seg->batch_th, local->message, seg->max_batch);
-      seg->oom_warned = TRUE;
+      seg->batch_reduced = seg->max_batch;
       g_error_free (local);
       continue;
     }
@@ -628,6 +627,8 @@ device_finish (UnetSegmenter *seg, Frame *f, GError **error)
   r->stats.time_post += now_s () - t0;
   /* push to result, waits for other frames included: the pipeline's latency */
   r->stats.time_total = now_s () - f->dev_t0;
+  r->stats.batch_reduced = seg->batch_reduced;
+  seg->batch_reduced = 0;
   f->finished = TRUE;
   return TRUE;
 }
@@ -725,10 +726,7 @@ device_push (UnetSegmenter *seg, Frame *f, UnetPixelFormat format, gconstpointer
     }
     if (chunk > 1 && g_error_matches (local, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY)) {
       seg->max_batch = chunk / 2;
-      if (!seg->oom_warned)
-        g_warning ("out of GPU memory with %d tiles of %dx%d per batch (%s); continuing "
-            "with %d per batch", chunk, tw, th, local->message, seg->max_batch);
-      seg->oom_warned = TRUE;
+      seg->batch_reduced = seg->max_batch;
       g_error_free (local);
       continue;
     }

@@ -539,6 +539,10 @@ typedef struct
                                  * (unet_tile_activation_bytes x batch_size) */
   gboolean over_budget;         /* automatic tile size, but even the smallest legal
                                  * tile exceeds memory_budget: it is used anyway */
+  gint batch_reduced;           /* > 0: a batch of tiles ran out of device memory
+                                 * during this frame, and the segmenter now runs
+                                 * this many tiles per batch (the frame's result is
+                                 * complete) */
 } UnetSegmentStats;
 
 typedef struct

@@ -1550,6 +1550,13 @@ gst_unet_segment_generate_output (GstBaseTransform * trans,
             >> 20, batch),
         ("frame %dx%d", r->stats.width, r->stats.height));
   }
+  if (r->stats.batch_reduced > 0)
+    GST_ELEMENT_WARNING (self, RESOURCE, NO_SPACE_LEFT,
+        ("out of %s memory with larger batches of tiles: continuing with %d tiles "
+            "per batch (slower). Lower batch-size or memory-budget to avoid the retry.",
+            unet_device_name (self->device), r->stats.batch_reduced),
+        ("frame %dx%d, tiles %dx%d", r->stats.width, r->stats.height,
+            r->stats.tile_width, r->stats.tile_height));
   if (self->active_post_messages)
     post_stats (self, rf->inbuf, &r->stats, self->frames_out);
   self->frames_out++;
