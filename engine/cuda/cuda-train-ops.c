@@ -275,6 +275,7 @@ free_slabs (CudaCtx *ctx)
 void
 cuda_train_ctx_free (CudaCtx *ctx)
 {
+  cuda_step_ctx_free (ctx);
   free_slabs (ctx);
   cudaFree (ctx->dw);
   cudaFree (ctx->partials);

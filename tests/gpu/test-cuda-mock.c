@@ -81,6 +81,12 @@ static int step_on;                     /* inside a training step: log and check
 static int step_wrong_stream, step_wrong_handle, step_mallocs;
 static float last_scale_add;            /* scale of the last unet_cuda_scale_add_f32 */
 static int data_not_supported;          /* > 0: BackwardData refuses that many calls */
+/* the device step (loss, optimiser) */
+static float last_xent_scale, last_dice_scale;
+static const uint8_t *last_xent_labels;
+static const float *last_xent_weights;
+static const int *optim_skip;           /* the skip flag the last update kernel got */
+static int flag_next_check;             /* > 0: the n-th next check_finite flags */
 typedef struct
 {
   gsize bytes;
@@ -792,31 +798,74 @@ unet_cuda_weighted_xent (const void *logits, UnetCudaDType dtype, const uint8_t 
     const float *weights, size_t n_pix, int classes, int ignore_label, float grad_scale,
     float *grad, double *partials, double *out, UnetCudaStream stream)
 {
+  /* what the host reads back: a loss sum of 3 (and the kernel's weight sum) */
+  out[0] = 3.0;
+  out[1] = 1e9;
+  last_xent_scale = grad_scale;
+  last_xent_labels = labels;
+  last_xent_weights = weights;
   return mock_launch ("weighted_xent", stream);
 }
 
 int
-unet_cuda_sgd_step (float *params, const void *grad, UnetCudaDType grad_dtype,
-    float *momentum_buf, void *params_lp, UnetCudaDType lp_dtype, size_t count, float lr,
-    float momentum, float weight_decay, float grad_scale, int first_step,
-    UnetCudaStream stream)
+unet_cuda_optim_sgd (float *params, const float *grads, float *momentum_buf, size_t count,
+    double lr, double momentum, double weight_decay, int nesterov, int first,
+    const int *skip, UnetCudaStream stream)
 {
-  return mock_launch ("sgd_step", stream);
+  optim_skip = skip;
+  return mock_launch ("optim_sgd", stream);
 }
 
 int
-unet_cuda_adam_step (float *params, const void *grad, UnetCudaDType grad_dtype, float *m,
-    float *v, void *params_lp, UnetCudaDType lp_dtype, size_t count, float lr, float beta1,
-    float beta2, float eps, float weight_decay, float grad_scale, int step,
+unet_cuda_optim_adam (float *params, const float *grads, float *m, float *v, size_t count,
+    double lr, double beta1, double beta2, double eps, double weight_decay, int decoupled,
+    double step_size, double bc2_sqrt, const int *skip, UnetCudaStream stream)
+{
+  optim_skip = skip;
+  return mock_launch ("optim_adam", stream);
+}
+
+int
+unet_cuda_confusion (const void *logits, UnetCudaDType dtype, const uint8_t *labels,
+    size_t n_pix, int classes, int ignore_label, unsigned long long *confusion,
     UnetCudaStream stream)
 {
-  return mock_launch ("adam_step", stream);
+  /* a recognisable matrix for the read-back: cell [l][p] = 100 l + p + 1 */
+  for (int l = 0; l < 16; l++)
+    for (int p = 0; p < 16; p++)
+      confusion[l * 16 + p] = (unsigned long long) (100 * l + p + 1);
+  return mock_launch ("confusion", stream);
+}
+
+int
+unet_cuda_dice_sums (const void *logits, UnetCudaDType dtype, const uint8_t *labels,
+    size_t n_pix, int classes, int ignore_label, double *partials, double *sums,
+    UnetCudaStream stream)
+{
+  /* intersection 1, probability sum 2, label count 3 for every class */
+  for (int c = 0; c < 16; c++) {
+    sums[c] = 1.0;
+    sums[16 + c] = 2.0;
+    sums[32 + c] = 3.0;
+  }
+  return mock_launch ("dice_sums", stream);
+}
+
+int
+unet_cuda_dice_grad (const void *logits, UnetCudaDType dtype, const uint8_t *labels,
+    size_t n_pix, int classes, int ignore_label, const double *sums, float scale,
+    float *grad, UnetCudaStream stream)
+{
+  last_dice_scale = scale;
+  return mock_launch ("dice_grad", stream);
 }
 
 int
 unet_cuda_check_finite (const void *x, UnetCudaDType dtype, size_t count, int *flag,
     UnetCudaStream stream)
 {
+  if (flag_next_check > 0 && --flag_next_check == 0)
+    *flag = 1;
   return mock_launch ("check_finite", stream);
 }
 
