@@ -89,6 +89,8 @@ struct _CudaCtx
   gdouble loss_scale;           /* fp16: dynamic loss scale; else 1 */
   gint64 clean_passes;
   gboolean pass_open;           /* fp16: step_grads holds a pass not folded yet */
+  gboolean pass_dropped;        /* fp16: a pass since the last grads_zero overflowed and
+                                   was dropped: the next optimiser update is skipped */
 
   /* ---- the rest of a step on the device (cuda-step.c) ---- */
   CudaStepScalars *scalars;     /* device */

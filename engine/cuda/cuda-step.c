@@ -21,7 +21,9 @@
  * device first: the update kernels skip when the flag is set, so a non-finite
  * gradient changes nothing; the parameters are checked after it; both flags come
  * back in one 8-byte copy. The convolutions' working weights are re-derived from the
- * new master parameters by the training ops (params_version).
+ * new master parameters by the training ops (params_version). fp16: an update whose
+ * gradients lost a backward pass to an overflow of the dynamic loss scale is skipped
+ * (GradScaler's policy; the optimiser's step count still advances in net.c).
  */
 #include "config.h"
 
@@ -285,6 +287,14 @@ cuda_optimizer_update (UnetBackend *be, const UnetOptimUpdate *u, gboolean *fini
       || !ensure_scalars (ctx, error)
       || !ensure_state (ctx, u->n_buffers, error))
     return FALSE;
+  if (ctx->pass_dropped) {
+    /* fp16: a backward pass of these gradients overflowed at a loss scale > 1 and was
+     * dropped (cuda-train-ops.c): skip the step, as torch.cuda.amp.GradScaler does */
+    g_debug ("cuda: optimiser step %" G_GINT64_FORMAT " skipped (fp16 gradient overflow)",
+        u->t);
+    *finite = TRUE;
+    return TRUE;
+  }
   flags = ctx->scalars->flags;
   if (!CUDA_CHECK (cudaMemsetAsync (flags, 0, 2 * sizeof (int), ctx->stream), error))
     return FALSE;

@@ -61,8 +61,9 @@
  *      fp16 loss scale), the loss and confusion matrix assembled from the scalars
  *      (the mock kernels write known values), the kernels in order; a non-finite
  *      gradient fails the step and changes nothing, a non-finite parameter is
- *      reported; optimiser state round trip (checkpoints only); bad labels/weights
- *      refused. */
+ *      reported; fp16: a backward pass that overflows skips the update (GradScaler)
+ *      and halves the scale of the next loss; optimiser state round trip
+ *      (checkpoints only); bad labels/weights refused. */
 #include "config.h"
 
 #include "backend.h"
@@ -1470,6 +1471,33 @@ device_step_case (UnetPrecision precision, UnetOptimKind kind, gdouble dice)
     g_assert_no_error (error);
     g_assert_false (finite);
     g_assert_cmpint (flag_next_check, ==, 0);
+  }
+
+  if (fp16) {
+    /* the backward pass overflows at loss scale 65536: the fold drops it (its flag is
+     * the first check of the optimiser step), the update is skipped (GradScaler), the
+     * scale halves for the next loss */
+    flag_next_check = 1;
+    g_string_truncate (launch_log, 0);
+    g_assert_true (device_step (net, opt, in, labels, weights, batch, size, dice, &loss,
+            &conf, &finite, &error));
+    g_assert_no_error (error);
+    g_assert_true (finite);
+    g_assert_cmpint (flag_next_check, ==, 0);
+    g_assert_cmpuint (count_in_log ("optim_"), ==, 0);
+    g_assert_true (ON_OTHER_DEVICE (unet_net_train_forward (net, in, batch, size, size, 5,
+                NULL, &error))
+        && ON_OTHER_DEVICE (unet_net_train_loss (net, labels, weights, dice, &loss, &conf,
+                &error)));
+    g_assert_no_error (error);
+    g_assert_cmpfloat_with_epsilon (last_xent_scale, 32768.0 / sum_w, 1e-6 * 32768.0 / sum_w);
+    /* the next pass folds and updates again */
+    g_string_truncate (launch_log, 0);
+    g_assert_true (ON_OTHER_DEVICE (unet_net_zero_gradients (net, &error))
+        && ON_OTHER_DEVICE (unet_net_train_backward (net, NULL, &error))
+        && ON_OTHER_DEVICE (unet_net_optimizer_step (net, opt, &finite, &error)));
+    g_assert_no_error (error);
+    g_assert_cmpuint (count_in_log ("optim_adam"), ==, 2);
   }
 
   /* the state slabs cross only for checkpoints: host -> device -> host round trip */
