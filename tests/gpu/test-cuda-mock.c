@@ -1312,6 +1312,7 @@ device_step_case (UnetPrecision precision, UnetOptimKind kind, gdouble dice)
   gdouble loss = -1.0, sum_w = 0.0;
   gboolean finite = FALSE;
   gint events0;
+  guint pinned0;
 
   UnetModel *model = unet_model_new (&cfg, &error);
   g_assert_no_error (error);
@@ -1359,6 +1360,7 @@ device_step_case (UnetPrecision precision, UnetOptimKind kind, gdouble dice)
 
   /* the measured step */
   events0 = n_events;
+  pinned0 = pinned_allocs->len;
   g_array_set_size (step_copies, 0);
   g_string_truncate (launch_log, 0);
   step_wrong_stream = step_wrong_handle = step_mallocs = 0;
@@ -1378,6 +1380,7 @@ device_step_case (UnetPrecision precision, UnetOptimKind kind, gdouble dice)
   g_assert_cmpint (step_wrong_handle, ==, 0);
   g_assert_cmpint (n_events, ==, events0);
   g_assert_cmpint (step_mallocs, ==, 0);
+  g_assert_cmpuint (pinned_allocs->len, ==, pinned0);   /* the staging is reused */
 
   /* the copies of the whole step, in order: no parameter, gradient, logits or
    * dL/dlogits crosses */
