@@ -197,7 +197,10 @@ typedef struct
    *                     (unet_optim_update_host's arithmetic), with u->n_buffers
    *                     state slabs kept on the backend (zero before the first
    *                     update). Non-finite gradients: UNET_ERROR_FAILED, nothing
-   *                     changed. *finite: every parameter is finite afterwards.
+   *                     changed. *finite: every parameter is finite afterwards. A
+   *                     backend with dynamic loss scaling (CUDA fp16) skips, with
+   *                     TRUE, an update whose gradients lost a backward pass to an
+   *                     overflow (GradScaler's policy).
    *   optimizer_state   state slab `index` backend -> host, or host -> backend
    *                     (`to_backend`): checkpoints and resume. */
   gboolean (*loss) (UnetBackend *be, UnetBackendTensor *logits, const gint32 *labels,

@@ -23,6 +23,7 @@
  * Training: the same context (cuda-private.h) serves the training slots, whose ops
  * and parameter slabs are in cuda-train-ops.c; op_new hands a training desc there.
  * On-device tiling (the frame slots) is cuda-frames.c.
+ * The loss, the optimiser update and its state are in cuda-step.c.
  *
  * The convolution calls are cuDNN's legacy API (cudnn_cnn.h), which cuDNN 9 marks
  * deprecated but still ships and supports; it is compiled without
@@ -1010,6 +1011,9 @@ static const UnetBackendIface cuda_iface = {
   .params_host = NULL,          /* the slabs live on the device */
   .op_forward_training = cuda_op_forward_training,
   .op_backward = cuda_op_backward,
+  .loss = cuda_loss,
+  .optimizer_update = cuda_optimizer_update,
+  .optimizer_state = cuda_optimizer_state,
   .frames_new = cuda_frames_new,
   .frames_free = cuda_frames_free,
   .frame_upload = cuda_frame_upload,

@@ -240,22 +240,41 @@ int unet_cuda_weighted_xent (const void *logits, UnetCudaDType dtype, const uint
                              int ignore_label, float grad_scale, float *grad,
                              double *partials, double *out, UnetCudaStream stream);
 
+/* The confusion matrix of a batch: confusion (16 x 16 u64, [label][prediction],
+ * zeroed by the caller) += one count per pixel whose label is not ignore_label
+ * (kb_confusion_cell: argmax, or z > 0 for one class). Labels must be valid;
+ * classes 1..16. */
+int unet_cuda_confusion (const void *logits, UnetCudaDType dtype, const uint8_t *labels,
+                         size_t n_pix, int classes, int ignore_label,
+                         unsigned long long *confusion, UnetCudaStream stream);
+/* Soft Dice's sums over the pixels whose label is not ignore_label (kb_dice_sums_pixel):
+ * sums[c], sums[16 + c], sums[32 + c] = intersection, probability sum and label count
+ * of foreground class c (f64, deterministic; 48 doubles written). partials:
+ * 48 * UNET_CUDA_REDUCE_BLOCKS doubles of scratch. classes 1..16. */
+int unet_cuda_dice_sums (const void *logits, UnetCudaDType dtype, const uint8_t *labels,
+                         size_t n_pix, int classes, int ignore_label, double *partials,
+                         double *sums, UnetCudaStream stream);
+/* grad (n_pix, classes) f32 += scale * d(soft Dice)/dz from the sums above
+ * (kb_dice_grad_pixel). */
+int unet_cuda_dice_grad (const void *logits, UnetCudaDType dtype, const uint8_t *labels,
+                         size_t n_pix, int classes, int ignore_label, const double *sums,
+                         float scale, float *grad, UnetCudaStream stream);
+
 /* -------------------------------------------------------------- optimiser -- */
 
-/* torch.optim.SGD step (momentum, dampening 0, nesterov off, weight_decay L2) on
- * fp32 master parameters: g = grad * grad_scale + wd * p; buf = first_step ? g :
- * momentum * buf + g; p -= lr * buf. grad dtype (gradients of a low-precision net),
- * params_lp (dtype, may be NULL) receives the new parameters cast down. */
-int unet_cuda_sgd_step (float *params, const void *grad, UnetCudaDType grad_dtype,
-                        float *momentum_buf, void *params_lp, UnetCudaDType lp_dtype,
-                        size_t count, float lr, float momentum, float weight_decay,
-                        float grad_scale, int first_step, UnetCudaStream stream);
-/* torch.optim.Adam step t (1-based, amsgrad off): m = b1 m + (1-b1) g;
- * v = b2 v + (1-b2) g^2; p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). */
-int unet_cuda_adam_step (float *params, const void *grad, UnetCudaDType grad_dtype, float *m,
-                         float *v, void *params_lp, UnetCudaDType lp_dtype, size_t count,
-                         float lr, float beta1, float beta2, float eps, float weight_decay,
-                         float grad_scale, int step, UnetCudaStream stream);
+/* One slice of torch.optim.SGD (dampening 0; momentum_buf NULL: no momentum) on f32
+ * master parameters from f32 gradients: unet_optim_sgd_elem (engine/optim-elem.h)
+ * per element. skip (device int, may be NULL): non-zero -> nothing changes (a
+ * non-finite gradient flagged by unet_cuda_check_finite before, same stream). */
+int unet_cuda_optim_sgd (float *params, const float *grads, float *momentum_buf,
+                         size_t count, double lr, double momentum, double weight_decay,
+                         int nesterov, int first, const int *skip, UnetCudaStream stream);
+/* One slice of torch.optim.Adam / AdamW (decoupled): unet_optim_adam_elem per element,
+ * step_size = lr / (1 - beta1^t), bc2_sqrt = sqrt(1 - beta2^t); skip as above. */
+int unet_cuda_optim_adam (float *params, const float *grads, float *m, float *v,
+                          size_t count, double lr, double beta1, double beta2, double eps,
+                          double weight_decay, int decoupled, double step_size,
+                          double bc2_sqrt, const int *skip, UnetCudaStream stream);
 /* *flag (int, zeroed by the caller) becomes 1 if any element is inf or NaN (fp16 loss
  * scaling skips such steps). */
 int unet_cuda_check_finite (const void *x, UnetCudaDType dtype, size_t count, int *flag,

@@ -20,6 +20,17 @@ typedef struct _CudaCtx CudaCtx;
 typedef struct _CudaTrainOp CudaTrainOp;
 
 #define CUDA_ALIGN 256
+
+/* The scalars of a step on the device (cuda-step.c), read back in one copy: the loss
+ * sums, soft Dice's per-class sums, the confusion matrix (up to `flags`), and the
+ * optimiser's two flags (on their own). */
+typedef struct
+{
+  double xent[2];               /* sum of w * loss, sum of w */
+  double dice[48];              /* intersection, probability sum, label count per class */
+  unsigned long long confusion[256];    /* [label][prediction], 16 x 16 */
+  int flags[2];                 /* non-finite gradient; non-finite parameter */
+} CudaStepScalars;
 #define DEFAULT_WORKSPACE_MIB 512
 
 typedef struct
@@ -78,6 +89,19 @@ struct _CudaCtx
   gdouble loss_scale;           /* fp16: dynamic loss scale; else 1 */
   gint64 clean_passes;
   gboolean pass_open;           /* fp16: step_grads holds a pass not folded yet */
+  gboolean pass_dropped;        /* fp16: a pass since the last grads_zero overflowed and
+                                   was dropped: the next optimiser update is skipped */
+
+  /* ---- the rest of a step on the device (cuda-step.c) ---- */
+  CudaStepScalars *scalars;     /* device */
+  CudaStepScalars *scalars_host;        /* pinned */
+  void *batch_dev;              /* one batch's weights (f32) then labels (u8) */
+  gsize batch_dev_bytes;
+  void *batch_host;             /* pinned staging of the same */
+  gsize batch_host_bytes;
+  float *grad32;                /* 16-bit nets: f32 dL/dlogits before the cast */
+  gsize grad32_bytes;
+  float *opt_state[2];          /* optimiser state slabs (slab_numel floats each) */
 };
 
 struct _UnetBackendArena
@@ -195,5 +219,19 @@ gboolean     cuda_frame_stitch (UnetBackendFrames *fr, gint slot,
 gboolean     cuda_frame_download (UnetBackendFrames *fr, gint slot, guint8 *labels,
                                   gfloat *probability, GError **error);
 gboolean     cuda_frame_wait (UnetBackendFrames *fr, gint slot, GError **error);
+
+/* ---- cuda-step.c: loss, optimiser update and state on the device ---- */
+
+gboolean     cuda_loss                  (UnetBackend *be, UnetBackendTensor *logits,
+                                         const gint32 *labels, const gfloat *weights,
+                                         gdouble dice_weight,
+                                         UnetBackendTensor *diff_logits, gdouble *loss,
+                                         UnetConfusion *confusion, GError **error);
+gboolean     cuda_optimizer_update      (UnetBackend *be, const UnetOptimUpdate *u,
+                                         gboolean *finite, GError **error);
+gboolean     cuda_optimizer_state       (UnetBackend *be, guint index, gfloat *host,
+                                         gboolean to_backend, GError **error);
+/* Frees the step's buffers (from cuda_train_ctx_free). */
+void         cuda_step_ctx_free         (CudaCtx *ctx);
 
 G_END_DECLS

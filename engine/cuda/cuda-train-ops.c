@@ -39,8 +39,9 @@
  * ctx->step_grads (scaled), and before anything reads or restarts the gradients (the
  * next op_forward_training, grads_get, grads_zero, params_set) the pass is folded:
  * finite -> grads += step_grads / S, and S doubles after 2000 clean passes; inf/NaN ->
- * the pass is dropped (GradScaler skips the step) and S halves. At S = 1 a
- * non-finite pass is genuine and is folded as it is. The fold reads one int (the
+ * the pass is dropped and S halves, and the optimiser update that follows (before
+ * the next grads_zero) is skipped, as GradScaler skips optimizer.step()
+ * (cuda-step.c). At S = 1 a non-finite pass is genuine and is folded as it is. The fold reads one int (the
  * finite flag) back to the host, never parameters or gradients. The slabs the
  * executor sees (grads_get) are always unscaled.
  */
@@ -233,6 +234,7 @@ fold_pass (CudaCtx *ctx, GError **error)
     }
   } else {
     ctx->clean_passes = 0;
+    ctx->pass_dropped = ctx->loss_scale > 1.0;
     if (ctx->loss_scale > 1.0)
       g_debug ("cuda: fp16 gradient overflow at loss scale %g: pass dropped, scale %g",
           ctx->loss_scale, MAX (ctx->loss_scale * 0.5, 1.0));
@@ -275,6 +277,7 @@ free_slabs (CudaCtx *ctx)
 void
 cuda_train_ctx_free (CudaCtx *ctx)
 {
+  cuda_step_ctx_free (ctx);
   free_slabs (ctx);
   cudaFree (ctx->dw);
   cudaFree (ctx->partials);
@@ -340,8 +343,10 @@ cuda_grads_zero (UnetBackend *be, GError **error)
 {
   CudaCtx *ctx = cuda_ctx_of (be);
   /* the fold of an open pass still moves the loss scale */
-  return cuda_train_grads_ready (ctx, error)
-      && CUDA_CHECK (cudaMemsetAsync (ctx->grads, 0, ctx->slab_numel * sizeof (float),
+  if (!cuda_train_grads_ready (ctx, error))
+    return FALSE;
+  ctx->pass_dropped = FALSE;
+  return CUDA_CHECK (cudaMemsetAsync (ctx->grads, 0, ctx->slab_numel * sizeof (float),
           ctx->stream), error);
 }
 

@@ -24,6 +24,9 @@
 #include <stdint.h>
 
 #include "cuda-kernels.h"
+/* the optimiser's per-element arithmetic, shared with the host (__host__ __device__
+ * under nvcc) */
+#include "../optim-elem.h"
 
 #ifdef __CUDACC__
 #define UNET_HD __host__ __device__ __forceinline__
@@ -699,44 +702,134 @@ kb_xent_pixel (const T *logits, const uint8_t *labels, const float *weights, int
   }
 }
 
-/* ------------------------------------------------------------- optimiser -- */
-
-template <typename G, typename L>
+/* The class probabilities of one pixel's logits z (classes of them, contiguous):
+ * softmax (classes >= 2) or p[0] = sigmoid (classes == 1), in f32. classes <= 16. */
+template <typename T>
 static UNET_HD void
-kb_sgd_elem (float *p, const G *grad, float *buf, L *p_lp, float lr, float momentum,
-             float weight_decay, float grad_scale, int first_step, size_t i)
+kb_class_probs (const T *z, int classes, float *p)
 {
-  float g = to_f32 (grad[i]) * grad_scale + weight_decay * p[i];
-  if (momentum != 0.0f) {
-    /* PyTorch: the first step initialises the buffer with the gradient itself */
-    const float b = first_step ? g : momentum * buf[i] + g;
-    buf[i] = b;
-    g = b;
+  if (classes == 1) {
+    p[0] = 1.0f / (1.0f + kb_expf (-to_f32 (z[0])));
+    return;
   }
-  const float v = p[i] - lr * g;
-  p[i] = v;
-  if (p_lp)
-    p_lp[i] = from_f32<L> (v);
+  float zmax = to_f32 (z[0]);
+  for (int k = 1; k < classes; k++)
+    zmax = kb_fmaxf (zmax, to_f32 (z[k]));
+  float sum = 0.0f;
+  for (int k = 0; k < classes; k++) {
+    p[k] = kb_expf (to_f32 (z[k]) - zmax);
+    sum += p[k];
+  }
+  for (int k = 0; k < classes; k++)
+    p[k] /= sum;
 }
 
-/* torch.optim.Adam (non-fused): denom = sqrt(v) / sqrt(1 - b2^t) + eps,
- * p -= lr / (1 - b1^t) * m / denom; bias1 = 1 - b1^t, sqrt_bias2 = sqrt(1 - b2^t). */
-template <typename G, typename L>
-static UNET_HD void
-kb_adam_elem (float *p, const G *grad, float *m, float *v, L *p_lp, float lr, float beta1,
-              float beta2, float eps, float weight_decay, float grad_scale, float bias1,
-              float sqrt_bias2, size_t i)
+/* Pixel i's cell of the confusion matrix [label][prediction] (16 x 16, row-major):
+ * label * 16 + prediction, or -1 for an ignored pixel. The prediction is the first
+ * largest logit (classes >= 2) or z > 0 (classes == 1), as unet_confusion_add. Labels
+ * are valid (checked on the host) or ignore_label; classes <= 16. */
+template <typename T>
+static UNET_HD int
+kb_confusion_cell (const T *logits, const uint8_t *labels, int classes, int ignore_label,
+                   size_t i)
 {
-  const float g = to_f32 (grad[i]) * grad_scale + weight_decay * p[i];
-  const float mi = beta1 * m[i] + (1.0f - beta1) * g;
-  const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
-  m[i] = mi;
-  v[i] = vi;
-  const float denom = sqrtf (vi) / sqrt_bias2 + eps;
-  const float nv = p[i] - (lr / bias1) * mi / denom;
-  p[i] = nv;
-  if (p_lp)
-    p_lp[i] = from_f32<L> (nv);
+  const int y = labels[i];
+  if (y == ignore_label)
+    return -1;
+  const T *z = logits + i * classes;
+  int pred = 0;
+  if (classes == 1) {
+    pred = to_f32 (z[0]) > 0.0f ? 1 : 0;
+  } else {
+    for (int k = 1; k < classes; k++)
+      if (to_f32 (z[k]) > to_f32 (z[pred]))
+        pred = k;
+  }
+  return y * 16 + pred;
+}
+
+/* Soft Dice (unet_loss_soft_dice): pixel i's share of the per-class sums over the
+ * counted pixels, for each foreground class c in 1 .. max(classes, 2) - 1:
+ * acc[c] += p_c (label c: the intersection), acc[16 + c] += p_c, acc[32 + c] += 1
+ * (label c). p_c: the softmax probability of class c, or the sigmoid for one class.
+ * classes <= 16. */
+template <typename T>
+static UNET_HD void
+kb_dice_sums_pixel (const T *logits, const uint8_t *labels, int classes, int ignore_label,
+                    size_t i, double *acc)
+{
+  const int y = labels[i];
+  if (y == ignore_label)
+    return;
+  const int n_labels = classes > 2 ? classes : 2, off = classes == 1 ? 1 : 0;
+  float p[16];
+  kb_class_probs (logits + i * classes, classes, p);
+  for (int c = 1; c < n_labels; c++) {
+    const double pc = p[c - off];
+    acc[16 + c] += pc;
+    if (y == c) {
+      acc[c] += pc;
+      acc[32 + c] += 1.0;
+    }
+  }
+}
+
+/* Soft Dice's gradient at pixel i: grad (n_pix, classes) f32 += scale * dL/dz from the
+ * sums of kb_dice_sums_pixel (the whole batch): with U_c = P_c + G_c + 1,
+ * dL/dp_c = -(2 g_c U_c - (2 I_c + 1)) / (U_c^2 n_fg), through the softmax
+ * (p_k (dL/dp_k - sum_j p_j dL/dp_j)) or the sigmoid (p (1 - p)). */
+template <typename T>
+static UNET_HD void
+kb_dice_grad_pixel (const T *logits, const uint8_t *labels, int classes, int ignore_label,
+                    const double *sums, float scale, float *grad, size_t i)
+{
+  const int y = labels[i];
+  if (y == ignore_label)
+    return;
+  const int n_labels = classes > 2 ? classes : 2, off = classes == 1 ? 1 : 0;
+  const double n_fg = n_labels - 1;
+  float p[16];
+  double dp[16];
+  kb_class_probs (logits + i * classes, classes, p);
+  for (int k = 0; k < classes; k++)
+    dp[k] = 0.0;
+  for (int c = 1; c < n_labels; c++) {
+    const double u = sums[16 + c] + sums[32 + c] + 1.0;
+    const double g = y == c ? 1.0 : 0.0;
+    dp[c - off] = -(2.0 * g * u - (2.0 * sums[c] + 1.0)) / (u * u * n_fg);
+  }
+  if (classes == 1) {
+    grad[i] += (float) (scale * dp[0] * p[0] * (1.0 - p[0]));
+    return;
+  }
+  double dot = 0.0;
+  for (int k = 0; k < classes; k++)
+    dot += p[k] * dp[k];
+  for (int k = 0; k < classes; k++)
+    grad[i * classes + k] += (float) (scale * p[k] * (dp[k] - dot));
+}
+
+/* ------------------------------------------------------------- optimiser -- */
+
+/* The update of element i of a slice (master parameters w, gradients g, state): the
+ * element functions of engine/optim-elem.h, the same code the host optimiser
+ * (unet_optim_update_host) runs, in double per element. buf NULL: SGD without
+ * momentum. */
+static UNET_HD void
+kb_optim_sgd_elem (float *w, const float *g, float *buf, double lr, double momentum,
+                   double weight_decay, int nesterov, int first, size_t i)
+{
+  unet_optim_sgd_elem (w + i, g[i], buf != NULL ? buf + i : NULL, lr, momentum,
+      weight_decay, nesterov, first);
+}
+
+static UNET_HD void
+kb_optim_adam_elem (float *w, const float *g, float *m, float *v, double lr, double beta1,
+                    double beta2, double eps, double weight_decay, int decoupled,
+                    double step_size, double bc2_sqrt, size_t i)
+{
+  unet_optim_adam_elem (w + i, g[i], m + i, v + i, lr, beta1, beta2, eps, weight_decay,
+      decoupled, step_size, bc2_sqrt);
 }
 
 template <typename T>

@@ -1,65 +1,53 @@
-/* gst-unet CUDA backend — optimiser updates on fp32 master parameters with PyTorch's
- * semantics (torch.optim.SGD with momentum, torch.optim.Adam), reading gradients of
- * any activation precision (unscaled by grad_scale for fp16 loss scaling) and writing
- * the low-precision copy the forward pass uses in the same pass. */
+/* gst-unet CUDA backend — optimiser updates of the f32 master parameters from the f32
+ * (unscaled) gradient slab with PyTorch's semantics (torch.optim.SGD, Adam, AdamW):
+ * the per-element arithmetic is engine/optim-elem.h's, the code the host optimiser
+ * runs. The working weights of the convolutions are re-derived from the master
+ * parameters by the training ops (params_version), not here. */
 #include "common.cuh"
 
-template <typename G, typename L>
+/* skip (device int, may be NULL): when non-zero (a non-finite gradient was seen by
+ * unet_cuda_check_finite before, on the same stream), nothing is changed. */
 static __global__ void
-sgd_kernel (float *p, const G *grad, float *buf, L *p_lp, size_t count, float lr,
-            float momentum, float weight_decay, float grad_scale, int first_step)
+sgd_kernel (float *w, const float *g, float *buf, size_t count, double lr, double momentum,
+            double weight_decay, int nesterov, int first, const int *skip)
 {
+  if (skip != NULL && *skip)
+    return;
   UNET_GRID_LOOP (i, count)
-    kb_sgd_elem (p, grad, buf, p_lp, lr, momentum, weight_decay, grad_scale, first_step, i);
+    kb_optim_sgd_elem (w, g, buf, lr, momentum, weight_decay, nesterov, first, i);
 }
 
-template <typename G, typename L>
 static __global__ void
-adam_kernel (float *p, const G *grad, float *m, float *v, L *p_lp, size_t count, float lr,
-             float beta1, float beta2, float eps, float weight_decay, float grad_scale,
-             float bias1, float sqrt_bias2)
+adam_kernel (float *w, const float *g, float *m, float *v, size_t count, double lr,
+             double beta1, double beta2, double eps, double weight_decay, int decoupled,
+             double step_size, double bc2_sqrt, const int *skip)
 {
+  if (skip != NULL && *skip)
+    return;
   UNET_GRID_LOOP (i, count)
-    kb_adam_elem (p, grad, m, v, p_lp, lr, beta1, beta2, eps, weight_decay, grad_scale,
-        bias1, sqrt_bias2, i);
+    kb_optim_adam_elem (w, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled,
+        step_size, bc2_sqrt, i);
 }
-
-#define DISPATCH2(gd, ld, ...)                                                        \
-  do {                                                                            \
-    switch (gd) {                                                                 \
-      case UNET_CUDA_F32: { typedef float G; UNET_CUDA_DISPATCH (ld, __VA_ARGS__); } break; \
-      case UNET_CUDA_F16: { typedef __half G; UNET_CUDA_DISPATCH (ld, __VA_ARGS__); } break; \
-      case UNET_CUDA_BF16: { typedef __nv_bfloat16 G; UNET_CUDA_DISPATCH (ld, __VA_ARGS__); } break; \
-      default: return (int) cudaErrorInvalidValue;                                \
-    }                                                                             \
-  } while (0)
 
 extern "C" int
-unet_cuda_sgd_step (float *params, const void *grad, UnetCudaDType grad_dtype,
-                    float *momentum_buf, void *params_lp, UnetCudaDType lp_dtype, size_t count,
-                    float lr, float momentum, float weight_decay, float grad_scale,
-                    int first_step, UnetCudaStream stream)
+unet_cuda_optim_sgd (float *params, const float *grads, float *momentum_buf, size_t count,
+                     double lr, double momentum, double weight_decay, int nesterov,
+                     int first, const int *skip, UnetCudaStream stream)
 {
-  DISPATCH2 (grad_dtype, lp_dtype, sgd_kernel<G, T><<<grid_for (count), UNET_CUDA_THREADS, 0,
-      (cudaStream_t) stream>>> (params, (const G *) grad, momentum_buf, (T *) params_lp,
-      count, lr, momentum, weight_decay, grad_scale, first_step));
+  sgd_kernel<<<grid_for (count), UNET_CUDA_THREADS, 0, (cudaStream_t) stream>>> (params,
+      grads, momentum_buf, count, lr, momentum, weight_decay, nesterov, first, skip);
   return launch_status ();
 }
 
 extern "C" int
-unet_cuda_adam_step (float *params, const void *grad, UnetCudaDType grad_dtype, float *m,
-                     float *v, void *params_lp, UnetCudaDType lp_dtype, size_t count,
-                     float lr, float beta1, float beta2, float eps, float weight_decay,
-                     float grad_scale, int step, UnetCudaStream stream)
+unet_cuda_optim_adam (float *params, const float *grads, float *m, float *v, size_t count,
+                      double lr, double beta1, double beta2, double eps, double weight_decay,
+                      int decoupled, double step_size, double bc2_sqrt, const int *skip,
+                      UnetCudaStream stream)
 {
-  if (step < 1)
-    return (int) cudaErrorInvalidValue;
-  /* bias corrections in double on the host, as PyTorch computes them in Python floats */
-  const float bias1 = (float) (1.0 - pow ((double) beta1, step));
-  const float sqrt_bias2 = (float) sqrt (1.0 - pow ((double) beta2, step));
-  DISPATCH2 (grad_dtype, lp_dtype, adam_kernel<G, T><<<grid_for (count), UNET_CUDA_THREADS,
-      0, (cudaStream_t) stream>>> (params, (const G *) grad, m, v, (T *) params_lp, count,
-      lr, beta1, beta2, eps, weight_decay, grad_scale, bias1, sqrt_bias2));
+  adam_kernel<<<grid_for (count), UNET_CUDA_THREADS, 0, (cudaStream_t) stream>>> (params,
+      grads, m, v, count, lr, beta1, beta2, eps, weight_decay, decoupled, step_size,
+      bc2_sqrt, skip);
   return launch_status ();
 }
 

@@ -765,62 +765,202 @@ test_xent (void)
   xent_case (3, 2, 11, 29, false, 4);
 }
 
-/* ------------------------------------------------------------- optimiser -- */
+/* The confusion matrix: kb_confusion_cell per pixel against unet_confusion_add, with
+ * ties (all logits equal: the first class wins) and z == 0 for one class (not
+ * foreground). Exact: the same comparisons on the same floats. */
+static void
+confusion_case (int batch, int classes, int h, int w, guint64 seed)
+{
+  Rng r (seed);
+  const size_t npix = (size_t) batch * h * w, hw = (size_t) h * w;
+  std::vector<float> z = random_floats (npix * classes, seed, -3, 3);        /* NCHW */
+  std::vector<gint32> lab (npix);
+  std::vector<guint8> lab8 (npix);
+  for (size_t i = 0; i < npix; i++) {
+    int v = r.below (classes == 1 ? 2 : classes);
+    if (r.below (5) == 0)
+      v = UNET_LABEL_IGNORE;
+    lab[i] = v;
+    lab8[i] = v == UNET_LABEL_IGNORE ? 255 : (guint8) v;
+    if (r.below (6) == 0)       /* a tie across the classes, or z = 0 */
+      for (int k = 0; k < classes; k++)
+        z[(i / hw * classes + k) * hw + i % hw] = classes == 1 ? 0.0f : 0.5f;
+  }
+  UnetConfusion ref;
+  GError *error = NULL;
+  unet_confusion_init (&ref, classes);
+  g_assert_true (unet_confusion_add (&ref, z.data (), lab.data (), batch, classes, h, w,
+          &error));
+  g_assert_no_error (error);
+  std::vector<float> zh = to_nhwc (z, batch, classes, h, w);
+  guint64 got[256] = { 0 };
+  grid (npix, [&] (size_t i) {
+    int cell = kb_confusion_cell (zh.data (), lab8.data (), classes, 255, i);
+    g_assert_cmpint (cell, <, 256);
+    if (cell >= 0)
+      got[cell]++;
+  });
+  guint64 total = 0;
+  for (int l = 0; l < 16; l++)
+    for (int p = 0; p < 16; p++) {
+      guint64 want = l < ref.n_classes && p < ref.n_classes ? ref.n[l][p] : 0;
+      if (got[l * 16 + p] != want)
+        g_error ("confusion K=%d [%d][%d]: %" G_GUINT64_FORMAT " want %" G_GUINT64_FORMAT,
+            classes, l, p, got[l * 16 + p], want);
+      total += want;
+    }
+  g_assert_cmpuint (total, >, 0);
+}
 
 static void
-optim_case (UnetOptimKind kind, double wd)
+test_confusion (void)
+{
+  confusion_case (1, 1, 1, 1, 1);
+  confusion_case (2, 1, 13, 7, 2);
+  confusion_case (2, 2, 9, 11, 3);
+  confusion_case (1, 5, 17, 3, 4);
+  confusion_case (3, 16, 5, 6, 5);
+}
+
+/* Soft Dice: the class sums of kb_dice_sums_pixel, the loss from them and the
+ * gradient of kb_dice_grad_pixel (added to what is there) against unet_loss_soft_dice.
+ * The bodies take f32 probabilities (expf), the reference doubles: each probability
+ * carries a few float roundings (2^-24 relative each), so the loss agrees to TOL_F32
+ * and each gradient element to TOL_F32 of the largest one (the softmax's p (dp - dot)
+ * subtracts terms of that size). */
+static void
+dice_case (int batch, int classes, int h, int w, double scale, guint64 seed)
+{
+  Rng r (seed);
+  const size_t npix = (size_t) batch * h * w;
+  std::vector<float> z = random_floats (npix * classes, seed, -4, 4);        /* NCHW */
+  std::vector<gint32> lab (npix);
+  std::vector<guint8> lab8 (npix);
+  for (size_t i = 0; i < npix; i++) {
+    int v = r.below (classes == 1 ? 2 : classes);
+    if (r.below (7) == 0)
+      v = UNET_LABEL_IGNORE;
+    lab[i] = v;
+    lab8[i] = v == UNET_LABEL_IGNORE ? 255 : (guint8) v;
+  }
+  std::vector<float> base = random_floats (z.size (), seed + 100, -0.1f, 0.1f);
+  std::vector<float> grad_ref (base);
+  double loss_ref;
+  GError *error = NULL;
+  g_assert_true (unet_loss_soft_dice (z.data (), lab.data (), batch, classes, h, w, scale,
+          &loss_ref, grad_ref.data (), &error));
+  g_assert_no_error (error);
+
+  std::vector<float> zh = to_nhwc (z, batch, classes, h, w);
+  double sums[48] = { 0 };
+  grid (npix, [&] (size_t i) {
+    kb_dice_sums_pixel (zh.data (), lab8.data (), classes, 255, i, sums);
+  });
+  /* the loss from the sums: 1 - mean over the foreground classes of
+   * (2 I + 1) / (P + G + 1) */
+  const int n_labels = MAX (classes, 2);
+  double mean = 0.0;
+  for (int c = 1; c < n_labels; c++)
+    mean += (2.0 * sums[c] + 1.0) / (sums[16 + c] + sums[32 + c] + 1.0);
+  mean /= n_labels - 1;
+  g_assert_cmpfloat_with_epsilon (1.0 - mean, loss_ref, TOL_F32);
+  for (int q = 0; q < 48; q++)
+    if (q % 16 == 0 || q % 16 >= n_labels)
+      g_assert_cmpfloat (sums[q], ==, 0.0);
+
+  std::vector<float> grad = to_nhwc (base, batch, classes, h, w);
+  grid (npix, [&] (size_t i) {
+    kb_dice_grad_pixel (zh.data (), lab8.data (), classes, 255, sums, (float) scale,
+        grad.data (), i);
+  });
+  std::vector<float> gc = to_nchw (grad, batch, classes, h, w);
+  double gmax = 0.0;
+  for (size_t i = 0; i < z.size (); i++)
+    gmax = MAX (gmax, fabs ((double) grad_ref[i] - base[i]));
+  g_assert_cmpfloat (gmax, >, 0.0);
+  assert_close ("soft Dice gradient", gc.data (), grad_ref.data (), gc.size (),
+      TOL_F32 * gmax, TOL_F32);
+}
+
+static void
+test_dice (void)
+{
+  dice_case (1, 1, 1, 1, 1.0, 1);
+  dice_case (2, 1, 13, 9, 0.5, 2);
+  dice_case (2, 2, 11, 7, 1.0, 3);
+  dice_case (1, 4, 17, 5, 2.0, 4);
+  dice_case (2, 16, 6, 5, 65536.0, 5);
+}
+
+/* ------------------------------------------------------------- optimiser -- */
+
+/* The kernels' bodies over the ranges of an update (weight decay per range, a gap
+ * that is not updated) against unet_optim_update_host, several steps: exact, as both
+ * run engine/optim-elem.h's double arithmetic; the check is that the kernels hand it
+ * the right element, state, decay and step (first step, Nesterov, decoupled). */
+static void
+optim_case (UnetOptimKind kind, double wd, gboolean nesterov, double momentum)
 {
   const size_t n = 1031;
+  const UnetOptimRange ranges[] = { { 0, 500, TRUE }, { 500, 200, FALSE }, { 800, 231, TRUE } };
   UnetOptimParams op;
   unet_optim_params_init (&op);
   op.kind = kind;
   op.lr = 0.01;
-  op.momentum = 0.9;
+  op.momentum = momentum;
+  op.nesterov = nesterov;
   op.weight_decay = wd;
   GError *error = NULL;
-  UnetOptimizer *opt = unet_optimizer_new (&op, n, NULL, 0, &error);
+  UnetOptimizer *opt = unet_optimizer_new (&op, n, ranges, G_N_ELEMENTS (ranges), &error);
   g_assert_no_error (error);
-  std::vector<float> p = random_floats (n, 110), p_ref (p), buf (n, 0.0f), m (n, 0.0f), v (n, 0.0f);
-  std::vector<float> lp (n);
+  std::vector<float> p = random_floats (n, 110), p_ref (p), s0 (n, 0.0f), s1 (n, 0.0f);
+  std::vector<float> r0 (n, 0.0f), r1 (n, 0.0f);
+  gfloat *ref_state[2] = { r0.data (), r1.data () };
   for (int step = 1; step <= 4; step++) {
     std::vector<float> g = random_floats (n, 111 + step);
-    g_assert_true (unet_optimizer_step (opt, p_ref.data (), g.data (), &error));
-    if (kind == UNET_OPTIM_SGD) {
-      grid (n, [&] (size_t i) {
-        kb_sgd_elem (p.data (), g.data (), buf.data (), lp.data (), (float) op.lr,
-            (float) op.momentum, (float) wd, 1.0f, step == 1, i);
-      });
-    } else {
-      const float bias1 = (float) (1.0 - pow (op.beta1, step));
-      const float sqrt_bias2 = (float) sqrt (1.0 - pow (op.beta2, step));
-      grid (n, [&] (size_t i) {
-        kb_adam_elem (p.data (), g.data (), m.data (), v.data (), lp.data (), (float) op.lr,
-            (float) op.beta1, (float) op.beta2, (float) op.eps, (float) wd, 1.0f, bias1,
-            sqrt_bias2, i);
+    UnetOptimUpdate u;
+    unet_optimizer_next_update (opt, &u);
+    g_assert_true (unet_optim_update_host (&u, p_ref.data (), g.data (), ref_state, &error));
+    g_assert_no_error (error);
+    const double step_size = u.lr / (1.0 - pow (u.beta1, (double) u.t));
+    const double bc2_sqrt = sqrt (1.0 - pow (u.beta2, (double) u.t));
+    for (guint r = 0; r < u.n_ranges; r++) {
+      const size_t off = u.ranges[r].offset;
+      const double d = u.ranges[r].decay ? u.weight_decay : 0.0;
+      grid (u.ranges[r].numel, [&] (size_t i) {
+        if (kind == UNET_OPTIM_SGD)
+          kb_optim_sgd_elem (p.data () + off, g.data () + off,
+              u.n_buffers ? s0.data () + off : NULL, u.lr, u.momentum, d, u.nesterov,
+              u.t == 1, i);
+        else
+          kb_optim_adam_elem (p.data () + off, g.data () + off, s0.data () + off,
+              s1.data () + off, u.lr, u.beta1, u.beta2, u.eps, d,
+              kind == UNET_OPTIM_ADAMW, step_size, bc2_sqrt, i);
       });
     }
-    /* the CPU works in double. Adam in float: 1 - beta2 = 1e-3 rounded to float is off
-     * by up to 2^-24 / 1e-3 = 1.7e-5 relative, so v, i.e. the step (of size <= ~lr),
-     * moves by that much per step; SGD: a few roundings of values of order one */
-    const double atol = kind == UNET_OPTIM_SGD ? 1e-7
-        : step * op.lr * (1.0 / 16777216.0) / (1.0 - op.beta2);
-    assert_close (kind == UNET_OPTIM_SGD ? "sgd step" : "adam step", p.data (), p_ref.data (),
-        n, atol, TOL_F32);
-    assert_close ("low-precision copy", lp.data (), p.data (), n, 0, 0);
+    unet_optimizer_advance (opt);
+    assert_close ("optimiser step", p.data (), p_ref.data (), n, 0, 0);
+    assert_close ("optimiser state 0", s0.data (), r0.data (), n, 0, 0);
+    assert_close ("optimiser state 1", s1.data (), r1.data (), n, 0, 0);
   }
+  /* the gap kept its values */
+  std::vector<float> p0 = random_floats (n, 110);
+  assert_close ("not updated", p.data () + 700, p0.data () + 700, 100, 0, 0);
   unet_optimizer_free (opt);
-  std::vector<float> fin = { 1.0f, INFINITY, 2.0f };
-  g_assert_true (kb_is_finite_elem (fin.data (), 0));
-  g_assert_false (kb_is_finite_elem (fin.data (), 1));
 }
 
 static void
 test_optim (void)
 {
-  optim_case (UNET_OPTIM_SGD, 0.0);
-  optim_case (UNET_OPTIM_SGD, 1e-3);
-  optim_case (UNET_OPTIM_ADAM, 0.0);
-  optim_case (UNET_OPTIM_ADAM, 1e-3);
+  optim_case (UNET_OPTIM_SGD, 0.0, FALSE, 0.0);
+  optim_case (UNET_OPTIM_SGD, 1e-3, FALSE, 0.9);
+  optim_case (UNET_OPTIM_SGD, 1e-3, TRUE, 0.99);
+  optim_case (UNET_OPTIM_ADAM, 0.0, FALSE, 0.0);
+  optim_case (UNET_OPTIM_ADAM, 1e-3, FALSE, 0.0);
+  optim_case (UNET_OPTIM_ADAMW, 1e-2, FALSE, 0.0);
+  std::vector<float> fin = { 1.0f, INFINITY, 2.0f };
+  g_assert_true (kb_is_finite_elem (fin.data (), 0));
+  g_assert_false (kb_is_finite_elem (fin.data (), 1));
 }
 
 /* -------------------------------------------------------------- training -- */
@@ -1018,6 +1158,8 @@ main (int argc, char **argv)
   g_test_add_func ("/cuda-bodies/maxpool", test_maxpool);
   g_test_add_func ("/cuda-bodies/crop-concat", test_crop_concat);
   g_test_add_func ("/cuda-bodies/cross-entropy", test_xent);
+  g_test_add_func ("/cuda-bodies/confusion", test_confusion);
+  g_test_add_func ("/cuda-bodies/soft-dice", test_dice);
   g_test_add_func ("/cuda-bodies/optimizer", test_optim);
   g_test_add_func ("/cuda-bodies/filter-gradient", test_filter_grad);
   g_test_add_func ("/cuda-bodies/warp", test_warp);

@@ -33,8 +33,9 @@
  *      handle or event and allocates nothing (no second workspace);
  *   9. no parameter or gradient crosses between host and device: the step's only
  *      copies are the input upload, the logits download and the dL/dlogits upload
- *      (the loss still runs on the host; moving it to the device is a later step of
- *      issue 15), each exactly the size of that tensor; fp16 adds one 4-byte read of
+ *      (the host loss path, which backends without a loss slot take and a caller
+ *      handing logits / dL/dlogits in takes; 12. is the step on the device), each
+ *      exactly the size of that tensor; fp16 adds one 4-byte read of
  *      the finite flag of its dynamic loss scaling, uploads dL/dlogits multiplied by
  *      the loss scale (65536) and folds the pass into the gradients divided by it;
  *      in 16 bit (fp16, bf16) the first convolution, 1 input channel, for which the
@@ -48,7 +49,21 @@
  *      whole (zeroed, then its window added), an fp16 convolution whose data
  *      gradient cuDNN refuses at run time (switches to f32 and adds only what is
  *      missing), upload/download of channel views, and descs the backend must
- *      refuse. */
+ *      refuse;
+ *  12. a whole step on the device (issue 15 item 3: train_forward without logits,
+ *      train_loss, zero_gradients, train_backward without dL/dlogits,
+ *      optimizer_step; SGD fp32, Adam + soft Dice fp16, AdamW + soft Dice bf16): its
+ *      only copies are the input upload, one upload of the batch's weights and labels
+ *      (5 bytes a pixel), one read-back of the loss scalars (loss sums, Dice sums,
+ *      16 x 16 confusion) and one of the optimiser's two flags (fp16: plus the
+ *      fold's flag), all on the compute stream but the input's; no allocation; the
+ *      uploaded labels/weights, the gradient scale (1 / sum of weights, times the
+ *      fp16 loss scale), the loss and confusion matrix assembled from the scalars
+ *      (the mock kernels write known values), the kernels in order; a non-finite
+ *      gradient fails the step and changes nothing, a non-finite parameter is
+ *      reported; fp16: a backward pass that overflows skips the update (GradScaler)
+ *      and halves the scale of the next loss; optimiser state round trip
+ *      (checkpoints only); bad labels/weights refused. */
 #include "config.h"
 
 #include "backend.h"
@@ -81,6 +96,12 @@ static int step_on;                     /* inside a training step: log and check
 static int step_wrong_stream, step_wrong_handle, step_mallocs;
 static float last_scale_add;            /* scale of the last unet_cuda_scale_add_f32 */
 static int data_not_supported;          /* > 0: BackwardData refuses that many calls */
+/* the device step (loss, optimiser) */
+static float last_xent_scale, last_dice_scale;
+static const uint8_t *last_xent_labels;
+static const float *last_xent_weights;
+static const int *optim_skip;           /* the skip flag the last update kernel got */
+static int flag_next_check;             /* > 0: the n-th next check_finite flags */
 typedef struct
 {
   gsize bytes;
@@ -792,31 +813,74 @@ unet_cuda_weighted_xent (const void *logits, UnetCudaDType dtype, const uint8_t 
     const float *weights, size_t n_pix, int classes, int ignore_label, float grad_scale,
     float *grad, double *partials, double *out, UnetCudaStream stream)
 {
+  /* what the host reads back: a loss sum of 3 (and the kernel's weight sum) */
+  out[0] = 3.0;
+  out[1] = 1e9;
+  last_xent_scale = grad_scale;
+  last_xent_labels = labels;
+  last_xent_weights = weights;
   return mock_launch ("weighted_xent", stream);
 }
 
 int
-unet_cuda_sgd_step (float *params, const void *grad, UnetCudaDType grad_dtype,
-    float *momentum_buf, void *params_lp, UnetCudaDType lp_dtype, size_t count, float lr,
-    float momentum, float weight_decay, float grad_scale, int first_step,
-    UnetCudaStream stream)
+unet_cuda_optim_sgd (float *params, const float *grads, float *momentum_buf, size_t count,
+    double lr, double momentum, double weight_decay, int nesterov, int first,
+    const int *skip, UnetCudaStream stream)
 {
-  return mock_launch ("sgd_step", stream);
+  optim_skip = skip;
+  return mock_launch ("optim_sgd", stream);
 }
 
 int
-unet_cuda_adam_step (float *params, const void *grad, UnetCudaDType grad_dtype, float *m,
-    float *v, void *params_lp, UnetCudaDType lp_dtype, size_t count, float lr, float beta1,
-    float beta2, float eps, float weight_decay, float grad_scale, int step,
+unet_cuda_optim_adam (float *params, const float *grads, float *m, float *v, size_t count,
+    double lr, double beta1, double beta2, double eps, double weight_decay, int decoupled,
+    double step_size, double bc2_sqrt, const int *skip, UnetCudaStream stream)
+{
+  optim_skip = skip;
+  return mock_launch ("optim_adam", stream);
+}
+
+int
+unet_cuda_confusion (const void *logits, UnetCudaDType dtype, const uint8_t *labels,
+    size_t n_pix, int classes, int ignore_label, unsigned long long *confusion,
     UnetCudaStream stream)
 {
-  return mock_launch ("adam_step", stream);
+  /* a recognisable matrix for the read-back: cell [l][p] = 100 l + p + 1 */
+  for (int l = 0; l < 16; l++)
+    for (int p = 0; p < 16; p++)
+      confusion[l * 16 + p] = (unsigned long long) (100 * l + p + 1);
+  return mock_launch ("confusion", stream);
+}
+
+int
+unet_cuda_dice_sums (const void *logits, UnetCudaDType dtype, const uint8_t *labels,
+    size_t n_pix, int classes, int ignore_label, double *partials, double *sums,
+    UnetCudaStream stream)
+{
+  /* intersection 1, probability sum 2, label count 3 for every class */
+  for (int c = 0; c < 16; c++) {
+    sums[c] = 1.0;
+    sums[16 + c] = 2.0;
+    sums[32 + c] = 3.0;
+  }
+  return mock_launch ("dice_sums", stream);
+}
+
+int
+unet_cuda_dice_grad (const void *logits, UnetCudaDType dtype, const uint8_t *labels,
+    size_t n_pix, int classes, int ignore_label, const double *sums, float scale,
+    float *grad, UnetCudaStream stream)
+{
+  last_dice_scale = scale;
+  return mock_launch ("dice_grad", stream);
 }
 
 int
 unet_cuda_check_finite (const void *x, UnetCudaDType dtype, size_t count, int *flag,
     UnetCudaStream stream)
 {
+  if (flag_next_check > 0 && --flag_next_check == 0)
+    *flag = 1;
   return mock_launch ("check_finite", stream);
 }
 
@@ -1208,6 +1272,296 @@ test_train_step_bf16 (void)
   train_case (UNET_PRECISION_BF16, 1);
 }
 
+/* 12. A whole training step on the device: forward (no logits download), the loss
+ * slot, zero gradients, backward (no dL/dlogits upload) and the optimiser slot. */
+static gboolean
+device_step (UnetNet *net, UnetOptimizer *opt, const gfloat *in, const gint32 *labels,
+    const gfloat *weights, gint batch, gint size, gdouble dice, gdouble *loss,
+    UnetConfusion *conf, gboolean *finite, GError **error)
+{
+  return ON_OTHER_DEVICE (unet_net_train_forward (net, in, batch, size, size, 5, NULL,
+          error))
+      && ON_OTHER_DEVICE (unet_net_train_loss (net, labels, weights, dice, loss, conf, error))
+      && ON_OTHER_DEVICE (unet_net_zero_gradients (net, error))
+      && ON_OTHER_DEVICE (unet_net_train_backward (net, NULL, error))
+      && ON_OTHER_DEVICE (unet_net_optimizer_step (net, opt, finite, error));
+}
+
+static guint
+count_in_log (const gchar *word)
+{
+  guint n = 0;
+  for (const gchar *p = launch_log->str; (p = strstr (p, word)) != NULL; p += strlen (word))
+    n++;
+  return n;
+}
+
+static void
+device_step_case (UnetPrecision precision, UnetOptimKind kind, gdouble dice)
+{
+  UnetConfig cfg = { 1, 2, 2, 8, UNET_PADDING_VALID, TRUE, 0.25 };
+  UnetNetOptions opts;
+  UnetOptimParams op;
+  UnetConfusion conf;
+  GError *error = NULL;
+  const gint batch = 2;
+  const gboolean fp16 = precision == UNET_PRECISION_FP16;
+  const gdouble seed_scale = fp16 ? 65536.0 : 1.0;
+  gint size, out;
+  gsize n_in, n_pix, n_params;
+  gdouble loss = -1.0, sum_w = 0.0;
+  gboolean finite = FALSE;
+  gint events0;
+  guint pinned0;
+
+  UnetModel *model = unet_model_new (&cfg, &error);
+  g_assert_no_error (error);
+  unet_model_init_weights (model, 1);
+  n_params = unet_model_get_layout (model)->slab_numel;
+  size = unet_config_input_for_output (&cfg, 4);
+  out = unet_config_output_size (&cfg, size);
+  n_in = (gsize) batch * size * size;
+  n_pix = (gsize) batch * out * out;
+  gfloat *in = g_new (gfloat, n_in), *weights = g_new (gfloat, n_pix);
+  gint32 *labels = g_new (gint32, n_pix);
+  for (gsize i = 0; i < n_in; i++)
+    in[i] = 0.25f + (gfloat) (i % 7) * 0.125f;
+  for (gsize i = 0; i < n_pix; i++) {
+    labels[i] = i % 5 == 3 ? UNET_LABEL_IGNORE : (gint32) (i % 2);
+    weights[i] = 0.5f + (gfloat) (i % 3);
+    if (labels[i] != UNET_LABEL_IGNORE)
+      sum_w += weights[i];
+  }
+
+  /* two ranges, weight decay on the first only (one launch each) */
+  const UnetOptimRange ranges[] = { { 0, n_params / 2, TRUE },
+    { n_params / 2, n_params - n_params / 2, FALSE } };
+  unet_optim_params_init (&op);
+  op.kind = kind;
+  op.weight_decay = 1e-4;
+  UnetOptimizer *opt = unet_optimizer_new (&op, n_params, ranges, 2, &error);
+  g_assert_no_error (error);
+
+  unet_net_options_init (&opts);
+  opts.device = UNET_DEVICE_CUDA;
+  opts.gpu_id = 1;
+  opts.precision = precision;
+  g_setenv ("UNET_CUDNN_FIND", "0", TRUE);
+  UnetNet *net = unet_net_new (model, &opts, &error);
+  g_assert_no_error (error);
+  expect_dev = 1;
+  wrong_device = 0;
+
+  /* the first step builds the graph, uploads the parameters, allocates the staging
+   * and the optimiser state */
+  g_assert_true (device_step (net, opt, in, labels, weights, batch, size, dice, &loss, &conf,
+          &finite, &error));
+  g_assert_no_error (error);
+
+  /* the measured step */
+  events0 = n_events;
+  pinned0 = pinned_allocs->len;
+  g_array_set_size (step_copies, 0);
+  g_string_truncate (launch_log, 0);
+  step_wrong_stream = step_wrong_handle = step_mallocs = 0;
+  last_xent_scale = last_dice_scale = 0.0f;
+  optim_skip = NULL;
+  step_on = 1;
+  g_assert_true (device_step (net, opt, in, labels, weights, batch, size, dice, &loss, &conf,
+          &finite, &error));
+  step_on = 0;
+  g_assert_no_error (error);
+  g_assert_true (finite);
+  g_assert_cmpint (unet_optimizer_get_step (opt), ==, 2);
+
+  /* one device, one stream, one handle; nothing created or allocated */
+  g_assert_cmpint (wrong_device, ==, 0);
+  g_assert_cmpint (step_wrong_stream, ==, 0);
+  g_assert_cmpint (step_wrong_handle, ==, 0);
+  g_assert_cmpint (n_events, ==, events0);
+  g_assert_cmpint (step_mallocs, ==, 0);
+  g_assert_cmpuint (pinned_allocs->len, ==, pinned0);   /* the staging is reused */
+
+  /* the copies of the whole step, in order: no parameter, gradient, logits or
+   * dL/dlogits crosses */
+  guint k = 0;
+  g_assert_cmpuint (step_copies->len, ==, fp16 ? 5 : 4);
+  /* the input tile (copy stream, then the compute stream waits for it) */
+  Copy *c = &g_array_index (step_copies, Copy, k++);
+  g_assert_cmpuint (c->bytes, ==, n_in * sizeof (gfloat));
+  g_assert_cmpint (c->kind, ==, cudaMemcpyHostToDevice);
+  g_assert_true (c->stream != NULL && c->stream != the_stream);
+  /* the batch's pixel weights (f32) and labels (u8) in one copy */
+  c = &g_array_index (step_copies, Copy, k++);
+  g_assert_cmpuint (c->bytes, ==, n_pix * (sizeof (gfloat) + 1));
+  g_assert_cmpint (c->kind, ==, cudaMemcpyHostToDevice);
+  g_assert_true (c->stream == the_stream);
+  g_assert_cmpfloat (c->first, ==, weights[0]);
+  /* the loss scalars: 2 loss sums, 3 x 16 soft-Dice sums, the 16 x 16 u64 confusion */
+  c = &g_array_index (step_copies, Copy, k++);
+  g_assert_cmpuint (c->bytes, ==, (2 + 48) * sizeof (double) + 256 * sizeof (guint64));
+  g_assert_cmpint (c->kind, ==, cudaMemcpyDeviceToHost);
+  g_assert_true (c->stream == the_stream);
+  if (fp16) {
+    /* the fold of the backward pass (its finite flag) before the optimiser reads the
+     * gradients */
+    c = &g_array_index (step_copies, Copy, k++);
+    g_assert_cmpuint (c->bytes, ==, sizeof (int));
+    g_assert_cmpint (c->kind, ==, cudaMemcpyDeviceToHost);
+  }
+  /* the optimiser's two flags: a non-finite gradient, a non-finite parameter */
+  c = &g_array_index (step_copies, Copy, k++);
+  g_assert_cmpuint (c->bytes, ==, 2 * sizeof (int));
+  g_assert_cmpint (c->kind, ==, cudaMemcpyDeviceToHost);
+  g_assert_true (c->stream == the_stream);
+
+  /* the uploaded batch as the kernels read it: weights, then labels (255: ignore) */
+  g_assert_nonnull (last_xent_weights);
+  g_assert_true ((const guint8 *) last_xent_labels
+      == (const guint8 *) last_xent_weights + n_pix * sizeof (gfloat));
+  for (gsize i = 0; i < n_pix; i++) {
+    g_assert_cmpfloat (last_xent_weights[i], ==, weights[i]);
+    g_assert_cmpint (last_xent_labels[i], ==, labels[i] == UNET_LABEL_IGNORE ? 255 : labels[i]);
+  }
+  /* dL/dlogits normalised by the host's sum of weights, times the fp16 loss scale */
+  g_assert_cmpfloat_with_epsilon (last_xent_scale, seed_scale / sum_w, 1e-6 * seed_scale / sum_w);
+  /* the values read back, combined as unet_loss_batch: the mock's loss sum 3 over the
+   * sum of weights; soft Dice from the mock's sums (2 * 1 + 1) / (2 + 3 + 1) = 0.5 */
+  g_assert_cmpfloat_with_epsilon (loss, 3.0 / sum_w + dice * 0.5, 1e-12);
+  g_assert_cmpint (conf.n_classes, ==, 2);
+  for (gint l = 0; l < 2; l++)
+    for (gint p = 0; p < 2; p++)
+      g_assert_cmpuint (conf.n[l][p], ==, (guint64) (100 * l + p + 1));
+
+  /* the kernels, in order: working weights re-derived after the last update, the loss
+   * (16 bit: an f32 gradient cast down), the optimiser with its checks */
+  /* (one nchw_to_nhwc is the input upload's) */
+  g_assert_cmpuint (count_in_log ("nchw_to_nhwc"), >, 1);
+  const gchar *loss_seq = dice > 0.0
+      ? (precision == UNET_PRECISION_FP32 ? "weighted_xent dice_sums dice_grad confusion"
+      : "weighted_xent dice_sums dice_grad cast_from_f32 confusion")
+      : (precision == UNET_PRECISION_FP32 ? "weighted_xent confusion"
+      : "weighted_xent cast_from_f32 confusion");
+  if (strstr (launch_log->str, loss_seq) == NULL)
+    g_error ("the loss launched no \"%s\": %s", loss_seq, launch_log->str);
+  if (dice > 0.0)
+    g_assert_cmpfloat_with_epsilon (last_dice_scale, dice * seed_scale, 1e-6 * seed_scale);
+  const gchar *opt_seq = kind == UNET_OPTIM_SGD
+      ? "memset check_finite optim_sgd optim_sgd check_finite "
+      : "memset check_finite optim_adam optim_adam check_finite ";
+  if (!g_str_has_suffix (launch_log->str, opt_seq))
+    g_error ("the optimiser step did not end in \"%s\": %s", opt_seq, launch_log->str);
+  g_assert_nonnull (optim_skip);
+
+  if (!fp16) {
+    /* a non-finite gradient: FAILED, the step not counted, the parameters unchanged
+     * (the next forward re-derives no working weight) */
+    flag_next_check = 1;
+    g_assert_false (device_step (net, opt, in, labels, weights, batch, size, dice, &loss,
+            &conf, &finite, &error));
+    g_assert_error (error, UNET_ERROR, UNET_ERROR_FAILED);
+    g_clear_error (&error);
+    g_assert_cmpint (unet_optimizer_get_step (opt), ==, 2);
+    g_string_truncate (launch_log, 0);
+    g_assert_true (ON_OTHER_DEVICE (unet_net_train_forward (net, in, batch, size, size, 5,
+                NULL, &error)));
+    g_assert_no_error (error);
+    g_assert_cmpuint (count_in_log ("nchw_to_nhwc"), ==, 1);   /* the input's only */
+    /* a non-finite parameter after the update: reported, not an error */
+    flag_next_check = 2;
+    g_assert_true (device_step (net, opt, in, labels, weights, batch, size, dice, &loss, &conf,
+            &finite, &error));
+    g_assert_no_error (error);
+    g_assert_false (finite);
+    g_assert_cmpint (flag_next_check, ==, 0);
+  }
+
+  if (fp16) {
+    /* the backward pass overflows at loss scale 65536: the fold drops it (its flag is
+     * the first check of the optimiser step), the update is skipped (GradScaler), the
+     * scale halves for the next loss */
+    flag_next_check = 1;
+    g_string_truncate (launch_log, 0);
+    g_assert_true (device_step (net, opt, in, labels, weights, batch, size, dice, &loss,
+            &conf, &finite, &error));
+    g_assert_no_error (error);
+    g_assert_true (finite);
+    g_assert_cmpint (flag_next_check, ==, 0);
+    g_assert_cmpuint (count_in_log ("optim_"), ==, 0);
+    g_assert_true (ON_OTHER_DEVICE (unet_net_train_forward (net, in, batch, size, size, 5,
+                NULL, &error))
+        && ON_OTHER_DEVICE (unet_net_train_loss (net, labels, weights, dice, &loss, &conf,
+                &error)));
+    g_assert_no_error (error);
+    g_assert_cmpfloat_with_epsilon (last_xent_scale, 32768.0 / sum_w, 1e-6 * 32768.0 / sum_w);
+    /* the next pass folds and updates again */
+    g_string_truncate (launch_log, 0);
+    g_assert_true (ON_OTHER_DEVICE (unet_net_zero_gradients (net, &error))
+        && ON_OTHER_DEVICE (unet_net_train_backward (net, NULL, &error))
+        && ON_OTHER_DEVICE (unet_net_optimizer_step (net, opt, &finite, &error)));
+    g_assert_no_error (error);
+    g_assert_cmpuint (count_in_log ("optim_adam"), ==, 2);
+  }
+
+  /* the state slabs cross only for checkpoints: host -> device -> host round trip */
+  for (guint b = 0; b < unet_optimizer_get_n_buffers (opt); b++)
+    for (gsize i = 0; i < n_params; i++)
+      unet_optimizer_get_buffer (opt, b)[i] = (gfloat) (i % 13) + b;
+  g_array_set_size (step_copies, 0);
+  step_on = 1;
+  g_assert_true (ON_OTHER_DEVICE (unet_net_optimizer_state (net, opt, TRUE, &error)));
+  for (guint b = 0; b < unet_optimizer_get_n_buffers (opt); b++)
+    memset (unet_optimizer_get_buffer (opt, b), 0, n_params * sizeof (gfloat));
+  g_assert_true (ON_OTHER_DEVICE (unet_net_optimizer_state (net, opt, FALSE, &error)));
+  step_on = 0;
+  g_assert_no_error (error);
+  g_assert_cmpuint (step_copies->len, ==, 2 * unet_optimizer_get_n_buffers (opt));
+  for (guint i = 0; i < step_copies->len; i++)
+    g_assert_cmpuint (g_array_index (step_copies, Copy, i).bytes, ==, n_params * sizeof (gfloat));
+  for (guint b = 0; b < unet_optimizer_get_n_buffers (opt); b++)
+    for (gsize i = 0; i < n_params; i++)
+      g_assert_cmpfloat (unet_optimizer_get_buffer (opt, b)[i], ==, (gfloat) (i % 13) + b);
+
+  /* bad input: a label outside the classes, a negative weight */
+  labels[1] = 2;
+  g_assert_false (ON_OTHER_DEVICE (unet_net_train_loss (net, labels, weights, dice, &loss,
+              &conf, &error)));
+  g_assert_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
+  g_clear_error (&error);
+  labels[1] = 1;
+  weights[0] = -1.0f;
+  g_assert_false (ON_OTHER_DEVICE (unet_net_train_loss (net, labels, weights, dice, &loss,
+              &conf, &error)));
+  g_assert_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
+  g_clear_error (&error);
+
+  expect_dev = -1;
+  unet_net_free (net);
+  unet_optimizer_free (opt);
+  unet_model_free (model);
+  g_free (in);
+  g_free (weights);
+  g_free (labels);
+}
+
+static void
+test_device_step_fp32 (void)
+{
+  device_step_case (UNET_PRECISION_FP32, UNET_OPTIM_SGD, 0.0);
+}
+
+static void
+test_device_step_fp16 (void)
+{
+  device_step_case (UNET_PRECISION_FP16, UNET_OPTIM_ADAM, 0.5);
+}
+
+static void
+test_device_step_bf16 (void)
+{
+  device_step_case (UNET_PRECISION_BF16, UNET_OPTIM_ADAMW, 1.0);
+}
+
 /* 11. Hand-built training ops on one arena: the launches each backward makes. */
 static void
 test_train_gradient_paths (void)
@@ -1402,6 +1756,9 @@ main (int argc, char **argv)
   g_test_add_func ("/cuda-mock/train-step-fp16", test_train_step_fp16);
   g_test_add_func ("/cuda-mock/train-step-bf16", test_train_step_bf16);
   g_test_add_func ("/cuda-mock/train-gradient-paths", test_train_gradient_paths);
+  g_test_add_func ("/cuda-mock/device-step-fp32", test_device_step_fp32);
+  g_test_add_func ("/cuda-mock/device-step-fp16", test_device_step_fp16);
+  g_test_add_func ("/cuda-mock/device-step-bf16", test_device_step_bf16);
   int rc = g_test_run ();
   g_array_free (device_allocs, TRUE);
   g_array_free (pinned_allocs, TRUE);

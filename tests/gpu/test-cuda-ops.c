@@ -18,6 +18,7 @@
 #include "gpu-test.h"
 #include "normalize-private.h"
 #include "tiling.h"
+#include "training.h"
 
 static const char *dtype_names[] = { "f32", "f16", "bf16" };
 static const double dtype_rtol[] = { 1e-5, 1e-3, 8e-3 };
@@ -577,54 +578,173 @@ test_loss (UnetCudaDType dt)
   }
 }
 
+/* The confusion matrix (shared-memory histograms + atomics) and soft Dice's sums
+ * (block reductions) and gradient over whole grids, against unet_confusion_add and
+ * unet_loss_soft_dice on the logits as the device holds them. */
+static void
+test_confusion_dice (UnetCudaDType dt)
+{
+  for (int classes = 1; classes <= 5; classes += 2) {
+    const size_t n_pix = 70001;       /* more pixels than one grid pass of some blocks */
+    const size_t n = n_pix * classes;
+    float *z = g_new (float, n), *zr = g_new (float, n), *zc = g_new (float, n);
+    float *grad = g_new (float, n), *want = g_new0 (float, n), *gc = g_new (float, n);
+    guint8 *lab = g_new (guint8, n_pix);
+    gint32 *lab32 = g_new (gint32, n_pix);
+    guint64 seed = 41 + classes;
+    unsigned long long conf[256];
+    double sums[48], dice_ref;
+    UnetConfusion ref;
+    GError *error = NULL;
+    char what[64];
+
+    random_fill (z, n, 40 + classes, -4.0f, 4.0f);
+    for (size_t i = 0; i < n_pix; i++) {
+      int y = (int) rand_uniform (&seed, 0.0f, classes == 1 ? 1.999f : classes - 0.001f);
+      if (i % 11 == 3)
+        y = 255;
+      lab[i] = (guint8) y;
+      lab32[i] = y == 255 ? UNET_LABEL_IGNORE : y;
+    }
+    void *d_z = make_input (z, n, dt, zr);
+    for (size_t i = 0; i < n_pix; i++)           /* (pixel, class) -> NCHW, batch 1 */
+      for (int k = 0; k < classes; k++)
+        zc[(size_t) k * n_pix + i] = zr[i * classes + k];
+    unet_confusion_init (&ref, classes);
+    g_assert_true (unet_confusion_add (&ref, zc, lab32, 1, classes, 1, (int) n_pix, &error));
+    g_assert_true (unet_loss_soft_dice (zc, lab32, 1, classes, 1, (int) n_pix, 2.0, &dice_ref,
+            want, &error));
+    g_assert_no_error (error);
+
+    guint8 *d_lab = dev_from_host (lab, n_pix);
+    unsigned long long *d_conf = dev_alloc (sizeof conf);
+    double *partials = dev_alloc (48 * UNET_CUDA_REDUCE_BLOCKS * sizeof (double));
+    double *d_sums = dev_alloc (sizeof sums);
+    float *d_grad = dev_alloc (n * sizeof (float));
+    GPU_OK (cudaMemset (d_conf, 0, sizeof conf));
+    GPU_OK (cudaMemset (d_grad, 0, n * sizeof (float)));
+    GPU_OK (unet_cuda_confusion (d_z, dt, d_lab, n_pix, classes, 255, d_conf, NULL));
+    GPU_OK (unet_cuda_dice_sums (d_z, dt, d_lab, n_pix, classes, 255, partials, d_sums, NULL));
+    GPU_OK (unet_cuda_dice_grad (d_z, dt, d_lab, n_pix, classes, 255, d_sums, 2.0f, d_grad,
+            NULL));
+    host_from_dev (conf, d_conf, sizeof conf);
+    host_from_dev (sums, d_sums, sizeof sums);
+    host_from_dev (grad, d_grad, n * sizeof (float));
+    for (int l = 0; l < 16; l++)
+      for (int q = 0; q < 16; q++) {
+        guint64 w = l < ref.n_classes && q < ref.n_classes ? ref.n[l][q] : 0;
+        if (conf[l * 16 + q] != w) {
+          fprintf (stderr, "FAIL confusion K=%d %s [%d][%d] %llu want %" G_GUINT64_FORMAT "\n",
+              classes, dtype_names[dt], l, q, conf[l * 16 + q], w);
+          failures++;
+        }
+      }
+    {
+      const int n_labels = MAX (classes, 2);
+      double mean = 0.0;
+      for (int c = 1; c < n_labels; c++)
+        mean += (2.0 * sums[c] + 1.0) / (sums[16 + c] + sums[32 + c] + 1.0);
+      float got1 = (float) (1.0 - mean / (n_labels - 1)), want1 = (float) dice_ref;
+      g_snprintf (what, sizeof what, "soft Dice K=%d %s", classes, dtype_names[dt]);
+      /* f32 probabilities (__expf) summed in f64 against f64 probabilities */
+      failures += check_close (what, &got1, &want1, 1, 1e-6, 1e-5);
+    }
+    for (size_t i = 0; i < n_pix; i++)
+      for (int k = 0; k < classes; k++)
+        gc[(size_t) k * n_pix + i] = grad[i * classes + k];
+    double gmax = 0.0;
+    for (size_t i = 0; i < n; i++)
+      gmax = fmax (gmax, fabs (want[i]));
+    g_snprintf (what, sizeof what, "soft Dice grad K=%d %s", classes, dtype_names[dt]);
+    /* f32 probabilities (a few ulp each) against f64: p_k (dp_k - sum_j p_j dp_j)
+     * subtracts terms up to the largest gradient, so 1e-5 of it absolute */
+    failures += check_close (what, gc, want, n, 1e-5 * gmax, 1e-4);
+    cudaFree (d_z);
+    cudaFree (d_lab);
+    cudaFree (d_conf);
+    cudaFree (partials);
+    cudaFree (d_sums);
+    cudaFree (d_grad);
+    g_free (z);
+    g_free (zr);
+    g_free (zc);
+    g_free (grad);
+    g_free (want);
+    g_free (gc);
+    g_free (lab);
+    g_free (lab32);
+  }
+}
+
 static void
 test_optim (void)
 {
   const size_t n = 1000;
+  /* two decayed slices around an undecayed one, and a gap nothing updates */
+  const UnetOptimRange ranges[] = { { 0, 400, TRUE }, { 400, 300, FALSE }, { 800, 200, TRUE } };
   float *p = g_new (float, n), *g = g_new (float, n), *hp = g_new (float, n);
-  float *buf = g_new0 (float, n), *m = g_new0 (float, n), *v = g_new0 (float, n);
   float *got = g_new (float, n);
 
   random_fill (p, n, 31, -1.0f, 1.0f);
   random_fill (g, n, 32, -1.0f, 1.0f);
-  for (int opt = 0; opt < 2; opt++) {
+  for (int kind = 0; kind < 3; kind++) {
+    UnetOptimParams op;
+    GError *error = NULL;
+    unet_optim_params_init (&op);
+    op.kind = kind == 0 ? UNET_OPTIM_SGD : kind == 1 ? UNET_OPTIM_ADAM : UNET_OPTIM_ADAMW;
+    op.lr = kind == 0 ? 0.01 : 1e-3;
+    op.momentum = 0.9;
+    op.nesterov = TRUE;
+    op.weight_decay = 1e-2;
+    UnetOptimizer *opt = unet_optimizer_new (&op, n, ranges, G_N_ELEMENTS (ranges), &error);
+    g_assert_no_error (error);
     float *d_p = dev_from_host (p, n * sizeof (float)), *d_g = dev_from_host (g,
         n * sizeof (float));
     float *d_a = dev_alloc (n * sizeof (float)), *d_b = dev_alloc (n * sizeof (float));
+    float *ha = g_new0 (float, n), *hb = g_new0 (float, n);
+    gfloat *state[2] = { ha, hb };
+    GPU_OK (cudaMemset (d_a, 0, n * sizeof (float)));
+    GPU_OK (cudaMemset (d_b, 0, n * sizeof (float)));
     memcpy (hp, p, n * sizeof (float));
-    memset (buf, 0, n * sizeof (float));
-    memset (m, 0, n * sizeof (float));
-    memset (v, 0, n * sizeof (float));
     for (int step = 1; step <= 3; step++) {
-      if (opt == 0) {
-        /* torch.optim.SGD(lr=0.01, momentum=0.99, weight_decay=1e-4), grad scale 0.5 */
-        for (size_t i = 0; i < n; i++) {
-          float gi = g[i] * 0.5f + 1e-4f * hp[i];
-          buf[i] = step == 1 ? gi : 0.99f * buf[i] + gi;
-          hp[i] -= 0.01f * buf[i];
-        }
-        GPU_OK (unet_cuda_sgd_step (d_p, d_g, UNET_CUDA_F32, d_a, NULL, UNET_CUDA_F32, n,
-                0.01f, 0.99f, 1e-4f, 0.5f, step == 1, NULL));
-      } else {
-        /* torch.optim.Adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8) */
-        float bc1 = (float) (1.0 - pow (0.9, step)), sb2 = (float) sqrt (1.0 - pow (0.999, step));
-        for (size_t i = 0; i < n; i++) {
-          m[i] = 0.9f * m[i] + 0.1f * g[i];
-          v[i] = 0.999f * v[i] + 0.001f * g[i] * g[i];
-          hp[i] -= (1e-3f / bc1) * m[i] / (sqrtf (v[i]) / sb2 + 1e-8f);
-        }
-        GPU_OK (unet_cuda_adam_step (d_p, d_g, UNET_CUDA_F32, d_a, d_b, NULL, UNET_CUDA_F32, n,
-                1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, step, NULL));
+      UnetOptimUpdate u;
+      unet_optimizer_next_update (opt, &u);
+      g_assert_true (unet_optim_update_host (&u, hp, g, state, &error));
+      for (guint r = 0; r < u.n_ranges; r++) {
+        size_t o = u.ranges[r].offset, len = u.ranges[r].numel;
+        double wd = u.ranges[r].decay ? u.weight_decay : 0.0;
+        if (kind == 0)
+          GPU_OK (unet_cuda_optim_sgd (d_p + o, d_g + o, d_a + o, len, u.lr, u.momentum, wd,
+                  u.nesterov, u.t == 1, NULL, NULL));
+        else
+          GPU_OK (unet_cuda_optim_adam (d_p + o, d_g + o, d_a + o, d_b + o, len, u.lr,
+                  u.beta1, u.beta2, u.eps, wd, kind == 2,
+                  u.lr / (1.0 - pow (u.beta1, (double) u.t)),
+                  sqrt (1.0 - pow (u.beta2, (double) u.t)), NULL, NULL));
       }
+      unet_optimizer_advance (opt);
     }
     host_from_dev (got, d_p, n * sizeof (float));
-    /* the same f32 formulas; only FMA contraction differs: a few ulp */
-    failures += check_close (opt == 0 ? "sgd momentum 3 steps" : "adam 3 steps", got, hp, n,
-        1e-7, 1e-6);
+    /* the same double arithmetic of engine/optim-elem.h on both sides; only the
+     * device's FMA contraction and sqrt rounding may move the last float bit */
+    failures += check_close (kind == 0 ? "sgd nesterov 3 steps" : kind == 1 ? "adam 3 steps"
+        : "adamw 3 steps", got, hp, n, 1e-7, 1e-6);
+    {
+      /* a set skip flag changes nothing */
+      int one = 1;
+      int *d_skip = dev_from_host (&one, sizeof one);
+      GPU_OK (unet_cuda_optim_sgd (d_p, d_g, d_a, n, 1.0, 0.9, 0.0, 0, 0, d_skip, NULL));
+      host_from_dev (hp, d_p, n * sizeof (float));
+      failures += check_close ("skipped update", hp, got, n, 0.0, 0.0);
+      cudaFree (d_skip);
+    }
+    unet_optimizer_free (opt);
     cudaFree (d_p);
     cudaFree (d_g);
     cudaFree (d_a);
     cudaFree (d_b);
+    g_free (ha);
+    g_free (hb);
   }
   {
     /* non-finite detection */
@@ -644,9 +764,6 @@ test_optim (void)
   g_free (p);
   g_free (g);
   g_free (hp);
-  g_free (buf);
-  g_free (m);
-  g_free (v);
   g_free (got);
 }
 
@@ -926,6 +1043,7 @@ main (void)
     test_concat ((UnetCudaDType) dt);
     test_channel_ops ((UnetCudaDType) dt);
     test_loss ((UnetCudaDType) dt);
+    test_confusion_dice ((UnetCudaDType) dt);
     test_layout ((UnetCudaDType) dt);
   }
   test_optim ();

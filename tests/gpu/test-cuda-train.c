@@ -3,7 +3,9 @@
  * same model, input and dL/dlogits on a CPU net and a CUDA net, every precision;
  * logits, every gradient tensor, and the batch-norm running statistics compared.
  * Also: gradients accumulate over two forward + backward passes and are zeroed, and a host
- * parameter change reaches the GPU after unet_net_parameters_changed. Dropout is 0:
+ * parameter change reaches the GPU after unet_net_parameters_changed; and a whole
+ * training step with the loss and the optimiser on the device (device_step_case,
+ * tolerances there). Dropout is 0:
  * the two executors draw their dropout masks from different generators by design.
  * Exits 77 without a CUDA device.
  *
@@ -26,6 +28,7 @@
 
 #include "gpu-test.h"
 #include "model-private.h"
+#include "training.h"
 #include "unet.h"
 
 static int failures;
@@ -236,6 +239,176 @@ run_case (const Case *c, UnetPrecision prec)
   g_free (what);
 }
 
+/* ---- a whole training step on the device (issue 15 item 3) against the CPU's ----
+ * Both nets run two steps of unet_net_train_forward (no logits) -> unet_net_train_loss
+ * -> zero -> unet_net_train_backward (no dL/dlogits) -> unet_net_optimizer_step from
+ * the same model, batch, labels (some ignored) and weights: the CUDA net through its
+ * loss / optimizer slots (cuda-step.c), the CPU net through the CPU backend's.
+ * Compared:
+ *   loss: |gpu - cpu| <= 2 tol rms(z) + 1e-6: the cross-entropy (and soft Dice) move
+ *     by at most sum_k |dL/dz_k| <= 2 (times the weight, normalised) per unit logit
+ *     change, and the logits agree to tol in relative L2 (run_case);
+ *   confusion: label counts (row sums) exactly — the labels are the same bytes;
+ *     predictions may flip where the two largest logits are closer than the logits'
+ *     error: at most 1% of the labelled pixels in fp32, 5% in 16 bit;
+ *   the update of every trainable tensor (parameters after minus before), relative
+ *     L2: SGD (Nesterov, weight decay on half the slab) is linear in the gradients,
+ *     so the gradient tolerance applies; Adam (fp32 only) divides each gradient by
+ *     its own running magnitude, so an element's relative error enters at full
+ *     weight however small the gradient: 10x the fp32 tolerance;
+ *   batch-norm running statistics as run_case. */
+static int
+device_step (UnetNet *net, UnetOptimizer *opt, const gfloat *in, const Case *c, gint size,
+    const gint32 *labels, const gfloat *weights, gdouble dice, gdouble *loss,
+    UnetConfusion *conf)
+{
+  GError *error = NULL;
+  gboolean finite = FALSE;
+  if (!unet_net_train_forward (net, in, c->batch, size, size, 7, NULL, &error)
+      || !unet_net_train_loss (net, labels, weights, dice, loss, conf, &error)
+      || !unet_net_zero_gradients (net, &error)
+      || !unet_net_train_backward (net, NULL, &error)
+      || !unet_net_optimizer_step (net, opt, &finite, &error)) {
+    fprintf (stderr, "FAIL %s device step on %s: %s\n", c->name,
+        unet_device_name (unet_net_get_device (net)), error->message);
+    g_error_free (error);
+    failures++;
+    return 0;
+  }
+  if (!finite) {
+    fprintf (stderr, "FAIL %s: non-finite parameters\n", c->name);
+    failures++;
+    return 0;
+  }
+  return 1;
+}
+
+static void
+device_step_case (const Case *c, UnetPrecision prec, UnetOptimKind kind, gdouble dice)
+{
+  g_autoptr (UnetModel) m = NULL;
+  GError *error = NULL;
+  gint size = unet_config_input_for_output (&c->cfg, c->out_size);
+  gint out = unet_config_output_size (&c->cfg, size);
+  gsize n_in = (gsize) c->batch * c->cfg.in_channels * size * size;
+  gsize n_pix = (gsize) c->batch * out * out;
+  gsize n_out = n_pix * c->cfg.classes, np;
+  guint64 s = 4321;
+  double tol = kind == UNET_OPTIM_SGD ? tolerance (prec) : 10.0 * tolerance (prec);
+  gchar *what = g_strdup_printf ("%s/%s/%s%s", c->name, precision_name (prec),
+      unet_optim_kind_name (kind), dice > 0.0 ? "+dice" : "");
+  int failures_before = failures;
+  UnetOptimParams op;
+  UnetOptimizer *opt[2];
+  UnetConfusion cc, cg;
+  gdouble loss_c = 0.0, loss_g = 0.0;
+
+  m = unet_model_new (&c->cfg, &error);
+  g_assert_no_error (error);
+  unet_model_init_weights (m, 43);
+  const UnetLayout *L = unet_model_get_layout (m);
+  gfloat *in = g_new (gfloat, n_in), *w = g_new (gfloat, n_pix), *z = g_new (gfloat, n_out);
+  gint32 *lab = g_new (gint32, n_pix);
+  for (gsize i = 0; i < n_in; i++)
+    in[i] = rand_uniform (&s, -1.0f, 1.0f);
+  for (gsize i = 0; i < n_pix; i++) {
+    gint k = (gint) rand_uniform (&s, 0.0f, MAX (c->cfg.classes, 2) - 0.001f);
+    lab[i] = i % 13 == 5 ? UNET_LABEL_IGNORE : k;
+    w[i] = rand_uniform (&s, 0.2f, 3.0f);
+  }
+  /* weight decay on the first half of the slab only: two ranges */
+  const UnetOptimRange ranges[] = { { 0, L->slab_numel / 2, TRUE },
+    { L->slab_numel / 2, L->slab_numel - L->slab_numel / 2, FALSE } };
+  unet_optim_params_init (&op);
+  op.kind = kind;
+  op.lr = kind == UNET_OPTIM_SGD ? 0.05 : 1e-3;
+  op.momentum = 0.9;
+  op.nesterov = TRUE;
+  op.weight_decay = 1e-3;
+  for (int i = 0; i < 2; i++) {
+    opt[i] = unet_optimizer_new (&op, L->slab_numel, ranges, 2, &error);
+    g_assert_no_error (error);
+  }
+
+  UnetNet *cpu = make_net (m, UNET_DEVICE_CPU, UNET_PRECISION_FP32);
+  UnetNet *gpu = make_net (m, UNET_DEVICE_CUDA, prec);
+  const gfloat *p_init = unet_net_get_parameters (cpu, &np, NULL);
+  gfloat *p0 = g_memdup2 (p_init, np * sizeof (gfloat));
+  /* the logits of the first step, for the loss bound (a third net: a training
+   * forward moves the batch-norm running statistics) */
+  UnetNet *ref = make_net (m, UNET_DEVICE_CPU, UNET_PRECISION_FP32);
+  if (!unet_net_train_forward (ref, in, c->batch, size, size, 7, z, &error))
+    g_error ("%s", error->message);
+  unet_net_free (ref);
+  double zz = 0.0;
+  for (gsize i = 0; i < n_out; i++)
+    zz += (double) z[i] * z[i];
+  const double loss_tol = 2.0 * tolerance (prec) * sqrt (zz / n_out) * (1.0 + dice) + 1e-6;
+
+  for (int step = 0; step < 2; step++) {
+    if (!device_step (cpu, opt[0], in, c, size, lab, w, dice, &loss_c, &cc)
+        || !device_step (gpu, opt[1], in, c, size, lab, w, dice, &loss_g, &cg))
+      break;
+    if (!(fabs (loss_g - loss_c) <= loss_tol)) {
+      fprintf (stderr, "FAIL %s step %d: loss %.9g, CPU %.9g (tolerance %.3g)\n", what, step,
+          loss_g, loss_c, loss_tol);
+      failures++;
+    }
+    guint64 flips = 0, labelled = 0;
+    for (gint l = 0; l < cc.n_classes; l++) {
+      guint64 rc = 0, rg = 0;
+      for (gint p = 0; p < cc.n_classes; p++) {
+        rc += cc.n[l][p];
+        rg += cg.n[l][p];
+        flips += cc.n[l][p] > cg.n[l][p] ? cc.n[l][p] - cg.n[l][p] : 0;
+      }
+      labelled += rc;
+      if (rc != rg || cg.n_classes != cc.n_classes) {
+        fprintf (stderr, "FAIL %s: label %d counted %" G_GUINT64_FORMAT " times, CPU %"
+            G_GUINT64_FORMAT "\n", what, l, rg, rc);
+        failures++;
+      }
+    }
+    if (flips > labelled * (prec == UNET_PRECISION_FP32 ? 0.01 : 0.05)) {
+      fprintf (stderr, "FAIL %s: %" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT
+          " predictions differ\n", what, flips, labelled);
+      failures++;
+    }
+  }
+  if (failures == failures_before) {
+    const gfloat *p_cpu = unet_net_get_parameters (cpu, &np, NULL);
+    gfloat *pc = g_memdup2 (p_cpu, np * sizeof (gfloat));
+    gfloat *pg = unet_net_get_parameters (gpu, &np, NULL);
+    /* updates: after minus before (running statistics: their values) */
+    for (guint t = 0; t < L->n_tensors; t++) {
+      const UnetTensorInfo *ti = &L->tensors[t];
+      if (!ti->trainable)
+        continue;
+      for (gsize i = ti->offset; i < ti->offset + ti->numel; i++) {
+        pc[i] -= p0[i];
+        pg[i] -= p0[i];
+      }
+    }
+    compare_slabs (what, m, pg, pc, tol, FALSE);
+    if (c->cfg.batch_norm)
+      compare_slabs (what, m, pg, pc, prec == UNET_PRECISION_FP32 ? 1e-5 : tolerance (prec),
+          TRUE);
+    g_free (pc);
+  }
+  printf ("%s device step %s (%dx%d, batch %d)\n", failures > failures_before ? "FAILED"
+      : "ok", what, size, size, c->batch);
+  unet_net_free (cpu);
+  unet_net_free (gpu);
+  unet_optimizer_free (opt[0]);
+  unet_optimizer_free (opt[1]);
+  g_free (p0);
+  g_free (in);
+  g_free (w);
+  g_free (z);
+  g_free (lab);
+  g_free (what);
+}
+
 int
 main (void)
 {
@@ -262,6 +435,13 @@ main (void)
   for (gint p = UNET_PRECISION_FP32; p <= UNET_PRECISION_FP16; p++)
     for (guint i = 0; i < G_N_ELEMENTS (cases); i++)
       run_case (&cases[i], (UnetPrecision) p);
+  /* the device step: SGD in every precision, soft Dice with 3 classes and with the
+   * sigmoid head; Adam and AdamW in fp32 */
+  for (gint p = UNET_PRECISION_FP32; p <= UNET_PRECISION_FP16; p++)
+    for (guint i = 0; i < G_N_ELEMENTS (cases); i++)
+      device_step_case (&cases[i], (UnetPrecision) p, UNET_OPTIM_SGD, i == 0 ? 0.0 : 0.5);
+  device_step_case (&cases[0], UNET_PRECISION_FP32, UNET_OPTIM_ADAM, 0.0);
+  device_step_case (&cases[1], UNET_PRECISION_FP32, UNET_OPTIM_ADAMW, 0.5);
   if (failures) {
     fprintf (stderr, "%d failures\n", failures);
     return 1;
