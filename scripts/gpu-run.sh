@@ -93,9 +93,10 @@ case $phase in
     step versions 30 env.log bash -c versions
     # deterministic cuDNN algorithm choice for the conformance tests (gpu-test.h sets
     # it too); the op tests need no cuDNN
-    for t in cuda-nodevice cuda-ops cuda-net cuda-segment cuda-train; do
-      exe="$build/tests/gpu/test-$t"
-      if [ -x "$exe" ]; then step "$t" 60 tests.log "$exe"
+    for t in gpu/test-cuda-nodevice gpu/test-cuda-ops gpu/test-cuda-net \
+        gpu/test-cuda-segment gpu/test-cuda-train engine/test-backend-ops; do
+      exe="$build/tests/$t"
+      if [ -x "$exe" ]; then step "${t#*/test-}" 60 tests.log "$exe"
       else echo "MISSING $exe" | tee -a "$out/summary.txt"; fail=1; fi
     done
     if [ -n "$sanitizer" ]; then
