@@ -37,54 +37,10 @@
 
 #include <string.h>
 
-/* The CUDA runtime's current device is per host thread, and GStreamer calls the
- * backend from whatever thread streams: every entry point that touches the device
- * selects ours first (cheap: a thread-local store when it is already current), or
- * gpu-id != 0 would silently run on device 0. */
-gboolean
-cuda_use_device (const CudaCtx *ctx, GError **error)
-{
-  return CUDA_CHECK (cudaSetDevice (ctx->device), error);
-}
 
 /* ------------------------------------------------------------ memory -- */
 
-gboolean
-cuda_alloc (void **ptr, gsize bytes, const gchar *what, GError **error)
-{
-  cudaError_t err = cudaMalloc (ptr, bytes > 0 ? bytes : 1);
-  if (err != cudaSuccess) {
-    gsize free_b = 0, total_b = 0;
-    (void) cudaGetLastError ();
-    cudaMemGetInfo (&free_b, &total_b);
-    *ptr = NULL;
-    g_set_error (error, UNET_ERROR,
-        err == cudaErrorMemoryAllocation ? UNET_ERROR_OUT_OF_MEMORY : UNET_ERROR_BACKEND,
-        "could not allocate %.1f MiB of GPU memory for %s (%.1f of %.1f MiB free): %s; "
-        "use a smaller tile-size or batch-size", bytes / 1048576.0, what,
-        free_b / 1048576.0, total_b / 1048576.0, cudaGetErrorString (err));
-    return FALSE;
-  }
-  return TRUE;
-}
 
-/* Grows a device buffer (never shrinks); only called while planning or on the
- * first frame of a shape, never in the steady state. */
-gboolean
-cuda_grow_device (void **buf, gsize *have, gsize need, const gchar *what, GError **error)
-{
-  if (need <= *have)
-    return TRUE;
-  if (*buf != NULL) {
-    cudaFree (*buf);
-    *buf = NULL;
-    *have = 0;
-  }
-  if (!cuda_alloc (buf, need, what, error))
-    return FALSE;
-  *have = need;
-  return TRUE;
-}
 
 static gboolean
 grow_pinned (CudaCtx *ctx, gsize need, GError **error)
@@ -279,27 +235,8 @@ cuda_tensor_bind (UnetBackendTensor *t, UnetBackendArena *arena, gsize offset)
   }
 }
 
-/* Start of the tensor's first channel (views: the parent's memory + offset). */
-void *
-cuda_tensor_data (const UnetBackendTensor *t)
-{
-  if (t->parent != NULL)
-    return (guint8 *) cuda_tensor_data (t->parent) + (gsize) t->c_offset * cuda_esize (t->ctx);
-  return t->arena != NULL ? (guint8 *) t->arena->data + t->offset : NULL;
-}
 
-/* Elements between neighbouring pixels. */
-gint
-cuda_tensor_stride (const UnetBackendTensor *t)
-{
-  return t->parent != NULL ? t->parent->dims.c : t->dims.c;
-}
 
-gsize
-cuda_tensor_pixels (const UnetBackendTensor *t)
-{
-  return (gsize) t->dims.n * t->dims.h * t->dims.w;
-}
 
 static UnetBackendArena *
 cuda_arena_new (UnetBackend *be, gsize bytes, GError **error)
@@ -328,21 +265,6 @@ cuda_arena_free (UnetBackendArena *arena)
 
 /* ---------------------------------------------------------------- ops -- */
 
-gboolean
-cuda_set_nhwc_desc (CudaCtx *ctx, cudnnTensorDescriptor_t desc, const UnetDims *dims, gint stride,
-    GError **error)
-{
-  /* NHWC with a pixel stride of `stride` elements (== c when dense); the strides are
-   * int: tensor_new refused anything larger */
-  if ((guint64) dims->n * dims->h * dims->w * stride > (guint64) G_MAXINT32) {
-    g_set_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY,
-        "activation %d x %d x %d x %d is too large for cuDNN (2^31 elements)", dims->n,
-        stride, dims->h, dims->w);
-    return FALSE;
-  }
-  return CUDNN_CHECK (cudnnSetTensor4dDescriptorEx (desc, ctx->cudnn_dtype, dims->n, dims->c,
-          dims->h, dims->w, dims->h * dims->w * stride, 1, dims->w * stride, stride), error);
-}
 
 static void
 cuda_op_free (UnetBackendOp *op)
@@ -368,29 +290,6 @@ cuda_op_free (UnetBackendOp *op)
   g_free (op);
 }
 
-/* The workspace is allocated once, at the first convolution, with
- * $UNET_CUDA_WORKSPACE_MB (default 512 MiB) or a quarter of the free memory,
- * whichever is smaller; algorithms needing more are not chosen. */
-gboolean
-cuda_ensure_workspace (CudaCtx *ctx, GError **error)
-{
-  gsize want = (gsize) DEFAULT_WORKSPACE_MIB << 20, free_b = 0, total_b = 0;
-  const gchar *env = g_getenv ("UNET_CUDA_WORKSPACE_MB");
-
-  if (ctx->workspace_done)
-    return TRUE;
-  if (env != NULL && *env != '\0')
-    want = (gsize) g_ascii_strtoull (env, NULL, 10) << 20;
-  if (!CUDA_CHECK (cudaMemGetInfo (&free_b, &total_b), error))
-    return FALSE;
-  if (want > free_b / 4)
-    want = free_b / 4;
-  if (want > 0 && !cuda_alloc (&ctx->workspace, want, "the cuDNN workspace", error))
-    return FALSE;
-  ctx->workspace_bytes = want;
-  ctx->workspace_done = TRUE;
-  return TRUE;
-}
 
 static gboolean
 choose_fwd_algo (CudaCtx *ctx, UnetBackendOp *op, const void *x, const void *w, void *y,
@@ -965,6 +864,7 @@ cuda_free (UnetBackend *be)
     if (ctx->copy_stream != NULL)
       cudaStreamSynchronize (ctx->copy_stream);
     free_layers (ctx);
+    cuda_step_ctx_free (ctx);
     cuda_train_ctx_free (ctx);
     cudaFree (ctx->workspace);
     cudaFree (ctx->scratch);

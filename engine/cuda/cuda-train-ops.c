@@ -277,7 +277,6 @@ free_slabs (CudaCtx *ctx)
 void
 cuda_train_ctx_free (CudaCtx *ctx)
 {
-  cuda_step_ctx_free (ctx);
   free_slabs (ctx);
   cudaFree (ctx->dw);
   cudaFree (ctx->partials);
