@@ -108,7 +108,6 @@ enum
 {
   STREAM_SAMPLE = 1,
   STREAM_DROPOUT = 2,
-  STREAM_SPLIT = 3,
 };
 
 static guint64
