@@ -613,15 +613,12 @@ unet_model_new (const UnetConfig *cfg, GError **error)
 }
 
 UnetModel *
-unet_model_copy (const UnetModel *model)
+unet_model_copy (const UnetModel *model, GError **error)
 {
   g_return_val_if_fail (model != NULL, NULL);
-  g_autoptr (GError) err = NULL;
-  UnetModel *m = model_alloc (&model->config, &err);
-  if (m == NULL) {
-    g_critical ("unet_model_copy: %s", err->message);
+  UnetModel *m = model_alloc (&model->config, error);
+  if (m == NULL)
     return NULL;
-  }
   memcpy (m->slab, model->slab, model->layout->slab_numel * sizeof (gfloat));
   GHashTableIter it;
   gpointer k, v;

@@ -190,9 +190,10 @@ unet_net_new (const UnetModel *model, const UnetNetOptions *opts, GError **error
   net = g_new0 (UnetNet, 1);
   net->cfg = *unet_model_get_config (model);
   net->opts = *opts;
-  net->host = unet_model_copy (model);
   if (!unet_config_validate (&net->cfg, error) || net->cfg.depth > 30)
     goto fail_cfg;
+  if ((net->host = unet_model_copy (model, error)) == NULL)
+    goto fail;
 
   net->be = unet_backend_new (opts, &net->device, error);
   if (net->be != NULL && backend_hook != NULL)

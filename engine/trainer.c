@@ -346,7 +346,8 @@ unet_trainer_new (const UnetTrainerOptions *opts, const UnetModel *model,
 
   g_autoptr (UnetModel) m = NULL;
   if (model != NULL) {
-    m = unet_model_copy (model);
+    if ((m = unet_model_copy (model, error)) == NULL)
+      return NULL;
   } else {
     m = unet_model_new (&opts->architecture, error);
     if (m == NULL)
@@ -842,7 +843,7 @@ unet_trainer_export_model (UnetTrainer *t, GError **error)
   g_return_val_if_fail (t != NULL, NULL);
   if (!sync_model (t, error))
     return NULL;
-  return unet_model_copy (t->model);
+  return unet_model_copy (t->model, error);
 }
 
 gboolean

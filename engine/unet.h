@@ -160,7 +160,7 @@ typedef struct _UnetModel UnetModel;
 
 /* New model with every parameter zero (batch-norm running_var and weight one). */
 UnetModel   *unet_model_new             (const UnetConfig *cfg, GError **error);
-UnetModel   *unet_model_copy            (const UnetModel *model);
+UnetModel   *unet_model_copy            (const UnetModel *model, GError **error);
 void         unet_model_free            (UnetModel *model);
 /* The paper's initialisation: Gaussian, std sqrt(2/N), N = incoming connections;
  * biases zero. Reproducible for a seed. */

@@ -290,7 +290,7 @@ test_model_init (void)
   for (gint i = 0; i < 16; i++)
     g_assert_cmpfloat (bias[i], ==, 0.0f);
 
-  g_autoptr (UnetModel) cp = unet_model_copy (a);
+  g_autoptr (UnetModel) cp = unet_model_copy (a, NULL);
   g_assert_true (memcmp (unet_model_peek_slab (a), unet_model_peek_slab (cp),
           l->slab_numel * 4) == 0);
   g_assert_cmpstr (unet_model_get_metadata (cp, "unet.config"), ==,
