@@ -23,9 +23,10 @@
  * Precision: FP32, or BF16 (activations in bf16 where the layout is blocked,
  * weights bf16, biases and accumulation f32; faster than fp32 only with AMX, see
  * unet_cpu_precision_slower()).
- * Convolution algorithm: measured per shape at plan build (cpu_conv_choose:
- * oneDNN's direct kernel or its Winograd F(4x4,3x3)), or forced with
- * $UNET_CPU_CONV_ALGO = direct (default) | measure | winograd | auto; see the README.
+ * Convolution algorithm: by default a rule on the shape (cpu_wino_rule: oneDNN's
+ * Winograd F(4x4,3x3) for wide layers, checked thread-invariant, else its direct
+ * kernel); $UNET_CPU_CONV_ALGO = rule (default) | direct | measure (timed per shape
+ * at plan build, cpu_conv_choose) | winograd | auto; see the README.
  * $UNET_CPU_PROFILE=1 prints every op's mean time when its plan is freed.
  */
 #include "config.h"
@@ -450,6 +451,7 @@ cpu_conv_alg (const CpuCtx *ctx)
     case CPU_CONV_AUTO:
       return dnnl_convolution_auto;
     case CPU_CONV_MEASURE:     /* cpu_conv_choose() ran first; this is the fallback */
+    case CPU_CONV_RULE:        /* cpu_conv_wino () ran first; likewise */
     case CPU_CONV_DIRECT:
       break;
   }
@@ -810,6 +812,237 @@ cpu_conv_choose (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *
   return TRUE;
 }
 
+/* ------------------------------ default: Winograd F(4x4,3x3) by rule -- */
+
+/* The default (CPU_CONV_RULE). oneDNN's Winograd F(4x4,3x3) kernel
+ * ("jit_wino_4x3", AVX-512, nChw16c, channels multiples of 16) runs a 3x3
+ * convolution in fewer multiplications than the direct kernel, but its
+ * transforms cost memory traffic in proportion to (cin + cout) per pixel, so it
+ * only pays where the channels are wide. Measured on this project's U-Nets (base
+ * 16 and 32, 572x572 tile, 2 threads, tests/bench/profile_forward.py, figures in
+ * tests/bench/RESULTS.md): 1.6-2.9x faster than the direct kernel wherever
+ * cin >= 64 or cin > cout (every level below the first, and the decoder's first
+ * convolution of each level), 1.5-2x slower for the first level's convolutions
+ * (cin <= 32, cin <= cout, 284-570 pixels wide). So the choice is a rule on the
+ * shape, not a timing: it cannot change from run to run or between processes.
+ *
+ * Two properties the overlap-tile contract needs (an image's result must not
+ * depend on the thread count, nor on what it is batched with) are then made
+ * to hold:
+ * - batch: the kernel's blocking depends on the number of tiles, i.e. on the
+ *   batch, so a Winograd convolution runs image by image (N=1 descriptors);
+ * - threads: oneDNN picks one of two schedules by comparing the work with the
+ *   thread count, and the two round differently. The first time a shape is seen
+ *   the kernel is configured for 1 thread and for CPU_WINO_MAX_THREADS threads
+ *   and both are run on the same pseudo-random input: Winograd is kept only when
+ *   they agree bit for bit (the schedule test is monotone in the thread count, so
+ *   every count in between agrees too) and stay within CPU_CONV_REL_TOL of the
+ *   direct kernel; otherwise the shape runs direct. The verdict is a
+ *   deterministic function of the shape, cached for the process. */
+#define CPU_WINO_MAX_THREADS 64
+
+static GHashTable *cpu_wino_cache;      /* key -> GINT_TO_POINTER (1 yes, 2 no) */
+
+static gboolean
+cpu_wino_rule (const CpuLayer *l, const dnnl_memory_desc_t *smd,
+    const dnnl_memory_desc_t *dmd)
+{
+  return l->k == 3 && l->cin % 16 == 0 && l->cout % 16 == 0
+      && (l->cin >= 64 || l->cin > l->cout)
+      && smd->data_type == dnnl_f32 && dmd->data_type == dnnl_f32
+      && smd->format_desc.blocking.inner_nblks == 1
+      && dmd->format_desc.blocking.inner_nblks == 1;
+}
+
+/* The F(4x4,3x3) primitive descriptor for (smd, dmd) configured for the current
+ * OpenMP thread count, or NULL. */
+static dnnl_primitive_desc_t
+cpu_wino_pd (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *smd,
+    const dnnl_memory_desc_t *dmd, dnnl_primitive_attr_t attr)
+{
+  CpuOpDesc od;
+  dnnl_primitive_desc_iterator_t it = NULL;
+  dnnl_primitive_desc_t found = NULL;
+
+  if (cpu_op_desc_init (ctx, desc, smd, dmd, dnnl_convolution_winograd, &od)
+      != dnnl_success || dnnl_primitive_desc_iterator_create (&it, &od, attr,
+          ctx->engine, NULL) != dnnl_success)
+    return NULL;
+  do {
+    dnnl_primitive_desc_t pd = dnnl_primitive_desc_iterator_fetch (it);
+    const char *impl = NULL;
+    if (pd != NULL && found == NULL && dnnl_primitive_desc_query (pd,
+            dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl != NULL
+        && g_str_has_prefix (impl, "jit_wino_4x3"))
+      found = pd;
+    else if (pd != NULL)
+      dnnl_primitive_desc_destroy (pd);
+  } while (found == NULL && dnnl_primitive_desc_iterator_next (it) == dnnl_success);
+  dnnl_primitive_desc_iterator_destroy (it);
+  return found;
+}
+
+/* Runs `pd` once on src -> dst with `threads` OpenMP threads. */
+static gboolean
+cpu_run_once (CpuCtx *ctx, CpuLayer *l, dnnl_primitive_desc_t pd, gint threads,
+    void *src, void *dst, GError **error)
+{
+  const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md (pd, dnnl_query_src_md, 0);
+  const dnnl_memory_desc_t *dmd = dnnl_primitive_desc_query_md (pd, dnnl_query_dst_md, 0);
+  const dnnl_memory_desc_t *wmd =
+      dnnl_primitive_desc_query_md (pd, dnnl_query_weights_md, 0);
+  const dnnl_memory_desc_t *scr =
+      dnnl_primitive_desc_query_md (pd, dnnl_query_scratchpad_md, 0);
+  dnnl_primitive_t prim = NULL;
+  dnnl_memory_t mem[4] = { 0 };
+  gpointer scratch = NULL;
+  gboolean ok = FALSE;
+
+  DNNL_TRY (dnnl_primitive_create (&prim, pd));
+  DNNL_TRY (dnnl_memory_create (&mem[0], smd, ctx->engine, src));
+  DNNL_TRY (dnnl_memory_create (&mem[1], dmd, ctx->engine, dst));
+  DNNL_TRY (dnnl_memory_create (&mem[2], wmd, ctx->engine, DNNL_MEMORY_ALLOCATE));
+  if (!cpu_reorder_now (ctx, l->w_user, mem[2], error))
+    goto fail;
+  if ((scratch = cpu_alloc (dnnl_memory_desc_get_size (scr), error)) == NULL)
+    goto fail;
+  DNNL_TRY (dnnl_memory_create (&mem[3], scr, ctx->engine, scratch));
+  {
+    dnnl_exec_arg_t args[5] = {
+      {DNNL_ARG_SRC, mem[0]}, {DNNL_ARG_DST, mem[1]}, {DNNL_ARG_WEIGHTS, mem[2]},
+      {DNNL_ARG_BIAS, l->bias}, {DNNL_ARG_SCRATCHPAD, mem[3]},
+    };
+#if HAVE_OPENMP
+    omp_set_num_threads (threads);
+#endif
+    DNNL_TRY (dnnl_primitive_execute (prim, ctx->stream, 5, args));
+    DNNL_TRY (dnnl_stream_wait (ctx->stream));
+  }
+  ok = TRUE;
+fail:
+  cpu_set_threads (ctx);
+  if (prim)
+    dnnl_primitive_destroy (prim);
+  for (gint m = 0; m < 4; m++)
+    if (mem[m])
+      dnnl_memory_destroy (mem[m]);
+  free (scratch);
+  return ok;
+}
+
+/* The check described above, for one image's (smd, dmd). */
+static gboolean
+cpu_wino_check (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *smd,
+    const dnnl_memory_desc_t *dmd, dnnl_primitive_attr_t attr, gboolean *good,
+    GError **error)
+{
+  CpuLayer *l = &ctx->layers[desc->layer];
+  const gsize n_src = dnnl_memory_desc_get_size (smd) / 4;
+  const gsize n_dst = dnnl_memory_desc_get_size (dmd) / 4;
+  const gint many = MAX (CPU_WINO_MAX_THREADS, ctx->threads);
+  dnnl_primitive_desc_t pd_dir = NULL, pd_one = NULL, pd_many = NULL;
+  gfloat *src = NULL, *ref = NULL, *y1 = NULL, *yn = NULL;
+  gdouble ref_max = 0.0, dev = 0.0;
+  guint32 rng = 0x9e3779b9u;
+  gboolean ok = FALSE;
+
+  *good = FALSE;
+  pd_dir = cpu_try_pd (ctx, desc, smd, dmd, attr, FALSE);
+#if HAVE_OPENMP
+  omp_set_num_threads (1);
+#endif
+  pd_one = cpu_wino_pd (ctx, desc, smd, dmd, attr);
+#if HAVE_OPENMP
+  omp_set_num_threads (many);
+#endif
+  pd_many = cpu_wino_pd (ctx, desc, smd, dmd, attr);
+  cpu_set_threads (ctx);
+  if (pd_dir == NULL || pd_one == NULL || pd_many == NULL) {
+    ok = TRUE;                  /* no verdict needed: runs direct */
+    goto done;
+  }
+  if ((src = cpu_alloc (n_src * 4, error)) == NULL
+      || (ref = cpu_alloc (n_dst * 4, error)) == NULL
+      || (y1 = cpu_alloc (n_dst * 4, error)) == NULL
+      || (yn = cpu_alloc (n_dst * 4, error)) == NULL)
+    goto done;
+  /* input in [-1, 1) (nChw16c: padding channels included, harmless) */
+  for (gsize i = 0; i < n_src; i++) {
+    rng ^= rng << 13;
+    rng ^= rng >> 17;
+    rng ^= rng << 5;
+    src[i] = (gfloat) ((rng >> 8) * (2.0 / 16777216.0) - 1.0);
+  }
+  if (!cpu_run_once (ctx, l, pd_dir, ctx->threads, src, ref, error)
+      || !cpu_run_once (ctx, l, pd_one, 1, src, y1, error)
+      || !cpu_run_once (ctx, l, pd_many, ctx->threads, src, yn, error))
+    goto done;
+  for (gsize i = 0; i < n_dst; i++) {
+    ref_max = MAX (ref_max, fabs (ref[i]));
+    dev = MAX (dev, fabs ((gdouble) y1[i] - ref[i]));
+    if (isnan (y1[i]))
+      dev = G_MAXDOUBLE;
+  }
+  dev /= MAX (ref_max, 1e-30);
+  *good = memcmp (y1, yn, n_dst * 4) == 0 && dev <= CPU_CONV_REL_TOL;
+  if (g_getenv ("UNET_CPU_VERBOSE"))
+    g_printerr ("unet-cpu: conv layer %d %dx%d: winograd 4x3 for 1 and %d threads "
+        "%s, rel. dev. from direct %.1e: %s\n", desc->layer, l->cin, l->cout, many,
+        memcmp (y1, yn, n_dst * 4) == 0 ? "agree" : "differ", dev,
+        *good ? "winograd" : "direct");
+  ok = TRUE;
+done:
+  if (pd_dir)
+    dnnl_primitive_desc_destroy (pd_dir);
+  if (pd_one)
+    dnnl_primitive_desc_destroy (pd_one);
+  if (pd_many)
+    dnnl_primitive_desc_destroy (pd_many);
+  free (src);
+  free (ref);
+  free (y1);
+  free (yn);
+  return ok;
+}
+
+/* CPU_CONV_RULE: the Winograd descriptor for one image's (smd, dmd) when the rule
+ * and the check say so (*out NULL otherwise: the caller runs direct). */
+static gboolean
+cpu_conv_wino (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *smd,
+    const dnnl_memory_desc_t *dmd, dnnl_primitive_attr_t attr,
+    dnnl_primitive_desc_t *out, GError **error)
+{
+  gchar *key;
+  gint verdict;
+
+  *out = NULL;
+  if (!cpu_wino_rule (&ctx->layers[desc->layer], smd, dmd))
+    return TRUE;
+  key = cpu_conv_key (ctx, desc, smd, dmd);
+  g_mutex_lock (&cpu_choice_lock);
+  verdict = cpu_wino_cache ? GPOINTER_TO_INT (g_hash_table_lookup (cpu_wino_cache,
+          key)) : 0;
+  g_mutex_unlock (&cpu_choice_lock);
+  if (verdict == 0) {
+    gboolean good;
+    if (!cpu_wino_check (ctx, desc, smd, dmd, attr, &good, error)) {
+      g_free (key);
+      return FALSE;
+    }
+    verdict = good ? 1 : 2;
+    g_mutex_lock (&cpu_choice_lock);
+    if (cpu_wino_cache == NULL)
+      cpu_wino_cache = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+    g_hash_table_replace (cpu_wino_cache, key, GINT_TO_POINTER (verdict));
+    g_mutex_unlock (&cpu_choice_lock);
+    key = NULL;
+  }
+  g_free (key);
+  if (verdict == 1)
+    *out = cpu_wino_pd (ctx, desc, smd, dmd, attr);
+  return TRUE;
+}
+
 static void
 cpu_any_md (const dnnl_memory_desc_t *like, dnnl_data_type_t dt, dnnl_memory_desc_t *md)
 {
@@ -993,6 +1226,26 @@ cpu_op_new_impl (UnetBackend *be, const UnetOpDesc *desc, GError **error)
       && !cpu_conv_choose (ctx, desc, &smd, op->src_base, &dmd, op->dst_base, attr,
           &pd, error))
     goto fail;
+  if (desc->kind == UNET_OP_CONV && ctx->conv_mode == CPU_CONV_RULE
+      && !cpu_is_nhwc (desc->src) && !cpu_is_nhwc (desc->dst)) {
+    /* one image at a time (see cpu_wino_rule) */
+    dnnl_memory_desc_t smd1, dmd1;
+    guint8 *sb, *db;
+    gsize ss, ds;
+    if (!cpu_image (desc->src, &smd1, &sb, &ss, error)
+        || !cpu_image (desc->dst, &dmd1, &db, &ds, error)
+        || !cpu_conv_wino (ctx, desc, &smd1, &dmd1, attr, &pd, error))
+      goto fail;
+    if (pd != NULL) {
+      smd = smd1;
+      dmd = dmd1;
+      op->src_base = sb;
+      op->dst_base = db;
+      op->src_stride = ss;
+      op->dst_stride = ds;
+      op->n_images = desc->src->dims.n;
+    }
+  }
   if (pd == NULL)
     pd = cpu_try_pd (ctx, desc, &smd, &dmd, attr, FALSE);
   for (gint step = 2; pd == NULL && step <= 3; step++) {
@@ -1111,6 +1364,7 @@ cpu_op_new (UnetBackend *be, const UnetOpDesc *desc, GError **error)
     const UnetDims *s = &desc->src->dims, *d = &desc->dst->dims;
     gchar *layer = desc->kind == UNET_OP_CONV || desc->kind == UNET_OP_UPCONV2
         ? g_strdup_printf (" layer %2d", desc->layer) : g_strdup ("         ");
+    op->prof_calls = -1;
     op->label = g_strdup_printf ("%-7s%s %dx%dx%dx%d -> %dx%dx%dx%d %s", cpu_op_names[desc->kind],
         layer, s->n, s->c, s->h, s->w, d->n, d->c, d->h, d->w,
         impl != NULL ? impl : op->prim == NULL && op->pre.prim != NULL ? "reorder"
@@ -1147,7 +1401,8 @@ cpu_op_backward (UnetBackendOp *op, GError **error)
 }
 
 /* $UNET_CPU_PROFILE=1: the wall time of every op (oneDNN's CPU stream runs the
- * primitive before execute returns), printed per op when the plan is freed. */
+ * primitive before execute returns) from its second call on, printed per op when
+ * the plan is freed. */
 static gboolean
 cpu_op_forward (UnetBackendOp *op, GError **error)
 {
@@ -1158,6 +1413,11 @@ cpu_op_forward (UnetBackendOp *op, GError **error)
     return cpu_op_forward_impl (op, error);
   t0 = g_get_monotonic_time ();
   ok = cpu_op_forward_impl (op, error);
+  if (op->prof_calls < 0) {
+    /* the first call pays for page faults in fresh arenas: not counted */
+    op->prof_calls = 0;
+    return ok;
+  }
   op->prof_us += g_get_monotonic_time () - t0;
   op->prof_calls++;
   return ok;
@@ -1376,11 +1636,13 @@ unet_backend_cpu_new (const UnetNetOptions *opts, GError **error)
   ctx->threads = opts->threads > 0 ? opts->threads : cpu_default_threads ();
   ctx->bf16 = opts->precision == UNET_PRECISION_BF16;
   ctx->profile = g_strcmp0 (g_getenv ("UNET_CPU_PROFILE"), "1") == 0;
-  /* direct stays the default: a measured choice may differ in the last bits
-   * between thread counts (the README says why), which the element tests compare
-   * bit for bit */
-  ctx->conv_mode = CPU_CONV_DIRECT;
-  if (alg == NULL || g_strcmp0 (alg, "") == 0 || g_strcmp0 (alg, "direct") == 0)
+  /* the default is a rule on the shape (cpu_wino_rule): a measured choice could
+   * differ between runs and thread counts, which the element tests and the
+   * cluster's shards compare bit for bit */
+  ctx->conv_mode = CPU_CONV_RULE;
+  if (alg == NULL || g_strcmp0 (alg, "") == 0 || g_strcmp0 (alg, "rule") == 0)
+    ctx->conv_mode = CPU_CONV_RULE;
+  else if (g_strcmp0 (alg, "direct") == 0)
     ctx->conv_mode = CPU_CONV_DIRECT;
   else if (g_strcmp0 (alg, "measure") == 0)
     ctx->conv_mode = CPU_CONV_MEASURE;
@@ -1390,7 +1652,7 @@ unet_backend_cpu_new (const UnetNetOptions *opts, GError **error)
     ctx->conv_mode = CPU_CONV_AUTO;
   else {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
-        "UNET_CPU_CONV_ALGO must be direct (default), measure, winograd or auto, "
+        "UNET_CPU_CONV_ALGO must be rule (default), direct, measure, winograd or auto, "
         "not \"%s\"", alg);
     goto fail;
   }

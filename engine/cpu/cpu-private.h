@@ -22,7 +22,8 @@ typedef struct _CpuTrainOp CpuTrainOp;
 typedef enum
 {
   CPU_CONV_MEASURE,             /* time every candidate once per shape */
-  CPU_CONV_DIRECT,              /* default */
+  CPU_CONV_DIRECT,              /* oneDNN's direct kernels */
+  CPU_CONV_RULE,                /* default: Winograd 4x3 by shape rule, else direct */
   CPU_CONV_WINOGRAD,            /* Winograd where oneDNN has it, else direct */
   CPU_CONV_AUTO,                /* oneDNN's own heuristic (convolution_auto) */
 } CpuConvMode;

@@ -70,7 +70,7 @@ def main():
     print("per-op ms (median over %d rounds of the mean over %d forwards), base %d, "
           "%dx%d tile, %d threads" % (args.rounds, args.repeat + 1, args.base, s, s,
                                       args.threads))
-    print("%-56s" % "op" + "".join("%24s" % m for m in modes))
+    print("%-56s" % "op" + "".join("%28s" % m for m in modes))
     total = {m: 0.0 for m in modes}
     for key in order:
         cells = ""
@@ -78,11 +78,11 @@ def main():
             if key in times[m]:
                 v = statistics.median(times[m][key])
                 total[m] += v
-                cells += "%9.2f %-14s" % (v, impls[m][key].split(":")[0][:14])
+                cells += "%9.2f %-18s" % (v, impls[m][key].split(":")[0][:18])
             else:
-                cells += "%24s" % "-"
+                cells += "%28s" % "-"
         print("%-56s%s" % (key[:56], cells))
-    print("%-56s" % "sum of ops" + "".join("%9.2f %-14s" % (total[m], "") for m in modes))
+    print("%-56s" % "sum of ops" + "".join("%9.2f %-18s" % (total[m], "") for m in modes))
     print("load average at end: %.2f %.2f %.2f" % os.getloadavg())
 
 
