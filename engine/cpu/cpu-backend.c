@@ -831,14 +831,17 @@ cpu_conv_choose (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *
  * to hold:
  * - batch: the kernel's blocking depends on the number of tiles, i.e. on the
  *   batch, so a Winograd convolution runs image by image (N=1 descriptors);
- * - threads: oneDNN picks one of two schedules by comparing the work with the
- *   thread count, and the two round differently. The first time a shape is seen
- *   the kernel is configured for 1 thread and for CPU_WINO_MAX_THREADS threads
- *   and both are run on the same pseudo-random input: Winograd is kept only when
- *   they agree bit for bit (the schedule test is monotone in the thread count, so
- *   every count in between agrees too) and stay within CPU_CONV_REL_TOL of the
- *   direct kernel; otherwise the shape runs direct. The verdict is a
- *   deterministic function of the shape, cached for the process. */
+ * - threads: oneDNN configures the kernel (its schedule and blocking) from the
+ *   thread count at creation, and configurations round differently. The first
+ *   time a shape is seen the kernel is configured for each of 1, 2, the
+ *   backend's thread count, the machine's core count and CPU_WINO_MAX_THREADS,
+ *   and each is run on the same pseudo-random input: Winograd is kept only when
+ *   all agree bit for bit and stay within CPU_CONV_REL_TOL of the direct kernel;
+ *   otherwise the shape runs direct (at base 32 on a 572 tile, 2 of 16
+ *   convolutions differed between 1 and 2 threads). The verdict is a
+ *   deterministic function of the shape and of the counts compared, cached for
+ *   the process: any two nets whose thread counts are among 1, 2 and the core
+ *   count compare the same set and get the same bits. */
 #define CPU_WINO_MAX_THREADS 64
 
 static GHashTable *cpu_wino_cache;      /* key -> GINT_TO_POINTER (1 yes, 2 no) */
@@ -882,10 +885,14 @@ cpu_wino_pd (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *smd,
   return found;
 }
 
-/* Runs `pd` once on src -> dst with `threads` OpenMP threads. */
+/* Runs `pd` (configured for `made_for` threads) once on src -> dst with `threads`
+ * <= made_for OpenMP threads. The primitive is created with the thread count the
+ * descriptor was made for: oneDNN's primitive cache keys primitives by the thread
+ * count at creation, and a primitive configured for another count (its schedule,
+ * its scratchpad) must not be handed to the plan's own ops. */
 static gboolean
-cpu_run_once (CpuCtx *ctx, CpuLayer *l, dnnl_primitive_desc_t pd, gint threads,
-    void *src, void *dst, GError **error)
+cpu_run_once (CpuCtx *ctx, CpuLayer *l, dnnl_primitive_desc_t pd, gint made_for,
+    gint threads, void *src, void *dst, GError **error)
 {
   const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md (pd, dnnl_query_src_md, 0);
   const dnnl_memory_desc_t *dmd = dnnl_primitive_desc_query_md (pd, dnnl_query_dst_md, 0);
@@ -898,7 +905,11 @@ cpu_run_once (CpuCtx *ctx, CpuLayer *l, dnnl_primitive_desc_t pd, gint threads,
   gpointer scratch = NULL;
   gboolean ok = FALSE;
 
+#if HAVE_OPENMP
+  omp_set_num_threads (made_for);
+#endif
   DNNL_TRY (dnnl_primitive_create (&prim, pd));
+  cpu_set_threads (ctx);
   DNNL_TRY (dnnl_memory_create (&mem[0], smd, ctx->engine, src));
   DNNL_TRY (dnnl_memory_create (&mem[1], dmd, ctx->engine, dst));
   DNNL_TRY (dnnl_memory_create (&mem[2], wmd, ctx->engine, DNNL_MEMORY_ALLOCATE));
@@ -930,6 +941,30 @@ fail:
   return ok;
 }
 
+/* The thread counts the check compares: 1, 2, the backend's, the machine's and
+ * CPU_WINO_MAX_THREADS (sorted, without repeats); returns how many. */
+static gint
+cpu_wino_thread_counts (const CpuCtx *ctx, gint *t)
+{
+  gint cand[5] = { 1, 2, ctx->threads, (gint) g_get_num_processors (),
+    CPU_WINO_MAX_THREADS }, n = 0;
+  for (gint i = 0; i < 5; i++) {
+    gint j = n;
+    gboolean dup = FALSE;
+    for (gint k = 0; k < n; k++)
+      dup = dup || t[k] == cand[i];
+    if (dup)
+      continue;
+    while (j > 0 && t[j - 1] > cand[i]) {
+      t[j] = t[j - 1];
+      j--;
+    }
+    t[j] = cand[i];
+    n++;
+  }
+  return n;
+}
+
 /* The check described above, for one image's (smd, dmd). */
 static gboolean
 cpu_wino_check (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *smd,
@@ -939,32 +974,20 @@ cpu_wino_check (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *s
   CpuLayer *l = &ctx->layers[desc->layer];
   const gsize n_src = dnnl_memory_desc_get_size (smd) / 4;
   const gsize n_dst = dnnl_memory_desc_get_size (dmd) / 4;
-  const gint many = MAX (CPU_WINO_MAX_THREADS, ctx->threads);
-  dnnl_primitive_desc_t pd_dir = NULL, pd_one = NULL, pd_many = NULL;
-  gfloat *src = NULL, *ref = NULL, *y1 = NULL, *yn = NULL;
+  gint counts[5], n_counts = cpu_wino_thread_counts (ctx, counts), differ = 0;
+  dnnl_primitive_desc_t pd_dir = NULL, pd = NULL;
+  gfloat *src = NULL, *ref = NULL, *y0 = NULL, *y = NULL;
   gdouble ref_max = 0.0, dev = 0.0;
   guint32 rng = 0x9e3779b9u;
   gboolean ok = FALSE;
 
   *good = FALSE;
-  pd_dir = cpu_try_pd (ctx, desc, smd, dmd, attr, FALSE);
-#if HAVE_OPENMP
-  omp_set_num_threads (1);
-#endif
-  pd_one = cpu_wino_pd (ctx, desc, smd, dmd, attr);
-#if HAVE_OPENMP
-  omp_set_num_threads (many);
-#endif
-  pd_many = cpu_wino_pd (ctx, desc, smd, dmd, attr);
-  cpu_set_threads (ctx);
-  if (pd_dir == NULL || pd_one == NULL || pd_many == NULL) {
-    ok = TRUE;                  /* no verdict needed: runs direct */
-    goto done;
-  }
+  if ((pd_dir = cpu_try_pd (ctx, desc, smd, dmd, attr, FALSE)) == NULL)
+    return TRUE;                /* no verdict needed: runs direct */
   if ((src = cpu_alloc (n_src * 4, error)) == NULL
       || (ref = cpu_alloc (n_dst * 4, error)) == NULL
-      || (y1 = cpu_alloc (n_dst * 4, error)) == NULL
-      || (yn = cpu_alloc (n_dst * 4, error)) == NULL)
+      || (y0 = cpu_alloc (n_dst * 4, error)) == NULL
+      || (y = cpu_alloc (n_dst * 4, error)) == NULL)
     goto done;
   /* input in [-1, 1) (nChw16c: padding channels included, harmless) */
   for (gsize i = 0; i < n_src; i++) {
@@ -973,35 +996,55 @@ cpu_wino_check (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *s
     rng ^= rng << 5;
     src[i] = (gfloat) ((rng >> 8) * (2.0 / 16777216.0) - 1.0);
   }
-  if (!cpu_run_once (ctx, l, pd_dir, ctx->threads, src, ref, error)
-      || !cpu_run_once (ctx, l, pd_one, 1, src, y1, error)
-      || !cpu_run_once (ctx, l, pd_many, ctx->threads, src, yn, error))
+  if (!cpu_run_once (ctx, l, pd_dir, ctx->threads, ctx->threads, src, ref, error))
     goto done;
+  /* the kernel configured for each count; run with MIN (count, ours) threads
+   * (a primitive may run with fewer threads than it was made for) */
+  for (gint i = 0; i < n_counts && differ == 0; i++) {
+#if HAVE_OPENMP
+    omp_set_num_threads (counts[i]);
+#endif
+    pd = cpu_wino_pd (ctx, desc, smd, dmd, attr);
+    cpu_set_threads (ctx);
+    if (pd == NULL) {
+      ok = TRUE;                /* not offered for every count: runs direct */
+      goto done;
+    }
+    if (!cpu_run_once (ctx, l, pd, counts[i], MIN (counts[i], ctx->threads), src,
+            i == 0 ? y0 : y, error))
+      goto done;
+    dnnl_primitive_desc_destroy (pd);
+    pd = NULL;
+    if (i > 0 && memcmp (y0, y, n_dst * 4) != 0)
+      differ = counts[i];
+  }
   for (gsize i = 0; i < n_dst; i++) {
     ref_max = MAX (ref_max, fabs (ref[i]));
-    dev = MAX (dev, fabs ((gdouble) y1[i] - ref[i]));
-    if (isnan (y1[i]))
+    dev = MAX (dev, fabs ((gdouble) y0[i] - ref[i]));
+    if (isnan (y0[i]))
       dev = G_MAXDOUBLE;
   }
   dev /= MAX (ref_max, 1e-30);
-  *good = memcmp (y1, yn, n_dst * 4) == 0 && dev <= CPU_CONV_REL_TOL;
-  if (g_getenv ("UNET_CPU_VERBOSE"))
-    g_printerr ("unet-cpu: conv layer %d %dx%d: winograd 4x3 for 1 and %d threads "
-        "%s, rel. dev. from direct %.1e: %s\n", desc->layer, l->cin, l->cout, many,
-        memcmp (y1, yn, n_dst * 4) == 0 ? "agree" : "differ", dev,
-        *good ? "winograd" : "direct");
+  *good = differ == 0 && dev <= CPU_CONV_REL_TOL;
+  if (g_getenv ("UNET_CPU_VERBOSE")) {
+    if (differ)
+      g_printerr ("unet-cpu: conv layer %d %dx%d: winograd 4x3 for %d threads differs "
+          "from 1 thread: direct\n", desc->layer, l->cin, l->cout, differ);
+    else
+      g_printerr ("unet-cpu: conv layer %d %dx%d: winograd 4x3 agrees for 1..%d "
+          "threads, rel. dev. from direct %.1e: %s\n", desc->layer, l->cin, l->cout,
+          counts[n_counts - 1], dev, *good ? "winograd" : "direct");
+  }
   ok = TRUE;
 done:
   if (pd_dir)
     dnnl_primitive_desc_destroy (pd_dir);
-  if (pd_one)
-    dnnl_primitive_desc_destroy (pd_one);
-  if (pd_many)
-    dnnl_primitive_desc_destroy (pd_many);
+  if (pd)
+    dnnl_primitive_desc_destroy (pd);
   free (src);
   free (ref);
-  free (y1);
-  free (yn);
+  free (y0);
+  free (y);
   return ok;
 }
 
@@ -1019,6 +1062,16 @@ cpu_conv_wino (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *sm
   if (!cpu_wino_rule (&ctx->layers[desc->layer], smd, dmd))
     return TRUE;
   key = cpu_conv_key (ctx, desc, smd, dmd);
+  {
+    /* the verdict holds for the thread counts it compared */
+    gint counts[5], n = cpu_wino_thread_counts (ctx, counts);
+    gchar *k = key;
+    for (gint i = 0; i < n; i++) {
+      key = g_strdup_printf ("%s t%d", k, counts[i]);
+      g_free (k);
+      k = key;
+    }
+  }
   g_mutex_lock (&cpu_choice_lock);
   verdict = cpu_wino_cache ? GPOINTER_TO_INT (g_hash_table_lookup (cpu_wino_cache,
           key)) : 0;
@@ -1152,6 +1205,176 @@ fail:
   return NULL;
 }
 
+/* ----------------------- transposed 2x2 convolution as 1x1 + shuffle -- */
+
+/* A 2x2 stride-2 transposed convolution writes each input pixel's
+ * cout x 2 x 2 outputs from one matrix product, with no overlap: it is a 1x1
+ * convolution to 4*cout channels (output channel (2i+j)*cout + co = output
+ * pixel (2y+i, 2x+j), channel co) followed by a copy that interleaves the four
+ * quarters. oneDNN 2.6's deconvolution kernel ran it 3-10x slower than its 1x1
+ * convolution does the same multiplications (tests/bench/profile_forward.py:
+ * the decoder's last upconv took as long as a 3x3 convolution ten times its
+ * size), so in nChw16c f32 (channels multiples of 16) the backend runs the
+ * 1x1 convolution into an op-private buffer and the interleaving as one oneDNN
+ * reorder between two 6-D strided views (16-channel blocks move as a whole),
+ * straight into the destination (usually half of a concat buffer), image by
+ * image. Same sums as the transposed convolution (each output is one
+ * dot product over cin plus the bias), summed in the 1x1 kernel's order. */
+
+/* The layer's weights as a (4*cout, cin, 1, 1) convolution in layout `md`
+ * (shared by every op of the layer, like cpu_layer_weights), or its bias
+ * repeated four times when `md` is one-dimensional. */
+static dnnl_memory_t
+cpu_upconv_params (CpuCtx *ctx, CpuLayer *l, const dnnl_memory_desc_t *md,
+    GError **error)
+{
+  CpuPrepared prep = { 0 };
+  const gint cin = l->cin, cout = l->cout;
+  gfloat *buf = NULL;
+  const gfloat *w = NULL;
+  dnnl_memory_desc_t bmd;
+  dnnl_memory_t tmp = NULL;
+
+  for (guint i = 0; i < l->prepared->len; i++) {
+    CpuPrepared *p = &g_array_index (l->prepared, CpuPrepared, i);
+    if (dnnl_memory_desc_equal (md, &p->md))
+      return p->mem;
+  }
+  prep.md = *md;
+  DNNL_TRY (dnnl_memory_create (&prep.mem, md, ctx->engine, DNNL_MEMORY_ALLOCATE));
+  if (md->ndims == 1) {
+    gfloat *b4 = NULL;
+    DNNL_TRY (dnnl_memory_get_data_handle (l->bias, (void **) &w));
+    DNNL_TRY (dnnl_memory_get_data_handle (prep.mem, (void **) &b4));
+    for (gint q = 0; q < 4; q++)
+      memcpy (b4 + (gsize) q * cout, w, sizeof (gfloat) * cout);
+  } else {
+    dnnl_dims_t d = { 4 * cout, cin, 1, 1 };
+    /* user layout iohw: element (ci, co, i, j) at ((ci * cout + co) * 2 + i) * 2 + j */
+    DNNL_TRY (dnnl_memory_get_data_handle (l->w_user, (void **) &w));
+    buf = g_new (gfloat, (gsize) 4 * cout * cin);
+    for (gint q = 0; q < 4; q++)
+      for (gint co = 0; co < cout; co++)
+        for (gint ci = 0; ci < cin; ci++)
+          buf[((gsize) q * cout + co) * cin + ci] = w[((gsize) ci * cout + co) * 4 + q];
+    DNNL_TRY (dnnl_memory_desc_init_by_tag (&bmd, 4, d, dnnl_f32, dnnl_oihw));
+    DNNL_TRY (dnnl_memory_create (&tmp, &bmd, ctx->engine, buf));
+    if (!cpu_reorder_now (ctx, tmp, prep.mem, error))
+      goto fail;
+    dnnl_memory_destroy (tmp);
+    g_free (buf);
+  }
+  g_array_append_val (l->prepared, prep);
+  return prep.mem;
+fail:
+  if (tmp)
+    dnnl_memory_destroy (tmp);
+  if (prep.mem)
+    dnnl_memory_destroy (prep.mem);
+  g_free (buf);
+  return NULL;
+}
+
+static gboolean
+cpu_upconv_as_1x1 (CpuCtx *ctx, const UnetOpDesc *desc)
+{
+  const CpuLayer *l = &ctx->layers[desc->layer];
+  return ctx->conv_mode == CPU_CONV_RULE && !ctx->bf16 && l->k == 2
+      && l->cin % 16 == 0 && l->cout % 16 == 0
+      && cpu_tensor_block (desc->src) == 16 && cpu_tensor_block (desc->dst) == 16
+      && desc->src->md.data_type == dnnl_f32 && desc->dst->md.data_type == dnnl_f32
+      && desc->dst->dims.h == 2 * desc->src->dims.h
+      && desc->dst->dims.w == 2 * desc->src->dims.w;
+}
+
+static UnetBackendOp *
+cpu_op_new_upconv (CpuCtx *ctx, const UnetOpDesc *desc, GError **error)
+{
+  CpuLayer *l = &ctx->layers[desc->layer];
+  UnetBackendOp *op = g_new0 (UnetBackendOp, 1);
+  const gint64 cin = l->cin, cout = l->cout, nb = cout / 16;
+  const gint64 H = desc->src->dims.h, W = desc->src->dims.w;
+  dnnl_memory_desc_t smd, dmd, tmd, wmd, bmd, vsrc, vdst;
+  dnnl_convolution_desc_t cd;
+  dnnl_primitive_attr_t attr = NULL;
+  dnnl_post_ops_t po = NULL;
+  dnnl_primitive_desc_t pd = NULL;
+  const dnnl_memory_desc_t *pscr;
+  dnnl_dims_t td = { 1, 4 * cout, H, W }, wd = { 4 * cout, cin, 1, 1 },
+      bd = { 4 * cout }, ones = { 1, 1 }, zero = { 0, 0 };
+  /* (block, y, i, x, j, 16): the quarter (i, j) of the 1x1 output, and the
+   * destination pixel (2y + i, 2x + j) */
+  dnnl_dims_t vd = { nb, H, 2, W, 2, 16 };
+  dnnl_dims_t vs_src = { H * W * 16, W * 16, 2 * nb * H * W * 16, 16, nb * H * W * 16, 1 };
+  dnnl_dims_t vs_dst = { 4 * H * W * 16, 4 * W * 16, 2 * W * 16, 32, 16, 1 };
+  const char *impl = NULL;
+
+  op->ctx = ctx;
+  op->kind = desc->kind;
+  if (!cpu_image (desc->src, &smd, &op->src_base, &op->src_stride, error)
+      || !cpu_image (desc->dst, &dmd, &op->dst_base, &op->dst_stride, error))
+    goto fail;
+  op->n_images = desc->src->dims.n;
+  DNNL_TRY (dnnl_memory_desc_init_by_tag (&tmd, 4, td, dnnl_f32, dnnl_aBcd16b));
+  DNNL_TRY (dnnl_memory_desc_init_by_tag (&wmd, 4, wd, dnnl_f32, dnnl_format_tag_any));
+  DNNL_TRY (dnnl_memory_desc_init_by_tag (&bmd, 1, bd, dnnl_f32, dnnl_x));
+  DNNL_TRY (dnnl_convolution_forward_desc_init (&cd, dnnl_forward_inference,
+          dnnl_convolution_direct, &smd, &wmd, &bmd, &tmd, ones, zero, zero));
+  DNNL_TRY (dnnl_primitive_attr_create (&attr));
+  DNNL_TRY (dnnl_primitive_attr_set_scratchpad_mode (attr, dnnl_scratchpad_mode_user));
+  if (desc->relu) {
+    DNNL_TRY (dnnl_post_ops_create (&po));
+    DNNL_TRY (dnnl_post_ops_append_eltwise (po, 1.f, dnnl_eltwise_relu, 0.f, 0.f));
+    DNNL_TRY (dnnl_primitive_attr_set_post_ops (attr, po));
+  }
+  DNNL_TRY (dnnl_primitive_desc_create (&pd, &cd, attr, ctx->engine, NULL));
+  DNNL_TRY (dnnl_primitive_desc_query (pd, dnnl_query_impl_info_str, 0, &impl));
+  if ((op->weights = cpu_upconv_params (ctx, l,
+              dnnl_primitive_desc_query_md (pd, dnnl_query_weights_md, 0),
+              error)) == NULL || (op->bias = cpu_upconv_params (ctx, l, &bmd,
+              error)) == NULL)
+    goto fail;
+  if ((op->tmp_dst = cpu_alloc (dnnl_memory_desc_get_size (&tmd), error)) == NULL)
+    goto fail;
+  DNNL_TRY (dnnl_memory_create (&op->src, &smd, ctx->engine, DNNL_MEMORY_NONE));
+  DNNL_TRY (dnnl_memory_create (&op->dst, &tmd, ctx->engine, op->tmp_dst));
+  DNNL_TRY (dnnl_memory_desc_init_by_strides (&vsrc, 6, vd, dnnl_f32, vs_src));
+  DNNL_TRY (dnnl_memory_desc_init_by_strides (&vdst, 6, vd, dnnl_f32, vs_dst));
+  if (!cpu_reorder_init (ctx, &op->post, &vsrc, op->tmp_dst, &vdst, DNNL_MEMORY_NONE,
+          error))
+    goto fail;
+  pscr = dnnl_primitive_desc_query_md (pd, dnnl_query_scratchpad_md, 0);
+  op->scratch_bytes = dnnl_memory_desc_get_size (pscr);
+  if (op->scratch_bytes > ctx->scratch_bytes) {
+    free (ctx->scratch);
+    ctx->scratch_bytes = 0;
+    if ((ctx->scratch = cpu_alloc (op->scratch_bytes, error)) == NULL)
+      goto fail;
+    ctx->scratch_bytes = op->scratch_bytes;
+  }
+  DNNL_TRY (dnnl_memory_create (&op->scratch, pscr, ctx->engine, DNNL_MEMORY_NONE));
+  DNNL_TRY (dnnl_primitive_create (&op->prim, pd));
+  if (ctx->profile)
+    op->label = g_strdup_printf ("%s+shuffle", impl);
+  if (g_getenv ("UNET_CPU_VERBOSE"))
+    g_printerr ("unet-cpu: upconv layer %d as 1x1 convolution %s + shuffle\n",
+        desc->layer, impl);
+  dnnl_primitive_desc_destroy (pd);
+  dnnl_primitive_attr_destroy (attr);
+  if (po)
+    dnnl_post_ops_destroy (po);
+  return op;
+fail:
+  if (pd)
+    dnnl_primitive_desc_destroy (pd);
+  if (attr)
+    dnnl_primitive_attr_destroy (attr);
+  if (po)
+    dnnl_post_ops_destroy (po);
+  cpu_op_free (op);
+  return NULL;
+}
+
 static UnetBackendOp *
 cpu_op_new_impl (UnetBackend *be, const UnetOpDesc *desc, GError **error)
 {
@@ -1183,6 +1406,8 @@ cpu_op_new_impl (UnetBackend *be, const UnetOpDesc *desc, GError **error)
   cpu_set_threads (ctx);
   if (desc->kind == UNET_OP_CROP_COPY)
     return cpu_op_new_crop (ctx, desc, error);
+  if (desc->kind == UNET_OP_UPCONV2 && cpu_upconv_as_1x1 (ctx, desc))
+    return cpu_op_new_upconv (ctx, desc, error);
   if ((desc->kind == UNET_OP_SOFTMAX || desc->kind == UNET_OP_SIGMOID)
       && cpu_is_plain_f32 (desc->src) && cpu_is_plain_f32 (desc->dst))
     return cpu_op_new_plain (ctx, desc, error);

@@ -7,16 +7,18 @@ tests/reference/unet_ref.py and exported to ONNX with Debian's PyTorch for ONNX
 Runtime and OpenVINO), same valid U-Net (depth 4, 1 input channel, 2 classes), same
 input tile (--size, default 572x572), same thread count, probabilities out (softmax
 included in every engine's time). Each contender is its own process (peak RSS is its
-own: VmHWM), warmed up once (our plan build, which measures the convolution
-algorithms, and the peers' graph compilation happen before the first timed run);
+own: VmHWM), warmed up once (our plan build, which checks the Winograd kernels it
+chooses, and the peers' graph compilation happen before the first timed run);
 then --rounds rounds, each running every contender once in turn (alternating, so a
 burst of load from elsewhere hits all alike); the table shows medians, GFLOP/s
 (2 per multiply-add), the ratio (fastest peer ms / contender ms: > 1 = faster than
 every peer) and the max |probability - float64 reference| (PyTorch float64 of the
 same model and input: the contract's reference, tolerance 1e-4).
 
-Contenders: ours with UNET_CPU_CONV_ALGO=measure (per-convolution algorithm measured
-at plan build), ours by default (direct convolutions), ours bf16 with --bf16;
+Contenders: ours by default (UNET_CPU_CONV_ALGO=rule: Winograd F(4x4,3x3) where a
+rule on the shape says it pays and it is thread-invariant, else direct; transposed
+convolutions as 1x1 convolutions + shuffle), ours with UNET_CPU_CONV_ALGO=direct (the
+default before: oneDNN's direct kernels everywhere), ours bf16 with --bf16;
 PyTorch (Debian 1.13) NCHW and channels_last; ONNX Runtime and OpenVINO from PyPI
 (installed into --venv by this script; skipped with a note when they cannot be);
 PyTorch 2.x from PyPI with --pypi-torch (see tests/bench/peers.py). The load average
@@ -134,8 +136,8 @@ def bench_base(args, tmp, base, ours_exe, peer_defs):
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "passive")   # every OpenMP engine alike
     defs = []
-    ours = [("ours UNET_CPU_CONV_ALGO=measure", [], {"UNET_CPU_CONV_ALGO": "measure"}),
-            ("ours (default: direct)", [], {"UNET_CPU_CONV_ALGO": "direct"})]
+    ours = [("ours (default)", [], {"UNET_CPU_CONV_ALGO": "rule"}),
+            ("ours UNET_CPU_CONV_ALGO=direct", [], {"UNET_CPU_CONV_ALGO": "direct"})]
     if args.bf16:
         ours.append(("ours bf16", ["--precision", "bf16"], {}))
     for i, (label, extra, env_add) in enumerate(ours):

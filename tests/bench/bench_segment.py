@@ -53,8 +53,7 @@ def gst_env(build):
         "/usr/lib/x86_64-linux-gnu/gstreamer-1.0"])
     env["GST_REGISTRY_1_0"] = os.path.join(b, "bench-registry.bin")
     env.setdefault("OMP_WAIT_POLICY", "passive")   # as for the peers
-    # measured convolution kernels unless the caller says otherwise (README)
-    env.setdefault("UNET_CPU_CONV_ALGO", "measure")
+    # the element's defaults (UNET_CPU_CONV_ALGO from the caller's environment only)
     return env
 
 

@@ -207,6 +207,35 @@ def main():
                 print(f"{'ok  ' if okb else 'FAIL'} bf16 {name}: max|diff| {eb:.2e} "
                       f"({outside} of {yb.size} outside the propagated bf16 bounds)", flush=True)
 
+        # The default kernels (Winograd F(4x4,3x3) on wide layers where the
+        # backend checked it thread-invariant, transposed convolutions as 1x1 +
+        # shuffle) must give an image the same bits whatever the thread count and
+        # whatever it is batched with (README: shards and element tests rely on it).
+        cfg = unet_ref.make_config(1, 2, 2, 64, "valid", False, 0.0)
+        path = os.path.join(tmp, "invariance.safetensors")
+        unet_ref.save_model(unet_ref.random_model(cfg, seed), path)
+        h = legal_at_least(cfg, 1) + 4 * 4
+        x = rng.standard_normal((2, 1, h, h)).astype(np.float32)
+        env = dict(os.environ, UNET_CPU_VERBOSE="1")
+        env.pop("UNET_CPU_CONV_ALGO", None)
+        outs = []
+        for extra in (["-t", "1"], ["-t", "2"], ["-t", "2", "--batch-size", "1"],
+                      ["-t", "1", "--batch-size", "1"]):
+            y, r = run_forward(exe, path, x, h, h, extra, env)
+            if y is None:
+                print(f"FAIL invariance {extra}: {r.stderr.strip()}")
+                failures += 1
+                break
+            outs.append((extra, y))
+        wino = "winograd 4x3 agrees" in r.stderr
+        for extra, y in outs[1:]:
+            same = y.tobytes() == outs[0][1].tobytes()
+            failures += not same
+            print(f"{'ok  ' if same else 'FAIL'} default kernels, D=2 B=64 {h}x{h} "
+                  f"batch 2: {' '.join(extra)} {'equals' if same else 'differs from'} "
+                  f"-t 1 bit for bit (Winograd {'used' if wino else 'not offered'})",
+                  flush=True)
+
         # An illegal tile (odd before the first pooling) must be rejected clearly.
         cfg = unet_ref.make_config(1, 2, 2, 4, "valid", False, 0.0)
         path = os.path.join(tmp, "illegal.safetensors")
