@@ -854,7 +854,9 @@ cpu_wino_rule (const CpuLayer *l, const dnnl_memory_desc_t *smd,
       && (l->cin >= 64 || l->cin > l->cout)
       && smd->data_type == dnnl_f32 && dmd->data_type == dnnl_f32
       && smd->format_desc.blocking.inner_nblks == 1
-      && dmd->format_desc.blocking.inner_nblks == 1;
+      && smd->format_desc.blocking.inner_blks[0] == 16
+      && dmd->format_desc.blocking.inner_nblks == 1
+      && dmd->format_desc.blocking.inner_blks[0] == 16;
 }
 
 /* The F(4x4,3x3) primitive descriptor for (smd, dmd) configured for the current
