@@ -835,10 +835,14 @@ cpu_conv_choose (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *
  *   thread count at creation, and configurations round differently. The first
  *   time a shape is seen the kernel is configured for each of 1, 2, the
  *   backend's thread count, the machine's core count and CPU_WINO_MAX_THREADS,
- *   and each is run on the same pseudo-random input: Winograd is kept only when
- *   all agree bit for bit and stay within CPU_CONV_REL_TOL of the direct kernel;
- *   otherwise the shape runs direct (at base 32 on a 572 tile, 2 of 16
- *   convolutions differed between 1 and 2 threads). The verdict is a
+ *   and each is run on the same pseudo-random input: Winograd is kept when all
+ *   agree bit for bit. When they differ (at base 32 on a 572 tile, 2 of 16
+ *   convolutions differed between 1 and 2 threads), the kernel configured once
+ *   for CPU_WINO_MAX_THREADS threads is run with each of those counts (a
+ *   primitive may run with fewer threads than it was made for) and kept,
+ *   configured so for every net, when those runs agree; otherwise the shape runs
+ *   direct. Either way the kept kernel stays within CPU_CONV_REL_TOL of the
+ *   direct one. The verdict is a
  *   deterministic function of the shape and of the counts compared, cached for
  *   the process: any two nets whose thread counts are among 1, 2 and the core
  *   count compare the same set and get the same bits. */
@@ -967,23 +971,29 @@ cpu_wino_thread_counts (const CpuCtx *ctx, gint *t)
   return n;
 }
 
-/* The check described above, for one image's (smd, dmd). */
+/* The check described above, for one image's (smd, dmd). *made_for: 0 run
+ * direct, -1 Winograd configured for the net's own count (every count's
+ * configuration gives the same bits), else Winograd configured for that many
+ * threads (the configurations differ, but that one gives the same bits run with
+ * each count compared). */
 static gboolean
 cpu_wino_check (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *smd,
-    const dnnl_memory_desc_t *dmd, dnnl_primitive_attr_t attr, gboolean *good,
+    const dnnl_memory_desc_t *dmd, dnnl_primitive_attr_t attr, gint *made_for,
     GError **error)
 {
   CpuLayer *l = &ctx->layers[desc->layer];
   const gsize n_src = dnnl_memory_desc_get_size (smd) / 4;
   const gsize n_dst = dnnl_memory_desc_get_size (dmd) / 4;
   gint counts[5], n_counts = cpu_wino_thread_counts (ctx, counts), differ = 0;
+  const gint many = MAX (CPU_WINO_MAX_THREADS, ctx->threads);
+  const gint most = MAX (ctx->threads, (gint) g_get_num_processors ());
   dnnl_primitive_desc_t pd_dir = NULL, pd = NULL;
   gfloat *src = NULL, *ref = NULL, *y0 = NULL, *y = NULL;
   gdouble ref_max = 0.0, dev = 0.0;
   guint32 rng = 0x9e3779b9u;
   gboolean ok = FALSE;
 
-  *good = FALSE;
+  *made_for = 0;
   if ((pd_dir = cpu_try_pd (ctx, desc, smd, dmd, attr, FALSE)) == NULL)
     return TRUE;                /* no verdict needed: runs direct */
   if ((src = cpu_alloc (n_src * 4, error)) == NULL
@@ -1020,6 +1030,27 @@ cpu_wino_check (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *s
     if (i > 0 && memcmp (y0, y, n_dst * 4) != 0)
       differ = counts[i];
   }
+  if (differ) {
+    /* second chance: the kernel configured once, for `many` threads, and run
+     * with each count a net here may use (a primitive may run with fewer threads
+     * than it was made for); kept if every run gives the same bits */
+    gboolean same = TRUE;
+#if HAVE_OPENMP
+    omp_set_num_threads (many);
+#endif
+    pd = cpu_wino_pd (ctx, desc, smd, dmd, attr);
+    cpu_set_threads (ctx);
+    for (gint i = 0, runs = 0; pd != NULL && i < n_counts && same; i++) {
+      if (counts[i] > most)
+        continue;
+      if (!cpu_run_once (ctx, l, pd, many, counts[i], src, runs == 0 ? y0 : y, error))
+        goto done;
+      same = runs == 0 || memcmp (y0, y, n_dst * 4) == 0;
+      runs++;
+    }
+    if (pd != NULL && same)
+      differ = -1;
+  }
   for (gsize i = 0; i < n_dst; i++) {
     ref_max = MAX (ref_max, fabs (ref[i]));
     dev = MAX (dev, fabs ((gdouble) y0[i] - ref[i]));
@@ -1027,15 +1058,19 @@ cpu_wino_check (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *s
       dev = G_MAXDOUBLE;
   }
   dev /= MAX (ref_max, 1e-30);
-  *good = differ == 0 && dev <= CPU_CONV_REL_TOL;
+  if (dev <= CPU_CONV_REL_TOL)
+    *made_for = differ == 0 ? -1 : differ < 0 ? many : 0;
   if (g_getenv ("UNET_CPU_VERBOSE")) {
-    if (differ)
+    if (differ > 0)
       g_printerr ("unet-cpu: conv layer %d %dx%d: winograd 4x3 for %d threads differs "
-          "from 1 thread: direct\n", desc->layer, l->cin, l->cout, differ);
+          "from 1 thread, also when made for %d: direct\n", desc->layer, l->cin,
+          l->cout, differ, many);
     else
-      g_printerr ("unet-cpu: conv layer %d %dx%d: winograd 4x3 agrees for 1..%d "
-          "threads, rel. dev. from direct %.1e: %s\n", desc->layer, l->cin, l->cout,
-          counts[n_counts - 1], dev, *good ? "winograd" : "direct");
+      g_printerr ("unet-cpu: conv layer %d %dx%d: winograd 4x3 %s, rel. dev. from "
+          "direct %.1e: %s\n", desc->layer, l->cin, l->cout, differ == 0
+          ? "configured for each thread count agrees"
+          : "configured for many threads agrees for every count run", dev,
+          *made_for ? "winograd" : "direct");
   }
   ok = TRUE;
 done:
@@ -1051,16 +1086,20 @@ done:
 }
 
 /* CPU_CONV_RULE: the Winograd descriptor for one image's (smd, dmd) when the rule
- * and the check say so (*out NULL otherwise: the caller runs direct). */
+ * and the check say so (*out NULL otherwise: the caller runs direct), and in
+ * *made_for the thread count its primitive must be created with. */
 static gboolean
 cpu_conv_wino (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *smd,
     const dnnl_memory_desc_t *dmd, dnnl_primitive_attr_t attr,
-    dnnl_primitive_desc_t *out, GError **error)
+    dnnl_primitive_desc_t *out, gint *made_for, GError **error)
 {
   gchar *key;
+  /* 0 unknown; 1 direct; 2 Winograd configured for our own thread count (all
+   * counts' configurations agree); else Winograd configured for that many threads */
   gint verdict;
 
   *out = NULL;
+  *made_for = ctx->threads;
   if (!cpu_wino_rule (&ctx->layers[desc->layer], smd, dmd))
     return TRUE;
   key = cpu_conv_key (ctx, desc, smd, dmd);
@@ -1079,12 +1118,12 @@ cpu_conv_wino (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *sm
           key)) : 0;
   g_mutex_unlock (&cpu_choice_lock);
   if (verdict == 0) {
-    gboolean good;
-    if (!cpu_wino_check (ctx, desc, smd, dmd, attr, &good, error)) {
+    gint m;
+    if (!cpu_wino_check (ctx, desc, smd, dmd, attr, &m, error)) {
       g_free (key);
       return FALSE;
     }
-    verdict = good ? 1 : 2;
+    verdict = m < 0 ? 2 : m > 0 ? m : 1;
     g_mutex_lock (&cpu_choice_lock);
     if (cpu_wino_cache == NULL)
       cpu_wino_cache = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
@@ -1093,8 +1132,14 @@ cpu_conv_wino (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *sm
     key = NULL;
   }
   g_free (key);
-  if (verdict == 1)
+  if (verdict > 1) {
+    *made_for = verdict == 2 ? ctx->threads : verdict;
+#if HAVE_OPENMP
+    omp_set_num_threads (*made_for);
+#endif
     *out = cpu_wino_pd (ctx, desc, smd, dmd, attr);
+    cpu_set_threads (ctx);
+  }
   return TRUE;
 }
 
@@ -1388,6 +1433,8 @@ cpu_op_new_impl (UnetBackend *be, const UnetOpDesc *desc, GError **error)
   const dnnl_memory_desc_t *psrc, *pdst, *pscr;
   dnnl_memory_desc_t smd, dmd, sany, dany;
   gboolean fallback = FALSE;
+  gint prim_threads = 0;        /* the count a Winograd primitive is made for */
+  dnnl_status_t pst;
 
   if (desc->training) {
     op = g_new0 (UnetBackendOp, 1);
@@ -1461,7 +1508,7 @@ cpu_op_new_impl (UnetBackend *be, const UnetOpDesc *desc, GError **error)
     gsize ss, ds;
     if (!cpu_image (desc->src, &smd1, &sb, &ss, error)
         || !cpu_image (desc->dst, &dmd1, &db, &ds, error)
-        || !cpu_conv_wino (ctx, desc, &smd1, &dmd1, attr, &pd, error))
+        || !cpu_conv_wino (ctx, desc, &smd1, &dmd1, attr, &pd, &prim_threads, error))
       goto fail;
     if (pd != NULL) {
       smd = smd1;
@@ -1539,7 +1586,15 @@ cpu_op_new_impl (UnetBackend *be, const UnetOpDesc *desc, GError **error)
     ctx->scratch_bytes = op->scratch_bytes;
   }
   DNNL_TRY (dnnl_memory_create (&op->scratch, pscr, ctx->engine, DNNL_MEMORY_NONE));
-  DNNL_TRY (dnnl_primitive_create (&op->prim, pd));
+  /* oneDNN's primitive cache keys by the thread count at creation: a Winograd
+   * kernel configured for another count must be created under that count */
+#if HAVE_OPENMP
+  if (prim_threads > 0)
+    omp_set_num_threads (prim_threads);
+#endif
+  pst = dnnl_primitive_create (&op->prim, pd);
+  cpu_set_threads (ctx);
+  DNNL_TRY (pst);
 
   if (ctx->profile) {
     const char *impl = NULL;
