@@ -1116,6 +1116,12 @@ cpu_conv_wino (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *sm
   g_mutex_lock (&cpu_choice_lock);
   verdict = cpu_wino_cache ? GPOINTER_TO_INT (g_hash_table_lookup (cpu_wino_cache,
           key)) : 0;
+  /* a verdict an earlier process on this machine reached (cpu-conv-cache.c) */
+  if (verdict == 0 && (verdict = cpu_conv_cache_lookup (key)) != 0) {
+    if (cpu_wino_cache == NULL)
+      cpu_wino_cache = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+    g_hash_table_replace (cpu_wino_cache, g_strdup (key), GINT_TO_POINTER (verdict));
+  }
   g_mutex_unlock (&cpu_choice_lock);
   if (verdict == 0) {
     gint m;
@@ -1127,9 +1133,9 @@ cpu_conv_wino (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *sm
     g_mutex_lock (&cpu_choice_lock);
     if (cpu_wino_cache == NULL)
       cpu_wino_cache = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
-    g_hash_table_replace (cpu_wino_cache, key, GINT_TO_POINTER (verdict));
+    g_hash_table_replace (cpu_wino_cache, g_strdup (key), GINT_TO_POINTER (verdict));
+    cpu_conv_cache_store (key, verdict);
     g_mutex_unlock (&cpu_choice_lock);
-    key = NULL;
   }
   g_free (key);
   if (verdict > 1) {

@@ -137,6 +137,11 @@ G_GNUC_INTERNAL gboolean  cpu_image           (UnetBackendTensor *t, dnnl_memory
                                                guint8 **base, gsize *stride,
                                                GError **error);
 
+/* cpu-conv-cache.c: verdicts of the default convolution choice kept on disk for
+ * the machine (0: unknown). Callers hold cpu_choice_lock. */
+G_GNUC_INTERNAL gint      cpu_conv_cache_lookup (const gchar *key);
+G_GNUC_INTERNAL void      cpu_conv_cache_store (const gchar *key, gint verdict);
+
 /* cpu-train.c: the training slots of the interface (backend.h) */
 G_GNUC_INTERNAL CpuTrainOp *cpu_train_op_new  (CpuCtx *ctx, const UnetOpDesc *desc,
                                                GError **error);

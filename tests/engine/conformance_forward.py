@@ -236,6 +236,24 @@ def main():
                   f"-t 1 bit for bit (Winograd {'used' if wino else 'not offered'})",
                   flush=True)
 
+        # The verdicts of that check are kept for the machine (cpu-conv-cache.c): a
+        # process that reads them gives the same bits as one that checks again.
+        cache_dir = os.path.join(tmp, "cache")
+        cenv = dict(env, UNET_CACHE_DIR=cache_dir)
+        y1, r1 = run_forward(exe, path, x, h, h, ["-t", "2"], cenv)
+        cache_file = os.path.join(cache_dir, "cpu-conv-verdicts.txt")
+        lines = open(cache_file).read().splitlines() if os.path.exists(cache_file) else []
+        y2, r2 = run_forward(exe, path, x, h, h, ["-t", "2"], cenv)
+        y3, r3 = run_forward(exe, path, x, h, h, ["-t", "2"],
+                             dict(cenv, UNET_CPU_CONV_CACHE="0"))
+        ok = (y1 is not None and y2 is not None and y3 is not None
+              and lines[:1] and lines[0].startswith("gst-unet cpu-conv-verdicts")
+              and len(lines) > 1 and y1.tobytes() == y2.tobytes() == y3.tobytes())
+        failures += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} convolution verdicts cached: {len(lines) - 1} "
+              f"shape(s) in {os.path.basename(cache_file)}; a process reading them, one "
+              f"checking again and the first give the same bits", flush=True)
+
         # An illegal tile (odd before the first pooling) must be rejected clearly.
         cfg = unet_ref.make_config(1, 2, 2, 4, "valid", False, 0.0)
         path = os.path.join(tmp, "illegal.safetensors")
