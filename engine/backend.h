@@ -271,6 +271,14 @@ UnetBackend *unet_backend_cuda_new      (const UnetNetOptions *opts, GError **er
 UnetBackend *unet_backend_new           (const UnetNetOptions *opts, UnetDevice *device,
                                          GError **error);
 
+/* The shape rules of UnetOpDesc above, for every backend's op_new, given the
+ * dimensions of desc's src, dst, diff_src and diff_dst (the last two NULL when
+ * absent): src/dst per kind (channel counts of CONV and UPCONV2 are the layer's),
+ * and in a training desc the gradient tensors shaped as their tensors. */
+gboolean     unet_op_desc_check_shapes  (const UnetOpDesc *desc, const UnetDims *src,
+                                         const UnetDims *dst, const UnetDims *diff_src,
+                                         const UnetDims *diff_dst, GError **error);
+
 /* Optional-slot checks, in one place. */
 static inline gboolean
 unet_backend_can_train (const UnetBackend *be)

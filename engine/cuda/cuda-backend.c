@@ -546,28 +546,22 @@ cuda_op_new (UnetBackend *be, const UnetOpDesc *desc, GError **error)
   t = &desc->dst->dims;
   op->ctx = ctx;
   op->d = *desc;
-  if (!cuda_use_device (ctx, error))
+  if (!cuda_use_device (ctx, error) || !unet_op_desc_check_shapes (desc, s, t, NULL, NULL, error))
     goto fail;
   switch (desc->kind) {
     case UNET_OP_CONV:
     case UNET_OP_UPCONV2:
       ok = conv_op_init (ctx, op, error);
       break;
-    case UNET_OP_MAXPOOL2:
-      ok = s->n == t->n && s->c == t->c && t->h == s->h / 2 && t->w == s->w / 2 && s->h >= 2
-          && s->w >= 2;
-      break;
-    case UNET_OP_CROP_COPY:
-      ok = s->n == t->n && s->c == t->c && desc->crop_y >= 0 && desc->crop_x >= 0
-          && desc->crop_y + t->h <= s->h && desc->crop_x + t->w <= s->w;
-      break;
-    case UNET_OP_SOFTMAX:
     case UNET_OP_SIGMOID:
-      ok = s->n == t->n && s->c == t->c && s->h == t->h && s->w == t->w
-          && (desc->kind == UNET_OP_SOFTMAX || s->c == 1);
+      ok = s->c == 1;           /* the kernel's one-channel logistic */
+      break;
+    case UNET_OP_MAXPOOL2:
+    case UNET_OP_CROP_COPY:
+    case UNET_OP_SOFTMAX:
       break;
     default:
-      ok = FALSE;
+      ok = FALSE;               /* batch norm, dropout: training graphs only */
       break;
   }
   if (!ok) {

@@ -658,63 +658,47 @@ cuda_train_op_free (UnetBackendOp *op)
   g_free (op);
 }
 
-static gboolean
-same_dims (const UnetDims *a, const UnetDims *b)
-{
-  return a->n == b->n && a->c == b->c && a->h == b->h && a->w == b->w;
-}
-
-/* Shapes and parameters of a training desc, per kind (convolutions: conv_init). */
+/* Shapes and parameters of a training desc: backend.h's shape rules, then what
+ * this backend needs (bound tensors, parameters inside the slab). */
 static gboolean
 check_desc (const CudaCtx *ctx, const UnetOpDesc *d, GError **error)
 {
-  const UnetDims *s = &d->src->dims, *t = &d->dst->dims;
-  gboolean ok;
+  const UnetDims *t = &d->dst->dims;
+  gboolean ok = TRUE;
 
-  if (d->diff_dst == NULL || !same_dims (&d->diff_dst->dims, t)
-      || (d->diff_src != NULL && !same_dims (&d->diff_src->dims, s))
-      || cuda_tensor_data (d->src) == NULL || cuda_tensor_data (d->dst) == NULL
+  if (!unet_op_desc_check_shapes (d, &d->src->dims, &d->dst->dims,
+          d->diff_src ? &d->diff_src->dims : NULL, d->diff_dst ? &d->diff_dst->dims : NULL,
+          error))
+    return FALSE;
+  if (cuda_tensor_data (d->src) == NULL || cuda_tensor_data (d->dst) == NULL
       || cuda_tensor_data (d->diff_dst) == NULL
       || (d->diff_src != NULL && cuda_tensor_data (d->diff_src) == NULL)) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
-        "training op %d: its gradient tensors must be shaped as dst and src and every "
-        "tensor bound to an arena before op_new", d->kind);
+        "training op %d: every tensor must be bound to an arena before op_new", d->kind);
     return FALSE;
   }
   switch (d->kind) {
-    case UNET_OP_CONV:
-    case UNET_OP_UPCONV2:
-      ok = s->n == t->n;
-      break;
-    case UNET_OP_MAXPOOL2:
-      ok = s->n == t->n && s->c == t->c && t->h == s->h / 2 && t->w == s->w / 2 && s->h >= 2
-          && s->w >= 2;
-      break;
-    case UNET_OP_CROP_COPY:
-      ok = s->n == t->n && s->c == t->c && d->crop_y >= 0 && d->crop_x >= 0
-          && d->crop_y + t->h <= s->h && d->crop_x + t->w <= s->w;
-      break;
     case UNET_OP_BATCHNORM:
-      ok = same_dims (s, t) && d->bn[0] >= 0 && d->bn[1] >= 0 && d->bn[2] >= 0
-          && d->bn[3] >= 0;
+      ok = d->bn[0] >= 0 && d->bn[1] >= 0 && d->bn[2] >= 0 && d->bn[3] >= 0;
       if (ok && ctx->slab_numel != 0)
         for (gint q = 0; q < 4; q++)
           ok = ok && (gsize) d->bn[q] + (gsize) t->c <= ctx->slab_numel;
       break;
     case UNET_OP_DROPOUT:
-      ok = same_dims (s, t) && d->dropout >= 0.0 && d->dropout < 1.0;
+      ok = d->dropout >= 0.0 && d->dropout < 1.0;
       break;
     case UNET_OP_SOFTMAX:
     case UNET_OP_SIGMOID:
-    default:
       g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
           "op %d has no training form (training graphs end at the logits)", d->kind);
       return FALSE;
+    default:
+      break;
   }
   if (!ok)
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
-        "training op %d: shapes %dx%dx%dx%d -> %dx%dx%dx%d or its parameters do not fit",
-        d->kind, s->n, s->c, s->h, s->w, t->n, t->c, t->h, t->w);
+        "training op %d: its parameters do not fit (batch-norm offsets outside the "
+        "slab, or dropout outside [0, 1))", d->kind);
   return ok;
 }
 
