@@ -121,20 +121,10 @@ unet_checkpoint_training_json (const UnetTrainerOptions *o,
 }
 
 gboolean
-unet_checkpoint_all_finite (const gfloat *v, gsize n)
-{
-  /* One pass with a sum-free test: x - x is 0 for finite x, NaN otherwise. */
-  gfloat acc = 0.0f;
-  for (gsize i = 0; i < n; i++)
-    acc += v[i] - v[i];
-  return acc == 0.0f;
-}
-
-gboolean
 unet_checkpoint_check_finite (const gfloat *params, gsize n_params,
     UnetOptimizer *optim, gint64 iteration, const gchar *path, GError **error)
 {
-  if (!unet_checkpoint_all_finite (params, n_params)) {
+  if (!unet_slab_all_finite (params, n_params)) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
         "not writing \"%s\" at iteration %" G_GINT64_FORMAT ": the weights are "
         "not finite (training diverged); the file already there is kept", path,
@@ -142,7 +132,7 @@ unet_checkpoint_check_finite (const gfloat *params, gsize n_params,
     return FALSE;
   }
   for (guint i = 0; i < unet_optimizer_get_n_buffers (optim); i++)
-    if (!unet_checkpoint_all_finite (unet_optimizer_get_buffer (optim, i),
+    if (!unet_slab_all_finite (unet_optimizer_get_buffer (optim, i),
             n_params)) {
       g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
           "not writing \"%s\" at iteration %" G_GINT64_FORMAT ": the optimiser "
@@ -261,7 +251,7 @@ unet_checkpoint_restore (const UnetCheckpoint *ck, UnetOptimizer *optim,
     if (!unet_safetensors_read_f32 (st_t, unet_optimizer_get_buffer (optim, i),
             error))
       return FALSE;
-    if (!unet_checkpoint_all_finite (unet_optimizer_get_buffer (optim, i),
+    if (!unet_slab_all_finite (unet_optimizer_get_buffer (optim, i),
             n_params)) {
       g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL,
           "%s: optimiser state \"%s\" holds non-finite values (saved by a run "
@@ -270,7 +260,7 @@ unet_checkpoint_restore (const UnetCheckpoint *ck, UnetOptimizer *optim,
       return FALSE;
     }
   }
-  if (!unet_checkpoint_all_finite (params, n_params)) {
+  if (!unet_slab_all_finite (params, n_params)) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_MODEL,
         "%s: the weights hold non-finite values (saved by a run that "
         "diverged); resume from an earlier checkpoint or start again",

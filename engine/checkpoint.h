@@ -34,8 +34,6 @@ typedef struct
 gchar    *unet_checkpoint_training_json (const UnetTrainerOptions *opts,
                                          const UnetCheckpointState *state);
 
-/* TRUE when every value of v (n) is finite. */
-gboolean  unet_checkpoint_all_finite    (const gfloat *v, gsize n);
 
 /* Checks that the parameters (n_params) and every optimiser buffer are finite;
  * otherwise an UNET_ERROR_FAILED saying that `path` is kept as it is. */

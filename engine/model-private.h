@@ -75,6 +75,8 @@ GHashTable  *unet_model_get_metadata_table (const UnetModel *model);
 /* Slab allocation helpers for the trainer's gradient/optimiser slabs (same layout).
  * Zero-filled, 64-byte aligned; NULL + UNET_ERROR_OUT_OF_MEMORY when it fails. */
 gfloat      *unet_slab_alloc0           (gsize numel, GError **error);
+/* Every one of n floats is finite (one pass, no branch per element). */
+gboolean     unet_slab_all_finite       (const gfloat *v, gsize n);
 void         unet_slab_free             (gfloat *slab);
 
 /* Builds a model from an already parsed safetensors file (the trainer uses this to

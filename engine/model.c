@@ -815,3 +815,13 @@ unet_model_get_metadata_table (const UnetModel *model)
 {
   return model->metadata;
 }
+
+gboolean
+unet_slab_all_finite (const gfloat *v, gsize n)
+{
+  /* x - x is 0 for finite x, NaN otherwise */
+  gfloat acc = 0.0f;
+  for (gsize i = 0; i < n; i++)
+    acc += v[i] - v[i];
+  return acc == 0.0f;
+}

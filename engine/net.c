@@ -476,16 +476,6 @@ unet_net_train_loss (UnetNet *net, const gint32 *labels, const gfloat *weights,
   return be->loss (net->be, z, labels, weights, dice_weight, dz, loss, confusion, error);
 }
 
-static gboolean
-all_finite (const gfloat *v, gsize n)
-{
-  /* x - x is 0 for finite x, NaN otherwise */
-  gfloat acc = 0.0f;
-  for (gsize i = 0; i < n; i++)
-    acc += v[i] - v[i];
-  return acc == 0.0f;
-}
-
 gboolean
 unet_net_optimizer_step (UnetNet *net, UnetOptimizer *opt, gboolean *finite,
     GError **error)
@@ -519,7 +509,7 @@ unet_net_optimizer_step (UnetNet *net, UnetOptimizer *opt, gboolean *finite,
         || !unet_optim_update_host (&u, params, grads, buffers, error)
         || !unet_net_parameters_changed (net, error))
       return FALSE;
-    *finite = all_finite (params, u.n);
+    *finite = unet_slab_all_finite (params, u.n);
   }
   unet_optimizer_advance (opt);
   return TRUE;

@@ -20,6 +20,7 @@
 
 #include "cpu-private.h"
 #include "cpu-train.h"
+#include "model-private.h"
 #include "rng.h"
 
 #include <math.h>
@@ -1404,9 +1405,6 @@ cpu_optimizer_update (UnetBackend *be, const UnetOptimUpdate *u, gboolean *finit
     GError **error)
 {
   CpuCtx *ctx = be->priv;
-  const gfloat *p;
-  gfloat acc = 0.0f;
-
   if (u->n != ctx->n_params || u->n_buffers > 2) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
         "optimiser update of %" G_GSIZE_FORMAT " floats with %u state slabs, the "
@@ -1418,11 +1416,7 @@ cpu_optimizer_update (UnetBackend *be, const UnetOptimUpdate *u, gboolean *finit
   cpu_set_threads (ctx);
   if (!unet_optim_update_host (u, ctx->params, ctx->grads, ctx->opt_state, error))
     return FALSE;
-  /* x - x is 0 for finite x, NaN otherwise */
-  p = ctx->params;
-  for (gsize i = 0; i < ctx->n_params; i++)
-    acc += p[i] - p[i];
-  *finite = acc == 0.0f;
+  *finite = unet_slab_all_finite (ctx->params, ctx->n_params);
   return TRUE;
 }
 
