@@ -16,7 +16,6 @@ struct _UnetGraphExec
   UnetBackendOp **ops;          /* per node */
   gint n_ops;
   UnetBackendArena *arena;
-  gsize arena_bytes;
   gboolean have_forward;        /* training: a forward pass ran since the last build */
 };
 
@@ -79,8 +78,7 @@ unet_graph_exec_new (UnetBackend *be, UnetGraph *g, GError **error)
     if (x->tensors[i] == NULL)
       goto fail;
   }
-  x->arena_bytes = unet_graph_pack (g, ARENA_ALIGN);
-  if ((x->arena = bi->arena_new (be, x->arena_bytes, error)) == NULL)
+  if ((x->arena = bi->arena_new (be, unet_graph_pack (g, ARENA_ALIGN), error)) == NULL)
     goto fail;
   for (gint i = 0; i < x->n_tensors; i++)
     if (unet_graph_tensor (g, i)->parent < 0)
@@ -120,12 +118,6 @@ unet_graph_exec_tensor (UnetGraphExec *x, gint id)
 {
   g_return_val_if_fail (id >= 0 && id < x->n_tensors, NULL);
   return x->tensors[id];
-}
-
-gsize
-unet_graph_exec_get_bytes (const UnetGraphExec *x)
-{
-  return x->arena_bytes;
 }
 
 gboolean

@@ -24,7 +24,6 @@ void         unet_graph_exec_free       (UnetGraphExec *x);
 const UnetGraph *unet_graph_exec_get_graph (const UnetGraphExec *x);
 /* The backend tensor of graph tensor `id` (graph->input, ->logits, ...). */
 UnetBackendTensor *unet_graph_exec_tensor (UnetGraphExec *x, gint id);
-gsize        unet_graph_exec_get_bytes  (const UnetGraphExec *x);
 
 /* Inference: op_forward for nodes [0, n_nodes) (-1: all). */
 gboolean     unet_graph_exec_forward    (UnetGraphExec *x, gint n_nodes, GError **error);

@@ -21,9 +21,10 @@
  * parameter slab (params_set / params_get). Two flags keep them in step lazily:
  * `backend_stale` (the host changed: upload before the next training forward) and
  * `host_stale` (the backend changed — an optimiser step on a host-memory slab, or
- * batch-norm running statistics — : download before folding or exporting). On the
- * CPU the backend's slab is host memory the trainer's optimiser writes in place
- * (params_host), so a step copies no parameters at all.
+ * batch-norm running statistics — : download before folding or exporting). The
+ * trainer's optimiser runs on the backend (unet_net_optimizer_step), so a step
+ * copies no parameters; on the CPU, unet_net_get_parameters hands out the backend's
+ * own slab (params_host) for callers that write it directly.
  */
 #include "config.h"
 

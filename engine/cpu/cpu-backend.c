@@ -1340,6 +1340,18 @@ cpu_upconv_as_1x1 (CpuCtx *ctx, const UnetOpDesc *desc)
       && desc->dst->dims.w == 2 * desc->src->dims.w;
 }
 
+/* Releases what building an op's primitive took (any may be NULL). */
+static void
+cpu_op_build_end (dnnl_primitive_desc_t pd, dnnl_primitive_attr_t attr, dnnl_post_ops_t po)
+{
+  if (pd)
+    dnnl_primitive_desc_destroy (pd);
+  if (attr)
+    dnnl_primitive_attr_destroy (attr);
+  if (po)
+    dnnl_post_ops_destroy (po);
+}
+
 static UnetBackendOp *
 cpu_op_new_upconv (CpuCtx *ctx, const UnetOpDesc *desc, GError **error)
 {
@@ -1412,18 +1424,10 @@ cpu_op_new_upconv (CpuCtx *ctx, const UnetOpDesc *desc, GError **error)
   if (g_getenv ("UNET_CPU_VERBOSE"))
     g_printerr ("unet-cpu: upconv layer %d as 1x1 convolution %s + shuffle\n",
         desc->layer, impl);
-  dnnl_primitive_desc_destroy (pd);
-  dnnl_primitive_attr_destroy (attr);
-  if (po)
-    dnnl_post_ops_destroy (po);
+  cpu_op_build_end (pd, attr, po);
   return op;
 fail:
-  if (pd)
-    dnnl_primitive_desc_destroy (pd);
-  if (attr)
-    dnnl_primitive_attr_destroy (attr);
-  if (po)
-    dnnl_post_ops_destroy (po);
+  cpu_op_build_end (pd, attr, po);
   cpu_op_free (op);
   return NULL;
 }
@@ -1616,19 +1620,11 @@ cpu_op_new_impl (UnetBackend *be, const UnetOpDesc *desc, GError **error)
         desc->dst->dims.h, desc->dst->dims.w, impl, fallback ? " (reorders)" : "", op->scratch_bytes);
   }
 
-  dnnl_primitive_desc_destroy (pd);
-  dnnl_primitive_attr_destroy (attr);
-  if (po)
-    dnnl_post_ops_destroy (po);
+  cpu_op_build_end (pd, attr, po);
   return op;
 
 fail:
-  if (pd)
-    dnnl_primitive_desc_destroy (pd);
-  if (attr)
-    dnnl_primitive_attr_destroy (attr);
-  if (po)
-    dnnl_post_ops_destroy (po);
+  cpu_op_build_end (pd, attr, po);
   cpu_op_free (op);
   return NULL;
 }
