@@ -183,7 +183,12 @@ run_shard() {
   set -e
   if [ "${status[0]}" -ne 0 ] || [ "${status[1]}" -ne 0 ]; then
     rm -f -- "$tmp" "$stmp"
-    tail -n 20 "$log" >&2
+    # the first error with its details (what a user acts on), else the log's end
+    if grep -q '^ERROR' "$log"; then
+      sed -n '/^ERROR/,$p' "$log" | head -n 40 >&2
+    else
+      tail -n 20 "$log" >&2
+    fi
     unet_die "shard $i ($s_input pages $s_start-$s_stop) failed (status ${status[0]})"
   fi
   got=$(unet_with_runtime "$UNET_PYTHON" "$SHARDS_PY" count "$tmp") || got=-1
