@@ -166,18 +166,29 @@ cpu_tensor_dt (CpuCtx *ctx, gint c)
   return (ctx->bf16 && c % 16 == 0) ? dnnl_bf16 : dnnl_f32;
 }
 
-/* fp32: channels in blocks of 16 (nChw16c, what the AVX-512 convolutions run
- * fastest on), else of 8 (nChw8c, which oneDNN's AVX2 kernels read and write
- * directly: an 8-channel tensor padded to 16 would be reordered around every
- * convolution); bf16: nhwc, the layout of oneDNN's AMX (brgemm) bf16 convolutions
- * (~10x the AVX512_BF16 nChw16c kernels on a Sapphire Rapids core). Other channel
- * counts: nchw. One policy for inference and training. */
+/* fp32 on an AVX-512 CPU: channels in blocks of 16 (nChw16c, what its AVX-512
+ * convolutions run fastest on), else of 8; on any other CPU in blocks of 8
+ * (nChw8c, which oneDNN's AVX2 and SSE4.1 kernels read and write directly: they
+ * have no nChw16c kernels, so 16-blocked tensors there fall to oneDNN's reference
+ * convolutions and pooling, ~20x slower; and an 8-channel tensor padded to 16
+ * would be reordered around every convolution). bf16: nhwc, the layout of
+ * oneDNN's AMX (brgemm) bf16 convolutions (~10x the AVX512_BF16 nChw16c kernels
+ * on a Sapphire Rapids core). Other channel counts: nchw. One policy for
+ * inference and training. */
+static gint
+cpu_isa_block (void)
+{
+  const dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa ();
+  return (isa & dnnl_cpu_isa_avx512_core) == dnnl_cpu_isa_avx512_core ? 16 : 8;
+}
+
 static dnnl_format_tag_t
 cpu_tensor_tag (CpuCtx *ctx, gint c)
 {
   if (ctx->bf16)
     return c % 16 == 0 ? dnnl_acdb : dnnl_abcd;
-  return c % 16 == 0 ? dnnl_aBcd16b : c % 8 == 0 ? dnnl_aBcd8b : dnnl_abcd;
+  return c % 16 == 0 && ctx->block == 16 ? dnnl_aBcd16b
+      : c % 8 == 0 ? dnnl_aBcd8b : dnnl_abcd;
 }
 
 
@@ -1888,6 +1899,11 @@ unet_cpu_precision_slower (UnetPrecision precision)
 
   if (precision != UNET_PRECISION_BF16 || amx)
     return NULL;
+  if (cpu_isa_block () != 16)
+    return g_strdup_printf ("precision=bf16 is not available on this CPU: oneDNN "
+        "uses %s, and its bf16 kernels need AVX-512, so the CPU backend computes in "
+        "fp32 (same results within the bf16 tolerance, and faster); set "
+        "precision=fp32 to silence this.", dnnl_cpu_isa2str (isa));
   return g_strdup_printf ("precision=bf16 is slower than fp32 on this CPU: it has no "
       "AMX (oneDNN uses %s), and oneDNN's bf16 convolutions without AMX tiles run "
       "about 2x slower than its fp32 ones (measured on AVX512_BF16). bf16 only pays "
@@ -1918,7 +1934,10 @@ unet_backend_cpu_new (const UnetNetOptions *opts, GError **error)
   be->iface = &cpu_iface;
   be->priv = ctx;
   ctx->threads = opts->threads > 0 ? opts->threads : cpu_default_threads ();
-  ctx->bf16 = opts->precision == UNET_PRECISION_BF16;
+  ctx->block = cpu_isa_block ();
+  /* bf16 where oneDNN has bf16 kernels (AVX-512 and up); elsewhere fp32, which
+   * unet_cpu_precision_slower() tells the user */
+  ctx->bf16 = opts->precision == UNET_PRECISION_BF16 && ctx->block == 16;
   ctx->profile = g_strcmp0 (g_getenv ("UNET_CPU_PROFILE"), "1") == 0;
   /* the default is a rule on the shape (cpu_wino_rule): a measured choice could
    * differ between runs and thread counts, which the element tests and the

@@ -50,6 +50,7 @@ struct _CpuCtx
   dnnl_stream_t stream;
   gint threads;
   gboolean bf16;
+  gint block;                   /* fp32 channel block of the layouts: 16 or 8 (ISA) */
   CpuConvMode conv_mode;
   gboolean profile;             /* $UNET_CPU_PROFILE: per-op times at op_free */
   CpuLayer *layers;

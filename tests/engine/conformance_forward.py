@@ -204,8 +204,13 @@ def main():
                 outside = int(((yb < lo - slack) | (yb > hi + slack)).sum())
                 okb = outside == 0
                 failures += not okb
+                # below AVX-512 oneDNN has no bf16 kernels: the backend says so and
+                # computes in fp32, which lies within the same bounds
+                fell_back = "bf16 is not available on this CPU" in r.stderr
                 print(f"{'ok  ' if okb else 'FAIL'} bf16 {name}: max|diff| {eb:.2e} "
-                      f"({outside} of {yb.size} outside the propagated bf16 bounds)", flush=True)
+                      f"({outside} of {yb.size} outside the propagated bf16 bounds"
+                      f"{'; computed in fp32, no bf16 kernels on this CPU' if fell_back else ''})",
+                      flush=True)
 
         # The default kernels (Winograd F(4x4,3x3) on wide layers where the
         # backend checked it thread-invariant, transposed convolutions as 1x1 +
@@ -246,12 +251,19 @@ def main():
         y2, r2 = run_forward(exe, path, x, h, h, ["-t", "2"], cenv)
         y3, r3 = run_forward(exe, path, x, h, h, ["-t", "2"],
                              dict(cenv, UNET_CPU_CONV_CACHE="0"))
-        ok = (y1 is not None and y2 is not None and y3 is not None
-              and lines[:1] and lines[0].startswith("gst-unet cpu-conv-verdicts")
-              and len(lines) > 1 and y1.tobytes() == y2.tobytes() == y3.tobytes())
+        # (where oneDNN offers no Winograd kernel, below AVX-512, no shape needs a
+        # verdict and none may be written)
+        same = (y1 is not None and y2 is not None and y3 is not None
+                and y1.tobytes() == y2.tobytes() == y3.tobytes())
+        if wino:
+            ok = (same and lines[:1] and lines[0].startswith("gst-unet cpu-conv-verdicts")
+                  and len(lines) > 1)
+        else:
+            ok = same and len(lines) <= 1
         failures += not ok
-        print(f"{'ok  ' if ok else 'FAIL'} convolution verdicts cached: {len(lines) - 1} "
-              f"shape(s) in {os.path.basename(cache_file)}; a process reading them, one "
+        print(f"{'ok  ' if ok else 'FAIL'} convolution verdicts cached: {max(len(lines) - 1, 0)} "
+              f"shape(s) in {os.path.basename(cache_file)} (Winograd "
+              f"{'used' if wino else 'not offered'}); a process reading them, one "
               f"checking again and the first give the same bits", flush=True)
 
         # An illegal tile (odd before the first pooling) must be rejected clearly.
