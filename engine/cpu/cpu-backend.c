@@ -55,6 +55,7 @@ cpu_layer_clear (CpuLayer *l)
       dnnl_memory_destroy (g_array_index (l->prepared, CpuPrepared, i).mem);
     g_array_unref (l->prepared);
   }
+  free (l->wino8_u);
   memset (l, 0, sizeof *l);
 }
 
@@ -377,6 +378,7 @@ cpu_op_free (UnetBackendOp *op)
         op->prof_us / 1000.0 / op->prof_calls, op->prof_calls);
   g_free (op->label);
   cpu_train_op_free (op->train);
+  cpu_wino8_free (op->wino8);
   if (op->prim)
     dnnl_primitive_destroy (op->prim);
   if (op->src)
@@ -1443,6 +1445,110 @@ fail:
   return NULL;
 }
 
+/* CPUs without AVX-512 (nChw8c layouts, ctx->block 8): 3x3 convolutions run
+ * cpu-wino8.c's Winograd F(4x4,3x3) by the same rule as oneDNN's on AVX-512
+ * (UNET_CPU_CONV_ALGO=rule, the default): at least 64 input channels, or more
+ * input than output channels; =winograd: every 3x3 convolution it can run. On the
+ * first level's 16/32-channel layers the direct kernel was as fast (the
+ * transforms cost as much as the products they save; tests/bench/RESULTS.md).
+ * No check is needed: cpu-wino8.c gives the same bits for any thread count and
+ * batch by construction. */
+
+static gboolean
+cpu_wino8_wanted (CpuCtx *ctx, const UnetOpDesc *desc)
+{
+  const CpuLayer *l;
+  if (desc->kind != UNET_OP_CONV || ctx->block != 8 || ctx->bf16
+      || (ctx->conv_mode != CPU_CONV_RULE && ctx->conv_mode != CPU_CONV_WINOGRAD)
+      || desc->src->dims.c % 8 || desc->dst->dims.c % 8 || !cpu_wino8_available ())
+    return FALSE;
+  l = &ctx->layers[desc->layer];
+  return l->kind == UNET_LAYER_CONV
+      && cpu_wino8_shape_ok (l->cin, l->cout, l->k, desc->pad, desc->src->dims.h,
+          desc->src->dims.w)
+      && (ctx->conv_mode == CPU_CONV_WINOGRAD || l->cin >= 64 || l->cin > l->cout);
+}
+
+/* The convolution on cpu-wino8.c, image by image; NULL without an error when
+ * the tensors are not dense nChw8c f32 images (the caller builds a oneDNN op). */
+static UnetBackendOp *
+cpu_op_new_wino8 (CpuCtx *ctx, const UnetOpDesc *desc, GError **error)
+{
+  CpuLayer *l = &ctx->layers[desc->layer];
+  UnetBackendOp *op = g_new0 (UnetBackendOp, 1);
+  dnnl_memory_desc_t smd, dmd, want;
+  void *w = NULL, *b = NULL;
+  const gint H = desc->src->dims.h, W = desc->src->dims.w;
+
+  op->ctx = ctx;
+  op->kind = desc->kind;
+  if (!cpu_image (desc->src, &smd, &op->src_base, &op->src_stride, error)
+      || !cpu_image (desc->dst, &dmd, &op->dst_base, &op->dst_stride, error))
+    goto fail;
+  op->n_images = desc->src->dims.n;
+  {
+    dnnl_dims_t sd = { 1, l->cin, H, W };
+    dnnl_dims_t dd = { 1, l->cout, desc->dst->dims.h, desc->dst->dims.w };
+    DNNL_TRY (dnnl_memory_desc_init_by_tag (&want, 4, sd, dnnl_f32, dnnl_aBcd8b));
+    if (!dnnl_memory_desc_equal (&want, &smd))
+      goto not_here;
+    DNNL_TRY (dnnl_memory_desc_init_by_tag (&want, 4, dd, dnnl_f32, dnnl_aBcd8b));
+    if (!dnnl_memory_desc_equal (&want, &dmd))
+      goto not_here;
+  }
+  DNNL_TRY (dnnl_memory_get_data_handle (l->w_user, &w));
+  DNNL_TRY (dnnl_memory_get_data_handle (l->bias, &b));
+  if (l->wino8_u == NULL
+      && (l->wino8_u = cpu_wino8_weights (w, l->cin, l->cout, error)) == NULL)
+    goto fail;
+  if ((op->wino8 = cpu_wino8_new (l->wino8_u, b, l->cin, l->cout, H, W, desc->pad,
+              desc->relu, ctx->threads, error)) == NULL)
+    goto fail;
+  if (ctx->profile)
+    op->label = g_strdup ("wino8:avx2");
+  if (g_getenv ("UNET_CPU_VERBOSE"))
+    g_printerr ("unet-cpu: conv layer %d %dx%dx%dx%d -> %dx%dx%dx%d: winograd 4x3 "
+        "(cpu-wino8, avx2)\n", desc->layer, desc->src->dims.n, l->cin, H, W,
+        desc->dst->dims.n, l->cout, desc->dst->dims.h, desc->dst->dims.w);
+  return op;
+not_here:
+  cpu_op_free (op);
+  return NULL;
+fail:
+  cpu_op_free (op);
+  if (error != NULL && *error == NULL)
+    g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND,
+        "CPU backend: cannot build the Winograd convolution of layer %d", desc->layer);
+  return NULL;
+}
+
+/* 1: the tensors' own layouts; 2: layouts of the primitive's choosing in the
+ * tensors' data types (+ reorders); 3: the same in f32 (e.g. an op without bf16
+ * support) -- each only with a fast implementation; 4: the tensors' own layouts
+ * with whatever oneDNN has (its reference code is slow but always exists).
+ * *fallback: the primitive's layouts differ from the tensors' (steps 2, 3). */
+static dnnl_primitive_desc_t
+cpu_pd_chain (CpuCtx *ctx, const UnetOpDesc *desc, const dnnl_memory_desc_t *smd,
+    const dnnl_memory_desc_t *dmd, dnnl_primitive_attr_t attr, gboolean *fallback)
+{
+  dnnl_memory_desc_t sany, dany;
+  dnnl_primitive_desc_t pd = cpu_try_pd (ctx, desc, smd, dmd, attr, FALSE);
+
+  *fallback = FALSE;
+  for (gint step = 2; pd == NULL && step <= 3; step++) {
+    *fallback = TRUE;
+    cpu_any_md (smd, step == 2 ? smd->data_type : dnnl_f32, &sany);
+    cpu_any_md (dmd, step == 2 ? dmd->data_type : dnnl_f32, &dany);
+    pd = cpu_try_pd (ctx, desc, &sany, desc->kind == UNET_OP_SIGMOID ? &sany : &dany,
+        attr, FALSE);
+  }
+  if (pd == NULL) {
+    *fallback = FALSE;
+    pd = cpu_try_pd (ctx, desc, smd, dmd, attr, TRUE);
+  }
+  return pd;
+}
+
 static UnetBackendOp *
 cpu_op_new_impl (UnetBackend *be, const UnetOpDesc *desc, GError **error)
 {
@@ -1452,7 +1558,7 @@ cpu_op_new_impl (UnetBackend *be, const UnetOpDesc *desc, GError **error)
   dnnl_post_ops_t po = NULL;
   dnnl_primitive_desc_t pd = NULL;
   const dnnl_memory_desc_t *psrc, *pdst, *pscr;
-  dnnl_memory_desc_t smd, dmd, sany, dany;
+  dnnl_memory_desc_t smd, dmd;
   gboolean fallback = FALSE;
   gint prim_threads = 0;        /* the count a Winograd primitive is made for */
   dnnl_status_t pst;
@@ -1481,6 +1587,16 @@ cpu_op_new_impl (UnetBackend *be, const UnetOpDesc *desc, GError **error)
   if ((desc->kind == UNET_OP_SOFTMAX || desc->kind == UNET_OP_SIGMOID)
       && cpu_is_plain_f32 (desc->src) && cpu_is_plain_f32 (desc->dst))
     return cpu_op_new_plain (ctx, desc, error);
+  if (cpu_wino8_wanted (ctx, desc)) {
+    GError *werr = NULL;
+    op = cpu_op_new_wino8 (ctx, desc, &werr);
+    if (werr != NULL) {
+      g_propagate_error (error, werr);
+      return NULL;
+    }
+    if (op != NULL)
+      return op;
+  }
 
   op = g_new0 (UnetBackendOp, 1);
   op->ctx = ctx;
@@ -1513,10 +1629,7 @@ cpu_op_new_impl (UnetBackend *be, const UnetOpDesc *desc, GError **error)
     op->n_images = desc->src->dims.n;
   }
 
-  /* 1: the tensors' own layouts; 2: layouts of the primitive's choosing in the
-   * tensors' data types (+ reorders); 3: the same in f32 (e.g. an op without bf16
-   * support) -- each only with a fast implementation; 4: the tensors' own layouts
-   * with whatever oneDNN has (its reference code is slow but always exists). */
+  /* the convolution's kernel: measured, by the rule, else cpu_pd_chain */
   if (desc->kind == UNET_OP_CONV && ctx->conv_mode == CPU_CONV_MEASURE
       && !cpu_conv_choose (ctx, desc, &smd, op->src_base, &dmd, op->dst_base, attr,
           &pd, error))
@@ -1542,17 +1655,25 @@ cpu_op_new_impl (UnetBackend *be, const UnetOpDesc *desc, GError **error)
     }
   }
   if (pd == NULL)
-    pd = cpu_try_pd (ctx, desc, &smd, &dmd, attr, FALSE);
-  for (gint step = 2; pd == NULL && step <= 3; step++) {
-    fallback = TRUE;
-    cpu_any_md (&smd, step == 2 ? smd.data_type : dnnl_f32, &sany);
-    cpu_any_md (&dmd, step == 2 ? dmd.data_type : dnnl_f32, &dany);
-    pd = cpu_try_pd (ctx, desc, &sany, desc->kind == UNET_OP_SIGMOID ? &sany : &dany,
-        attr, FALSE);
-  }
-  if (pd == NULL) {
-    fallback = FALSE;
-    pd = cpu_try_pd (ctx, desc, &smd, &dmd, attr, TRUE);
+    pd = cpu_pd_chain (ctx, desc, &smd, &dmd, attr, &fallback);
+  /* oneDNN's gemm-based convolutions (its path for plain layouts, layers whose
+   * channel counts are no multiple of 8) split their sums by the thread count
+   * they are configured for (on AVX2, 1 and 2 threads differed by ~1e-6), and
+   * every result must be the same bits whatever the thread count (README): they
+   * are configured for and run with one thread (small layers: tiny nets only) */
+  if (pd != NULL && desc->kind == UNET_OP_CONV) {
+    const char *impl = NULL;
+    if (dnnl_primitive_desc_query (pd, dnnl_query_impl_info_str, 0, &impl)
+        == dnnl_success && impl != NULL && strstr (impl, "gemm") != NULL) {
+      dnnl_primitive_desc_destroy (pd);
+#if HAVE_OPENMP
+      omp_set_num_threads (1);
+#endif
+      pd = cpu_pd_chain (ctx, desc, &smd, &dmd, attr, &fallback);
+      cpu_set_threads (ctx);
+      op->serial = 1;
+      prim_threads = 1;
+    }
   }
   if (pd == NULL) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_BACKEND,
@@ -1728,6 +1849,12 @@ cpu_op_forward_impl (UnetBackendOp *op, GError **error)
   cpu_set_threads (ctx);
   if (op->train != NULL)
     return cpu_train_op_forward (op->train, 0, error);
+  if (op->wino8 != NULL) {
+    for (gint b = 0; b < op->n_images; b++)
+      cpu_wino8_run (op->wino8, (const gfloat *) (op->src_base + b * op->src_stride),
+          (gfloat *) (op->dst_base + b * op->dst_stride));
+    return TRUE;
+  }
   if (op->prim == NULL && op->pre.prim != NULL)  /* CROP_COPY: one reorder */
     return cpu_reorder_run (ctx, &op->pre, error);
   if (op->prim == NULL) {
@@ -1747,11 +1874,18 @@ cpu_op_forward_impl (UnetBackendOp *op, GError **error)
   for (gint b = 0; b < op->n_images; b++) {
     guint8 *s = op->src_base + b * op->src_stride;
     guint8 *d = op->dst_base + b * op->dst_stride;
+    dnnl_status_t st;
     DNNL_TRY (dnnl_memory_set_data_handle (op->pre.prim ? op->pre.src : op->src, s));
     DNNL_TRY (dnnl_memory_set_data_handle (op->post.prim ? op->post.dst : op->dst, d));
     if (op->pre.prim && !cpu_reorder_run (ctx, &op->pre, error))
       return FALSE;
-    DNNL_TRY (dnnl_primitive_execute (op->prim, ctx->stream, n, args));
+#if HAVE_OPENMP
+    if (op->serial)
+      omp_set_num_threads (1);
+#endif
+    st = dnnl_primitive_execute (op->prim, ctx->stream, n, args);
+    cpu_set_threads (ctx);
+    DNNL_TRY (st);
     if (op->post.prim && !cpu_reorder_run (ctx, &op->post, error))
       return FALSE;
   }

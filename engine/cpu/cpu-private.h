@@ -17,6 +17,7 @@ G_BEGIN_DECLS
 
 typedef struct _CpuCtx CpuCtx;
 typedef struct _CpuTrainOp CpuTrainOp;
+typedef struct _CpuWino8 CpuWino8;
 
 /* $UNET_CPU_CONV_ALGO: how each convolution's algorithm/implementation is chosen. */
 typedef enum
@@ -42,6 +43,7 @@ typedef struct
   dnnl_memory_t w_user;
   dnnl_memory_t bias;           /* x, f32 */
   GArray *prepared;             /* CpuPrepared: weights in primitive layouts */
+  gfloat *wino8_u;              /* cpu-wino8.c's transformed weights, or NULL */
 } CpuLayer;
 
 struct _CpuCtx
@@ -104,6 +106,8 @@ struct _UnetBackendOp
   gsize src_stride, dst_stride;
   UnetDims dims;                /* plain C ops (prim == NULL, no reorder): src dims */
   CpuTrainOp *train;            /* ops of training graphs (cpu-train.c) */
+  CpuWino8 *wino8;              /* a convolution run by cpu-wino8.c */
+  gint serial;                  /* 1: made for and run with one thread (see cpu_op_new_impl) */
   /* $UNET_CPU_PROFILE */
   gchar *label;
   gint64 prof_us;
@@ -142,6 +146,22 @@ G_GNUC_INTERNAL gboolean  cpu_image           (UnetBackendTensor *t, dnnl_memory
  * the machine (0: unknown). Callers hold cpu_choice_lock. */
 G_GNUC_INTERNAL gint      cpu_conv_cache_lookup (const gchar *key);
 G_GNUC_INTERNAL void      cpu_conv_cache_store (const gchar *key, gint verdict);
+
+/* cpu-wino8.c: Winograd F(4x4,3x3) on nChw8c f32 for AVX2 + FMA CPUs */
+G_GNUC_INTERNAL gboolean  cpu_wino8_available (void);
+G_GNUC_INTERNAL gboolean  cpu_wino8_shape_ok  (gint cin, gint cout, gint k, gint pad,
+                                               gint h, gint w);
+/* U = G g G^T of an oihw 3x3 layer, [36][ceil(cout/16)][cin][16]; free() it */
+G_GNUC_INTERNAL gfloat   *cpu_wino8_weights   (const gfloat *oihw, gint cin, gint cout,
+                                               GError **error);
+G_GNUC_INTERNAL CpuWino8 *cpu_wino8_new       (const gfloat *u, const gfloat *bias,
+                                               gint cin, gint cout, gint h, gint w,
+                                               gint pad, gboolean relu, gint threads,
+                                               GError **error);
+/* one image: src (1, cin, h, w) and dst (1, cout, oh, ow), both dense nChw8c */
+G_GNUC_INTERNAL void      cpu_wino8_run       (const CpuWino8 *k, const gfloat *src,
+                                               gfloat *dst);
+G_GNUC_INTERNAL void      cpu_wino8_free      (CpuWino8 *k);
 
 /* cpu-train.c: the training slots of the interface (backend.h) */
 G_GNUC_INTERNAL CpuTrainOp *cpu_train_op_new  (CpuCtx *ctx, const UnetOpDesc *desc,
