@@ -1280,9 +1280,9 @@ fail:
  * quarters. oneDNN 2.6's deconvolution kernel ran it 3-10x slower than its 1x1
  * convolution does the same multiplications (tests/bench/profile_forward.py:
  * the decoder's last upconv took as long as a 3x3 convolution ten times its
- * size), so in nChw16c f32 (channels multiples of 16) the backend runs the
+ * size), so in blocked f32 (channels multiples of the block) the backend runs the
  * 1x1 convolution into an op-private buffer and the interleaving as one oneDNN
- * reorder between two 6-D strided views (16-channel blocks move as a whole),
+ * reorder between two 6-D strided views (channel blocks move as a whole),
  * straight into the destination (usually half of a concat buffer), image by
  * image. Same sums as the transposed convolution (each output is one
  * dot product over cin plus the bias), summed in the 1x1 kernel's order. */
@@ -1345,9 +1345,10 @@ static gboolean
 cpu_upconv_as_1x1 (CpuCtx *ctx, const UnetOpDesc *desc)
 {
   const CpuLayer *l = &ctx->layers[desc->layer];
+  const gint blk = ctx->block;
   return ctx->conv_mode == CPU_CONV_RULE && !ctx->bf16 && l->k == 2
-      && l->cin % 16 == 0 && l->cout % 16 == 0
-      && cpu_tensor_block (desc->src) == 16 && cpu_tensor_block (desc->dst) == 16
+      && l->cin % blk == 0 && l->cout % blk == 0
+      && cpu_tensor_block (desc->src) == blk && cpu_tensor_block (desc->dst) == blk
       && desc->src->md.data_type == dnnl_f32 && desc->dst->md.data_type == dnnl_f32
       && desc->dst->dims.h == 2 * desc->src->dims.h
       && desc->dst->dims.w == 2 * desc->src->dims.w;
@@ -1370,7 +1371,7 @@ cpu_op_new_upconv (CpuCtx *ctx, const UnetOpDesc *desc, GError **error)
 {
   CpuLayer *l = &ctx->layers[desc->layer];
   UnetBackendOp *op = g_new0 (UnetBackendOp, 1);
-  const gint64 cin = l->cin, cout = l->cout, nb = cout / 16;
+  const gint64 cin = l->cin, cout = l->cout, B = ctx->block, nb = cout / B;
   const gint64 H = desc->src->dims.h, W = desc->src->dims.w;
   dnnl_memory_desc_t smd, dmd, tmd, wmd, bmd, vsrc, vdst;
   dnnl_convolution_desc_t cd;
@@ -1380,11 +1381,11 @@ cpu_op_new_upconv (CpuCtx *ctx, const UnetOpDesc *desc, GError **error)
   const dnnl_memory_desc_t *pscr;
   dnnl_dims_t td = { 1, 4 * cout, H, W }, wd = { 4 * cout, cin, 1, 1 },
       bd = { 4 * cout }, ones = { 1, 1 }, zero = { 0, 0 };
-  /* (block, y, i, x, j, 16): the quarter (i, j) of the 1x1 output, and the
-   * destination pixel (2y + i, 2x + j) */
-  dnnl_dims_t vd = { nb, H, 2, W, 2, 16 };
-  dnnl_dims_t vs_src = { H * W * 16, W * 16, 2 * nb * H * W * 16, 16, nb * H * W * 16, 1 };
-  dnnl_dims_t vs_dst = { 4 * H * W * 16, 4 * W * 16, 2 * W * 16, 32, 16, 1 };
+  /* (block, y, i, x, j, B): the quarter (i, j) of the 1x1 output, and the
+   * destination pixel (2y + i, 2x + j); B = 16 (nChw16c) or 8 (nChw8c) */
+  dnnl_dims_t vd = { nb, H, 2, W, 2, B };
+  dnnl_dims_t vs_src = { H * W * B, W * B, 2 * nb * H * W * B, B, nb * H * W * B, 1 };
+  dnnl_dims_t vs_dst = { 4 * H * W * B, 4 * W * B, 2 * W * B, 2 * B, B, 1 };
   const char *impl = NULL;
 
   op->ctx = ctx;
@@ -1393,7 +1394,8 @@ cpu_op_new_upconv (CpuCtx *ctx, const UnetOpDesc *desc, GError **error)
       || !cpu_image (desc->dst, &dmd, &op->dst_base, &op->dst_stride, error))
     goto fail;
   op->n_images = desc->src->dims.n;
-  DNNL_TRY (dnnl_memory_desc_init_by_tag (&tmd, 4, td, dnnl_f32, dnnl_aBcd16b));
+  DNNL_TRY (dnnl_memory_desc_init_by_tag (&tmd, 4, td, dnnl_f32,
+          B == 16 ? dnnl_aBcd16b : dnnl_aBcd8b));
   DNNL_TRY (dnnl_memory_desc_init_by_tag (&wmd, 4, wd, dnnl_f32, dnnl_format_tag_any));
   DNNL_TRY (dnnl_memory_desc_init_by_tag (&bmd, 1, bd, dnnl_f32, dnnl_x));
   DNNL_TRY (dnnl_convolution_forward_desc_init (&cd, dnnl_forward_inference,
@@ -1445,14 +1447,15 @@ fail:
   return NULL;
 }
 
-/* CPUs without AVX-512 (nChw8c layouts, ctx->block 8): 3x3 convolutions run
- * cpu-wino8.c's Winograd F(4x4,3x3) by the same rule as oneDNN's on AVX-512
- * (UNET_CPU_CONV_ALGO=rule, the default): at least 64 input channels, or more
- * input than output channels; =winograd: every 3x3 convolution it can run. On the
- * first level's 16/32-channel layers the direct kernel was as fast (the
- * transforms cost as much as the products they save; tests/bench/RESULTS.md).
- * No check is needed: cpu-wino8.c gives the same bits for any thread count and
- * batch by construction. */
+/* CPUs without AVX-512 (nChw8c layouts, ctx->block 8): 3x3 convolutions with at
+ * least 32 input and 32 output channels run cpu-wino8.c's Winograd F(4x4,3x3)
+ * (UNET_CPU_CONV_ALGO=rule, the default; =winograd: every 3x3 convolution it can
+ * run). Measured on a 2-core AMD EPYC (AVX2), 2 threads: 1.2-2.6x the direct
+ * kernel's speed from 32x32 channels up (64->128 at 68 px: 400 vs ~190 GFLOP/s
+ * direct-equivalent), as fast at 16->16 and slower at 32->16 (one block of 16
+ * outputs: the transforms cost as much as the products they save). No check is
+ * needed: cpu-wino8.c gives the same bits for any thread count and batch by
+ * construction. */
 
 static gboolean
 cpu_wino8_wanted (CpuCtx *ctx, const UnetOpDesc *desc)
@@ -1466,7 +1469,7 @@ cpu_wino8_wanted (CpuCtx *ctx, const UnetOpDesc *desc)
   return l->kind == UNET_LAYER_CONV
       && cpu_wino8_shape_ok (l->cin, l->cout, l->k, desc->pad, desc->src->dims.h,
           desc->src->dims.w)
-      && (ctx->conv_mode == CPU_CONV_WINOGRAD || l->cin >= 64 || l->cin > l->cout);
+      && (ctx->conv_mode == CPU_CONV_WINOGRAD || (l->cin >= 32 && l->cout >= 32));
 }
 
 /* The convolution on cpu-wino8.c, image by image; NULL without an error when

@@ -125,9 +125,10 @@ cpu_wino8_new (const gfloat *u, const gfloat *bias, gint cin, gint cout, gint h,
   k->relu = relu;
   k->u = u;
   k->threads = MAX (threads, 1);
-  /* enough jobs for every thread, each a multiple of the GEMM's 6 rows */
-  k->job_tiles = (k->tiles + k->threads - 1) / k->threads;
-  k->job_tiles = MIN (CPU_WINO8_TILES, (k->job_tiles + 5) / 6 * 6);
+  /* about four jobs per thread at least (taken dynamically: a thread slowed by
+   * other work on the machine takes fewer), each a multiple of the GEMM's 6 rows */
+  k->job_tiles = (k->tiles + 4 * k->threads - 1) / (4 * k->threads);
+  k->job_tiles = CLAMP ((k->job_tiles + 5) / 6 * 6, 6, CPU_WINO8_TILES);
   k->per_thread = (gsize) 36 * k->job_tiles * (cin + 16);
   if ((k->bias = cpu_alloc ((gsize) k->nb16 * 16 * sizeof (gfloat), error)) == NULL
       || (k->scratch = cpu_alloc (k->per_thread * k->threads * sizeof (gfloat),
@@ -343,7 +344,7 @@ cpu_wino8_run (const CpuWino8 *k, const gfloat *src, gfloat *dst)
 #if WINO8_X86
   const gint jobs = (k->tiles + k->job_tiles - 1) / k->job_tiles;
 #if HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(k->threads)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(k->threads)
 #endif
   for (gint j = 0; j < jobs; j++) {
 #if HAVE_OPENMP
