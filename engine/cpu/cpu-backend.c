@@ -1448,14 +1448,13 @@ fail:
 }
 
 /* CPUs without AVX-512 (nChw8c layouts, ctx->block 8): 3x3 convolutions with at
- * least 32 input and 32 output channels run cpu-wino8.c's Winograd F(4x4,3x3)
+ * least 16 input and 16 output channels run cpu-wino8.c's Winograd F(4x4,3x3)
  * (UNET_CPU_CONV_ALGO=rule, the default; =winograd: every 3x3 convolution it can
- * run). Measured on a 2-core AMD EPYC (AVX2), 2 threads: 1.2-2.6x the direct
- * kernel's speed from 32x32 channels up (64->128 at 68 px: 400 vs ~190 GFLOP/s
- * direct-equivalent), as fast at 16->16 and slower at 32->16 (one block of 16
- * outputs: the transforms cost as much as the products they save). No check is
- * needed: cpu-wino8.c gives the same bits for any thread count and batch by
- * construction. */
+ * run, 8-channel ones too). Measured on a 2-core AMD EPYC (AVX2), 2 threads,
+ * base-16 U-Net on a 572 tile (tests/bench/profile_forward.py): 1.1-1.4x the
+ * direct kernel's speed on the first level's 16/32-channel layers, 1.7-3x from
+ * 64 channels up. No check is needed: cpu-wino8.c gives the same bits for any
+ * thread count and batch by construction. */
 
 static gboolean
 cpu_wino8_wanted (CpuCtx *ctx, const UnetOpDesc *desc)
@@ -1469,7 +1468,7 @@ cpu_wino8_wanted (CpuCtx *ctx, const UnetOpDesc *desc)
   return l->kind == UNET_LAYER_CONV
       && cpu_wino8_shape_ok (l->cin, l->cout, l->k, desc->pad, desc->src->dims.h,
           desc->src->dims.w)
-      && (ctx->conv_mode == CPU_CONV_WINOGRAD || (l->cin >= 32 && l->cout >= 32));
+      && (ctx->conv_mode == CPU_CONV_WINOGRAD || (l->cin >= 16 && l->cout >= 16));
 }
 
 /* The convolution on cpu-wino8.c, image by image; NULL without an error when

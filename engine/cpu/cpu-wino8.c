@@ -153,8 +153,10 @@ cpu_wino8_free (CpuWino8 *k)
 
 #if WINO8_X86
 
+#define WINO8_INLINE WINO8_TARGET static inline __attribute__ ((always_inline))
+
 /* B^T x for one column (or row) of six 8-channel values */
-WINO8_TARGET static inline void
+WINO8_INLINE void
 wino8_bt (const __m256 d[6], __m256 t[6])
 {
   const __m256 two = _mm256_set1_ps (2.0f), four = _mm256_set1_ps (4.0f),
@@ -175,7 +177,7 @@ wino8_bt (const __m256 d[6], __m256 t[6])
 }
 
 /* A^T x for six 8-channel values -> four */
-WINO8_TARGET static inline void
+WINO8_INLINE void
 wino8_at (const __m256 m[6], __m256 o[4])
 {
   const __m256 two = _mm256_set1_ps (2.0f), four = _mm256_set1_ps (4.0f),
@@ -198,32 +200,33 @@ wino8_input (const CpuWino8 *k, const gfloat *src, gint t, gint lt, gfloat *V)
   const gsize plane = (gsize) k->h * k->w * 8;
   const gsize vstride = (gsize) k->job_tiles * k->cin;
 
-  for (gint cb = 0; cb < k->cin / 8; cb++) {
+  const gboolean inside = y0 >= 0 && x0 >= 0 && y0 + 6 <= k->h && x0 + 6 <= k->w;
+  gfloat *v = V + (gsize) lt * k->cin;
+
+  for (gint cb = 0; cb < k->cin / 8; cb++, v += 8) {
     const gfloat *p = src + cb * plane;
-    __m256 d[6][6], t1[6][6];
-    for (gint r = 0; r < 6; r++) {
-      const gint y = y0 + r;
-      for (gint c = 0; c < 6; c++) {
-        const gint x = x0 + c;
-        d[r][c] = (y >= 0 && y < k->h && x >= 0 && x < k->w)
-            ? _mm256_loadu_ps (p + ((gsize) y * k->w + x) * 8) : _mm256_setzero_ps ();
-      }
-    }
-    /* columns: t1[.][c] = B^T d[.][c]; then rows: out[r][.] = B^T t1[r][.] */
+    __m256 t1[6][6];
+    /* t1[.][c] = B^T (column c of d), then each row of t1 times B */
     for (gint c = 0; c < 6; c++) {
       __m256 col[6], res[6];
-      for (gint r = 0; r < 6; r++)
-        col[r] = d[r][c];
+      const gint x = x0 + c;
+#pragma GCC unroll 6
+      for (gint r = 0; r < 6; r++) {
+        const gint y = y0 + r;
+        col[r] = (inside || (y >= 0 && y < k->h && x >= 0 && x < k->w))
+            ? _mm256_loadu_ps (p + ((gsize) y * k->w + x) * 8) : _mm256_setzero_ps ();
+      }
       wino8_bt (col, res);
+#pragma GCC unroll 6
       for (gint r = 0; r < 6; r++)
         t1[r][c] = res[r];
     }
     for (gint r = 0; r < 6; r++) {
       __m256 res[6];
       wino8_bt (t1[r], res);
+#pragma GCC unroll 6
       for (gint c = 0; c < 6; c++)
-        _mm256_storeu_ps (V + (r * 6 + c) * vstride + (gsize) lt * k->cin + cb * 8,
-            res[c]);
+        _mm256_storeu_ps (v + (r * 6 + c) * vstride, res[c]);
     }
   }
 }
@@ -290,8 +293,10 @@ wino8_output (const CpuWino8 *k, const gfloat *M, gint t0, gint n, gint nb, gflo
         break;
       const __m256 bias = _mm256_loadu_ps (k->bias + co);
       __m256 t1[4][6], o[4][4];
+#pragma GCC unroll 6
       for (gint c = 0; c < 6; c++) {
         __m256 col[6], res[4];
+#pragma GCC unroll 6
         for (gint r = 0; r < 6; r++)
           col[r] = _mm256_loadu_ps (M + (r * 6 + c) * mstride + lt * 16 + half * 8);
         wino8_at (col, res);
@@ -300,20 +305,24 @@ wino8_output (const CpuWino8 *k, const gfloat *M, gint t0, gint n, gint nb, gflo
       }
       for (gint r = 0; r < 4; r++)
         wino8_at (t1[r], o[r]);
-      gfloat *p = dst + (gsize) (co / 8) * plane;
-      for (gint r = 0; r < 4; r++) {
-        const gint y = 4 * ty + r;
-        if (y >= k->oh)
-          break;
+      gfloat *p = dst + (gsize) (co / 8) * plane + ((gsize) 4 * ty * k->ow + 4 * tx) * 8;
+      const gint rows = MIN (4, k->oh - 4 * ty), cols = MIN (4, k->ow - 4 * tx);
+      for (gint r = 0; r < 4; r++)
         for (gint c = 0; c < 4; c++) {
-          const gint x = 4 * tx + c;
-          if (x >= k->ow)
-            break;
-          __m256 v = _mm256_add_ps (o[r][c], bias);
+          o[r][c] = _mm256_add_ps (o[r][c], bias);
           if (k->relu)
-            v = _mm256_max_ps (v, zero);
-          _mm256_storeu_ps (p + ((gsize) y * k->ow + x) * 8, v);
+            o[r][c] = _mm256_max_ps (o[r][c], zero);
         }
+      if (rows == 4 && cols == 4) {
+#pragma GCC unroll 4
+        for (gint r = 0; r < 4; r++)
+#pragma GCC unroll 4
+          for (gint c = 0; c < 4; c++)
+            _mm256_storeu_ps (p + ((gsize) r * k->ow + c) * 8, o[r][c]);
+      } else {
+        for (gint r = 0; r < rows; r++)
+          for (gint c = 0; c < cols; c++)
+            _mm256_storeu_ps (p + ((gsize) r * k->ow + c) * 8, o[r][c]);
       }
     }
   }
