@@ -120,7 +120,51 @@ void     unet_augment_params_init       (UnetAugmentParams *params);
 /* Everything off: the tile is the centred crop (the identity warp). */
 void     unet_augment_params_init_identity (UnetAugmentParams *params);
 
-/* One training sample in one sampling pass.
+/* One sample's augmentation, drawn: every random value of unet_augment_sample in
+ * its fixed order, turned into the geometry and gray-value changes it stands for.
+ * Applying it (on the host, unet_augment_apply_host, or on a backend from a
+ * resident copy of the sample) needs no generator, so the draws of a step can be
+ * made on the host and the pixels sampled where the sample lives. A tile pixel
+ * (u, v) samples the frame at
+ *   s = (cx, cy) + a · (u - tcx, v - tcy) + d(u, v)
+ * with d the Catmull-Rom interpolation of the G×G displacement grid `disp` (only
+ * when `elastic`). Zero-initialise before the first draw; `disp` is owned (kept
+ * and reused by the next draw of the same or a smaller grid) and released by
+ * unet_augment_draw_clear. */
+typedef struct
+{
+  gint width, height;           /* the source frame */
+  gint in_w, in_h, out_w, out_h;        /* the tile and its centred output region */
+  gdouble cx, cy;               /* frame position of the tile centre (snapped) */
+  gdouble tcx, tcy;             /* the tile's own centre, (in - 1) / 2 */
+  gdouble a[2][2];              /* R(θ)·F: rotation times flips */
+  gboolean elastic;
+  gint grid;                    /* G (2 when elastic is off: drawn, unused) */
+  gdouble *disp;                /* [axis][gy][gx], 2·G·G px */
+  gint disp_alloc;              /* doubles allocated at disp */
+  gboolean intensity;
+  gdouble gamma;                /* exponent on the tile's min..max range */
+  gdouble contrast;             /* factor around the tile mean */
+  gdouble brightness;           /* offset */
+  UnetInterp image_interp;
+} UnetAugmentDraw;
+
+/* The draws of one sample (the checks and errors of unet_augment_sample). */
+gboolean unet_augment_draw              (const UnetAugmentParams *params, UnetRng *rng,
+                                         gint channels, gint width, gint height,
+                                         gint in_w, gint in_h, gint out_w, gint out_h,
+                                         UnetAugmentDraw *draw, GError **error);
+void     unet_augment_draw_clear        (UnetAugmentDraw *draw);
+/* The sample of `draw` on the host: arguments and outputs as unet_augment_sample
+ * (the frame must be draw->width x draw->height). */
+gboolean unet_augment_apply_host        (const UnetAugmentDraw *draw, const gfloat *image,
+                                         const gint32 *class_map, const gfloat *weights,
+                                         gint channels, gfloat *out_image,
+                                         gint32 *out_labels, gfloat *out_weights,
+                                         GError **error);
+
+/* One training sample in one sampling pass (unet_augment_draw, then
+ * unet_augment_apply_host).
  * image (C,H,W), class_map (H,W), weights (H,W) or NULL: the source frame.
  * out_image (C,in_h,in_w): the network input tile (image bicubic/bilinear, mirror
  * boundary, then the gray-value changes). out_labels/out_weights (out_h,out_w):
