@@ -391,11 +391,35 @@ void     unet_optimizer_set_step        (UnetOptimizer *opt, gint64 step);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetOptimizer, unet_optimizer_free)
 
 /* ------------------------------------- a training step on a net (net.c) -- */
+/* Training samples resident on the net's backend (backends with the slots, e.g.
+ * CUDA; the CPU has none: unet_net_train_samples_supported FALSE). A sample is the
+ * stored pair of the trainer (dataset.h): image (channels, height, width) with the
+ * model's input channels, class map, weight map or NULL; uploaded once, checked
+ * (labels of the model's classes or UNET_LABEL_IGNORE, weights finite and >= 0).
+ * UNET_ERROR_OUT_OF_MEMORY when the backend's budget for samples is spent. Every
+ * sample must be removed before the net is freed or the backend frees it. */
+typedef struct _UnetNetSample UnetNetSample;
+gboolean unet_net_train_samples_supported (UnetNet *net);
+UnetNetSample *unet_net_train_sample_add (UnetNet *net, const gfloat *image,
+                                         const gint32 *class_map, const gfloat *weights,
+                                         gint width, gint height, GError **error);
+/* NULL: no-op. */
+void     unet_net_train_sample_remove   (UnetNet *net, UnetNetSample *sample);
+/* unet_net_train_forward on a batch made on the backend: entry b is samples[b]
+ * augmented with draws[b] (unet_augment_draw for that sample's frame and the tile
+ * draws[b].in_w x in_h, the same tile and output region for every entry), exactly
+ * as unet_augment_apply_host makes it. The labels and weights of the output regions
+ * stay on the backend for unet_net_train_loss (labels and weights NULL). Per call
+ * only the draws travel to the backend. */
+gboolean unet_net_train_forward_samples (UnetNet *net, UnetNetSample *const *samples,
+                                         const UnetAugmentDraw *draws, gint batch,
+                                         guint64 seed, GError **error);
 /* After unet_net_train_forward: the loss of the batch's class map `labels` and
  * pixel `weights` ((B, out_h, out_w) each) on the net's backend — the weighted
  * cross-entropy of unet_loss_cross_entropy plus dice_weight times the soft Dice —
  * with dL/dlogits left on the backend for unet_net_train_backward (grad_logits
- * NULL). Only the loss and the confusion matrix come back. */
+ * NULL). Only the loss and the confusion matrix come back. labels and weights NULL
+ * after unet_net_train_forward_samples: the targets it made on the backend. */
 gboolean unet_net_train_loss            (UnetNet *net, const gint32 *labels,
                                          const gfloat *weights, gdouble dice_weight,
                                          gdouble *loss, UnetConfusion *confusion,

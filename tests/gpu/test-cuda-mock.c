@@ -102,6 +102,17 @@ static const uint8_t *last_xent_labels;
 static const float *last_xent_weights;
 static const int *optim_skip;           /* the skip flag the last update kernel got */
 static int flag_next_check;             /* > 0: the n-th next check_finite flags */
+/* the batch augmented on the device: the last unet_cuda_augment_batch's arguments */
+static struct
+{
+  const UnetCudaAugSample *samples;
+  const float *grids;
+  int n, channels, in_w, in_h, out_w, out_h, ignore_label;
+  void *input;
+  uint8_t *labels;
+  float *weights;
+} last_aug;
+static const double *last_weight_sum;   /* of the last unet_cuda_scale_by_weight_sum */
 typedef struct
 {
   gsize bytes;
@@ -890,6 +901,35 @@ unet_cuda_warp_sample (const float *image, int channels, const uint8_t *labels,
     uint8_t *out_labels, float *out_weights, int out_w, int out_h, UnetCudaStream stream)
 {
   return mock_launch ("warp_sample", stream);
+}
+
+int
+unet_cuda_augment_batch (const UnetCudaAugSample *samples, const float *grids, int n,
+    int channels, int in_w, int in_h, int out_w, int out_h, int ignore_label, float *tile,
+    double *stats, void *input, UnetCudaDType dtype, uint8_t *labels, float *weights,
+    UnetCudaStream stream)
+{
+  last_aug.samples = samples;
+  last_aug.grids = grids;
+  last_aug.n = n;
+  last_aug.channels = channels;
+  last_aug.in_w = in_w;
+  last_aug.in_h = in_h;
+  last_aug.out_w = out_w;
+  last_aug.out_h = out_h;
+  last_aug.ignore_label = ignore_label;
+  last_aug.input = input;
+  last_aug.labels = labels;
+  last_aug.weights = weights;
+  return mock_launch ("augment_batch", stream);
+}
+
+int
+unet_cuda_scale_by_weight_sum (float *x, size_t count, const double *sum,
+    UnetCudaStream stream)
+{
+  last_weight_sum = sum;
+  return mock_launch ("scale_by_weight_sum", stream);
 }
 
 int
