@@ -242,6 +242,32 @@ unet_augment_draw_clear (UnetAugmentDraw *draw)
   draw->disp_alloc = 0;
 }
 
+void
+unet_augment_draw_local (const UnetAugmentDraw *draw, gint origin[2], gfloat affine[6],
+    gfloat *grid)
+{
+  const gdouble ox = floor (draw->cx), oy = floor (draw->cy);
+  const gint G = draw->grid;
+
+  origin[0] = (gint) ox;
+  origin[1] = (gint) oy;
+  /* the fraction of the centre (0 or 0.5) folds into the translation */
+  affine[0] = (gfloat) draw->a[0][0];
+  affine[1] = (gfloat) draw->a[0][1];
+  affine[2] = (gfloat) (draw->cx - ox - draw->a[0][0] * draw->tcx
+      - draw->a[0][1] * draw->tcy);
+  affine[3] = (gfloat) draw->a[1][0];
+  affine[4] = (gfloat) draw->a[1][1];
+  affine[5] = (gfloat) (draw->cy - oy - draw->a[1][0] * draw->tcx
+      - draw->a[1][1] * draw->tcy);
+  if (grid == NULL || !draw->elastic)
+    return;
+  for (gint gy = 0; gy < G; gy++)
+    for (gint gx = 0; gx < G; gx++)
+      for (gint axis = 0; axis < 2; axis++)
+        grid[(gy * G + gx) * 2 + axis] = (gfloat) draw->disp[(axis * G + gy) * G + gx];
+}
+
 gboolean
 unet_augment_apply_host (const UnetAugmentDraw *draw, const gfloat *image,
     const gint32 *class_map, const gfloat *weights, gint channels, gfloat *out_image,

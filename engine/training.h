@@ -155,6 +155,13 @@ gboolean unet_augment_draw              (const UnetAugmentParams *params, UnetRn
                                          gint in_w, gint in_h, gint out_w, gint out_h,
                                          UnetAugmentDraw *draw, GError **error);
 void     unet_augment_draw_clear        (UnetAugmentDraw *draw);
+/* The draw's geometry in float and local coordinates, as a device samples with it
+ * (engine/cuda's UnetCudaAugSample): s = origin + affine · (u, v, 1) + d(u, v), the
+ * origin the integer part of (cx, cy), so that float rounding of the local part
+ * scales with the tile, not the frame; `grid` (G, G, 2) gets the displacements
+ * (grid[(gy · G + gx) · 2 + axis]) when the draw is elastic (may be NULL). */
+void     unet_augment_draw_local        (const UnetAugmentDraw *draw, gint origin[2],
+                                         gfloat affine[6], gfloat *grid);
 /* The sample of `draw` on the host: arguments and outputs as unet_augment_sample
  * (the frame must be draw->width x draw->height). */
 gboolean unet_augment_apply_host        (const UnetAugmentDraw *draw, const gfloat *image,

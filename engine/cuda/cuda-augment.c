@@ -173,15 +173,13 @@ cuda_sample_free (UnetBackendSample *s)
   g_free (s);
 }
 
-/* The float record of one draw (UnetCudaAugSample's local coordinates): the tile
- * centre's frame position split into an integer origin and a fraction (0 or 0.5),
- * the fraction folded into the affine map's translation. */
+/* The record of one batch entry: the sample's device pointers and the draw in float
+ * local coordinates (unet_augment_draw_local). */
 static void
 draw_record (const UnetAugmentDraw *d, const UnetBackendSample *s, UnetCudaAugSample *r,
     float *grid, gint grid_offset)
 {
-  const gdouble ox = floor (d->cx), oy = floor (d->cy);
-  const gint G = d->grid;
+  gint origin[2];
 
   memset (r, 0, sizeof *r);
   r->image = s->image;
@@ -189,27 +187,16 @@ draw_record (const UnetAugmentDraw *d, const UnetBackendSample *s, UnetCudaAugSa
   r->weights = s->weights;
   r->src_w = s->width;
   r->src_h = s->height;
-  r->origin_x = (int) ox;
-  r->origin_y = (int) oy;
-  r->affine[0] = (float) d->a[0][0];
-  r->affine[1] = (float) d->a[0][1];
-  r->affine[2] = (float) (d->cx - ox - d->a[0][0] * d->tcx - d->a[0][1] * d->tcy);
-  r->affine[3] = (float) d->a[1][0];
-  r->affine[4] = (float) d->a[1][1];
-  r->affine[5] = (float) (d->cy - oy - d->a[1][0] * d->tcx - d->a[1][1] * d->tcy);
+  unet_augment_draw_local (d, origin, r->affine, grid);
+  r->origin_x = origin[0];
+  r->origin_y = origin[1];
+  r->grid = d->elastic ? d->grid : 0;
+  r->grid_offset = d->elastic ? grid_offset : 0;
   r->bilinear = d->image_interp == UNET_INTERP_BILINEAR;
   r->intensity = d->intensity;
   r->gamma = (float) d->gamma;
   r->contrast = (float) d->contrast;
   r->brightness = (float) d->brightness;
-  if (d->elastic) {
-    r->grid = G;
-    r->grid_offset = grid_offset;
-    for (gint gy = 0; gy < G; gy++)
-      for (gint gx = 0; gx < G; gx++)
-        for (gint axis = 0; axis < 2; axis++)
-          grid[(gy * G + gx) * 2 + axis] = (float) d->disp[(axis * G + gy) * G + gx];
-  }
 }
 
 /* Pinned staging of at least `need` bytes; the copy out of it of the previous batch

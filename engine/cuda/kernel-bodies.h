@@ -997,6 +997,22 @@ kb_warp_pixel (const float *image, int channels, const uint8_t *labels, const fl
  * sample without weights) into weights (n, out_h, out_w). Positions are local to the
  * sample's integer origin, so their float rounding scales with the tile, not with
  * the frame. */
+/* The local source position (relative to the sample's origin) of tile pixel (u, v). */
+static UNET_HD KbPair
+kb_augment_position (const UnetCudaAugSample &s, const float *grids, int u, int v, int in_w,
+                     int in_h)
+{
+  float lx = s.affine[0] * u + s.affine[1] * v + s.affine[2];
+  float ly = s.affine[3] * u + s.affine[4] * v + s.affine[5];
+  if (s.grid >= 2) {
+    const KbPair d = kb_grid_displacement (grids + s.grid_offset, s.grid, s.grid,
+        (float) u, (float) v, in_w, in_h);
+    lx += d.a;
+    ly += d.b;
+  }
+  return KbPair { lx, ly };
+}
+
 static UNET_HD void
 kb_augment_pixel (const UnetCudaAugSample *samples, const float *grids, int channels,
                   int in_w, int in_h, int out_w, int out_h, int ignore_label, float *tile,
@@ -1006,14 +1022,8 @@ kb_augment_pixel (const UnetCudaAugSample *samples, const float *grids, int chan
   const size_t b = i / plane, t = i % plane;
   const int u = (int) (t % in_w), v = (int) (t / in_w);
   const UnetCudaAugSample &s = samples[b];
-  float lx = s.affine[0] * u + s.affine[1] * v + s.affine[2];
-  float ly = s.affine[3] * u + s.affine[4] * v + s.affine[5];
-  if (s.grid >= 2) {
-    const KbPair d = kb_grid_displacement (grids + s.grid_offset, s.grid, s.grid,
-        (float) u, (float) v, in_w, in_h);
-    lx += d.a;
-    ly += d.b;
-  }
+  const KbPair l = kb_augment_position (s, grids, u, v, in_w, in_h);
+  const float lx = l.a, ly = l.b;
   KbTap p = kb_tap (lx, ly);
   p.ix += s.origin_x;
   p.iy += s.origin_y;
