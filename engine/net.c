@@ -61,6 +61,9 @@ struct _UnetNet
   gfloat *loss_z, *loss_g;      /* host logits / dL/dlogits (backends without a
                                    loss slot) */
   gsize loss_n;
+  gboolean targets_on_backend;  /* the last training batch was made on the backend
+                                   (unet_net_train_forward_samples): its targets are
+                                   there for a loss without labels */
 };
 
 /* ----------------------------------------------------------------- plans -- */
@@ -423,6 +426,7 @@ unet_net_train_forward (UnetNet *net, const gfloat *input, gint batch, gint heig
 
   g_return_val_if_fail (net != NULL && input != NULL, FALSE);
   be = net->be->iface;
+  net->targets_on_backend = FALSE;
   if ((g = net_train_graph (net, batch, height, width, error)) == NULL
       || !be->upload (unet_graph_exec_tensor (net->train, g->input), input, error)
       || !net_train_run (net, seed, error))
@@ -482,10 +486,13 @@ unet_net_train_forward_samples (UnetNet *net, UnetNetSample *const *samples,
         draws[0].out_h);
     return FALSE;
   }
-  return (g = net_train_graph (net, batch, draws[0].in_h, draws[0].in_w, error)) != NULL
-      && net->be->iface->batch_augment (net->be, (UnetBackendSample *const *) samples,
-      draws, batch, unet_graph_exec_tensor (net->train, g->input), error)
-      && net_train_run (net, seed, error);
+  net->targets_on_backend = FALSE;
+  if ((g = net_train_graph (net, batch, draws[0].in_h, draws[0].in_w, error)) == NULL
+      || !net->be->iface->batch_augment (net->be, (UnetBackendSample *const *) samples,
+          draws, batch, unet_graph_exec_tensor (net->train, g->input), error))
+    return FALSE;
+  net->targets_on_backend = TRUE;
+  return net_train_run (net, seed, error);
 }
 
 gboolean
@@ -546,9 +553,10 @@ unet_net_train_loss (UnetNet *net, const gint32 *labels, const gfloat *weights,
   g = unet_graph_exec_get_graph (net->train);
   z = unet_graph_exec_tensor (net->train, g->logits);
   dz = unet_graph_exec_tensor (net->train, g->diff_logits);
-  if (labels == NULL && be->loss == NULL) {
+  if (labels == NULL && (be->loss == NULL || !net->targets_on_backend)) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
-        "a loss without labels needs a batch made on the backend");
+        "a loss without labels needs a batch made on the backend "
+        "(unet_net_train_forward_samples) before it");
     return FALSE;
   }
   if (be->loss == NULL)

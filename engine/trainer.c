@@ -500,17 +500,19 @@ unet_trainer_add_pair (UnetTrainer *t, UnetPixelFormat image_format,
       image_stride, mask_format, mask, mask_stride, width, height, error);
   if (p == NULL)
     return FALSE;
-  if (!hold_out && !upload_pair (t, p, error)) {
-    unet_pair_free (p);
-    return FALSE;
-  }
-  t->n_added++;
   if (hold_out) {
+    t->n_added++;
     unet_dataset_push (&t->val, t->val_capacity, p, NULL, NULL);
     return TRUE;
   }
+  /* the evicted pair's device copy goes first, so that the budget holds the set */
   unet_dataset_push (&t->train, (guint) t->opts.dataset_capacity, p,
       remove_device_sample, t);
+  if (!upload_pair (t, p, error)) {
+    unet_pair_free (g_queue_pop_tail (&t->train));
+    return FALSE;
+  }
+  t->n_added++;
   gint edge = MIN (width, height);
   if (t->min_edge == 0 || edge < t->min_edge)
     t->min_edge = edge;
