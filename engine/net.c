@@ -25,6 +25,11 @@
  * trainer's optimiser runs on the backend (unet_net_optimizer_step), so a step
  * copies no parameters; on the CPU, unet_net_get_parameters hands out the backend's
  * own slab (params_host) for callers that write it directly.
+ *
+ * Batches. unet_net_train_forward uploads a batch made on the host;
+ * unet_net_train_forward_samples has the backend make it from training samples it
+ * keeps (unet_net_train_sample_add) and the host's draws, leaving the loss's targets
+ * there too, so that unet_net_train_loss takes no labels after it.
  */
 #include "config.h"
 

@@ -4,7 +4,8 @@
  *   masks      raw mask frame -> class map + instance map (weightmap.c)
  *   weight map class balance + the paper's border weights (weightmap.c)
  *   augment    one warp per sample: tile position, elastic field, rotation, flips,
- *              gray-value jitter (augment.c)
+ *              gray-value jitter (augment.c); drawn (UnetAugmentDraw) apart from
+ *              being applied, so a backend can apply the host's draws
  *   loss       weighted softmax cross-entropy / sigmoid BCE with an ignore label,
  *              soft-Dice term, Dice metric; value and gradient w.r.t. logits (loss.c)
  *   optimiser  SGD (momentum, Nesterov), Adam, AdamW with PyTorch semantics and

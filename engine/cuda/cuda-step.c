@@ -1,6 +1,7 @@
 /* gst-unet engine — the rest of a training step on the CUDA device: backend.h's
  * loss, optimizer_update and optimizer_state slots. Per step the host uploads one
- * batch's labels (u8) and pixel weights (f32) and reads back the scalars it logs
+ * batch's labels (u8) and pixel weights (f32) — unless the batch was augmented on the
+ * device (cuda-augment.c), which wrote them there — and reads back the scalars it logs
  * (the loss sums, soft Dice's class sums and the confusion matrix; the optimiser's
  * two flags); logits, dL/dlogits, parameters, gradients and optimiser state stay on
  * the device. Everything runs on the backend's compute stream (cuda-private.h).
