@@ -16,6 +16,7 @@
 #include "config.h"
 
 #include "kernel-bodies.h"
+#include "host-samples.h"
 
 #include "cpu/cpu-train.h"
 #include "normalize-private.h"
@@ -1171,48 +1172,6 @@ aug_frame (int channels, int w, int h, bool ignore, guint64 seed)
   return f;
 }
 
-/* The batch of kb_augment_pixel + the per-tile statistics (as augment_stats_kernel:
- * min, max, mean of kb_intensity_gamma in double) + kb_augment_finish_elem, on the
- * CPU, for entries recs (n) whose tile `tile_in` (n, C, in, in) is given when not
- * NULL (then the warp is skipped: the gray values alone). */
-static void
-aug_device (const std::vector<UnetCudaAugSample> &recs, const std::vector<float> &grids,
-    int channels, int in, int out, std::vector<float> &tile, std::vector<float> &input,
-    std::vector<guint8> &labels, std::vector<float> &weights, bool warp)
-{
-  const int n = (int) recs.size ();
-  const size_t plane = (size_t) in * in, count = channels * plane;
-  if (warp) {
-    tile.assign (n * count, NAN);
-    labels.assign ((size_t) n * out * out, 77);
-    weights.assign ((size_t) n * out * out, NAN);
-    grid (n * plane, [&] (size_t i) {
-      kb_augment_pixel (recs.data (), grids.data (), channels, in, in, out, out, 255,
-          tile.data (), labels.data (), weights.data (), i);
-    });
-  }
-  std::vector<double> stats (3 * n);
-  for (int b = 0; b < n; b++) {
-    const float *x = tile.data () + b * count;
-    float lo = x[0], hi = x[0];
-    for (size_t i = 0; i < count; i++) {
-      lo = fminf (lo, x[i]);
-      hi = fmaxf (hi, x[i]);
-    }
-    double sum = 0.0;
-    for (size_t i = 0; i < count; i++)
-      sum += kb_intensity_gamma (x[i], lo, (float) ((double) hi - lo), recs[b].gamma);
-    stats[3 * b] = lo;
-    stats[3 * b + 1] = hi;
-    stats[3 * b + 2] = sum / count;
-  }
-  input.assign (n * count, NAN);
-  grid (n * count, [&] (size_t i) {
-    kb_augment_finish_elem (tile.data (), recs.data (), stats.data (), channels, plane,
-        input.data (), i);
-  });
-}
-
 /* NHWC (n, in, in, C) -> NCHW. */
 static std::vector<float>
 to_nchw (const std::vector<float> &x, int n, int channels, int in)
@@ -1249,28 +1208,9 @@ augment_case (int channels, int in, int out, const UnetAugmentParams &params,
             out, out, &draws[b], &error));
     g_assert_no_error (error);
   }
-  for (int b = 0; b < n; b++) {
-    UnetCudaAugSample &r = recs[b];
-    gint origin[2];
-    const int G = draws[b].grid;
-    memset (&r, 0, sizeof r);
-    r.image = frames[b].image.data ();
-    r.labels = frames[b].labels8.data ();
-    r.weights = frames[b].weights.data ();
-    r.src_w = frames[b].w;
-    r.src_h = frames[b].h;
-    r.grid_offset = (int) grids.size ();
-    grids.resize (grids.size () + 2 * G * G);
-    unet_augment_draw_local (&draws[b], origin, r.affine, grids.data () + r.grid_offset);
-    r.origin_x = origin[0];
-    r.origin_y = origin[1];
-    r.grid = draws[b].elastic ? G : 0;
-    r.bilinear = draws[b].image_interp == UNET_INTERP_BILINEAR;
-    r.intensity = draws[b].intensity;
-    r.gamma = (float) draws[b].gamma;
-    r.contrast = (float) draws[b].contrast;
-    r.brightness = (float) draws[b].brightness;
-  }
+  for (int b = 0; b < n; b++)
+    recs[b] = host_samples_record (&draws[b], frames[b].image.data (),
+        frames[b].labels8.data (), frames[b].weights.data (), grids);
 
   /* the host, with and without the gray values */
   std::vector<float> h_img (n * count), h_warp (n * count), h_w (n * oplane);
@@ -1304,7 +1244,7 @@ augment_case (int channels, int in, int out, const UnetAugmentParams &params,
   std::vector<UnetCudaAugSample> plain_recs (recs);
   for (auto &r : plain_recs)
     r.intensity = 0;
-  aug_device (plain_recs, grids, channels, in, out, tile, input, d_lab, d_w, true);
+  host_samples_augment (plain_recs, grids, channels, in, out, tile, input, d_lab, d_w, true);
   double max_disp = 0.0;
   for (float g : grids)
     max_disp = fmax (max_disp, fabs (g));
@@ -1348,7 +1288,7 @@ augment_case (int channels, int in, int out, const UnetAugmentParams &params,
    * <= max|x| + range: 1e-5 (max|x| + range) keeps a margin of about 10. */
   if (params.intensity) {
     std::vector<float> tile_h (h_warp);
-    aug_device (recs, grids, channels, in, out, tile_h, input, d_lab, d_w, false);
+    host_samples_augment (recs, grids, channels, in, out, tile_h, input, d_lab, d_w, false);
     d_nchw = to_nchw (input, n, channels, in);
     for (int b = 0; b < n; b++) {
       float lo = h_warp[b * count], hi = lo, mx = 0.0f;
