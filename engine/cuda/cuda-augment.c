@@ -22,7 +22,6 @@
 #include <math.h>
 #include <string.h>
 
-#define LABEL_IGNORE_U8 255
 #define MAX_GRID 64
 
 struct _UnetBackendSample
@@ -89,7 +88,7 @@ pack_sample (guint8 *host, const UnetBackendSample *s, const gfloat *image,
           (gint) (i % s->width), (gint) (i / s->width), classes);
       return FALSE;
     }
-    lab[i] = l == UNET_LABEL_IGNORE ? LABEL_IGNORE_U8 : (guint8) l;
+    lab[i] = l == UNET_LABEL_IGNORE ? CUDA_LABEL_IGNORE_U8 : (guint8) l;
   }
   return TRUE;
 }
@@ -295,7 +294,7 @@ cuda_batch_augment (UnetBackend *be, UnetBackendSample *const *samples,
   ctx->aug_pending = TRUE;
   if (!KERNEL_CHECK (unet_cuda_augment_batch (ctx->aug_dev,
               (const float *) ((const guint8 *) ctx->aug_dev + rec_bytes), n, d->c, d->w,
-              d->h, out_w, out_h, LABEL_IGNORE_U8, ctx->aug_tile, ctx->aug_stats,
+              d->h, out_w, out_h, CUDA_LABEL_IGNORE_U8, ctx->aug_tile, ctx->aug_stats,
               cuda_tensor_data (input), ctx->dtype,
               (guint8 *) ctx->batch_dev + n_pix * sizeof (float), ctx->batch_dev, ctx->stream),
           error))

@@ -20,6 +20,9 @@ typedef struct _CudaCtx CudaCtx;
 typedef struct _CudaTrainOp CudaTrainOp;
 
 #define CUDA_ALIGN 256
+/* labels on the device: u8, the ignore label 255 (uploaded batches, resident
+ * samples, the targets of batches augmented there) */
+#define CUDA_LABEL_IGNORE_U8 255
 
 /* The scalars of a step on the device (cuda-step.c), read back in one copy: the loss
  * sums, soft Dice's per-class sums, the confusion matrix (up to `flags`), and the

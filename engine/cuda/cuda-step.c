@@ -40,8 +40,6 @@
 #include <stddef.h>
 #include <string.h>
 
-/* labels on the device: u8, the ignore label 255 */
-#define LABEL_IGNORE_U8 255
 #define MAX_CLASSES 16
 
 /* the scalars the loss reads back: everything before the optimiser's flags */
@@ -101,7 +99,7 @@ pack_batch (CudaCtx *ctx, const gint32 *labels, const gfloat *weights, const Une
   for (gsize i = 0; i < n; i++) {
     const gint32 l = labels[i];
     if (l == UNET_LABEL_IGNORE) {
-      lab[i] = LABEL_IGNORE_U8;
+      lab[i] = CUDA_LABEL_IGNORE_U8;
       continue;
     }
     if (l < 0 || l >= n_labels) {
@@ -198,7 +196,7 @@ cuda_loss (UnetBackend *be, UnetBackendTensor *logits, const gint32 *labels,
       || !CUDA_CHECK (cudaMemsetAsync (ctx->scalars, 0, LOSS_SCALARS_BYTES, ctx->stream),
           error)
       || !KERNEL_CHECK (unet_cuda_weighted_xent (cuda_tensor_data (logits), ctx->dtype, ldev,
-              wdev, n_pix, classes, LABEL_IGNORE_U8,
+              wdev, n_pix, classes, CUDA_LABEL_IGNORE_U8,
               (float) (on_device ? seed : sum_w > 0.0 ? seed / sum_w : 0.0), grad,
               ctx->partials, ctx->scalars->xent, ctx->stream), error)
       || (on_device && !KERNEL_CHECK (unet_cuda_scale_by_weight_sum (grad,
@@ -206,17 +204,17 @@ cuda_loss (UnetBackend *be, UnetBackendTensor *logits, const gint32 *labels,
     return FALSE;
   if (dice_weight > 0.0
       && (!KERNEL_CHECK (unet_cuda_dice_sums (cuda_tensor_data (logits), ctx->dtype, ldev,
-                  n_pix, classes, LABEL_IGNORE_U8, ctx->partials, ctx->scalars->dice,
+                  n_pix, classes, CUDA_LABEL_IGNORE_U8, ctx->partials, ctx->scalars->dice,
                   ctx->stream), error)
           || !KERNEL_CHECK (unet_cuda_dice_grad (cuda_tensor_data (logits), ctx->dtype, ldev,
-                  n_pix, classes, LABEL_IGNORE_U8, ctx->scalars->dice,
+                  n_pix, classes, CUDA_LABEL_IGNORE_U8, ctx->scalars->dice,
                   (float) (dice_weight * seed), grad, ctx->stream), error)))
     return FALSE;
   if ((!f32 && !KERNEL_CHECK (unet_cuda_cast_from_f32 (ctx->grad32,
                   cuda_tensor_data (diff_logits), ctx->dtype, n_pix * classes, ctx->stream),
               error))
       || !KERNEL_CHECK (unet_cuda_confusion (cuda_tensor_data (logits), ctx->dtype, ldev,
-              n_pix, classes, LABEL_IGNORE_U8, ctx->scalars->confusion, ctx->stream), error)
+              n_pix, classes, CUDA_LABEL_IGNORE_U8, ctx->scalars->confusion, ctx->stream), error)
       || !CUDA_CHECK (cudaMemcpyAsync (ctx->scalars_host, ctx->scalars, LOSS_SCALARS_BYTES,
               cudaMemcpyDeviceToHost, ctx->stream), error)
       || !CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error))
