@@ -14,6 +14,14 @@
  *
  * Random draws happen in a fixed order and are all drawn whether or not their part
  * is enabled, so switching one part off leaves the others' draws unchanged.
+ *
+ * Two halves: unet_augment_draw makes the draws and turns them into a plain
+ * UnetAugmentDraw (c, A, the displacement grid, the gray-value factors);
+ * unet_augment_apply_host samples a frame with it. unet_augment_sample is the two
+ * in a row. A backend holding the sample in its memory applies the same draw there
+ * (engine/cuda/kernel-bodies.h, kb_augment_pixel and kb_intensity_*): the trainer
+ * draws on the host in the same order either way, so both paths see the same
+ * samples.
  */
 #include "training.h"
 
@@ -131,11 +139,9 @@ snap_centre (gdouble c, gdouble frac)
 }
 
 gboolean
-unet_augment_sample (const UnetAugmentParams *params, UnetRng *rng,
-    const gfloat *image, const gint32 *class_map, const gfloat *weights,
-    gint channels, gint width, gint height, gint in_w, gint in_h, gint out_w,
-    gint out_h, gfloat *out_image, gint32 *out_labels, gfloat *out_weights,
-    GError **error)
+unet_augment_draw (const UnetAugmentParams *params, UnetRng *rng, gint channels,
+    gint width, gint height, gint in_w, gint in_h, gint out_w, gint out_h,
+    UnetAugmentDraw *draw, GError **error)
 {
   if (channels < 1 || width < 1 || height < 1 || out_w < 1 || out_h < 1 ||
       in_w < out_w || in_h < out_h || (in_w - out_w) % 2 || (in_h - out_h) % 2 ||
@@ -169,11 +175,24 @@ unet_augment_sample (const UnetAugmentParams *params, UnetRng *rng,
   gboolean flip_y = unet_rng_uniform (rng) < 0.5;
   gdouble u_gamma = unet_rng_uniform (rng), u_contrast = unet_rng_uniform (rng);
   gdouble u_bright = unet_rng_uniform (rng);
-  g_autofree gdouble *disp = g_new (gdouble, 2 * G * G);     /* [axis][gy][gx] */
+  if (draw->disp_alloc < 2 * G * G) {
+    g_free (draw->disp);
+    draw->disp = g_new (gdouble, 2 * G * G);
+    draw->disp_alloc = 2 * G * G;
+  }
   for (gint k = 0; k < 2 * G * G; k++)
-    disp[k] = unet_rng_normal (rng) * (params->elastic ? params->elastic_sigma : 0.0);
+    draw->disp[k] = unet_rng_normal (rng) * (params->elastic ? params->elastic_sigma : 0.0);
 
   /* ---- geometry ---- */
+  draw->width = width;
+  draw->height = height;
+  draw->in_w = in_w;
+  draw->in_h = in_h;
+  draw->out_w = out_w;
+  draw->out_h = out_h;
+  draw->grid = G;
+  draw->elastic = params->elastic;
+  draw->image_interp = params->image_interp;
   const gdouble tcx = (in_w - 1) / 2.0, tcy = (in_h - 1) / 2.0;
   const gdouble frac_x = tcx - floor (tcx), frac_y = tcy - floor (tcy);
   gdouble cx, cy;
@@ -187,8 +206,10 @@ unet_augment_sample (const UnetAugmentParams *params, UnetRng *rng,
     cx = (width - 1) / 2.0;
     cy = (height - 1) / 2.0;
   }
-  cx = snap_centre (cx, frac_x);
-  cy = snap_centre (cy, frac_y);
+  draw->tcx = tcx;
+  draw->tcy = tcy;
+  draw->cx = snap_centre (cx, frac_x);
+  draw->cy = snap_centre (cy, frac_y);
 
   gdouble angle = params->rotate ? (2.0 * u_angle - 1.0) * params->max_rotation *
       G_PI / 180.0 : 0.0;
@@ -196,7 +217,76 @@ unet_augment_sample (const UnetAugmentParams *params, UnetRng *rng,
   gdouble fx = (params->flip && flip_x) ? -1.0 : 1.0;
   gdouble fy = (params->flip && flip_y) ? -1.0 : 1.0;
   /* Source = centre + A · (u - tcx, v - tcy) + d, A = R · F. */
-  const gdouble a00 = ca * fx, a01 = -sa * fy, a10 = sa * fx, a11 = ca * fy;
+  draw->a[0][0] = ca * fx;
+  draw->a[0][1] = -sa * fy;
+  draw->a[1][0] = sa * fx;
+  draw->a[1][1] = ca * fy;
+
+  /* ---- gray values ---- */
+  draw->intensity = params->intensity;
+  draw->gamma = draw->contrast = 1.0;
+  draw->brightness = 0.0;
+  if (params->intensity) {
+    gdouble lg = log (params->gamma);
+    draw->gamma = exp ((2.0 * u_gamma - 1.0) * lg);
+    draw->contrast = 1.0 + (2.0 * u_contrast - 1.0) * params->contrast;
+    draw->brightness = (2.0 * u_bright - 1.0) * params->brightness;
+  }
+  return TRUE;
+}
+
+void
+unet_augment_draw_clear (UnetAugmentDraw *draw)
+{
+  g_clear_pointer (&draw->disp, g_free);
+  draw->disp_alloc = 0;
+}
+
+void
+unet_augment_draw_local (const UnetAugmentDraw *draw, gint origin[2], gfloat affine[6],
+    gfloat *grid)
+{
+  const gdouble ox = floor (draw->cx), oy = floor (draw->cy);
+  const gint G = draw->grid;
+
+  origin[0] = (gint) ox;
+  origin[1] = (gint) oy;
+  /* the fraction of the centre (0 or 0.5) folds into the translation */
+  affine[0] = (gfloat) draw->a[0][0];
+  affine[1] = (gfloat) draw->a[0][1];
+  affine[2] = (gfloat) (draw->cx - ox - draw->a[0][0] * draw->tcx
+      - draw->a[0][1] * draw->tcy);
+  affine[3] = (gfloat) draw->a[1][0];
+  affine[4] = (gfloat) draw->a[1][1];
+  affine[5] = (gfloat) (draw->cy - oy - draw->a[1][0] * draw->tcx
+      - draw->a[1][1] * draw->tcy);
+  if (grid == NULL || !draw->elastic)
+    return;
+  for (gint gy = 0; gy < G; gy++)
+    for (gint gx = 0; gx < G; gx++)
+      for (gint axis = 0; axis < 2; axis++)
+        grid[(gy * G + gx) * 2 + axis] = (gfloat) draw->disp[(axis * G + gy) * G + gx];
+}
+
+gboolean
+unet_augment_apply_host (const UnetAugmentDraw *draw, const gfloat *image,
+    const gint32 *class_map, const gfloat *weights, gint channels, gfloat *out_image,
+    gint32 *out_labels, gfloat *out_weights, GError **error)
+{
+  const gint width = draw->width, height = draw->height;
+  const gint in_w = draw->in_w, in_h = draw->in_h;
+  const gint out_w = draw->out_w, out_h = draw->out_h;
+  const gint G = draw->grid;
+  const gboolean elastic = draw->elastic;
+  const gdouble tcx = draw->tcx, tcy = draw->tcy, cx = draw->cx, cy = draw->cy;
+  const gdouble a00 = draw->a[0][0], a01 = draw->a[0][1];
+  const gdouble a10 = draw->a[1][0], a11 = draw->a[1][1];
+
+  if (channels < 1 || draw->disp == NULL || G < 2) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "augmentation of %d channel(s) without a draw", channels);
+    return FALSE;
+  }
 
   g_autofree gint *ix = g_new (gint, 4 * in_w);
   g_autofree gdouble *wx = g_new (gdouble, 4 * in_w);
@@ -211,7 +301,7 @@ unet_augment_sample (const UnetAugmentParams *params, UnetRng *rng,
   const gint ox = (in_w - out_w) / 2, oy = (in_h - out_h) / 2;
   g_autofree gdouble *row_dx = g_new (gdouble, G);
   g_autofree gdouble *row_dy = g_new (gdouble, G);
-  const gdouble *dxg = disp, *dyg = disp + G * G;
+  const gdouble *dxg = draw->disp, *dyg = draw->disp + G * G;
 
   for (gint v = 0; v < in_h; v++) {
     for (gint j = 0; j < G; j++) {
@@ -227,7 +317,7 @@ unet_augment_sample (const UnetAugmentParams *params, UnetRng *rng,
     const gdouble py = v - tcy;
     for (gint u = 0; u < in_w; u++) {
       gdouble dx = 0.0, dy = 0.0;
-      if (params->elastic)
+      if (elastic)
         for (gint k = 0; k < 4; k++) {
           dx += wx[4 * u + k] * row_dx[ix[4 * u + k]];
           dy += wx[4 * u + k] * row_dy[ix[4 * u + k]];
@@ -240,7 +330,7 @@ unet_augment_sample (const UnetAugmentParams *params, UnetRng *rng,
       for (gint c = 0; c < channels; c++) {
         const gfloat *plane = image + c * src_plane;
         out_image[c * tile_plane + t] =
-            params->image_interp == UNET_INTERP_BICUBIC
+            draw->image_interp == UNET_INTERP_BICUBIC
             ? sample_bicubic (plane, width, height, sx, sy)
             : sample_bilinear (plane, width, height, sx, sy);
       }
@@ -265,12 +355,10 @@ unet_augment_sample (const UnetAugmentParams *params, UnetRng *rng,
   }
 
   /* ---- gray values, image only ---- */
-  if (params->intensity) {
+  if (draw->intensity) {
     const gsize n = channels * tile_plane;
-    gdouble lg = log (params->gamma);
-    gdouble gamma = exp ((2.0 * u_gamma - 1.0) * lg);
-    gdouble contrast = 1.0 + (2.0 * u_contrast - 1.0) * params->contrast;
-    gdouble bright = (2.0 * u_bright - 1.0) * params->brightness;
+    const gdouble gamma = draw->gamma, contrast = draw->contrast;
+    const gdouble bright = draw->brightness;
     gfloat lo = out_image[0], hi = out_image[0];
     for (gsize i = 1; i < n; i++) {
       lo = MIN (lo, out_image[i]);
@@ -289,4 +377,20 @@ unet_augment_sample (const UnetAugmentParams *params, UnetRng *rng,
       out_image[i] = (gfloat) (mean + contrast * (out_image[i] - mean) + bright);
   }
   return TRUE;
+}
+
+gboolean
+unet_augment_sample (const UnetAugmentParams *params, UnetRng *rng,
+    const gfloat *image, const gint32 *class_map, const gfloat *weights,
+    gint channels, gint width, gint height, gint in_w, gint in_h, gint out_w,
+    gint out_h, gfloat *out_image, gint32 *out_labels, gfloat *out_weights,
+    GError **error)
+{
+  UnetAugmentDraw draw = { 0 };
+  gboolean ok = unet_augment_draw (params, rng, channels, width, height, in_w, in_h,
+      out_w, out_h, &draw, error)
+      && unet_augment_apply_host (&draw, image, class_map, weights, channels,
+      out_image, out_labels, out_weights, error);
+  unet_augment_draw_clear (&draw);
+  return ok;
 }

@@ -40,6 +40,7 @@ typedef struct _UnetBackendTensor UnetBackendTensor;   /* backend-defined */
 typedef struct _UnetBackendArena UnetBackendArena;     /* backend-defined */
 typedef struct _UnetBackendOp UnetBackendOp;           /* backend-defined */
 typedef struct _UnetBackendFrames UnetBackendFrames;   /* backend-defined */
+typedef struct _UnetBackendSample UnetBackendSample;   /* backend-defined */
 
 typedef struct
 {
@@ -203,6 +204,8 @@ typedef struct
    *                     overflow (GradScaler's policy).
    *   optimizer_state   state slab `index` backend -> host, or host -> backend
    *                     (`to_backend`): checkpoints and resume. */
+  /*                 labels NULL: the targets batch_augment wrote on the backend for
+   *                 a batch of the logits' shape (weights must be NULL too). */
   gboolean (*loss) (UnetBackend *be, UnetBackendTensor *logits, const gint32 *labels,
                     const gfloat *weights, gdouble dice_weight,
                     UnetBackendTensor *diff_logits, gdouble *loss,
@@ -211,6 +214,29 @@ typedef struct
                                 gboolean *finite, GError **error);
   gboolean (*optimizer_state) (UnetBackend *be, guint index, gfloat *host,
                                gboolean to_backend, GError **error);
+
+  /* ---- training samples resident on the backend (optional: NULL = the trainer
+   * augments on the host and uploads each batch; engine/trainer.c) ----
+   *   sample_new     uploads one training pair once: image (channels, height, width)
+   *                  f32, class map (height, width) (0..max(classes, 2) - 1 or
+   *                  UNET_LABEL_IGNORE; checked), weight map (height, width) f32
+   *                  (finite, >= 0; checked) or NULL. UNET_ERROR_OUT_OF_MEMORY when
+   *                  the backend's budget for samples (backend-defined) is spent.
+   *   sample_free    releases it (NULL: no-op); every sample goes before the backend
+   *   batch_augment  one training batch from n resident samples and their draws
+   *                  (training.h's UnetAugmentDraw, applied as
+   *                  unet_augment_apply_host applies it): the image tiles into
+   *                  `input` (n, channels, in_h, in_w), and the labels / weights of
+   *                  the centred output regions kept on the backend as the targets of
+   *                  the next loss() called with labels NULL. Per call only the draws
+   *                  travel to the backend. */
+  UnetBackendSample *(*sample_new) (UnetBackend *be, const gfloat *image, gint channels,
+                                    const gint32 *class_map, const gfloat *weights,
+                                    gint width, gint height, gint classes, GError **error);
+  void (*sample_free) (UnetBackendSample *sample);
+  gboolean (*batch_augment) (UnetBackend *be, UnetBackendSample *const *samples,
+                             const UnetAugmentDraw *draws, gint n,
+                             UnetBackendTensor *input, GError **error);
 
   /* ---- on-device tiling (optional: NULL = the segmenter tiles on the host) ----
    * A ring of `depth` frame slots, each with pinned staging for one raw frame and
@@ -285,6 +311,13 @@ unet_backend_can_train (const UnetBackend *be)
 {
   return be->iface->params_set != NULL && be->iface->op_forward_training != NULL
       && be->iface->op_backward != NULL;
+}
+
+static inline gboolean
+unet_backend_can_hold_samples (const UnetBackend *be)
+{
+  return be->iface->sample_new != NULL && be->iface->sample_free != NULL
+      && be->iface->batch_augment != NULL && be->iface->loss != NULL;
 }
 
 static inline gboolean

@@ -192,9 +192,14 @@ unet_dataset_holds_out (guint64 index, gdouble fraction, guint n_training)
 }
 
 void
-unet_dataset_push (GQueue *set, guint capacity, UnetPair *pair)
+unet_dataset_push (GQueue *set, guint capacity, UnetPair *pair, GFunc evict,
+    gpointer user)
 {
-  while (set->length >= MAX (capacity, 1))
-    unet_pair_free (g_queue_pop_head (set));
+  while (set->length >= MAX (capacity, 1)) {
+    UnetPair *old = g_queue_pop_head (set);
+    if (evict != NULL)
+      evict (old, user);
+    unet_pair_free (old);
+  }
   g_queue_push_tail (set, pair);
 }

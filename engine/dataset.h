@@ -41,6 +41,10 @@ typedef struct
   UnetPixelFormat raw_format;
   guint8 *raw;
   gsize raw_stride;
+  /* Training pairs: the pair's copy on the trainer's backend (a UnetNetSample,
+   * training.h) while the trainer augments there; the trainer removes it before the
+   * pair is freed. NULL otherwise. */
+  gpointer device;
 } UnetPair;
 
 /* Frames the trainer takes: 1..65536 pixels per side, at most 2^28 pixels, rows of
@@ -68,7 +72,8 @@ void      unet_pair_free                (gpointer pair);
 gboolean  unet_dataset_holds_out        (guint64 index, gdouble fraction, guint n_training);
 
 /* Appends `pair` to `set`, first dropping the oldest pairs while the set holds
- * `capacity` (>= 1) or more. */
-void      unet_dataset_push             (GQueue *set, guint capacity, UnetPair *pair);
+ * `capacity` (>= 1) or more; `evict` (may be NULL) sees each before it is freed. */
+void      unet_dataset_push             (GQueue *set, guint capacity, UnetPair *pair,
+                                         GFunc evict, gpointer user);
 
 G_END_DECLS

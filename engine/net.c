@@ -25,6 +25,11 @@
  * trainer's optimiser runs on the backend (unet_net_optimizer_step), so a step
  * copies no parameters; on the CPU, unet_net_get_parameters hands out the backend's
  * own slab (params_host) for callers that write it directly.
+ *
+ * Batches. unet_net_train_forward uploads a batch made on the host;
+ * unet_net_train_forward_samples has the backend make it from training samples it
+ * keeps (unet_net_train_sample_add) and the host's draws, leaving the loss's targets
+ * there too, so that unet_net_train_loss takes no labels after it.
  */
 #include "config.h"
 
@@ -61,6 +66,9 @@ struct _UnetNet
   gfloat *loss_z, *loss_g;      /* host logits / dL/dlogits (backends without a
                                    loss slot) */
   gsize loss_n;
+  gboolean targets_on_backend;  /* the last training batch was made on the backend
+                                   (unet_net_train_forward_samples): its targets are
+                                   there for a loss without labels */
 };
 
 /* ----------------------------------------------------------------- plans -- */
@@ -372,45 +380,124 @@ unet_net_forward (UnetNet *net, const gfloat *input, gint batch, gint height,
 
 /* -------------------------------------------------------------- training -- */
 
-gboolean
-unet_net_train_forward (UnetNet *net, const gfloat *input, gint batch, gint height,
-    gint width, guint64 seed, gfloat *logits, GError **error)
+/* The training execution for a batch shape, built when the shape changes, with the
+ * backend's parameters up to date. */
+static const UnetGraph *
+net_train_graph (UnetNet *net, gint batch, gint height, gint width, GError **error)
 {
-  const UnetBackendIface *be;
   const UnetGraph *g = net->train ? unet_graph_exec_get_graph (net->train) : NULL;
 
-  g_return_val_if_fail (net != NULL && input != NULL, FALSE);
-  be = net->be->iface;
   if (unet_config_output_size (&net->cfg, height) < 1
       || unet_config_output_size (&net->cfg, width) < 1) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
         "training tile %dx%d is not a legal size for this network: try %dx%d", width,
         height, unet_config_legal_input_at_least (&net->cfg, width),
         unet_config_legal_input_at_least (&net->cfg, height));
-    return FALSE;
+    return NULL;
   }
   if (!net_check_shape (net, batch, height, width, error)
       || !net_sync_backend (net, error))
-    return FALSE;
+    return NULL;
   if (g == NULL || g->batch != batch || g->height != height || g->width != width) {
     UnetGraph *ng;
     g_clear_pointer (&net->train, unet_graph_exec_free);
     ng = unet_graph_new (&net->cfg, unet_model_get_layout (net->host),
         UNET_GRAPH_TRAINING, batch, height, width, error);
     if (ng == NULL || (net->train = unet_graph_exec_new (net->be, ng, error)) == NULL)
-      return FALSE;
+      return NULL;
     g = unet_graph_exec_get_graph (net->train);
   }
-  if (!be->upload (unet_graph_exec_tensor (net->train, g->input), input, error)
-      || !unet_graph_exec_forward_training (net->train, seed, error))
+  return g;
+}
+
+/* The training forward pass over the input tensor as it is now. */
+static gboolean
+net_train_run (UnetNet *net, guint64 seed, GError **error)
+{
+  if (!unet_graph_exec_forward_training (net->train, seed, error))
     return FALSE;
   /* batch norm's running statistics moved on the backend */
   if (net->cfg.batch_norm)
     net->host_stale = net->layers_stale = TRUE;
+  return TRUE;
+}
+
+gboolean
+unet_net_train_forward (UnetNet *net, const gfloat *input, gint batch, gint height,
+    gint width, guint64 seed, gfloat *logits, GError **error)
+{
+  const UnetBackendIface *be;
+  const UnetGraph *g;
+
+  g_return_val_if_fail (net != NULL && input != NULL, FALSE);
+  be = net->be->iface;
+  net->targets_on_backend = FALSE;
+  if ((g = net_train_graph (net, batch, height, width, error)) == NULL
+      || !be->upload (unet_graph_exec_tensor (net->train, g->input), input, error)
+      || !net_train_run (net, seed, error))
+    return FALSE;
   if (logits != NULL
       && !be->download (unet_graph_exec_tensor (net->train, g->logits), logits, error))
     return FALSE;
   return unet_backend_synchronize (net->be, error);
+}
+
+gboolean
+unet_net_train_samples_supported (UnetNet *net)
+{
+  g_return_val_if_fail (net != NULL, FALSE);
+  return unet_backend_can_train (net->be) && unet_backend_can_hold_samples (net->be);
+}
+
+UnetNetSample *
+unet_net_train_sample_add (UnetNet *net, const gfloat *image, const gint32 *class_map,
+    const gfloat *weights, gint width, gint height, GError **error)
+{
+  g_return_val_if_fail (net != NULL && image != NULL && class_map != NULL, NULL);
+  if (!unet_net_train_samples_supported (net)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_NO_DEVICE,
+        "the %s backend cannot keep training samples", net->be->iface->name);
+    return NULL;
+  }
+  return (UnetNetSample *) net->be->iface->sample_new (net->be, image,
+      net->cfg.in_channels, class_map, weights, width, height, net->cfg.classes, error);
+}
+
+void
+unet_net_train_sample_remove (UnetNet *net, UnetNetSample *sample)
+{
+  g_return_if_fail (net != NULL);
+  if (sample != NULL)
+    net->be->iface->sample_free ((UnetBackendSample *) sample);
+}
+
+gboolean
+unet_net_train_forward_samples (UnetNet *net, UnetNetSample *const *samples,
+    const UnetAugmentDraw *draws, gint batch, guint64 seed, GError **error)
+{
+  const UnetGraph *g;
+
+  g_return_val_if_fail (net != NULL && samples != NULL && draws != NULL, FALSE);
+  if (!unet_net_train_samples_supported (net)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_NO_DEVICE,
+        "the %s backend cannot keep training samples", net->be->iface->name);
+    return FALSE;
+  }
+  if (batch < 1 || unet_config_output_size (&net->cfg, draws[0].in_h) != draws[0].out_h
+      || unet_config_output_size (&net->cfg, draws[0].in_w) != draws[0].out_w) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "a batch of %d samples augmented to %dx%d tiles with %dx%d outputs does not fit "
+        "this network", batch, draws[0].in_w, draws[0].in_h, draws[0].out_w,
+        draws[0].out_h);
+    return FALSE;
+  }
+  net->targets_on_backend = FALSE;
+  if ((g = net_train_graph (net, batch, draws[0].in_h, draws[0].in_w, error)) == NULL
+      || !net->be->iface->batch_augment (net->be, (UnetBackendSample *const *) samples,
+          draws, batch, unet_graph_exec_tensor (net->train, g->input), error))
+    return FALSE;
+  net->targets_on_backend = TRUE;
+  return net_train_run (net, seed, error);
 }
 
 gboolean
@@ -460,7 +547,7 @@ unet_net_train_loss (UnetNet *net, const gint32 *labels, const gfloat *weights,
   const UnetGraph *g;
   UnetBackendTensor *z, *dz;
 
-  g_return_val_if_fail (net != NULL && labels != NULL && loss != NULL
+  g_return_val_if_fail (net != NULL && (labels != NULL || weights == NULL) && loss != NULL
       && confusion != NULL, FALSE);
   if (net->train == NULL) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
@@ -471,6 +558,12 @@ unet_net_train_loss (UnetNet *net, const gint32 *labels, const gfloat *weights,
   g = unet_graph_exec_get_graph (net->train);
   z = unet_graph_exec_tensor (net->train, g->logits);
   dz = unet_graph_exec_tensor (net->train, g->diff_logits);
+  if (labels == NULL && (be->loss == NULL || !net->targets_on_backend)) {
+    g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
+        "a loss without labels needs a batch made on the backend "
+        "(unet_net_train_forward_samples) before it");
+    return FALSE;
+  }
   if (be->loss == NULL)
     return net_loss_host (net, z, labels, weights, dice_weight, dz, loss, confusion,
         error);

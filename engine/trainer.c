@@ -9,6 +9,18 @@
  * unetsegment outputs with the exported model; checkpoint.c writes and reads the
  * checkpoints.
  *
+ * Augmentation: per step the host makes every draw (augment.c's unet_augment_draw,
+ * pair choice first, in one fixed order). Where the net's backend keeps training
+ * samples (CUDA), each training pair is uploaded once when it is added
+ * (unet_net_train_sample_add, removed when the pair leaves the set) and the batch is
+ * augmented there from the draws (unet_net_train_forward_samples): per step only the
+ * draws go up and the loss scalars and flags come back. The samples get a share of
+ * the device's memory (the backend's budget); a set that outgrows it sends the
+ * trainer back to the host path for good, said once (g_info, and the steps'
+ * augment_on_device). Elsewhere (CPU) the host augments each batch
+ * (unet_augment_sample) into step buffers the net uploads. Both paths see the same
+ * draws.
+ *
  * Determinism: step t draws everything (which pairs, tile positions, elastic
  * fields, rotations, flips, gray-value changes, the dropout mask) from generators
  * seeded with hash(seed, t). The whole random state of a run is therefore (seed,
@@ -80,6 +92,9 @@ struct _UnetTrainer
   gfloat *weights;              /* (B,To,To) */
 
   UnetAugmentParams aug;
+  gboolean device_aug;          /* training pairs live on the net's backend */
+  UnetAugmentDraw *draws;       /* (B) the step's draws (device path) */
+  UnetNetSample **batch;        /* (B) the step's samples (device path) */
   UnetPairOptions pair_opts;
   UnetSegmenter *seg;           /* on `net`, made at the first validation/preview */
 
@@ -114,6 +129,40 @@ static guint64
 step_seed (guint64 seed, gint64 step, guint64 stream)
 {
   return mix64 (mix64 (seed, stream), (guint64) step);
+}
+
+/* A GFunc over training pairs: their copy on the net's backend goes. */
+static void
+remove_device_sample (gpointer pair, gpointer trainer)
+{
+  UnetPair *p = pair;
+  UnetTrainer *t = trainer;
+  unet_net_train_sample_remove (t->net, g_steal_pointer (&p->device));
+}
+
+/* The pair's copy on the net's backend, while the trainer augments there. A set
+ * past the backend's budget (out of memory) sends the trainer to the host path for
+ * good: every copy goes, and it says so once. Other errors fail. */
+static gboolean
+upload_pair (UnetTrainer *t, UnetPair *p, GError **error)
+{
+  GError *local = NULL;
+  if (!t->device_aug)
+    return TRUE;
+  p->device = unet_net_train_sample_add (t->net, p->image, p->classes, p->weights,
+      p->width, p->height, &local);
+  if (p->device != NULL)
+    return TRUE;
+  if (!g_error_matches (local, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY)) {
+    g_propagate_error (error, local);
+    return FALSE;
+  }
+  g_info ("training: %s; augmenting on the host from now on (each batch uploaded)",
+      local->message);
+  g_error_free (local);
+  g_queue_foreach (&t->train, remove_device_sample, t);
+  t->device_aug = FALSE;
+  return TRUE;
 }
 
 static void
@@ -328,6 +377,9 @@ trainer_setup (UnetTrainer *t, GError **error)
 
   g_queue_init (&t->train);
   g_queue_init (&t->val);
+  t->device_aug = unet_net_train_samples_supported (t->net);
+  t->draws = g_new0 (UnetAugmentDraw, t->opts.batch_size);
+  t->batch = g_new0 (UnetNetSample *, t->opts.batch_size);
   t->val_capacity = MAX (1, (guint) (t->opts.dataset_capacity *
           t->opts.validation_fraction));
   t->last_val.frames = 0;
@@ -377,9 +429,15 @@ unet_trainer_free (UnetTrainer *t)
   if (t == NULL)
     return;
   unet_segmenter_free (t->seg);
+  if (t->net != NULL)
+    g_queue_foreach (&t->train, remove_device_sample, t);
   g_queue_clear_full (&t->train, unet_pair_free);
   g_queue_clear_full (&t->val, unet_pair_free);
   free_step_buffers (t);
+  for (gint b = 0; t->draws != NULL && b < t->opts.batch_size; b++)
+    unet_augment_draw_clear (&t->draws[b]);
+  g_free (t->draws);
+  g_free (t->batch);
   unet_optimizer_free (t->optim);
   unet_net_free (t->net);
   unet_model_free (t->model);
@@ -442,12 +500,19 @@ unet_trainer_add_pair (UnetTrainer *t, UnetPixelFormat image_format,
       image_stride, mask_format, mask, mask_stride, width, height, error);
   if (p == NULL)
     return FALSE;
-  t->n_added++;
   if (hold_out) {
-    unet_dataset_push (&t->val, t->val_capacity, p);
+    t->n_added++;
+    unet_dataset_push (&t->val, t->val_capacity, p, NULL, NULL);
     return TRUE;
   }
-  unet_dataset_push (&t->train, (guint) t->opts.dataset_capacity, p);
+  /* the evicted pair's device copy goes first, so that the budget holds the set */
+  unet_dataset_push (&t->train, (guint) t->opts.dataset_capacity, p,
+      remove_device_sample, t);
+  if (!upload_pair (t, p, error)) {
+    unet_pair_free (g_queue_pop_tail (&t->train));
+    return FALSE;
+  }
+  t->n_added++;
   gint edge = MIN (width, height);
   if (t->min_edge == 0 || edge < t->min_edge)
     t->min_edge = edge;
@@ -611,29 +676,45 @@ unet_trainer_step (UnetTrainer *t, UnetTrainStats *stats, GError **error)
   const gint Ti = t->tile_in, To = t->tile_out;
   const gsize in_one = (gsize) C * Ti * Ti, out_one = (gsize) To * To;
 
+  /* the draws, in one order for both paths: pair, then its augmentation */
+  const gboolean on_device = t->device_aug;
+  const guint64 dropout_seed = step_seed (t->opts.seed, t->iteration, STREAM_DROPOUT);
   UnetRng rng;
   unet_rng_init (&rng, step_seed (t->opts.seed, t->iteration, STREAM_SAMPLE));
   for (gint b = 0; b < B; b++) {
     guint idx = (guint) unet_rng_below (&rng, t->train.length);
     const Pair *p = g_queue_peek_nth (&t->train, idx);
-    if (!unet_augment_sample (&t->aug, &rng, p->image, p->classes, p->weights,
+    if (on_device) {
+      t->batch[b] = p->device;
+      if (!unet_augment_draw (&t->aug, &rng, C, p->width, p->height, Ti, Ti, To, To,
+              &t->draws[b], error))
+        return FALSE;
+    } else if (!unet_augment_sample (&t->aug, &rng, p->image, p->classes, p->weights,
             C, p->width, p->height, Ti, Ti, To, To, t->in + b * in_one,
-            t->labels + b * out_one, t->weights + b * out_one, error))
+            t->labels + b * out_one, t->weights + b * out_one, error)) {
       return FALSE;
+    }
   }
 
   /* forward, loss, backward and the optimiser's step on the net's backend: the
    * logits, their gradient, the gradients and the parameters stay there; the loss
-   * and the prediction's confusion matrix come back */
+   * and the prediction's confusion matrix come back. On the device path the batch
+   * is made there too, and so are the loss's targets. */
   gdouble lr = unet_optimizer_get_lr (t->optim);
   gdouble loss = 0.0;
   UnetConfusion conf;
   gboolean finite = FALSE;
-  if (!unet_net_train_forward (t->net, t->in, B, Ti, Ti,
-          step_seed (t->opts.seed, t->iteration, STREAM_DROPOUT), NULL, error)
+  if (on_device) {
+    if (!unet_net_train_forward_samples (t->net, t->batch, t->draws, B, dropout_seed,
+            error)
+        || !unet_net_train_loss (t->net, NULL, NULL, t->opts.dice_weight, &loss, &conf,
+            error))
+      return FALSE;
+  } else if (!unet_net_train_forward (t->net, t->in, B, Ti, Ti, dropout_seed, NULL, error)
       || !unet_net_train_loss (t->net, t->labels, t->weights, t->opts.dice_weight,
-          &loss, &conf, error))
+          &loss, &conf, error)) {
     return FALSE;
+  }
   if (!isfinite (loss)) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_FAILED,
         "the loss diverged (%g) at iteration %" G_GINT64_FORMAT
@@ -664,6 +745,7 @@ unet_trainer_step (UnetTrainer *t, UnetTrainStats *stats, GError **error)
   t->last.dice = unet_dice_counts_foreground (&counts);
   t->last.learning_rate = lr;
   t->last.samples_per_second = secs > 0.0 ? B / secs : 0.0;
+  t->last.augment_on_device = on_device;
   guard_step (t, loss, &conf);
   if (stats)
     *stats = t->last;

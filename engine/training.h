@@ -4,7 +4,8 @@
  *   masks      raw mask frame -> class map + instance map (weightmap.c)
  *   weight map class balance + the paper's border weights (weightmap.c)
  *   augment    one warp per sample: tile position, elastic field, rotation, flips,
- *              gray-value jitter (augment.c)
+ *              gray-value jitter (augment.c); drawn (UnetAugmentDraw) apart from
+ *              being applied, so a backend can apply the host's draws
  *   loss       weighted softmax cross-entropy / sigmoid BCE with an ignore label,
  *              soft-Dice term, Dice metric; value and gradient w.r.t. logits (loss.c)
  *   optimiser  SGD (momentum, Nesterov), Adam, AdamW with PyTorch semantics and
@@ -120,7 +121,58 @@ void     unet_augment_params_init       (UnetAugmentParams *params);
 /* Everything off: the tile is the centred crop (the identity warp). */
 void     unet_augment_params_init_identity (UnetAugmentParams *params);
 
-/* One training sample in one sampling pass.
+/* One sample's augmentation, drawn: every random value of unet_augment_sample in
+ * its fixed order, turned into the geometry and gray-value changes it stands for.
+ * Applying it (on the host, unet_augment_apply_host, or on a backend from a
+ * resident copy of the sample) needs no generator, so the draws of a step can be
+ * made on the host and the pixels sampled where the sample lives. A tile pixel
+ * (u, v) samples the frame at
+ *   s = (cx, cy) + a · (u - tcx, v - tcy) + d(u, v)
+ * with d the Catmull-Rom interpolation of the G×G displacement grid `disp` (only
+ * when `elastic`). Zero-initialise before the first draw; `disp` is owned (kept
+ * and reused by the next draw of the same or a smaller grid) and released by
+ * unet_augment_draw_clear. */
+typedef struct
+{
+  gint width, height;           /* the source frame */
+  gint in_w, in_h, out_w, out_h;        /* the tile and its centred output region */
+  gdouble cx, cy;               /* frame position of the tile centre (snapped) */
+  gdouble tcx, tcy;             /* the tile's own centre, (in - 1) / 2 */
+  gdouble a[2][2];              /* R(θ)·F: rotation times flips */
+  gboolean elastic;
+  gint grid;                    /* G (2 when elastic is off: drawn, unused) */
+  gdouble *disp;                /* [axis][gy][gx], 2·G·G px */
+  gint disp_alloc;              /* doubles allocated at disp */
+  gboolean intensity;
+  gdouble gamma;                /* exponent on the tile's min..max range */
+  gdouble contrast;             /* factor around the tile mean */
+  gdouble brightness;           /* offset */
+  UnetInterp image_interp;
+} UnetAugmentDraw;
+
+/* The draws of one sample (the checks and errors of unet_augment_sample). */
+gboolean unet_augment_draw              (const UnetAugmentParams *params, UnetRng *rng,
+                                         gint channels, gint width, gint height,
+                                         gint in_w, gint in_h, gint out_w, gint out_h,
+                                         UnetAugmentDraw *draw, GError **error);
+void     unet_augment_draw_clear        (UnetAugmentDraw *draw);
+/* The draw's geometry in float and local coordinates, as a device samples with it
+ * (engine/cuda's UnetCudaAugSample): s = origin + affine · (u, v, 1) + d(u, v), the
+ * origin the integer part of (cx, cy), so that float rounding of the local part
+ * scales with the tile, not the frame; `grid` (G, G, 2) gets the displacements
+ * (grid[(gy · G + gx) · 2 + axis]) when the draw is elastic (may be NULL). */
+void     unet_augment_draw_local        (const UnetAugmentDraw *draw, gint origin[2],
+                                         gfloat affine[6], gfloat *grid);
+/* The sample of `draw` on the host: arguments and outputs as unet_augment_sample
+ * (the frame must be draw->width x draw->height). */
+gboolean unet_augment_apply_host        (const UnetAugmentDraw *draw, const gfloat *image,
+                                         const gint32 *class_map, const gfloat *weights,
+                                         gint channels, gfloat *out_image,
+                                         gint32 *out_labels, gfloat *out_weights,
+                                         GError **error);
+
+/* One training sample in one sampling pass (unet_augment_draw, then
+ * unet_augment_apply_host).
  * image (C,H,W), class_map (H,W), weights (H,W) or NULL: the source frame.
  * out_image (C,in_h,in_w): the network input tile (image bicubic/bilinear, mirror
  * boundary, then the gray-value changes). out_labels/out_weights (out_h,out_w):
@@ -347,11 +399,35 @@ void     unet_optimizer_set_step        (UnetOptimizer *opt, gint64 step);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (UnetOptimizer, unet_optimizer_free)
 
 /* ------------------------------------- a training step on a net (net.c) -- */
+/* Training samples resident on the net's backend (backends with the slots, e.g.
+ * CUDA; the CPU has none: unet_net_train_samples_supported FALSE). A sample is the
+ * stored pair of the trainer (dataset.h): image (channels, height, width) with the
+ * model's input channels, class map, weight map or NULL; uploaded once, checked
+ * (labels of the model's classes or UNET_LABEL_IGNORE, weights finite and >= 0).
+ * UNET_ERROR_OUT_OF_MEMORY when the backend's budget for samples is spent. Every
+ * sample must be removed before the net is freed or the backend frees it. */
+typedef struct _UnetNetSample UnetNetSample;
+gboolean unet_net_train_samples_supported (UnetNet *net);
+UnetNetSample *unet_net_train_sample_add (UnetNet *net, const gfloat *image,
+                                         const gint32 *class_map, const gfloat *weights,
+                                         gint width, gint height, GError **error);
+/* NULL: no-op. */
+void     unet_net_train_sample_remove   (UnetNet *net, UnetNetSample *sample);
+/* unet_net_train_forward on a batch made on the backend: entry b is samples[b]
+ * augmented with draws[b] (unet_augment_draw for that sample's frame and the tile
+ * draws[b].in_w x in_h, the same tile and output region for every entry), exactly
+ * as unet_augment_apply_host makes it. The labels and weights of the output regions
+ * stay on the backend for unet_net_train_loss (labels and weights NULL). Per call
+ * only the draws travel to the backend. */
+gboolean unet_net_train_forward_samples (UnetNet *net, UnetNetSample *const *samples,
+                                         const UnetAugmentDraw *draws, gint batch,
+                                         guint64 seed, GError **error);
 /* After unet_net_train_forward: the loss of the batch's class map `labels` and
  * pixel `weights` ((B, out_h, out_w) each) on the net's backend — the weighted
  * cross-entropy of unet_loss_cross_entropy plus dice_weight times the soft Dice —
  * with dL/dlogits left on the backend for unet_net_train_backward (grad_logits
- * NULL). Only the loss and the confusion matrix come back. */
+ * NULL). Only the loss and the confusion matrix come back. labels and weights NULL
+ * after unet_net_train_forward_samples: the targets it made on the backend. */
 gboolean unet_net_train_loss            (UnetNet *net, const gint32 *labels,
                                          const gfloat *weights, gdouble dice_weight,
                                          gdouble *loss, UnetConfusion *confusion,

@@ -386,6 +386,9 @@ typedef struct
   gdouble dice;
   gdouble learning_rate;        /* used by this step */
   gdouble samples_per_second;   /* batch / wall time of this step */
+  /* The step's batch was augmented on the net's device from samples kept there
+   * (CUDA with the training set within its budget); FALSE: on the host, uploaded. */
+  gboolean augment_on_device;
   /* Set on the step where the guard starts seeing a problem (once until it
    * clears); alert_message is owned by the trainer, valid until the next call. */
   UnetTrainAlert alert;

@@ -16,7 +16,9 @@
  * the element takes `steps-per-pair` optimiser steps per pair; after EOS on both
  * pads it keeps training from the pairs it holds until `iterations`, writes
  * `output-model` and sends EOS. Every step posts an `unettrain-progress` element
- * message (iteration, loss, dice, learning-rate, samples-per-second and
+ * message (iteration, loss, dice, learning-rate, samples-per-second,
+ * augment-on-device — the batch was augmented on the GPU from the pairs kept there,
+ * FALSE on the CPU or once the pairs outgrew the GPU's share for them — and
  * validation-dice when computed); every checkpoint an `unettrain-checkpoint`
  * message (location, iteration). The src pad carries the current prediction on
  * each image as GRAY8 class indices (`preview`).
@@ -522,7 +524,8 @@ train_step (GstUnetTrain *self)
       "loss", G_TYPE_DOUBLE, s.loss,
       "dice", G_TYPE_DOUBLE, s.dice,
       "learning-rate", G_TYPE_DOUBLE, s.learning_rate,
-      "samples-per-second", G_TYPE_DOUBLE, s.samples_per_second, NULL);
+      "samples-per-second", G_TYPE_DOUBLE, s.samples_per_second,
+      "augment-on-device", G_TYPE_BOOLEAN, s.augment_on_device, NULL);
   if (v.frames > 0) {
     gst_structure_set (st, "validation-dice", G_TYPE_DOUBLE, v.dice,
         "validation-pixel-error", G_TYPE_DOUBLE, v.pixel_error,

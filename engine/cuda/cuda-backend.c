@@ -858,6 +858,7 @@ cuda_free (UnetBackend *be)
     if (ctx->copy_stream != NULL)
       cudaStreamSynchronize (ctx->copy_stream);
     free_layers (ctx);
+    cuda_augment_ctx_free (ctx);
     cuda_step_ctx_free (ctx);
     cuda_train_ctx_free (ctx);
     cudaFree (ctx->workspace);
@@ -908,6 +909,9 @@ static const UnetBackendIface cuda_iface = {
   .loss = cuda_loss,
   .optimizer_update = cuda_optimizer_update,
   .optimizer_state = cuda_optimizer_state,
+  .sample_new = cuda_sample_new,
+  .sample_free = cuda_sample_free,
+  .batch_augment = cuda_batch_augment,
   .frames_new = cuda_frames_new,
   .frames_free = cuda_frames_free,
   .frame_upload = cuda_frame_upload,

@@ -2,7 +2,8 @@
  * device, the allocator, tensor addressing, descriptors and the workspace of the one
  * context. Everything in engine/cuda calls these; they call nothing of engine/cuda
  * but the checks, so the backend's files depend on each other one way only:
- * cuda-backend.c -> cuda-frames.c, cuda-step.c -> cuda-train-ops.c -> here. */
+ * cuda-backend.c -> cuda-frames.c, cuda-augment.c, cuda-step.c -> cuda-train-ops.c
+ * -> here. */
 #include "config.h"
 
 #include "cuda-private.h"

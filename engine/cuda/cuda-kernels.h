@@ -240,6 +240,12 @@ int unet_cuda_weighted_xent (const void *logits, UnetCudaDType dtype, const uint
                              int ignore_label, float grad_scale, float *grad,
                              double *partials, double *out, UnetCudaStream stream);
 
+/* x (count f32) *= 1 / sum[1] (0 when sum[1] is 0): dL/dlogits written by
+ * unet_cuda_weighted_xent with grad_scale = S alone, normalised by the sum of
+ * weights it computed into sum (out), on the device (targets built there). */
+int unet_cuda_scale_by_weight_sum (float *x, size_t count, const double *sum,
+                                   UnetCudaStream stream);
+
 /* The confusion matrix of a batch: confusion (16 x 16 u64, [label][prediction],
  * zeroed by the caller) += one count per pixel whose label is not ignore_label
  * (kb_confusion_cell: argmax, or z > 0 for one class). Labels must be valid;
@@ -305,6 +311,45 @@ int unet_cuda_warp_sample (const float *image, int channels, const uint8_t *labe
                            const float *weights, int src_w, int src_h,
                            const UnetCudaWarp *warp, float *out_image, uint8_t *out_labels,
                            float *out_weights, int out_w, int out_h, UnetCudaStream stream);
+
+/* One entry of an augmented batch: a training sample resident on the device and
+ * its drawn augmentation (engine/training.h's UnetAugmentDraw, in float). Tile pixel
+ * (u, v) samples the frame at (origin_x, origin_y) + l with the local position
+ *   l = affine * (u, v, 1) + d(u, v),
+ * d the Catmull-Rom interpolation of the grid x grid displacement pairs at
+ * grids + grid_offset (layout as UnetCudaWarp's grid, nodes spanning the input
+ * tile; grid 0: none). The origin is the integer part of the tile centre's frame
+ * position, so l stays within about a tile of 0. */
+typedef struct
+{
+  const float *image;           /* (channels, src_h, src_w) f32 */
+  const uint8_t *labels;        /* (src_h, src_w) u8, 255 = ignore */
+  const float *weights;         /* (src_h, src_w) f32, or NULL (1 on labelled pixels) */
+  int src_w, src_h;
+  int origin_x, origin_y;
+  float affine[6];
+  int grid, grid_offset;
+  int bilinear;                 /* the image bilinear, else bicubic (Catmull-Rom) */
+  int intensity;                /* gray-value changes on */
+  float gamma, contrast, brightness;
+} UnetCudaAugSample;
+
+/* A training batch of n entries from resident samples, as unet_augment_apply_host
+ * makes it on the host (kb_augment_pixel, kb_augment_finish_elem):
+ *   input (n, in_h, in_w, channels) dtype: the warped image (bicubic or bilinear),
+ *     then per entry with intensity: gamma on the tile's min..max range, contrast
+ *     around the mean of the result, brightness;
+ *   labels (n, out_h, out_w) u8 (nearest) and weights (n, out_h, out_w) f32
+ *     (bilinear, 0 where the label is ignore_label): the centred output region.
+ * samples and grids are device memory (the per-step upload); tile (n, channels,
+ * in_h, in_w) f32 and stats (3 n doubles) are scratch. Three kernels: the warp, one
+ * block per tile for its min/max and mean (deterministic), the gray values with the
+ * layout change. */
+int unet_cuda_augment_batch (const UnetCudaAugSample *samples, const float *grids, int n,
+                             int channels, int in_w, int in_h, int out_w, int out_h,
+                             int ignore_label, float *tile, double *stats, void *input,
+                             UnetCudaDType dtype, uint8_t *labels, float *weights,
+                             UnetCudaStream stream);
 
 /* -------------------------------------------------------------- training -- */
 

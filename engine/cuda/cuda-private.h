@@ -20,6 +20,9 @@ typedef struct _CudaCtx CudaCtx;
 typedef struct _CudaTrainOp CudaTrainOp;
 
 #define CUDA_ALIGN 256
+/* labels on the device: u8, the ignore label 255 (uploaded batches, resident
+ * samples, the targets of batches augmented there) */
+#define CUDA_LABEL_IGNORE_U8 255
 
 /* The scalars of a step on the device (cuda-step.c), read back in one copy: the loss
  * sums, soft Dice's per-class sums, the confusion matrix (up to `flags`), and the
@@ -102,6 +105,22 @@ struct _CudaCtx
   float *grad32;                /* 16-bit nets: f32 dL/dlogits before the cast */
   gsize grad32_bytes;
   float *opt_state[2];          /* optimiser state slabs (slab_numel floats each) */
+  gsize targets_pixels;         /* batch_dev holds targets batch_augment wrote on the
+                                   device for this many pixels; 0: none */
+  /* ---- resident training samples, augmented batches (cuda-augment.c) ---- */
+  GList *samples;               /* UnetBackendSample*, live */
+  gsize samples_bytes;          /* their device memory */
+  gsize samples_budget;         /* its limit; 0 until the first sample */
+  void *aug_host;               /* pinned: one batch's UnetCudaAugSample, then grids */
+  gsize aug_host_bytes;
+  void *aug_dev;                /* the same on the device */
+  gsize aug_dev_bytes;
+  cudaEvent_t aug_copied;       /* aug_host's last upload has landed */
+  gboolean aug_pending;         /* ... was recorded and not waited for */
+  float *aug_tile;              /* (n, C, H, W) f32 warped tiles */
+  gsize aug_tile_bytes;
+  double *aug_stats;            /* (n, 3): min, max, mean */
+  gsize aug_stats_bytes;
 };
 
 struct _UnetBackendArena
@@ -231,6 +250,17 @@ gboolean     cuda_optimizer_update      (UnetBackend *be, const UnetOptimUpdate 
                                          gboolean *finite, GError **error);
 gboolean     cuda_optimizer_state       (UnetBackend *be, guint index, gfloat *host,
                                          gboolean to_backend, GError **error);
+/* ---- cuda-augment.c: resident training samples, batches augmented on the device ---- */
+UnetBackendSample *cuda_sample_new      (UnetBackend *be, const gfloat *image, gint channels,
+                                         const gint32 *class_map, const gfloat *weights,
+                                         gint width, gint height, gint classes,
+                                         GError **error);
+void         cuda_sample_free           (UnetBackendSample *s);
+gboolean     cuda_batch_augment         (UnetBackend *be, UnetBackendSample *const *samples,
+                                         const UnetAugmentDraw *draws, gint n,
+                                         UnetBackendTensor *input, GError **error);
+/* Frees every sample and the batch buffers (from the backend's free). */
+void         cuda_augment_ctx_free      (CudaCtx *ctx);
 /* Frees the step's buffers (from cuda_train_ctx_free). */
 void         cuda_step_ctx_free         (CudaCtx *ctx);
 

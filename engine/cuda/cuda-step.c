@@ -1,9 +1,16 @@
 /* gst-unet engine — the rest of a training step on the CUDA device: backend.h's
  * loss, optimizer_update and optimizer_state slots. Per step the host uploads one
- * batch's labels (u8) and pixel weights (f32) and reads back the scalars it logs
+ * batch's labels (u8) and pixel weights (f32) — unless the batch was augmented on the
+ * device (cuda-augment.c), which wrote them there — and reads back the scalars it logs
  * (the loss sums, soft Dice's class sums and the confusion matrix; the optimiser's
  * two flags); logits, dL/dlogits, parameters, gradients and optimiser state stay on
  * the device. Everything runs on the backend's compute stream (cuda-private.h).
+ *
+ * Targets: the batch's labels and weights come from the host (uploaded, below) or
+ * were written on the device by cuda_batch_augment (cuda-augment.c; loss called with
+ * labels NULL): then nothing is uploaded, dL/dlogits is written unnormalised and
+ * divided by the kernel's own sum of weights on the device
+ * (unet_cuda_scale_by_weight_sum), and the loss divides by the sum read back.
  *
  * Loss: labels and weights are checked on the host while they are packed into the
  * pinned staging (the errors of unet_loss_cross_entropy), which also gives the sum
@@ -33,8 +40,6 @@
 #include <stddef.h>
 #include <string.h>
 
-/* labels on the device: u8, the ignore label 255 */
-#define LABEL_IGNORE_U8 255
 #define MAX_CLASSES 16
 
 /* the scalars the loss reads back: everything before the optimiser's flags */
@@ -94,7 +99,7 @@ pack_batch (CudaCtx *ctx, const gint32 *labels, const gfloat *weights, const Une
   for (gsize i = 0; i < n; i++) {
     const gint32 l = labels[i];
     if (l == UNET_LABEL_IGNORE) {
-      lab[i] = LABEL_IGNORE_U8;
+      lab[i] = CUDA_LABEL_IGNORE_U8;
       continue;
     }
     if (l < 0 || l >= n_labels) {
@@ -144,12 +149,16 @@ cuda_loss (UnetBackend *be, UnetBackendTensor *logits, const gint32 *labels,
   const float *wdev;
   const guint8 *ldev;
 
-  if (classes < 1 || classes > MAX_CLASSES || labels == NULL
+  const gboolean on_device = labels == NULL;
+
+  if (classes < 1 || classes > MAX_CLASSES
+      || (on_device && (weights != NULL || ctx->targets_pixels != n_pix))
       || memcmp (d, &diff_logits->dims, sizeof *d) != 0 || !dense_bound (logits)
       || !dense_bound (diff_logits)) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
-        "loss on the GPU needs labels and bound, dense logits and gradient tensors of "
-        "one shape with 1 to %d classes (logits of %d classes)", MAX_CLASSES, classes);
+        "loss on the GPU needs labels (or a batch augmented on the device for these "
+        "logits) and bound, dense logits and gradient tensors of one shape with 1 to %d "
+        "classes (logits of %d classes)", MAX_CLASSES, classes);
     return FALSE;
   }
   if (!(dice_weight >= 0.0) || !isfinite (dice_weight)) {
@@ -158,41 +167,54 @@ cuda_loss (UnetBackend *be, UnetBackendTensor *logits, const gint32 *labels,
     return FALSE;
   }
   if (!cuda_use_device (ctx, error)
-      || !ensure_scalars (ctx, error)
-      || !pack_batch (ctx, labels, weights, d, &bytes, &sum_w, error)
-      || !cuda_grow_device (&ctx->batch_dev, &ctx->batch_dev_bytes, bytes, "labels", error)
-      || (!f32 && !cuda_grow_device ((void **) &ctx->grad32, &ctx->grad32_bytes,
+      || !ensure_scalars (ctx, error))
+    return FALSE;
+  if (on_device) {
+    /* cuda_batch_augment's targets: weights then labels; the sum of weights comes from
+     * the cross-entropy kernel's own sum (normalised after it, on the device) */
+    bytes = 0;
+    sum_w = 0.0;
+  } else if (!pack_batch (ctx, labels, weights, d, &bytes, &sum_w, error)
+      || !cuda_grow_device (&ctx->batch_dev, &ctx->batch_dev_bytes, bytes, "labels", error)) {
+    return FALSE;
+  } else {
+    /* the host's targets replace any the device wrote */
+    ctx->targets_pixels = 0;
+  }
+  if ((!f32 && !cuda_grow_device ((void **) &ctx->grad32, &ctx->grad32_bytes,
               n_pix * classes * sizeof (float), "loss gradient", error))
       || !cuda_grow_device ((void **) &ctx->partials, &ctx->partials_bytes, partials,
           "reduction scratch", error))
     return FALSE;
-  wdev = weights != NULL ? ctx->batch_dev : NULL;
-  ldev = (const guint8 *) ctx->batch_dev + (weights != NULL ? n_pix * sizeof (float) : 0);
+  wdev = weights != NULL || on_device ? ctx->batch_dev : NULL;
+  ldev = (const guint8 *) ctx->batch_dev + (wdev != NULL ? n_pix * sizeof (float) : 0);
   grad = f32 ? cuda_tensor_data (diff_logits) : ctx->grad32;
   seed = cuda_train_seed_scale (diff_logits);
 
-  if (!CUDA_CHECK (cudaMemcpyAsync (ctx->batch_dev, ctx->batch_host, bytes,
-              cudaMemcpyHostToDevice, ctx->stream), error)
+  if ((!on_device && !CUDA_CHECK (cudaMemcpyAsync (ctx->batch_dev, ctx->batch_host, bytes,
+                  cudaMemcpyHostToDevice, ctx->stream), error))
       || !CUDA_CHECK (cudaMemsetAsync (ctx->scalars, 0, LOSS_SCALARS_BYTES, ctx->stream),
           error)
       || !KERNEL_CHECK (unet_cuda_weighted_xent (cuda_tensor_data (logits), ctx->dtype, ldev,
-              wdev, n_pix, classes, LABEL_IGNORE_U8,
-              (float) (sum_w > 0.0 ? seed / sum_w : 0.0), grad, ctx->partials,
-              ctx->scalars->xent, ctx->stream), error))
+              wdev, n_pix, classes, CUDA_LABEL_IGNORE_U8,
+              (float) (on_device ? seed : sum_w > 0.0 ? seed / sum_w : 0.0), grad,
+              ctx->partials, ctx->scalars->xent, ctx->stream), error)
+      || (on_device && !KERNEL_CHECK (unet_cuda_scale_by_weight_sum (grad,
+                  n_pix * classes, ctx->scalars->xent, ctx->stream), error)))
     return FALSE;
   if (dice_weight > 0.0
       && (!KERNEL_CHECK (unet_cuda_dice_sums (cuda_tensor_data (logits), ctx->dtype, ldev,
-                  n_pix, classes, LABEL_IGNORE_U8, ctx->partials, ctx->scalars->dice,
+                  n_pix, classes, CUDA_LABEL_IGNORE_U8, ctx->partials, ctx->scalars->dice,
                   ctx->stream), error)
           || !KERNEL_CHECK (unet_cuda_dice_grad (cuda_tensor_data (logits), ctx->dtype, ldev,
-                  n_pix, classes, LABEL_IGNORE_U8, ctx->scalars->dice,
+                  n_pix, classes, CUDA_LABEL_IGNORE_U8, ctx->scalars->dice,
                   (float) (dice_weight * seed), grad, ctx->stream), error)))
     return FALSE;
   if ((!f32 && !KERNEL_CHECK (unet_cuda_cast_from_f32 (ctx->grad32,
                   cuda_tensor_data (diff_logits), ctx->dtype, n_pix * classes, ctx->stream),
               error))
       || !KERNEL_CHECK (unet_cuda_confusion (cuda_tensor_data (logits), ctx->dtype, ldev,
-              n_pix, classes, LABEL_IGNORE_U8, ctx->scalars->confusion, ctx->stream), error)
+              n_pix, classes, CUDA_LABEL_IGNORE_U8, ctx->scalars->confusion, ctx->stream), error)
       || !CUDA_CHECK (cudaMemcpyAsync (ctx->scalars_host, ctx->scalars, LOSS_SCALARS_BYTES,
               cudaMemcpyDeviceToHost, ctx->stream), error)
       || !CUDA_CHECK (cudaStreamSynchronize (ctx->stream), error))
@@ -200,6 +222,8 @@ cuda_loss (UnetBackend *be, UnetBackendTensor *logits, const gint32 *labels,
 
   /* the values, as unet_loss_batch combines them */
   s = ctx->scalars_host;
+  if (on_device)
+    sum_w = s->xent[1];
   *loss = sum_w > 0.0 ? s->xent[0] * (1.0 / sum_w) : 0.0;
   if (dice_weight > 0.0) {
     gdouble mean = 0.0;

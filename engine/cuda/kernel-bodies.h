@@ -873,27 +873,94 @@ kb_cubic_weights (float t, float w[4])
 }
 
 /* Displacement grid lookup with clamped (edge-repeating) indices: the grid covers
- * the patch exactly, so clamping only affects the cubic's outer taps at the ends. */
+ * the patch exactly, so clamping only affects the cubic's outer taps at the ends.
+ * grid: grid_w x grid_h (dx, dy) pairs, grid[(j * grid_w + i) * 2 + axis]. */
 static UNET_HD KbPair
-kb_grid_displacement (const UnetCudaWarp &wp, float x, float y, int out_w, int out_h)
+kb_grid_displacement (const float *grid, int grid_w, int grid_h, float x, float y, int out_w,
+                      int out_h)
 {
-  const float gx = out_w > 1 ? x * (wp.grid_w - 1) / (float) (out_w - 1) : 0.0f;
-  const float gy = out_h > 1 ? y * (wp.grid_h - 1) / (float) (out_h - 1) : 0.0f;
+  const float gx = out_w > 1 ? x * (grid_w - 1) / (float) (out_w - 1) : 0.0f;
+  const float gy = out_h > 1 ? y * (grid_h - 1) / (float) (out_h - 1) : 0.0f;
   const int ix = (int) floorf (gx), iy = (int) floorf (gy);
   float wx[4], wy[4];
   kb_cubic_weights (gx - ix, wx);
   kb_cubic_weights (gy - iy, wy);
   float dx = 0.0f, dy = 0.0f;
   for (int j = 0; j < 4; j++) {
-    const int yy = kb_mini (kb_maxi (iy - 1 + j, 0), wp.grid_h - 1);
+    const int yy = kb_mini (kb_maxi (iy - 1 + j, 0), grid_h - 1);
     for (int i = 0; i < 4; i++) {
-      const int xx = kb_mini (kb_maxi (ix - 1 + i, 0), wp.grid_w - 1);
+      const int xx = kb_mini (kb_maxi (ix - 1 + i, 0), grid_w - 1);
       const float w = wx[i] * wy[j];
-      dx += w * wp.grid[(yy * wp.grid_w + xx) * 2];
-      dy += w * wp.grid[(yy * wp.grid_w + xx) * 2 + 1];
+      dx += w * grid[(yy * grid_w + xx) * 2];
+      dy += w * grid[(yy * grid_w + xx) * 2 + 1];
     }
   }
   return KbPair { dx, dy };
+}
+
+/* A source position split into the pixel below it and the fraction: s = i + f,
+ * f in [0, 1), for the interpolations below. */
+struct KbTap
+{
+  int ix, iy;
+  float fx, fy;
+};
+
+static UNET_HD KbTap
+kb_tap (float sx, float sy)
+{
+  const int ix = (int) floorf (sx), iy = (int) floorf (sy);
+  return KbTap { ix, iy, sx - ix, sy - iy };
+}
+
+/* Catmull-Rom (bicubic) sample of every channel of image (channels, src_h, src_w) at
+ * `p`, mirror rule outside; out[c * out_stride]. */
+static UNET_HD void
+kb_sample_bicubic (const float *image, int channels, int src_w, int src_h, KbTap p,
+                   float *out, size_t out_stride)
+{
+  const size_t src_plane = (size_t) src_w * src_h;
+  float wx[4], wy[4];
+  kb_cubic_weights (p.fx, wx);
+  kb_cubic_weights (p.fy, wy);
+  int xs[4], ys[4];
+  for (int k = 0; k < 4; k++) {
+    xs[k] = mirror_index (p.ix - 1 + k, src_w);
+    ys[k] = mirror_index (p.iy - 1 + k, src_h);
+  }
+  for (int c = 0; c < channels; c++) {
+    const float *plane = image + c * src_plane;
+    float v = 0.0f;
+    for (int j = 0; j < 4; j++) {
+      float row = 0.0f;
+      for (int k = 0; k < 4; k++)
+        row += wx[k] * plane[(size_t) ys[j] * src_w + xs[k]];
+      v += wy[j] * row;
+    }
+    out[c * out_stride] = v;
+  }
+}
+
+/* Bilinear sample of one plane (src_h, src_w) at `p`, mirror rule outside. */
+static UNET_HD float
+kb_sample_bilinear (const float *plane, int src_w, int src_h, KbTap p)
+{
+  const int x0 = mirror_index (p.ix, src_w), x1 = mirror_index (p.ix + 1, src_w);
+  const int y0 = mirror_index (p.iy, src_h), y1 = mirror_index (p.iy + 1, src_h);
+  const float top = (1.0f - p.fx) * plane[(size_t) y0 * src_w + x0]
+      + p.fx * plane[(size_t) y0 * src_w + x1];
+  const float bottom = (1.0f - p.fx) * plane[(size_t) y1 * src_w + x0]
+      + p.fx * plane[(size_t) y1 * src_w + x1];
+  return (1.0f - p.fy) * top + p.fy * bottom;
+}
+
+/* Nearest pixel (round half up, floor (s + 0.5)), mirror rule outside. */
+static UNET_HD size_t
+kb_nearest_index (float sx, float sy, int src_w, int src_h)
+{
+  const int nx = mirror_index ((int) floorf (sx + 0.5f), src_w);
+  const int ny = mirror_index ((int) floorf (sy + 0.5f), src_h);
+  return (size_t) ny * src_w + nx;
 }
 
 /* Output pixel i of the warped sample (see unet_cuda_warp_sample). */
@@ -903,51 +970,122 @@ kb_warp_pixel (const float *image, int channels, const uint8_t *labels, const fl
                uint8_t *out_labels, float *out_weights, int out_w, int out_h, size_t i)
 {
   const size_t total = (size_t) out_w * out_h;
-  const size_t src_plane = (size_t) src_w * src_h;
   const int x = (int) (i % out_w), y = (int) (i / out_w);
   float sx = wp.affine[0] * x + wp.affine[1] * y + wp.affine[2];
   float sy = wp.affine[3] * x + wp.affine[4] * y + wp.affine[5];
   if (wp.grid_w >= 2 && wp.grid_h >= 2) {
-    const KbPair d = kb_grid_displacement (wp, (float) x, (float) y, out_w, out_h);
+    const KbPair d = kb_grid_displacement (wp.grid, wp.grid_w, wp.grid_h, (float) x,
+        (float) y, out_w, out_h);
     sx += d.a;
     sy += d.b;
   }
-  const int ix = (int) floorf (sx), iy = (int) floorf (sy);
-  const float fx = sx - ix, fy = sy - iy;
-  if (image && out_image) {
-    float wx[4], wy[4];
-    kb_cubic_weights (fx, wx);
-    kb_cubic_weights (fy, wy);
-    int xs[4], ys[4];
-    for (int k = 0; k < 4; k++) {
-      xs[k] = mirror_index (ix - 1 + k, src_w);
-      ys[k] = mirror_index (iy - 1 + k, src_h);
-    }
-    for (int c = 0; c < channels; c++) {
-      const float *plane = image + c * src_plane;
-      float v = 0.0f;
-      for (int j = 0; j < 4; j++) {
-        float row = 0.0f;
-        for (int k = 0; k < 4; k++)
-          row += wx[k] * plane[(size_t) ys[j] * src_w + xs[k]];
-        v += wy[j] * row;
-      }
-      out_image[c * total + i] = v;
-    }
+  const KbTap p = kb_tap (sx, sy);
+  if (image && out_image)
+    kb_sample_bicubic (image, channels, src_w, src_h, p, out_image + i, total);
+  if (labels && out_labels)
+    out_labels[i] = labels[kb_nearest_index (sx, sy, src_w, src_h)];
+  if (weights && out_weights)
+    out_weights[i] = kb_sample_bilinear (weights, src_w, src_h, p);
+}
+
+/* --------------------------------------------------- augmented batch -- */
+
+/* Tile pixel i of batch entry b = i / (in_w in_h) (see unet_cuda_augment_batch): the
+ * image into tile (n, channels, in_h, in_w) f32, before the gray values; inside the
+ * centred output region the label (nearest) into labels (n, out_h, out_w) and the
+ * weight (bilinear; 0 where the label is `ignore_label`, 1 on labelled pixels of a
+ * sample without weights) into weights (n, out_h, out_w). Positions are local to the
+ * sample's integer origin, so their float rounding scales with the tile, not with
+ * the frame. */
+/* The local source position (relative to the sample's origin) of tile pixel (u, v). */
+static UNET_HD KbPair
+kb_augment_position (const UnetCudaAugSample &s, const float *grids, int u, int v, int in_w,
+                     int in_h)
+{
+  float lx = s.affine[0] * u + s.affine[1] * v + s.affine[2];
+  float ly = s.affine[3] * u + s.affine[4] * v + s.affine[5];
+  if (s.grid >= 2) {
+    const KbPair d = kb_grid_displacement (grids + s.grid_offset, s.grid, s.grid,
+        (float) u, (float) v, in_w, in_h);
+    lx += d.a;
+    ly += d.b;
   }
-  if (labels && out_labels) {
-    /* nearest: round half up, the same as floor (s + 0.5) */
-    const int nx = mirror_index ((int) floorf (sx + 0.5f), src_w);
-    const int ny = mirror_index ((int) floorf (sy + 0.5f), src_h);
-    out_labels[i] = labels[(size_t) ny * src_w + nx];
+  return KbPair { lx, ly };
+}
+
+static UNET_HD void
+kb_augment_pixel (const UnetCudaAugSample *samples, const float *grids, int channels,
+                  int in_w, int in_h, int out_w, int out_h, int ignore_label, float *tile,
+                  uint8_t *labels, float *weights, size_t i)
+{
+  const size_t plane = (size_t) in_w * in_h;
+  const size_t b = i / plane, t = i % plane;
+  const int u = (int) (t % in_w), v = (int) (t / in_w);
+  const UnetCudaAugSample &s = samples[b];
+  const KbPair l = kb_augment_position (s, grids, u, v, in_w, in_h);
+  const float lx = l.a, ly = l.b;
+  KbTap p = kb_tap (lx, ly);
+  p.ix += s.origin_x;
+  p.iy += s.origin_y;
+  float *out = tile + b * channels * plane + t;
+  if (s.bilinear) {
+    for (int c = 0; c < channels; c++)
+      out[c * plane] = kb_sample_bilinear (s.image + c * (size_t) s.src_w * s.src_h,
+          s.src_w, s.src_h, p);
+  } else {
+    kb_sample_bicubic (s.image, channels, s.src_w, s.src_h, p, out, plane);
   }
-  if (weights && out_weights) {
-    const int x0 = mirror_index (ix, src_w), x1 = mirror_index (ix + 1, src_w);
-    const int y0 = mirror_index (iy, src_h), y1 = mirror_index (iy + 1, src_h);
-    const float top = (1.0f - fx) * weights[(size_t) y0 * src_w + x0]
-        + fx * weights[(size_t) y0 * src_w + x1];
-    const float bottom = (1.0f - fx) * weights[(size_t) y1 * src_w + x0]
-        + fx * weights[(size_t) y1 * src_w + x1];
-    out_weights[i] = (1.0f - fy) * top + fy * bottom;
+  const int ox = (in_w - out_w) / 2, oy = (in_h - out_h) / 2;
+  if (u < ox || u >= ox + out_w || v < oy || v >= oy + out_h)
+    return;
+  const size_t o = b * out_w * out_h + (size_t) (v - oy) * out_w + (u - ox);
+  /* nearest in local coordinates: floor (o + l + 0.5) = o + floor (l + 0.5) */
+  const int nx = mirror_index (s.origin_x + (int) floorf (lx + 0.5f), s.src_w);
+  const int ny = mirror_index (s.origin_y + (int) floorf (ly + 0.5f), s.src_h);
+  const uint8_t label = s.labels[(size_t) ny * s.src_w + nx];
+  labels[o] = label;
+  weights[o] = label == ignore_label ? 0.0f
+      : s.weights != NULL ? kb_sample_bilinear (s.weights, s.src_w, s.src_h, p) : 1.0f;
+}
+
+/* The gray-value changes of augment.c on one value of a tile whose values span
+ * lo .. lo + range: gamma on that range ... */
+static UNET_HD float
+kb_intensity_gamma (float x, float lo, float range, float gamma)
+{
+  return range > 0.0f ? lo + range * powf ((x - lo) / range, gamma) : x;
+}
+
+/* ... then contrast around the tile's mean (of the gamma'd values) and brightness. */
+static UNET_HD float
+kb_intensity_out (float xg, float mean, float contrast, float brightness)
+{
+  return mean + contrast * (xg - mean) + brightness;
+}
+
+/* Element i of the net input (n, in_h, in_w, channels), dtype T, from the tile
+ * (n, channels, in_h, in_w) f32: the gray-value changes of samples[b] with the tile's
+ * statistics stats[3 b ..] = lo, hi, mean of the gamma'd values (when it has them). */
+template <typename T>
+static UNET_HD void
+kb_augment_finish_elem (const float *tile, const UnetCudaAugSample *samples,
+                        const double *stats, int channels, size_t plane, T *out, size_t i)
+{
+  const int c = (int) (i % channels);
+  const size_t pix = i / channels, b = pix / plane, t = pix % plane;
+  float x = tile[(b * channels + c) * plane + t];
+  const UnetCudaAugSample &s = samples[b];
+  if (s.intensity) {
+    const float lo = (float) stats[3 * b], range = (float) (stats[3 * b + 1] - stats[3 * b]);
+    x = kb_intensity_out (kb_intensity_gamma (x, lo, range, s.gamma),
+        (float) stats[3 * b + 2], s.contrast, s.brightness);
   }
+  out[i] = from_f32<T> (x);
+}
+
+/* Element i of unet_cuda_scale_by_weight_sum. */
+static UNET_HD void
+kb_scale_by_weight_sum_elem (float *x, const double *sum, size_t i)
+{
+  x[i] = sum[1] > 0.0 ? (float) (x[i] / sum[1]) : 0.0f;
 }

@@ -58,6 +58,22 @@ unet_cuda_weighted_xent (const void *logits, UnetCudaDType dtype, const uint8_t 
   return launch_status ();
 }
 
+static __global__ void
+scale_by_weight_sum_kernel (float *x, size_t count, const double *sum)
+{
+  UNET_GRID_LOOP (i, count)
+    kb_scale_by_weight_sum_elem (x, sum, i);
+}
+
+extern "C" int
+unet_cuda_scale_by_weight_sum (float *x, size_t count, const double *sum,
+                               UnetCudaStream stream)
+{
+  scale_by_weight_sum_kernel<<<grid_for (count), UNET_CUDA_THREADS, 0,
+      (cudaStream_t) stream>>> (x, count, sum);
+  return launch_status ();
+}
+
 /* ------------------------------------------------------- confusion matrix -- */
 
 /* A histogram per block in shared memory, added to the matrix once per block. */

@@ -181,6 +181,10 @@ GST_START_TEST (test_pairs_train_and_save)
   fail_unless (loss > 0.0);
   fail_unless (gst_structure_has_field (last, "learning-rate"));
   fail_unless (gst_structure_has_field (last, "samples-per-second"));
+  /* the test's trainer runs on the CPU: batches augmented on the host */
+  gboolean on_device = TRUE;
+  fail_unless (gst_structure_get_boolean (last, "augment-on-device", &on_device));
+  fail_if (on_device);
   gst_structure_free (last);
 
   /* Checkpoint messages were taken above with the other element messages:

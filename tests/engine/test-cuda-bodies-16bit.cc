@@ -129,11 +129,41 @@ check_ops (float (*ref) (float))
         }
 }
 
+/* The augmented batch's last body into a 16-bit net input: the f32 value of
+ * kb_augment_finish_elem<float> (gray values on or off), rounded once. */
+template <typename T>
+static void
+check_augment_finish (float (*ref) (float))
+{
+  const int n = 2, c = 3;
+  const size_t plane = 7 * 5, total = n * c * plane;
+  std::vector<float> tile (total), want (total);
+  std::vector<T> got (total);
+  UnetCudaAugSample recs[2];
+  memset (recs, 0, sizeof recs);
+  recs[0].intensity = 1;
+  recs[0].gamma = 0.8f;
+  recs[0].contrast = 1.1f;
+  recs[0].brightness = -0.05f;
+  const double stats[6] = { -1.5, 2.25, 0.3, 0.0, 0.0, 0.0 };
+  for (size_t i = 0; i < total; i++)
+    tile[i] = i < c * plane ? -1.5f + 3.75f * (float) (i % 17) / 16.0f
+        : (float) i * 0.37f - 40.0f;
+  for (size_t i = 0; i < total; i++) {
+    kb_augment_finish_elem (tile.data (), recs, stats, c, plane, want.data (), i);
+    kb_augment_finish_elem (tile.data (), recs, stats, c, plane, got.data (), i);
+  }
+  for (size_t i = 0; i < total; i++)
+    g_assert_cmpfloat (to_f32 (got[i]), ==, ref (want[i]));
+}
+
 static void
 test_ops (void)
 {
   check_ops<__nv_bfloat16> (ref_bf16);
   check_ops<__half> (ref_f16);
+  check_augment_finish<__nv_bfloat16> (ref_bf16);
+  check_augment_finish<__half> (ref_f16);
 }
 
 int

@@ -16,6 +16,7 @@
 #include "config.h"
 
 #include "kernel-bodies.h"
+#include "host-samples.h"
 
 #include "cpu/cpu-train.h"
 #include "normalize-private.h"
@@ -1140,6 +1141,225 @@ test_warp_vs_augment (void)
     g_assert_cmpint (gl[i], ==, ol[i]);
 }
 
+/* ------------------------------------------------------ augmented batch -- */
+
+/* One entry's frame: image (C, h, w) in [-2, 2], labels 0..2 with some ignored
+ * (UNET_LABEL_IGNORE), weights in [0.5, 11] (0 on ignored pixels, as weightmap.c). */
+struct AugFrame
+{
+  int w, h;
+  std::vector<float> image, weights;
+  std::vector<gint32> labels;
+  std::vector<guint8> labels8;
+};
+
+static AugFrame
+aug_frame (int channels, int w, int h, bool ignore, guint64 seed)
+{
+  AugFrame f;
+  f.w = w;
+  f.h = h;
+  f.image = random_floats ((size_t) channels * w * h, seed, -2.0f, 2.0f);
+  f.weights = random_floats ((size_t) w * h, seed + 1, 0.5f, 11.0f);
+  Rng r (seed + 2);
+  for (int i = 0; i < w * h; i++) {
+    gint32 l = ignore && r.below (6) == 0 ? UNET_LABEL_IGNORE : r.below (3);
+    f.labels.push_back (l);
+    f.labels8.push_back (l == UNET_LABEL_IGNORE ? 255 : (guint8) l);
+    if (l == UNET_LABEL_IGNORE)
+      f.weights[i] = 0.0f;
+  }
+  return f;
+}
+
+/* NHWC (n, in, in, C) -> NCHW. */
+static std::vector<float>
+to_nchw (const std::vector<float> &x, int n, int channels, int in)
+{
+  std::vector<float> y (x.size ());
+  const size_t plane = (size_t) in * in;
+  for (int b = 0; b < n; b++)
+    for (size_t t = 0; t < plane; t++)
+      for (int c = 0; c < channels; c++)
+        y[(b * channels + c) * plane + t] = x[(b * plane + t) * channels + c];
+  return y;
+}
+
+/* The device bodies against unet_augment_apply_host for the same draws: two entries
+ * from two frames of different sizes (one smaller than the tile: mirror). */
+static void
+augment_case (int channels, int in, int out, const UnetAugmentParams &params,
+    bool ignore, guint64 seed)
+{
+  const int n = 2, sizes[2][2] = { { in + 13, in + 6 }, { in / 2 + 1, in - 3 } };
+  const size_t plane = (size_t) in * in, count = channels * plane, oplane = (size_t) out * out;
+  std::vector<AugFrame> frames;
+  std::vector<UnetAugmentDraw> draws (n);
+  std::vector<UnetCudaAugSample> recs (n);
+  std::vector<float> grids;
+  UnetRng rng;
+  GError *error = NULL;
+
+  memset (draws.data (), 0, n * sizeof (UnetAugmentDraw));
+  unet_rng_init (&rng, seed);
+  for (int b = 0; b < n; b++) {
+    frames.push_back (aug_frame (channels, sizes[b][0], sizes[b][1], ignore, seed + 10 * b));
+    g_assert_true (unet_augment_draw (&params, &rng, channels, sizes[b][0], sizes[b][1], in, in,
+            out, out, &draws[b], &error));
+    g_assert_no_error (error);
+  }
+  for (int b = 0; b < n; b++)
+    recs[b] = host_samples_record (&draws[b], frames[b].image.data (),
+        frames[b].labels8.data (), frames[b].weights.data (), grids);
+
+  /* the host, with and without the gray values */
+  std::vector<float> h_img (n * count), h_warp (n * count), h_w (n * oplane);
+  std::vector<gint32> h_lab (n * oplane);
+  for (int b = 0; b < n; b++) {
+    UnetAugmentDraw plain = draws[b];
+    plain.intensity = FALSE;
+    g_assert_true (unet_augment_apply_host (&draws[b], frames[b].image.data (),
+            frames[b].labels.data (), frames[b].weights.data (), channels,
+            h_img.data () + b * count, h_lab.data () + b * oplane, h_w.data () + b * oplane,
+            &error));
+    g_assert_true (unet_augment_apply_host (&plain, frames[b].image.data (),
+            frames[b].labels.data (), frames[b].weights.data (), channels,
+            h_warp.data () + b * count, h_lab.data () + b * oplane, h_w.data () + b * oplane,
+            &error));
+    g_assert_no_error (error);
+  }
+
+  /* 1. the warp. The host computes positions and interpolates in double, the bodies
+   * in float, with positions local to an integer origin: |l| <= L, L = the tile's
+   * half diagonal + 1 + 1.25^2 max |displacement| (Catmull-Rom's weights sum to at
+   * most 1.25 in absolute value per axis). About 8 float roundings of values <= L
+   * (affine, grid taps) move the position by delta <= 16 L 2^-24 (a factor 2 kept).
+   * A Catmull-Rom sample of data spanning R moves by at most 1.5 R (the derivative
+   * weights, zero-sum, sum to <= 3 in absolute value) times 1.25 (the other axis'
+   * weights) per pixel of each axis: |image error| <= 2 * 1.9 R delta, plus the
+   * rounding of 16 float products (<= 32 2^-24 max|v| 1.5625). Bilinear weights:
+   * slope <= R_w per axis, error <= 2 R_w delta. */
+  std::vector<float> tile, input, d_w;
+  std::vector<guint8> d_lab;
+  std::vector<UnetCudaAugSample> plain_recs (recs);
+  for (auto &r : plain_recs)
+    r.intensity = 0;
+  host_samples_augment (plain_recs, grids, channels, in, out, tile, input, d_lab, d_w, true);
+  double max_disp = 0.0;
+  for (float g : grids)
+    max_disp = fmax (max_disp, fabs (g));
+  const double L = in * 0.7072 + 1.0 + 1.5625 * max_disp;
+  const double delta = 16.0 * L / 16777216.0;
+  const double tol_img = 2 * 1.9 * 4.0 * delta + 32.0 * 2.0 * 1.5625 / 16777216.0;
+  const double tol_w = 2 * 11.0 * delta + 1e-6;
+  std::vector<float> d_nchw = to_nchw (input, n, channels, in);
+  assert_close ("augment warp image (NHWC out)", d_nchw.data (), h_warp.data (), n * count,
+      tol_img, 0);
+  assert_close ("augment warp image (tile)", tile.data (), h_warp.data (), n * count, tol_img, 0);
+  /* labels: nearest, equal unless the float position lies within delta of a half
+   * pixel (floor (l + 0.5) may go either way there); weights where the labels agree
+   * (0 on ignored pixels on both sides) */
+  size_t boundary = 0;
+  const int o0 = (in - out) / 2;
+  for (int b = 0; b < n; b++)
+    for (int y = 0; y < out; y++)
+      for (int x = 0; x < out; x++) {
+        const size_t o = b * oplane + (size_t) y * out + x;
+        const gint32 want = h_lab[o];
+        const int got = d_lab[o] == 255 ? UNET_LABEL_IGNORE : d_lab[o];
+        if (got == want) {
+          if (want == UNET_LABEL_IGNORE)
+            g_assert_cmpfloat (d_w[o], ==, 0.0f);
+          else if (!(fabs ((double) d_w[o] - h_w[o]) <= tol_w))
+            g_error ("augment weight [%d] (%d, %d): %.9g vs %.9g", b, x, y, d_w[o], h_w[o]);
+          continue;
+        }
+        const KbPair l = kb_augment_position (recs[b], grids.data (), x + o0, y + o0, in, in);
+        const double ex = l.a + 0.5 - floor (l.a + 0.5), ey = l.b + 0.5 - floor (l.b + 0.5);
+        if (fmin (fmin (ex, 1 - ex), fmin (ey, 1 - ey)) > delta)
+          g_error ("augment label [%d] (%d, %d) is %d, want %d (local position %.7f, %.7f)",
+              b, x, y, got, want, l.a, l.b);
+        boundary++;
+      }
+  g_assert_cmpuint (boundary, <=, (size_t) n * oplane / 100);
+
+  /* 2. the gray values on the host's own warped tiles: float against double. powf is
+   * within a few ulp, (x - lo) / range within one, the rest a few roundings of values
+   * <= max|x| + range: 1e-5 (max|x| + range) keeps a margin of about 10. */
+  if (params.intensity) {
+    std::vector<float> tile_h (h_warp);
+    host_samples_augment (recs, grids, channels, in, out, tile_h, input, d_lab, d_w, false);
+    d_nchw = to_nchw (input, n, channels, in);
+    for (int b = 0; b < n; b++) {
+      float lo = h_warp[b * count], hi = lo, mx = 0.0f;
+      for (size_t i = 0; i < count; i++) {
+        lo = fminf (lo, h_warp[b * count + i]);
+        hi = fmaxf (hi, h_warp[b * count + i]);
+        mx = fmaxf (mx, fabsf (h_img[b * count + i]));
+      }
+      assert_close ("augment gray values", d_nchw.data () + b * count,
+          h_img.data () + b * count, count, 1e-5 * (mx + (hi - lo)), 0);
+    }
+  }
+  for (auto &d : draws)
+    unet_augment_draw_clear (&d);
+}
+
+static void
+test_augment_batch (void)
+{
+  UnetAugmentParams p;
+  unet_augment_params_init (&p);
+  /* everything on: elastic G = 3, any rotation, flips, gray values, bicubic */
+  augment_case (1, 31, 15, p, true, 150);
+  augment_case (3, 27, 19, p, true, 151);
+  /* bilinear, a larger grid and sigma, stronger jitter */
+  p.image_interp = UNET_INTERP_BILINEAR;
+  p.elastic_grid = 5;
+  p.elastic_sigma = 4.0;
+  p.gamma = 3.0;
+  p.contrast = 0.9;
+  p.brightness = 0.4;
+  augment_case (3, 33, 33, p, false, 152);
+  augment_case (1, 21, 7, p, true, 153);
+  /* no elastic part, rotation only (no flips), bicubic */
+  p.image_interp = UNET_INTERP_BICUBIC;
+  p.elastic = FALSE;
+  p.flip = FALSE;
+  augment_case (1, 25, 13, p, true, 154);
+  /* flips only, centred, no gray values */
+  p.rotate = FALSE;
+  p.flip = TRUE;
+  p.random_position = FALSE;
+  p.intensity = FALSE;
+  augment_case (3, 19, 9, p, false, 155);
+  /* the identity: the centred crop */
+  unet_augment_params_init_identity (&p);
+  augment_case (1, 17, 17, p, true, 156);
+  for (guint64 s = 0; s < 12; s++) {
+    unet_augment_params_init (&p);
+    p.image_interp = s % 2 ? UNET_INTERP_BILINEAR : UNET_INTERP_BICUBIC;
+    p.elastic_grid = 2 + (int) (s % 4);
+    augment_case (1 + 2 * (int) (s % 2), 23 + 2 * (int) s, 11 + 2 * (int) (s % 3), p, s % 3 != 0,
+        160 + s);
+  }
+}
+
+/* unet_cuda_scale_by_weight_sum's body: the normalisation the host loss applies. */
+static void
+test_scale_by_weight_sum (void)
+{
+  std::vector<float> x = random_floats (37, 170), want (x);
+  const double sums[2] = { 3.0, 7.25 }, zero[2] = { 3.0, 0.0 };
+  for (auto &v : want)
+    v = (float) (v / 7.25);
+  grid (x.size (), [&] (size_t i) { kb_scale_by_weight_sum_elem (x.data (), sums, i); });
+  assert_close ("scale by weight sum", x.data (), want.data (), x.size (), 0, 0);
+  grid (x.size (), [&] (size_t i) { kb_scale_by_weight_sum_elem (x.data (), zero, i); });
+  for (float v : x)
+    g_assert_cmpfloat (v, ==, 0.0f);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1164,5 +1384,7 @@ main (int argc, char **argv)
   g_test_add_func ("/cuda-bodies/filter-gradient", test_filter_grad);
   g_test_add_func ("/cuda-bodies/warp", test_warp);
   g_test_add_func ("/cuda-bodies/warp-vs-augment", test_warp_vs_augment);
+  g_test_add_func ("/cuda-bodies/augment-batch", test_augment_batch);
+  g_test_add_func ("/cuda-bodies/scale-by-weight-sum", test_scale_by_weight_sum);
   return g_test_run ();
 }

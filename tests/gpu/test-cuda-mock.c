@@ -63,12 +63,31 @@
  *      gradient fails the step and changes nothing, a non-finite parameter is
  *      reported; fp16: a backward pass that overflows skips the update (GradScaler)
  *      and halves the scale of the next loss; optimiser state round trip
- *      (checkpoints only); bad labels/weights refused. */
+ *      (checkpoints only); bad labels/weights refused;
+ *  13. the same step with the training samples resident on the device (issue 15 item
+ *      3, augmentation on the device): unet_net_train_sample_add uploads a sample
+ *      once (one copy of image, weights and u8 labels, checked; past the budget
+ *      UNET_ERROR_OUT_OF_MEMORY), then a step (unet_net_train_forward_samples, the
+ *      loss without labels, backward, optimiser) copies only the draws up (one copy
+ *      of B UnetCudaAugSample records, 256-aligned, plus 2 G^2 floats of elastic grid
+ *      per entry) and reads back only the loss scalars and the optimiser's flags
+ *      (fp16: the fold's flag): no image, label or weight upload, no allocation; the
+ *      records carry the draws (unet_augment_draw_local) and point at the resident
+ *      sample, the loss reads the targets augment_batch wrote, dL/dlogits is written
+ *      with the seed scale alone and normalised on the device by the kernel's own
+ *      sum of weights; a loss without labels after a host batch is refused. The
+ *      trainer takes that path on a CUDA net: a pair is uploaded when added, an
+ *      evicted pair's sample released before the new one is uploaded (a budget of
+ *      two samples holds a set of capacity two), a step's copies are the draws and
+ *      the scalars, and a pair past the budget sends it back to the host path
+ *      (augment_on_device FALSE, the input and targets uploaded per step). */
 #include "config.h"
 
 #include "backend.h"
 #include "cuda-kernels.h"
 #include "model-private.h"
+#include "training.h"
+#include "unet.h"
 
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
@@ -100,8 +119,20 @@ static int data_not_supported;          /* > 0: BackwardData refuses that many c
 static float last_xent_scale, last_dice_scale;
 static const uint8_t *last_xent_labels;
 static const float *last_xent_weights;
+static const double *last_xent_out;
 static const int *optim_skip;           /* the skip flag the last update kernel got */
 static int flag_next_check;             /* > 0: the n-th next check_finite flags */
+/* the batch augmented on the device: the last unet_cuda_augment_batch's arguments */
+static struct
+{
+  const UnetCudaAugSample *samples;
+  const float *grids;
+  int n, channels, in_w, in_h, out_w, out_h, ignore_label;
+  void *input;
+  uint8_t *labels;
+  float *weights;
+} last_aug;
+static const double *last_weight_sum;   /* of the last unet_cuda_scale_by_weight_sum */
 typedef struct
 {
   gsize bytes;
@@ -817,6 +848,7 @@ unet_cuda_weighted_xent (const void *logits, UnetCudaDType dtype, const uint8_t 
   out[0] = 3.0;
   out[1] = 1e9;
   last_xent_scale = grad_scale;
+  last_xent_out = out;
   last_xent_labels = labels;
   last_xent_weights = weights;
   return mock_launch ("weighted_xent", stream);
@@ -890,6 +922,35 @@ unet_cuda_warp_sample (const float *image, int channels, const uint8_t *labels,
     uint8_t *out_labels, float *out_weights, int out_w, int out_h, UnetCudaStream stream)
 {
   return mock_launch ("warp_sample", stream);
+}
+
+int
+unet_cuda_augment_batch (const UnetCudaAugSample *samples, const float *grids, int n,
+    int channels, int in_w, int in_h, int out_w, int out_h, int ignore_label, float *tile,
+    double *stats, void *input, UnetCudaDType dtype, uint8_t *labels, float *weights,
+    UnetCudaStream stream)
+{
+  last_aug.samples = samples;
+  last_aug.grids = grids;
+  last_aug.n = n;
+  last_aug.channels = channels;
+  last_aug.in_w = in_w;
+  last_aug.in_h = in_h;
+  last_aug.out_w = out_w;
+  last_aug.out_h = out_h;
+  last_aug.ignore_label = ignore_label;
+  last_aug.input = input;
+  last_aug.labels = labels;
+  last_aug.weights = weights;
+  return mock_launch ("augment_batch", stream);
+}
+
+int
+unet_cuda_scale_by_weight_sum (float *x, size_t count, const double *sum,
+    UnetCudaStream stream)
+{
+  last_weight_sum = sum;
+  return mock_launch ("scale_by_weight_sum", stream);
 }
 
 int
@@ -1562,6 +1623,372 @@ test_device_step_bf16 (void)
   device_step_case (UNET_PRECISION_BF16, UNET_OPTIM_ADAMW, 1.0);
 }
 
+/* 13. A step on samples resident on the device. */
+static gboolean
+resident_step (UnetNet *net, UnetOptimizer *opt, UnetNetSample *const *samples,
+    const UnetAugmentDraw *draws, gint batch, gdouble dice, gdouble *loss,
+    UnetConfusion *conf, gboolean *finite, GError **error)
+{
+  return ON_OTHER_DEVICE (unet_net_train_forward_samples (net, samples, draws, batch, 5,
+          error))
+      && ON_OTHER_DEVICE (unet_net_train_loss (net, NULL, NULL, dice, loss, conf, error))
+      && ON_OTHER_DEVICE (unet_net_zero_gradients (net, error))
+      && ON_OTHER_DEVICE (unet_net_train_backward (net, NULL, error))
+      && ON_OTHER_DEVICE (unet_net_optimizer_step (net, opt, finite, error));
+}
+
+#define SAMPLE_ALIGN(n) (((n) + 255) / 256 * 256)
+
+static void
+resident_step_case (UnetPrecision precision, UnetOptimKind kind, gdouble dice)
+{
+  UnetConfig cfg = { 1, 2, 2, 8, UNET_PADDING_VALID, TRUE, 0.25 };
+  UnetNetOptions opts;
+  UnetOptimParams op;
+  UnetAugmentParams ap;
+  UnetConfusion conf;
+  UnetRng rng;
+  GError *error = NULL;
+  const gint batch = 2, fw[2] = { 23, 30 }, fh[2] = { 19, 27 };
+  const gboolean fp16 = precision == UNET_PRECISION_FP16;
+  const gdouble seed_scale = fp16 ? 65536.0 : 1.0;
+  gfloat *image[2], *weights[2];
+  gint32 *classes[2];
+  UnetNetSample *samples[2];
+  UnetAugmentDraw draws[2] = { { 0 }, { 0 } };
+  gdouble loss = -1.0;
+  gboolean finite = FALSE;
+  gint size, out, events0;
+  gsize n_params, n_pix;
+  guint pinned0;
+
+  UnetModel *model = unet_model_new (&cfg, &error);
+  g_assert_no_error (error);
+  unet_model_init_weights (model, 1);
+  n_params = unet_model_get_layout (model)->slab_numel;
+  size = unet_config_input_for_output (&cfg, 4);
+  out = unet_config_output_size (&cfg, size);
+  n_pix = (gsize) batch * out * out;
+  unet_optim_params_init (&op);
+  op.kind = kind;
+  UnetOptimRange range = { 0, n_params, TRUE };
+  UnetOptimizer *opt = unet_optimizer_new (&op, n_params, &range, 1, &error);
+  g_assert_no_error (error);
+  unet_net_options_init (&opts);
+  opts.device = UNET_DEVICE_CUDA;
+  opts.gpu_id = 1;
+  opts.precision = precision;
+  g_setenv ("UNET_CUDNN_FIND", "0", TRUE);
+  UnetNet *net = unet_net_new (model, &opts, &error);
+  g_assert_no_error (error);
+  g_assert_true (unet_net_train_samples_supported (net));
+  expect_dev = 1;
+  wrong_device = 0;
+
+  /* the samples: uploaded once each, one copy, checked */
+  for (gint f = 0; f < 2; f++) {
+    const gsize plane = (gsize) fw[f] * fh[f];
+    image[f] = g_new (gfloat, plane);
+    weights[f] = g_new (gfloat, plane);
+    classes[f] = g_new (gint32, plane);
+    for (gsize i = 0; i < plane; i++) {
+      image[f][i] = (gfloat) (i % 11) * 0.1f;
+      classes[f][i] = i % 7 == 3 ? UNET_LABEL_IGNORE : (gint32) (i % 2);
+      weights[f][i] = classes[f][i] == UNET_LABEL_IGNORE ? 0.0f : 1.0f + (gfloat) (i % 5);
+    }
+    g_array_set_size (step_copies, 0);
+    step_on = 1;
+    samples[f] = ON_OTHER_DEVICE (unet_net_train_sample_add (net, image[f], classes[f],
+            weights[f], fw[f], fh[f], &error));
+    step_on = 0;
+    g_assert_no_error (error);
+    g_assert_nonnull (samples[f]);
+    g_assert_cmpuint (step_copies->len, ==, 1);
+    Copy *c = &g_array_index (step_copies, Copy, 0);
+    g_assert_cmpint (c->kind, ==, cudaMemcpyHostToDevice);
+    g_assert_cmpuint (c->bytes, ==, 2 * SAMPLE_ALIGN (plane * sizeof (gfloat)) + plane);
+    g_assert_cmpfloat (c->first, ==, image[f][0]);
+  }
+  /* refused: a label outside the classes, a negative weight */
+  classes[0][5] = 2;
+  g_assert_null (ON_OTHER_DEVICE (unet_net_train_sample_add (net, image[0], classes[0],
+              weights[0], fw[0], fh[0], &error)));
+  g_assert_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
+  g_clear_error (&error);
+  classes[0][5] = 1;
+  const gfloat w6 = weights[0][6];
+  weights[0][6] = -1.0f;
+  g_assert_null (ON_OTHER_DEVICE (unet_net_train_sample_add (net, image[0], classes[0],
+              weights[0], fw[0], fh[0], &error)));
+  g_assert_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
+  g_clear_error (&error);
+  weights[0][6] = w6;
+
+  /* the draws (paper defaults: elastic G = 3, rotation, flips, gray values) */
+  unet_augment_params_init (&ap);
+  unet_rng_init (&rng, 3);
+  for (gint b = 0; b < batch; b++)
+    g_assert_true (unet_augment_draw (&ap, &rng, 1, fw[b], fh[b], size, size, out, out,
+            &draws[b], &error));
+  g_assert_no_error (error);
+
+  /* the first step builds the graph, the batch buffers and the optimiser state */
+  g_assert_true (resident_step (net, opt, samples, draws, batch, dice, &loss, &conf, &finite,
+          &error));
+  g_assert_no_error (error);
+
+  /* the measured step */
+  events0 = n_events;
+  pinned0 = pinned_allocs->len;
+  g_array_set_size (step_copies, 0);
+  g_string_truncate (launch_log, 0);
+  step_wrong_stream = step_wrong_handle = step_mallocs = 0;
+  last_xent_scale = 0.0f;
+  last_weight_sum = NULL;
+  memset (&last_aug, 0, sizeof last_aug);
+  step_on = 1;
+  g_assert_true (resident_step (net, opt, samples, draws, batch, dice, &loss, &conf, &finite,
+          &error));
+  step_on = 0;
+  g_assert_no_error (error);
+  g_assert_true (finite);
+  g_assert_cmpint (wrong_device, ==, 0);
+  g_assert_cmpint (step_wrong_stream, ==, 0);
+  g_assert_cmpint (step_wrong_handle, ==, 0);
+  g_assert_cmpint (n_events, ==, events0);
+  g_assert_cmpint (step_mallocs, ==, 0);
+  g_assert_cmpuint (pinned_allocs->len, ==, pinned0);
+
+  /* the copies: the draws up, the scalars and flags down, nothing else */
+  const gsize draw_bytes = SAMPLE_ALIGN (batch * sizeof (UnetCudaAugSample))
+      + batch * 2 * 3 * 3 * sizeof (float);
+  guint k = 0;
+  g_assert_cmpuint (step_copies->len, ==, fp16 ? 4 : 3);
+  Copy *c = &g_array_index (step_copies, Copy, k++);
+  g_assert_cmpint (c->kind, ==, cudaMemcpyHostToDevice);
+  g_assert_cmpuint (c->bytes, ==, draw_bytes);
+  g_assert_true (c->stream == the_stream);
+  c = &g_array_index (step_copies, Copy, k++);
+  g_assert_cmpint (c->kind, ==, cudaMemcpyDeviceToHost);
+  g_assert_cmpuint (c->bytes, ==, (2 + 48) * sizeof (double) + 256 * sizeof (guint64));
+  if (fp16) {
+    c = &g_array_index (step_copies, Copy, k++);
+    g_assert_cmpint (c->kind, ==, cudaMemcpyDeviceToHost);
+    g_assert_cmpuint (c->bytes, ==, sizeof (int));
+  }
+  c = &g_array_index (step_copies, Copy, k++);
+  g_assert_cmpint (c->kind, ==, cudaMemcpyDeviceToHost);
+  g_assert_cmpuint (c->bytes, ==, 2 * sizeof (int));
+  for (guint i = 0; i < step_copies->len; i++)
+    g_assert_cmpuint (g_array_index (step_copies, Copy, i).bytes, <, 4096);
+
+  /* the batch as augment_batch got it: shapes, the records of the draws pointing at
+   * the resident samples (their u8 labels, weights and image as uploaded), the
+   * targets where the loss reads them */
+  g_assert_cmpint (last_aug.n, ==, batch);
+  g_assert_cmpint (last_aug.channels, ==, 1);
+  g_assert_cmpint (last_aug.in_w, ==, size);
+  g_assert_cmpint (last_aug.in_h, ==, size);
+  g_assert_cmpint (last_aug.out_w, ==, out);
+  g_assert_cmpint (last_aug.out_h, ==, out);
+  g_assert_cmpint (last_aug.ignore_label, ==, 255);
+  g_assert_nonnull (last_aug.input);
+  g_assert_true (last_aug.weights == last_xent_weights);
+  g_assert_true (last_aug.labels == last_xent_labels);
+  g_assert_true ((const guint8 *) last_aug.labels
+      == (const guint8 *) last_aug.weights + n_pix * sizeof (gfloat));
+  for (gint b = 0; b < batch; b++) {
+    const UnetCudaAugSample *r = &last_aug.samples[b];
+    const gsize plane = (gsize) fw[b] * fh[b];
+    gint origin[2];
+    gfloat affine[6], grid[18];
+    unet_augment_draw_local (&draws[b], origin, affine, grid);
+    g_assert_cmpint (r->src_w, ==, fw[b]);
+    g_assert_cmpint (r->src_h, ==, fh[b]);
+    g_assert_cmpint (r->origin_x, ==, origin[0]);
+    g_assert_cmpint (r->origin_y, ==, origin[1]);
+    g_assert_cmpmem (r->affine, sizeof affine, affine, sizeof affine);
+    g_assert_cmpint (r->grid, ==, 3);
+    g_assert_cmpmem (last_aug.grids + r->grid_offset, sizeof grid, grid, sizeof grid);
+    g_assert_cmpint (r->bilinear, ==, 0);
+    g_assert_cmpint (r->intensity, ==, 1);
+    g_assert_cmpfloat (r->gamma, ==, (gfloat) draws[b].gamma);
+    g_assert_cmpfloat (r->contrast, ==, (gfloat) draws[b].contrast);
+    g_assert_cmpfloat (r->brightness, ==, (gfloat) draws[b].brightness);
+    for (gsize i = 0; i < plane; i++) {
+      g_assert_cmpfloat (r->image[i], ==, image[b][i]);
+      g_assert_cmpfloat (r->weights[i], ==, weights[b][i]);
+      g_assert_cmpint (r->labels[i], ==,
+          classes[b][i] == UNET_LABEL_IGNORE ? 255 : classes[b][i]);
+    }
+  }
+
+  /* the loss: augment first, the gradient with the seed scale alone, normalised by
+   * the kernel's own weight sum on the device; the loss from the sums read back
+   * (the mock's: 3 over a weight sum of 1e9) */
+  const gchar *seq = dice > 0.0
+      ? (precision == UNET_PRECISION_FP32
+      ? "weighted_xent scale_by_weight_sum dice_sums dice_grad confusion"
+      : "weighted_xent scale_by_weight_sum dice_sums dice_grad cast_from_f32 confusion")
+      : (precision == UNET_PRECISION_FP32 ? "weighted_xent scale_by_weight_sum confusion"
+      : "weighted_xent scale_by_weight_sum cast_from_f32 confusion");
+  if (strstr (launch_log->str, seq) == NULL)
+    g_error ("the loss launched no \"%s\": %s", seq, launch_log->str);
+  g_assert_true (g_str_has_prefix (launch_log->str, "augment_batch "));
+  g_assert_cmpuint (count_in_log ("augment_batch"), ==, 1);
+  g_assert_cmpfloat (last_xent_scale, ==, (gfloat) seed_scale);
+  g_assert_true (last_weight_sum == last_xent_out);
+  g_assert_cmpfloat_with_epsilon (loss, 3.0 / 1e9 + dice * 0.5, 1e-12);
+  g_assert_cmpuint (conf.n[1][0], ==, 101);
+
+  /* a batch from the host replaces the device's targets: a loss without labels is
+   * refused until the next batch made on the device */
+  gfloat *in = g_new0 (gfloat, (gsize) batch * size * size);
+  g_assert_true (ON_OTHER_DEVICE (unet_net_train_forward (net, in, batch, size, size, 5, NULL,
+              &error)));
+  g_assert_no_error (error);
+  g_assert_false (ON_OTHER_DEVICE (unet_net_train_loss (net, NULL, NULL, dice, &loss, &conf,
+              &error)));
+  g_assert_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT);
+  g_clear_error (&error);
+  g_free (in);
+
+  /* removal releases the sample's memory; the one left goes with the net */
+  ON_OTHER_DEVICE (unet_net_train_sample_remove (net, samples[0]));
+  expect_dev = -1;
+  unet_net_free (net);
+
+  /* a budget the first sample does not fit: out of memory, nothing kept */
+  g_setenv ("UNET_CUDA_SAMPLE_MIB", "0", TRUE);
+  net = unet_net_new (model, &opts, &error);
+  g_assert_no_error (error);
+  g_assert_null (unet_net_train_sample_add (net, image[0], classes[0], weights[0], fw[0],
+          fh[0], &error));
+  g_assert_error (error, UNET_ERROR, UNET_ERROR_OUT_OF_MEMORY);
+  g_clear_error (&error);
+  g_unsetenv ("UNET_CUDA_SAMPLE_MIB");
+  unet_net_free (net);
+
+  for (gint f = 0; f < 2; f++) {
+    g_free (image[f]);
+    g_free (weights[f]);
+    g_free (classes[f]);
+    unet_augment_draw_clear (&draws[f]);
+  }
+  unet_optimizer_free (opt);
+  unet_model_free (model);
+}
+
+static void
+test_resident_step_fp32 (void)
+{
+  resident_step_case (UNET_PRECISION_FP32, UNET_OPTIM_SGD, 0.0);
+}
+
+static void
+test_resident_step_fp16 (void)
+{
+  resident_step_case (UNET_PRECISION_FP16, UNET_OPTIM_ADAM, 0.5);
+}
+
+static void
+test_resident_step_bf16 (void)
+{
+  resident_step_case (UNET_PRECISION_BF16, UNET_OPTIM_ADAMW, 1.0);
+}
+
+/* 13. The trainer on a CUDA net: samples resident while they fit. */
+static void
+trainer_pair (UnetTrainer *t, gint w, gint h, guint seed, GError **error)
+{
+  guint8 *img = g_new (guint8, (gsize) w * h), *mask = g_new (guint8, (gsize) w * h);
+  for (gint i = 0; i < w * h; i++) {
+    img[i] = (guint8) ((i * 7 + seed) % 251);
+    mask[i] = ((i % w) / 9 + (i / w) / 7 + seed) % 2 ? 255 : 0;
+  }
+  g_assert_true (ON_OTHER_DEVICE (unet_trainer_add_pair (t, UNET_PIXEL_U8, img, w,
+              UNET_PIXEL_U8, mask, w, w, h, error)));
+  g_free (img);
+  g_free (mask);
+}
+
+static void
+test_trainer_resident (void)
+{
+  UnetTrainerOptions o;
+  UnetTrainStats st;
+  GError *error = NULL;
+  /* 216 x 216: 2 x 182.25 KiB (image, weights) + 45.6 KiB (labels) = 410 KiB a
+   * sample, two in the 1 MiB budget, not three */
+  const gint edge = 216;
+
+  g_setenv ("UNET_CUDNN_FIND", "0", TRUE);
+  g_setenv ("UNET_CUDA_SAMPLE_MIB", "1", TRUE);
+  unet_trainer_options_init (&o);
+  o.architecture.depth = 2;
+  o.architecture.base_filters = 8;
+  o.architecture.batch_norm = FALSE;
+  o.batch_size = 2;
+  o.dataset_capacity = 2;
+  o.net.device = UNET_DEVICE_CUDA;
+  o.net.gpu_id = 1;
+  UnetTrainer *t = ON_OTHER_DEVICE (unet_trainer_new (&o, NULL, &error));
+  g_assert_no_error (error);
+  expect_dev = 1;
+  wrong_device = 0;
+
+  for (guint p = 0; p < 3; p++) {
+    g_array_set_size (step_copies, 0);
+    step_on = 1;
+    trainer_pair (t, edge, edge, p, &error);
+    step_on = 0;
+    g_assert_no_error (error);
+    /* one upload per pair (the third fits: the first was released when evicted) */
+    g_assert_cmpuint (step_copies->len, ==, 1);
+    g_assert_cmpuint (g_array_index (step_copies, Copy, 0).bytes, ==,
+        2 * SAMPLE_ALIGN ((gsize) edge * edge * sizeof (gfloat)) + (gsize) edge * edge);
+  }
+  g_assert_cmpuint (unet_trainer_get_n_pairs (t, NULL), ==, 2);
+
+  for (gint s = 0; s < 2; s++) {
+    g_array_set_size (step_copies, 0);
+    g_string_truncate (launch_log, 0);
+    step_on = s;
+    g_assert_true (ON_OTHER_DEVICE (unet_trainer_step (t, &st, &error)));
+    step_on = 0;
+    g_assert_no_error (error);
+    g_assert_true (st.augment_on_device);
+  }
+  /* the steady step: the draws up, the loss scalars and the optimiser's flags down */
+  g_assert_cmpuint (step_copies->len, ==, 3);
+  g_assert_cmpint (g_array_index (step_copies, Copy, 0).kind, ==, cudaMemcpyHostToDevice);
+  g_assert_cmpuint (g_array_index (step_copies, Copy, 0).bytes, ==,
+      SAMPLE_ALIGN (2 * sizeof (UnetCudaAugSample)) + 2 * 2 * 3 * 3 * sizeof (float));
+  g_assert_cmpint (g_array_index (step_copies, Copy, 1).kind, ==, cudaMemcpyDeviceToHost);
+  g_assert_cmpint (g_array_index (step_copies, Copy, 2).kind, ==, cudaMemcpyDeviceToHost);
+  g_assert_cmpuint (count_in_log ("augment_batch"), ==, 1);
+
+  /* a pair past the budget (the evicted one's memory back, still too large): the
+   * host path from now on, every batch and its targets uploaded */
+  trainer_pair (t, 2 * edge, edge, 7, &error);
+  g_assert_no_error (error);
+  g_array_set_size (step_copies, 0);
+  g_string_truncate (launch_log, 0);
+  step_on = 1;
+  g_assert_true (ON_OTHER_DEVICE (unet_trainer_step (t, &st, &error)));
+  step_on = 0;
+  g_assert_no_error (error);
+  g_assert_false (st.augment_on_device);
+  g_assert_cmpuint (count_in_log ("augment_batch"), ==, 0);
+  g_assert_cmpuint (step_copies->len, ==, 4);   /* input, targets, scalars, flags */
+  g_assert_cmpint (g_array_index (step_copies, Copy, 0).kind, ==, cudaMemcpyHostToDevice);
+  g_assert_cmpint (g_array_index (step_copies, Copy, 1).kind, ==, cudaMemcpyHostToDevice);
+  g_assert_cmpint (wrong_device, ==, 0);
+  expect_dev = -1;
+  g_unsetenv ("UNET_CUDA_SAMPLE_MIB");
+  unet_trainer_free (t);
+}
+
 /* 11. Hand-built training ops on one arena: the launches each backward makes. */
 static void
 test_train_gradient_paths (void)
@@ -1759,6 +2186,10 @@ main (int argc, char **argv)
   g_test_add_func ("/cuda-mock/device-step-fp32", test_device_step_fp32);
   g_test_add_func ("/cuda-mock/device-step-fp16", test_device_step_fp16);
   g_test_add_func ("/cuda-mock/device-step-bf16", test_device_step_bf16);
+  g_test_add_func ("/cuda-mock/resident-step-fp32", test_resident_step_fp32);
+  g_test_add_func ("/cuda-mock/resident-step-fp16", test_resident_step_fp16);
+  g_test_add_func ("/cuda-mock/resident-step-bf16", test_resident_step_bf16);
+  g_test_add_func ("/cuda-mock/trainer-resident", test_trainer_resident);
   int rc = g_test_run ();
   g_array_free (device_allocs, TRUE);
   g_array_free (pinned_allocs, TRUE);

@@ -1032,6 +1032,160 @@ test_layout (UnetCudaDType dt)
   g_free (xr);
 }
 
+/* unet_cuda_augment_batch against unet_augment_apply_host for the same draws (paper
+ * defaults: position, elastic G = 3, rotation, flips, gray values; bicubic): two
+ * entries of 3 channels from frames of different sizes (one smaller than the tile).
+ * Without the gray values: image within 1e-3 of data spanning 4 (the float position,
+ * local to the tile, moves the sample by <= 16 L 2^-24 ~ 3e-5 px for L ~ 30, times
+ * the Catmull-Rom slope <= 7.6; FMA contraction on the device changes roundings, not
+ * the bound's order), weights within 1e-2 (data spanning 10.5, bilinear slope), labels
+ * equal but at <= 1 % of the pixels (a position within rounding of a half pixel).
+ * With them: the gamma exponent g in [1/1.5, 1.5] turns an error e of a value on the
+ * tile's range r into <= r (e / r)^g (g < 1, Hoelder) or g e (g >= 1), then contrast
+ * <= 1.2 and the mean (<= e). */
+static void
+test_augment_batch (void)
+{
+  const int n = 2, C = 3, in = 25, out = 13, fw[2] = { 37, 11 }, fh[2] = { 29, 31 };
+  const size_t plane = (size_t) in * in, count = C * plane, opix = (size_t) out * out;
+  UnetAugmentParams ap;
+  UnetAugmentDraw draws[2];
+  UnetCudaAugSample recs[2];
+  float grids[2 * 18];
+  float *img[2], *wts[2], *d_img[2], *d_wts[2];
+  gint32 *lab[2];
+  guint8 *lab8[2], *d_lab[2];
+  UnetRng rng;
+  GError *error = NULL;
+  guint64 seed = 91;
+
+  memset (draws, 0, sizeof draws);
+  unet_augment_params_init (&ap);
+  unet_rng_init (&rng, 17);
+  for (int b = 0; b < n; b++) {
+    const size_t fp = (size_t) fw[b] * fh[b];
+    img[b] = g_new (float, C * fp);
+    wts[b] = g_new (float, fp);
+    lab[b] = g_new (gint32, fp);
+    lab8[b] = g_new (guint8, fp);
+    random_fill (img[b], C * fp, 50 + b, -2.0f, 2.0f);
+    random_fill (wts[b], fp, 60 + b, 0.5f, 11.0f);
+    for (size_t i = 0; i < fp; i++) {
+      int l = (int) rand_uniform (&seed, 0.0f, 3.999f) - 1;
+      lab[b][i] = l < 0 ? UNET_LABEL_IGNORE : l;
+      lab8[b][i] = l < 0 ? 255 : (guint8) l;
+      if (l < 0)
+        wts[b][i] = 0.0f;
+    }
+    d_img[b] = dev_from_host (img[b], C * fp * sizeof (float));
+    d_wts[b] = dev_from_host (wts[b], fp * sizeof (float));
+    d_lab[b] = dev_from_host (lab8[b], fp);
+    g_assert_true (unet_augment_draw (&ap, &rng, C, fw[b], fh[b], in, in, out, out, &draws[b],
+            &error));
+    gint origin[2];
+    memset (&recs[b], 0, sizeof recs[b]);
+    recs[b].image = d_img[b];
+    recs[b].labels = d_lab[b];
+    recs[b].weights = d_wts[b];
+    recs[b].src_w = fw[b];
+    recs[b].src_h = fh[b];
+    unet_augment_draw_local (&draws[b], origin, recs[b].affine, grids + 18 * b);
+    recs[b].origin_x = origin[0];
+    recs[b].origin_y = origin[1];
+    recs[b].grid = 3;
+    recs[b].grid_offset = 18 * b;
+    recs[b].intensity = 1;
+    recs[b].gamma = (float) draws[b].gamma;
+    recs[b].contrast = (float) draws[b].contrast;
+    recs[b].brightness = (float) draws[b].brightness;
+  }
+  float *want = g_new (float, n * count), *want_plain = g_new (float, n * count);
+  float *want_w = g_new (float, n * opix), *got = g_new (float, n * count);
+  float *got_w = g_new (float, n * opix), *got_nchw = g_new (float, n * count);
+  gint32 *want_l = g_new (gint32, n * opix);
+  guint8 *got_l = g_new (guint8, n * opix);
+  for (int b = 0; b < n; b++) {
+    UnetAugmentDraw plain = draws[b];
+    plain.intensity = FALSE;
+    g_assert_true (unet_augment_apply_host (&draws[b], img[b], lab[b], wts[b], C,
+            want + b * count, want_l + b * opix, want_w + b * opix, &error));
+    g_assert_true (unet_augment_apply_host (&plain, img[b], lab[b], wts[b], C,
+            want_plain + b * count, want_l + b * opix, want_w + b * opix, &error));
+  }
+  float *d_grids = dev_from_host (grids, sizeof grids);
+  float *d_tile = dev_alloc (n * count * sizeof (float));
+  float *d_input = dev_alloc (n * count * sizeof (float));
+  float *d_w = dev_alloc (n * opix * sizeof (float));
+  guint8 *d_l = dev_alloc (n * opix);
+  double *d_stats = dev_alloc (3 * n * sizeof (double));
+  for (int pass = 0; pass < 2; pass++) {
+    for (int b = 0; b < n; b++)
+      recs[b].intensity = pass;
+    UnetCudaAugSample *d_recs = dev_from_host (recs, sizeof recs);
+    GPU_OK (unet_cuda_augment_batch (d_recs, d_grids, n, C, in, in, out, out, 255, d_tile,
+            d_stats, d_input, UNET_CUDA_F32, d_l, d_w, NULL));
+    host_from_dev (got, d_input, n * count * sizeof (float));
+    host_from_dev (got_w, d_w, n * opix * sizeof (float));
+    host_from_dev (got_l, d_l, n * opix);
+    cudaFree (d_recs);
+    for (int b = 0; b < n; b++)
+      for (size_t t = 0; t < plane; t++)
+        for (int c = 0; c < C; c++)
+          got_nchw[(b * C + c) * plane + t] = got[(b * plane + t) * C + c];
+    if (pass == 0) {
+      failures += check_close ("augment batch image", got_nchw, want_plain, n * count, 1e-3, 0);
+      int bad = 0;
+      for (size_t i = 0; i < n * opix; i++) {
+        const int l = got_l[i] == 255 ? UNET_LABEL_IGNORE : got_l[i];
+        if (l != want_l[i])
+          bad++;
+        else if (l == UNET_LABEL_IGNORE ? got_w[i] != 0.0f : !(fabsf (got_w[i] - want_w[i]) <= 1e-2f))
+          bad += 1000;
+      }
+      if (bad > (int) (n * opix / 100)) {
+        fprintf (stderr, "FAIL augment batch labels/weights: %d\n", bad);
+        failures++;
+      }
+      continue;
+    }
+    for (int b = 0; b < n; b++) {
+      float lo = want_plain[b * count], hi = lo;
+      for (size_t i = 0; i < count; i++) {
+        lo = fminf (lo, want_plain[b * count + i]);
+        hi = fmaxf (hi, want_plain[b * count + i]);
+      }
+      const double r = hi - lo, e = 1e-3, g = draws[b].gamma;
+      const double moved = g < 1.0 ? r * pow (e / r, g) : g * e;
+      failures += check_close ("augment batch gray values", got_nchw + b * count,
+          want + b * count, count, 1.2 * moved + 2 * e, 0);
+    }
+  }
+  cudaFree (d_grids);
+  cudaFree (d_tile);
+  cudaFree (d_input);
+  cudaFree (d_w);
+  cudaFree (d_l);
+  cudaFree (d_stats);
+  for (int b = 0; b < n; b++) {
+    cudaFree (d_img[b]);
+    cudaFree (d_wts[b]);
+    cudaFree (d_lab[b]);
+    g_free (img[b]);
+    g_free (wts[b]);
+    g_free (lab[b]);
+    g_free (lab8[b]);
+    unet_augment_draw_clear (&draws[b]);
+  }
+  g_free (want);
+  g_free (want_plain);
+  g_free (want_w);
+  g_free (want_l);
+  g_free (got);
+  g_free (got_w);
+  g_free (got_l);
+  g_free (got_nchw);
+}
+
 int
 main (void)
 {
@@ -1048,6 +1202,7 @@ main (void)
   }
   test_optim ();
   test_warp ();
+  test_augment_batch ();
   test_frame_stats ();
   test_dropout ();
   if (failures) {

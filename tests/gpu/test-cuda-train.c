@@ -5,7 +5,8 @@
  * Also: gradients accumulate over two forward + backward passes and are zeroed, and a host
  * parameter change reaches the GPU after unet_net_parameters_changed; and a whole
  * training step with the loss and the optimiser on the device (device_step_case,
- * tolerances there). Dropout is 0:
+ * tolerances there); and the trainer's batches augmented on the device against those
+ * made on the host (trainer_paths_case). Dropout is 0:
  * the two executors draw their dropout masks from different generators by design.
  * Exits 77 without a CUDA device.
  *
@@ -409,6 +410,82 @@ device_step_case (const Case *c, UnetPrecision prec, UnetOptimKind kind, gdouble
   g_free (what);
 }
 
+/* The trainer's two ways to make a batch on a CUDA net: augmented on the device from
+ * the resident pairs, and on the host (UNET_CUDA_SAMPLE_MIB=0: no sample fits, so
+ * the trainer falls back at the first pair). Same seed, same pairs, same draws: the
+ * batches differ by the float arithmetic of the device warp (~1e-5 of the values,
+ * tests/engine/test-cuda-bodies' augment-batch), so the first loss agrees to 1e-4
+ * relative (cuDNN fp32 with the heuristic algorithms on both nets); later steps add
+ * the parameters' drift (Adam moves every weight by ~lr whatever the gradient's
+ * size; 7e-6 by step 8 on the CPU, tests/engine/test-host-samples): 1e-3. */
+static void
+trainer_paths_case (void)
+{
+  UnetTrainerOptions o;
+  GError *error = NULL;
+  gdouble loss[2][8];
+  const gint w = 97, h = 83;
+  guint8 *img = g_new (guint8, (gsize) w * h), *mask = g_new (guint8, (gsize) w * h);
+
+  gpu_deterministic_algorithms ();
+  unet_trainer_options_init (&o);
+  o.architecture.depth = 2;
+  o.architecture.base_filters = 8;
+  o.batch_size = 2;
+  o.seed = 11;
+  o.net.device = UNET_DEVICE_CUDA;
+  for (gint path = 0; path < 2; path++) {
+    if (path == 1)
+      g_setenv ("UNET_CUDA_SAMPLE_MIB", "0", TRUE);
+    UnetTrainer *t = unet_trainer_new (&o, NULL, &error);
+    if (t == NULL) {
+      fprintf (stderr, "FAIL trainer paths: %s\n", error->message);
+      failures++;
+      g_clear_error (&error);
+      break;
+    }
+    for (gint p = 0; p < 3; p++) {
+      for (gint i = 0; i < w * h; i++) {
+        img[i] = (guint8) ((i * 7 + 31 * p) % 251);
+        mask[i] = ((i % w) / 9 + (i / w) / 7 + p) % 2 ? 255 : 0;
+      }
+      if (!unet_trainer_add_pair (t, UNET_PIXEL_U8, img, w, UNET_PIXEL_U8, mask, w, w, h,
+              &error))
+        break;
+    }
+    for (gint s = 0; error == NULL && s < 8; s++) {
+      UnetTrainStats st;
+      if (!unet_trainer_step (t, &st, &error))
+        break;
+      if (st.augment_on_device != (path == 0)) {
+        fprintf (stderr, "FAIL trainer paths: step %d augmented on the %s\n", s,
+            st.augment_on_device ? "device" : "host");
+        failures++;
+      }
+      loss[path][s] = st.loss;
+    }
+    if (error != NULL) {
+      fprintf (stderr, "FAIL trainer paths: %s\n", error->message);
+      failures++;
+      g_clear_error (&error);
+    }
+    unet_trainer_free (t);
+    g_unsetenv ("UNET_CUDA_SAMPLE_MIB");
+  }
+  for (gint s = 0; s < 8 && failures == 0; s++) {
+    const gdouble rel = fabs (loss[0][s] - loss[1][s]) / loss[1][s];
+    if (!(rel <= (s == 0 ? 1e-4 : 1e-3))) {
+      fprintf (stderr, "FAIL trainer paths: step %d loss %.9f (device) vs %.9f (host)\n", s,
+          loss[0][s], loss[1][s]);
+      failures++;
+    }
+  }
+  printf ("trainer paths: losses %.9f / %.9f (first), %.9f / %.9f (last)\n", loss[0][0],
+      loss[1][0], loss[0][7], loss[1][7]);
+  g_free (img);
+  g_free (mask);
+}
+
 int
 main (void)
 {
@@ -442,6 +519,7 @@ main (void)
       device_step_case (&cases[i], (UnetPrecision) p, UNET_OPTIM_SGD, i == 0 ? 0.0 : 0.5);
   device_step_case (&cases[0], UNET_PRECISION_FP32, UNET_OPTIM_ADAM, 0.0);
   device_step_case (&cases[1], UNET_PRECISION_FP32, UNET_OPTIM_ADAMW, 0.5);
+  trainer_paths_case ();
   if (failures) {
     fprintf (stderr, "%d failures\n", failures);
     return 1;
