@@ -1366,6 +1366,19 @@ cpu_op_build_end (dnnl_primitive_desc_t pd, dnnl_primitive_attr_t attr, dnnl_pos
     dnnl_post_ops_destroy (po);
 }
 
+/* An op run image by image on dense N=1 descriptors (*smd, *dmd) of its src and
+ * dst (see cpu_image). */
+static gboolean
+cpu_op_images (UnetBackendOp *op, CpuCtx *ctx, const UnetOpDesc *desc,
+    dnnl_memory_desc_t *smd, dnnl_memory_desc_t *dmd, GError **error)
+{
+  op->ctx = ctx;
+  op->kind = desc->kind;
+  op->n_images = desc->src->dims.n;
+  return cpu_image (desc->src, smd, &op->src_base, &op->src_stride, error)
+      && cpu_image (desc->dst, dmd, &op->dst_base, &op->dst_stride, error);
+}
+
 static UnetBackendOp *
 cpu_op_new_upconv (CpuCtx *ctx, const UnetOpDesc *desc, GError **error)
 {
@@ -1388,12 +1401,8 @@ cpu_op_new_upconv (CpuCtx *ctx, const UnetOpDesc *desc, GError **error)
   dnnl_dims_t vs_dst = { 4 * H * W * B, 4 * W * B, 2 * W * B, 2 * B, B, 1 };
   const char *impl = NULL;
 
-  op->ctx = ctx;
-  op->kind = desc->kind;
-  if (!cpu_image (desc->src, &smd, &op->src_base, &op->src_stride, error)
-      || !cpu_image (desc->dst, &dmd, &op->dst_base, &op->dst_stride, error))
+  if (!cpu_op_images (op, ctx, desc, &smd, &dmd, error))
     goto fail;
-  op->n_images = desc->src->dims.n;
   DNNL_TRY (dnnl_memory_desc_init_by_tag (&tmd, 4, td, dnnl_f32,
           B == 16 ? dnnl_aBcd16b : dnnl_aBcd8b));
   DNNL_TRY (dnnl_memory_desc_init_by_tag (&wmd, 4, wd, dnnl_f32, dnnl_format_tag_any));
@@ -1482,12 +1491,8 @@ cpu_op_new_wino8 (CpuCtx *ctx, const UnetOpDesc *desc, GError **error)
   void *w = NULL, *b = NULL;
   const gint H = desc->src->dims.h, W = desc->src->dims.w;
 
-  op->ctx = ctx;
-  op->kind = desc->kind;
-  if (!cpu_image (desc->src, &smd, &op->src_base, &op->src_stride, error)
-      || !cpu_image (desc->dst, &dmd, &op->dst_base, &op->dst_stride, error))
+  if (!cpu_op_images (op, ctx, desc, &smd, &dmd, error))
     goto fail;
-  op->n_images = desc->src->dims.n;
   {
     dnnl_dims_t sd = { 1, l->cin, H, W };
     dnnl_dims_t dd = { 1, l->cout, desc->dst->dims.h, desc->dst->dims.w };
