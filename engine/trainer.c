@@ -26,7 +26,8 @@
  * seeded with hash(seed, t). The whole random state of a run is therefore (seed,
  * step), which is what a checkpoint stores besides the weights and the optimiser
  * buffers; resuming from it on the same pairs reproduces the losses bit for bit
- * on the CPU.
+ * on the CPU with the same thread count (oneDNN's backward-weights kernels split
+ * their sums by the thread count they are configured for).
  */
 #include "unet.h"
 #include "checkpoint.h"

@@ -975,6 +975,10 @@ cpu_train_op_new (CpuCtx *ctx, const UnetOpDesc *desc, GError **error)
   dnnl_memory_desc_t md;
   gsize stride;
 
+  /* oneDNN configures a primitive (its blocking, how backward-weights splits
+   * its sums) for the thread count current at creation: the net's own, or a
+   * trainer's results would depend on what ran in the process before it */
+  cpu_set_threads (ctx);
   op->ctx = ctx;
   op->kind = desc->kind;
   op->relu = desc->relu;
