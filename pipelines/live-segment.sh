@@ -137,7 +137,7 @@ if [ "$segment" -eq 1 ]; then
     stats=$tmp_stats
   fi
   set +e
-  unet_gst_launch -e -m "${pipeline[@]}" 2>&1 |
+  unet_gst_launch -e -m "${pipeline[@]}" |
     "$UNET_PYTHON" "$UNET_ROOT/pipelines/trainlog.py" csv --quiet --message unetsegment-stats \
       > "$stats"
   status=("${PIPESTATUS[@]}")

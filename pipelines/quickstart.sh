@@ -74,7 +74,7 @@ echo "                  $(short "${overlay_chain[@]}")"
 
 start=$(unet_now_ms)
 set +e
-unet_gst_launch -m "${labels_chain[@]}" "${overlay_chain[@]}" 2>&1 | "$UNET_PYTHON" "$ROOT/pipelines/quickstart.py" filter "$OUT/stats.csv"
+unet_gst_launch -m "${labels_chain[@]}" "${overlay_chain[@]}" | "$UNET_PYTHON" "$ROOT/pipelines/quickstart.py" filter "$OUT/stats.csv"
 status=("${PIPESTATUS[@]}")
 set -e
 seconds=$(unet_elapsed "$start")

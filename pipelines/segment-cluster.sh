@@ -174,11 +174,15 @@ run_shard() {
   fi
   echo "$UNET_SCRIPT: shard $i: $s_input pages $s_start-$s_stop${gpu:+ on GPU $gpu} on $(hostname -s)" >&2
   log="$W/logs/shard-$i.gst.log"
+  : > "$log"
   set +e
+  # gst-launch's own lines (errors) straight into the log, not through the -m stream:
+  # merged into one pipe, its unbuffered stderr could land inside a half-written
+  # stdout line and the error line be lost to the message parser
   unet_gst_launch -m tiffstacksrc "location=$s_input" "start-index=$s_start" "stop-index=$stop" \
-      ! "${seg[@]}" ! tiffstacksink "location=$tmp" "compression=$COMPRESSION" 2>&1 9>&- |
+      ! "${seg[@]}" ! tiffstacksink "location=$tmp" "compression=$COMPRESSION" 2>> "$log" 9>&- |
     "$UNET_PYTHON" "$UNET_ROOT/pipelines/trainlog.py" csv --quiet --message unetsegment-stats \
-      > "$stmp" 2> "$log"
+      > "$stmp" 2>> "$log"
   status=("${PIPESTATUS[@]}")
   set -e
   if [ "${status[0]}" -ne 0 ] || [ "${status[1]}" -ne 0 ]; then

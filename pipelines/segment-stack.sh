@@ -97,7 +97,7 @@ unet_require_element tiffstacksrc tiffstacksink unetsegment
 start=$(unet_now_ms)
 if [ -n "$stats" ]; then
   set +e
-  unet_gst_launch -m "${pipeline[@]}" 2>&1 |
+  unet_gst_launch -m "${pipeline[@]}" |
     "$UNET_PYTHON" "$UNET_ROOT/pipelines/trainlog.py" csv --message unetsegment-stats > "$stats"
   status=("${PIPESTATUS[@]}")
   set -e

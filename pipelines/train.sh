@@ -160,7 +160,7 @@ unet_require_element "${need[@]}"
 echo "$UNET_SCRIPT: training $output ($iterations iterations), log $csv" >&2
 start=$(unet_now_ms)
 set +e
-unet_gst_launch -m "${pipeline[@]}" 2>&1 | "$UNET_PYTHON" "$UNET_ROOT/pipelines/trainlog.py" csv --total "$iterations" > "$csv"
+unet_gst_launch -m "${pipeline[@]}" | "$UNET_PYTHON" "$UNET_ROOT/pipelines/trainlog.py" csv --total "$iterations" > "$csv"
 status=("${PIPESTATUS[@]}")
 set -e
 [ "${status[0]}" -eq 0 ] || unet_die "training failed (gst-launch-1.0 exit ${status[0]}, see above)"
