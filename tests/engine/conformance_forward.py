@@ -216,30 +216,36 @@ def main():
         # backend checked it thread-invariant, transposed convolutions as 1x1 +
         # shuffle) must give an image the same bits whatever the thread count and
         # whatever it is batched with (README: shards and element tests rely on it).
-        cfg = unet_ref.make_config(1, 2, 2, 64, "valid", False, 0.0)
-        path = os.path.join(tmp, "invariance.safetensors")
-        unet_ref.save_model(unet_ref.random_model(cfg, seed), path)
-        h = legal_at_least(cfg, 1) + 4 * 4
-        x = rng.standard_normal((2, 1, h, h)).astype(np.float32)
-        env = dict(os.environ, UNET_CPU_VERBOSE="1")
-        env.pop("UNET_CPU_CONV_ALGO", None)
-        outs = []
-        for extra in (["-t", "1"], ["-t", "2"], ["-t", "2", "--batch-size", "1"],
-                      ["-t", "1", "--batch-size", "1"]):
-            y, r = run_forward(exe, path, x, h, h, extra, env)
-            if y is None:
-                print(f"FAIL invariance {extra}: {r.stderr.strip()}")
-                failures += 1
-                break
-            outs.append((extra, y))
-        wino = "winograd 4x3 agrees" in r.stderr
-        for extra, y in outs[1:]:
-            same = y.tobytes() == outs[0][1].tobytes()
-            failures += not same
-            print(f"{'ok  ' if same else 'FAIL'} default kernels, D=2 B=64 {h}x{h} "
-                  f"batch 2: {' '.join(extra)} {'equals' if same else 'differs from'} "
-                  f"-t 1 bit for bit (Winograd {'used' if wino else 'not offered'})",
-                  flush=True)
+        # (base 12: channel counts that are no multiple of 8, plain layouts, see
+        # cpu_pd_chain; base 64 last: its model is the one the cache check below uses)
+        for inv_base in (12, 64):
+            cfg = unet_ref.make_config(1, 2, 2, inv_base, "valid", False, 0.0)
+            path = os.path.join(tmp, "invariance.safetensors")
+            unet_ref.save_model(unet_ref.random_model(cfg, seed), path)
+            h = legal_at_least(cfg, 1) + 4 * 4
+            x = rng.standard_normal((2, 1, h, h)).astype(np.float32)
+            env = dict(os.environ, UNET_CPU_VERBOSE="1")
+            env.pop("UNET_CPU_CONV_ALGO", None)
+            outs = []
+            for extra in (["-t", "1"], ["-t", "2"], ["-t", "2", "--batch-size", "1"],
+                          ["-t", "1", "--batch-size", "1"]):
+                y, r = run_forward(exe, path, x, h, h, extra, env)
+                if y is None:
+                    print(f"FAIL invariance {extra}: {r.stderr.strip()}")
+                    failures += 1
+                    break
+                outs.append((extra, y))
+            # oneDNN's Winograd (AVX-512, checked and cached) or the backend's own
+            # (cpu-wino8, AVX2: invariant by construction, nothing cached)
+            wino = "winograd 4x3 agrees" in r.stderr
+            wino8 = "cpu-wino8" in r.stderr
+            for extra, y in outs[1:]:
+                same = y.tobytes() == outs[0][1].tobytes()
+                failures += not same
+                print(f"{'ok  ' if same else 'FAIL'} default kernels, D=2 B={inv_base} {h}x{h} "
+                      f"batch 2: {' '.join(extra)} {'equals' if same else 'differs from'} "
+                      f"-t 1 bit for bit (Winograd {'used' if wino or wino8 else 'not offered'})",
+                      flush=True)
 
         # The verdicts of that check are kept for the machine (cpu-conv-cache.c): a
         # process that reads them gives the same bits as one that checks again.
@@ -262,7 +268,7 @@ def main():
             ok = same and len(lines) <= 1
         failures += not ok
         print(f"{'ok  ' if ok else 'FAIL'} convolution verdicts cached: {max(len(lines) - 1, 0)} "
-              f"shape(s) in {os.path.basename(cache_file)} (Winograd "
+              f"shape(s) in {os.path.basename(cache_file)} (oneDNN's Winograd "
               f"{'used' if wino else 'not offered'}); a process reading them, one "
               f"checking again and the first give the same bits", flush=True)
 
