@@ -1366,6 +1366,26 @@ cpu_op_build_end (dnnl_primitive_desc_t pd, dnnl_primitive_attr_t attr, dnnl_pos
     dnnl_post_ops_destroy (po);
 }
 
+/* The op's scratchpad memory (pointed at the shared scratchpad, grown to fit it,
+ * at every run). */
+static gboolean
+cpu_op_scratch (UnetBackendOp *op, CpuCtx *ctx, const dnnl_memory_desc_t *pscr,
+    GError **error)
+{
+  op->scratch_bytes = dnnl_memory_desc_get_size (pscr);
+  if (op->scratch_bytes > ctx->scratch_bytes) {
+    free (ctx->scratch);
+    ctx->scratch_bytes = 0;
+    if ((ctx->scratch = cpu_alloc (op->scratch_bytes, error)) == NULL)
+      return FALSE;
+    ctx->scratch_bytes = op->scratch_bytes;
+  }
+  DNNL_TRY (dnnl_memory_create (&op->scratch, pscr, ctx->engine, DNNL_MEMORY_NONE));
+  return TRUE;
+fail:
+  return FALSE;
+}
+
 /* An op run image by image on dense N=1 descriptors (*smd, *dmd) of its src and
  * dst (see cpu_image). */
 static gboolean
@@ -1433,15 +1453,8 @@ cpu_op_new_upconv (CpuCtx *ctx, const UnetOpDesc *desc, GError **error)
           error))
     goto fail;
   pscr = dnnl_primitive_desc_query_md (pd, dnnl_query_scratchpad_md, 0);
-  op->scratch_bytes = dnnl_memory_desc_get_size (pscr);
-  if (op->scratch_bytes > ctx->scratch_bytes) {
-    free (ctx->scratch);
-    ctx->scratch_bytes = 0;
-    if ((ctx->scratch = cpu_alloc (op->scratch_bytes, error)) == NULL)
-      goto fail;
-    ctx->scratch_bytes = op->scratch_bytes;
-  }
-  DNNL_TRY (dnnl_memory_create (&op->scratch, pscr, ctx->engine, DNNL_MEMORY_NONE));
+  if (!cpu_op_scratch (op, ctx, pscr, error))
+    goto fail;
   DNNL_TRY (dnnl_primitive_create (&op->prim, pd));
   if (ctx->profile)
     op->label = g_strdup_printf ("%s+shuffle", impl);
@@ -1735,15 +1748,8 @@ cpu_op_new_impl (UnetBackend *be, const UnetOpDesc *desc, GError **error)
     op->bias = l->bias;
   }
 
-  op->scratch_bytes = dnnl_memory_desc_get_size (pscr);
-  if (op->scratch_bytes > ctx->scratch_bytes) {
-    free (ctx->scratch);
-    ctx->scratch_bytes = 0;
-    if ((ctx->scratch = cpu_alloc (op->scratch_bytes, error)) == NULL)
-      goto fail;
-    ctx->scratch_bytes = op->scratch_bytes;
-  }
-  DNNL_TRY (dnnl_memory_create (&op->scratch, pscr, ctx->engine, DNNL_MEMORY_NONE));
+  if (!cpu_op_scratch (op, ctx, pscr, error))
+    goto fail;
   /* oneDNN's primitive cache keys by the thread count at creation: a Winograd
    * kernel configured for another count must be created under that count */
 #if HAVE_OPENMP
