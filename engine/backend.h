@@ -286,6 +286,9 @@ struct _UnetBackend
 {
   const UnetBackendIface *iface;
   gpointer priv;                /* the backend's context */
+  gint channel_align;           /* inference graphs pad inner channel counts to a
+                                   multiple of this, with zero weights (graph.h);
+                                   0 or 1: no padding */
 };
 
 /* Constructors. `opts` gives threads and precision (CPU: FP32 or BF16). */

@@ -7,15 +7,19 @@
 
 /* ---------------------------------------------------------------- layers -- */
 
+/* A layer's channel counts: the model's (cin, cout), the graph's (pcin, pcout) */
 static UnetGraphLayer *
 layer_add (UnetGraphLayer *layers, gint *n, UnetLayerKind kind, gint cin, gint cout,
-    gint k, const gchar *name, const gchar *bn)
+    gint pcin, gint pcout, gint cin_parts, gint k, const gchar *name, const gchar *bn)
 {
   UnetGraphLayer *l = layers != NULL ? &layers[*n] : NULL;
   if (l != NULL) {
     l->kind = kind;
-    l->cin = cin;
-    l->cout = cout;
+    l->cin = pcin;
+    l->cout = pcout;
+    l->cin_model = cin;
+    l->cout_model = cout;
+    l->cin_parts = cin_parts;
     l->k = k;
     g_strlcpy (l->name, name, sizeof l->name);
     g_strlcpy (l->bn, bn != NULL ? bn : "", sizeof l->bn);
@@ -24,43 +28,56 @@ layer_add (UnetGraphLayer *layers, gint *n, UnetLayerKind kind, gint cin, gint c
   return l;
 }
 
-/* The two 3x3 convolutions of a block "prefix" (enc.0, bottom, dec.1). */
+gint
+unet_graph_width (const UnetConfig *cfg, gint channel_align, gint level)
+{
+  const gint f = cfg->base_filters << level;
+  if (channel_align <= 1 || f < channel_align)
+    return f;
+  return (f + channel_align - 1) / channel_align * channel_align;
+}
+
+/* The two 3x3 convolutions of a block "prefix" (enc.0, bottom, dec.1) of width
+ * f (graph: pf) reading cin (graph: pcin, in cin_parts parts) channels. */
 static void
 block_layers (const UnetConfig *cfg, UnetGraphLayer *layers, gint *n,
-    const gchar *prefix, gint cin, gint f)
+    const gchar *prefix, gint cin, gint pcin, gint cin_parts, gint f, gint pf)
 {
   for (gint j = 1; j <= 2; j++) {
     gchar name[32], bn[32];
     g_snprintf (name, sizeof name, "%s.conv%d", prefix, j);
     g_snprintf (bn, sizeof bn, "%s.bn%d", prefix, j);
-    layer_add (layers, n, UNET_LAYER_CONV, j == 1 ? cin : f, f, 3, name,
-        cfg->batch_norm ? bn : NULL);
+    layer_add (layers, n, UNET_LAYER_CONV, j == 1 ? cin : f, f, j == 1 ? pcin : pf, pf,
+        j == 1 ? cin_parts : 1, 3, name, cfg->batch_norm ? bn : NULL);
   }
 }
 
 gint
-unet_graph_layers (const UnetConfig *cfg, UnetGraphLayer *layers)
+unet_graph_layers (const UnetConfig *cfg, gint channel_align, UnetGraphLayer *layers)
 {
   const gint D = cfg->depth;
-  gint n = 0, cin = cfg->in_channels;
+  gint n = 0, cin = cfg->in_channels, pcin = cfg->in_channels;
   gchar prefix[32];
 
-  for (gint i = 0; i < D; i++) {
-    g_snprintf (prefix, sizeof prefix, "enc.%d", i);
-    block_layers (cfg, layers, &n, prefix, cin, cfg->base_filters << i);
-    cin = cfg->base_filters << i;
-  }
-  block_layers (cfg, layers, &n, "bottom", cin, cfg->base_filters << D);
-  cin = cfg->base_filters << D;
-  for (gint i = D - 1; i >= 0; i--) {
-    gint f = cfg->base_filters << i;
-    g_snprintf (prefix, sizeof prefix, "dec.%d.up", i);
-    layer_add (layers, &n, UNET_LAYER_UPCONV, cin, f, 2, prefix, NULL);
-    g_snprintf (prefix, sizeof prefix, "dec.%d", i);
-    block_layers (cfg, layers, &n, prefix, 2 * f, f);
+  for (gint i = 0; i <= D; i++) {
+    gint f = cfg->base_filters << i, pf = unet_graph_width (cfg, channel_align, i);
+    if (i < D)
+      g_snprintf (prefix, sizeof prefix, "enc.%d", i);
+    block_layers (cfg, layers, &n, i < D ? prefix : "bottom", cin, pcin, 1, f, pf);
     cin = f;
+    pcin = pf;
   }
-  layer_add (layers, &n, UNET_LAYER_CONV, cin, cfg->classes, 1, "head", NULL);
+  for (gint i = D - 1; i >= 0; i--) {
+    gint f = cfg->base_filters << i, pf = unet_graph_width (cfg, channel_align, i);
+    g_snprintf (prefix, sizeof prefix, "dec.%d.up", i);
+    layer_add (layers, &n, UNET_LAYER_UPCONV, cin, f, pcin, pf, 1, 2, prefix, NULL);
+    g_snprintf (prefix, sizeof prefix, "dec.%d", i);
+    block_layers (cfg, layers, &n, prefix, 2 * f, 2 * pf, 2, f, pf);
+    cin = f;
+    pcin = pf;
+  }
+  layer_add (layers, &n, UNET_LAYER_CONV, cin, cfg->classes, pcin, cfg->classes, 1, 1,
+      "head", NULL);
   return n;
 }
 
@@ -244,7 +261,7 @@ add_gradients (UnetGraph *g)
 
 UnetGraph *
 unet_graph_new (const UnetConfig *cfg, const UnetLayout *layout, UnetGraphMode mode,
-    gint batch, gint height, gint width, GError **error)
+    gint channel_align, gint batch, gint height, gint width, GError **error)
 {
   const gint D = cfg->depth;
   gint eh[32], ew[32], uh[32], uw[32], enc[32], cat[32], x;
@@ -252,6 +269,7 @@ unet_graph_new (const UnetConfig *cfg, const UnetLayout *layout, UnetGraphMode m
   UnetGraph *g;
 
   g_return_val_if_fail (mode == UNET_GRAPH_INFERENCE || layout != NULL, NULL);
+  g_return_val_if_fail (mode == UNET_GRAPH_INFERENCE || channel_align <= 1, NULL);
   if (D < 1 || D > 30 || batch < 1 || !walk (cfg, height, eh, uh)
       || !walk (cfg, width, ew, uw)) {
     g_set_error (error, UNET_ERROR, UNET_ERROR_INVALID_ARGUMENT,
@@ -264,18 +282,19 @@ unet_graph_new (const UnetConfig *cfg, const UnetLayout *layout, UnetGraphMode m
   g->batch = batch;
   g->height = height;
   g->width = width;
+  g->channel_align = MAX (channel_align, 1);
   g->tensors = g_array_new (FALSE, TRUE, sizeof (UnetGraphTensor));
   g->nodes = g_array_new (FALSE, TRUE, sizeof (UnetGraphNode));
   g->output = g->diff_logits = -1;
   b.g = g;
   b.layout = layout;
   b.error = error;
-  b.layers = g_new0 (UnetGraphLayer, unet_graph_layers (cfg, NULL));
-  unet_graph_layers (cfg, b.layers);
+  b.layers = g_new0 (UnetGraphLayer, unet_graph_layers (cfg, g->channel_align, NULL));
+  unet_graph_layers (cfg, g->channel_align, b.layers);
 
   g->input = x = tensor_add (g, batch, cfg->in_channels, height, width);
   for (gint i = 0; i < D; i++) {
-    gint f = cfg->base_filters << i;
+    gint f = unet_graph_width (cfg, g->channel_align, i);
     UnetGraphNode *n;
     enc[i] = block (&b, x);
     x = tensor_add (g, batch, f, eh[i] / 2, ew[i] / 2);
@@ -294,7 +313,7 @@ unet_graph_new (const UnetConfig *cfg, const UnetLayout *layout, UnetGraphMode m
     x = y;
   }
   for (gint i = D - 1; i >= 0; i--) {
-    gint f = cfg->base_filters << i;
+    gint f = unet_graph_width (cfg, g->channel_align, i);
     layer_node (&b, x, view_add (g, cat[i], f, f), FALSE);
     x = block (&b, cat[i]);
   }

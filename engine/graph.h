@@ -25,6 +25,14 @@
  * centre crop of the encoder output e_i is copied into its first half right after
  * e_i is pooled, and the transposed convolution writes its output straight into
  * the second half (a view) — no concat copy. Their gradients are views of d cat_i.
+ *
+ * Channel padding (inference graphs only). A backend whose kernels want channel
+ * counts in blocks (UnetBackend.channel_align: the CPU backend's 8-channel blocks)
+ * gets every inner width F_i >= align rounded up to a multiple of it; the input and
+ * the head's output keep theirs. The padded channels' weights and biases are zero
+ * (net.c uploads the layers so), so they hold exact zeros from layer to layer and
+ * add exact zeros to every sum: the real channels get the values of the unpadded
+ * network. cat_i is then [crop of e_i, 0.., upconv, 0..], its halves block-aligned.
  */
 #pragma once
 
@@ -71,7 +79,10 @@ typedef struct
 {
   gchar name[32];               /* "enc.0.conv1", "dec.2.up", "head", ... */
   UnetLayerKind kind;
-  gint cin, cout, k;
+  gint cin, cout, k;            /* the graph's channel counts (padded) */
+  gint cin_model, cout_model;   /* the model's */
+  gint cin_parts;               /* the input is this many equal parts, each padded
+                                   on its own: 2 for dec.i.conv1 (crop | upconv) */
   gchar bn[32];                 /* its batch norm ("enc.0.bn1"), "" when none */
 } UnetGraphLayer;
 
@@ -80,6 +91,7 @@ typedef struct
   UnetConfig cfg;
   UnetGraphMode mode;
   gint batch, height, width;
+  gint channel_align;           /* inner widths padded to a multiple (1: none) */
   GArray *tensors;              /* UnetGraphTensor */
   GArray *nodes;                /* UnetGraphNode, forward order */
   gint input;                   /* (batch, in_channels, height, width) */
@@ -91,15 +103,25 @@ typedef struct
 /* The parameterised layers of `cfg`, in the order inference graphs index them
  * (UnetGraphNode.layer): enc.0.conv1, enc.0.conv2, ..., bottom.conv1/2, then per
  * decoder level dec.i.up, dec.i.conv1, dec.i.conv2, then head. Returns how many
- * (4 * depth + 3 + depth); `layers` (that many entries, or NULL) is filled. */
-gint         unet_graph_layers        (const UnetConfig *cfg, UnetGraphLayer *layers);
+ * (4 * depth + 3 + depth); `layers` (that many entries, or NULL) is filled, with
+ * the channel counts of a graph padded to `channel_align` (<= 1: none). */
+gint         unet_graph_layers        (const UnetConfig *cfg, gint channel_align,
+                                       UnetGraphLayer *layers);
+
+/* The width of level `level` (0 .. depth) in a graph padded to `channel_align`:
+ * base_filters << level, rounded up to a multiple of the alignment when at least
+ * that large. */
+gint         unet_graph_width         (const UnetConfig *cfg, gint channel_align,
+                                       gint level);
 
 /* The graph of `cfg` for input (batch, in_channels, height, width). `layout` (the
- * parameter slab's, model-private.h) is needed for training graphs only. Fails
+ * parameter slab's, model-private.h) is needed for training graphs only; inner
+ * widths are padded to `channel_align` (inference only; <= 1: none). Fails
  * with UNET_ERROR_INVALID_ARGUMENT when the size is not legal for the network. */
 UnetGraph   *unet_graph_new           (const UnetConfig *cfg, const UnetLayout *layout,
-                                       UnetGraphMode mode, gint batch, gint height,
-                                       gint width, GError **error);
+                                       UnetGraphMode mode, gint channel_align,
+                                       gint batch, gint height, gint width,
+                                       GError **error);
 void         unet_graph_free          (UnetGraph *g);
 
 static inline UnetGraphTensor *

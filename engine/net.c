@@ -93,8 +93,8 @@ net_get_plan (UnetNet *net, gint batch, gint height, gint width, GError **error)
     unet_graph_exec_free (last->data);
     net->plans = g_list_delete_link (net->plans, last);
   }
-  g = unet_graph_new (&net->cfg, NULL, UNET_GRAPH_INFERENCE, batch, height, width,
-      error);
+  g = unet_graph_new (&net->cfg, NULL, UNET_GRAPH_INFERENCE, net->be->channel_align,
+      batch, height, width, error);
   if (g == NULL || (x = unet_graph_exec_new (net->be, g, error)) == NULL)
     return NULL;
   net->plans = g_list_prepend (net->plans, x);
@@ -103,20 +103,54 @@ net_get_plan (UnetNet *net, gint batch, gint height, gint width, GError **error)
 
 /* ---------------------------------------------------------------- layers -- */
 
+/* A layer's weight and bias at the graph's (padded) channel counts: the model's
+ * values in place, zero in the padded rows and columns (graph.h). An input of
+ * cin_parts parts is padded part by part (dec.i.conv1: [crop | upconv]). Conv
+ * weights are [cout, cin, k, k], transposed convolutions' [cin, cout, 2, 2]. */
+static void
+net_pad_layer (UnetLayerParams *lp, const UnetGraphLayer *l, GPtrArray *storage)
+{
+  const gsize kk = (gsize) l->k * l->k;
+  const gint part = l->cin_model / l->cin_parts, ppart = l->cin / l->cin_parts;
+  const gboolean up = l->kind == UNET_LAYER_UPCONV;
+  gfloat *w = g_new0 (gfloat, (gsize) l->cin * l->cout * kk);
+  gfloat *b = g_new0 (gfloat, l->cout);
+
+  for (gint i = 0; i < l->cin_model; i++) {
+    const gint pi = i / part * ppart + i % part;
+    for (gint o = 0; o < l->cout_model; o++) {
+      const gsize src = up ? ((gsize) i * l->cout_model + o) * kk
+          : ((gsize) o * l->cin_model + i) * kk;
+      const gsize dst = up ? ((gsize) pi * l->cout + o) * kk
+          : ((gsize) o * l->cin + pi) * kk;
+      memcpy (w + dst, lp->weight + src, kk * sizeof (gfloat));
+    }
+  }
+  memcpy (b, lp->bias, (gsize) l->cout_model * sizeof (gfloat));
+  g_ptr_array_add (storage, w);
+  g_ptr_array_add (storage, b);
+  lp->weight = w;
+  lp->bias = b;
+  lp->cin = l->cin;
+  lp->cout = l->cout;
+}
+
 /* Collects the layers in graph order (unet_graph_layers), folding inference batch
  * norm:
  *   w' = w * g / sqrt(v + eps),  b' = (b - m) * g / sqrt(v + eps) + beta
- * (computed in double; exact up to float rounding). */
+ * (computed in double; exact up to float rounding), and padding them to the
+ * backend's channel alignment (net_pad_layer). */
 static gboolean
 net_upload_layers (UnetNet *net, const UnetModel *model, GError **error)
 {
-  const gint n_layers = unet_graph_layers (&net->cfg, NULL);
+  const gint align = net->be->channel_align;
+  const gint n_layers = unet_graph_layers (&net->cfg, align, NULL);
   g_autofree UnetGraphLayer *gl = g_new0 (UnetGraphLayer, n_layers);
   g_autofree UnetLayerParams *layers = g_new0 (UnetLayerParams, n_layers);
-  /* folded batch-norm weights: the backend references them (backend.h) */
+  /* folded and padded weights: the backend references them (backend.h) */
   GPtrArray *storage = g_ptr_array_new_with_free_func (g_free);
 
-  unet_graph_layers (&net->cfg, gl);
+  unet_graph_layers (&net->cfg, align, gl);
   for (gint i = 0; i < n_layers; i++) {
     const UnetGraphLayer *l = &gl[i];
     UnetLayerParams *lp = &layers[i];
@@ -132,8 +166,8 @@ net_upload_layers (UnetNet *net, const UnetModel *model, GError **error)
       goto fail;
     }
     lp->kind = l->kind;
-    lp->cin = l->cin;
-    lp->cout = l->cout;
+    lp->cin = l->cin_model;
+    lp->cout = l->cout_model;
     lp->k = l->k;
     lp->weight = w;
     lp->bias = b;
@@ -161,6 +195,8 @@ net_upload_layers (UnetNet *net, const UnetModel *model, GError **error)
       lp->weight = fw;
       lp->bias = fb;
     }
+    if (l->cin != l->cin_model || l->cout != l->cout_model)
+      net_pad_layer (lp, l, storage);
   }
   if (!net->be->iface->upload_layers (net->be, layers, n_layers, error))
     goto fail;
@@ -402,7 +438,7 @@ net_train_graph (UnetNet *net, gint batch, gint height, gint width, GError **err
     UnetGraph *ng;
     g_clear_pointer (&net->train, unet_graph_exec_free);
     ng = unet_graph_new (&net->cfg, unet_model_get_layout (net->host),
-        UNET_GRAPH_TRAINING, batch, height, width, error);
+        UNET_GRAPH_TRAINING, 1, batch, height, width, error);
     if (ng == NULL || (net->train = unet_graph_exec_new (net->be, ng, error)) == NULL)
       return NULL;
     g = unet_graph_exec_get_graph (net->train);

@@ -18,7 +18,8 @@ same model and input: the contract's reference, tolerance 1e-4).
 Contenders: ours by default (UNET_CPU_CONV_ALGO=rule: Winograd F(4x4,3x3) where a
 rule on the shape says it pays and it is thread-invariant, else direct; transposed
 convolutions as 1x1 convolutions + shuffle), ours with UNET_CPU_CONV_ALGO=direct (the
-default before: oneDNN's direct kernels everywhere), ours bf16 with --bf16;
+default before: oneDNN's direct kernels everywhere), ours with UNET_CPU_PAD_CHANNELS=0
+for bases whose widths are no multiple of 8 (the unpadded network), ours bf16 with --bf16;
 PyTorch (Debian 1.13) NCHW and channels_last; ONNX Runtime and OpenVINO from PyPI
 (installed into --venv by this script; skipped with a note when they cannot be);
 PyTorch 2.x from PyPI with --pypi-torch (see tests/bench/peers.py). The load average
@@ -138,6 +139,11 @@ def bench_base(args, tmp, base, ours_exe, peer_defs):
     defs = []
     ours = [("ours (default)", [], {"UNET_CPU_CONV_ALGO": "rule"}),
             ("ours UNET_CPU_CONV_ALGO=direct", [], {"UNET_CPU_CONV_ALGO": "direct"})]
+    if any((base << i) % 8 for i in range(5)):
+        # widths that are no multiple of 8: the default pads them to 8-channel
+        # blocks (graph.h); this row is the unpadded network (plain layouts)
+        ours.append(("ours UNET_CPU_PAD_CHANNELS=0", [],
+                     {"UNET_CPU_CONV_ALGO": "rule", "UNET_CPU_PAD_CHANNELS": "0"}))
     if args.bf16:
         ours.append(("ours bf16", ["--precision", "bf16"], {}))
     for i, (label, extra, env_add) in enumerate(ours):
