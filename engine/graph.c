@@ -32,7 +32,7 @@ gint
 unet_graph_width (const UnetConfig *cfg, gint channel_align, gint level)
 {
   const gint f = cfg->base_filters << level;
-  if (channel_align <= 1 || f < channel_align)
+  if (channel_align <= 1)
     return f;
   return (f + channel_align - 1) / channel_align * channel_align;
 }

@@ -28,8 +28,8 @@
  *
  * Channel padding (inference graphs only). A backend whose kernels want channel
  * counts in blocks (UnetBackend.channel_align: the CPU backend's 8-channel blocks)
- * gets every inner width F_i >= align rounded up to a multiple of it; the input and
- * the head's output keep theirs. The padded channels' weights and biases are zero
+ * gets every inner width F_i rounded up to a multiple of it; the input and the
+ * head's output keep theirs. The padded channels' weights and biases are zero
  * (net.c uploads the layers so), so they hold exact zeros from layer to layer and
  * add exact zeros to every sum: the real channels get the values of the unpadded
  * network. cat_i is then [crop of e_i, 0.., upconv, 0..], its halves block-aligned.
@@ -109,8 +109,7 @@ gint         unet_graph_layers        (const UnetConfig *cfg, gint channel_align
                                        UnetGraphLayer *layers);
 
 /* The width of level `level` (0 .. depth) in a graph padded to `channel_align`:
- * base_filters << level, rounded up to a multiple of the alignment when at least
- * that large. */
+ * base_filters << level, rounded up to a multiple of the alignment. */
 gint         unet_graph_width         (const UnetConfig *cfg, gint channel_align,
                                        gint level);
 

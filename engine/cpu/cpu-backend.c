@@ -1471,14 +1471,13 @@ fail:
 
 /* 3x3 convolutions between nChw8c tensors (every multiple of 8 on CPUs without
  * AVX-512, ctx->block 8; on AVX-512 CPUs the multiples of 8 that are no multiple
- * of 16, e.g. a base-20 net padded to 24) with at least 16 input and 16 output
- * channels run cpu-wino8.c's Winograd F(4x4,3x3) (UNET_CPU_CONV_ALGO=rule, the
- * default; =winograd: every 3x3 convolution it can run, 8-channel ones too).
- * Measured on a 2-core AMD EPYC (AVX2), 2 threads, base-16 U-Net on a 572 tile
- * (tests/bench/profile_forward.py): 1.1-1.4x the direct kernel's speed on the
- * first level's 16/32-channel layers, 1.7-3x from 64 channels up. No check is
- * needed: cpu-wino8.c gives the same bits for any thread count and batch by
- * construction. */
+ * of 16, e.g. a base-20 net padded to 24) run cpu-wino8.c's Winograd F(4x4,3x3)
+ * (UNET_CPU_CONV_ALGO=rule, the default, and =winograd). Measured on a 2-core AMD
+ * EPYC (AVX2), 2 threads, U-Nets on a 572 tile (tests/bench/profile_forward.py):
+ * 1.3x the direct kernel's speed on 8-channel layers (base 8: 4.46 -> 3.36 ms for
+ * 8 -> 8 at 570x570), 1.1-1.4x on the first level's 16/32-channel layers, 1.7-3x
+ * from 64 channels up. No check is needed: cpu-wino8.c gives the same bits for
+ * any thread count and batch by construction. */
 
 static gboolean
 cpu_wino8_wanted (CpuCtx *ctx, const UnetOpDesc *desc)
@@ -1492,8 +1491,7 @@ cpu_wino8_wanted (CpuCtx *ctx, const UnetOpDesc *desc)
   l = &ctx->layers[desc->layer];
   return l->kind == UNET_LAYER_CONV
       && cpu_wino8_shape_ok (l->cin, l->cout, l->k, desc->pad, desc->src->dims.h,
-          desc->src->dims.w)
-      && (ctx->conv_mode == CPU_CONV_WINOGRAD || (l->cin >= 16 && l->cout >= 16));
+          desc->src->dims.w);
 }
 
 /* The convolution on cpu-wino8.c, image by image; NULL without an error when
@@ -2098,12 +2096,14 @@ unet_backend_cpu_new (const UnetNetOptions *opts, GError **error)
    * unet_cpu_precision_slower() tells the user */
   ctx->bf16 = opts->precision == UNET_PRECISION_BF16 && ctx->block == 16;
   ctx->profile = g_strcmp0 (g_getenv ("UNET_CPU_PROFILE"), "1") == 0;
-  /* fp32 inference graphs pad channel counts of 8 and more to multiples of 8
+  /* fp32 inference graphs pad every inner channel count to a multiple of 8
    * (graph.h: zero weights, exact zeros): a base-20 net then runs on nChw8c
    * tensors of 24 channels, with the blocked direct and Winograd kernels, where
    * its 20-channel tensors would be plain nchw with slower kernels (oneDNN's gemm
-   * convolution, one thread). Base 20 on a 2-core AVX2 EPYC, 572 tile: see
-   * tests/bench/RESULTS.md. UNET_CPU_PAD_CHANNELS=0 turns it off. */
+   * convolution on one thread, its reference pooling). 2-core AVX2 EPYC, 572
+   * tile, sum of op times: base 20 218 -> 131 ms, base 12 109 -> 55, base 4
+   * 66 -> 22 (twice the multiply-adds on its first level, at a third of the
+   * time); tests/bench/RESULTS.md. UNET_CPU_PAD_CHANNELS=0 turns it off. */
   be->channel_align = ctx->bf16 || g_strcmp0 (g_getenv ("UNET_CPU_PAD_CHANNELS"), "0") == 0
       ? 1 : 8;
   /* the default is a rule on the shape (cpu_wino_rule): a measured choice could

@@ -125,8 +125,8 @@ CONFIGS = [
     (1, 2, 1, 64, "same", True, 2, 0, 0),
     (1, 2, 2, 48, "valid", True, 1, 0, 0),
     # widths that are no multiple of 8: the CPU backend pads them to 8-channel
-    # blocks with zero weights (graph.h) -- 12 -> 16, 20 -> 24, 10 -> 16 (base 5
-    # keeps its 5: widths under 8 are not padded, so cat_0 splits inside a block)
+    # blocks with zero weights (graph.h) -- 12 -> 16, 20 -> 24, 5 -> 8, 10 -> 16
+    # (the base-4 configs above: 4 -> 8)
     (1, 2, 2, 12, "valid", True, 2, 0, 1),
     (3, 3, 3, 20, "same", False, 1, 1, 0),
     (1, 1, 3, 5, "valid", True, 2, 0, 0),
