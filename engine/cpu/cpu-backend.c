@@ -1345,9 +1345,11 @@ static gboolean
 cpu_upconv_as_1x1 (CpuCtx *ctx, const UnetOpDesc *desc)
 {
   const CpuLayer *l = &ctx->layers[desc->layer];
-  const gint blk = ctx->block;
+  /* the tensors' block: ctx->block, or 8 on an AVX-512 CPU for widths that are
+   * no multiple of 16 */
+  const gint blk = cpu_tensor_block (desc->src);
   return ctx->conv_mode == CPU_CONV_RULE && !ctx->bf16 && l->k == 2
-      && l->cin % blk == 0 && l->cout % blk == 0
+      && (blk == 8 || blk == 16) && l->cin % blk == 0 && l->cout % blk == 0
       && cpu_tensor_block (desc->src) == blk && cpu_tensor_block (desc->dst) == blk
       && desc->src->md.data_type == dnnl_f32 && desc->dst->md.data_type == dnnl_f32
       && desc->dst->dims.h == 2 * desc->src->dims.h
@@ -1404,7 +1406,8 @@ cpu_op_new_upconv (CpuCtx *ctx, const UnetOpDesc *desc, GError **error)
 {
   CpuLayer *l = &ctx->layers[desc->layer];
   UnetBackendOp *op = g_new0 (UnetBackendOp, 1);
-  const gint64 cin = l->cin, cout = l->cout, B = ctx->block, nb = cout / B;
+  const gint64 cin = l->cin, cout = l->cout, B = cpu_tensor_block (desc->src),
+      nb = cout / B;
   const gint64 H = desc->src->dims.h, W = desc->src->dims.w;
   dnnl_memory_desc_t smd, dmd, tmd, wmd, bmd, vsrc, vdst;
   dnnl_convolution_desc_t cd;
