@@ -5,7 +5,9 @@ Runs tests/tools/unet-forward with UNET_CPU_PROFILE=1 (the CPU backend times eve
 op and prints the mean per op when the plan is freed) on one random contract model
 (depth 4, valid, base --base) and one --size tile, for each UNET_CPU_CONV_ALGO in
 --modes, the modes alternating over --rounds processes; per op the median over the
-rounds of its mean ms per call, and the implementation oneDNN ran in each mode.
+rounds of its mean ms per call, and the implementation oneDNN ran in each mode. A
+mode "M/nopad" is M with UNET_CPU_PAD_CHANNELS=0 (widths that are no multiple of 8
+left unpadded; rows are matched by op index, labelled with the first mode's shapes).
 
 Usage: profile_forward.py [--base 32] [--size 572] [--threads 2] [--repeat 3]
        [--rounds 3] [--modes direct,measure] [--build DIR]
@@ -43,6 +45,7 @@ def main():
     times = {m: {} for m in modes}      # mode -> op label -> [ms]
     impls = {m: {} for m in modes}
     order = []
+    labels = {}
     print("load average at start: %.2f %.2f %.2f" % os.getloadavg())
     with tempfile.TemporaryDirectory() as tmp:
         cfg = unet_ref.make_config(1, 2, 4, args.base, "valid", False, 0.0)
@@ -53,7 +56,10 @@ def main():
         np.random.default_rng(5).standard_normal((1, 1, s, s)).astype("<f4").tofile(x)
         for _ in range(args.rounds):
             for m in modes:
-                env = dict(os.environ, UNET_CPU_PROFILE="1", UNET_CPU_CONV_ALGO=m)
+                alg, _, flag = m.partition("/")
+                env = dict(os.environ, UNET_CPU_PROFILE="1", UNET_CPU_CONV_ALGO=alg)
+                if flag == "nopad":
+                    env["UNET_CPU_PAD_CHANNELS"] = "0"
                 env.setdefault("OMP_WAIT_POLICY", "passive")
                 r = subprocess.run([exe, "-m", path, "-i", x, "-H", str(s), "-W", str(s),
                                     "-t", str(args.threads), "--repeat",
@@ -62,9 +68,10 @@ def main():
                 if r.returncode != 0:
                     raise SystemExit(r.stderr)
                 for i, (label, impl, ms) in enumerate(LINE.findall(r.stderr)):
-                    key = "%2d %s" % (i, label)
+                    key = i
                     if key not in order:
                         order.append(key)
+                        labels[key] = "%2d %s" % (i, label)
                     times[m].setdefault(key, []).append(float(ms))
                     impls[m][key] = impl
     print("per-op ms (median over %d rounds of the mean over %d forwards), base %d, "
@@ -81,7 +88,7 @@ def main():
                 cells += "%9.2f %-18s" % (v, impls[m][key].split(":")[0][:18])
             else:
                 cells += "%28s" % "-"
-        print("%-56s%s" % (key[:56], cells))
+        print("%-56s%s" % (labels[key][:56], cells))
     print("%-56s" % "sum of ops" + "".join("%9.2f %-18s" % (total[m], "") for m in modes))
     print("load average at end: %.2f %.2f %.2f" % os.getloadavg())
 
