@@ -195,6 +195,18 @@ def main():
             print(f"{'ok  ' if ok else 'FAIL'} {name}: max|diff| {err:.2e} "
                   f"(bound {bound:.0e})", flush=True)
 
+            # widths no multiple of 8 unpadded (UNET_CPU_PAD_CHANNELS=0: plain
+            # layouts, the other kernels), within the same bound
+            if B % 8 and D >= 2:
+                yu, r = run_forward(exe, path, x, h, w, extra,
+                                    dict(os.environ, UNET_CPU_PAD_CHANNELS="0"))
+                eu = float(np.abs(yu.reshape(ref.shape) - ref).max()) \
+                    if yu is not None and yu.size == ref.size else float("inf")
+                oku = eu <= bound
+                failures += not oku
+                print(f"{'ok  ' if oku else 'FAIL'} unpadded {name}: max|diff| {eu:.2e}"
+                      f"{'' if yu is not None else ': ' + r.stderr.strip()}", flush=True)
+
             if k in (10, 16):
                 yb, r = run_forward(exe, path, x, h, w, ["--precision", "bf16"])
                 if yb is None:
