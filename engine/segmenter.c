@@ -500,8 +500,8 @@ get_plan (UnetSegmenter *seg, gint h, gint w, UnetTilePlan *plan, GError **error
   if (seg->opts.tile_height == 0 && seg->opts.tile_width == 0) {
     guint64 budget = seg->opts.memory_budget ? seg->opts.memory_budget
         : DEFAULT_MEMORY_BUDGET;
-    if (!unet_tile_plan_auto (plan, &seg->cfg, h, w, budget, seg->opts.batch_size,
-            error))
+    if (!unet_tile_plan_auto (plan, &seg->cfg, seg->be->channel_align, h, w, budget,
+            seg->opts.batch_size, error))
       return FALSE;
   } else if (!unet_tile_plan_init (plan, &seg->cfg, h, w, seg->opts.tile_height,
           seg->opts.tile_width, error)) {
@@ -519,8 +519,8 @@ static void
 plan_budget (const UnetSegmenter *seg, const UnetTilePlan *plan,
     UnetSegmentStats *stats)
 {
-  guint64 one = unet_tile_activation_bytes (&seg->cfg, plan->y.tile_in,
-      plan->x.tile_in);
+  guint64 one = unet_tile_activation_bytes (&seg->cfg, seg->be->channel_align,
+      plan->y.tile_in, plan->x.tile_in);
   guint64 budget = seg->opts.memory_budget ? seg->opts.memory_budget
       : DEFAULT_MEMORY_BUDGET;
   gint batch = MAX (seg->opts.batch_size, 1);

@@ -135,7 +135,7 @@ axis_candidates (const UnetConfig *cfg, gint frame, GError **error)
 }
 
 gboolean
-unet_tile_plan_auto (UnetTilePlan *plan, const UnetConfig *cfg,
+unet_tile_plan_auto (UnetTilePlan *plan, const UnetConfig *cfg, gint channel_align,
     gint frame_h, gint frame_w, guint64 budget_bytes, gint batch, GError **error)
 {
   GArray *ys, *xs;
@@ -163,7 +163,8 @@ unet_tile_plan_auto (UnetTilePlan *plan, const UnetConfig *cfg,
       const UnetTileAxis *ax = &g_array_index (xs, UnetTileAxis, j);
       gdouble px = (gdouble) ay->n_tiles * ay->tile_in * ax->n_tiles * ax->tile_in;
       gint tiles = ay->n_tiles * ax->n_tiles;
-      guint64 act = unet_tile_activation_bytes (cfg, ay->tile_in, ax->tile_in);
+      guint64 act = unet_tile_activation_bytes (cfg, channel_align, ay->tile_in,
+          ax->tile_in);
 
       /* Candidates grow along j: once over budget, larger ones are too. */
       if (act > budget_bytes / (guint64) batch)
@@ -205,8 +206,10 @@ unet_tile_plan_get_tile (const UnetTilePlan *plan, gint index, UnetTile *t)
 }
 
 guint64
-unet_tile_activation_bytes (const UnetConfig *cfg, gint in_h, gint in_w)
+unet_tile_activation_bytes (const UnetConfig *cfg, gint channel_align, gint in_h,
+    gint in_w)
 {
+  const gint64 al = MAX (channel_align, 1);
   /* Peak of the live tensors in a forward pass that frees each tensor after its
    * last use: the skip tensors kept for the decoder plus the input and output of
    * the op in flight (what a liveness-packed backend needs). */
@@ -215,7 +218,7 @@ unet_tile_activation_bytes (const UnetConfig *cfg, gint in_h, gint in_w)
   gint64 skip_sz[32];
   gint i, d = cfg->depth;
 
-#define F(i) ((gint64) cfg->base_filters << (i))
+#define F(i) ((((gint64) cfg->base_filters << (i)) + al - 1) / al * al)
 #define STEP(out_elems) do { next = (out_elems); \
     peak = MAX (peak, skips + cur + next); cur = next; } while (0)
   cur = (gint64) cfg->in_channels * h * w;

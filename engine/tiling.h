@@ -73,10 +73,11 @@ gboolean unet_tile_plan_init            (UnetTilePlan *plan, const UnetConfig *c
                                          gint tile_h, gint tile_w, GError **error);
 
 /* The plan that processes the fewest input pixels (n_tiles * tile area) among tile
- * shapes whose activations for `batch` tiles fit `budget_bytes` (ties: fewer tiles).
- * When even the smallest usable tile exceeds the budget, that tile is used. */
+ * shapes whose activations for `batch` tiles fit `budget_bytes` (ties: fewer tiles),
+ * estimated with unet_tile_activation_bytes (`channel_align` as there). When even
+ * the smallest usable tile exceeds the budget, that tile is used. */
 gboolean unet_tile_plan_auto            (UnetTilePlan *plan, const UnetConfig *cfg,
-                                         gint frame_h, gint frame_w,
+                                         gint channel_align, gint frame_h, gint frame_w,
                                          guint64 budget_bytes, gint batch, GError **error);
 
 /* Tile `index` (row-major over the y, x tile grid, 0 <= index < n_tiles). */
@@ -85,8 +86,10 @@ void     unet_tile_plan_get_tile        (const UnetTilePlan *plan, gint index, U
 /* Bytes of float32 activations of one forward pass of one in_h x in_w tile: the
  * peak of the live tensors (skip connections kept for the decoder plus the input
  * and output of the op in flight), as a backend that frees (or reuses) each tensor
- * after its last use needs. */
-guint64  unet_tile_activation_bytes     (const UnetConfig *cfg, gint in_h, gint in_w);
+ * after its last use needs, with inner widths padded to a multiple of
+ * `channel_align` as the backend's inference graphs are (graph.h; <= 1: none). */
+guint64  unet_tile_activation_bytes     (const UnetConfig *cfg, gint channel_align,
+                                         gint in_h, gint in_w);
 
 /* 1-D Gaussian importance window of n samples, sigma = n/8, peak 1 at the centre. */
 void     unet_tile_gaussian_window      (gint n, gfloat *w);

@@ -172,15 +172,15 @@ test_plan_auto (void)
       guint64 budget = 8 << 20;
       gdouble best;
 
-      g_assert_true (unet_tile_plan_auto (&plan, &cfg, h, w, budget, 2, NULL));
+      g_assert_true (unet_tile_plan_auto (&plan, &cfg, 1, h, w, budget, 2, NULL));
       best = (gdouble) plan.n_tiles * plan.y.tile_in * plan.x.tile_in;
-      g_assert_cmpuint (2 * unet_tile_activation_bytes (&cfg, plan.y.tile_in,
+      g_assert_cmpuint (2 * unet_tile_activation_bytes (&cfg, 1, plan.y.tile_in,
               plan.x.tile_in), <=, budget);
       /* No explicit plan within the budget processes fewer input pixels. */
       for (th = 0; th <= plan.y.tile_in + 64; th += 8) {
         for (tw = 0; tw <= 1100; tw += 8) {
           g_assert_true (unet_tile_plan_init (&other, &cfg, h, w, th, tw, NULL));
-          if (2 * unet_tile_activation_bytes (&cfg, other.y.tile_in,
+          if (2 * unet_tile_activation_bytes (&cfg, 1, other.y.tile_in,
                   other.x.tile_in) > budget)
             continue;
           g_assert_cmpfloat ((gdouble) other.n_tiles * other.y.tile_in *
@@ -191,7 +191,7 @@ test_plan_auto (void)
   }
   /* A budget too small for anything: the smallest usable tile. */
   config (&cfg, 3, UNET_PADDING_VALID);
-  g_assert_true (unet_tile_plan_auto (&plan, &cfg, 1000, 1000, 1, 1, NULL));
+  g_assert_true (unet_tile_plan_auto (&plan, &cfg, 1, 1000, 1000, 1, 1, NULL));
   g_assert_true (unet_tile_plan_init (&other, &cfg, 1000, 1000, 0, 0, NULL));
   g_assert_cmpint (plan.y.tile_in, ==, other.y.tile_in);
   g_assert_cmpint (plan.x.tile_in, ==, other.x.tile_in);
@@ -205,17 +205,32 @@ test_activation_bytes (void)
   guint64 b;
 
   unet_config_init_classic (&cfg);
-  b = unet_tile_activation_bytes (&cfg, 572, 572);
+  b = unet_tile_activation_bytes (&cfg, 1, 572, 572);
   /* The level-0 conv2 has its input and output live at once, 64 * (570^2 + 568^2)
    * floats ~ 166 MB; the peak (at the level-0 concatenation, with the skip) is
    * larger, and below a generous 1 GB. */
   g_assert_cmpuint (b, >=, (guint64) 64 * (570 * 570 + 568 * 568) * 4);
   g_assert_cmpuint (b, <, (guint64) 1 << 30);
-  g_assert_cmpuint (unet_tile_activation_bytes (&cfg, 572, 588), >, b);
+  g_assert_cmpuint (unet_tile_activation_bytes (&cfg, 1, 572, 588), >, b);
   /* Same padding: 64 * 2 * 572^2 floats live in the level-0 conv2 at least. */
   cfg.padding = UNET_PADDING_SAME;
-  g_assert_cmpuint (unet_tile_activation_bytes (&cfg, 576, 576), >=,
+  g_assert_cmpuint (unet_tile_activation_bytes (&cfg, 1, 576, 576), >=,
       (guint64) 64 * 2 * 576 * 576 * 4);
+  /* Widths padded to blocks of 8 (the CPU backend's inference graphs): base 64 has
+   * nothing to pad; base 12 (widths 12, 24, 48...) counts its first level as 16
+   * channels, so its estimate lies above the unpadded one and no higher than that
+   * of base 16 (whose peak, at the first level, is the same). */
+  g_assert_cmpuint (unet_tile_activation_bytes (&cfg, 8, 576, 576), ==,
+      unet_tile_activation_bytes (&cfg, 1, 576, 576));
+  cfg.padding = UNET_PADDING_VALID;
+  cfg.base_filters = 12;
+  b = unet_tile_activation_bytes (&cfg, 8, 572, 572);
+  g_assert_cmpuint (b, >, unet_tile_activation_bytes (&cfg, 1, 572, 572));
+  cfg.base_filters = 16;
+  g_assert_cmpuint (b, <=, unet_tile_activation_bytes (&cfg, 1, 572, 572));
+  /* the level-0 conv2 of the padded base 12: 16 * (570^2 + 568^2) floats */
+  cfg.base_filters = 12;
+  g_assert_cmpuint (b, >=, (guint64) 16 * (570 * 570 + 568 * 568) * 4);
 }
 
 static void
