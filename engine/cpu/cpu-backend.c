@@ -1401,6 +1401,8 @@ cpu_op_images (UnetBackendOp *op, CpuCtx *ctx, const UnetOpDesc *desc,
       && cpu_image (desc->dst, dmd, &op->dst_base, &op->dst_stride, error);
 }
 
+/* NULL without an error when oneDNN has no 1x1 kernel for the layouts (the
+ * caller then builds the deconvolution). */
 static UnetBackendOp *
 cpu_op_new_upconv (CpuCtx *ctx, const UnetOpDesc *desc, GError **error)
 {
@@ -1423,6 +1425,7 @@ cpu_op_new_upconv (CpuCtx *ctx, const UnetOpDesc *desc, GError **error)
   dnnl_dims_t vs_src = { H * W * B, W * B, 2 * nb * H * W * B, B, nb * H * W * B, 1 };
   dnnl_dims_t vs_dst = { 4 * H * W * B, 4 * W * B, 2 * W * B, 2 * B, B, 1 };
   const char *impl = NULL;
+  dnnl_status_t pst;
 
   if (!cpu_op_images (op, ctx, desc, &smd, &dmd, error))
     goto fail;
@@ -1439,7 +1442,16 @@ cpu_op_new_upconv (CpuCtx *ctx, const UnetOpDesc *desc, GError **error)
     DNNL_TRY (dnnl_post_ops_append_eltwise (po, 1.f, dnnl_eltwise_relu, 0.f, 0.f));
     DNNL_TRY (dnnl_primitive_attr_set_post_ops (attr, po));
   }
-  DNNL_TRY (dnnl_primitive_desc_create (&pd, &cd, attr, ctx->engine, NULL));
+  /* no 1x1 kernel for these layouts (none known: oneDNN's AVX2 kernels take
+   * nChw8c, its AVX-512 ones nChw16c): NULL without an error, the caller builds
+   * the deconvolution */
+  pst = dnnl_primitive_desc_create (&pd, &cd, attr, ctx->engine, NULL);
+  if (pst == dnnl_unimplemented) {
+    cpu_op_build_end (NULL, attr, po);
+    cpu_op_free (op);
+    return NULL;
+  }
+  DNNL_TRY (pst);
   DNNL_TRY (dnnl_primitive_desc_query (pd, dnnl_query_impl_info_str, 0, &impl));
   if ((op->weights = cpu_upconv_params (ctx, l,
               dnnl_primitive_desc_query_md (pd, dnnl_query_weights_md, 0),
@@ -1615,8 +1627,16 @@ cpu_op_new_impl (UnetBackend *be, const UnetOpDesc *desc, GError **error)
   cpu_set_threads (ctx);
   if (desc->kind == UNET_OP_CROP_COPY)
     return cpu_op_new_crop (ctx, desc, error);
-  if (desc->kind == UNET_OP_UPCONV2 && cpu_upconv_as_1x1 (ctx, desc))
-    return cpu_op_new_upconv (ctx, desc, error);
+  if (desc->kind == UNET_OP_UPCONV2 && cpu_upconv_as_1x1 (ctx, desc)) {
+    GError *uerr = NULL;
+    op = cpu_op_new_upconv (ctx, desc, &uerr);
+    if (uerr != NULL) {
+      g_propagate_error (error, uerr);
+      return NULL;
+    }
+    if (op != NULL)
+      return op;
+  }
   if ((desc->kind == UNET_OP_SOFTMAX || desc->kind == UNET_OP_SIGMOID)
       && cpu_is_plain_f32 (desc->src) && cpu_is_plain_f32 (desc->dst))
     return cpu_op_new_plain (ctx, desc, error);
