@@ -3,6 +3,8 @@
  * exactness argument); no pixel is read or written here. */
 #include "tiling.h"
 
+#include "graph.h"
+
 #include <math.h>
 
 gint
@@ -209,7 +211,6 @@ guint64
 unet_tile_activation_bytes (const UnetConfig *cfg, gint channel_align, gint in_h,
     gint in_w)
 {
-  const gint64 al = MAX (channel_align, 1);
   /* Peak of the live tensors in a forward pass that frees each tensor after its
    * last use: the skip tensors kept for the decoder plus the input and output of
    * the op in flight (what a liveness-packed backend needs). */
@@ -218,7 +219,7 @@ unet_tile_activation_bytes (const UnetConfig *cfg, gint channel_align, gint in_h
   gint64 skip_sz[32];
   gint i, d = cfg->depth;
 
-#define F(i) ((((gint64) cfg->base_filters << (i)) + al - 1) / al * al)
+#define F(i) ((gint64) unet_graph_width (cfg, channel_align, (i)))
 #define STEP(out_elems) do { next = (out_elems); \
     peak = MAX (peak, skips + cur + next); cur = next; } while (0)
   cur = (gint64) cfg->in_channels * h * w;

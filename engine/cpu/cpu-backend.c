@@ -1350,7 +1350,7 @@ cpu_upconv_as_1x1 (CpuCtx *ctx, const UnetOpDesc *desc)
   const gint blk = cpu_tensor_block (desc->src);
   return ctx->conv_mode == CPU_CONV_RULE && !ctx->bf16 && l->k == 2
       && (blk == 8 || blk == 16) && l->cin % blk == 0 && l->cout % blk == 0
-      && cpu_tensor_block (desc->src) == blk && cpu_tensor_block (desc->dst) == blk
+      && cpu_tensor_block (desc->dst) == blk
       && desc->src->md.data_type == dnnl_f32 && desc->dst->md.data_type == dnnl_f32
       && desc->dst->dims.h == 2 * desc->src->dims.h
       && desc->dst->dims.w == 2 * desc->src->dims.w;
@@ -1627,27 +1627,21 @@ cpu_op_new_impl (UnetBackend *be, const UnetOpDesc *desc, GError **error)
   cpu_set_threads (ctx);
   if (desc->kind == UNET_OP_CROP_COPY)
     return cpu_op_new_crop (ctx, desc, error);
-  if (desc->kind == UNET_OP_UPCONV2 && cpu_upconv_as_1x1 (ctx, desc)) {
-    GError *uerr = NULL;
-    op = cpu_op_new_upconv (ctx, desc, &uerr);
-    if (uerr != NULL) {
-      g_propagate_error (error, uerr);
-      return NULL;
-    }
-    if (op != NULL)
-      return op;
-  }
   if ((desc->kind == UNET_OP_SOFTMAX || desc->kind == UNET_OP_SIGMOID)
       && cpu_is_plain_f32 (desc->src) && cpu_is_plain_f32 (desc->dst))
     return cpu_op_new_plain (ctx, desc, error);
-  if (cpu_wino8_wanted (ctx, desc)) {
-    GError *werr = NULL;
-    op = cpu_op_new_wino8 (ctx, desc, &werr);
-    if (werr != NULL) {
-      g_propagate_error (error, werr);
-      return NULL;
-    }
-    if (op != NULL)
+  /* the backend's own kernels for some shapes; NULL without an error: not for
+   * these tensors after all, oneDNN's op below is built instead */
+  {
+    GError *own = NULL;
+    op = NULL;
+    if (desc->kind == UNET_OP_UPCONV2 && cpu_upconv_as_1x1 (ctx, desc))
+      op = cpu_op_new_upconv (ctx, desc, &own);
+    else if (cpu_wino8_wanted (ctx, desc))
+      op = cpu_op_new_wino8 (ctx, desc, &own);
+    if (own != NULL)
+      g_propagate_error (error, own);
+    if (op != NULL || own != NULL)
       return op;
   }
 

@@ -139,7 +139,7 @@ def bench_base(args, tmp, base, ours_exe, peer_defs):
     defs = []
     ours = [("ours (default)", [], {"UNET_CPU_CONV_ALGO": "rule"}),
             ("ours UNET_CPU_CONV_ALGO=direct", [], {"UNET_CPU_CONV_ALGO": "direct"})]
-    if any((base << i) % 8 for i in range(5)):
+    if base % 8:
         # widths that are no multiple of 8: the default pads them to 8-channel
         # blocks (graph.h); this row is the unpadded network (plain layouts)
         ours.append(("ours UNET_CPU_PAD_CHANNELS=0", [],
